@@ -1,0 +1,288 @@
+"""Building one node: lay out its build directory, run its builder, add the output to the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import attrs
+
+from . import sandbox
+from .errors import BuildError, PlannerError
+from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
+from .hashing import key_of
+from .store import Entry, Store, remove_tree
+
+PLANNER_PKG = Path(__file__).resolve().parent
+LOG_TAIL_LINES = 20
+
+
+@attrs.frozen
+class Built:
+    entry: Entry
+    build_key: str
+    seconds: float
+    reused: bool  # another process (or an earlier run) already had this build key
+
+
+@attrs.frozen
+class BuildRequest:
+    node: Node
+    inputs: dict[str, Entry]  # input name -> fixed-output store entry
+    deps: dict[str, Entry]  # mount -> dependency's output entry
+    jobs: int = 1
+    sandboxed: bool = True
+
+
+def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def build_key(node: Node, deps: dict[str, Entry]) -> str:
+    return key_of(resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}))
+
+
+class Running:
+    """Processes of builds in flight, so Ctrl-C can stop them all cleanly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.cancelled = False
+
+    def add(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(p)
+            if self.cancelled:
+                self._kill(p)
+
+    def remove(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(p)
+
+    @staticmethod
+    def _kill(p: subprocess.Popen) -> None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for p in self._procs:
+                self._kill(p)
+
+
+def _mount_path(mount: str) -> str:
+    if mount.startswith("toolchain/"):
+        return "/toolchains/" + mount.split("/", 1)[1]
+    return "/deps/" + mount
+
+
+def _input_dest(name: str, entry: Entry, filename: Optional[str]) -> str:
+    base = "/inputs/" + name
+    if entry.path.is_dir():
+        return base
+    return f"{base}/{filename or entry.path.name}"
+
+
+def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tuple[dict, list[sandbox.Mount]]:
+    """The spec the in-sandbox runtime reads, and the mounts that make its paths real."""
+    node = req.node
+    pre = node.preimage
+    mounts: list[sandbox.Mount] = [sandbox.Mount(PLANNER_PKG, "/opt/planner/planner")]
+    inputs: dict[str, str] = {}
+    patches = []
+    submodules: dict[str, str] = {}
+    source = None
+    for name, entry in sorted(req.inputs.items()):
+        dest = _input_dest(name, entry, node.inputs[name].filename)
+        mounts.append(sandbox.Mount(entry.path, dest))
+        if name == "source":
+            source = dest
+        elif name.startswith("patch/"):
+            continue
+        elif name.startswith("source/sub/"):
+            submodules[name[len("source/sub/"):]] = dest
+        else:
+            inputs[name] = dest
+    for p in pre["patches"]:
+        entry = req.inputs[f"patch/{p['name']}"]
+        patches.append({"name": p["name"], "strip": p["strip"],
+                        "path": _input_dest(f"patch/{p['name']}", entry, node.inputs[f"patch/{p['name']}"].filename)})
+    deps = {}
+    for mount, entry in sorted(req.deps.items()):
+        dest = _mount_path(mount)
+        mounts.append(sandbox.Mount(entry.path, dest))
+        deps[mount] = dest
+    spec = {
+        "name": node.name,
+        "version": node.version,
+        "builder": node.builder,
+        "settings": pre["builder"]["settings"],
+        "script": pre["builder"].get("script"),
+        "variant": pre["variant"],
+        "source": source,
+        "submodules": submodules,
+        "patches": patches,
+        "inputs": inputs,
+        "deps": deps,
+        "jobs": req.jobs,
+        "source_date_epoch": pre["source_date_epoch"],
+    }
+    return spec, mounts
+
+
+def _declared_env(node: Node) -> dict[str, str]:
+    env = dict(node.preimage["env"])
+    env["SOURCE_DATE_EPOCH"] = str(node.preimage["source_date_epoch"])
+    env["PYTHONPATH"] = "/opt/planner"
+    env["NIX_BUILD_CORES"] = "1"
+    return env
+
+
+def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Running) -> Path:
+    """Run the node's builder with `build_dir` as /build; returns the output path."""
+    node = req.node
+    for sub in ("src", "out", "home", "tmp"):
+        (build_dir / sub).mkdir(exist_ok=True)
+    if node.builder in BUILTIN_BUILDERS:
+        from . import builtin
+
+        with open(log_path, "w") as log:
+            try:
+                builtin.run(node, req, build_dir / "out", log)
+            except PlannerError:
+                raise
+            except Exception as exc:  # a builtin builder's bug or bad input: keep the node's name on it
+                log.write(f"planner: build failed: {exc!r}\n")
+                raise BuildError(node.label(), f"{node.builder} failed: {exc}", log=str(log_path),
+                                 tail=_tail(log_path)) from exc
+        return build_dir / "out"
+    spec, mounts = sandbox_spec(req)
+    env = _declared_env(node)
+    env["NIX_BUILD_CORES"] = str(req.jobs)
+    if req.sandboxed:
+        spec_path = build_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec, sort_keys=True))
+        argv = sandbox.command(["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"],
+                               build_dir=build_dir, mounts=mounts, env=env)
+        proc_env = None
+    else:
+        # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
+        spec = _rewrite_paths(spec, mounts, build_dir)
+        spec_path = build_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec, sort_keys=True))
+        argv = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", str(spec_path)]
+        proc_env = sandbox.unsandboxed_env(env, build_dir)
+        proc_env["PYTHONPATH"] = str(PLANNER_PKG.parent)
+        proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
+                                cwd=build_dir, start_new_session=True)
+        running.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            running.remove(proc)
+    if rc != 0:
+        tail = _tail(log_path)
+        last = next((l for l in reversed(tail.splitlines()) if l.startswith("planner: build failed: ")), None)
+        reason = last[len("planner: build failed: "):] if last else f"builder exited with status {rc}"
+        raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
+    return build_dir / "out"
+
+
+def _rewrite_paths(spec: dict, mounts: list[sandbox.Mount], build_dir: Path) -> dict:
+    table = sorted(((m.dest, str(m.source)) for m in mounts), key=lambda t: -len(t[0]))
+
+    def fix(v):
+        if isinstance(v, str):
+            for dest, src in table:
+                if v == dest or v.startswith(dest + "/"):
+                    return src + v[len(dest):]
+            return v.replace(sandbox.BUILD_DIR, str(build_dir))
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(spec)
+
+
+def build(req: BuildRequest, store: Store, running: Running, *,
+          on_log: Callable[[str], None] = lambda s: None) -> Built:
+    """Build one node into the store, or reuse what is there under its build key."""
+    node = req.node
+    bkey = build_key(node, req.deps)
+    with store.key_lock(bkey):
+        existing = store.lookup(bkey)
+        if existing is not None:
+            store.realise(node.key, bkey, existing.digest)
+            return Built(existing, bkey, 0.0, reused=True)
+        build_dir = store.new_build_dir(bkey)
+        log_path = store.root / "logs" / f"{bkey}.log"
+        start = time.monotonic()
+        try:
+            out = run_builder(req, build_dir, log_path, running)
+            _check_output(node, out)
+            entry = store.add(bkey, node.name, node.version, out, kind="build", impure=node.impure)
+        finally:
+            remove_tree(build_dir)
+            shutil.rmtree(build_dir.parent / (build_dir.name + ".etc"), ignore_errors=True)
+        seconds = time.monotonic() - start
+        store.put_preimage(node.key, node.preimage)
+        store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
+        store.realise(node.key, bkey, entry.digest)
+        store.record_duration(node.id, seconds)
+        return Built(entry, bkey, seconds, reused=False)
+
+
+def _check_output(node: Node, out: Path) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        raise BuildError(node.label(), "the builder produced no output")
+
+
+def rebuild_for_check(req: BuildRequest, store: Store, running: Running) -> tuple[str, Path, Path]:
+    """Build again into a temporary place; returns (digest, output, build_dir) for comparison."""
+    from .hashing import tree_digest
+
+    bkey = build_key(req.node, req.deps)
+    build_dir = store.new_build_dir(bkey + "-check")
+    log_path = store.root / "logs" / f"{bkey}.check.log"
+    out = run_builder(req, build_dir, log_path, running)
+    shutil.rmtree(build_dir.parent / (build_dir.name + ".etc"), ignore_errors=True)
+    return tree_digest(out), out, build_dir
+
+
+def differing_files(a: Path, b: Path) -> list[str]:
+    """Relative paths whose content, kind or exec bit differ between two trees."""
+    from .hashing import tree_digest
+
+    if a.is_file() or b.is_file():
+        return [a.name] if tree_digest(a) != tree_digest(b) else []
+
+    def listing(root: Path) -> dict[str, str]:
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(root):
+            for f in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                p = Path(dirpath) / f
+                out[str(p.relative_to(root))] = tree_digest(p) + ("x" if os.access(p, os.X_OK) and not p.is_symlink() else "")
+        return out
+
+    la, lb = listing(a), listing(b)
+    return sorted(k for k in la.keys() | lb.keys() if la.get(k) != lb.get(k))

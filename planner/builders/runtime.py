@@ -1,0 +1,210 @@
+"""The in-sandbox side of a build: prepare the source, apply patches, run the builder.
+
+Runs as `python3 -m planner.builders.runtime /build/spec.json` inside the sandbox, with only
+the standard library. Everything it needs is in the spec; everything it writes goes to
+/build/out. A failure exits non-zero with a one-line reason as the last line of the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+BUILD = Path(os.environ.get("PLANNER_BUILD_DIR", "/build"))
+
+
+class BuildFailure(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(argv: list[str], *, cwd: Path, env: dict | None = None) -> None:
+    log("+ " + " ".join(argv))
+    proc = subprocess.run(argv, cwd=cwd, env=env)
+    if proc.returncode != 0:
+        raise BuildFailure(f"{argv[0]} exited with status {proc.returncode}")
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755 if os.stat(p).st_mode & 0o100 else 0o644)
+
+
+def prepare_source(spec: dict) -> Path:
+    src = BUILD / "src"
+    src.mkdir(exist_ok=True)
+    if spec.get("source"):
+        s = Path(spec["source"])
+        if s.is_dir():
+            _copy_tree(s, src)
+        else:
+            shutil.copyfile(s, src / s.name)
+    for path, sub in sorted(spec.get("submodules", {}).items()):
+        dest = src / path
+        dest.mkdir(parents=True, exist_ok=True)
+        _copy_tree(Path(sub), dest)
+    for patch in spec.get("patches", []):
+        apply_patch(src, Path(patch["path"]), patch["name"], patch.get("strip", 1))
+    return src
+
+
+_HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
+
+
+def apply_patch(src: Path, patch: Path, name: str, strip: int) -> None:
+    """Apply strictly: no fuzz, no reversed guesses, nothing written on failure."""
+    args = ["patch", f"-p{strip}", "--forward", "--batch", "--fuzz=0", "--no-backup-if-mismatch",
+            "--reject-file=-", "-d", str(src), "-i", str(patch)]
+    dry = subprocess.run(args + ["--dry-run"], capture_output=True, text=True)
+    if dry.returncode != 0:
+        out = dry.stdout + dry.stderr
+        log(out)
+        file = None
+        for line in out.splitlines():
+            m = re.match(r"(?:patching|checking) file (.+)", line)
+            if m:
+                file = m.group(1).strip("'\"")
+            hm = _HUNK_FAILED.search(line)
+            if hm:
+                raise BuildFailure(f"patch {name} does not apply: hunk #{hm.group(1)} of {file} "
+                                   f"FAILED at line {hm.group(2)}")
+        last = [l for l in out.splitlines() if l.strip()][-1:] or ["unknown error"]
+        raise BuildFailure(f"patch {name} does not apply: {last[0]}")
+    out = subprocess.run(args, capture_output=True, text=True)
+    log(out.stdout.strip())
+    if out.returncode != 0:
+        raise BuildFailure(f"patch {name} failed: {out.stderr.strip() or out.stdout.strip()}")
+    log(f"applied {name}")
+
+
+# -- builders --------------------------------------------------------------------------------
+
+def build_shell(spec: dict, src: Path, out: Path) -> None:
+    env = dict(os.environ)
+    env.update({"out": str(out), "src": str(src)})
+    run(["bash", "-euo", "pipefail", "-c", spec["script"]], cwd=src, env=env)
+
+
+def build_unpack(spec: dict, src: Path, out: Path) -> None:
+    out.rmdir()
+    shutil.copytree(src, out, symlinks=True)
+
+
+_FRONTEND = r"""
+import importlib, sys, os
+sys.path.insert(0, sys.argv[1])
+backend_name, _, obj = sys.argv[2].partition(":")
+backend = importlib.import_module(backend_name)
+for part in filter(None, obj.split(".")):
+    backend = getattr(backend, part)
+name = backend.build_wheel(sys.argv[3])
+print("built", name)
+"""
+
+
+def _buildenv(spec: dict) -> Path:
+    """Unpack the pinned build-dependency wheels into one directory put first on sys.path."""
+    env = BUILD / "buildenv"
+    env.mkdir(exist_ok=True)
+    for name, path in sorted(spec.get("inputs", {}).items()):
+        p = Path(path)
+        wheels = [p] if p.suffix == ".whl" else sorted(p.glob("*.whl")) if p.is_dir() else []
+        for whl in wheels:
+            with zipfile.ZipFile(whl) as zf:
+                zf.extractall(env)
+    return env
+
+
+def _build_backend(src: Path) -> str:
+    pyproject = src / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        data = tomllib.loads(pyproject.read_text())
+        backend = data.get("build-system", {}).get("build-backend")
+        if backend:
+            return backend
+    return "setuptools.build_meta:__legacy__"
+
+
+def build_python_wheel(spec: dict, src: Path, out: Path) -> None:
+    from .wheelfile import normalise_wheel
+
+    settings = spec.get("settings", {})
+    project = src / settings.get("subdir", ".")
+    env_dir = _buildenv(spec)
+    wheelhouse = BUILD / "wheelhouse"
+    wheelhouse.mkdir(exist_ok=True)
+    backend = settings.get("backend") or _build_backend(project)
+    run([sys.executable, "-s", "-c", _FRONTEND, str(env_dir), backend, str(wheelhouse)], cwd=project)
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    if len(wheels) != 1:
+        raise BuildFailure(f"expected one wheel from {backend}, got {[w.name for w in wheels]}")
+    normalise_wheel(wheels[0], out, source_date_epoch=spec["source_date_epoch"])
+
+
+_WHEEL_PLATFORM = {"linux/amd64": "manylinux_2_28_x86_64", "linux/arm64": "manylinux_2_28_aarch64"}
+
+
+def build_cuda_wheel(spec: dict, src: Path, out: Path) -> None:
+    from .cuda import compile_shared_library
+    from .wheelfile import wheel_from_tree
+
+    settings = spec.get("settings", {})
+    variant = spec["variant"]
+    archs = variant.get("cuda")
+    platform = variant.get("platform")
+    if not archs or not platform:
+        raise BuildFailure("cuda-wheel needs the platform and cuda variant axes")
+    toolkit = Path(spec["deps"].get("toolchain/cuda", "/toolchains/cuda"))
+    sources = [src / s for s in settings.get("sources", [])]
+    if not sources:
+        raise BuildFailure("cuda-wheel needs settings.sources (the .cu files)")
+    library = src / settings["library"]
+    argv = compile_shared_library(sources, library, archs=list(archs), toolkit=toolkit, target_platform=platform,
+                                  include_dirs=[src / d for d in settings.get("include-dirs", [])],
+                                  jobs=int(spec.get("jobs", 1)))
+    log("compiled with: " + " ".join(argv))
+    tag = f"py3-none-{_WHEEL_PLATFORM[platform]}"
+    wheel_from_tree(src, list(settings.get("packages", [])), name=spec["name"], version=spec["version"], tag=tag,
+                    out_dir=out, source_date_epoch=spec["source_date_epoch"],
+                    requires=list(settings.get("requires", [])), summary=settings.get("summary", ""))
+
+
+BUILDERS = {
+    "shell": build_shell,
+    "unpack": build_unpack,
+    "python-wheel": build_python_wheel,
+    "cuda-wheel": build_cuda_wheel,
+}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    out = BUILD / "out"
+    out.mkdir(exist_ok=True)
+    try:
+        src = prepare_source(spec)
+        BUILDERS[spec["builder"]](spec, src, out)
+    except BuildFailure as exc:
+        print(f"planner: build failed: {exc}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

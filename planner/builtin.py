@@ -1,0 +1,63 @@
+"""Builders implemented by the planner itself, run in-process rather than in the sandbox.
+
+They execute no recipe-controlled code (like Nix's builtin fetchers): each one only copies,
+merges or repacks pinned inputs with the planner's own deterministic writers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from .errors import BuildError
+
+if TYPE_CHECKING:
+    from .build import BuildRequest
+    from .graph import Node
+
+
+def _files(req: "BuildRequest", names: list[str] | None = None) -> list[Path]:
+    out = []
+    for name, entry in sorted(req.inputs.items()):
+        if names is not None and name not in names:
+            continue
+        if entry.path.is_dir():
+            out.extend(sorted(p for p in entry.path.iterdir() if p.is_file()))
+        else:
+            out.append(entry.path)
+    return out
+
+
+def prebuilt_wheel(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    """A wheel pinned by hash (TransformerEngine's core, tilelang): copied under its own name."""
+    for name, entry in sorted(req.inputs.items()):
+        filename = node.inputs[name].filename or entry.path.name
+        if not filename.endswith(".whl"):
+            raise BuildError(node.label(), f"input {name} is not a wheel: {filename}")
+        shutil.copyfile(entry.path, out / filename)
+        log.write(f"copied {filename}\n")
+
+
+def cuda_toolkit(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    """Merge the pinned CUDA compiler wheels into one toolkit tree (nvcc, nvvm, headers, libs)."""
+    from .builders.cuda import assemble_toolkit
+
+    settings = node.preimage["builder"]["settings"]
+    targets: dict[str, list[str]] = dict(settings.get("targets", {}))
+    target_inputs = {n for names in targets.values() for n in names}
+    host_wheels = _files(req, [n for n in req.inputs if n not in target_inputs])
+    target_wheels = {t: _files(req, names) for t, names in targets.items()}
+    out.rmdir()
+    assemble_toolkit(host_wheels, out, target_runtime_wheels=target_wheels or None)
+    log.write(f"assembled toolkit from {len(host_wheels)} wheels\n")
+
+
+def run(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    impl = {
+        "prebuilt-wheel": prebuilt_wheel,
+        "cuda-toolkit": cuda_toolkit,
+    }.get(node.builder)
+    if impl is None:
+        raise BuildError(node.label(), f"builder {node.builder} is not available in this planner version")
+    impl(node, req, out, log)

@@ -1,0 +1,252 @@
+"""The command line: parse, call, print. Everything here is callable from Python elsewhere.
+
+Imports are lazy: a no-op `planner realise` must not pay for httpx, networkx or rich.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PlannerError
+
+
+class Context:
+    def __init__(self, root: Path, store: Path) -> None:
+        self.root = root
+        self.store = store
+
+
+def _fail(exc: PlannerError) -> None:
+    click.echo(f"planner: error: {exc.line()}", err=True)
+    sys.exit(exc.exit_code or 1)
+
+
+class _Group(click.Group):
+    """Turns typed errors into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlannerError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            click.echo("planner: interrupted; the store is consistent", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".",
+              help="Project folder holding recipes/, lockfiles/, patches/.")
+@click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
+              help="Store folder (env PLANNER_STORE; default ./store under --root).")
+@click.version_option(package_name="planner")
+@click.pass_context
+def main(ctx: click.Context, root: Path, store: Path | None) -> None:
+    """Reproducible builds of GPU machine-learning container images."""
+    root = root.absolute()
+    ctx.obj = Context(root, (store or root / "store").absolute())
+
+
+def _default_set(ctx: Context, name: str | None) -> str:
+    if name:
+        return name
+    sets = sorted(p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file())
+    if len(sets) == 1:
+        return sets[0]
+    raise PlannerError(f"name a recipe set (one of: {', '.join(sets) or 'none found under recipes/'})")
+
+
+# -- lock ------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("set_name", metavar="SET", required=False)
+@click.option("--update", multiple=True, metavar="NAME", help="Re-resolve this input or recipe (repeatable).")
+@click.option("--check", is_flag=True, help="Fail if the lock is stale or incomplete; no network.")
+@click.pass_obj
+def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool) -> None:
+    """Resolve every input to a content-hash pin and write lockfiles/SET.lock."""
+    from . import lock as lockmod
+    from .recipes import load_set
+
+    rs = load_set(ctx.root, _default_set(ctx, set_name))
+    if check:
+        problems = lockmod.check(rs, lockmod.read(rs.lockfile))
+        for p in problems:
+            click.echo(f"stale: {p.line()}", err=True)
+        if problems:
+            raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)}",
+                               where="lock --check")
+        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date ({len(lockmod.read(rs.lockfile).inputs)} inputs)")
+        return
+    from .resolve import lock_set
+    from .store import Store
+
+    store = Store(ctx.store)
+    result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True))
+    for id_ in changed:
+        click.echo(f"pinned {id_}")
+    click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({len(result.inputs)} inputs, {len(changed)} changed)")
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("set_name", metavar="SET", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg"]), default="text")
+@click.option("--target", default=None, help="Plan this recipe instead of the set's target.")
+@click.option("--sandbox", type=click.Choice(["on", "off"]), default="on")
+@click.pass_obj
+def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: str | None, sandbox: str) -> None:
+    """Show the derivation graph: each node's key and whether it would be built or reused."""
+    from .planview import plan_view
+
+    view = plan_view(ctx.root, _default_set(ctx, set_name), ctx.store, target=target, sandbox=sandbox == "on")
+    if as_json:
+        click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True))
+    elif fmt == "dot":
+        click.echo(view.to_dot())
+    elif fmt == "svg":
+        click.echo(view.to_svg())
+    else:
+        click.echo(view.to_text())
+
+
+# -- realise ---------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("set_name", metavar="SET", required=False)
+@click.option("-j", "--jobs", type=int, default=0, help="Parallel builds (default: number of cores).")
+@click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
+@click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
+@click.option("--keep-going", is_flag=True, help="Continue past failed nodes; report all failures at the end.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out-link", type=click.Path(path_type=Path), default=None, help="Symlink to the output (like Nix's result).")
+@click.option("--target", default=None, help="Realise this recipe instead of the set's target.")
+@click.option("--sandbox", type=click.Choice(["on", "off"]), default="on",
+              help="off: build without bubblewrap; outputs are marked impure.")
+@click.pass_obj
+def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
+            as_json: bool, out_link: Path | None, target: str | None, sandbox: str) -> None:
+    """Build what is missing and print the target's output."""
+    from .realise import RealiseOptions, realise as do_realise
+
+    opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
+                          out_link=out_link, target=target)
+    name = _default_set(ctx, set_name)
+    progress = None
+    if not as_json and not dry_run:
+        from .progress import make_progress
+
+        progress = make_progress()
+    try:
+        result = do_realise(ctx.root, name, ctx.store, opts, progress=progress)
+    finally:
+        if progress is not None:
+            progress("close", None)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    elif dry_run:
+        for n in result.nodes:
+            if n.action != "reused":
+                click.echo(f"would build {n.id}  ({n.reason})")
+        click.echo(f"{sum(n.action != 'reused' for n in result.nodes)} to build, "
+                   f"{sum(n.action == 'reused' for n in result.nodes)} valid")
+    else:
+        built = sum(n.action == "built" for n in result.nodes)
+        if not result.noop:
+            click.echo(f"{built} built, {sum(n.action == 'reused' for n in result.nodes)} reused", err=True)
+        for c in result.checks:
+            click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}")
+        if result.output:
+            click.echo(result.output)
+        else:
+            for t in result.targets:
+                n = next(x for x in result.nodes if x.id == t)
+                if n.path:
+                    click.echo(n.path)
+        if result.digest:
+            click.echo(result.digest)
+    for f in result.failures:
+        click.echo(f"planner: build failed: {f}", err=True)
+    if result.failures:
+        sys.exit(1)
+    if any(not c.ok for c in result.checks):
+        click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
+        sys.exit(1)
+
+
+# -- hashing and store -----------------------------------------------------------------------
+
+@main.command("hash")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--sha256", is_flag=True, help="Also print the sha256 of files.")
+def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
+    """Tree hash (v1) of folders and files, like `nix hash path`."""
+    from .hashing import file_sha256_and_blake3, tree_digest
+
+    for p in paths:
+        if sha256 and p.is_file():
+            sha, b3 = file_sha256_and_blake3(p)
+            click.echo(f"{b3} sha256:{sha}  {p}")
+        else:
+            click.echo(f"{tree_digest(p)}  {p}")
+
+
+@main.group()
+def store() -> None:
+    """Inspect and maintain the store."""
+
+
+@store.command("verify")
+@click.pass_obj
+def store_verify(ctx: Context) -> None:
+    """Re-hash every entry and report corruption."""
+    from .store import Store
+
+    bad = Store(ctx.store).verify()
+    for e, why in bad:
+        click.echo(f"corrupt: {e.path.name}: {why}")
+    if bad:
+        raise PlannerError(f"{len(bad)} corrupt entr{'y' if len(bad) == 1 else 'ies'}", where=str(ctx.store))
+    click.echo("store ok")
+
+
+@store.command("gc")
+@click.pass_obj
+def store_gc(ctx: Context) -> None:
+    """Remove entries unreachable from roots (last realised targets, out-links)."""
+    from .store import Store
+
+    removed = Store(ctx.store).gc()
+    for r in removed:
+        click.echo(f"removed {r}")
+    click.echo(f"{len(removed)} entries removed")
+
+
+@main.command("log")
+@click.argument("node")
+@click.argument("set_name", metavar="SET", required=False)
+@click.pass_obj
+def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
+    """Print the build log of a node (by id, name or key) from the last run."""
+    from .store import Store
+
+    st = Store(ctx.store)
+    for _id, rec in st.runs():
+        for n in rec.get("nodes", []):
+            if node in (n["id"], n["name"], n["key"], n.get("build_key")) and n.get("build_key"):
+                path = ctx.store / "logs" / f"{n['build_key']}.log"
+                if path.exists():
+                    click.echo(path.read_text(errors="replace"), nl=False)
+                    return
+    raise PlannerError(f"no build log for {node!r}")
+
+
+if __name__ == "__main__":
+    main()

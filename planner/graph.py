@@ -1,0 +1,349 @@
+"""Variant expansion, derivations and their keys: the pure core of planning.
+
+Each recipe becomes one node per value of the variant axes it really uses: its own `axes`
+plus the axes of whatever its build consumes. A pure-Python wheel therefore stays one node
+for every platform, and a CUDA arch list reaches only nodes that compile device code.
+
+A node's preimage is canonical JSON of everything that can change its output. Its input
+key (blake3 of the preimage) is known offline from the lock alone. Its build key uses the
+output digests of its dependencies instead of their input keys (a "resolved" derivation), so
+a dependency rebuilt to identical bytes leaves its dependents' build keys unchanged: early
+cutoff.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import attrs
+
+from .errors import GraphError, LockError
+from .lock import ANY, InputDecl, Lock, declarations
+from .recipes import Recipe, RecipeSet
+
+PREIMAGE_FORMAT = "planner/derivation/v1"
+# Bump a builder's version whenever its code changes what it writes: keys change deliberately.
+BUILDER_VERSIONS = {
+    "shell": 1,
+    "unpack": 1,
+    "python-wheel": 1,
+    "cuda-wheel": 1,
+    "prebuilt-wheel": 1,
+    "cuda-toolkit": 1,
+    "debian-rootfs": 1,
+    "oci-image": 1,
+}
+# Builders implemented by the planner itself that run no recipe-controlled code (like Nix's
+# builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
+BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image"})
+
+# Host packages whose files a sandboxed builder runs (the sandbox mounts the host's /usr).
+# Their Debian versions go into the preimage: a compiler update is a visible, explained change.
+HOST_PACKAGES = {
+    "base": ("bash", "coreutils", "patch", "python3.11-minimal", "libpython3.11-stdlib", "libc6"),
+    "cuda": ("g++-12", "gcc-12", "cpp-12", "libstdc++-12-dev", "libc6-dev", "binutils"),
+    "cuda-arm64": ("g++-12-aarch64-linux-gnu", "gcc-12-aarch64-linux-gnu", "cpp-12-aarch64-linux-gnu",
+                   "libc6-dev-arm64-cross", "binutils-aarch64-linux-gnu"),
+}
+
+
+@attrs.frozen(order=True)
+class Variant:
+    """The values of the axes a node depends on; an absent axis is None."""
+
+    platform: Optional[str] = None
+    cuda: Optional[tuple[str, ...]] = None
+    host: Optional[str] = None
+
+    def restrict(self, axes: Iterable[str]) -> "Variant":
+        keep = set(axes)
+        return Variant(
+            platform=self.platform if "platform" in keep else None,
+            cuda=self.cuda if "cuda" in keep else None,
+            host=self.host if "host" in keep else None,
+        )
+
+    def as_json(self) -> dict:
+        out: dict[str, object] = {}
+        if self.platform is not None:
+            out["platform"] = self.platform
+        if self.cuda is not None:
+            out["cuda"] = list(self.cuda)
+        if self.host is not None:
+            out["host"] = self.host
+        return out
+
+    def label(self) -> str:
+        parts = []
+        if self.platform:
+            parts.append(self.platform)
+        if self.cuda is not None:
+            parts.append("+".join(self.cuda))
+        if self.host:
+            parts.append(f"host {self.host}")
+        return ", ".join(parts)
+
+    def axes(self) -> list[str]:
+        return [a for a in ("platform", "cuda", "host") if getattr(self, a) is not None]
+
+
+@attrs.frozen
+class HostInfo:
+    """Facts about the build machine that enter keys: its platform and host-package versions."""
+
+    platform: str
+    packages: dict[str, str] = attrs.field(factory=dict)
+    sandbox: bool = True
+
+
+@attrs.frozen
+class InputRef:
+    """A pinned input used by a node: which lock entry, for which platform."""
+
+    decl: str  # lock id
+    platform: Optional[str]
+    tree: str
+    unpacks: bool
+    filename: Optional[str] = None
+
+
+@attrs.frozen
+class Node:
+    id: str
+    recipe: str
+    name: str
+    version: str
+    variant: Variant
+    key: str
+    preimage: dict
+    builder: str
+    deps: dict[str, str]  # mount name -> node id
+    requires: tuple[str, ...]  # run-time: node ids
+    inputs: dict[str, InputRef]  # input name -> pin
+    estimate: float
+    memory: int
+    cores: int
+    impure: bool = False
+
+    def label(self) -> str:
+        v = self.variant.label()
+        return f"{self.name} [{v}]" if v else self.name
+
+
+@attrs.frozen
+class Plan:
+    set: str
+    nodes: dict[str, Node]  # in topological order: dependencies first
+    targets: tuple[str, ...]
+    source_date_epoch: int
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n: [] for n in self.nodes}
+        for node in self.nodes.values():
+            for dep in node.deps.values():
+                out[dep].append(node.id)
+        return out
+
+    def closure(self, ids: Iterable[str]) -> list[str]:
+        """Ids of the given nodes and everything they need, in topological order."""
+        want: set[str] = set()
+        stack = list(ids)
+        while stack:
+            n = stack.pop()
+            if n in want:
+                continue
+            want.add(n)
+            stack.extend(self.nodes[n].deps.values())
+            stack.extend(self.nodes[n].requires)
+        return [n for n in self.nodes if n in want]
+
+    def to_networkx(self):
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for node in self.nodes.values():
+            g.add_node(node.id, key=node.key, name=node.name, variant=node.variant.label())
+            for mount, dep in node.deps.items():
+                g.add_edge(dep, node.id, mount=mount)
+        return g
+
+
+def node_id(name: str, variant: Variant) -> str:
+    label = variant.label()
+    return f"{name}[{label}]" if label else name
+
+
+def resolved_preimage(node: Node, dep_digests: dict[str, str]) -> dict:
+    """The node's preimage with each dependency's input key replaced by its output digest."""
+    pre = dict(node.preimage)
+    pre["deps"] = {mount: dep_digests[dep] for mount, dep in node.deps.items()}
+    pre["resolved"] = True
+    return pre
+
+
+class _Planner:
+    def __init__(self, rs: RecipeSet, lock: Lock, host: HostInfo) -> None:
+        self.rs = rs
+        self.lock = lock
+        self.host = host
+        self.decls = declarations(rs)
+        self.nodes: dict[str, Node] = {}
+        self._axes: dict[str, frozenset[str]] = {}
+        self._visiting: list[str] = []
+
+    def effective_axes(self, name: str) -> frozenset[str]:
+        if name in self._axes:
+            return self._axes[name]
+        r = self.rs.get(name)
+        if name in self._visiting:
+            cyc = self._visiting[self._visiting.index(name):] + [name]
+            raise GraphError("dependency cycle: " + " -> ".join(cyc))
+        self._visiting.append(name)
+        axes = set(r.axes)
+        if "host" not in axes and any(s.platform_dependent() for s in r.all_sources().values()):
+            axes.add("platform")
+        if r.build.builder != "oci-image":  # an image covers every platform and CUDA variant
+            for dep in r.deps + r.toolchains:
+                axes |= self.effective_axes(dep)
+        for dep in r.requires:
+            self.effective_axes(dep)
+        self._visiting.pop()
+        self._axes[name] = frozenset(axes)
+        return self._axes[name]
+
+    def instantiate(self, name: str, full: Variant) -> str:
+        r = self.rs.get(name)
+        variant = full.restrict(self.effective_axes(name))
+        nid = node_id(r.name, variant)
+        if nid in self.nodes:
+            return nid
+        if "cuda" in self.effective_axes(name) and full.cuda is None:
+            raise GraphError(f"{r.name} uses the cuda axis but set.toml defines no cuda variants",
+                             where=r.file)
+        deps: dict[str, str] = {}
+        if r.build.builder == "oci-image":
+            assert r.image is not None
+            parts = ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]
+            from .builders.cuda import normalise_archs
+
+            for vname, archs in sorted(self.rs.config.cuda.items()) or [("default", None)]:
+                cuda = tuple(normalise_archs(archs)) if archs is not None else None
+                for platform in self.rs.config.platforms:
+                    pv = attrs.evolve(full, platform=platform, cuda=cuda)
+                    for part in parts:
+                        deps[f"{vname}/{platform.replace('/', '-')}/{part}"] = self.instantiate(part, pv)
+        else:
+            for dep in r.deps:
+                deps[dep] = self.instantiate(dep, full)
+            for tc in r.toolchains:
+                deps[f"toolchain/{tc}"] = self.instantiate(tc, full)
+        requires = tuple(self.instantiate(req, full) for req in r.requires)
+        inputs = self._inputs(r, variant)
+        impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
+        pre = {
+            "format": PREIMAGE_FORMAT,
+            "name": r.name,
+            "version": r.version,
+            "variant": variant.as_json(),
+            "builder": {
+                "kind": r.build.builder,
+                "version": BUILDER_VERSIONS[r.build.builder],
+                "settings": r.build.settings,
+                **({"script": r.build.script} if r.build.script else {}),
+            },
+            "env": dict(sorted(r.build.env.items())),
+            "inputs": {k: {"tree": v.tree, "unpacked": v.unpacks} for k, v in sorted(inputs.items())
+                       if not k.startswith("patch/")},
+            "patches": [{"name": p.label, "strip": p.strip, "tree": inputs[f"patch/{p.label}"].tree}
+                        for p in r.patches],
+            "deps": {mount: self.nodes[dep].key for mount, dep in sorted(deps.items())},
+            "source_date_epoch": self.lock.source_date_epoch,
+            "impure": impure,
+        }
+        if r.build.builder == "oci-image":
+            pre["image"] = attrs.asdict(r.image)
+            pre["platforms"] = list(self.rs.config.platforms)
+            pre["cuda_variants"] = {k: list(v) for k, v in sorted(self.rs.config.cuda.items())}
+        if r.build.builder not in BUILTIN_BUILDERS:
+            pre["host"] = self._host_packages(r, variant)
+        from .hashing import key_of
+
+        node = Node(
+            id=nid, recipe=r.name, name=r.name, version=r.version, variant=variant, key=key_of(pre),
+            preimage=pre, builder=r.build.builder, deps=deps, requires=requires, inputs=inputs,
+            estimate=r.estimate_seconds, memory=r.resources.memory_bytes, cores=r.resources.cores,
+            impure=impure,
+        )
+        self.nodes[nid] = node
+        return nid
+
+    def _host_packages(self, r: Recipe, variant: Variant) -> dict[str, str]:
+        names = list(HOST_PACKAGES["base"])
+        if r.build.builder == "cuda-wheel":
+            names += HOST_PACKAGES["cuda"]
+            if variant.platform == "linux/arm64":
+                names += HOST_PACKAGES["cuda-arm64"]
+        return {n: self.host.packages.get(n, "absent") for n in sorted(names)}
+
+    def _inputs(self, r: Recipe, variant: Variant) -> dict[str, InputRef]:
+        out: dict[str, InputRef] = {}
+        for decl in self.decls.values():
+            if decl.recipe != r.name:
+                continue
+            li = self.lock.inputs.get(decl.id)
+            if li is None:
+                raise LockError(f"not in the lock: run `planner lock {self.rs.name}`", where=decl.id)
+            platform = None if decl.platforms == (ANY,) else (variant.platform or variant.host)
+            if li.status != "locked":
+                tree = f"unlocked:{li.reason or ''}"
+                filename = None
+            else:
+                pin = li.pin(platform)
+                tree = pin.tree or ""
+                filename = pin.filename
+            out[decl.name] = InputRef(decl=decl.id, platform=platform, tree=tree, unpacks=decl.unpacks,
+                                      filename=filename)
+        return out
+
+
+def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None) -> Plan:
+    """Expand the set's target for every platform × CUDA variant into a node graph."""
+    p = _Planner(rs, lock, host)
+    target = target or rs.config.target
+    r = rs.get(target)
+    cuda_variants = list(rs.config.cuda.items()) or [("", None)]
+    targets: list[str] = []
+    from .builders.cuda import normalise_archs
+
+    if r.build.builder == "oci-image":
+        cuda_variants = [("", None)]
+    for _vname, archs in cuda_variants:
+        cuda = tuple(normalise_archs(archs)) if archs is not None else None
+        platforms = [None] if r.build.builder == "oci-image" else rs.config.platforms
+        for platform in platforms:
+            full = Variant(platform=platform, cuda=cuda, host=host.platform)
+            nid = p.instantiate(target, full)
+            if nid not in targets:
+                targets.append(nid)
+    # Insertion order of `nodes` is already dependencies-first (post-order instantiation).
+    return Plan(set=rs.name, nodes=p.nodes, targets=tuple(targets), source_date_epoch=lock.source_date_epoch)
+
+
+def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:
+    """For each node, the longest expected time from its start to the end of the build."""
+    dependents = plan.dependents()
+    remaining: dict[str, float] = {}
+    for nid in reversed(list(plan.nodes)):
+        node = plan.nodes[nid]
+        own = durations.get(nid, node.estimate)
+        remaining[nid] = own + max((remaining[d] for d in dependents[nid]), default=0.0)
+    return remaining
+
+
+def cuda_variant_name(rs: RecipeSet, archs: Optional[tuple[str, ...]]) -> Optional[str]:
+    from .builders.cuda import normalise_archs
+
+    for name, lst in rs.config.cuda.items():
+        if archs is not None and tuple(normalise_archs(lst)) == archs:
+            return name
+    return None

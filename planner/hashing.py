@@ -1,0 +1,207 @@
+"""Content hashing: tree hash v1 (BLAKE3 Merkle tree), file digests and canonical JSON.
+
+Tree hash v1 is fixed by shared/reference/tree-hash.md: kind byte + name + NUL + child digest
+over children sorted by raw name bytes; only the owner-executable bit counts; symlinks hash their
+target; no times, owners or archive format. Pure functions plus the file reads they need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+import blake3
+
+from .errors import PlannerError
+
+PREFIX = "blake3:"
+_CHUNK = 1 << 20
+# Files below this size are hashed inline; larger ones go to the thread pool (blake3 and
+# hashlib release the GIL on large buffers, so threads give real parallelism).
+_PARALLEL_MIN = 256 << 10
+
+
+class TreeHashError(PlannerError):
+    pass
+
+
+def blake3_hex(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def format_digest(raw: bytes) -> str:
+    return PREFIX + raw.hex()
+
+
+def parse_digest(text: str) -> bytes:
+    if not text.startswith(PREFIX) or len(text) != len(PREFIX) + 64:
+        raise TreeHashError(f"not a blake3 digest: {text!r}")
+    return bytes.fromhex(text[len(PREFIX):])
+
+
+def _file_blake3(path: str | os.PathLike[str]) -> bytes:
+    h = blake3.blake3()
+    size = os.path.getsize(path)
+    if size >= 64 << 20:
+        # Large files: blake3's own multithreaded mmap path.
+        h.update_mmap(path)
+        return h.digest()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.digest()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """`blake3:<hex>` of one file's bytes: the tree hash of a single-file input."""
+    return format_digest(_file_blake3(path))
+
+
+def bytes_digest(data: bytes) -> str:
+    return format_digest(blake3.blake3(data).digest())
+
+
+def file_sha256_and_blake3(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """sha256 hex and blake3 digest of one file, both computed concurrently over one read.
+
+    Each chunk is handed to sha256 on a worker thread while blake3 runs on this one; both
+    release the GIL, so the pair costs about as much as sha256 alone.
+    """
+    sha = hashlib.sha256()
+    b3 = blake3.blake3()
+    with ThreadPoolExecutor(max_workers=1) as pool, open(path, "rb") as f:
+        pending = None
+        while chunk := f.read(4 << 20):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(sha.update, chunk)
+            b3.update(chunk)
+        if pending is not None:
+            pending.result()
+    return sha.hexdigest(), format_digest(b3.digest())
+
+
+def _node_entry(kind: bytes, name: bytes, digest: bytes) -> bytes:
+    return kind + name + b"\0" + digest
+
+
+def _kind_of(st: os.stat_result, path: str) -> bytes:
+    if stat.S_ISLNK(st.st_mode):
+        return b"l"
+    if stat.S_ISDIR(st.st_mode):
+        return b"d"
+    if stat.S_ISREG(st.st_mode):
+        return b"x" if st.st_mode & stat.S_IXUSR else b"f"
+    raise TreeHashError(f"not a file, directory or symlink: {path}")
+
+
+def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()) -> bytes:
+    """Raw 32-byte tree hash of a file, symlink or directory.
+
+    `exclude` names top-level entries to leave out (e.g. `.git` of a path source).
+    """
+    root_b = os.fsencode(root)
+    st = os.lstat(root_b)
+    kind = _kind_of(st, os.fsdecode(root_b))
+    if kind == b"l":
+        return blake3.blake3(os.readlink(root_b)).digest()
+    if kind != b"d":
+        return _file_blake3(root_b)
+
+    excluded = {os.fsencode(e) for e in exclude}
+    # Walk once, collecting every directory's children; hash big files on a pool and
+    # small ones inline, then fold directories bottom-up.
+    big: list[tuple[bytes, Any]] = []
+    file_digests: dict[bytes, bytes] = {}
+    dirs: list[tuple[bytes, list[tuple[bytes, bytes]]]] = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+        stack = [root_b]
+        while stack:
+            d = stack.pop()
+            children: list[tuple[bytes, bytes]] = []
+            with os.scandir(d) as it:
+                for e in it:
+                    name = e.name
+                    if d == root_b and name in excluded:
+                        continue
+                    st_e = e.stat(follow_symlinks=False)
+                    k = _kind_of(st_e, os.fsdecode(e.path))
+                    children.append((name, k))
+                    if k == b"d":
+                        stack.append(e.path)
+                    elif k == b"l":
+                        file_digests[e.path] = blake3.blake3(os.readlink(e.path)).digest()
+                    elif st_e.st_size >= _PARALLEL_MIN:
+                        big.append((e.path, pool.submit(_file_blake3, e.path)))
+                    else:
+                        with open(e.path, "rb") as f:
+                            file_digests[e.path] = blake3.blake3(f.read()).digest()
+            dirs.append((d, children))
+        for p, fut in big:
+            file_digests[p] = fut.result()
+
+    dir_digests: dict[bytes, bytes] = {}
+    for d, children in reversed(dirs):
+        children.sort()
+        h = blake3.blake3()
+        for name, k in children:
+            p = os.path.join(d, name)
+            h.update(_node_entry(k, name, dir_digests[p] if k == b"d" else file_digests[p]))
+        dir_digests[d] = h.digest()
+    return dir_digests[root_b]
+
+
+def tree_digest(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()) -> str:
+    """`blake3:<hex>` tree hash v1 of a directory, file or symlink."""
+    return format_digest(tree_digest_raw(root, exclude=exclude))
+
+
+def tree_kind(path: str | os.PathLike[str]) -> str:
+    return _kind_of(os.lstat(path), str(path)).decode()
+
+
+# Canonical JSON: sorted keys, no insignificant whitespace, UTF-8, no floats (a float's text
+# form is not stable across implementations, so preimages must not contain any).
+def _check_no_floats(value: Any, path: str = "$") -> None:
+    if isinstance(value, float):
+        raise TypeError(f"float in canonical JSON at {path}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"non-string key in canonical JSON at {path}")
+            _check_no_floats(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_no_floats(v, f"{path}[{i}]")
+
+
+def canonical_json(value: Any) -> bytes:
+    _check_no_floats(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_B32 = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32 alphabet (no e, o, u, t)
+
+
+def base32(raw: bytes) -> str:
+    """Nix-style base32 of a digest (lowercase, unambiguous alphabet)."""
+    n = int.from_bytes(raw, "big")
+    out = []
+    for _ in range((len(raw) * 8 + 4) // 5):
+        out.append(_B32[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def key_of(preimage: Any) -> str:
+    """Input key of a derivation: blake3 of its canonical JSON preimage, 32 base32 characters."""
+    return base32(blake3.blake3(canonical_json(preimage)).digest(length=20))
+
+
+def path_of(p: str | os.PathLike[str]) -> Path:
+    return Path(p)

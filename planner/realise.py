@@ -1,0 +1,493 @@
+"""`planner realise`: plan, fetch what is missing, build in the sandbox, record the run.
+
+Callable from Python: `realise(project_root, set_name, store, RealiseOptions(...))`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import attrs
+
+from .errors import BuildError, LockError, PlannerError
+
+PLAN_CACHE_VERSION = 1
+
+
+@attrs.frozen
+class RealiseOptions:
+    jobs: int = 0  # 0: the number of cores
+    dry_run: bool = False
+    check: bool = False
+    keep_going: bool = False
+    sandbox: bool = True
+    out_link: Optional[Path] = None
+    target: Optional[str] = None
+    use_plan_cache: bool = True
+
+
+@attrs.frozen
+class NodeResult:
+    id: str
+    name: str
+    variant: str
+    key: str
+    action: str  # built | reused | substituted | would-build | failed | skipped
+    reason: str
+    build_key: Optional[str] = None
+    digest: Optional[str] = None
+    path: Optional[str] = None
+    seconds: float = 0.0
+    previous_key: Optional[str] = None
+
+
+@attrs.frozen
+class CheckResult:
+    node: str
+    ok: bool
+    differing: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RealiseResult:
+    set: str
+    targets: list[str]
+    output: Optional[str]
+    digest: Optional[str]
+    nodes: list[NodeResult]
+    run_id: Optional[int] = None
+    failures: list[str] = attrs.field(factory=list)
+    checks: list[CheckResult] = attrs.field(factory=list)
+    noop: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "set": self.set,
+            "target": self.targets[0] if len(self.targets) == 1 else self.targets,
+            "targets": self.targets,
+            "output": self.output,
+            "digest": self.digest,
+            "run": self.run_id,
+            "nodes": [
+                {"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
+                 "action": n.action, "reason": n.reason, "digest": n.digest, "path": n.path,
+                 "seconds": round(n.seconds, 3)}
+                for n in self.nodes
+            ],
+            "failures": self.failures,
+            "checks": [attrs.asdict(c) for c in self.checks],
+        }
+
+
+# -- host facts ------------------------------------------------------------------------------
+
+def host_platform() -> str:
+    machine = _platform.machine().lower()
+    return {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64",
+            "arm64": "linux/arm64"}.get(machine, f"linux/{machine}")
+
+
+def host_packages(names: set[str], status: Path = Path("/var/lib/dpkg/status")) -> dict[str, str]:
+    """Installed Debian versions of the named packages (architecture-qualified names merged)."""
+    out: dict[str, str] = {}
+    try:
+        text = status.read_text(errors="replace")
+    except OSError:
+        return out
+    for block in text.split("\n\n"):
+        pkg = ver = None
+        installed = False
+        for line in block.splitlines():
+            if line.startswith("Package: "):
+                pkg = line[9:].strip()
+                if pkg not in names:
+                    break
+            elif line.startswith("Version: "):
+                ver = line[9:].strip()
+            elif line.startswith("Status: "):
+                installed = line.endswith(" installed")
+        if pkg in names and ver and installed:
+            out[pkg] = ver
+    return out
+
+
+def detect_host(sandboxed: bool = True):
+    from .graph import HOST_PACKAGES, HostInfo
+
+    names = {n for group in HOST_PACKAGES.values() for n in group}
+    return HostInfo(platform=host_platform(), packages=host_packages(names), sandbox=sandboxed)
+
+
+def git_state(root: Path) -> Optional[dict]:
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# -- plan cache (the no-op fast path) --------------------------------------------------------
+
+def _watched_files(rs, lock_path: Path) -> list[Path]:
+    files = sorted(rs.folder.rglob("*"))
+    files.append(lock_path)
+    for r in rs.recipes.values():
+        for p in r.patches:
+            if p.file:
+                files.append(rs.root / p.file)
+        for s in r.all_sources().values():
+            if s.kind == "path" and s.path:
+                base = rs.root / s.path
+                files.extend(sorted(base.rglob("*")) if base.is_dir() else [base])
+    pkg = Path(__file__).resolve().parent
+    files.extend(sorted(pkg.rglob("*.py")))
+    files.append(Path("/var/lib/dpkg/status"))
+    return [f for f in dict.fromkeys(files)]
+
+
+def _stat_sig(p: Path) -> list[int]:
+    try:
+        st = os.stat(p)
+    except OSError:
+        return [0, 0, 0]
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _plan_cache_path(store_root: Path, root: Path, set_name: str, target: Optional[str]) -> Path:
+    from .hashing import blake3_hex
+
+    h = blake3_hex(f"{root}\0{set_name}\0{target or ''}".encode())[:24]
+    return store_root / "plans" / f"{set_name}-{h}.json"
+
+
+def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str], sandboxed: bool) -> Optional[dict]:
+    """If nothing changed since the last complete realise, the cached answer; else None.
+
+    Imports only the standard library and sqlite: no recipes, no networkx, no httpx.
+    """
+    import json
+    import sqlite3
+
+    path = _plan_cache_path(store_root, root, set_name, target)
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if cache.get("version") != PLAN_CACHE_VERSION or cache.get("sandbox") != sandboxed:
+        return None
+    from . import __version__
+
+    if cache.get("planner") != __version__:
+        return None
+    for f, sig in cache["files"].items():
+        if _stat_sig(Path(f)) != sig:
+            return None
+    for rel in cache.get("absent", []):
+        if os.path.exists(rel):
+            return None
+    keys = [n["key"] for n in cache["nodes"]]
+    try:
+        db = sqlite3.connect(f"file:{store_root / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+        try:
+            found = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = ("SELECT r.input_key, e.path, e.digest FROM realisations r JOIN entries e "
+                     f"ON e.key = r.build_key WHERE r.input_key IN ({','.join('?' * len(chunk))})")
+                for ik, p, d in db.execute(q, chunk):
+                    found[ik] = (p, d)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    if len(found) != len(set(keys)):
+        return None
+    for n in cache["nodes"]:
+        p, d = found[n["key"]]
+        if d != n["digest"] or not os.path.lexists(store_root / p):
+            return None
+    return cache
+
+
+def _write_plan_cache(rs, lock_path: Path, store_root: Path, target: Optional[str], sandboxed: bool,
+                      result: RealiseResult) -> None:
+    import json
+
+    from . import __version__
+    from .lock import write_atomic
+
+    files = _watched_files(rs, lock_path)
+    cache = {
+        "version": PLAN_CACHE_VERSION,
+        "planner": __version__,
+        "sandbox": sandboxed,
+        "files": {str(f): _stat_sig(f) for f in files},
+        "nodes": [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
+                   "digest": n.digest, "path": n.path} for n in result.nodes],
+        "targets": result.targets,
+        "output": result.output,
+        "digest": result.digest,
+    }
+    path = _plan_cache_path(store_root, rs.root, rs.name, target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(cache, sort_keys=True))
+
+
+# -- realise ---------------------------------------------------------------------------------
+
+def _previous_keys(store, set_name: str) -> dict[str, str]:
+    for _id, rec in store.runs(limit=20):
+        if rec.get("set") == set_name and rec.get("nodes"):
+            return {n["id"]: n["key"] for n in rec["nodes"]}
+    return {}
+
+
+def image_digest(output: Path) -> Optional[str]:
+    """The digest of the image index a layout's top-level index.json points at, if any."""
+    import json
+
+    index = output / "index.json"
+    if not index.is_file():
+        return None
+    data = json.loads(index.read_text())
+    for m in data.get("manifests", []):
+        if m.get("mediaType") == "application/vnd.oci.image.index.v1+json":
+            return m["digest"]
+    return None
+
+
+def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions = RealiseOptions(),
+            *, progress: Optional[Callable[[str, object], None]] = None) -> RealiseResult:
+    root = Path(root).resolve()
+    store_root = Path(store_root).absolute()
+    emit = progress or (lambda kind, data: None)
+    if options.use_plan_cache and not options.dry_run and not options.check and store_root.exists():
+        cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
+        if cache is not None:
+            nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
+                                reason="valid in the store", build_key=n["build_key"], digest=n["digest"],
+                                path=n["path"]) for n in cache["nodes"]]
+            result = RealiseResult(set=set_name, targets=cache["targets"], output=cache["output"],
+                                   digest=cache["digest"], nodes=nodes, noop=True)
+            if options.out_link:
+                _out_link(options.out_link, Path(cache["output"]), None)
+            return result
+
+    from . import lock as lockmod
+    from .build import BuildRequest, Running, build, build_key, differing_files, rebuild_for_check
+    from .graph import critical_path, plan as make_plan
+    from .recipes import load_set
+    from .resolve import Resolver
+    from .schedule import Job, run_dag
+    from .store import Store, remove_tree
+
+    rs = load_set(root, set_name)
+    lock = lockmod.read(rs.lockfile)
+    problems = lockmod.check(rs, lock, deep=False)
+    if problems:
+        more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
+        raise LockError(problems[0].line() + more, where=str(rs.lockfile.relative_to(root)))
+    if options.sandbox:
+        from .sandbox import require_bwrap
+
+        require_bwrap()
+    host = detect_host(options.sandbox)
+    plan = make_plan(rs, lock, host, target=options.target)
+    store = Store(store_root)
+    resolver = Resolver(rs, store, log=lambda s: emit("log", s))
+    decls = lockmod.declarations(rs)
+    durations = store.durations()
+    priority = critical_path(plan, durations)
+    previous = _previous_keys(store, set_name)
+    closure = plan.closure(plan.targets)
+
+    # What is already valid: a realisation for the input key whose entry is present.
+    known = store.realisations(closure)
+    known = {k: v for k, v in ((n, known.get(plan.nodes[n].key)) for n in closure) if v is not None}
+    valid: dict[str, object] = {}
+    for nid in closure:
+        r = known.get(nid)
+        if r is not None:
+            e = store.lookup(r.build_key)
+            if e is not None and not options.check:
+                valid[nid] = e
+    results: dict[str, NodeResult] = {}
+
+    def reason_for(nid: str) -> str:
+        node = plan.nodes[nid]
+        prev = previous.get(nid)
+        if store.realisation(node.key) is not None:
+            return "output missing from the store (deleted or collected)"
+        if prev is None:
+            return "never built"
+        if prev != node.key:
+            return "inputs changed"
+        return "not in the store"
+
+    todo = [nid for nid in closure if nid not in valid]
+    if options.dry_run:
+        nodes = []
+        for nid in closure:
+            node = plan.nodes[nid]
+            if nid in valid:
+                e = valid[nid]
+                nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
+                                        e.key, e.digest, str(e.path)))
+            else:
+                nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
+                                        reason_for(nid), previous_key=previous.get(nid)))
+        return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes)
+
+    running = Running()
+    entries: dict[str, object] = dict(valid)
+    checks: list[CheckResult] = []
+    jobs_n = options.jobs or os.cpu_count() or 1
+    from .recipes import parse_size
+
+    try:
+        mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem_total = parse_size("8GiB")
+
+    used_inputs: set[str] = set()
+
+    def inputs_of(nid: str) -> dict:
+        node = plan.nodes[nid]
+        got = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
+               for name, ref in node.inputs.items()}
+        used_inputs.update(str(e.path) for e in got.values())
+        return got
+
+    def work(nid: str):
+        node = plan.nodes[nid]
+        deps = {m: entries[d] for m, d in node.deps.items()}
+        cores = max(1, min(node.cores, jobs_n))
+        req = BuildRequest(node=node, inputs=inputs_of(nid), deps=deps, jobs=cores, sandboxed=options.sandbox)
+        if options.check and nid in known:
+            stored = store.lookup(known[nid].build_key)
+            if stored is not None and build_key(node, deps) == known[nid].build_key:
+                digest, out, bdir = rebuild_for_check(req, store, running)
+                try:
+                    diff = [] if digest == stored.digest else differing_files(stored.path, out)
+                    if digest != stored.digest and not diff:
+                        diff = ["(metadata)"]
+                finally:
+                    remove_tree(bdir)
+                checks.append(CheckResult(nid, digest == stored.digest, diff))
+                return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
+        emit("start", node.label())
+        built = build(req, store, running)
+        if built.reused:
+            why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
+                else "built by another process"
+            return built.entry, built.build_key, 0.0, "reused", why
+        return built.entry, built.build_key, built.seconds, "built", reason_for(nid)
+
+    # Builds hold the gc lock shared, so `store gc` never removes what they are using.
+    with store.gc_lock(exclusive=False):
+        node_results: dict[str, tuple] = {}
+
+        def on_done(nid, exc):
+            if exc is None:
+                emit("done", plan.nodes[nid].label())
+            else:
+                emit("failed", plan.nodes[nid].label())
+
+        def work_and_keep(nid):
+            res = work(nid)
+            entries[nid] = res[0]
+            node_results[nid] = res
+            return res
+
+        jobs = [Job(id=nid, deps=tuple(plan.nodes[nid].deps.values()), priority=priority[nid],
+                    cores=max(1, min(plan.nodes[nid].cores, jobs_n)), memory=plan.nodes[nid].memory)
+                for nid in todo]
+        emit("plan", {"total": len(closure), "todo": len(todo)})
+        outcome = run_dag(jobs, work_and_keep, slots=jobs_n, memory=int(mem_total * 0.8),
+                          keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
+
+    for nid in closure:
+        node = plan.nodes[nid]
+        if nid in valid:
+            e = valid[nid]
+            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
+                                      e.key, e.digest, str(e.path))
+        elif nid in node_results:
+            e, bkey, secs, action, why = node_results[nid]
+            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
+                                      str(e.path), secs, previous.get(nid))
+        elif nid in outcome.failed:
+            exc = outcome.failed[nid]
+            msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
+            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
+                                      previous_key=previous.get(nid))
+        else:
+            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
+                                      "a dependency failed" if outcome.failed else "interrupted",
+                                      previous_key=previous.get(nid))
+
+    failures = []
+    for nid, exc in outcome.failed.items():
+        if isinstance(exc, BuildError):
+            failures.append(exc.line() + (f"\n  log: {exc.log}\n" + "\n".join("  | " + l for l in exc.tail.splitlines()[-10:]) if exc.log else ""))
+        elif isinstance(exc, PlannerError):
+            failures.append(exc.line())
+        else:
+            failures.append(f"{plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
+
+    target_results = [results[t] for t in plan.targets]
+    output = target_results[0].path if len(target_results) == 1 else None
+    digest = image_digest(Path(output)) if output else None
+    record = {
+        "set": set_name,
+        "targets": list(plan.targets),
+        "output": output,
+        "digest": digest,
+        "started": time.time(),
+        "lock": _lock_digest(rs.lockfile),
+        "git": git_state(root),
+        "sandbox": options.sandbox,
+        "check": options.check,
+        "nodes": [attrs.asdict(r) for r in results.values()],
+        "inputs": sorted(used_inputs),
+    }
+    run_id = store.add_run(record)
+    result = RealiseResult(set=set_name, targets=list(plan.targets), output=output, digest=digest,
+                           nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    if not failures and output:
+        store.set_root(f"set:{root}:{set_name}", Path(output))
+        if options.out_link:
+            _out_link(options.out_link, Path(output), store)
+    if not failures and not options.check:
+        _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
+    store.close()
+    return result
+
+
+def _lock_digest(path: Path) -> Optional[str]:
+    from .hashing import file_digest
+
+    return file_digest(path) if path.exists() else None
+
+
+def _out_link(link: Path, target: Path, store) -> None:
+    link = Path(link).absolute()
+    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    if store is not None:
+        store.set_root(f"link:{link}", link)

@@ -1,0 +1,448 @@
+"""Recipes: one TOML file per package, toolchain or image, loaded into typed attrs classes.
+
+A recipe set is a folder `recipes/<set>/` holding `set.toml` (the target, the variant axes'
+values, SOURCE_DATE_EPOCH) and one `<name>.toml` per recipe. Validation errors name the file,
+the key and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal, Optional
+
+import attrs
+
+from .errors import RecipeError
+
+AXES = ("platform", "cuda", "host")
+PLATFORMS = ("linux/amd64", "linux/arm64")
+SourceKind = Literal["url", "git", "pypi", "path", "apt", "image"]
+BUILDERS = (
+    "shell",
+    "unpack",
+    "python-wheel",
+    "cuda-wheel",
+    "prebuilt-wheel",
+    "cuda-toolkit",
+    "debian-rootfs",
+    "oci-image",
+)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@attrs.frozen
+class Source:
+    """One input: where it comes from. What it resolved to lives in the lock, not here."""
+
+    kind: SourceKind
+    url: Optional[str] = None  # url, git, image (registry reference)
+    rev: Optional[str] = None  # git: tag, branch or commit to resolve
+    submodules: bool = False  # git: fetch submodules as separate inputs
+    subdir: Optional[str] = None  # git/url: use only this subdirectory
+    name: Optional[str] = None  # pypi project name; apt package name
+    version: Optional[str] = None  # pypi exact version; apt version (None = candidate)
+    dist: Literal["sdist", "wheel"] = "sdist"  # pypi
+    path: Optional[str] = None  # path: a folder or file of this repository
+    sha256: Optional[str] = None  # url: an expected digest may be given up front
+    unpack: Optional[bool] = None  # default: archives unpack, wheels/debs/patches do not
+    per_platform: bool = False  # pypi wheels, apt packages, images: bytes differ by platform
+    python: Optional[str] = None  # pypi wheels: python tag, e.g. "3.11"
+    platform: Optional[str] = None  # pypi wheels: always this platform (a cross target's runtime)
+
+    def unpacks(self) -> bool:
+        if self.unpack is not None:
+            return self.unpack
+        if self.kind in ("git", "path"):
+            return True
+        if self.kind == "pypi":
+            return self.dist == "sdist"
+        if self.kind == "url":
+            return bool(re.search(r"\.(tar(\.\w+)?|tgz|txz|zip)$", self.url or ""))
+        return False
+
+    def platform_dependent(self) -> bool:
+        return self.per_platform or self.kind in ("apt", "image")
+
+
+@attrs.frozen
+class Patch:
+    """A local patch file (path) or one fetched by URL and pinned by hash (like fetchpatch)."""
+
+    file: Optional[str] = None
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    name: Optional[str] = None
+    strip: int = 1
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.file or self.url or "patch").name
+
+
+@attrs.frozen
+class Resources:
+    memory: str = "1GiB"
+    cores: int = 1
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+
+@attrs.frozen
+class Build:
+    builder: str
+    env: dict[str, str] = attrs.field(factory=dict)
+    script: Optional[str] = None  # shell builder
+    settings: dict[str, object] = attrs.field(factory=dict)
+    impure: bool = False  # asks for host access that makes output non-reproducible
+
+
+@attrs.frozen
+class ImageSpec:
+    """The image recipe's own table: the image's layers, environment and entrypoint."""
+
+    base: Optional[str] = None  # recipe producing the base root filesystem
+    layers: list[list[str]] = attrs.field(factory=list)  # groups of recipe names, bottom first
+    env: dict[str, str] = attrs.field(factory=dict)
+    entrypoint: list[str] = attrs.field(factory=list)
+    cmd: list[str] = attrs.field(factory=list)
+    labels: dict[str, str] = attrs.field(factory=dict)
+    compression: Literal["gzip", "zstd"] = "gzip"
+
+
+@attrs.frozen
+class Recipe:
+    name: str
+    version: str
+    build: Build
+    description: str = ""
+    axes: list[str] = attrs.field(factory=list)
+    source: Optional[Source] = None
+    inputs: dict[str, Source] = attrs.field(factory=dict)
+    patches: list[Patch] = attrs.field(factory=list)
+    deps: list[str] = attrs.field(factory=list)  # build-time: outputs mounted at /deps/<name>
+    toolchains: list[str] = attrs.field(factory=list)  # mounted at /toolchains/<name>
+    requires: list[str] = attrs.field(factory=list)  # run-time: installed beside it in images
+    resources: Resources = attrs.field(factory=Resources)
+    estimate: str = "10s"
+    image: Optional[ImageSpec] = None
+    file: str = ""  # where it was loaded from (not part of the TOML)
+
+    @property
+    def estimate_seconds(self) -> float:
+        return parse_duration(self.estimate)
+
+    def all_sources(self) -> dict[str, Source]:
+        """Every named input, the primary source as `source`."""
+        out = dict(self.inputs)
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    def build_inputs(self) -> list[str]:
+        """Recipes whose outputs this recipe's build consumes."""
+        out = list(self.deps) + list(self.toolchains)
+        if self.image is not None:
+            if self.image.base:
+                out.append(self.image.base)
+            for group in self.image.layers:
+                out.extend(group)
+        return out
+
+
+@attrs.frozen
+class SetConfig:
+    target: str
+    source_date_epoch: int
+    platforms: list[str] = attrs.field(factory=lambda: list(PLATFORMS))
+    cuda: dict[str, list[str]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RecipeSet:
+    name: str
+    root: Path  # project root (holds recipes/, lockfiles/, patches/)
+    config: SetConfig
+    recipes: dict[str, Recipe]
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "recipes" / self.name
+
+    @property
+    def lockfile(self) -> Path:
+        return self.root / "lockfiles" / f"{self.name}.lock"
+
+    def get(self, name: str) -> Recipe:
+        try:
+            return self.recipes[name]
+        except KeyError:
+            raise RecipeError(f"no recipe named {name!r} in set {self.name!r}") from None
+
+
+# -- parsing helpers -------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_DUR = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"not a size: {text!r} (e.g. 512MiB, 4GiB)")
+    n, unit = int(m.group(1)), (m.group(2) or "B").upper().rstrip("B").rstrip("I")
+    return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+
+
+def parse_duration(text: str) -> float:
+    m = _DUR.match(str(text))
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 5m, 2h)")
+    n, unit = int(m.group(1)), m.group(2) or "s"
+    return n * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def line_of(text: str, dotted: str) -> int | None:
+    """Best-effort line number of the last component of a dotted key in TOML text."""
+    leaf = dotted.split(".")[-1].split("[")[0]
+    if not leaf:
+        return None
+    pat = re.compile(rf"^\s*(\[+[^\]]*\b{re.escape(leaf)}\b[^\]]*\]+|\"?{re.escape(leaf)}\"?\s*=)")
+    for i, line in enumerate(text.splitlines(), 1):
+        if pat.search(line):
+            return i
+    return None
+
+
+_VERBATIM = ("env", "settings", "labels")  # user-named keys kept as written
+_NAMED = ("inputs", "cuda")  # tables whose keys are user names but whose values are ours
+
+
+def _kebab_to_snake(data: object) -> object:
+    """TOML uses kebab-case keys; attrs fields are snake_case."""
+    if isinstance(data, list):
+        return [_kebab_to_snake(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for k, v in data.items():
+        if k in _VERBATIM:
+            out[k] = v
+        elif k in _NAMED and isinstance(v, dict):
+            out[k] = {name: _kebab_to_snake(x) for name, x in v.items()}
+        else:
+            out[k.replace("-", "_")] = _kebab_to_snake(v)
+    return out
+
+
+def _converter():
+    import cattrs
+
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    # Builder settings are free-form JSON data, checked by the builder (and for floats below).
+    conv.register_structure_hook_func(lambda t: t is object, lambda value, _type: value)
+    return conv
+
+
+def _where(path: Path, root: Path, text: str, key: str | None) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = path
+    if not key:
+        return str(rel)
+    line = line_of(text, key)
+    return f"{rel}:{line}: {key}" if line else f"{rel}: {key}"
+
+
+def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
+    import cattrs
+
+    conv = _converter()
+    try:
+        return conv.structure(data, cls)
+    except cattrs.BaseValidationError as exc:
+        msgs = cattrs.transform_error(exc)
+        first = msgs[0] if msgs else str(exc)
+        # cattrs says e.g. "extra fields found (colour) @ $.build"; turn it into a key path.
+        m = re.match(r"(.*) @ \$\.?(.*)$", first)
+        if m:
+            detail, keypath = m.group(1), m.group(2)
+            extra = re.match(r"extra fields found \((.*)\)", detail)
+            if extra:
+                key = ".".join(p for p in (keypath, extra.group(1).split(",")[0].strip()) if p)
+                raise RecipeError("unknown key", where=_where(path, root, text, key.replace("_", "-"))) from None
+            raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
+        raise RecipeError(first, where=_where(path, root, text, None)) from None
+
+
+def _read_toml(path: Path, root: Path) -> tuple[dict, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError("not UTF-8 text", where=str(path)) from None
+    if len(text) > 1 << 20:
+        raise RecipeError("recipe larger than 1 MiB", where=str(path))
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"invalid TOML: {exc}", where=_where(path, root, text, None)) from None
+    except RecursionError:
+        raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None
+
+
+def load_recipe(path: Path, root: Path) -> Recipe:
+    data, text = _read_toml(path, root)
+    data = _kebab_to_snake(data)
+    if not isinstance(data, dict):
+        raise RecipeError("not a table", where=str(path))
+    recipe = _structure(Recipe, data, path, root, text)
+    recipe = attrs.evolve(recipe, file=str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
+    _validate_recipe(recipe, path, root, text)
+    return recipe
+
+
+def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
+    def err(key: str, msg: str) -> RecipeError:
+        return RecipeError(msg, where=_where(path, root, text, key))
+
+    if not _NAME.match(r.name):
+        raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
+    if path.stem != r.name:
+        raise err("name", f"recipe name {r.name!r} must match its file name {path.stem!r}")
+    if r.build.builder not in BUILDERS:
+        raise err("builder", f"unknown builder {r.build.builder!r} (one of {', '.join(BUILDERS)})")
+    for a in r.axes:
+        if a not in AXES:
+            raise err("axes", f"unknown variant axis {a!r} (one of {', '.join(AXES)})")
+    if r.build.builder == "shell" and not r.build.script:
+        raise err("script", "the shell builder needs build.script")
+    if r.build.builder == "oci-image" and r.image is None:
+        raise err("builder", "the oci-image builder needs an [image] table")
+    for key, value in (("estimate", r.estimate), ("memory", r.resources.memory)):
+        try:
+            parse_duration(value) if key == "estimate" else parse_size(value)
+        except ValueError as exc:
+            raise err(key, str(exc)) from None
+    for name, src in r.all_sources().items():
+        _validate_source(name, src, err, root)
+    for i, p in enumerate(r.patches):
+        if bool(p.file) == bool(p.url):
+            raise err("patches", f"patch {i + 1}: give exactly one of file or url")
+        if p.url and not p.sha256:
+            raise err("patches", f"patch {p.label}: a fetched patch needs sha256")
+        if p.file:
+            _check_inside(root, p.file, err, "file")
+    try:
+        from .hashing import canonical_json
+
+        canonical_json(r.build.settings)
+    except TypeError as exc:
+        raise err("settings", f"settings must be JSON without floats ({exc}); write numbers as integers or strings") from None
+    for k in r.build.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise err("env", f"invalid environment variable name {k!r}")
+
+
+def _check_inside(root: Path, rel: str, err, key: str) -> None:
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise err(key, f"path {rel!r} must be relative and inside the project")
+    real = (root / p).resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise err(key, f"path {rel!r} resolves outside the project")
+
+
+def _validate_source(name: str, s: Source, err, root: Path) -> None:
+    need = {"url": ("url",), "git": ("url", "rev"), "pypi": ("name", "version"), "path": ("path",),
+            "apt": ("name",), "image": ("url",)}[s.kind]
+    for field in need:
+        if getattr(s, field) in (None, ""):
+            raise err(name, f"input {name!r} of kind {s.kind} needs {field!r}")
+    if s.kind == "path":
+        _check_inside(root, s.path or "", err, "path")
+        if not (root / (s.path or "")).exists():
+            raise err("path", f"input {name!r}: {s.path} does not exist")
+    if s.sha256 and not re.fullmatch(r"[0-9a-f]{64}", s.sha256):
+        raise err("sha256", f"input {name!r}: sha256 must be 64 lowercase hex digits")
+    if s.kind == "git" and s.url and s.url.startswith("-"):
+        raise err("url", f"input {name!r}: invalid git url")
+
+
+def load_set(root: Path, name: str) -> RecipeSet:
+    root = root.resolve()
+    folder = root / "recipes" / name
+    if not folder.is_dir():
+        raise RecipeError(f"no recipe set {name!r} (expected folder {folder.relative_to(root)}/)")
+    cfg_path = folder / "set.toml"
+    if not cfg_path.is_file():
+        raise RecipeError("missing set.toml (target, source-date-epoch, variants)", where=str(cfg_path.relative_to(root)))
+    data, text = _read_toml(cfg_path, root)
+    config = _structure(SetConfig, _kebab_to_snake(data), cfg_path, root, text)
+    for p in config.platforms:
+        if p not in PLATFORMS:
+            raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
+                              where=_where(cfg_path, root, text, "platforms"))
+    recipes: dict[str, Recipe] = {}
+    for path in sorted(folder.glob("*.toml")):
+        if path.name == "set.toml":
+            continue
+        r = load_recipe(path, root)
+        recipes[r.name] = r
+    rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
+    _check_references(rs)
+    return rs
+
+
+def _check_references(rs: RecipeSet) -> None:
+    if rs.config.target not in rs.recipes:
+        raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
+                          where=f"recipes/{rs.name}/set.toml: target")
+    for r in rs.recipes.values():
+        text = (rs.root / r.file).read_text()
+        for field in ("deps", "toolchains", "requires"):
+            for dep in getattr(r, field):
+                if dep not in rs.recipes:
+                    raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                      where=_where(rs.root / r.file, rs.root, text, field))
+        if r.image:
+            for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
+                if dep not in rs.recipes:
+                    raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                      where=_where(rs.root / r.file, rs.root, text, "layers"))
+    cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
+    if cycle:
+        raise RecipeError("dependency cycle: " + " -> ".join(cycle), where=f"recipes/{rs.name}")
+
+
+def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in a name → dependencies map, as a closed path, or None. Iterative DFS."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = {n: WHITE for n in edges}
+    for start in sorted(edges):
+        if color[start] != WHITE:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                color[node] = GREY
+                path.append(node)
+            children = sorted(edges.get(node, ()))
+            if i < len(children):
+                stack.append((node, i + 1))
+                child = children[i]
+                if color.get(child, BLACK) == GREY:
+                    return path[path.index(child):] + [child]
+                if color.get(child) == WHITE:
+                    stack.append((child, 0))
+            else:
+                color[node] = BLACK
+                path.pop()
+    return None

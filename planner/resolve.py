@@ -1,0 +1,225 @@
+"""Resolving inputs to pins (`planner lock`) and materialising pinned inputs in the store.
+
+Fetched content enters the store as fixed-output entries keyed by its tree hash, so a second
+lock or a realise never downloads it again, and a re-compressed tarball with the same content
+maps to the same entry. Nothing that fails verification is stored.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import attrs
+
+from .errors import FetchError, HashMismatch, LockError
+from .lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, local_pin, recipes_digest
+from .recipes import RecipeSet
+from .store import Entry, Store, remove_tree
+
+
+def fixed_key(tree: str, unpacked: bool) -> str:
+    from .hashing import key_of
+
+    return key_of({"fixed": tree, "unpacked": unpacked})
+
+
+def _entry_name(decl: InputDecl, pin: Pin) -> str:
+    base = pin.filename or f"{decl.recipe}-{decl.name}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", base)[:120]
+
+
+def _arch(platform: str) -> str:
+    return platform.split("/")[-1]
+
+
+@attrs.frozen
+class Fetched:
+    content: Path  # a file or an unpacked tree inside the store's tmp/
+    pin: Pin
+
+
+class Resolver:
+    """Resolves and materialises the inputs of one recipe set against one store."""
+
+    def __init__(self, rs: RecipeSet, store: Store, *, log: Callable[[str], None] = lambda s: None) -> None:
+        self.rs = rs
+        self.store = store
+        self.log = log
+        self._work = store.root / "tmp"
+
+    # -- fetching ----------------------------------------------------------------------
+
+    def _fetch(self, decl: InputDecl, platform: str, pin: Optional[Pin]) -> Fetched:
+        """Fetch one input into a temporary place. With `pin`, reproduce exactly that pin."""
+        tmp = Path(tempfile.mkdtemp(prefix="fetch-", dir=self._work))
+        try:
+            return self._fetch_into(decl, platform, pin, tmp)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+    def _fetch_into(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
+        from .hashing import file_sha256_and_blake3
+
+        src, patch = decl.source, decl.patch
+        if decl.local:
+            rel = src.path if src is not None else patch.file  # type: ignore[union-attr]
+            origin = self.rs.root / str(rel)
+            dest = tmp / origin.name
+            if origin.is_dir():
+                shutil.copytree(origin, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+            else:
+                shutil.copyfile(origin, dest)
+            got = local_pin(self.rs, decl)
+            return Fetched(dest, got)
+
+        if src is not None and src.kind == "git":
+            from .fetch import git
+
+            commit = pin.commit if pin and pin.commit else git.resolve(str(src.url), str(src.rev))
+            dest = tmp / "checkout"
+            git.export(str(src.url), commit, dest, cache_dir=self.store.root / "git-cache")
+            if src.subdir:
+                sub = dest / src.subdir
+                if not sub.is_dir():
+                    raise FetchError(f"no subdirectory {src.subdir} at {commit}", where=decl.id)
+                sub.rename(tmp / "subdir")
+                remove_tree(dest)
+                dest = tmp / "subdir"
+            return Fetched(dest, Pin(commit=commit, url=src.url))
+
+        if src is not None and src.kind == "pypi":
+            from .fetch import pypi
+
+            path = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=tmp,
+                                 platform=src.platform or (None if platform == ANY else platform),
+                                 python_version=src.python)
+            sha, b3 = file_sha256_and_blake3(path)
+            if pin and pin.sha256 and pin.sha256 != sha:
+                raise HashMismatch(f"{decl.id} ({path.name})", pin.sha256, sha)
+            got = Pin(sha256=sha, size=path.stat().st_size, filename=path.name, version=src.version, tree=b3)
+            return self._maybe_unpack(decl, path, got, tmp)
+
+        if src is not None and src.kind == "apt":
+            from .fetch import apt
+
+            version = pin.version if pin and pin.version else src.version
+            pkg = apt.download(str(src.name), version, _arch(platform), tmp,
+                               state_dir=self.store.root / "apt-state" / _arch(platform))
+            sha, b3 = file_sha256_and_blake3(pkg.path)
+            if pin and pin.sha256 and pin.sha256 != sha:
+                raise HashMismatch(f"{decl.id} ({pkg.path.name})", pin.sha256, sha)
+            return Fetched(pkg.path, Pin(sha256=sha, size=pkg.path.stat().st_size, filename=pkg.path.name,
+                                         version=pkg.version, tree=b3))
+
+        if (src is not None and src.kind == "url") or (patch is not None and patch.url):
+            from .fetch import url as urlfetch
+
+            url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
+            expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
+            filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1] or "download"
+            got = urlfetch.download(url, tmp / filename, sha256=expected)
+            p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
+            return self._maybe_unpack(decl, got.path, p, tmp)
+
+        raise LockError(f"inputs of kind {decl.kind} cannot be fetched by this planner yet", where=decl.id)
+
+    def _maybe_unpack(self, decl: InputDecl, path: Path, pin: Pin, tmp: Path) -> Fetched:
+        if not decl.unpacks:
+            return Fetched(path, pin)
+        from .archive import safe_extract
+
+        dest = tmp / "unpacked"
+        safe_extract(path, dest)
+        path.unlink()
+        src = decl.source
+        if src is not None and src.subdir:
+            sub = dest / src.subdir
+            if not sub.is_dir():
+                raise FetchError(f"no subdirectory {src.subdir} in {pin.filename}", where=decl.id)
+            sub.rename(tmp / "subdir")
+            remove_tree(dest)
+            dest = tmp / "subdir"
+        return Fetched(dest, pin)
+
+    def _store(self, decl: InputDecl, fetched: Fetched, expected_tree: Optional[str]) -> tuple[Entry, Pin]:
+        from .hashing import tree_digest
+
+        tree = tree_digest(fetched.content)
+        if expected_tree is not None and tree != expected_tree:
+            remove_tree(fetched.content.parent)
+            raise HashMismatch(f"{decl.id} (tree)", expected_tree, tree)
+        pin = attrs.evolve(fetched.pin, tree=tree)
+        key = fixed_key(tree, decl.unpacks)
+        with self.store.key_lock(key):
+            entry = self.store.lookup(key)
+            if entry is None:
+                entry = self.store.add(key, _entry_name(decl, pin), None, fetched.content, kind="fixed", digest=tree)
+        remove_tree(fetched.content.parent)
+        return entry, pin
+
+    # -- public ------------------------------------------------------------------------
+
+    def resolve(self, decl: InputDecl) -> LockedInput:
+        pins: dict[str, Pin] = {}
+        for platform in decl.platforms:
+            self.log(f"resolving {decl.id}" + ("" if platform == ANY else f" [{platform}]"))
+            fetched = self._fetch(decl, platform, None)
+            _entry, pins[platform] = self._store(decl, fetched, None)
+        return LockedInput(id=decl.id, kind=decl.kind, origin=decl.origin, spec=decl.spec(), pins=pins)
+
+    def materialise(self, decl: InputDecl, li: LockedInput, platform: str | None) -> Entry:
+        """The store entry of a pinned input, fetching (and verifying) it if absent."""
+        if li.status != "locked":
+            raise LockError(f"input is not locked: {li.reason or 'unresolved'}; run `planner lock --update {decl.id}`",
+                            where=decl.id)
+        pin = li.pin(platform)
+        if pin.tree is None:
+            raise LockError("pin has no tree hash", where=decl.id)
+        entry = self.store.lookup(fixed_key(pin.tree, decl.unpacks))
+        if entry is not None:
+            return entry
+        self.log(f"fetching {decl.id}")
+        fetched = self._fetch(decl, platform or ANY, pin)
+        entry, _ = self._store(decl, fetched, pin.tree)
+        return entry
+
+
+def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(),
+             log: Callable[[str], None] = lambda s: None) -> tuple[Lock, list[str]]:
+    """Resolve every input not already pinned (or named in `update`). Returns the lock and the
+    ids that changed. Local inputs are always re-hashed."""
+    from . import lock as lockmod
+
+    old: Optional[Lock] = None
+    if rs.lockfile.exists():
+        try:
+            old = lockmod.read(rs.lockfile)
+        except LockError as exc:
+            log(f"ignoring unreadable lock: {exc.line()}")
+    resolver = Resolver(rs, store, log=log)
+    decls = declarations(rs)
+    unknown = [u for u in update if u not in decls and u not in rs.recipes]
+    if unknown:
+        raise LockError(f"--update {unknown[0]!r} names no input or recipe of set {rs.name!r}")
+    inputs: dict[str, LockedInput] = {}
+    changed: list[str] = []
+    for id_, decl in decls.items():
+        prev = old.inputs.get(id_) if old else None
+        wanted = id_ in update or decl.recipe in update
+        if (prev is not None and not wanted and not decl.local and prev.status == "locked"
+                and prev.spec == decl.spec()):
+            inputs[id_] = prev
+            continue
+        new = resolver.resolve(decl)
+        inputs[id_] = new
+        if prev is None or prev.pins != new.pins or prev.spec != new.spec:
+            changed.append(id_)
+    lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
+                inputs=inputs)
+    lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
+    return lock, changed

@@ -1,0 +1,113 @@
+"""The build sandbox: bubblewrap command lines with fixed paths and a cleared environment.
+
+Inside, a build sees only: the host's /usr read-only (with /usr/local hidden, so host-local
+toolkits cannot leak in), a generated /etc, its own /build (source, output, HOME, TMPDIR),
+its inputs, dependencies and toolchains read-only at fixed paths, and nothing of the store's
+real location, the user's home or the network. Every build starts in a fresh pid namespace
+with the same command line, so tools that embed pids (nvcc's tmpxft_<pid>) write the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import attrs
+
+from .errors import SandboxError
+
+BUILD_DIR = "/build"
+BUILD_UID = 1000
+BUILD_GID = 1000
+
+# The only variables a build sees besides the ones its recipe declares.
+BASE_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": f"{BUILD_DIR}/home",
+    "TMPDIR": f"{BUILD_DIR}/tmp",
+    "TZ": "UTC",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "USER": "build",
+    "TERM": "dumb",
+}
+
+_PASSWD = "root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000:build:/build/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"
+_GROUP = "root:x:0:\nbuild:x:1000:\nnogroup:x:65534:\n"
+
+
+@attrs.frozen
+class Mount:
+    source: Path
+    dest: str
+    writable: bool = False
+
+
+def bwrap_path() -> Optional[str]:
+    return shutil.which("bwrap")
+
+
+def require_bwrap() -> str:
+    path = bwrap_path()
+    if path is None:
+        raise SandboxError("bubblewrap (bwrap) is not installed: install it (apt-get install bubblewrap) "
+                           "or pass --sandbox=off, which marks every output impure")
+    return path
+
+
+def etc_dir(build_dir: Path) -> Path:
+    """A minimal /etc for the sandbox, written inside the build directory's parent."""
+    etc = build_dir.parent / (build_dir.name + ".etc")
+    etc.mkdir(exist_ok=True)
+    (etc / "passwd").write_text(_PASSWD)
+    (etc / "group").write_text(_GROUP)
+    (etc / "hostname").write_text("build\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost build\n")
+    (etc / "nsswitch.conf").write_text("passwd: files\ngroup: files\nhosts: files\n")
+    return etc
+
+
+def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[str, str],
+            rootfs: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src") -> list[str]:
+    """The bwrap argv that runs `argv` sandboxed. Paths inside are fixed; only sources vary."""
+    bwrap = require_bwrap()
+    etc = etc_dir(build_dir)
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+           "--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "build"]
+    if rootfs is not None:
+        cmd += ["--ro-bind", str(rootfs), "/"]
+    else:
+        cmd += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            if os.path.islink(f"/{link}"):
+                cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+            elif os.path.isdir(f"/{link}"):
+                cmd += ["--ro-bind", f"/{link}", f"/{link}"]
+        cmd += ["--dir", "/etc"]
+        for keep in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives"):
+            if os.path.exists(f"/etc/{keep}"):
+                cmd += ["--ro-bind", f"/etc/{keep}", f"/etc/{keep}"]
+    for name in ("passwd", "group", "hostname", "hosts", "nsswitch.conf"):
+        cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    cmd += ["--bind", str(build_dir), BUILD_DIR]
+    for m in sorted(mounts, key=lambda m: m.dest):
+        cmd += ["--bind" if m.writable else "--ro-bind", str(m.source), m.dest]
+    full_env = dict(BASE_ENV)
+    full_env.update(env)
+    for k, v in sorted(full_env.items()):
+        cmd += ["--setenv", k, v]
+    cmd += ["--chdir", cwd, "--"]
+    return cmd + argv
+
+
+def unsandboxed_env(env: dict[str, str], build_dir: Path) -> dict[str, str]:
+    """`--sandbox=off`: same variables, real paths. The output is recorded as impure."""
+    full = {k: v.replace(BUILD_DIR, str(build_dir)) for k, v in BASE_ENV.items()}
+    full["PATH"] = "/usr/bin:/bin"
+    full.update({k: v.replace(BUILD_DIR, str(build_dir)) for k, v in env.items()})
+    return full

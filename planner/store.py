@@ -1,0 +1,338 @@
+"""The content-addressed store: read-only output trees, a sqlite index, per-key locks.
+
+Layout (`store/` by default):
+
+    <key>-<name>[-<version>]/   a valid entry: read-only, registered in the index
+    index.sqlite                 entries, preimages, realisations, runs
+    locks/<key>.lock             per-key build locks (flock)
+    gc.lock                      builders hold it shared, `store gc` exclusive
+    tmp/                         builds in progress; renamed into place when complete
+    logs/<key>.log               build logs
+
+An entry becomes valid in two steps: its complete, normalised, hashed tree is renamed into
+place, then its row is committed. A crash between the two leaves a directory without a row,
+which is treated as absent and replaced by the next build under the key's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterator, Optional
+
+import attrs
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    path TEXT PRIMARY KEY,      -- basename under the store
+    key TEXT NOT NULL UNIQUE,   -- build key (or fixed-output key)
+    digest TEXT NOT NULL,       -- tree hash of the content
+    kind TEXT NOT NULL,         -- 'fixed' | 'build'
+    name TEXT NOT NULL,
+    impure INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS preimages (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS realisations (
+    input_key TEXT PRIMARY KEY,
+    build_key TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL);
+"""
+
+
+@attrs.frozen
+class Entry:
+    path: Path
+    key: str
+    digest: str
+    kind: str
+    name: str
+    impure: bool = False
+
+
+@attrs.frozen
+class Realisation:
+    input_key: str
+    build_key: str
+    digest: str
+
+
+def _make_writable(path: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        os.chmod(dirpath, 0o755)
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, 0o755)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly read-only) tree or file."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    _make_writable(path)
+    shutil.rmtree(path)
+
+
+def make_read_only(path: Path) -> None:
+    """Normalise permissions and make an entry read-only: 0555 dirs and executables, 0444 files."""
+    if path.is_symlink():
+        return
+    if path.is_file():
+        mode = os.lstat(path).st_mode
+        os.chmod(path, 0o555 if mode & stat.S_IXUSR else 0o444)
+        return
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"output holds something that is not a file, dir or link: {p}")
+            os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
+        os.chmod(dirpath, 0o555)
+
+
+class Store:
+    """A store rooted at `root`. Thread-safe; several processes may share one store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        for sub in ("locks", "tmp", "logs"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=60000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- locks --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def key_lock(self, key: str) -> Iterator[None]:
+        """Exclusive per-key lock across processes: one builder per key at a time."""
+        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def gc_lock(self, exclusive: bool) -> Iterator[None]:
+        """Builds hold this shared for their whole run; gc takes it exclusively."""
+        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- entries ------------------------------------------------------------------------
+
+    @staticmethod
+    def entry_name(key: str, name: str, version: str | None = None) -> str:
+        return f"{key}-{name}-{version}" if version else f"{key}-{name}"
+
+    def lookup(self, key: str) -> Optional[Entry]:
+        """The valid entry for a key: registered and present on disk."""
+        rows = self._query("SELECT path, key, digest, kind, name, impure FROM entries WHERE key=?", (key,))
+        if not rows:
+            return None
+        path, key, digest, kind, name, impure = rows[0]
+        p = self.root / path
+        if not os.path.lexists(p):
+            return None
+        return Entry(p, key, digest, kind, name, bool(impure))
+
+    def new_build_dir(self, key: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{key}-", dir=self.root / "tmp"))
+
+    def add(self, key: str, name: str, version: str | None, content: Path, *, kind: str,
+            digest: str | None = None, impure: bool = False) -> Entry:
+        """Move a complete output (file or tree) into the store and register it.
+
+        The caller holds `key_lock(key)`. `content` must be on the store's file system (under
+        `tmp/`) so the final rename is atomic.
+        """
+        from .hashing import tree_digest
+
+        make_read_only(content)
+        actual = tree_digest(content)
+        if digest is not None and digest != actual:
+            remove_tree(content)
+            raise StoreError(f"content hashes to {actual}, expected {digest}", where=name)
+        final = self.root / self.entry_name(key, name, version)
+        if os.path.lexists(final):
+            # A leftover of a crash between rename and commit, or an invalid entry.
+            remove_tree(final)
+        os.rename(content, final)
+        with self._tx() as db:
+            db.execute("DELETE FROM entries WHERE key=? OR path=?", (key, final.name))
+            db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?)",
+                       (final.name, key, actual, kind, name, int(impure)))
+        return Entry(final, key, actual, kind, name, impure)
+
+    def entries(self) -> list[Entry]:
+        rows = self._query("SELECT path, key, digest, kind, name, impure FROM entries ORDER BY path")
+        return [Entry(self.root / p, k, d, kd, n, bool(i)) for p, k, d, kd, n, i in rows]
+
+    def invalidate(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM entries WHERE key=?", (key,))
+
+    # -- preimages and realisations -----------------------------------------------------
+
+    def put_preimage(self, key: str, preimage: object) -> None:
+        from .hashing import canonical_json
+
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO preimages VALUES (?,?)", (key, canonical_json(preimage).decode()))
+
+    def preimage(self, key: str) -> Optional[dict]:
+        rows = self._query("SELECT json FROM preimages WHERE key=?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def realise(self, input_key: str, build_key: str, digest: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO realisations VALUES (?,?,?)", (input_key, build_key, digest))
+
+    def realisation(self, input_key: str) -> Optional[Realisation]:
+        rows = self._query("SELECT input_key, build_key, digest FROM realisations WHERE input_key=?", (input_key,))
+        return Realisation(*rows[0]) if rows else None
+
+    def realisations(self, input_keys: list[str]) -> dict[str, Realisation]:
+        out: dict[str, Realisation] = {}
+        for i in range(0, len(input_keys), 500):
+            chunk = input_keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT input_key, build_key, digest FROM realisations WHERE input_key IN ({marks})", tuple(chunk)):
+                out[row[0]] = Realisation(*row)
+        return out
+
+    # -- durations, runs, roots ---------------------------------------------------------
+
+    def record_duration(self, name: str, seconds: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO durations VALUES (?,?)", (name, seconds))
+
+    def durations(self) -> dict[str, float]:
+        return dict(self._query("SELECT name, seconds FROM durations"))
+
+    def add_run(self, record: dict) -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO runs (json) VALUES (?)", (json.dumps(record, sort_keys=True),))
+            return int(cur.lastrowid)
+
+    def runs(self, limit: int = 50) -> list[tuple[int, dict]]:
+        rows = self._query("SELECT id, json FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [(i, json.loads(j)) for i, j in rows]
+
+    def run(self, run_id: int) -> Optional[dict]:
+        rows = self._query("SELECT json FROM runs WHERE id=?", (run_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_root(self, name: str, path: Path) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO roots VALUES (?,?)", (name, str(path)))
+
+    def roots(self) -> dict[str, str]:
+        return dict(self._query("SELECT name, path FROM roots"))
+
+    # -- verify and gc ------------------------------------------------------------------
+
+    def verify(self) -> list[tuple[Entry, str]]:
+        """Re-hash every entry; returns (entry, problem) for each that does not match."""
+        from .hashing import tree_digest
+
+        bad = []
+        for e in self.entries():
+            if not os.path.lexists(e.path):
+                bad.append((e, "missing"))
+                continue
+            actual = tree_digest(e.path)
+            if actual != e.digest:
+                bad.append((e, f"content hashes to {actual}, recorded {e.digest}"))
+        return bad
+
+    def gc(self, extra_roots: list[str] = ()) -> list[str]:
+        """Remove entries not reachable from roots. Returns removed basenames.
+
+        Reachability comes from the run records: each root names a store path, and the run
+        that produced it lists its closure's paths.
+        """
+        with self.gc_lock(exclusive=True):
+            live: set[str] = set()
+            roots = list(self.roots().items())
+            for name, target in roots:
+                p = Path(target)
+                if name.startswith("link:") and not (p.is_symlink() or p.exists()):
+                    continue  # out-link deleted: no longer a root
+                resolved = p.resolve() if p.is_symlink() else p
+                live.add(resolved.name)
+            for _id, rec in self.runs(limit=1000):
+                if rec.get("output") and Path(rec["output"]).name in live:
+                    live.update(Path(n["path"]).name for n in rec.get("nodes", []) if n.get("path"))
+                    live.update(Path(p).name for p in rec.get("inputs", []))
+            live.update(Path(r).name for r in extra_roots)
+            removed = []
+            for e in self.entries():
+                if e.path.name not in live:
+                    remove_tree(e.path)
+                    self.invalidate(e.key)
+                    removed.append(e.path.name)
+            for leftover in (self.root / "tmp").iterdir():
+                remove_tree(leftover)
+            return removed
