@@ -157,7 +157,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
                 click.echo(f"would build {n.id}  ({n.reason})")
         click.echo(f"{sum(n.action != 'reused' for n in result.nodes)} to build, "
                    f"{sum(n.action == 'reused' for n in result.nodes)} valid")
-    else:
+    elif not result.failures:
         built = sum(n.action == "built" for n in result.nodes)
         if not result.noop:
             click.echo(f"{built} built, {sum(n.action == 'reused' for n in result.nodes)} reused", err=True)

@@ -118,7 +118,7 @@ class Node:
     preimage: dict
     builder: str
     deps: dict[str, str]  # mount name -> node id
-    requires: tuple[str, ...]  # run-time: node ids
+    requires: tuple[str, ...]  # run-time: recipe names (instantiated per variant by the plan)
     inputs: dict[str, InputRef]  # input name -> pin
     estimate: float
     memory: int
@@ -136,6 +136,7 @@ class Plan:
     nodes: dict[str, Node]  # in topological order: dependencies first
     targets: tuple[str, ...]
     source_date_epoch: int
+    roots: tuple[str, ...] = ()  # targets and their run-time closures, for every variant
 
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {n: [] for n in self.nodes}
@@ -154,7 +155,6 @@ class Plan:
                 continue
             want.add(n)
             stack.extend(self.nodes[n].deps.values())
-            stack.extend(self.nodes[n].requires)
         return [n for n in self.nodes if n in want]
 
     def to_networkx(self):
@@ -237,7 +237,7 @@ class _Planner:
                 deps[dep] = self.instantiate(dep, full)
             for tc in r.toolchains:
                 deps[f"toolchain/{tc}"] = self.instantiate(tc, full)
-        requires = tuple(self.instantiate(req, full) for req in r.requires)
+        requires = tuple(r.requires)
         inputs = self._inputs(r, variant)
         impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
         pre = {
@@ -313,6 +313,7 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
     r = rs.get(target)
     cuda_variants = list(rs.config.cuda.items()) or [("", None)]
     targets: list[str] = []
+    roots: list[str] = []
     from .builders.cuda import normalise_archs
 
     if r.build.builder == "oci-image":
@@ -325,8 +326,20 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
             nid = p.instantiate(target, full)
             if nid not in targets:
                 targets.append(nid)
+            roots.append(nid)
+            # Run-time requirements are resolved for the consumer's variant: a pure-Python
+            # package needs the CUDA kernel of whichever platform it is installed on.
+            queue, seen = list(r.requires), set()
+            while queue:
+                req = queue.pop(0)
+                if req in seen:
+                    continue
+                seen.add(req)
+                roots.append(p.instantiate(req, full))
+                queue.extend(rs.get(req).requires)
     # Insertion order of `nodes` is already dependencies-first (post-order instantiation).
-    return Plan(set=rs.name, nodes=p.nodes, targets=tuple(targets), source_date_epoch=lock.source_date_epoch)
+    return Plan(set=rs.name, nodes=p.nodes, targets=tuple(targets), source_date_epoch=lock.source_date_epoch,
+                roots=tuple(dict.fromkeys(roots)))
 
 
 def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:

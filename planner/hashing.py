@@ -49,7 +49,7 @@ def _file_blake3(path: str | os.PathLike[str]) -> bytes:
     size = os.path.getsize(path)
     if size >= 64 << 20:
         # Large files: blake3's own multithreaded mmap path.
-        h.update_mmap(path)
+        h.update_mmap(os.fsdecode(path))
         return h.digest()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):

@@ -309,7 +309,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     durations = store.durations()
     priority = critical_path(plan, durations)
     previous = _previous_keys(store, set_name)
-    closure = plan.closure(plan.targets)
+    closure = plan.closure(plan.roots)
 
     # What is already valid: a realisation for the input key whose entry is present.
     known = store.realisations(closure)
