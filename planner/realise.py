@@ -312,8 +312,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     closure = plan.closure(plan.roots)
 
     # What is already valid: a realisation for the input key whose entry is present.
-    known = store.realisations(closure)
-    known = {k: v for k, v in ((n, known.get(plan.nodes[n].key)) for n in closure) if v is not None}
+    by_key = store.realisations([plan.nodes[n].key for n in closure])
+    known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
     valid: dict[str, object] = {}
     for nid in closure:
         r = known.get(nid)

@@ -1,0 +1,1 @@
+"""Fetchers: bytes from URLs, git, PyPI and apt, each checked, hashed and moved into place atomically."""

@@ -1,0 +1,298 @@
+"""Git sources: resolve a ref to a commit, export a commit's tree, list its submodules.
+
+The tree of a commit is what `git clone` + `git checkout` writes on Linux with default
+settings (tree hash v1 relies on it): in-tree `.gitattributes` apply, symlinks stay links,
+executable bits follow the tree, submodules are empty directories. Nothing the user has
+configured may change that, so git runs with no system or global config, a throwaway HOME
+and no inherited GIT_* variables, and never prompts.
+
+Objects are fetched into bare repositories (cached per URL under `cache_dir` when given), one
+commit at a time with `--depth 1`; servers that refuse to serve an unadvertised commit get a
+full fetch of their branches and tags instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import attrs
+import blake3
+
+from ..errors import FetchError
+
+__all__ = ["Submodule", "resolve", "export", "submodules", "resolve_submodule_url"]
+
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+# `-c` settings for every git command. Auto-gc is off so that one process never prunes objects
+# another is checking out of a shared cache.
+_CONFIG: tuple[tuple[str, str], ...] = (
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+    ("init.defaultBranch", "main"),
+    ("advice.detachedHead", "false"),
+)
+# Transport settings that do not change what a checkout contains.
+_KEEP_ENV = ("GIT_SSH", "GIT_SSH_COMMAND", "GIT_SSH_VARIANT", "GIT_PROXY_COMMAND")
+_GITLINK_MODE = "160000"
+
+
+@attrs.frozen
+class Submodule:
+    path: str  # inside the superproject, '/'-separated
+    url: str  # absolute: relative .gitmodules URLs are resolved against the superproject's
+    commit: str  # the gitlink: the commit the superproject pins
+
+
+# -- running git ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Git:
+    """git with a clean environment; `home` is a private temporary directory."""
+
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("GIT_") and k not in ("HOME", "XDG_CONFIG_HOME")}
+        env.update({k: os.environ[k] for k in _KEEP_ENV if k in os.environ})
+        env.update(
+            HOME=str(self.home),
+            XDG_CONFIG_HOME=str(self.home / ".config"),
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_TERMINAL_PROMPT="0",
+            GIT_ASKPASS="true",  # answers any credential question with nothing
+            LC_ALL="C",  # stable messages for the errors we quote
+        )
+        env.update(extra)
+        return env
+
+    def run(self, args: Sequence[str | os.PathLike[str]], *, where: str, what: str,
+            git_dir: Path | None = None, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        cmd: list[str] = ["git"]
+        for key, value in _CONFIG:
+            cmd += ["-c", f"{key}={value}"]
+        if git_dir is not None:
+            cmd.append(f"--git-dir={git_dir}")
+        cmd += [os.fspath(a) for a in args]
+        proc = subprocess.run(cmd, env=self.env(**env), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, errors="surrogateescape")
+        if check and proc.returncode != 0:
+            raise FetchError(f"{what}: {_last_line(proc.stderr) or f'git exited with {proc.returncode}'}",
+                             where=where)
+        return proc
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@contextlib.contextmanager
+def _git() -> Iterator[_Git]:
+    with tempfile.TemporaryDirectory(prefix="planner-git-home-") as home:
+        yield _Git(Path(home))
+
+
+# -- bare repositories and fetching -----------------------------------------------------------
+
+
+def _cache_name(url: str) -> str:
+    """A readable, collision-free directory name for one URL's bare repository."""
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git"))[:40]
+    return f"{tail or 'repo'}-{blake3.blake3(url.encode()).hexdigest()[:16]}.git"
+
+
+@contextlib.contextmanager
+def _bare_repo(git: _Git, url: str, cache_dir: Path | None) -> Iterator[Path]:
+    """A bare repository for `url`, locked for the caller's exclusive use while it is held."""
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="planner-git-") as tmp:
+            repo = Path(tmp) / "repo.git"
+            git.run(["init", "--bare", "-q", repo], where=url, what="git init")
+            yield repo
+        return
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    repo = cache_dir / _cache_name(url)
+    with open(cache_dir / (repo.name + ".lock"), "w") as lock:
+        # Concurrent fetches into one repository race on the shallow file and refs.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (repo / "HEAD").exists():
+            # Initialise aside and rename, so a crash never leaves a half-made repository.
+            tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=cache_dir))
+            try:
+                git.run(["init", "--bare", "-q", tmp], where=url, what="git init")
+                if repo.exists():
+                    shutil.rmtree(repo)
+                os.rename(tmp, repo)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        yield repo
+
+
+def _has_commit(git: _Git, repo: Path, commit: str) -> bool:
+    proc = git.run(["cat-file", "-e", f"{commit}^{{commit}}"], git_dir=repo, where="", what="", check=False)
+    return proc.returncode == 0
+
+
+def _fetch_commit(git: _Git, repo: Path, url: str, commit: str) -> None:
+    """Make `commit` (and its whole tree) present in `repo`, pinned by a ref so gc keeps it."""
+    keep = f"refs/planner/commits/{commit}"
+    if _has_commit(git, repo, commit):
+        return
+    shallow = git.run(["fetch", "--quiet", "--no-tags", "--depth", "1", "--", url, f"+{commit}:{keep}"],
+                      git_dir=repo, where=url, what="", check=False)
+    if shallow.returncode == 0 and _has_commit(git, repo, commit):
+        return
+    # Servers without uploadpack.allowReachableSHA1InWant (protocol v0 and older hosts)
+    # only hand out what they advertise: take every branch and tag, then look.
+    full = ["fetch", "--quiet", "--no-tags"]
+    if (repo / "shallow").exists():
+        full.append("--unshallow")
+    full += ["--", url, "+refs/heads/*:refs/planner/heads/*", "+refs/tags/*:refs/planner/tags/*"]
+    proc = git.run(full, git_dir=repo, where=url, what="", check=False)
+    if proc.returncode != 0:
+        reason = _last_line(proc.stderr) or _last_line(shallow.stderr)
+        raise FetchError(f"cannot fetch commit {commit}: {reason}", where=url)
+    if not _has_commit(git, repo, commit):
+        raise FetchError(f"commit {commit} is not reachable from any branch or tag", where=url)
+    git.run(["update-ref", keep, commit], git_dir=repo, where=url, what=f"pinning {commit}")
+
+
+def _check_commit(commit: str, url: str) -> str:
+    if not _COMMIT_RE.fullmatch(commit.lower()):
+        raise FetchError(f"{commit!r} is not a full 40-hex commit id (resolve the ref first)", where=url)
+    return commit.lower()
+
+
+# -- public API -------------------------------------------------------------------------------
+
+
+def resolve(url: str, ref: str) -> str:
+    """The commit `ref` names at `url`: a full commit id is returned as is (lowercased, not
+    checked); a branch or tag is looked up with `git ls-remote`, annotated tags peeled.
+
+    Lookup order follows git's own: the exact name (`HEAD`, `refs/...`), then `refs/<ref>`,
+    `refs/tags/<ref>`, `refs/heads/<ref>`.
+    """
+    if _COMMIT_RE.fullmatch(ref.lower()):
+        return ref.lower()
+    with _git() as git:
+        # A pattern matches the tail of ref names; the peeled `^{}` line needs its own.
+        proc = git.run(["ls-remote", "--", url, ref, f"{ref}^{{}}"], where=url, what=f"git ls-remote {ref}")
+    refs: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        refs[name.strip()] = sha.strip().lower()
+    for name in (ref, f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}"):
+        # `^{}` is the commit an annotated tag points at; the plain entry is the tag object.
+        for key in (f"{name}^{{}}", name):
+            if key in refs:
+                return refs[key]
+    raise FetchError(f"no branch or tag named {ref!r} (a commit must be given as 40 hex digits)",
+                     where=url)
+
+
+def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None) -> None:
+    """Write the tree of `commit` to `dest` (which must not exist), without `.git`.
+
+    Submodules are left as empty directories. The tree is assembled next to `dest` and
+    renamed into place, so `dest` either is complete or does not exist.
+    """
+    commit = _check_commit(commit, url)
+    dest = Path(dest)
+    if os.path.lexists(dest):
+        raise FetchError(f"cannot export {commit}: destination already exists", where=str(dest))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _git() as git, _bare_repo(git, url, cache_dir) as repo:
+        _fetch_commit(git, repo, url, commit)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".checkout", dir=dest.parent))
+        try:
+            # `read-tree --reset -u` into an empty index is the one-way merge that `git clone`
+            # does for its checkout: same attribute handling, links, modes and gitlinks.
+            git.run(["--work-tree", tmp, "read-tree", "--reset", "-u", commit], git_dir=repo,
+                    where=url, what=f"checking out {commit}", GIT_INDEX_FILE=str(git.home / "index"))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkout's root is 0755
+            os.rename(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def submodules(url: str, commit: str, *, cache_dir: Path | None = None) -> list[Submodule]:
+    """The submodules pinned by `commit`: its gitlinks, with URLs from its `.gitmodules`."""
+    commit = _check_commit(commit, url)
+    where = f"{url} at {commit}"
+    with _git() as git, _bare_repo(git, url, cache_dir) as repo:
+        _fetch_commit(git, repo, url, commit)
+        tree = git.run(["ls-tree", "-r", "-z", "--full-tree", commit], git_dir=repo, where=where,
+                       what="git ls-tree")
+        links: dict[str, str] = {}
+        for entry in tree.stdout.split("\0"):
+            meta, _, path = entry.partition("\t")
+            fields = meta.split()
+            if len(fields) == 3 and fields[0] == _GITLINK_MODE:
+                links[path] = fields[2].lower()
+        if not links:
+            return []
+        config = git.run(["config", "-z", "--blob", f"{commit}:.gitmodules", "--list"], git_dir=repo,
+                         where=where, what="reading .gitmodules", check=False)
+    if config.returncode != 0:
+        raise FetchError(f"submodules at {', '.join(sorted(links))} but no readable .gitmodules: "
+                         f"{_last_line(config.stderr)}", where=where)
+    urls = _gitmodules_urls(config.stdout)
+    out = []
+    for path, sha in sorted(links.items()):
+        if path not in urls:
+            raise FetchError(f"submodule {path} has no url in .gitmodules", where=where)
+        out.append(Submodule(path=path, url=resolve_submodule_url(url, urls[path]), commit=sha))
+    return out
+
+
+def _gitmodules_urls(listing: str) -> dict[str, str]:
+    """path -> url from `git config -z --list` of a .gitmodules (entries are `key\\nvalue\\0`)."""
+    by_name: dict[str, dict[str, str]] = {}
+    for item in listing.split("\0"):
+        key, _, value = item.partition("\n")
+        if not key.startswith("submodule."):
+            continue
+        name, _, field = key[len("submodule."):].rpartition(".")
+        by_name.setdefault(name, {})[field] = value
+    return {fields["path"]: fields["url"] for fields in by_name.values() if "path" in fields and "url" in fields}
+
+
+def resolve_submodule_url(parent: str, url: str) -> str:
+    """Resolve a `.gitmodules` URL against the superproject's, as `git submodule` does.
+
+    Only `./` and `../` URLs are relative; each `../` drops one path component of the parent
+    (for scp-like `host:path` URLs the colon counts as a separator too).
+    """
+    if not (url.startswith("./") or url.startswith("../")):
+        return url
+    original, base, colon = url, parent.rstrip("/"), False
+    while True:
+        if url.startswith("../"):
+            url = url[3:]
+            slash = base.rfind("/")
+            # Never chop into `scheme://`: that would make a host out of a path.
+            if slash > 0 and base[slash - 1] != "/":
+                base = base[:slash]
+            elif ":" in base and "://" not in base:
+                base, colon = base[: base.rfind(":")], True
+            else:
+                raise FetchError(f"cannot resolve relative submodule url {original!r}: too many '../'", where=parent)
+        elif url.startswith("./"):
+            url = url[2:]
+        else:
+            break
+    return f"{base}{':' if colon else '/'}{url}"

@@ -1,0 +1,52 @@
+"""Shared, session-scoped fixtures for the expensive real work (the demo realise, CUDA compiles)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support.cuda_wheels import cuobjdump, wheel_cache  # noqa: F401,E402  (session fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def planner_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "planner.cli", *args]
+
+
+def run_planner(*args: str, env: dict | None = None, check: bool = True, umask: int | None = None,
+                prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    def set_umask() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run([*prefix, *planner_cmd(*args)], capture_output=True, text=True, env=full_env,
+                          preexec_fn=set_umask, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"planner {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`planner realise demo` twice, into two empty stores under different conditions."""
+    base = tmp_path_factory.mktemp("demo")
+    store_a = base / "store-a"
+    store_b = base / "elsewhere" / "deeper" / "store-b"
+    a = run_planner("--store", str(store_a), "realise", "demo", "-j", "2", "--json",
+                    env={"TZ": "UTC", "PYTHONHASHSEED": "1"}, umask=0o022)
+    # Shift the planner's clock by days, not years: its fetches still need valid TLS certificates.
+    prefix = ["faketime", "-f", "+3d"] if shutil.which("faketime") else []
+    b = run_planner("--store", str(store_b), "realise", "demo", "-j", "1", "--json",
+                    env={"TZ": "Asia/Kolkata", "LC_ALL": "C", "LANG": "C", "PYTHONHASHSEED": "4242"},
+                    umask=0o077, prefix=prefix)
+    return {"a": json.loads(a.stdout), "b": json.loads(b.stdout), "store_a": store_a, "store_b": store_b,
+            "faketime": bool(prefix)}

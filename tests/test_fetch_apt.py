@@ -1,0 +1,99 @@
+"""fetch.apt with the machine's apt sources and a private state; downloads the tiny `hostname`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.archive import open_deb_control, safe_extract
+from planner.errors import FetchError
+from planner.fetch.apt import AptPackage, candidate_version, debian_arch, download
+
+pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get (Debian/Ubuntu)")
+
+PACKAGE = "hostname"  # ~10 kB, in every Debian release, built for every architecture
+MACHINE_LISTS = Path("/var/lib/apt/lists")
+
+
+def _snapshot(d: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in d.iterdir()} if d.is_dir() else {}
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Session-wide: `apt-get update` is the slow part, done once per architecture.
+    return tmp_path_factory.mktemp("apt-state")
+
+
+@pytest.fixture(scope="session")
+def machine_lists_before() -> dict[str, float]:
+    return _snapshot(MACHINE_LISTS)
+
+
+@pytest.mark.parametrize("arch,deb_arch", [("amd64", "amd64"), ("linux/arm64", "arm64")])
+def test_download_candidate_then_pinned(tmp_path: Path, state_dir: Path, arch: str, deb_arch: str,
+                                        machine_lists_before: dict[str, float]) -> None:
+    got = download(PACKAGE, None, arch, tmp_path / "debs", state_dir=state_dir)
+    assert got == AptPackage(got.path, PACKAGE, got.version, deb_arch)
+    assert got.version and got.path.parent == tmp_path / "debs"
+    assert [p.name for p in got.path.parent.iterdir()] == [got.path.name]  # no temp dir left
+    control = open_deb_control(got.path)
+    assert (control["Package"], control["Version"], control["Architecture"]) == (PACKAGE, got.version, deb_arch)
+    assert got.version == candidate_version(PACKAGE, arch, state_dir=state_dir)
+
+    root = tmp_path / "root"
+    safe_extract(got.path, root)
+    assert (root / "bin/hostname").is_file() or (root / "usr/bin/hostname").is_file()
+    assert (root / f"usr/share/doc/{PACKAGE}/copyright").is_file()
+
+    again = download(PACKAGE, got.version, arch, tmp_path / "pinned", state_dir=state_dir)
+    assert again.version == got.version
+    assert hashlib.sha256(again.path.read_bytes()).digest() == hashlib.sha256(got.path.read_bytes()).digest()
+
+    assert (state_dir / deb_arch / "updated").exists()
+    assert any((state_dir / deb_arch / "lists").iterdir())  # apt's lists went to the private state
+    assert _snapshot(MACHINE_LISTS) == machine_lists_before  # the machine's own lists are untouched
+
+
+def test_version_gone_upstream_says_how_to_fix(tmp_path: Path, state_dir: Path) -> None:
+    download(PACKAGE, None, "amd64", tmp_path / "warm", state_dir=state_dir)  # lists exist now
+    marker = state_dir / "amd64" / "updated"
+    os.utime(marker, (marker.stat().st_atime, marker.stat().st_mtime - 3600))  # an hour old
+    with pytest.raises(FetchError) as e:
+        download(PACKAGE, "0.0.1-gone", "amd64", tmp_path, state_dir=state_dir)
+    assert time.time() - marker.stat().st_mtime < 60  # stale lists were refreshed before giving up
+    shutil.rmtree(tmp_path / "warm")
+    text = str(e.value)
+    assert text.startswith(f"apt:{PACKAGE}=0.0.1-gone: ")
+    assert f"run planner lock --update {PACKAGE}" in text and "\n" not in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_package(tmp_path: Path, state_dir: Path) -> None:
+    with pytest.raises(FetchError, match="no-such-package-xyz is not available for amd64"):
+        download("no-such-package-xyz", None, "amd64", tmp_path, state_dir=state_dir)
+
+
+def test_names_that_could_be_options_are_refused(tmp_path: Path, state_dir: Path) -> None:
+    with pytest.raises(FetchError, match="is not a Debian package name"):
+        download("-oDir=/", None, "amd64", tmp_path, state_dir=state_dir)
+    with pytest.raises(FetchError, match="is not a Debian version"):
+        download(PACKAGE, "--help", "amd64", tmp_path, state_dir=state_dir)
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("amd64", "amd64"), ("linux/amd64", "amd64"), ("x86_64", "amd64"),
+    ("arm64", "arm64"), ("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64"), ("aarch64", "arm64"),
+])
+def test_debian_arch(given: str, expected: str) -> None:
+    assert debian_arch(given) == expected
+
+
+def test_unknown_arch() -> None:
+    with pytest.raises(FetchError, match="unknown architecture 'linux/mips'"):
+        debian_arch("linux/mips")
