@@ -1,0 +1,494 @@
+"""A small OCI distribution API client (spec: distribution-spec spec.md) on httpx.
+
+Pushes keep every digest: blobs and documents are sent as the exact bytes of the layout, and
+the registry's Docker-Content-Digest answer is checked against ours. Pulls by digest verify
+sha256 before anything is renamed into place.
+
+Credentials and tokens live only in request headers: they are never logged, never part of a
+URL, and never in an exception message (those name the registry, repository and digest only).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+import attrs
+import httpx
+
+from ..errors import OciError
+from .descriptor import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    Descriptor,
+    check_digest,
+)
+from .layout import Layout, read_layout
+
+_MANIFEST_ACCEPT = ", ".join([MEDIA_INDEX, MEDIA_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST])
+_CHUNK = 1 << 20
+_DOCKER_HUB = "registry-1.docker.io"
+_DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+
+
+@attrs.frozen
+class Credentials:
+    username: str
+    password: str = attrs.field(repr=False)
+
+    def basic(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@attrs.frozen
+class Reference:
+    """`host[:port]/path/name[:tag][@sha256:...]`, split the way docker does it."""
+
+    registry: str  # host[:port] as written (docker.io for Docker Hub)
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """What goes after /manifests/: the digest when pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        rest, _, digest = text.partition("@")
+        first, slash, remainder = rest.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            registry, path = first, remainder
+        else:
+            registry, path = "docker.io", rest
+        name, colon, tag = path.rpartition(":")
+        if not colon or "/" in tag:
+            name, tag = path, ""
+        if not name or not re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+|/[a-z0-9]+)*(?:[._-]+[a-z0-9]+)*", name):
+            raise OciError(f"not an image reference: {text!r}")
+        if registry == "docker.io" and "/" not in name:
+            name = "library/" + name
+        return cls(
+            registry=registry,
+            repository=name,
+            tag=tag or None,
+            digest=check_digest(digest, what=text) if digest else None,
+        )
+
+    def base_url(self, *, plain_http: bool | None = None) -> str:
+        host = _DOCKER_HUB if self.registry == "docker.io" else self.registry
+        if plain_http is None:
+            # Loopback registries speak plain HTTP, as docker assumes for localhost.
+            hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0][1:]
+            plain_http = hostname in ("localhost", "127.0.0.1", "::1")
+        return f"{'http' if plain_http else 'https'}://{host}"
+
+
+def docker_config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def load_docker_credentials(registry: str, config: Path | None = None) -> Credentials | None:
+    """Basic credentials for `registry` (host[:port]) from a docker config.json `auths` entry's
+    base64 `auth` field, or None. Credential helpers and identity tokens are not supported."""
+    path = config or docker_config_path()
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise OciError("not JSON", where=str(path)) from None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    wanted = {registry}
+    if registry in ("docker.io", _DOCKER_HUB, "index.docker.io"):
+        wanted |= {"docker.io", "index.docker.io", _DOCKER_HUB_AUTH_KEY}
+    for key, entry in sorted(auths.items()):
+        host = re.sub(r"^https?://", "", key).split("/", 1)[0]
+        if (key in wanted or host in wanted) and isinstance(entry, dict) and entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise OciError(f"auths entry for {key} has a malformed 'auth' field", where=str(path)) from None
+            if not sep:
+                raise OciError(f"auths entry for {key} has a malformed 'auth' field", where=str(path))
+            return Credentials(user, password)
+    return None
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, params = header.strip().partition(" ")
+    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', params)}
+
+
+@attrs.frozen
+class PulledManifest:
+    descriptor: Descriptor
+    data: bytes
+
+    def json(self) -> dict[str, Any]:
+        doc = json.loads(self.data)
+        if not isinstance(doc, dict):
+            raise OciError("manifest is not a JSON object", where=self.descriptor.digest)
+        return doc
+
+
+@attrs.frozen
+class PushResult:
+    descriptor: Descriptor  # what the tag (or digest) now points at
+    reference: str
+    blobs_uploaded: int
+    blobs_skipped: int
+    manifests_pushed: int
+    manifests_skipped: int
+    bytes_uploaded: int
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        base_url: str,
+        repository: str,
+        *,
+        credentials: Credentials | None = None,
+        docker_config: Path | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.userinfo:
+            raise OciError("put credentials in ~/.docker/config.json, not in the registry URL")
+        self.base_url = str(url).rstrip("/")
+        self.repository = repository
+        self.registry = url.netloc.decode()
+        # Read the docker config only when a registry asks for credentials: an anonymous
+        # push must not fail on someone's unrelated config.
+        self._credentials = credentials
+        self._docker_config = docker_config
+        self._credentials_loaded = credentials is not None
+        self._authorization: str | None = None
+        self._tokens: dict[str, str] = {}
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), transport=transport)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _url(self, tail: str) -> str:
+        return f"{self.base_url}/v2/{self.repository}/{tail}"
+
+    def _where(self, what: str = "") -> str:
+        return f"{self.registry}/{self.repository}{what}"
+
+    def _creds(self) -> Credentials | None:
+        if not self._credentials_loaded:
+            self._credentials = load_docker_credentials(self.registry, self._docker_config)
+            self._credentials_loaded = True
+        return self._credentials
+
+    def _authenticate(self, challenge: str, *, push: bool) -> None:
+        scheme, params = _parse_challenge(challenge)
+        creds = self._creds()
+        if scheme == "basic":
+            if creds is None:
+                raise OciError("registry wants credentials; none found in docker config", where=self._where())
+            self._authorization = creds.basic()
+            return
+        if scheme != "bearer" or "realm" not in params:
+            raise OciError(f"unsupported authentication challenge ({scheme or 'none'})", where=self._where())
+        scope = params.get("scope", "")
+        if push and scope.startswith(f"repository:{self.repository}:"):
+            scope = f"repository:{self.repository}:pull,push"
+        if scope in self._tokens:
+            self._authorization = self._tokens[scope]
+            return
+        query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
+        headers = {"Authorization": creds.basic()} if creds else {}
+        try:
+            resp = self._http.get(params["realm"], params=query, headers=headers)
+        except httpx.HTTPError as e:
+            raise OciError(f"token request failed ({type(e).__name__})", where=self._where()) from None
+        if resp.status_code != 200:
+            # The body of a token endpoint is not shown: it is not ours to print.
+            raise OciError(f"token request refused: HTTP {resp.status_code}", where=self._where())
+        try:
+            doc = resp.json()
+            token = doc.get("token") or doc.get("access_token")
+        except ValueError:
+            token = None
+        if not isinstance(token, str) or not token:
+            raise OciError("token endpoint answered without a token", where=self._where())
+        self._authorization = self._tokens[scope] = "Bearer " + token
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Callable[[], bytes | BinaryIO] | None = None,
+        stream: bool = False,
+        push: bool = False,
+        what: str = "",
+    ) -> httpx.Response:
+        # `body` is a factory so a request refused with 401 can be replayed after authenticating.
+        for attempt in (0, 1):
+            req_headers = dict(headers or {})
+            if self._authorization:
+                req_headers["Authorization"] = self._authorization
+            content = body() if body is not None else None
+            try:
+                request = self._http.build_request(method, url, headers=req_headers, content=content)
+                # Redirects are followed for blob downloads only; httpx drops Authorization
+                # when a redirect leaves the registry's origin.
+                resp = self._http.send(request, stream=stream, follow_redirects=(method == "GET"))
+            except httpx.HTTPError as e:
+                raise OciError(f"{method} failed ({type(e).__name__})", where=self._where(what)) from None
+            finally:
+                if content is not None and not isinstance(content, bytes):
+                    content.close()
+            if resp.status_code != 401 or attempt == 1:
+                return resp
+            challenge = resp.headers.get("www-authenticate", "")
+            resp.close()
+            self._authenticate(challenge, push=push)
+        raise AssertionError("unreachable")
+
+    def _fail(self, resp: httpx.Response, action: str, what: str) -> OciError:
+        detail = ""
+        try:
+            resp.read()
+            errors = resp.json().get("errors") or []
+            if errors and isinstance(errors[0], dict):
+                detail = f" {errors[0].get('code', '')}: {str(errors[0].get('message', ''))[:200]}"
+        except Exception:  # noqa: BLE001 - an unreadable error body just gives a shorter message
+            pass
+        finally:
+            resp.close()
+        return OciError(f"{action}: HTTP {resp.status_code}{detail}", where=self._where(what))
+
+    # -- blobs ---------------------------------------------------------------------------------
+
+    def blob_exists(self, digest: str, *, push: bool = False) -> bool:
+        resp = self._send("HEAD", self._url(f"blobs/{digest}"), push=push, what=f"@{digest}")
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._fail(resp, "blob HEAD", f"@{digest}")
+
+    def push_blob(self, path: Path, desc: Descriptor) -> None:
+        """Monolithic upload: POST an upload session, then PUT the whole blob with ?digest=."""
+        what = f"@{desc.digest}"
+        resp = self._send("POST", self._url("blobs/uploads/"), push=True, what=what)
+        resp.close()
+        if resp.status_code != 202 or "location" not in resp.headers:
+            raise self._fail(resp, "starting blob upload", what)
+        location = httpx.URL(self.base_url + "/").join(resp.headers["location"])
+        put_url = str(location.copy_merge_params({"digest": desc.digest}))
+        resp = self._send(
+            "PUT",
+            put_url,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
+            body=lambda: open(path, "rb"),
+            push=True,
+            what=what,
+        )
+        resp.close()
+        if resp.status_code != 201:
+            raise self._fail(resp, "uploading blob", what)
+        got = resp.headers.get("docker-content-digest")
+        if got and got != desc.digest:
+            raise OciError(f"registry stored the blob as {got}", where=self._where(what))
+
+    def pull_blob(self, digest: str, dest: Path) -> Descriptor:
+        """Download a blob to `dest`, verifying sha256 before it appears there."""
+        check_digest(digest)
+        what = f"@{digest}"
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        resp = self._send("GET", self._url(f"blobs/{digest}"), stream=True, what=what)
+        if resp.status_code != 200:
+            raise self._fail(resp, "blob GET", what)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            os.fchmod(fd, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                for chunk in resp.iter_bytes(_CHUNK):
+                    sha.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            got = "sha256:" + sha.hexdigest()
+            if got != digest:
+                raise OciError(f"downloaded bytes have digest {got}", where=self._where(what))
+            os.replace(tmp, dest)
+        except httpx.HTTPError as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise OciError(f"blob download failed ({type(e).__name__})", where=self._where(what)) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            resp.close()
+        return Descriptor(media_type="application/octet-stream", digest=digest, size=size)
+
+    # -- manifests -----------------------------------------------------------------------------
+
+    def manifest_exists(self, digest: str, *, push: bool = False) -> bool:
+        resp = self._send(
+            "HEAD", self._url(f"manifests/{digest}"), headers={"Accept": _MANIFEST_ACCEPT}, push=push, what=f"@{digest}"
+        )
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._fail(resp, "manifest HEAD", f"@{digest}")
+
+    def push_manifest(self, data: bytes, media_type: str, ref: str) -> str:
+        """PUT a manifest or index (exact bytes) under a tag or its digest; returns the digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        what = f":{ref}" if not ref.startswith("sha256:") else f"@{ref}"
+        if ref.startswith("sha256:") and ref != digest:
+            raise OciError(f"manifest bytes have digest {digest}", where=self._where(what))
+        resp = self._send(
+            "PUT",
+            self._url(f"manifests/{ref}"),
+            headers={"Content-Type": media_type},
+            body=lambda: data,
+            push=True,
+            what=what,
+        )
+        resp.close()
+        if resp.status_code not in (200, 201):
+            raise self._fail(resp, "manifest PUT", what)
+        got = resp.headers.get("docker-content-digest")
+        if got and got != digest:
+            raise OciError(f"registry stored the manifest as {got}, not {digest}", where=self._where(what))
+        return digest
+
+    def pull_manifest(self, ref_or_digest: str) -> PulledManifest:
+        """GET a manifest or index by tag or digest; by digest, the bytes are verified."""
+        by_digest = ref_or_digest.startswith("sha256:")
+        what = f"@{ref_or_digest}" if by_digest else f":{ref_or_digest}"
+        resp = self._send(
+            "GET", self._url(f"manifests/{ref_or_digest}"), headers={"Accept": _MANIFEST_ACCEPT}, what=what
+        )
+        if resp.status_code != 200:
+            raise self._fail(resp, "manifest GET", what)
+        data = resp.content
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        expected = ref_or_digest if by_digest else resp.headers.get("docker-content-digest")
+        if expected and expected != digest:
+            raise OciError(f"manifest bytes have digest {digest}, expected {expected}", where=self._where(what))
+        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            declared = json.loads(data).get("mediaType")
+        except (ValueError, AttributeError):
+            raise OciError("manifest is not a JSON object", where=self._where(what)) from None
+        media_type = declared or media_type
+        if media_type not in INDEX_TYPES | MANIFEST_TYPES:
+            raise OciError(f"unexpected manifest media type {media_type!r}", where=self._where(what))
+        return PulledManifest(Descriptor(media_type=media_type, digest=digest, size=len(data)), data)
+
+    # -- layouts -------------------------------------------------------------------------------
+
+    def push_layout(self, layout: Path | Layout, ref: str, *, tag_for: str) -> PushResult:
+        """Push what the layout tag `tag_for` points at (an index with its manifests, or one
+        manifest) and tag it `ref` in this repository (a `sha256:` ref pushes by digest only).
+
+        Blobs are HEADed first and skipped when present; manifests go by digest, children
+        before parents; the top document goes last, so the tag never points at something
+        incomplete."""
+        lay = layout if isinstance(layout, Layout) else read_layout(Path(layout))
+        top = lay.resolve(tag_for)
+        uploaded = skipped = pushed = m_skipped = nbytes = 0
+        for desc in lay.walk(top):
+            is_doc = desc.media_type in INDEX_TYPES | MANIFEST_TYPES
+            if desc is top or desc.digest == top.digest:
+                continue
+            if is_doc:
+                if self.manifest_exists(desc.digest, push=True):
+                    m_skipped += 1
+                    continue
+                self.push_manifest(lay.read_blob(desc), desc.media_type, desc.digest)
+                pushed += 1
+            else:
+                if self.blob_exists(desc.digest, push=True):
+                    skipped += 1
+                    continue
+                path = lay.blob_path(desc.digest)
+                if not path.is_file() or path.stat().st_size != desc.size:
+                    raise OciError("blob missing or of the wrong size", where=str(path))
+                self.push_blob(path, desc)
+                uploaded += 1
+                nbytes += desc.size
+        self.push_manifest(lay.read_blob(top), top.media_type, ref)
+        pushed += 1
+        return PushResult(
+            descriptor=Descriptor(media_type=top.media_type, digest=top.digest, size=top.size),
+            reference=f"{self.registry}/{self.repository}{'@' if ref.startswith('sha256:') else ':'}{ref}",
+            blobs_uploaded=uploaded,
+            blobs_skipped=skipped,
+            manifests_pushed=pushed,
+            manifests_skipped=m_skipped,
+            bytes_uploaded=nbytes,
+        )
+
+
+def client_for(reference: Reference, *, plain_http: bool | None = None, docker_config: Path | None = None) -> RegistryClient:
+    return RegistryClient(
+        reference.base_url(plain_http=plain_http), reference.repository, docker_config=docker_config
+    )
+
+
+def push_layout(
+    layout: Path,
+    ref: str,
+    *,
+    tag_for: str,
+    plain_http: bool | None = None,
+    docker_config: Path | None = None,
+) -> PushResult:
+    """Push layout tag `tag_for` to `ref` (`host[:port]/name:tag`)."""
+    reference = Reference.parse(ref)
+    with client_for(reference, plain_http=plain_http, docker_config=docker_config) as client:
+        return client.push_layout(layout, reference.ref, tag_for=tag_for)
+
+
+def iter_manifest_children(doc: dict[str, Any], *, where: str) -> Iterator[Descriptor]:
+    """Descriptors a pulled manifest/index document refers to (for walking a base image)."""
+    if "manifests" in doc:
+        for m in doc["manifests"]:
+            yield Descriptor.from_json(m, where=where)
+    else:
+        if "config" in doc:
+            yield Descriptor.from_json(doc["config"], where=where)
+        for layer in doc.get("layers", []):
+            yield Descriptor.from_json(layer, where=where)

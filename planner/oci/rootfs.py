@@ -1,0 +1,479 @@
+"""Minimal root filesystems from Debian `.deb` files, and wheels installed into them.
+
+Like apko, packages are unpacked, not installed: each `data.tar.*` is extracted in a fixed
+order (sorted by package name), no maintainer scripts run, and a dpkg `status` file is written
+so scanners can see what is inside. Debian 12 is merged-/usr: `bin`, `sbin`, `lib` (and the
+multilib dirs the architecture has) are symlinks into `usr/`, and a member shipped as
+`bin/x` is written to `usr/bin/x`.
+
+`planner.archive.safe_extract` is not used for the data: it rightly rejects absolute symlink
+targets in source archives, but Debian policy *requires* absolute targets between top-level
+directories (e.g. libssl3's `usr/lib/ssl/certs -> /etc/ssl/certs`). Here a symlink is only ever
+created, never followed, so any target is safe; what is refused is writing *through* a symlink
+or outside the root. archive.py's ar reader and deb822 parser are reused; the tar members are
+decompressed here because Ubuntu (and some Debian) packages use zstd, which archive.py reads
+only with the optional `zstandard` module.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
+
+import attrs
+
+from ..archive import ArMember, parse_deb822, read_ar
+from ..errors import OciError, UnsafeArchive
+
+_CHUNK = 1 << 20
+
+# debootstrap's merged-/usr links per Debian architecture (setup_merged_usr).
+_MERGED_COMMON = ("bin", "sbin", "lib")
+_MERGED_EXTRA = {"amd64": ("lib64",), "i386": ("lib64",), "ppc64el": ("lib64",), "s390x": ("lib32",)}
+# Every top-level dir that is an alias of usr/<dir> on some architecture.
+_ALIASED = frozenset({"bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32"})
+
+
+@attrs.frozen
+class DebPackage:
+    path: Path
+    package: str
+    version: str
+    architecture: str
+    control: tuple[tuple[str, str], ...]  # control fields in file order
+
+
+@attrs.frozen
+class Rootfs:
+    root: Path
+    packages: tuple[DebPackage, ...]  # in installation order
+    merged_usr: tuple[str, ...]  # the top-level symlinks into usr/
+
+
+def _control_fields(path: Path) -> dict[str, str]:
+    for tar, info in _iter_member_tar(path, "control.tar"):
+        if _member_name(info.name, str(path)) == "control" and info.isreg():
+            f = tar.extractfile(info)
+            assert f is not None
+            return parse_deb822(f.read().decode("utf-8", "replace"))
+    raise OciError("no control file in control.tar", where=str(path))
+
+
+def read_deb(path: Path) -> DebPackage:
+    fields = _control_fields(path)
+    for key in ("Package", "Version", "Architecture"):
+        if not fields.get(key):
+            raise OciError(f"control file has no {key} field", where=str(path))
+    return DebPackage(
+        path=Path(path),
+        package=fields["Package"],
+        version=fields["Version"],
+        architecture=fields["Architecture"],
+        control=tuple(fields.items()),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading data.tar.* out of the ar container
+
+
+class _Window(io.RawIOBase):
+    """Read-only view of one ar member, without copying it."""
+
+    def __init__(self, f: BinaryIO, member: ArMember) -> None:
+        self._f = f
+        self._start = member.offset
+        self._size = member.size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self._f.fileno(), n, self._start + self._pos)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _ar_member(members: list[ArMember], prefix: str, where: str) -> ArMember:
+    found = [m for m in members if m.name.startswith(prefix)]
+    if len(found) != 1:
+        raise OciError(f"expected one {prefix}* member, found {[m.name for m in members]}", where=where)
+    return found[0]
+
+
+class _ZstdReader:
+    """`zstd -dc` as a stream filter over an ar member (Python 3.11 has no zstd module)."""
+
+    def __init__(self, raw: io.RawIOBase, where: str) -> None:
+        if shutil.which("zstd") is None:
+            raise OciError("a .zst member needs the zstd command", where=where)
+        self.where = where
+        self.proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+
+        def feed() -> None:
+            assert self.proc.stdin is not None
+            try:
+                while chunk := raw.read(_CHUNK):
+                    self.proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass
+            finally:
+                try:
+                    self.proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        self.thread = threading.Thread(target=feed, daemon=True)
+        self.thread.start()
+        assert self.proc.stdout is not None
+        self.stdout: BinaryIO = self.proc.stdout
+
+    def close(self, *, check: bool) -> None:
+        self.stdout.close()
+        self.thread.join()
+        # A reader that stopped early (the control file was found) makes zstd fail on EPIPE.
+        if self.proc.wait() != 0 and check:
+            raise OciError("zstd could not decompress a .zst member", where=self.where)
+
+
+def _iter_member_tar(deb: Path, prefix: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Members of the .deb's `control.tar*` or `data.tar*`, streamed (any dpkg compression:
+    gzip, xz, bzip2, zstd through the CLI, or none)."""
+    where = str(deb)
+    with open(deb, "rb") as f:
+        member = _ar_member(read_ar(f, where=where), prefix, where)
+        raw = io.BufferedReader(_Window(f, member), _CHUNK)
+        suffix = member.name[len(prefix):]
+        zreader: _ZstdReader | None = None
+        stream: BinaryIO
+        if suffix == ".gz":
+            stream = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
+        elif suffix == ".xz":
+            stream = lzma.LZMAFile(raw)  # type: ignore[assignment]
+        elif suffix == ".bz2":
+            stream = bz2.BZ2File(raw)  # type: ignore[assignment]
+        elif suffix == ".zst":
+            zreader = _ZstdReader(raw, where)
+            stream = zreader.stdout
+        elif suffix == "":
+            stream = raw  # type: ignore[assignment]
+        else:
+            raise OciError(f"unsupported data member {member.name}", where=where)
+        complete = False
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    yield tar, info
+            complete = True
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
+            raise OciError(f"cannot read {member.name}: {' '.join(str(e).split())}", where=where) from None
+        finally:
+            if zreader is not None:
+                zreader.close(check=complete)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the tree
+
+
+def _member_name(raw: str, where: str) -> str:
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if raw.startswith("/") or ".." in parts or "\0" in raw:
+        raise UnsafeArchive(f"member {raw!r} has an unsafe path", where=where)
+    return "/".join(parts)
+
+
+def usr_merged(name: str) -> str:
+    """Where a member lands on a merged-/usr system: `bin/x` → `usr/bin/x`."""
+    top, sep, rest = name.partition("/")
+    return f"usr/{top}{sep}{rest}" if top in _ALIASED else name
+
+
+class _RootWriter:
+    """Tracks what is in the root (kind and owning package) so nothing is ever written through
+    a symlink and conflicting files between packages are caught."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.kinds: dict[str, str] = {"": "dir"}
+        self.owner: dict[str, str] = {}
+        self.links: dict[str, str] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def mkdir(self, name: str, pkg: str) -> None:
+        self._parents(name, pkg)
+        kind = self.kinds.get(name)
+        if kind == "dir":
+            return
+        if kind is not None:
+            raise OciError(f"{pkg} ships directory /{name}, but {self.owner.get(name)} made it a {kind}")
+        os.mkdir(self.path(name), 0o755)
+        os.chmod(self.path(name), 0o755)  # not the umask's choice
+        self.kinds[name] = "dir"
+        self.owner[name] = pkg
+
+    def _parents(self, name: str, pkg: str) -> None:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            kind = self.kinds.get(parent)
+            if kind is None:
+                self.mkdir(parent, pkg)
+            elif kind != "dir":
+                raise OciError(f"{pkg}: /{name} would be written through {kind} /{parent}")
+
+    def _claim(self, name: str, kind: str, pkg: str, same: bool) -> bool:
+        """True when the path is free; False when an identical entry already exists."""
+        old = self.kinds.get(name)
+        if old is None:
+            return True
+        if old == kind and same:
+            return False
+        raise OciError(f"/{name} is shipped by both {self.owner.get(name)} and {pkg}")
+
+    def file(self, name: str, src: BinaryIO, executable: bool, pkg: str) -> None:
+        self._parents(name, pkg)
+        mode = 0o755 if executable else 0o644
+        if name in self.kinds:
+            data = src.read()
+            same = self.kinds[name] == "file" and Path(self.path(name)).read_bytes() == data
+            self._claim(name, "file", pkg, same)
+            return
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            shutil.copyfileobj(src, out, _CHUNK)
+        self.kinds[name] = "file"
+        self.owner[name] = pkg
+
+    def symlink(self, name: str, target: str, pkg: str) -> None:
+        self._parents(name, pkg)
+        if not self._claim(name, "symlink", pkg, self.links.get(name) == target):
+            return
+        os.symlink(target, self.path(name))
+        self.kinds[name] = "symlink"
+        self.owner[name] = pkg
+        self.links[name] = target
+
+    def hardlink(self, name: str, target: str, pkg: str) -> None:
+        if self.kinds.get(target) != "file":
+            raise OciError(f"{pkg}: hardlink /{name} -> /{target} does not name an earlier file")
+        executable = bool(os.stat(self.path(target)).st_mode & stat.S_IXUSR)
+        with open(self.path(target), "rb") as src:
+            # A copy: the layer stores hardlinks as independent files anyway.
+            self.file(name, src, executable, pkg)
+
+
+def _merged_dirs(arch: str) -> tuple[str, ...]:
+    return _MERGED_COMMON + _MERGED_EXTRA.get(arch, ())
+
+
+def _ensure_alias(w: _RootWriter, top: str, merged: list[str]) -> None:
+    # A package shipping e.g. lib32/ on an arch whose debootstrap makes no such link still gets
+    # one, or its files would be unreachable at the path it expects.
+    if top not in merged:
+        w.mkdir(f"usr/{top}", "merged-/usr")
+        w.symlink(top, f"usr/{top}", "merged-/usr")
+        merged.append(top)
+
+
+def _extract_deb(w: _RootWriter, deb: DebPackage, merged: list[str]) -> None:
+    where = str(deb.path)
+    pkg = deb.package
+    for tar, info in _iter_member_tar(deb.path, "data.tar"):
+        name = _member_name(info.name, where)
+        if not name:
+            continue
+        top = name.split("/", 1)[0]
+        if top in _ALIASED:
+            _ensure_alias(w, top, merged)
+            if name == top and info.issym():
+                # The package ships the merged-/usr link itself (trixie's base-files does).
+                if info.linkname.strip("/") != f"usr/{top}":
+                    raise OciError(f"/{name} -> {info.linkname} is not the merged-/usr link", where=where)
+                continue
+        name = usr_merged(name)
+        if info.isdir():
+            w.mkdir(name, pkg)
+        elif info.isreg():
+            src = tar.extractfile(info)
+            assert src is not None
+            w.file(name, src, bool(info.mode & stat.S_IXUSR), pkg)
+        elif info.issym():
+            w.symlink(name, info.linkname, pkg)
+        elif info.islnk():
+            w.hardlink(name, usr_merged(_member_name(info.linkname, where)), pkg)
+        else:
+            raise OciError(f"member {info.name!r} is not a file, directory or link", where=where)
+
+
+def _status_paragraph(deb: DebPackage) -> str:
+    lines: list[str] = []
+    for key, value in deb.control:
+        first, *rest = value.split("\n")
+        lines.append(f"{key}: {first}".rstrip())
+        lines.extend(f" {line}" for line in rest)
+        if key == "Package":
+            lines.append("Status: install ok installed")
+    return "\n".join(lines) + "\n"
+
+
+def assemble_rootfs(debs: Sequence[Path], root: Path, *, arch: str, dpkg_status: bool = True) -> Rootfs:
+    """Unpack `debs` (one Debian architecture, `arch` or `all`) into the empty or missing
+    directory `root`, merged-/usr, in package-name order; no maintainer scripts run.
+
+    Modes are normalised like every tree in planner (dirs 0755, files 0644/0755): setuid bits
+    are not kept. Two packages may ship the same path only with identical content.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    if any(root.iterdir()):
+        raise OciError("rootfs directory is not empty", where=str(root))
+    pkgs = sorted((read_deb(Path(p)) for p in debs), key=lambda d: (d.package, d.version, str(d.path)))
+    for a, b in zip(pkgs, pkgs[1:]):
+        if a.package == b.package:
+            raise OciError(f"package {a.package} given twice ({a.path.name}, {b.path.name})")
+    for d in pkgs:
+        if d.architecture not in (arch, "all"):
+            raise OciError(f"package is for {d.architecture}, not {arch}", where=str(d.path))
+    w = _RootWriter(root)
+    merged: list[str] = []
+    for name in _merged_dirs(arch):
+        _ensure_alias(w, name, merged)
+    for d in pkgs:
+        _extract_deb(w, d, merged)
+    if dpkg_status:
+        w.mkdir("var/lib/dpkg", "dpkg-status")
+        status = "\n".join(_status_paragraph(d) for d in pkgs).encode()
+        w.file("var/lib/dpkg/status", io.BytesIO(status), False, "dpkg-status")
+    return Rootfs(root=root, packages=tuple(pkgs), merged_usr=tuple(sorted(merged)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Wheels
+
+
+@attrs.frozen
+class InstalledWheel:
+    distribution: str
+    version: str
+    files: tuple[str, ...]  # absolute image paths, sorted
+
+
+INSTALLER_NAME = b"planner\n"
+
+
+def install_wheel(
+    wheel: Path,
+    root: Path,
+    *,
+    python: str = "/usr/bin/python3",
+    site_packages: str = "/usr/local/lib/python3.11/dist-packages",
+    scripts_dir: str = "/usr/local/bin",
+    data_dir: str = "/usr/local",
+) -> InstalledWheel:
+    """Install `wheel` into the image tree at `root` as if at `/` (pypa installer).
+
+    No bytecode is compiled (.pyc embed source mtimes and differ by Python build), launcher
+    shebangs name `python`, INSTALLER says "planner", and RECORD is sorted by path (installer
+    already sorts it); file modes are normalised afterwards since installer's follow the umask.
+    """
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.exceptions import InstallerError
+    from installer.sources import WheelFile
+
+    m = re.search(r"python\d+(?:\.\d+)?", site_packages)
+    pyver = m.group(0) if m else "python3"
+    root = Path(root)
+    for target in (site_packages, scripts_dir, data_dir):
+        _refuse_symlinked_path(root, target, wheel)
+    try:
+        with WheelFile.open(wheel) as source:
+            source.validate_record()
+            dist, version = source.distribution, source.version
+            scheme = {
+                "purelib": site_packages,
+                "platlib": site_packages,
+                "scripts": scripts_dir,
+                "data": data_dir,
+                "headers": f"{data_dir}/include/{pyver}/{dist}",
+            }
+            dest = SchemeDictionaryDestination(
+                scheme,
+                interpreter=python,
+                script_kind="posix",
+                bytecode_optimization_levels=(),
+                destdir=str(root),
+            )
+            install(source, dest, {"INSTALLER": INSTALLER_NAME})
+            record_path = f"{site_packages}/{source.dist_info_dir}/RECORD"
+    except (InstallerError, zipfile.BadZipFile, ValueError, FileExistsError) as e:
+        raise OciError(f"cannot install wheel: {' '.join(str(e).split())}", where=str(wheel)) from None
+    files = _normalise_record_modes(root, record_path)
+    return InstalledWheel(distribution=dist, version=version, files=files)
+
+
+def _refuse_symlinked_path(root: Path, image_path: str, wheel: Path) -> None:
+    # installer writes with ordinary opens under destdir: a symlink on the way (say an absolute
+    # one shipped by a .deb) would be followed on the build host, outside the image.
+    if not image_path.startswith("/"):
+        raise OciError(f"install path must be absolute: {image_path!r}", where=str(wheel))
+    current = root
+    for part in [p for p in image_path.split("/") if p]:
+        if part == "..":
+            raise OciError(f"install path has '..': {image_path!r}", where=str(wheel))
+        current = current / part
+        if os.path.islink(current):
+            raise OciError(f"install path {image_path} goes through symlink /{current.relative_to(root)}",
+                           where=str(wheel))
+
+
+def _normalise_record_modes(root: Path, record_path: str) -> tuple[str, ...]:
+    import csv
+
+    record_file = root / record_path.lstrip("/")
+    base = os.path.dirname(os.path.dirname(record_path))  # site-packages
+    files: list[str] = []
+    dirs: set[str] = set()
+    with open(record_file, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if not row:
+                continue
+            image_path = os.path.normpath(os.path.join(base, row[0]))
+            files.append(image_path)
+            p = root / image_path.lstrip("/")
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+            parent = os.path.dirname(image_path)
+            while parent not in ("/", "") and parent not in dirs:
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+    # installer makes directories with the umask's mode; the rest of planner uses 0755.
+    for d in sorted(dirs):
+        p = root / d.lstrip("/")
+        if stat.S_ISDIR(os.lstat(p).st_mode):
+            os.chmod(p, 0o755)
+    return tuple(sorted(files))
