@@ -30,6 +30,7 @@ class Built:
     build_key: str
     seconds: float
     reused: bool  # another process (or an earlier run) already had this build key
+    previous_digest: Optional[str] = None  # what this same build key produced before, if known
 
 
 @attrs.frozen
@@ -234,6 +235,8 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         if existing is not None:
             store.realise(node.key, bkey, existing.digest)
             return Built(existing, bkey, 0.0, reused=True)
+        before = store.realisation(node.key)
+        previous_digest = before.digest if before is not None and before.build_key == bkey else None
         build_dir = store.new_build_dir(bkey)
         log_path = store.root / "logs" / f"{bkey}.log"
         start = time.monotonic()
@@ -249,7 +252,7 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
         store.realise(node.key, bkey, entry.digest)
         store.record_duration(node.id, seconds)
-        return Built(entry, bkey, seconds, reused=False)
+        return Built(entry, bkey, seconds, reused=False, previous_digest=previous_digest)
 
 
 def _check_output(node: Node, out: Path) -> None:

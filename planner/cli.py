@@ -248,5 +248,86 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
     raise PlannerError(f"no build log for {node!r}")
 
 
+# -- explanation -----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("what", metavar="[SET|NODE]", required=False)
+@click.option("--dry-run", is_flag=True, help="Explain what the next realise would build.")
+@click.option("--against", "against", type=int, default=None, help="Compare with this run instead of the previous.")
+@click.option("--run", "run_id", type=int, default=None, help="Explain this run instead of the last.")
+@click.option("--set", "set_name", default=None, help="The recipe set, when WHAT is a node.")
+@click.option("--expand", is_flag=True, help="List every rebuilt node under its cause.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_id: int | None,
+        set_name: str | None, expand: bool, as_json: bool) -> None:
+    """Why the last realise rebuilt what it rebuilt (or what the next one would): root causes first."""
+    from .why import explain_next, explain_run, render
+
+    sets = {p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file()}
+    node = None
+    if what and what in sets:
+        set_name = what
+    elif what:
+        node = what
+    name = _default_set(ctx, set_name)
+    if dry_run:
+        exp = explain_next(ctx.root, name, ctx.store, node=node)
+    else:
+        exp = explain_run(ctx.root, name, ctx.store, run_id=run_id, against=against, node=node)
+    if as_json:
+        click.echo(json.dumps(exp.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render(exp, expand=expand, node=node))
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--set", "set_name", default=None)
+@click.pass_obj
+def diff(ctx: Context, a: str, b: str, set_name: str | None) -> None:
+    """Field-level diff of two nodes' preimages (two keys, or one node in the last two runs)."""
+    from .why import diff_keys, render_diff
+
+    pa, pb, changes = diff_keys(ctx.store, a, b, set_name)
+    click.echo(render_diff(a, b, pa, pb, changes, ctx.store))
+
+
+@main.command("why-depends")
+@click.argument("a")
+@click.argument("b")
+@click.option("--set", "set_name", default=None)
+@click.pass_obj
+def why_depends_cmd(ctx: Context, a: str, b: str, set_name: str | None) -> None:
+    """The shortest dependency path from A down to B, and the input that carries each step."""
+    from .why import why_depends
+
+    path = why_depends(ctx.root, _default_set(ctx, set_name), a, b)
+    for i, (nid, via) in enumerate(path):
+        click.echo(("  " * i) + nid + (f"  --[{via}]-->" if via else ""))
+
+
+@main.command()
+@click.argument("node")
+@click.option("--set", "set_name", default=None)
+@click.pass_obj
+def show(ctx: Context, node: str, set_name: str | None) -> None:
+    """Print a node's preimage (everything its key covers) and its key."""
+    from . import lock as lockmod
+    from .graph import plan as make_plan
+    from .realise import detect_host
+    from .recipes import load_set
+
+    rs = load_set(ctx.root, _default_set(ctx, set_name))
+    p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
+    found = [n for n in p.nodes.values() if node in (n.id, n.name, n.key)]
+    if not found:
+        raise PlannerError(f"no node {node!r} in set {rs.name!r}")
+    for n in found:
+        click.echo(f"# {n.id}  key {n.key}")
+        click.echo(json.dumps(n.preimage, indent=2, sort_keys=True))
+
+
 if __name__ == "__main__":
     main()

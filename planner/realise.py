@@ -44,6 +44,7 @@ class NodeResult:
     path: Optional[str] = None
     seconds: float = 0.0
     previous_key: Optional[str] = None
+    previous_digest: Optional[str] = None  # set when the same build key once gave other bytes
 
 
 @attrs.frozen
@@ -350,6 +351,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
 
     running = Running()
     entries: dict[str, object] = dict(valid)
+    nondeterministic: dict[str, str] = {}
+    store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in closure})
     checks: list[CheckResult] = []
     jobs_n = options.jobs or os.cpu_count() or 1
     from .recipes import parse_size
@@ -391,6 +394,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
                 else "built by another process"
             return built.entry, built.build_key, 0.0, "reused", why
+        if built.previous_digest is not None and built.previous_digest != built.entry.digest:
+            nondeterministic[nid] = built.previous_digest
         return built.entry, built.build_key, built.seconds, "built", reason_for(nid)
 
     # Builds hold the gc lock shared, so `store gc` never removes what they are using.
@@ -425,7 +430,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         elif nid in node_results:
             e, bkey, secs, action, why = node_results[nid]
             results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
-                                      str(e.path), secs, previous.get(nid))
+                                      str(e.path), secs, previous.get(nid), nondeterministic.get(nid))
         elif nid in outcome.failed:
             exc = outcome.failed[nid]
             msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
@@ -459,6 +464,10 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         "sandbox": options.sandbox,
         "check": options.check,
         "nodes": [attrs.asdict(r) for r in results.values()],
+        "deps": {nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in closure},
+        "checks": [attrs.asdict(c) for c in checks],
+        "pins": _pins(lock),
+        "root": str(root),
         "inputs": sorted(used_inputs),
     }
     run_id = store.add_run(record)
@@ -474,6 +483,12 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
     store.close()
     return result
+
+
+def _pins(lock) -> dict:
+    """What each lock entry pinned, so `why` can tell a re-packed upstream from a real change."""
+    return {id_: {plat: [pin.sha256, pin.tree] for plat, pin in sorted(li.pins.items())}
+            for id_, li in sorted(lock.inputs.items())}
 
 
 def _lock_digest(path: Path) -> Optional[str]:

@@ -241,6 +241,13 @@ class Store:
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO preimages VALUES (?,?)", (key, canonical_json(preimage).decode()))
 
+    def put_preimages(self, preimages: dict[str, object]) -> None:
+        from .hashing import canonical_json
+
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO preimages VALUES (?,?)",
+                           [(k, canonical_json(v).decode()) for k, v in preimages.items()])
+
     def preimage(self, key: str) -> Optional[dict]:
         rows = self._query("SELECT json FROM preimages WHERE key=?", (key,))
         return json.loads(rows[0][0]) if rows else None
