@@ -238,13 +238,14 @@ def classify(change: Change, recipe: str) -> Optional[Cause]:
     return Cause(head, recipe, ".".join(p), old, new)
 
 
-def _nearest(prev_by_name: dict[str, list[NodeState]], node: NodeState) -> Optional[NodeState]:
-    """The previous node of the same recipe whose variant differs least (a variant change)."""
+def _nearest(prev_by_name: dict[str, list[NodeState]], node: NodeState, current: dict) -> Optional[NodeState]:
+    """The previous node of the same recipe whose variant differs least (a variant change),
+    preferring nodes that no longer exist: those are the ones this node replaced."""
     cands = prev_by_name.get(node.name, [])
     if not cands:
         return None
     mine = set(node.variant.split(", "))
-    return max(cands, key=lambda c: (len(mine & set(c.variant.split(", "))), c.id))
+    return max(cands, key=lambda c: (c.id not in current, len(mine & set(c.variant.split(", "))), c.id))
 
 
 def explain(set_name: str, current: list[NodeState], previous: list[NodeState], *, run: Optional[int] = None,
@@ -265,7 +266,7 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
             return memo[nid]
         memo[nid] = {}
         node = cur[nid]
-        before = prev.get(nid) or _nearest(prev_by_name, node)
+        before = prev.get(nid) or _nearest(prev_by_name, node, cur)
         found: dict[tuple, Cause] = {}
         mine: list[Cause] = []
         if before is None:
