@@ -125,6 +125,8 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
                         "path": _input_dest(f"patch/{p['name']}", entry, node.inputs[f"patch/{p['name']}"].filename)})
     deps = {}
     for mount, entry in sorted(req.deps.items()):
+        if mount == "rootfs":
+            continue  # becomes / of the sandbox, not a mount
         dest = _mount_path(mount)
         mounts.append(sandbox.Mount(entry.path, dest))
         deps[mount] = dest
@@ -178,8 +180,18 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     if req.sandboxed:
         spec_path = build_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, sort_keys=True))
+        rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
+        if rootfs is not None:
+            mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
+            if not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
+                raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
+            from .realise import host_platform
+
+            if node.variant.platform not in (None, host_platform()):
+                raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
+                                               f"{host_platform()} host: use a native worker (--executor)")
         argv = sandbox.command(["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"],
-                               build_dir=build_dir, mounts=mounts, env=env)
+                               build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs)
         proc_env = None
     else:
         # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.

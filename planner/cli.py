@@ -16,9 +16,10 @@ from .errors import PlannerError
 
 
 class Context:
-    def __init__(self, root: Path, store: Path) -> None:
+    def __init__(self, root: Path, store: Path, mirrors: list[str] = ()) -> None:
         self.root = root
         self.store = store
+        self.mirrors = list(mirrors)
 
 
 def _fail(exc: PlannerError) -> None:
@@ -44,12 +45,15 @@ class _Group(click.Group):
               help="Project folder holding recipes/, lockfiles/, patches/.")
 @click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
               help="Store folder (env PLANNER_STORE; default ./store under --root).")
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL",
+              help="A source mirror (folder or URL; repeatable; env PLANNER_MIRRORS; planner.toml [mirrors]).")
 @click.version_option(package_name="planner")
 @click.pass_context
-def main(ctx: click.Context, root: Path, store: Path | None) -> None:
+def main(ctx: click.Context, root: Path, store: Path | None, mirrors: tuple[str, ...]) -> None:
     """Reproducible builds of GPU machine-learning container images."""
     root = root.absolute()
-    ctx.obj = Context(root, (store or root / "store").absolute())
+    ctx.obj = Context(root, (store or root / "store").absolute(),
+                      [m if "://" in m else Path(m).absolute().as_uri() for m in mirrors])
 
 
 def _default_set(ctx: Context, name: str | None) -> str:
@@ -83,11 +87,19 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
                                where="lock --check")
         click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date ({len(lockmod.read(rs.lockfile).inputs)} inputs)")
         return
-    from .resolve import lock_set
+    from .resolve import UnresolvedInputs, load_mirrors, lock_set
     from .store import Store
 
     store = Store(ctx.store)
-    result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True))
+    try:
+        result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True),
+                                   mirrors=load_mirrors(ctx.root, ctx.mirrors))
+    except UnresolvedInputs as exc:
+        for id_ in exc.changed:
+            click.echo(f"pinned {id_}")
+        for id_, why in exc.failures:
+            click.echo(f"unlocked {id_}: {why}", err=True)
+        raise
     for id_ in changed:
         click.echo(f"pinned {id_}")
     click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({len(result.inputs)} inputs, {len(changed)} changed)")
@@ -136,8 +148,10 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     """Build what is missing and print the target's output."""
     from .realise import RealiseOptions, realise as do_realise
 
+    from .resolve import load_mirrors
+
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
-                          out_link=out_link, target=target)
+                          out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)))
     name = _default_set(ctx, set_name)
     progress = None
     if not as_json and not dry_run:
@@ -152,11 +166,12 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif dry_run:
-        for n in result.nodes:
-            if n.action != "reused":
-                click.echo(f"would build {n.id}  ({n.reason})")
+        for step in result.steps:
+            click.echo(step)
         click.echo(f"{sum(n.action != 'reused' for n in result.nodes)} to build, "
                    f"{sum(n.action == 'reused' for n in result.nodes)} valid")
+        if result.blocked:
+            raise PlannerError(result.blocked)
     elif not result.failures:
         built = sum(n.action == "built" for n in result.nodes)
         if not result.noop:
@@ -327,6 +342,10 @@ def show(ctx: Context, node: str, set_name: str | None) -> None:
     for n in found:
         click.echo(f"# {n.id}  key {n.key}")
         click.echo(json.dumps(n.preimage, indent=2, sort_keys=True))
+
+
+from .oci.cli import push, export  # noqa: E402
+main.add_command(push); main.add_command(export)  # noqa: E702
 
 
 if __name__ == "__main__":

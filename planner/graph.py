@@ -32,10 +32,11 @@ BUILDER_VERSIONS = {
     "cuda-toolkit": 1,
     "debian-rootfs": 1,
     "oci-image": 1,
+    "image-rootfs": 1,
 }
 # Builders implemented by the planner itself that run no recipe-controlled code (like Nix's
 # builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
-BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image"})
+BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image", "image-rootfs"})
 
 # Host packages whose files a sandboxed builder runs (the sandbox mounts the host's /usr).
 # Their Debian versions go into the preimage: a compiler update is a visible, explained change.
@@ -203,8 +204,10 @@ class _Planner:
         if "host" not in axes and any(s.platform_dependent() for s in r.all_sources().values()):
             axes.add("platform")
         if r.build.builder != "oci-image":  # an image covers every platform and CUDA variant
-            for dep in r.deps + r.toolchains:
+            for dep in r.deps + r.toolchains + ([r.build.rootfs] if r.build.rootfs else []):
                 axes |= self.effective_axes(dep)
+            if r.platforms:
+                axes.add("platform")
         for dep in r.requires:
             self.effective_axes(dep)
         self._visiting.pop()
@@ -217,6 +220,9 @@ class _Planner:
         nid = node_id(r.name, variant)
         if nid in self.nodes:
             return nid
+        if r.platforms and variant.platform not in r.platforms:
+            raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
+                             where=r.file)
         if "cuda" in self.effective_axes(name) and full.cuda is None:
             raise GraphError(f"{r.name} uses the cuda axis but set.toml defines no cuda variants",
                              where=r.file)
@@ -237,6 +243,8 @@ class _Planner:
                 deps[dep] = self.instantiate(dep, full)
             for tc in r.toolchains:
                 deps[f"toolchain/{tc}"] = self.instantiate(tc, full)
+            if r.build.rootfs:
+                deps["rootfs"] = self.instantiate(r.build.rootfs, full)
         requires = tuple(r.requires)
         inputs = self._inputs(r, variant)
         impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
@@ -278,6 +286,8 @@ class _Planner:
         return nid
 
     def _host_packages(self, r: Recipe, variant: Variant) -> dict[str, str]:
+        if r.build.rootfs:
+            return {}  # the build runs inside its root filesystem, whose digest is a dep
         names = list(HOST_PACKAGES["base"])
         if r.build.builder == "cuda-wheel":
             names += HOST_PACKAGES["cuda"]
@@ -320,7 +330,8 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
         cuda_variants = [("", None)]
     for _vname, archs in cuda_variants:
         cuda = tuple(normalise_archs(archs)) if archs is not None else None
-        platforms = [None] if r.build.builder == "oci-image" else rs.config.platforms
+        platforms = [None] if r.build.builder == "oci-image" else [
+            pl for pl in rs.config.platforms if not r.platforms or pl in r.platforms]
         for platform in platforms:
             full = Variant(platform=platform, cuda=cuda, host=host.platform)
             nid = p.instantiate(target, full)

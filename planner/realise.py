@@ -29,6 +29,7 @@ class RealiseOptions:
     out_link: Optional[Path] = None
     target: Optional[str] = None
     use_plan_cache: bool = True
+    mirrors: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -65,6 +66,8 @@ class RealiseResult:
     failures: list[str] = attrs.field(factory=list)
     checks: list[CheckResult] = attrs.field(factory=list)
     noop: bool = False
+    steps: list[str] = attrs.field(factory=list)  # --dry-run: fetches and builds, in order
+    blocked: Optional[str] = None  # --dry-run: why it would stop
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +85,7 @@ class RealiseResult:
             ],
             "failures": self.failures,
             "checks": [attrs.asdict(c) for c in self.checks],
+            **({"steps": self.steps, "blocked": self.blocked} if self.steps or self.blocked else {}),
         }
 
 
@@ -295,6 +299,9 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     rs = load_set(root, set_name)
     lock = lockmod.read(rs.lockfile)
     problems = lockmod.check(rs, lock, deep=False)
+    if options.dry_run:
+        # A dry run explains how far a realise would get; unlocked inputs stop it later, by node.
+        problems = [p for p in problems if not p.message.startswith("unlocked")]
     if problems:
         more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
         raise LockError(problems[0].line() + more, where=str(rs.lockfile.relative_to(root)))
@@ -305,7 +312,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     host = detect_host(options.sandbox)
     plan = make_plan(rs, lock, host, target=options.target)
     store = Store(store_root)
-    resolver = Resolver(rs, store, log=lambda s: emit("log", s))
+    resolver = Resolver(rs, store, log=lambda s: emit("log", s), mirrors=list(options.mirrors))
     decls = lockmod.declarations(rs)
     durations = store.durations()
     priority = critical_path(plan, durations)
@@ -337,6 +344,28 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
 
     todo = [nid for nid in closure if nid not in valid]
     if options.dry_run:
+        from .resolve import fixed_key
+
+        steps: list[str] = []
+        blocked = None
+        fetched: set[str] = set()
+        for nid in todo:
+            pn = plan.nodes[nid]
+            stop = None
+            for ref in pn.inputs.values():
+                li = lock.inputs[ref.decl]
+                if li.status != "locked":
+                    stop = (f"stops before {nid}: input {ref.decl} is unlocked ({li.reason or 'not resolved'}); "
+                            f"run `planner lock {set_name} --update {ref.decl}` where it can be reached")
+                    break
+                if ref.decl in fetched or store.lookup(fixed_key(ref.tree, ref.unpacks)) is not None:
+                    continue
+                fetched.add(ref.decl)
+                steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
+            if stop:
+                blocked = stop
+                break
+            steps.append(f"build {nid}  (~{durations.get(nid, pn.estimate):.0f}s)")
         nodes = []
         for nid in closure:
             node = plan.nodes[nid]
@@ -347,7 +376,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             else:
                 nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
                                         reason_for(nid), previous_key=previous.get(nid)))
-        return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes)
+        return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes,
+                             steps=steps, blocked=blocked)
 
     running = Running()
     entries: dict[str, object] = dict(valid)

@@ -28,6 +28,7 @@ BUILDERS = (
     "cuda-toolkit",
     "debian-rootfs",
     "oci-image",
+    "image-rootfs",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -100,6 +101,7 @@ class Build:
     script: Optional[str] = None  # shell builder
     settings: dict[str, object] = attrs.field(factory=dict)
     impure: bool = False  # asks for host access that makes output non-reproducible
+    rootfs: Optional[str] = None  # recipe whose output is a root filesystem to build inside
 
 
 @attrs.frozen
@@ -131,6 +133,7 @@ class Recipe:
     resources: Resources = attrs.field(factory=Resources)
     estimate: str = "10s"
     image: Optional[ImageSpec] = None
+    platforms: list[str] = attrs.field(factory=list)  # only these platforms (empty: all)
     file: str = ""  # where it was loaded from (not part of the TOML)
 
     @property
@@ -147,6 +150,8 @@ class Recipe:
     def build_inputs(self) -> list[str]:
         """Recipes whose outputs this recipe's build consumes."""
         out = list(self.deps) + list(self.toolchains)
+        if self.build.rootfs:
+            out.append(self.build.rootfs)
         if self.image is not None:
             if self.image.base:
                 out.append(self.image.base)
@@ -317,6 +322,9 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
         raise err("name", f"recipe name {r.name!r} must match its file name {path.stem!r}")
     if r.build.builder not in BUILDERS:
         raise err("builder", f"unknown builder {r.build.builder!r} (one of {', '.join(BUILDERS)})")
+    for p in r.platforms:
+        if p not in PLATFORMS:
+            raise err("platforms", f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})")
     for a in r.axes:
         if a not in AXES:
             raise err("axes", f"unknown variant axis {a!r} (one of {', '.join(AXES)})")
@@ -405,6 +413,9 @@ def _check_references(rs: RecipeSet) -> None:
                           where=f"recipes/{rs.name}/set.toml: target")
     for r in rs.recipes.values():
         text = (rs.root / r.file).read_text()
+        if r.build.rootfs and r.build.rootfs not in rs.recipes:
+            raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
+                              where=_where(rs.root / r.file, rs.root, text, "rootfs"))
         for field in ("deps", "toolchains", "requires"):
             for dep in getattr(r, field):
                 if dep not in rs.recipes:

@@ -42,14 +42,74 @@ class Fetched:
     pin: Pin
 
 
+def mirror_candidates(url: str, mirrors: list[str], *, sha256: Optional[str] = None, git: bool = False) -> list[str]:
+    """Where to look for `url`: each mirror by content hash first, then by origin path, then the origin.
+
+    Mirror layout (a folder served over file:// or HTTP):
+        <mirror>/sha256/<hex>          any file, by the sha256 of its bytes
+        <mirror>/urls/<host>/<path>    a file, by its origin URL
+        <mirror>/git/<host>/<path>     a git repository, by its origin URL
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    origin_path = f"{parts.netloc}{parts.path}".lstrip("/")
+    out: list[str] = []
+    for m in mirrors:
+        m = m.rstrip("/")
+        if git:
+            out.append(f"{m}/git/{origin_path}")
+            continue
+        if sha256:
+            out.append(f"{m}/sha256/{sha256}")
+        out.append(f"{m}/urls/{origin_path}")
+    out.append(url)
+    return list(dict.fromkeys(out))
+
+
+def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
+    """Mirrors from the command line / PLANNER_MIRRORS first, then the project's planner.toml."""
+    import os
+    import tomllib
+
+    out = list(extra)
+    out += os.environ.get("PLANNER_MIRRORS", "").split()
+    cfg = root / "planner.toml"
+    if cfg.is_file():
+        try:
+            data = tomllib.loads(cfg.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise LockError(f"invalid TOML: {exc}", where=str(cfg)) from None
+        urls = data.get("mirrors", {}).get("urls", [])
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise LockError("mirrors.urls must be a list of URLs", where=f"{cfg}: mirrors.urls")
+        out += [u if "://" in u else (root / u).resolve().as_uri() for u in urls]
+    return list(dict.fromkeys(out))
+
+
 class Resolver:
     """Resolves and materialises the inputs of one recipe set against one store."""
 
-    def __init__(self, rs: RecipeSet, store: Store, *, log: Callable[[str], None] = lambda s: None) -> None:
+    def __init__(self, rs: RecipeSet, store: Store, *, log: Callable[[str], None] = lambda s: None,
+                 mirrors: list[str] = ()) -> None:
         self.rs = rs
         self.store = store
         self.log = log
+        self.mirrors = list(mirrors)
         self._work = store.root / "tmp"
+
+    def _first_that_works(self, candidates: list[str], attempt: Callable[[str], object], what: str):
+        errors = []
+        for cand in candidates:
+            try:
+                return cand, attempt(cand)
+            except HashMismatch:
+                raise
+            except FetchError as exc:
+                errors.append(exc)
+                if cand != candidates[-1]:
+                    self.log(f"{what}: {cand} failed, trying the next source")
+        raise errors[-1]
 
     # -- fetching ----------------------------------------------------------------------
 
@@ -80,9 +140,14 @@ class Resolver:
         if src is not None and src.kind == "git":
             from .fetch import git
 
-            commit = pin.commit if pin and pin.commit else git.resolve(str(src.url), str(src.rev))
+            cands = mirror_candidates(str(src.url), self.mirrors, git=True)
+            if pin and pin.commit:
+                commit = pin.commit
+            else:
+                _, commit = self._first_that_works(cands, lambda u: git.resolve(u, str(src.rev)), decl.id)
             dest = tmp / "checkout"
-            git.export(str(src.url), commit, dest, cache_dir=self.store.root / "git-cache")
+            self._first_that_works(
+                cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache"), decl.id)
             if src.subdir:
                 sub = dest / src.subdir
                 if not sub.is_dir():
@@ -122,7 +187,9 @@ class Resolver:
             url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
             expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
             filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1] or "download"
-            got = urlfetch.download(url, tmp / filename, sha256=expected)
+            _, got = self._first_that_works(
+                mirror_candidates(url, self.mirrors, sha256=expected),
+                lambda u: urlfetch.download(u, tmp / filename, sha256=expected), decl.id)
             p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
             return self._maybe_unpack(decl, got.path, p, tmp)
 
@@ -164,12 +231,15 @@ class Resolver:
 
     # -- public ------------------------------------------------------------------------
 
-    def resolve(self, decl: InputDecl) -> LockedInput:
+    def resolve(self, decl: InputDecl, expected: Optional[dict[str, Pin]] = None) -> LockedInput:
+        """Pin every platform of `decl`. `expected` holds prefetched pins (a commit, a tree hash)
+        that the fetched content must match."""
         pins: dict[str, Pin] = {}
         for platform in decl.platforms:
             self.log(f"resolving {decl.id}" + ("" if platform == ANY else f" [{platform}]"))
-            fetched = self._fetch(decl, platform, None)
-            _entry, pins[platform] = self._store(decl, fetched, None)
+            want = (expected or {}).get(platform)
+            fetched = self._fetch(decl, platform, Pin(commit=want.commit, sha256=want.sha256) if want else None)
+            _entry, pins[platform] = self._store(decl, fetched, want.tree if want else None)
         return LockedInput(id=decl.id, kind=decl.kind, origin=decl.origin, spec=decl.spec(), pins=pins)
 
     def materialise(self, decl: InputDecl, li: LockedInput, platform: str | None) -> Entry:
@@ -190,9 +260,11 @@ class Resolver:
 
 
 def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(),
-             log: Callable[[str], None] = lambda s: None) -> tuple[Lock, list[str]]:
+             log: Callable[[str], None] = lambda s: None, mirrors: list[str] = ()) -> tuple[Lock, list[str]]:
     """Resolve every input not already pinned (or named in `update`). Returns the lock and the
-    ids that changed. Local inputs are always re-hashed."""
+    ids that changed. Local inputs are always re-hashed. An input that cannot be reached is
+    written as `unlocked` with the reason (keeping any prefetched pins), and the others are
+    still pinned; `UnresolvedInputs` is raised after the lock is written."""
     from . import lock as lockmod
 
     old: Optional[Lock] = None
@@ -201,13 +273,14 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
             old = lockmod.read(rs.lockfile)
         except LockError as exc:
             log(f"ignoring unreadable lock: {exc.line()}")
-    resolver = Resolver(rs, store, log=log)
+    resolver = Resolver(rs, store, log=log, mirrors=list(mirrors))
     decls = declarations(rs)
     unknown = [u for u in update if u not in decls and u not in rs.recipes]
     if unknown:
         raise LockError(f"--update {unknown[0]!r} names no input or recipe of set {rs.name!r}")
     inputs: dict[str, LockedInput] = {}
     changed: list[str] = []
+    failures: list[tuple[str, str]] = []
     for id_, decl in decls.items():
         prev = old.inputs.get(id_) if old else None
         wanted = id_ in update or decl.recipe in update
@@ -215,11 +288,36 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
                 and prev.spec == decl.spec()):
             inputs[id_] = prev
             continue
-        new = resolver.resolve(decl)
+        expected = prev.pins if prev is not None and prev.status == "unlocked" and prev.spec == decl.spec() else None
+        try:
+            new = resolver.resolve(decl, expected)
+        except HashMismatch:
+            raise
+        except (FetchError, LockError) as exc:
+            failures.append((id_, exc.line()))
+            if prev is not None and prev.status == "locked" and prev.spec == decl.spec():
+                inputs[id_] = prev  # an --update that cannot reach upstream keeps the old pin
+                continue
+            new = LockedInput(id=id_, kind=decl.kind, origin=decl.origin, spec=decl.spec(),
+                              pins=dict(expected or {}), status="unlocked", reason=exc.line())
         inputs[id_] = new
-        if prev is None or prev.pins != new.pins or prev.spec != new.spec:
+        if prev is None or prev.pins != new.pins or prev.spec != new.spec or prev.status != new.status:
             changed.append(id_)
     lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
                 inputs=inputs)
     lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
+    if failures:
+        raise UnresolvedInputs(failures, changed)
     return lock, changed
+
+
+class UnresolvedInputs(LockError):
+    """Some inputs could not be resolved; the lock was written with them marked unlocked."""
+
+    def __init__(self, failures: list[tuple[str, str]], changed: list[str]) -> None:
+        self.failures = failures
+        self.changed = changed
+        first_id, first = failures[0]
+        more = f" (and {len(failures) - 1} more, marked unlocked in the lock)" if len(failures) > 1 else \
+            " (marked unlocked in the lock)"
+        super().__init__(f"could not resolve {first_id}: {first}{more}")

@@ -78,8 +78,28 @@ def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[
     etc = etc_dir(build_dir)
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
            "--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "build"]
+    generated_etc = ("passwd", "group", "hostname", "hosts", "nsswitch.conf")
     if rootfs is not None:
-        cmd += ["--ro-bind", str(rootfs), "/"]
+        # bwrap's own root is a tmpfs: bind the image's top-level entries one by one so that
+        # /build, /inputs and friends can still be created beside them.
+        for entry in sorted(os.listdir(rootfs)):
+            src = os.path.join(rootfs, entry)
+            if entry in ("proc", "dev", "tmp", "sys", "build", "inputs", "deps", "toolchains", "run"):
+                continue
+            if os.path.islink(src):
+                cmd += ["--symlink", os.readlink(src), f"/{entry}"]
+            elif entry == "etc" and os.path.isdir(src):
+                cmd += ["--dir", "/etc"]
+                for e in sorted(os.listdir(src)):
+                    if e in generated_etc:
+                        continue
+                    es = os.path.join(src, e)
+                    if os.path.islink(es):
+                        cmd += ["--symlink", os.readlink(es), f"/etc/{e}"]
+                    else:
+                        cmd += ["--ro-bind", es, f"/etc/{e}"]
+            elif os.path.isdir(src):
+                cmd += ["--ro-bind", src, f"/{entry}"]
     else:
         cmd += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
         for link in ("bin", "lib", "lib64", "sbin"):
@@ -91,7 +111,7 @@ def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[
         for keep in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives"):
             if os.path.exists(f"/etc/{keep}"):
                 cmd += ["--ro-bind", f"/etc/{keep}", f"/etc/{keep}"]
-    for name in ("passwd", "group", "hostname", "hosts", "nsswitch.conf"):
+    for name in generated_etc:
         cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     cmd += ["--bind", str(build_dir), BUILD_DIR]

@@ -1,0 +1,107 @@
+"""Air-gapped sites: a local mirror (a folder, or a loopback HTTP server) stands in for GitHub
+and release servers. Sources are found by content hash first, origin URL second."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from planner.resolve import mirror_candidates
+
+from .conftest import run_planner
+from .support.gitrepo import GitRepo
+from .support.http_server import LoopbackServer
+
+APEX = "https://github.com/NVIDIA/apex.git"
+TARBALL = "https://developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz"
+
+
+def _tarball(text: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("hpcx-v2.25.1/VERSION")
+        info.size = len(text)
+        tf.addfile(info, io.BytesIO(text))
+    return buf.getvalue()
+
+
+def _project(root: Path, *, sha256: str | None) -> None:
+    folder = root / "recipes/air"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "apex.toml").write_text(
+        f'name = "apex"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{APEX}"\nrev = "main"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
+    sha = f'sha256 = "{sha256}"\n' if sha256 else ""
+    (folder / "hpcx.toml").write_text(
+        f'name = "hpcx"\nversion = "2.25.1"\n[source]\nkind = "url"\nurl = "{TARBALL}"\n{sha}'
+        '[build]\nbuilder = "shell"\nscript = "cp VERSION $out/"\n')
+    (folder / "top.toml").write_text('name = "top"\nversion = "1"\ndeps = ["apex", "hpcx"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "cat /deps/apex/README /deps/hpcx/VERSION > $out/all"\n')
+
+
+def _git_mirror(mirror: Path) -> str:
+    repo = GitRepo.init(mirror / "git/github.com/NVIDIA/apex.git")
+    repo.write("README", "apex stand-in\n")
+    return repo.commit("stand-in")
+
+
+def test_candidates_order() -> None:
+    assert mirror_candidates(TARBALL, ["file:///m", "http://127.0.0.1:1/x/"], sha256="ab" * 32) == [
+        "file:///m/sha256/" + "ab" * 32,
+        "file:///m/urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz",
+        "http://127.0.0.1:1/x/sha256/" + "ab" * 32,
+        "http://127.0.0.1:1/x/urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz",
+        TARBALL,
+    ]
+    assert mirror_candidates(APEX, ["file:///m"], git=True) == ["file:///m/git/github.com/NVIDIA/apex.git", APEX]
+
+
+def test_folder_mirror_by_origin_then_realise(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    commit = _git_mirror(mirror)
+    body = _tarball(b"2.25.1\n")
+    by_url = mirror / "urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz"
+    by_url.parent.mkdir(parents=True)
+    by_url.write_bytes(body)
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _project(root, sha256=None)
+    # Without the mirror: both inputs are unreachable; the lock is written with them unlocked.
+    bare = run_planner("--root", str(root), "--store", str(store), "lock", "air", check=False)
+    assert bare.returncode != 0
+    assert "planner: error: could not resolve apex/source" in bare.stderr
+    assert 'status = "unlocked"' in (root / "lockfiles/air.lock").read_text()
+    dry = run_planner("--root", str(root), "--store", str(store), "realise", "air", "--dry-run", check=False)
+    assert dry.returncode != 0 and "stops before apex: input apex/source is unlocked" in dry.stderr
+    # With the mirror (command line): everything resolves, and realise builds offline.
+    run_planner("--root", str(root), "--store", str(store), "--mirror", str(mirror), "lock", "air")
+    lock = (root / "lockfiles/air.lock").read_text()
+    assert "unlocked" not in lock and commit in lock
+    assert hashlib.sha256(body).hexdigest() in lock
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "air", "--json").stdout)
+    assert (Path(out["output"]) / "all").read_text() == "apex stand-in\n2.25.1\n"
+
+
+def test_http_mirror_by_hash_first(tmp_path: Path) -> None:
+    body = _tarball(b"by-hash\n")
+    sha = hashlib.sha256(body).hexdigest()
+    mirror = tmp_path / "mirror"
+    _git_mirror(mirror)
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _project(root, sha256=sha)
+    (root / "planner.toml").write_text(f'[mirrors]\nurls = ["{(mirror).as_uri()}"]\n')
+    with LoopbackServer() as server:
+        by_hash = server.add(f"/m/sha256/{sha}", body)
+        by_url = server.add("/m/urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz", b"wrong bytes")
+        run_planner("--root", str(root), "--store", str(store), "--mirror", server.url("/m"), "lock", "air")
+        assert len(by_hash.requests) == 1 and len(by_url.requests) == 0
+        # realise --dry-run lists what it would fetch and build, in order, with nothing unlocked
+        fresh = tmp_path / "store2"
+        dry = run_planner("--root", str(root), "--store", str(fresh), "--mirror", server.url("/m"),
+                          "realise", "air", "--dry-run").stdout.splitlines()
+    assert dry[0].startswith("fetch apex/source") or dry[0].startswith("fetch hpcx/source")
+    assert [l.split()[1] for l in dry if l.startswith("build")] == ["apex", "hpcx", "top"]
+    assert sha in (root / "lockfiles/air.lock").read_text()
