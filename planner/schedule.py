@@ -8,7 +8,6 @@ whole budget still runs, alone.
 from __future__ import annotations
 
 import heapq
-import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Callable, Generic, Hashable, Optional, TypeVar
 
@@ -60,7 +59,6 @@ def run_dag(jobs: list[Job], work: Callable[[object], object], *, slots: int, me
     free_mem = memory
     stop = False
     interrupted = False
-    lock = threading.Lock()
 
     def fits(j: Job) -> bool:
         if not running:
