@@ -142,16 +142,30 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
 @click.option("--target", default=None, help="Realise this recipe instead of the set's target.")
 @click.option("--sandbox", type=click.Choice(["on", "off"]), default="on",
               help="off: build without bubblewrap; outputs are marked impure.")
+@click.option("--executor", envvar="PLANNER_EXECUTOR", default=None, metavar="URL",
+              help="dask://HOST:PORT to build on a Dask cluster (default: the local pool).")
+@click.option("--substituter", "substituters", multiple=True, metavar="URL",
+              help="Binary cache to substitute from: oci://HOST/REPO (repeatable; env PLANNER_SUBSTITUTERS).")
+@click.option("--cache-to", "cache_to", multiple=True, metavar="URL", help="Binary cache to push outputs to.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), envvar="PLANNER_SIGNING_KEY",
+              default=None, help="Secret key that signs pushed entries (planner keys generate).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
+              help="Public key whose signatures are trusted (repeatable; env PLANNER_TRUSTED_KEYS).")
 @click.pass_obj
 def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
-            as_json: bool, out_link: Path | None, target: str | None, sandbox: str) -> None:
+            as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
+            substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
+            trusted_keys: tuple[str, ...]) -> None:
     """Build what is missing and print the target's output."""
     from .realise import RealiseOptions, realise as do_realise
-
     from .resolve import load_mirrors
 
+    subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
+    trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
-                          out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)))
+                          out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
+                          executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
+                          trusted_keys=trusted)
     name = _default_set(ctx, set_name)
     progress = None
     if not as_json and not dry_run:
@@ -242,6 +256,71 @@ def store_gc(ctx: Context) -> None:
     for r in removed:
         click.echo(f"removed {r}")
     click.echo(f"{len(removed)} entries removed")
+
+
+@store.command("push")
+@click.argument("set_name", metavar="SET")
+@click.option("--to", "to", required=True, metavar="URL", help="oci://HOST/REPO")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), envvar="PLANNER_SIGNING_KEY",
+              required=True)
+@click.option("--no-inputs", is_flag=True, help="Push built outputs only, not the fetched sources.")
+@click.pass_obj
+def store_push(ctx: Context, set_name: str, to: str, signing_key: Path, no_inputs: bool) -> None:
+    """Push the closure of the last realise of SET to a binary cache."""
+    from .cache import BinaryCache, Signer, TrustedKeys, push_run
+    from .store import Store
+
+    st = Store(ctx.store)
+    rec = next((r for _i, r in st.runs() if r.get("set") == set_name), None)
+    if rec is None:
+        raise PlannerError(f"no recorded realise of set {set_name!r}")
+    cache = BinaryCache(to, trusted=TrustedKeys(), signer=Signer.from_file(signing_key))
+    counts = push_run(cache, st, rec, with_inputs=not no_inputs)
+    click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+@store.command("pull")
+@click.argument("set_name", metavar="SET")
+@click.option("--from", "sources", multiple=True, required=True, metavar="URL")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY")
+@click.pass_obj
+def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
+    """Fetch the closure of SET from binary caches into the store, verifying signatures."""
+    from . import lock as lockmod
+    from .cache import BinaryCache, TrustedKeys, pull_closure
+    from .graph import plan as make_plan
+    from .realise import detect_host
+    from .recipes import load_set
+    from .store import Store
+
+    rs = load_set(ctx.root, set_name)
+    p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
+    trusted = TrustedKeys(trusted_keys)
+    caches = [BinaryCache(u, trusted=trusted) for u in sources]
+    got, missing = pull_closure(caches, Store(ctx.store), p)
+    from .cache import classify_miss
+
+    for nid, misses in missing.items():
+        why = classify_miss(misses, built_before=False) if misses else None
+        click.echo(f"missing {nid}: " + (f"{why.category}: {why.detail}" if why else "a dependency is missing"))
+    click.echo(f"{len(got)} pulled or present, {len(missing)} missing")
+    if missing:
+        sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys for binary caches."""
+
+
+@keys.command("generate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", default=None, help="Key name (default: the host name).")
+def keys_generate(path: Path, name: str | None) -> None:
+    """Write a new ed25519 secret key to PATH (mode 0600) and print its public key."""
+    from .cache import generate_key
+
+    click.echo(generate_key(path, name))
 
 
 @main.command("log")

@@ -30,6 +30,11 @@ class RealiseOptions:
     target: Optional[str] = None
     use_plan_cache: bool = True
     mirrors: tuple[str, ...] = ()
+    executor: Optional[str] = None  # None: the local pool; dask://HOST:PORT
+    substituters: tuple[str, ...] = ()  # oci://HOST/REPO binary caches to read
+    cache_to: tuple[str, ...] = ()  # binary caches to write (needs signing_key)
+    signing_key: Optional[Path] = None
+    trusted_keys: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -276,7 +281,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     root = Path(root).resolve()
     store_root = Path(store_root).absolute()
     emit = progress or (lambda kind, data: None)
-    if options.use_plan_cache and not options.dry_run and not options.check and store_root.exists():
+    if (options.use_plan_cache and not options.dry_run and not options.check and store_root.exists()
+            and not options.cache_to and not options.executor):
         cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
         if cache is not None:
             nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
@@ -343,6 +349,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         return "not in the store"
 
     todo = [nid for nid in closure if nid not in valid]
+    jobs_n = options.jobs or os.cpu_count() or 1
+    executor, subs, pushes = _scale_out(options, jobs_n)
     if options.dry_run:
         from .resolve import fixed_key
 
@@ -366,6 +374,11 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 blocked = stop
                 break
             steps.append(f"build {nid}  (~{durations.get(nid, pn.estimate):.0f}s)")
+        if blocked is None:
+            problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
+            if problems_run:
+                blocked = "; ".join(problems_run)
+        executor.close()
         nodes = []
         for nid in closure:
             node = plan.nodes[nid]
@@ -379,18 +392,17 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes,
                              steps=steps, blocked=blocked)
 
+    from .executors import Unrunnable
+
+    problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
+    if problems_run:
+        executor.close()
+        raise Unrunnable(problems_run)
     running = Running()
     entries: dict[str, object] = dict(valid)
     nondeterministic: dict[str, str] = {}
     store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in closure})
     checks: list[CheckResult] = []
-    jobs_n = options.jobs or os.cpu_count() or 1
-    from .recipes import parse_size
-
-    try:
-        mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        mem_total = parse_size("8GiB")
 
     used_inputs: set[str] = set()
 
@@ -401,9 +413,44 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         used_inputs.update(str(e.path) for e in got.values())
         return got
 
+    def push(node, bkey: str, entry, deps: dict) -> None:
+        from .cache import CacheError
+        from .graph import resolved_preimage
+
+        for c in pushes:
+            try:
+                c.push(bkey, entry, resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}), node.key)
+            except CacheError as exc:
+                emit("log", f"warning: could not push {node.label()} to {c.ref}: {exc.line()}")
+
+    def substitute(node, deps: dict):
+        """A signed entry from a substituter, or (None, why the caches missed)."""
+        from .cache import classify_miss, lookup_any
+        from .graph import resolved_preimage
+
+        bkey = build_key(node, deps)
+        if not subs or options.check or store.lookup(bkey) is not None:
+            return None, ""
+        pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
+        found, misses = lookup_any(subs, bkey, preimage=pre)
+        if found:
+            cache, hit = found
+            entry = cache.fetch(hit, store)
+            store.put_preimage(node.key, node.preimage)
+            store.put_preimage(bkey, pre)
+            store.realise(node.key, bkey, entry.digest)
+            return (entry, bkey, f"substituted from {cache.ref} (signed by {hit.signer})"), ""
+        miss = classify_miss(misses, built_before=store.realisation(node.key) is not None)
+        return None, f"; cache miss: {miss.category}: {miss.detail}"
+
     def work(nid: str):
         node = plan.nodes[nid]
         deps = {m: entries[d] for m, d in node.deps.items()}
+        got, miss_note = substitute(node, deps)
+        if got is not None:
+            entry, bkey, why = got
+            push(node, bkey, entry, deps)
+            return entry, bkey, 0.0, "substituted", why
         cores = max(1, min(node.cores, jobs_n))
         req = BuildRequest(node=node, inputs=inputs_of(nid), deps=deps, jobs=cores, sandboxed=options.sandbox)
         if options.check and nid in known:
@@ -419,14 +466,15 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 checks.append(CheckResult(nid, digest == stored.digest, diff))
                 return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
         emit("start", node.label())
-        built = build(req, store, running)
+        built = executor.build(req, store, running, priority=priority[nid])
+        push(node, built.build_key, built.entry, deps)
         if built.reused:
             why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
                 else "built by another process"
             return built.entry, built.build_key, 0.0, "reused", why
         if built.previous_digest is not None and built.previous_digest != built.entry.digest:
             nondeterministic[nid] = built.previous_digest
-        return built.entry, built.build_key, built.seconds, "built", reason_for(nid)
+        return built.entry, built.build_key, built.seconds, "built", reason_for(nid) + miss_note
 
     # Builds hold the gc lock shared, so `store gc` never removes what they are using.
     with store.gc_lock(exclusive=False):
@@ -444,12 +492,17 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             node_results[nid] = res
             return res
 
+        local = options.executor is None
         jobs = [Job(id=nid, deps=tuple(plan.nodes[nid].deps.values()), priority=priority[nid],
-                    cores=max(1, min(plan.nodes[nid].cores, jobs_n)), memory=plan.nodes[nid].memory)
+                    cores=max(1, min(plan.nodes[nid].cores, jobs_n)) if local else 1,
+                    memory=plan.nodes[nid].memory if local else 0)
                 for nid in todo]
         emit("plan", {"total": len(closure), "todo": len(todo)})
-        outcome = run_dag(jobs, work_and_keep, slots=jobs_n, memory=int(mem_total * 0.8),
-                          keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
+        try:
+            outcome = run_dag(jobs, work_and_keep, slots=executor.slots(), memory=executor.memory_budget(),
+                              keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
+        finally:
+            executor.close()
 
     for nid in closure:
         node = plan.nodes[nid]
@@ -493,6 +546,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         "git": git_state(root),
         "sandbox": options.sandbox,
         "check": options.check,
+        "executor": options.executor,
+        "substituters": list(options.substituters),
         "nodes": [attrs.asdict(r) for r in results.values()],
         "deps": {nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in closure},
         "checks": [attrs.asdict(c) for c in checks],
@@ -513,6 +568,26 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
     store.close()
     return result
+
+
+def _scale_out(options: RealiseOptions, jobs: int):
+    """The executor, and the binary caches to read from and write to."""
+    from .executors import executor_for
+
+    if not (options.executor or options.substituters or options.cache_to):
+        return executor_for(None, jobs=jobs, sandboxed=options.sandbox), [], []
+    from .cache import BinaryCache, Signer, TrustedKeys
+    from .errors import PlannerError
+
+    if options.cache_to and options.signing_key is None:
+        raise PlannerError("--cache-to needs --signing-key: cache entries are signed")
+    trusted = TrustedKeys(options.trusted_keys)
+    signer = Signer.from_file(Path(options.signing_key)) if options.signing_key else None
+    subs = [BinaryCache(u, trusted=trusted) for u in options.substituters]
+    pushes = [BinaryCache(u, trusted=trusted, signer=signer) for u in options.cache_to]
+    executor = executor_for(options.executor, cache=pushes[0] if pushes else None, jobs=jobs,
+                            sandboxed=options.sandbox)
+    return executor, subs, pushes
 
 
 def _pins(lock) -> dict:

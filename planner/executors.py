@@ -1,0 +1,652 @@
+"""Executors: where one node's build runs. The planner keeps the schedule; an executor runs
+the ready node it is handed and returns `planner.build.Built`, as `planner.build.build` does.
+
+- `LocalExecutor` (default): `build()` in this process's pool, against the local store.
+- `DaskExecutor` (`--executor dask://HOST:PORT`): the node becomes a Dask task with resources
+  taken from the node (`arch_amd64` / `arch_arm64`, `GPU`, `MEMORY`); the worker opens its own
+  store, fetches the node's inputs and dependencies from the binary cache, builds in the same
+  sandbox, pushes the signed output to the cache and returns its key and digest; the planner
+  then fetches the output into its own store (verified like any substitute).
+
+Nothing half-built reaches the cache: a worker pushes only after `build()` added a complete,
+hashed output to its store, and the manifest goes up last. A worker that dies mid-build loses
+its task to the scheduler, which runs it on another worker (Dask's `allowed-failures`);
+exceptions other than build failures are retried (`retries`). A node no current worker can run
+is reported before anything is submitted (`check_runnable`), and a submitted node whose
+workers all leave fails after `unrunnable_after` seconds instead of waiting forever.
+
+Resource names (what workers declare, e.g. `dask worker --resources "arch_amd64=16,GPU=8,MEMORY=512e9"`):
+    arch_<arch>  one per concurrent build the worker may run for that platform (Debian arch name)
+    GPU          GPUs a build may use (a recipe asks with `[build.settings] gpu = N`)
+    MEMORY       bytes of memory for builds (a recipe's `[resources] memory`)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+
+import attrs
+
+from .build import BuildRequest, Built, Running, build, build_key
+from .errors import BuildError, PlannerError
+from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
+from .store import Entry, Store
+
+PAYLOAD_FORMAT = 1
+ARCH_PREFIX = "arch_"
+
+
+class Executor(Protocol):
+    def slots(self) -> int:
+        """How many builds to keep in flight (the scheduler's pool size)."""
+
+    def memory_budget(self) -> int:
+        """Bytes of memory the scheduler may hand out across builds in flight."""
+
+    def check_runnable(self, nodes: Iterable[Node]) -> list[str]:
+        """One line per node this executor cannot run, naming what is missing."""
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
+        """Build one ready node (or reuse it) into `store`."""
+
+    def close(self) -> None: ...
+
+
+def _host_platform() -> str:
+    from .realise import host_platform
+
+    return host_platform()
+
+
+def _arch(platform: str) -> str:
+    parts = platform.split("/")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def build_platform(node: Node) -> Optional[str]:
+    """The platform a node's build must run on, or None when any will do.
+
+    Builtin builders run no recipe code and no host tools: anywhere. A build inside a root
+    file system runs that file system's binaries: its platform. Otherwise the host axis (a
+    cross-compiler's build machine) wins over the target platform; a node with neither axis
+    declared its output platform-independent (the worker still checks its host packages).
+    """
+    if node.builder in BUILTIN_BUILDERS:
+        return None
+    if "rootfs" in node.deps and node.variant.platform:
+        return node.variant.platform
+    return node.variant.host or node.variant.platform
+
+
+def gpu_need(node: Node) -> int:
+    gpu = (node.preimage.get("builder") or {}).get("settings", {}).get("gpu")
+    if gpu is None or gpu is False:
+        return 0
+    if gpu is True:
+        return 1
+    try:
+        return max(0, int(gpu))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1
+
+
+class LocalExecutor:
+    """The default: builds run here, in the planner's thread pool."""
+
+    def __init__(self, jobs: int = 0) -> None:
+        self.jobs = jobs or os.cpu_count() or 1
+
+    def slots(self) -> int:
+        return self.jobs
+
+    def memory_budget(self) -> int:
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+        except (ValueError, OSError):
+            return 8 << 30
+
+    def check_runnable(self, nodes: Iterable[Node]) -> list[str]:
+        host = _host_platform()
+        out = []
+        for n in nodes:
+            if "rootfs" in n.deps and n.variant.platform not in (None, host) and n.builder not in BUILTIN_BUILDERS:
+                out.append(f"{n.label()}: builds inside a {n.variant.platform} root filesystem; this host is "
+                           f"{host}: use a native worker (--executor dask://…)")
+        return out
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
+        return build(req, store, running)
+
+    def close(self) -> None:
+        pass
+
+
+# -- Dask ------------------------------------------------------------------------------------
+
+class RemoteError(RuntimeError):
+    """A worker-side failure that is not the build's own (retried by Dask)."""
+
+
+def _fmt_res(name: str, v: float) -> str:
+    if name == "MEMORY":
+        return f"{v / (1 << 30):.1f} GiB"
+    return f"{v:g}"
+
+
+def scheduler_address(url: str) -> str:
+    """`dask://HOST:PORT` → `tcp://HOST:PORT`; `dask+tls://` → `tls://`; others pass through."""
+    if url.startswith("dask+tls://"):
+        return "tls://" + url[len("dask+tls://"):]
+    if url.startswith("dask://"):
+        return "tcp://" + url[len("dask://"):]
+    return url
+
+
+class DaskExecutor:
+    """Runs each node as a Dask task on a worker that has the node's resources.
+
+    `cache` is where workers fetch inputs and push outputs (it needs a signer, unless every
+    worker has its own key in `PLANNER_SIGNING_KEY` and `ship_key=False`; then the planner
+    must trust those keys). With `ship_key=True` the planner's secret key travels with each
+    task: use a TLS scheduler address (`dask+tls://`) on shared networks.
+    """
+
+    def __init__(self, address: Any, cache, *, ship_key: bool = True, retries: int = 2,
+                 sandboxed: bool = True, unrunnable_after: float = 30.0, wait_workers: float = 0.0,
+                 connect_timeout: float = 30.0, oversubscribe: float = 2.0) -> None:
+        from distributed import Client
+
+        if isinstance(address, Client):
+            self.client = address
+            self._own_client = False
+        else:
+            self.client = Client(scheduler_address(str(address)), timeout=connect_timeout, set_as_default=False)
+            self._own_client = True
+        self.cache = cache
+        self.ship_key = ship_key
+        self.retries = retries
+        self.sandboxed = sandboxed
+        self.unrunnable_after = unrunnable_after
+        self.oversubscribe = oversubscribe
+        self._info: tuple[float, dict] = (0.0, {})
+        self._info_lock = threading.Lock()
+        self._ensure_locks: dict[str, threading.Lock] = {}
+        self._ensure_guard = threading.Lock()
+        self.timings: list[dict] = []  # per remote build: submit, wait, fetch and worker phases (s)
+        if wait_workers:
+            deadline = time.monotonic() + wait_workers
+            while not self.workers(fresh=True) and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+    @classmethod
+    def from_url(cls, url: str, cache, **kw) -> "DaskExecutor":
+        return cls(url, cache, **kw)
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    # -- workers and resources -----------------------------------------------------------
+
+    def workers(self, *, fresh: bool = False) -> dict[str, dict]:
+        """{address: {'name', 'nthreads', 'resources'}} of the cluster's current workers."""
+        with self._info_lock:
+            at, info = self._info
+            if fresh or time.monotonic() - at > 1.0:
+                raw = self.client.scheduler_info(n_workers=-1).get("workers", {})
+                info = {a: {"name": w.get("name"), "nthreads": int(w.get("nthreads", 1)),
+                            "resources": dict(w.get("resources") or {})} for a, w in raw.items()}
+                self._info = (time.monotonic(), info)
+            return info
+
+    def slots(self) -> int:
+        """Builds in flight: the cluster's threads times `oversubscribe`, so a worker finds its
+        next task queued when one ends (the planner's fetch-back and the round trip overlap)."""
+        threads = sum(w["nthreads"] for w in self.workers(fresh=True).values())
+        return max(1, int(threads * self.oversubscribe))
+
+    def memory_budget(self) -> int:
+        return 1 << 62  # workers' MEMORY resources do the accounting
+
+    @staticmethod
+    def resources_for(node: Node) -> dict[str, float]:
+        res: dict[str, float] = {}
+        plat = build_platform(node)
+        if plat:
+            res[ARCH_PREFIX + _arch(plat)] = 1
+        gpu = gpu_need(node)
+        if gpu:
+            res["GPU"] = gpu
+        if node.memory:
+            res["MEMORY"] = node.memory
+        return res
+
+    def _problem(self, node: Node, workers: dict[str, dict]) -> Optional[str]:
+        need = self.resources_for(node)
+        if not workers:
+            return "the Dask cluster has no workers"
+        if any(all(w["resources"].get(r, 0) >= v for r, v in need.items()) for w in workers.values()):
+            return None
+        missing = []
+        for r, v in sorted(need.items()):
+            best = max(w["resources"].get(r, 0) for w in workers.values())
+            if best < v:
+                missing.append(f"{r}={_fmt_res(r, v)} (no worker has it)" if best == 0 else
+                               f"{r}={_fmt_res(r, v)} (largest worker offers {_fmt_res(r, best)})")
+        if not missing:
+            missing = ["all of " + ", ".join(f"{r}={_fmt_res(r, v)}" for r, v in sorted(need.items()))
+                       + " on one worker"]
+        offered = "; ".join(
+            f"{w['name']}: " + (", ".join(f"{r}={_fmt_res(r, v)}" for r, v in sorted(w["resources"].items())) or "none")
+            for w in workers.values())
+        return f"no worker can run it: needs {', '.join(missing)}; workers offer {offered}"
+
+    def check_runnable(self, nodes: Iterable[Node]) -> list[str]:
+        """One line per node no current worker can run (naming the missing resource), and one
+        per worker that could not build anything it is sent (other planner version, no
+        bubblewrap, an arch_* resource that is not its platform). Also warms the workers'
+        imports."""
+        workers = self.workers(fresh=True)
+        out = []
+        try:
+            facts = self.client.run(worker_facts)
+        except Exception as e:  # noqa: BLE001 - e.g. the workers cannot import planner
+            facts = {}
+            out.append(f"workers cannot run planner code: {type(e).__name__}: {e}")
+        from . import __version__
+
+        for addr, f in sorted(facts.items()):
+            name = workers.get(addr, {}).get("name", addr)
+            if f.get("planner") != __version__:
+                out.append(f"worker {name}: runs planner {f.get('planner')}, this planner is {__version__}")
+            if self.sandboxed and not f.get("bwrap"):
+                out.append(f"worker {name}: bubblewrap (bwrap) is not installed")
+            wrong = [r for r in workers.get(addr, {}).get("resources", {})
+                     if r.startswith(ARCH_PREFIX) and r != ARCH_PREFIX + _arch(f.get("platform", ""))]
+            if wrong:
+                out.append(f"worker {name}: declares {', '.join(wrong)} but is {f.get('platform')}")
+        out += [f"{n.label()}: {p}" for n in nodes if (p := self._problem(n, workers))]
+        return out
+
+    # -- payload -------------------------------------------------------------------------
+
+    def _ensure_in_cache(self, store: Store, entry: Entry, input_key: str) -> None:
+        """Make `entry` available to workers: push it unless the cache already has it."""
+        with self._ensure_guard:
+            lock = self._ensure_locks.setdefault(entry.key, threading.Lock())
+        with lock:
+            if self.cache.has(entry.key):
+                return
+            self.cache.push_from_store(store, entry.key, input_key)
+
+    def payload(self, req: BuildRequest, store: Store) -> dict:
+        """Everything a worker needs, as plain data; pushes the node's inputs and
+        dependencies to the cache first (fixed-output inputs under their fixed keys)."""
+        import cattrs
+
+        from . import __version__
+
+        node = req.node
+        for e in req.inputs.values():
+            self._ensure_in_cache(store, e, e.key)
+        for mount, e in req.deps.items():
+            self._ensure_in_cache(store, e, node.preimage["deps"][mount])
+        signer = self.cache.signer
+        return {
+            "format": PAYLOAD_FORMAT,
+            "planner": __version__,
+            "node": cattrs.unstructure(node),
+            "build_key": build_key(node, req.deps),
+            "inputs": {n: {"key": e.key, "digest": e.digest} for n, e in sorted(req.inputs.items())},
+            "deps": {m: {"key": e.key, "digest": e.digest} for m, e in sorted(req.deps.items())},
+            "jobs": req.jobs,
+            "sandboxed": req.sandboxed and self.sandboxed,
+            "cache": {
+                "ref": str(self.cache.ref),
+                "trusted": self.cache.trusted.texts(),
+                "secret": signer.secret_text() if (signer is not None and self.ship_key) else None,
+            },
+        }
+
+    def submit(self, payload: dict, *, priority: float = 0.0):
+        """Submit one build; returns a Dask future (`.result()`, `.done()`, `.cancel()`)."""
+        from cattrs import structure
+
+        node = structure(payload["node"], Node)
+        key = f"planner-build-{node.id}-{payload['build_key']}-{uuid.uuid4().hex[:8]}"
+        return self.client.submit(remote_build, payload, key=key, resources=self.resources_for(node),
+                                  retries=self.retries, pure=False, priority=int(priority))
+
+    # -- one build -----------------------------------------------------------------------
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
+        node = req.node
+        bkey = build_key(node, req.deps)
+        existing = store.lookup(bkey)
+        if existing is not None:
+            store.realise(node.key, bkey, existing.digest)
+            return Built(existing, bkey, 0.0, reused=True)
+        problem = self._problem(node, self.workers())
+        if problem:
+            raise BuildError(node.label(), problem)
+        before = store.realisation(node.key)
+        previous_digest = before.digest if before is not None and before.build_key == bkey else None
+        t0 = time.monotonic()
+        fut = self.submit(self.payload(req, store), priority=priority)
+        t1 = time.monotonic()
+        try:
+            res = self._wait(fut, node, running)
+        finally:
+            if not fut.done():
+                fut.cancel()
+        t2 = time.monotonic()
+        if "error" in res:
+            err = res["error"]
+            raise BuildError(node.label(), err["message"], log=f"{err.get('worker', '?')}:{err.get('log')}",
+                             tail=err.get("tail", ""))
+        if res["build_key"] != bkey:
+            raise BuildError(node.label(), f"worker built key {res['build_key']}, expected {bkey}")
+        entry = store.lookup(bkey)
+        if entry is None:
+            hit = self.cache.lookup(bkey)
+            if not hit.ok:
+                raise BuildError(node.label(), f"the worker's output is not usable from the cache: {hit.line()}")  # type: ignore[union-attr]
+            entry = self.cache.fetch(hit, store)  # type: ignore[arg-type]
+        with self._info_lock:
+            self.timings.append({"node": node.id, "submit": t1 - t0, "wait": t2 - t1,
+                                 "fetch": time.monotonic() - t2, "worker": res.get("worker"),
+                                 **{f"worker_{k}": v for k, v in (res.get("phases") or {}).items()}})
+        if entry.digest != res["digest"]:
+            raise BuildError(node.label(), f"cache entry digest {entry.digest} differs from the worker's {res['digest']}")
+        store.put_preimage(node.key, node.preimage)
+        store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
+        store.realise(node.key, bkey, entry.digest)
+        seconds = float(res.get("seconds", 0.0))
+        if not res.get("reused"):
+            store.record_duration(node.id, seconds)
+        return Built(entry, bkey, seconds, reused=bool(res.get("reused")), previous_digest=previous_digest)
+
+    def _wait(self, fut, node: Node, running: Running) -> dict:
+        from distributed import wait as dwait
+
+        stuck_since: Optional[float] = None
+        while True:
+            if running.cancelled:
+                fut.cancel()
+                raise KeyboardInterrupt
+            try:
+                dwait([fut], timeout=1.0)
+            except Exception:  # noqa: BLE001 - distributed raises its own TimeoutError
+                pass
+            if fut.done():
+                try:
+                    return fut.result()
+                except Exception as e:  # noqa: BLE001 - a remote failure after retries, or KilledWorker
+                    raise BuildError(node.label(), f"remote build failed: {type(e).__name__}: {e}") from None
+            problem = self._problem(node, self.workers())
+            if problem is None:
+                stuck_since = None
+            else:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > self.unrunnable_after:
+                    raise BuildError(node.label(), problem + f" (for {self.unrunnable_after:.0f}s)")
+
+
+def executor_for(url: Optional[str], *, cache=None, jobs: int = 0, sandboxed: bool = True, **kw) -> Executor:
+    """`None`/`local` → LocalExecutor; `dask://HOST:PORT` / `dask+tls://…` → DaskExecutor."""
+    if not url or url == "local":
+        return LocalExecutor(jobs)
+    if url.startswith(("dask://", "dask+tls://")):
+        if cache is None:
+            raise PlannerError("--executor dask://… needs a binary cache to exchange inputs and outputs: "
+                               "pass --cache-to oci://HOST/REPO and --signing-key")
+        return DaskExecutor(url, cache, sandboxed=sandboxed, **kw)
+    raise PlannerError(f"unknown executor {url!r} (want local or dask://HOST:PORT)")
+
+
+# -- the worker side -------------------------------------------------------------------------
+
+_worker_lock = threading.Lock()
+_worker_ctx: dict[tuple, tuple] = {}
+
+
+def worker_store_path() -> Path:
+    """`PLANNER_WORKER_STORE`, else `PLANNER_STORE`, else a per-worker folder under the temp dir."""
+    for var in ("PLANNER_WORKER_STORE", "PLANNER_STORE"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    name = "local"
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):
+        pass
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(tempfile.gettempdir()) / f"planner-worker-{os.getuid()}" / safe / "store"
+
+
+def _context(cfg: dict):
+    from .cache import BinaryCache, Signer, TrustedKeys
+
+    path = worker_store_path()
+    ident = (str(path), cfg["ref"], tuple(cfg["trusted"]), cfg.get("secret"))
+    with _worker_lock:
+        ctx = _worker_ctx.get(ident)
+        if ctx is None:
+            key_file = os.environ.get("PLANNER_SIGNING_KEY")
+            signer = Signer.from_file(Path(key_file)) if key_file else (
+                Signer.from_text(cfg["secret"]) if cfg.get("secret") else None)
+            ctx = (Store(path), BinaryCache(cfg["ref"], trusted=TrustedKeys(cfg["trusted"]), signer=signer))
+            _worker_ctx[ident] = ctx
+        return ctx
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return socket.gethostname()
+
+
+def worker_facts() -> dict:
+    """What `check_runnable` asks every worker (via `Client.run`)."""
+    from . import __version__
+    from . import build as _build  # noqa: F401 - warm the imports a build needs
+    from . import cache as _cache  # noqa: F401
+    from .sandbox import bwrap_path
+
+    _cache._ssl_context()
+    return {"planner": __version__, "platform": _host_platform(), "bwrap": bwrap_path() is not None,
+            "store": str(worker_store_path())}
+
+
+def _check_host(node: Node) -> None:
+    """The build key names the planner host's package versions: refuse to build on a worker
+    whose versions differ (its output would be filed under a key that does not describe it)."""
+    plat = build_platform(node)
+    if plat and _host_platform() != plat:
+        raise RemoteError(f"worker {_worker_name()} is {_host_platform()}, the build needs {plat}: "
+                          f"check its {ARCH_PREFIX}* resource")
+    want = node.preimage.get("host") or {}
+    if not want or node.builder in BUILTIN_BUILDERS:
+        return
+    from .realise import host_packages
+
+    have = host_packages(set(want))
+    diff = [f"{n} {want[n]} (planner) vs {have.get(n, 'absent')}" for n in sorted(want) if have.get(n, "absent") != want[n]]
+    if diff:
+        raise RemoteError(f"worker {_worker_name()} has other host packages than the planner's plan: "
+                          + "; ".join(diff[:5]))
+
+
+def _materialise(cache, store: Store, spec: dict, what: str) -> Entry:
+    e = store.lookup(spec["key"])
+    if e is None:
+        hit = cache.lookup(spec["key"])
+        if not hit.ok:
+            raise RemoteError(f"{what} ({spec['key']}) is not usable from the cache: {hit.line()}")
+        e = cache.fetch(hit, store)
+    if e.digest != spec["digest"]:
+        raise RemoteError(f"{what} ({spec['key']}) has digest {e.digest}, expected {spec['digest']}")
+    return e
+
+
+def remote_build(payload: dict) -> dict:
+    """The Dask task: runs ON THE WORKER. Returns {build_key, digest, seconds, reused, worker}
+    or {error: {...}} for a build that failed on its own (not retried)."""
+    from cattrs import structure
+
+    from . import __version__
+
+    phases: dict[str, float] = {"started": time.time()}
+    mark = [time.monotonic()]
+
+    def phase(name: str) -> None:
+        now = time.monotonic()
+        phases[name] = round(now - mark[0], 4)
+        mark[0] = now
+
+    try:
+        if payload.get("format") != PAYLOAD_FORMAT or payload.get("planner") != __version__:
+            raise RemoteError(f"worker {_worker_name()} runs planner {__version__} (payload format "
+                              f"{PAYLOAD_FORMAT}); the planner sent {payload.get('planner')} "
+                              f"(format {payload.get('format')}): install the same planner on the workers")
+        node = structure(payload["node"], Node)
+        if payload["sandboxed"]:
+            from .sandbox import require_bwrap
+
+            require_bwrap()
+        _check_host(node)
+        store, cache = _context(payload["cache"])
+        bkey = payload["build_key"]
+        hit = cache.lookup(bkey)
+        phase("setup")
+        if hit.ok:  # built already (a retry after a push, or another planner)
+            return {"build_key": bkey, "digest": hit.digest, "seconds": 0.0, "reused": True,
+                    "worker": _worker_name(), "phases": phases}
+        inputs = {n: _materialise(cache, store, s, f"input {n}") for n, s in payload["inputs"].items()}
+        deps = {m: _materialise(cache, store, s, f"dependency {m}") for m, s in payload["deps"].items()}
+        phase("fetch")
+        got = build_key(node, deps)
+        if got != bkey:
+            raise RemoteError(f"worker computed build key {got}, the planner {bkey}")
+        req = BuildRequest(node=node, inputs=inputs, deps=deps, jobs=int(payload["jobs"]),
+                           sandboxed=bool(payload["sandboxed"]))
+        try:
+            built = build(req, store, Running())
+        except BuildError as e:
+            return {"error": {"message": e.message, "log": e.log, "tail": e.tail, "worker": _worker_name()}}
+        if cache.signer is None:
+            raise RemoteError(f"worker {_worker_name()} has no signing key (set PLANNER_SIGNING_KEY)")
+        phase("build")
+        pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
+        cache.push(bkey, built.entry, pre, node.key, force=True)
+        phase("push")
+        phases["ended"] = time.time()
+        return {"build_key": bkey, "digest": built.entry.digest, "seconds": built.seconds,
+                "reused": built.reused, "worker": _worker_name(), "phases": phases}
+    except RemoteError:
+        raise
+    except PlannerError as e:
+        raise RemoteError(f"{type(e).__name__}: {e.line()}") from None
+    except Exception as e:  # noqa: BLE001 - keep the traceback text; exception types may not unpickle
+        raise RemoteError(f"{type(e).__name__}: {e}") from None
+
+
+# -- a realise loop over an executor ---------------------------------------------------------
+
+class Unrunnable(PlannerError):
+    """Nodes of the plan that no worker of the executor can run; `problems` has one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+
+
+@attrs.frozen
+class NodeOutcome:
+    id: str
+    action: str  # built | reused | substituted
+    build_key: str
+    digest: str
+    path: str
+    seconds: float = 0.0
+
+
+@attrs.frozen
+class ClosureResult:
+    nodes: dict[str, NodeOutcome]
+    failed: dict[str, BaseException]
+    skipped: list[str]
+
+
+def realise_closure(plan, store: Store, *, resolver, lock, decls, executor: Executor,
+                    substituters: Sequence = (), cache_to: Sequence = (), node_ids: Optional[Iterable[str]] = None,
+                    sandboxed: bool = True, keep_going: bool = False,
+                    durations: Optional[dict[str, float]] = None,
+                    on_event: Callable[[str, str], None] = lambda kind, nid: None) -> ClosureResult:
+    """Realise a plan's closure through `executor`: reuse, else substitute, else build; push
+    each result to every `cache_to`. The reference loop for `planner realise` (same order of
+    checks as its `work()`), used by the scale-out tests and bench."""
+    from .graph import critical_path
+    from .schedule import Job, run_dag
+
+    ids = plan.closure(node_ids if node_ids is not None else plan.roots)
+    priority = critical_path(plan, durations or store.durations())
+    problems = executor.check_runnable([plan.nodes[n] for n in ids])
+    if problems:
+        raise Unrunnable(problems)
+    store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in ids})
+    entries: dict[str, Entry] = {}
+    out: dict[str, NodeOutcome] = {}
+    running = Running()
+    guard = threading.Lock()
+
+    def work(nid: str) -> NodeOutcome:
+        node = plan.nodes[nid]
+        deps = {m: entries[d] for m, d in node.deps.items()}
+        bkey = build_key(node, deps)
+        action, seconds = "reused", 0.0
+        entry = store.lookup(bkey)
+        if entry is None and substituters:
+            from .cache import substitute
+
+            entry = substitute(substituters, store, bkey)
+            action = "substituted"
+        if entry is None:
+            inputs = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
+                      for name, ref in node.inputs.items()}
+            on_event("start", nid)
+            req = BuildRequest(node=node, inputs=inputs, deps=deps, jobs=max(1, node.cores), sandboxed=sandboxed)
+            built = executor.build(req, store, running, priority=priority[nid])
+            entry, seconds = built.entry, built.seconds
+            action = "reused" if built.reused else "built"
+        store.realise(node.key, bkey, entry.digest)
+        for c in cache_to:
+            pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
+            c.push(bkey, entry, pre, node.key)
+        res = NodeOutcome(nid, action, bkey, entry.digest, str(entry.path), seconds)
+        with guard:
+            entries[nid] = entry
+            out[nid] = res
+        on_event("done", nid)
+        return res
+
+    jobs = [Job(id=n, deps=tuple(plan.nodes[n].deps.values()), priority=priority[n], cores=1,
+                memory=0) for n in ids]
+    outcome = run_dag(jobs, work, slots=executor.slots(), memory=executor.memory_budget(),
+                      keep_going=keep_going, cancel=running.cancel)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    return ClosureResult(out, dict(outcome.failed), list(outcome.skipped))
