@@ -118,6 +118,13 @@ class Repacked:
 
 
 @attrs.frozen
+class CacheMissReport:
+    node: str
+    category: str  # never-built, evicted, unsigned, untrusted, bad-signature, unreachable, near-miss, absent
+    detail: str
+
+
+@attrs.frozen
 class Explanation:
     set: str
     run: Optional[int]
@@ -131,6 +138,7 @@ class Explanation:
     built: list[str]
     reused: int
     total_cost: float
+    cache_misses: list[CacheMissReport] = attrs.field(factory=list)
 
     def to_json(self) -> dict:
         d = attrs.asdict(self)
@@ -315,6 +323,12 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
               if n.previous_digest is not None and n.previous_digest != n.digest]
     for node_id, files in checks:
         nondet.append(Nondeterministic(node_id, cur[node_id].digest if node_id in cur else None, None, list(files)))
+    misses = []
+    for nid in rebuilt:
+        reason = cur[nid].reason
+        if "cache miss: " in reason:
+            category, _, detail = reason.split("cache miss: ", 1)[1].partition(": ")
+            misses.append(CacheMissReport(nid, category, detail))
     ordered = sorted(reports.values(), key=lambda r: (-(len(r["nodes"]) + len(r["dependents"])), -r["cost"],
                                                         r["cause"].ident))
     return Explanation(
@@ -323,6 +337,7 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
         cutoff=cutoff, unexplained=unexplained, nondeterministic=nondet, repacked=list(repacked),
         built=rebuilt, reused=sum(n.action == "reused" for n in current),
         total_cost=sum(cur[n].seconds for n in rebuilt),
+        cache_misses=misses,
     )
 
 
@@ -383,6 +398,8 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
                     lines.append(f"        dependent {n}")
     for u in exp.unexplained:
         lines.append(f"rebuilt without an input change: {u.node}: {u.reason}")
+    for m in exp.cache_misses:
+        lines.append(f"cache miss: {m.node}: {m.category}" + (f" ({m.detail})" if m.detail else ""))
     for c in exp.cutoff:
         lines.append(f"early cutoff: {c.node} reused; {', '.join(c.rebuilt_deps) or 'its dependencies'} "
                      f"rebuilt to identical output")

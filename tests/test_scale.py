@@ -372,3 +372,19 @@ def test_cli_reports_unrunnable_node_at_once(env, tmp_path):
                 str(env.tmp / "keys" / "cache.sec"), check=False)
     assert proc.returncode != 0
     assert "MEMORY" in proc.stderr and "no worker" in proc.stderr.lower() or "largest worker" in proc.stderr
+
+
+def test_why_names_the_cache_miss(env, tmp_path):
+    """`why` says why the binary cache could not serve a node that was then built."""
+    from tests.conftest import run_planner
+
+    key = str(env.tmp / "keys" / "cache.sec")
+    cache = f"oci://{env.registry}/miss-cache"
+    _cli(env, "--store", str(tmp_path / "a"), "realise", "--target", "c", "--cache-to", cache, "--signing-key", key)
+    # A planner that does not trust the signer: every node is refused as untrusted, then built.
+    store = str(tmp_path / "b")
+    run_planner("--root", str(env.proj.root), "--store", store, "realise", "--target", "c", "--substituter", cache)
+    exp = json.loads(run_planner("--root", str(env.proj.root), "--store", store, "why", "--json").stdout)
+    assert exp["cache_misses"] and {m["category"] for m in exp["cache_misses"]} == {"untrusted"}
+    text = run_planner("--root", str(env.proj.root), "--store", store, "why").stdout
+    assert "cache miss: c: untrusted" in text, text
