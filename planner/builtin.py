@@ -53,10 +53,24 @@ def cuda_toolkit(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> N
     log.write(f"assembled toolkit from {len(host_wheels)} wheels\n")
 
 
+def debian_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    from .oci.assemble import debian_rootfs as impl
+
+    impl(node, req, out, log)
+
+
+def oci_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    from .oci.assemble import build_image
+
+    build_image(node, req, out, log)
+
+
 def run(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
     impl = {
         "prebuilt-wheel": prebuilt_wheel,
         "cuda-toolkit": cuda_toolkit,
+        "debian-rootfs": debian_rootfs,
+        "oci-image": oci_image,
     }.get(node.builder)
     if impl is None:
         raise BuildError(node.label(), f"builder {node.builder} is not available in this planner version")

@@ -87,7 +87,8 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
                                where="lock --check")
         click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date ({len(lockmod.read(rs.lockfile).inputs)} inputs)")
         return
-    from .resolve import UnresolvedInputs, load_mirrors, lock_set
+    from .mirrors import load_mirrors
+    from .resolve import UnresolvedInputs, lock_set
     from .store import Store
 
     store = Store(ctx.store)
@@ -157,8 +158,23 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
             trusted_keys: tuple[str, ...]) -> None:
     """Build what is missing and print the target's output."""
+    name = _default_set(ctx, set_name)
+    if not (dry_run or check or executor or cache_to or out_link):
+        # The no-op fast path: the standard library and one sqlite query, nothing else.
+        from .noop import try_noop
+
+        cache = try_noop(ctx.root, name, ctx.store, target, sandbox == "on")
+        if cache is not None:
+            if as_json:
+                click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True))
+            else:
+                click.echo(cache["output"] or "\n".join(n["path"] for n in cache["nodes"]
+                                                        if n["id"] in cache["targets"]))
+                if cache.get("digest"):
+                    click.echo(cache["digest"])
+            return
+    from .mirrors import load_mirrors
     from .realise import RealiseOptions, realise as do_realise
-    from .resolve import load_mirrors
 
     subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
     trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
@@ -166,7 +182,6 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
                           executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
                           trusted_keys=trusted)
-    name = _default_set(ctx, set_name)
     progress = None
     if not as_json and not dry_run:
         from .progress import make_progress
@@ -208,6 +223,15 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     if any(not c.ok for c in result.checks):
         click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
         sys.exit(1)
+
+
+def _noop_json(set_name: str, cache: dict) -> dict:
+    targets = cache["targets"]
+    return {
+        "set": set_name, "target": targets[0] if len(targets) == 1 else targets, "targets": targets,
+        "output": cache["output"], "digest": cache["digest"], "run": None, "failures": [], "checks": [],
+        "nodes": [dict(n, action="reused", reason="valid in the store", seconds=0.0) for n in cache["nodes"]],
+    }
 
 
 # -- hashing and store -----------------------------------------------------------------------
@@ -424,7 +448,8 @@ def show(ctx: Context, node: str, set_name: str | None) -> None:
 
 
 from .oci.cli import push, export  # noqa: E402
-main.add_command(push); main.add_command(export)  # noqa: E702
+main.add_command(push)
+main.add_command(export)
 
 
 if __name__ == "__main__":

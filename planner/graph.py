@@ -272,6 +272,9 @@ class _Planner:
             pre["image"] = attrs.asdict(r.image)
             pre["platforms"] = list(self.rs.config.platforms)
             pre["cuda_variants"] = {k: list(v) for k, v in sorted(self.rs.config.cuda.items())}
+            from .oci.assemble import preimage_extras
+
+            pre.update(preimage_extras(self.rs, self.lock, r))
         if r.build.builder not in BUILTIN_BUILDERS:
             pre["host"] = self._host_packages(r, variant)
         from .hashing import key_of

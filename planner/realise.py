@@ -16,7 +16,7 @@ import attrs
 
 from .errors import BuildError, LockError, PlannerError
 
-PLAN_CACHE_VERSION = 1
+from .noop import PLAN_CACHE_VERSION, plan_cache_path as _plan_cache_path, stat_sig as _stat_sig, try_noop
 
 
 @attrs.frozen
@@ -163,70 +163,6 @@ def _watched_files(rs, lock_path: Path) -> list[Path]:
     files.extend(sorted(pkg.rglob("*.py")))
     files.append(Path("/var/lib/dpkg/status"))
     return [f for f in dict.fromkeys(files)]
-
-
-def _stat_sig(p: Path) -> list[int]:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return [0, 0, 0]
-    return [st.st_mtime_ns, st.st_size, st.st_ino]
-
-
-def _plan_cache_path(store_root: Path, root: Path, set_name: str, target: Optional[str]) -> Path:
-    from .hashing import blake3_hex
-
-    h = blake3_hex(f"{root}\0{set_name}\0{target or ''}".encode())[:24]
-    return store_root / "plans" / f"{set_name}-{h}.json"
-
-
-def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str], sandboxed: bool) -> Optional[dict]:
-    """If nothing changed since the last complete realise, the cached answer; else None.
-
-    Imports only the standard library and sqlite: no recipes, no networkx, no httpx.
-    """
-    import json
-    import sqlite3
-
-    path = _plan_cache_path(store_root, root, set_name, target)
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if cache.get("version") != PLAN_CACHE_VERSION or cache.get("sandbox") != sandboxed:
-        return None
-    from . import __version__
-
-    if cache.get("planner") != __version__:
-        return None
-    for f, sig in cache["files"].items():
-        if _stat_sig(Path(f)) != sig:
-            return None
-    for rel in cache.get("absent", []):
-        if os.path.exists(rel):
-            return None
-    keys = [n["key"] for n in cache["nodes"]]
-    try:
-        db = sqlite3.connect(f"file:{store_root / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
-        try:
-            found = {}
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                q = ("SELECT r.input_key, e.path, e.digest FROM realisations r JOIN entries e "
-                     f"ON e.key = r.build_key WHERE r.input_key IN ({','.join('?' * len(chunk))})")
-                for ik, p, d in db.execute(q, chunk):
-                    found[ik] = (p, d)
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return None
-    if len(found) != len(set(keys)):
-        return None
-    for n in cache["nodes"]:
-        p, d = found[n["key"]]
-        if d != n["digest"] or not os.path.lexists(store_root / p):
-            return None
-    return cache
 
 
 def _write_plan_cache(rs, lock_path: Path, store_root: Path, target: Optional[str], sandboxed: bool,

@@ -74,6 +74,7 @@ class Cause:
             "image": f"image setting {self.field} of {self.recipe}",
             "sandbox": f"sandbox of {self.recipe}",
             "new": f"{self.recipe} is new",
+            "attestation": f"attestation inputs of {self.recipe} ({self.field}; the image bytes do not depend on them)",
             "format": "planner derivation format",
         }.get(self.kind, f"{self.kind} {self.field} of {self.recipe}")
         if self.old is None and self.new is None:
@@ -243,6 +244,8 @@ def classify(change: Change, recipe: str) -> Optional[Cause]:
         return Cause("image", recipe, ".".join(p), old, new)
     if head == "impure":
         return Cause("sandbox", recipe, "impure", old, new)
+    if head == "attest":
+        return Cause("attestation", recipe, ".".join(p[1:]), old, new)
     return Cause(head, recipe, ".".join(p), old, new)
 
 
@@ -289,6 +292,13 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
                     dep_id = node.deps.get(ch.path[1])
                     if dep_id in cur:
                         found.update(causes_of(dep_id))
+        # Attestation inputs (the lock digest an SBOM names) change with every lock edit; they
+        # are a cause only when nothing that shapes the image's bytes changed.
+        real = [c for c in mine if c.kind != "attestation"]
+        if real or found:
+            mine = real
+        elif len(mine) > 1:
+            mine = [Cause("attestation", node.name, "lock", None, None)]
         for c in mine:
             found[c.ident] = c
         own[nid] = mine

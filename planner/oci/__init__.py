@@ -6,27 +6,19 @@ rootfs. Import from the modules; this package only re-exports the most used name
 
 from __future__ import annotations
 
-from .descriptor import Descriptor, Platform
-from .image import ImageConfig, cuda_annotations, write_config, write_image, write_index, write_manifest
-from .layer import Layer, LayerSource, compressor_id, write_layer
-from .layout import Layout, LayoutImage, export_oci_archive, read_layout, write_layout
+import importlib
 
-__all__ = [
-    "Descriptor",
-    "ImageConfig",
-    "Layer",
-    "LayerSource",
-    "Layout",
-    "LayoutImage",
-    "Platform",
-    "compressor_id",
-    "cuda_annotations",
-    "export_oci_archive",
-    "read_layout",
-    "write_config",
-    "write_image",
-    "write_index",
-    "write_layer",
-    "write_layout",
-    "write_manifest",
-]
+# Lazy re-exports: `planner.cli` registers the image commands at start-up, and a no-op
+# realise must not pay for the OCI modules' imports.
+_EXPORTS = {"Descriptor": "descriptor", "Platform": "descriptor", "ImageConfig": "image",
+            "cuda_annotations": "image", "write_config": "image", "write_image": "image", "write_index": "image",
+            "write_manifest": "image", "Layer": "layer", "LayerSource": "layer", "compressor_id": "layer",
+            "write_layer": "layer", "Layout": "layout", "LayoutImage": "layout", "export_oci_archive": "layout",
+            "read_layout": "layout", "write_layout": "layout"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

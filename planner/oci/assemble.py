@@ -1,0 +1,472 @@
+"""The `oci-image` and `debian-rootfs` builders: from store outputs to an OCI image layout.
+
+`debian_rootfs` unpacks the node's pinned `.deb` inputs (one platform) into a merged-/usr tree
+with `assemble_rootfs`; that tree, as it is, is the image's base layer.
+
+`build_image` writes, into the node's output:
+
+    oci-layout, index.json, blobs/sha256/…   one OCI layout: per CUDA variant an image index
+                                             over the set's platforms, tagged `<variant>`, and
+                                             each platform manifest tagged `<variant>-<os>-<arch>`
+    attestations/sbom.spdx.json              SPDX 2.3 SBOM        } separate files, referenced
+    attestations/provenance.json             in-toto SLSA v1      } by nothing in the layout
+
+Per variant × platform the layers are: the base rootfs (the `base` recipe's output for that
+platform), then one layer per `[image] layers` group, made by installing every wheel of the
+group's recipes into an empty staging root. A layer is a function of its inputs' bytes only
+(paths, times, owners and modes are normalised by `write_layer`), so a group whose wheels are
+the same for every platform and variant (pure-Python packages) is one blob shared by every
+manifest, and a change to the top package re-ships only the top layer. Groups with identical
+inputs are staged once per build.
+
+The index digest depends only on the layers' bytes, the `[image]` table and SOURCE_DATE_EPOCH:
+the attestations (which name the lock, node keys and the planner version) live beside the
+layout, never inside it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, TextIO
+
+import attrs
+
+from ..errors import BuildError, PlannerError
+from .descriptor import Descriptor, Platform
+from .image import ImageConfig, cuda_annotations, write_image, write_index
+from .layer import Layer, LayerSource, compressor_id, write_layer
+from .layout import LayoutImage, write_layout
+from .rootfs import assemble_rootfs, install_wheel
+
+if TYPE_CHECKING:
+    from ..build import BuildRequest
+    from ..graph import Node
+    from ..lock import Lock
+    from ..recipes import Recipe, RecipeSet
+
+DEFAULT_VARIANT = "default"
+ATTESTATIONS_DIR = "attestations"
+
+# Debian's names for the OCI architectures planner builds for.
+_DEB_ARCH = {"amd64": "amd64", "arm64": "arm64"}
+
+
+# ---------------------------------------------------------------------------------------------
+# debian-rootfs
+
+
+def debian_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    """The node's `.deb` inputs unpacked into `out` for `node.variant.platform` (no scripts run)."""
+    platform = node.variant.platform
+    if not platform:
+        raise BuildError(node.label(), "the debian-rootfs builder needs the platform axis (axes = [\"platform\"])")
+    arch = _DEB_ARCH.get(platform.split("/")[1] if "/" in platform else platform)
+    if arch is None:
+        raise BuildError(node.label(), f"no Debian architecture for platform {platform}")
+    debs: list[Path] = []
+    for name, entry in sorted(req.inputs.items()):
+        files = sorted(p for p in entry.path.iterdir() if p.is_file()) if entry.path.is_dir() else [entry.path]
+        found = [p for p in files if _is_deb(p)]
+        if not found:
+            raise BuildError(node.label(), f"input {name} is not a .deb (give it kind = \"apt\")")
+        debs.extend(found)
+    if not debs:
+        raise BuildError(node.label(), "no .deb inputs: list the packages as [inputs.NAME] kind = \"apt\"")
+    rootfs = assemble_rootfs(debs, out, arch=arch)
+    for pkg in rootfs.packages:
+        log.write(f"unpacked {pkg.package} {pkg.version} ({pkg.architecture})\n")
+    log.write(f"merged-/usr links: {', '.join(rootfs.merged_usr)}\n")
+
+
+def _is_deb(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"!<arch>\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-time requirement check (pure)
+
+
+def requires_problems(layers: Sequence[Sequence[str]], requires: Mapping[str, Sequence[str]]) -> list[str]:
+    """What is wrong with the layer groups given each recipe's direct run-time `requires`.
+
+    Every recipe in a group needs the whole run-time closure of what it requires to be in some
+    group at or below its own (bottom first). Returns one sentence per problem; none is fine.
+    """
+    problems: list[str] = []
+    position: dict[str, int] = {}
+    for i, group in enumerate(layers):
+        for name in group:
+            if name in position:
+                problems.append(f"{name} is listed in layer groups {position[name] + 1} and {i + 1}")
+            else:
+                position[name] = i
+    for i, group in enumerate(layers):
+        for name in group:
+            via: dict[str, list[str]] = {name: []}
+            queue = [name]
+            while queue:
+                cur = queue.pop(0)
+                for dep in requires.get(cur, ()):
+                    if dep in via:
+                        continue
+                    via[dep] = via[cur] + ([cur] if cur != name else [])
+                    queue.append(dep)
+                    j = position.get(dep)
+                    if j is not None and j <= i:
+                        continue
+                    chain = f" (through {' -> '.join(via[dep])})" if via[dep] else ""
+                    where = "is in no layer group" if j is None else f"is in layer group {j + 1}, above it"
+                    problems.append(f"{name} (layer group {i + 1}) needs {dep}{chain}, which {where}")
+    return problems
+
+
+def _requires_from_wheels(layers: Sequence[Sequence[str]],
+                          wheels: Mapping[str, Sequence[Path]]) -> dict[str, list[str]]:
+    """Fallback when the preimage carries no recipe `requires`: the wheels' Requires-Dist,
+    kept only where they name a distribution that one of the image's recipes provides (a
+    requirement on anything else cannot be judged from here)."""
+    provider: dict[str, str] = {}
+    metas: dict[str, list[str]] = {}
+    for recipe in (n for g in layers for n in g):
+        for whl in wheels.get(recipe, ()):
+            name, _version, requires = _wheel_metadata(whl)
+            provider[_normalise(name)] = recipe
+            metas.setdefault(recipe, []).extend(requires)
+    out: dict[str, list[str]] = {}
+    for recipe, reqs in metas.items():
+        deps = [provider[n] for n in map(_normalise, reqs) if n in provider and provider[n] != recipe]
+        out[recipe] = sorted(set(deps))
+    return out
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_metadata(whl: Path) -> tuple[str, str, list[str]]:
+    """Name, version and unconditional Requires-Dist names (no extras) of a wheel."""
+    with zipfile.ZipFile(whl) as zf:
+        meta_name = next((n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)), None)
+        if meta_name is None:
+            raise PlannerError("wheel has no .dist-info/METADATA", where=str(whl))
+        text = zf.read(meta_name).decode("utf-8", "replace")
+    head = text.split("\n\n", 1)[0]
+    fields: list[tuple[str, str]] = []
+    for line in head.splitlines():
+        if line[:1] in (" ", "\t") and fields:
+            fields[-1] = (fields[-1][0], fields[-1][1] + " " + line.strip())
+        elif ":" in line:
+            k, v = line.split(":", 1)
+            fields.append((k.strip().lower(), v.strip()))
+    name = next((v for k, v in fields if k == "name"), whl.name.split("-")[0])
+    version = next((v for k, v in fields if k == "version"), "")
+    reqs = []
+    for k, v in fields:
+        if k != "requires-dist":
+            continue
+        spec, _, marker = v.partition(";")
+        if "extra" in marker:
+            continue
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if m:
+            reqs.append(m.group(1))
+    return name, version, reqs
+
+
+# ---------------------------------------------------------------------------------------------
+# What the graph puts into an oci-image preimage (called by graph.py)
+
+
+def preimage_extras(rs: "RecipeSet", lock: "Lock", recipe: "Recipe") -> dict[str, Any]:
+    """Extra preimage fields of an `oci-image` node, for graph.py to merge into its preimage.
+
+    What the image's bytes or validity depend on:
+    - `requires`: each recipe's direct run-time requires, for every recipe in the run-time
+      closure of the image's layers (the builder checks the layer order and names what is
+      missing);
+    - `compressor`: the exact layer compressor (`compressor_id`): another zlib is another key.
+    What only the attestations beside the layout depend on, all under `attest` so that `why`
+    and `diff` can tell an attestation-only change from one that changes the image:
+    - `attest.planner`: the planner version;
+    - `attest.lock`: the lockfile's digests, the recipe set digest and the pins of every input
+      of every recipe the image is built from.
+    Consequence: any lock change rebuilds the image node (seconds; the layout comes out
+    byte-identical unless its inputs changed).
+    """
+    from .. import __version__
+    from ..lock import declarations
+
+    assert recipe.image is not None
+    layer_recipes = [n for g in recipe.image.layers for n in g]
+    requires: dict[str, list[str]] = {}
+    queue = list(layer_recipes)
+    while queue:
+        name = queue.pop(0)
+        if name in requires or name not in rs.recipes:
+            continue
+        requires[name] = list(rs.recipes[name].requires)
+        queue.extend(requires[name])
+    # Every recipe the image's bytes come from: base, layers, their build inputs, recursively.
+    built: set[str] = set()
+    queue = ([recipe.image.base] if recipe.image.base else []) + layer_recipes
+    while queue:
+        name = queue.pop()
+        if name in built or name not in rs.recipes:
+            continue
+        built.add(name)
+        queue.extend(rs.recipes[name].deps + rs.recipes[name].toolchains + rs.recipes[name].requires)
+    return {
+        "requires": dict(sorted(requires.items())),
+        "compressor": compressor_id(recipe.image.compression),
+        "attest": {
+            "planner": __version__,
+            "lock": lock_summary(lock, [d for d in declarations(rs).values() if d.recipe in built]),
+        },
+    }
+
+
+def lock_summary(lock: "Lock", decls: Iterable[Any]) -> dict[str, Any]:
+    """The lock as the attestations need it: file digests, recipe digest, the given inputs' pins."""
+    import hashlib
+
+    from ..hashing import bytes_digest
+    from ..lock import to_toml
+
+    text = to_toml(lock).encode()
+    inputs: dict[str, Any] = {}
+    for d in sorted(decls, key=lambda d: d.id):
+        li = lock.inputs.get(d.id)
+        if li is None:
+            continue
+        inputs[d.id] = {
+            "recipe": d.recipe,
+            "name": d.name,
+            "kind": li.kind,
+            "origin": li.origin,
+            "status": li.status,
+            "pins": {p: {k: v for k, v in sorted(attrs.asdict(pin).items()) if v is not None}
+                     for p, pin in sorted(li.pins.items())},
+        }
+    return {
+        "sha256": hashlib.sha256(text).hexdigest(),
+        "blake3": bytes_digest(text),
+        "set": lock.set,
+        "recipes": lock.recipes,
+        "source_date_epoch": lock.source_date_epoch,
+        "inputs": inputs,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# oci-image
+
+
+@attrs.frozen
+class WheelFacts:
+    recipe: str
+    filename: str
+    sha256: str
+    size: int
+    distribution: str
+    version: str
+
+
+@attrs.frozen
+class ManifestFacts:
+    variant: str
+    platform: str
+    descriptor: Descriptor
+    layers: tuple[Layer, ...]
+    history: tuple[str, ...]
+    wheels: tuple[WheelFacts, ...]
+    debian: tuple[tuple[str, str, str], ...]  # (package, version, architecture) of the base
+
+
+@attrs.frozen
+class ImageFacts:
+    """What one oci-image build made, for the attestations."""
+
+    name: str
+    version: str
+    indexes: dict[str, Descriptor]  # variant -> image index
+    manifests: tuple[ManifestFacts, ...]
+    compressor: str
+
+
+def _variants(pre: Mapping[str, Any]) -> list[tuple[str, Optional[list[str]]]]:
+    """CUDA variants in layout order: `default` first (what realise reports), then by name."""
+    cv: dict[str, list[str]] = dict(pre.get("cuda_variants") or {})
+    if not cv:
+        return [(DEFAULT_VARIANT, None)]
+    return sorted(cv.items(), key=lambda kv: (kv[0] != DEFAULT_VARIANT, kv[0]))
+
+
+def _wheels_of(entry_path: Path) -> list[Path]:
+    if entry_path.is_file():
+        return [entry_path] if entry_path.name.endswith(".whl") else []
+    return sorted(entry_path.glob("*.whl"))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _base_packages(rootfs: Path) -> tuple[tuple[str, str, str], ...]:
+    """(package, version, architecture) from the base's dpkg status, if it has one."""
+    from ..archive import parse_deb822
+
+    status = rootfs / "var/lib/dpkg/status"
+    if not status.is_file():
+        return ()
+    out = []
+    for para in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+        if not para.strip():
+            continue
+        f = parse_deb822(para)
+        if f.get("Package"):
+            out.append((f["Package"], f.get("Version", ""), f.get("Architecture", "")))
+    return tuple(sorted(out))
+
+
+def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    pre = node.preimage
+    spec: dict[str, Any] = pre["image"]
+    platforms: list[str] = list(pre["platforms"])
+    sde: int = int(pre["source_date_epoch"])
+    compression = spec.get("compression") or "gzip"
+    base: Optional[str] = spec.get("base")
+    groups: list[list[str]] = [list(g) for g in spec.get("layers") or []]
+    variants = _variants(pre)
+    if not groups and not base:
+        raise BuildError(node.label(), "the image has no base and no layers")
+
+    def dep(variant: str, platform: str, recipe: str):
+        mount = f"{variant}/{platform.replace('/', '-')}/{recipe}"
+        try:
+            return req.deps[mount]
+        except KeyError:
+            raise BuildError(node.label(), f"no dependency mounted as {mount}") from None
+
+    # The run-time closure check, before any work.
+    first_v, first_p = variants[0][0], platforms[0]
+    if "requires" in pre:
+        requires = {k: list(v) for k, v in pre["requires"].items()}
+    else:
+        requires = _requires_from_wheels(
+            groups, {r: _wheels_of(dep(first_v, first_p, r).path) for g in groups for r in g})
+    problems = requires_problems(groups, requires)
+    if problems:
+        raise BuildError(node.label(), "run-time requirements missing from the image's layers: "
+                         + "; ".join(problems) + " (list them in [image] layers at or below their dependents)")
+
+    blobs = out / "blobs"
+    staging_parent = out.parent / "tmp" if (out.parent / "tmp").is_dir() else out.parent
+    layer_cache: dict[tuple, tuple[Layer, str, tuple[WheelFacts, ...]]] = {}
+    wheel_facts: dict[Path, WheelFacts] = {}
+    base_packages: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    config = ImageConfig(
+        env=[f"{k}={v}" for k, v in sorted((spec.get("env") or {}).items())],
+        entrypoint=list(spec["entrypoint"]) if spec.get("entrypoint") else None,
+        cmd=list(spec["cmd"]) if spec.get("cmd") else None,
+        labels=spec.get("labels") or {},
+    )
+
+    def wheel_layer(group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+        key = ("wheels", tuple(group), tuple(e.digest for e in entries))
+        if key in layer_cache:
+            return layer_cache[key]
+        stage = Path(tempfile.mkdtemp(prefix="layer-", dir=staging_parent))
+        facts: list[WheelFacts] = []
+        try:
+            root = stage / "root"
+            root.mkdir()
+            for recipe, entry in zip(group, entries):
+                wheels = _wheels_of(entry.path)
+                if not wheels:
+                    raise BuildError(node.label(), f"{recipe} has no wheel to install (its output: {entry.path.name})")
+                for whl in wheels:
+                    installed = install_wheel(whl, root)
+                    if whl not in wheel_facts:
+                        dist, version, _ = _wheel_metadata(whl)  # as written in METADATA, not the file name
+                        wheel_facts[whl] = WheelFacts(recipe, whl.name, _sha256(whl), whl.stat().st_size,
+                                                      dist, version or installed.version)
+                    facts.append(wheel_facts[whl])
+                    log.write(f"  installed {whl.name} ({len(installed.files)} files)\n")
+            layer = write_layer([LayerSource(root)], blobs, source_date_epoch=sde, compression=compression)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        what = "planner: install " + ", ".join(f"{f.distribution} {f.version}" for f in facts)
+        layer_cache[key] = (layer, what, tuple(facts))
+        log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): {', '.join(group)}\n")
+        return layer_cache[key]
+
+    manifests: list[ManifestFacts] = []
+    images: list[LayoutImage] = []
+    indexes: dict[str, Descriptor] = {}
+    for vname, archs in variants:
+        ann = cuda_annotations(vname, archs) if archs else {}
+        per_platform: list[Descriptor] = []
+        for platform in platforms:
+            layers: list[Layer] = []
+            history: list[str] = []
+            wheels: list[WheelFacts] = []
+            debian: tuple[tuple[str, str, str], ...] = ()
+            if base:
+                entry = dep(vname, platform, base)
+                key = ("base", entry.digest)
+                if key not in layer_cache:
+                    layer = write_layer([LayerSource(entry.path)], blobs, source_date_epoch=sde,
+                                        compression=compression)
+                    layer_cache[key] = (layer, f"planner: base {base}", ())
+                    log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): "
+                              f"base {base} [{platform}]\n")
+                layers.append(layer_cache[key][0])
+                history.append(layer_cache[key][1])
+                if entry.digest not in base_packages:
+                    base_packages[entry.digest] = _base_packages(entry.path)
+                debian = base_packages[entry.digest]
+            for group in groups:
+                layer, what, facts = wheel_layer(group, [dep(vname, platform, r) for r in group])
+                layers.append(layer)
+                history.append(what)
+                wheels.extend(facts)
+            desc = write_image(layers, config, Platform.parse(platform), blobs, source_date_epoch=sde,
+                               annotations=ann, history=history)
+            per_platform.append(desc)
+            manifests.append(ManifestFacts(vname, platform, desc, tuple(layers), tuple(history), tuple(wheels), debian))
+        index = write_index(per_platform, blobs, annotations=ann)
+        indexes[vname] = index
+        images.append(LayoutImage(vname, index))
+        log.write(f"{vname}: index {index.digest}\n")
+    write_layout(out, images, verify=True)
+    _check_no_stray_blobs(node, out)
+
+    from .attest import write_attestations
+
+    facts = ImageFacts(name=node.name, version=node.version, indexes=indexes, manifests=tuple(manifests),
+                       compressor=compressor_id(compression))
+    write_attestations(out / ATTESTATIONS_DIR, node, req, facts)
+    log.write(f"attestations in {ATTESTATIONS_DIR}/\n")
+
+
+def _check_no_stray_blobs(node: "Node", out: Path) -> None:
+    """Every blob in the layout is reachable from index.json: nothing else may ship."""
+    from .layout import read_layout
+
+    lay = read_layout(out)
+    reachable = {d.hex for top in lay.manifests for d in lay.walk(top)}
+    present = {p.name for p in (out / "blobs" / "sha256").iterdir()}
+    stray = sorted(present - reachable)
+    if stray:
+        raise BuildError(node.label(), f"blobs not reachable from index.json: {', '.join(stray[:5])}")
