@@ -222,6 +222,13 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
 def _rewrite_paths(spec: dict, mounts: list[sandbox.Mount], build_dir: Path) -> dict:
     table = sorted(((m.dest, str(m.source)) for m in mounts), key=lambda t: -len(t[0]))
 
+    def fix_script(text: str) -> str:
+        import re
+
+        for dest, src in table + [(sandbox.BUILD_DIR, str(build_dir))]:
+            text = re.sub(re.escape(dest) + r"(?=/|$|[\s\"';:)])", lambda _m, s=src: s, text)
+        return text
+
     def fix(v):
         if isinstance(v, str):
             for dest, src in table:
@@ -234,7 +241,11 @@ def _rewrite_paths(spec: dict, mounts: list[sandbox.Mount], build_dir: Path) -> 
             return [fix(x) for x in v]
         return v
 
-    return fix(spec)
+    out = fix(spec)
+    if spec.get("script"):
+        # --sandbox=off only: the script's fixed paths (/deps/x, /inputs/y) name the real ones.
+        out["script"] = fix_script(spec["script"])
+    return out
 
 
 def build(req: BuildRequest, store: Store, running: Running, *,
@@ -263,7 +274,6 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         store.put_preimage(node.key, node.preimage)
         store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
         store.realise(node.key, bkey, entry.digest)
-        store.record_duration(node.id, seconds)
         return Built(entry, bkey, seconds, reused=False, previous_digest=previous_digest)
 
 

@@ -65,12 +65,19 @@ def oci_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None
     build_image(node, req, out, log)
 
 
+def image_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
+    from .oci.assemble import image_rootfs as impl
+
+    impl(node, req, out, log)
+
+
 def run(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
     impl = {
         "prebuilt-wheel": prebuilt_wheel,
         "cuda-toolkit": cuda_toolkit,
         "debian-rootfs": debian_rootfs,
         "oci-image": oci_image,
+        "image-rootfs": image_rootfs,
     }.get(node.builder)
     if impl is None:
         raise BuildError(node.label(), f"builder {node.builder} is not available in this planner version")

@@ -369,8 +369,6 @@ class DaskExecutor:
         store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
         store.realise(node.key, bkey, entry.digest)
         seconds = float(res.get("seconds", 0.0))
-        if not res.get("reused"):
-            store.record_duration(node.id, seconds)
         return Built(entry, bkey, seconds, reused=bool(res.get("reused")), previous_digest=previous_digest)
 
     def _wait(self, fut, node: Node, running: Running) -> dict:
@@ -603,7 +601,7 @@ def realise_closure(plan, store: Store, *, resolver, lock, decls, executor: Exec
     from .schedule import Job, run_dag
 
     ids = plan.closure(node_ids if node_ids is not None else plan.roots)
-    priority = critical_path(plan, durations or store.durations())
+    priority = critical_path(plan, durations or store.durations(plan.set))
     problems = executor.check_runnable([plan.nodes[n] for n in ids])
     if problems:
         raise Unrunnable(problems)

@@ -106,6 +106,7 @@ class InputRef:
     tree: str
     unpacks: bool
     filename: Optional[str] = None
+    locked: bool = True
 
 
 @attrs.frozen
@@ -190,61 +191,90 @@ class _Planner:
         self.decls = declarations(rs)
         self.nodes: dict[str, Node] = {}
         self._axes: dict[str, frozenset[str]] = {}
-        self._visiting: list[str] = []
+
+    def _build_inputs(self, r: Recipe) -> list[str]:
+        if r.build.builder == "oci-image":
+            return []  # an image covers every platform and CUDA variant: no axes of its own
+        return r.deps + r.toolchains + ([r.build.rootfs] if r.build.rootfs else [])
 
     def effective_axes(self, name: str) -> frozenset[str]:
-        if name in self._axes:
-            return self._axes[name]
-        r = self.rs.get(name)
-        if name in self._visiting:
-            cyc = self._visiting[self._visiting.index(name):] + [name]
-            raise GraphError("dependency cycle: " + " -> ".join(cyc))
-        self._visiting.append(name)
-        axes = set(r.axes)
-        if "host" not in axes and any(s.platform_dependent() for s in r.all_sources().values()):
-            axes.add("platform")
-        if r.build.builder != "oci-image":  # an image covers every platform and CUDA variant
-            for dep in r.deps + r.toolchains + ([r.build.rootfs] if r.build.rootfs else []):
-                axes |= self.effective_axes(dep)
-            if r.platforms:
+        """A recipe's own axes plus those of everything its build consumes (iterative: deep
+        chains must not hit Python's recursion limit)."""
+        stack: list[tuple[str, bool]] = [(name, False)]
+        on_path: set[str] = set()
+        while stack:
+            n, ready = stack.pop()
+            if n in self._axes:
+                continue
+            r = self.rs.get(n)
+            children = self._build_inputs(r) + list(r.requires)
+            if not ready:
+                if n in on_path:
+                    raise GraphError(f"dependency cycle through {n}", where=r.file)
+                on_path.add(n)
+                stack.append((n, True))
+                stack.extend(reversed([(c, False) for c in children if c not in self._axes]))
+                continue
+            on_path.discard(n)
+            axes = set(r.axes)
+            if "host" not in axes and any(src.platform_dependent() for src in r.all_sources().values()):
                 axes.add("platform")
-        for dep in r.requires:
-            self.effective_axes(dep)
-        self._visiting.pop()
-        self._axes[name] = frozenset(axes)
+            for dep in self._build_inputs(r):
+                axes |= self._axes[dep]
+            if r.platforms and r.build.builder != "oci-image":
+                axes.add("platform")
+            self._axes[n] = frozenset(axes)
         return self._axes[name]
 
+    def _children(self, r: Recipe, full: Variant) -> list[tuple[str, str, Variant]]:
+        """(mount, recipe, variant to instantiate it with) for each build input of `r`."""
+        if r.build.builder == "oci-image":
+            assert r.image is not None
+            parts = ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]
+            from .builders.cuda import normalise_archs
+
+            out = []
+            for vname, archs in sorted(self.rs.config.cuda.items()) or [("default", None)]:
+                cuda = tuple(normalise_archs(archs)) if archs is not None else None
+                for platform in self.rs.config.platforms:
+                    pv = attrs.evolve(full, platform=platform, cuda=cuda)
+                    out.extend((f"{vname}/{platform.replace('/', '-')}/{part}", part, pv) for part in parts)
+            return out
+        return ([(dep, dep, full) for dep in r.deps] + [(f"toolchain/{tc}", tc, full) for tc in r.toolchains]
+                + ([("rootfs", r.build.rootfs, full)] if r.build.rootfs else []))
+
+    def _id(self, name: str, full: Variant) -> str:
+        return node_id(name, full.restrict(self.effective_axes(name)))
+
     def instantiate(self, name: str, full: Variant) -> str:
-        r = self.rs.get(name)
+        """The node of recipe `name` for variant `full`, creating it and its build inputs
+        (iteratively, dependencies first)."""
+        stack: list[tuple[str, Variant, bool]] = [(name, full, False)]
+        while stack:
+            n, v, ready = stack.pop()
+            if self._id(n, v) in self.nodes:
+                continue
+            r = self.rs.get(n)
+            children = self._children(r, v)
+            if not ready:
+                stack.append((n, v, True))
+                # reversed: the first declared dependency is created first, as recursion would
+                stack.extend(reversed([(c, cv, False) for _m, c, cv in children
+                                       if self._id(c, cv) not in self.nodes]))
+                continue
+            self._make_node(r, v, {mount: self._id(c, cv) for mount, c, cv in children})
+        return self._id(name, full)
+
+    def _make_node(self, r: Recipe, full: Variant, deps: dict[str, str]) -> str:
+        name = r.name
         variant = full.restrict(self.effective_axes(name))
         nid = node_id(r.name, variant)
-        if nid in self.nodes:
-            return nid
         if r.platforms and variant.platform not in r.platforms:
             raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
                              where=r.file)
         if "cuda" in self.effective_axes(name) and full.cuda is None:
             raise GraphError(f"{r.name} uses the cuda axis but set.toml defines no cuda variants",
                              where=r.file)
-        deps: dict[str, str] = {}
-        if r.build.builder == "oci-image":
-            assert r.image is not None
-            parts = ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]
-            from .builders.cuda import normalise_archs
-
-            for vname, archs in sorted(self.rs.config.cuda.items()) or [("default", None)]:
-                cuda = tuple(normalise_archs(archs)) if archs is not None else None
-                for platform in self.rs.config.platforms:
-                    pv = attrs.evolve(full, platform=platform, cuda=cuda)
-                    for part in parts:
-                        deps[f"{vname}/{platform.replace('/', '-')}/{part}"] = self.instantiate(part, pv)
-        else:
-            for dep in r.deps:
-                deps[dep] = self.instantiate(dep, full)
-            for tc in r.toolchains:
-                deps[f"toolchain/{tc}"] = self.instantiate(tc, full)
-            if r.build.rootfs:
-                deps["rootfs"] = self.instantiate(r.build.rootfs, full)
         requires = tuple(r.requires)
         inputs = self._inputs(r, variant)
         impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
@@ -308,14 +338,17 @@ class _Planner:
                 raise LockError(f"not in the lock: run `planner lock {self.rs.name}`", where=decl.id)
             platform = None if decl.platforms == (ANY,) else (variant.platform or variant.host)
             if li.status != "locked":
-                tree = f"unlocked:{li.reason or ''}"
-                filename = None
+                # A prefetched tree hash keys the node as the real content will; without one,
+                # the key names the input, not the error text of the machine that tried.
+                pin = li.pins.get(platform or ANY) or li.pins.get(ANY)
+                tree = pin.tree if pin is not None and pin.tree else f"unlocked:{decl.id}"
+                filename = pin.filename if pin is not None else None
             else:
                 pin = li.pin(platform)
                 tree = pin.tree or ""
                 filename = pin.filename
             out[decl.name] = InputRef(decl=decl.id, platform=platform, tree=tree, unpacks=decl.unpacks,
-                                      filename=filename)
+                                      filename=filename, locked=li.status == "locked")
         return out
 
 

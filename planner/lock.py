@@ -112,7 +112,11 @@ class InputDecl:
     def spec(self) -> str:
         from .hashing import bytes_digest, canonical_json
 
-        decl = attrs.asdict(self.source if self.source is not None else self.patch)
+        obj = self.source if self.source is not None else self.patch
+        # Only fields that differ from their defaults: a new optional recipe field must not
+        # make every existing lock stale.
+        decl = {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj))
+                if getattr(obj, f.name) != (f.default.factory() if isinstance(f.default, attrs.Factory) else f.default)}
         return bytes_digest(canonical_json({"decl": decl, "platforms": list(self.platforms)}))
 
 

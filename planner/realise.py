@@ -256,7 +256,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     store = Store(store_root)
     resolver = Resolver(rs, store, log=lambda s: emit("log", s), mirrors=list(options.mirrors))
     decls = lockmod.declarations(rs)
-    durations = store.durations()
+    durations = store.durations(set_name)
     priority = critical_path(plan, durations)
     previous = _previous_keys(store, set_name)
     closure = plan.closure(plan.roots)
@@ -401,6 +401,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     remove_tree(bdir)
                 checks.append(CheckResult(nid, digest == stored.digest, diff))
                 return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
+        reason = reason_for(nid)  # before building: the build records a realisation
         emit("start", node.label())
         built = executor.build(req, store, running, priority=priority[nid])
         push(node, built.build_key, built.entry, deps)
@@ -410,7 +411,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             return built.entry, built.build_key, 0.0, "reused", why
         if built.previous_digest is not None and built.previous_digest != built.entry.digest:
             nondeterministic[nid] = built.previous_digest
-        return built.entry, built.build_key, built.seconds, "built", reason_for(nid) + miss_note
+        return built.entry, built.build_key, built.seconds, "built", reason + miss_note
 
     # Builds hold the gc lock shared, so `store gc` never removes what they are using.
     with store.gc_lock(exclusive=False):
@@ -489,9 +490,10 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         "checks": [attrs.asdict(c) for c in checks],
         "pins": _pins(lock),
         "root": str(root),
-        "inputs": sorted(used_inputs),
+        "inputs": sorted(used_inputs | _closure_inputs(store, plan, closure)),
     }
     run_id = store.add_run(record)
+    store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
     result = RealiseResult(set=set_name, targets=list(plan.targets), output=output, digest=digest,
                            nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
     if outcome.interrupted:
@@ -504,6 +506,20 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
     store.close()
     return result
+
+
+def _closure_inputs(store, plan, closure: list[str]) -> set[str]:
+    """Store paths of the fetched inputs of every node in the closure (gc keeps them)."""
+    from .resolve import fixed_key
+
+    out = set()
+    for nid in closure:
+        for ref in plan.nodes[nid].inputs.values():
+            if ref.locked:
+                e = store.lookup(fixed_key(ref.tree, ref.unpacks))
+                if e is not None:
+                    out.add(str(e.path))
+    return out
 
 
 def _scale_out(options: RealiseOptions, jobs: int):

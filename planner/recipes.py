@@ -51,6 +51,7 @@ class Source:
     per_platform: bool = False  # pypi wheels, apt packages, images: bytes differ by platform
     python: Optional[str] = None  # pypi wheels: python tag, e.g. "3.11"
     platform: Optional[str] = None  # pypi wheels: always this platform (a cross target's runtime)
+    tree: Optional[str] = None  # expected tree hash (a prefetched pin, checked when fetched)
 
     def unpacks(self) -> bool:
         if self.unpack is not None:
@@ -76,6 +77,7 @@ class Patch:
     sha256: Optional[str] = None
     name: Optional[str] = None
     strip: int = 1
+    tree: Optional[str] = None  # expected blake3 of the bytes (a prefetched pin)
 
     @property
     def label(self) -> str:
@@ -245,12 +247,58 @@ def _kebab_to_snake(data: object) -> object:
     return out
 
 
+_CONVERTER = None
+
+
+def _strict(kind: type, what: str):
+    def hook(value, _type):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"must be {what}, not {type(value).__name__} {value!r}")
+        return value
+    return hook
+
+
 def _converter():
+    """One converter per process (building one compiles its hooks: milliseconds per class).
+
+    Strict: cattrs' defaults would turn `version = 1` into "1" and `deps = "ab"` into
+    ["a", "b"]; a recipe with the wrong type is an error that names the key instead.
+    """
+    global _CONVERTER
+    if _CONVERTER is not None:
+        return _CONVERTER
+    import typing
+
     import cattrs
 
     conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+
+    def is_list(t) -> bool:
+        return typing.get_origin(t) is list
+
+    def structure_list(value, t):
+        if not isinstance(value, list):
+            raise TypeError(f"must be an array, not {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(t)
+        return [conv.structure(v, item) for v in value]
+
+    def is_dict(t) -> bool:
+        return typing.get_origin(t) is dict
+
+    def structure_dict(value, t):
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table, not {type(value).__name__} {value!r}")
+        k, v = typing.get_args(t)
+        return {conv.structure(key, k): conv.structure(val, v) for key, val in value.items()}
+
+    conv.register_structure_hook_func(is_list, structure_list)
+    conv.register_structure_hook_func(is_dict, structure_dict)
     # Builder settings are free-form JSON data, checked by the builder (and for floats below).
     conv.register_structure_hook_func(lambda t: t is object, lambda value, _type: value)
+    _CONVERTER = conv
     return conv
 
 
@@ -378,6 +426,8 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
             raise err("path", f"input {name!r}: {s.path} does not exist")
     if s.sha256 and not re.fullmatch(r"[0-9a-f]{64}", s.sha256):
         raise err("sha256", f"input {name!r}: sha256 must be 64 lowercase hex digits")
+    if s.tree and not re.fullmatch(r"blake3:[0-9a-f]{64}", s.tree):
+        raise err("tree", f"input {name!r}: tree must be blake3:<64 hex digits>")
     if s.kind == "git" and s.url and s.url.startswith("-"):
         raise err("url", f"input {name!r}: invalid git url")
 
@@ -428,7 +478,10 @@ def _check_references(rs: RecipeSet) -> None:
                                       where=_where(rs.root / r.file, rs.root, text, "layers"))
     cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
     if cycle:
-        raise RecipeError("dependency cycle: " + " -> ".join(cycle), where=f"recipes/{rs.name}")
+        first = rs.recipes[cycle[0]]
+        text = (rs.root / first.file).read_text()
+        raise RecipeError("dependency cycle: " + " -> ".join(cycle),
+                          where=_where(rs.root / first.file, rs.root, text, "deps"))
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:

@@ -33,10 +33,6 @@ def _entry_name(decl: InputDecl, pin: Pin) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", base)[:120]
 
 
-def _arch(platform: str) -> str:
-    return platform.split("/")[-1]
-
-
 @attrs.frozen
 class Fetched:
     content: Path  # a file or an unpacked tree inside the store's tmp/
@@ -129,8 +125,11 @@ class Resolver:
             from .fetch import apt
 
             version = pin.version if pin and pin.version else src.version
-            pkg = apt.download(str(src.name), version, _arch(platform), tmp,
-                               state_dir=self.store.root / "apt-state" / _arch(platform))
+            try:
+                pkg = apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state")
+            except FetchError as exc:
+                raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
+                                 where=decl.id) from None
             sha, b3 = file_sha256_and_blake3(pkg.path)
             if pin and pin.sha256 and pin.sha256 != sha:
                 raise HashMismatch(f"{decl.id} ({pkg.path.name})", pin.sha256, sha)
@@ -149,7 +148,50 @@ class Resolver:
             p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
             return self._maybe_unpack(decl, got.path, p, tmp)
 
+        if src is not None and src.kind == "image":
+            return self._fetch_image(decl, platform, pin, tmp)
+
         raise LockError(f"inputs of kind {decl.kind} cannot be fetched by this planner yet", where=decl.id)
+
+    def _fetch_image(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
+        """A registry image for one platform, by manifest digest: its manifest, config and layer
+        blobs as an OCI layout-like folder (`manifest.json`, `blobs/sha256/…`)."""
+        import json
+
+        from .errors import OciError
+        from .oci.registry import Reference, client_for
+
+        src = decl.source
+        assert src is not None
+        try:
+            ref = Reference.parse(str(src.url))
+            client = client_for(ref)
+            digest = pin.digest if pin and pin.digest else None
+            if digest is None:
+                top = client.pull_manifest(ref.ref)
+                doc = top.json()
+                if "manifests" in doc:  # an index: pick this platform's manifest
+                    os_, _, arch = platform.partition("/")
+                    match = [m for m in doc["manifests"]
+                             if m.get("platform", {}).get("os") == os_ and m.get("platform", {}).get("architecture") == arch]
+                    if not match:
+                        raise FetchError(f"{src.url} has no {platform} image", where=decl.id)
+                    digest = match[0]["digest"]
+                else:
+                    digest = top.descriptor.digest
+            manifest = client.pull_manifest(digest)
+            dest = tmp / "image"
+            blobs = dest / "blobs" / "sha256"
+            blobs.mkdir(parents=True)
+            (dest / "manifest.json").write_bytes(manifest.data)
+            doc = manifest.json()
+            for blob in [doc["config"]] + list(doc.get("layers", [])):
+                client.pull_blob(blob["digest"], blobs / blob["digest"].split(":", 1)[1])
+        except OciError as exc:
+            raise FetchError(exc.message, where=f"{decl.id} ({src.url})") from None
+        except (OSError, KeyError, ValueError) as exc:
+            raise FetchError(f"cannot pull {src.url}: {exc}", where=decl.id) from None
+        return Fetched(dest, Pin(digest=digest, url=str(src.url)))
 
     def _maybe_unpack(self, decl: InputDecl, path: Path, pin: Pin, tmp: Path) -> Fetched:
         if not decl.unpacks:
@@ -215,6 +257,18 @@ class Resolver:
         return entry
 
 
+def declared_pins(decl: InputDecl) -> Optional[dict[str, Pin]]:
+    """Pins a recipe states up front (a full git commit, a sha256, a tree hash): what a
+    machine without network records, and what a machine with network must then find."""
+    src, patch = decl.source, decl.patch
+    tree = src.tree if src is not None else patch.tree if patch is not None else None
+    sha = src.sha256 if src is not None else patch.sha256 if patch is not None else None
+    commit = src.rev if src is not None and src.kind == "git" and re.fullmatch(r"[0-9a-f]{40}", src.rev or "") else None
+    if decl.platforms != (ANY,) or not (tree or sha or commit):
+        return None
+    return {ANY: Pin(tree=tree, sha256=sha, commit=commit)}
+
+
 def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(),
              log: Callable[[str], None] = lambda s: None, mirrors: list[str] = ()) -> tuple[Lock, list[str]]:
     """Resolve every input not already pinned (or named in `update`). Returns the lock and the
@@ -245,6 +299,7 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
             inputs[id_] = prev
             continue
         expected = prev.pins if prev is not None and prev.status == "unlocked" and prev.spec == decl.spec() else None
+        expected = expected or declared_pins(decl)
         try:
             new = resolver.resolve(decl, expected)
         except HashMismatch:

@@ -271,12 +271,16 @@ class Store:
 
     # -- durations, runs, roots ---------------------------------------------------------
 
-    def record_duration(self, name: str, seconds: float) -> None:
+    def record_durations(self, set_name: str, seconds: dict[str, float]) -> None:
+        """Build times of a set's nodes, for the scheduler's critical path and `plan` estimates."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO durations VALUES (?,?)", (name, seconds))
+            db.executemany("INSERT OR REPLACE INTO durations VALUES (?,?)",
+                           [(f"{set_name}/{nid}", s) for nid, s in seconds.items()])
 
-    def durations(self) -> dict[str, float]:
-        return dict(self._query("SELECT name, seconds FROM durations"))
+    def durations(self, set_name: str) -> dict[str, float]:
+        prefix = f"{set_name}/"
+        return {name[len(prefix):]: s for name, s in self._query(
+            "SELECT name, seconds FROM durations WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))}
 
     def add_run(self, record: dict) -> int:
         with self._tx() as db:

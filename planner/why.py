@@ -558,7 +558,7 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
     p = make_plan(rs, lk, detect_host(sandbox))
     store = Store(store_root)
     closure = p.closure(p.roots)
-    durations = store.durations()
+    durations = store.durations(set_name)
     by_key = store.realisations([p.nodes[n].key for n in closure])
     runs = _runs_of(store, set_name)
     prev_id, prev_rec = runs[0] if runs else (None, {"nodes": []})

@@ -26,6 +26,8 @@ layout, never inside it.
 
 from __future__ import annotations
 
+import os
+
 import re
 import shutil
 import tempfile
@@ -470,3 +472,105 @@ def _check_no_stray_blobs(node: "Node", out: Path) -> None:
     stray = sorted(present - reachable)
     if stray:
         raise BuildError(node.label(), f"blobs not reachable from index.json: {', '.join(stray[:5])}")
+
+
+
+def _layer_name(raw: str, where: str) -> str:
+    from ..errors import OciError
+
+    name = raw.lstrip("/")
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.rstrip("/")
+    if any(part == ".." for part in name.split("/")):
+        raise OciError(f"layer member {raw!r} escapes the root", where=where)
+    return name
+
+
+def _real_dir(root: Path, rel: str, where: str) -> Path:
+    """`root/rel` as a real directory, created as needed; never through a symlink."""
+    from ..errors import OciError
+
+    path = root
+    for part in [p for p in rel.split("/") if p]:
+        path = path / part
+        if path.is_symlink():
+            raise OciError(f"layer writes through the symlink /{path.relative_to(root)}", where=where)
+        if not path.exists():
+            path.mkdir(mode=0o755)
+        elif not path.is_dir():
+            raise OciError(f"/{path.relative_to(root)} is a file, a layer needs a directory there", where=where)
+    return path
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def apply_layer(blob: Path, root: Path, *, where: str) -> None:
+    """Apply one image layer to `root` the way a container runtime does: later layers replace
+    earlier entries, `.wh.NAME` deletes NAME, `.wh..wh..opq` empties its directory. Nothing is
+    written through a symlink, no member escapes, times/owners/special files are not kept."""
+    import shutil
+    import tarfile
+
+    with tarfile.open(blob, "r:*") as tf:
+        for m in tf:
+            name = _layer_name(m.name, where)
+            if not name:
+                continue
+            parent, base = os.path.split(name)
+            pdir = _real_dir(root, parent, where)
+            if base == ".wh..wh..opq":
+                for child in list(pdir.iterdir()):
+                    _remove(child)
+                continue
+            if base.startswith(".wh."):
+                _remove(pdir / base[4:])
+                continue
+            path = pdir / base
+            if m.isdir():
+                if path.is_symlink() or (path.exists() and not path.is_dir()):
+                    _remove(path)
+                path.mkdir(mode=0o755, exist_ok=True)
+                os.chmod(path, 0o755)
+                continue
+            _remove(path)
+            if m.isreg():
+                src = tf.extractfile(m)
+                mode = 0o755 if m.mode & 0o100 else 0o644
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+                with os.fdopen(fd, "wb") as out:
+                    os.fchmod(out.fileno(), mode)
+                    shutil.copyfileobj(src, out, 1 << 20)
+            elif m.issym():
+                os.symlink(m.linkname, path)
+            elif m.islnk():
+                target = root / _layer_name(m.linkname, where)
+                if target.is_symlink() or not target.is_file():
+                    from ..errors import OciError
+
+                    raise OciError(f"hardlink /{name} -> /{m.linkname} does not name a file", where=where)
+                shutil.copy2(target, path, follow_symlinks=False)
+            # devices and fifos are not part of a build root: skipped
+
+
+def image_rootfs(node: "Node", req: "BuildRequest", out: Path, log) -> None:
+    """The root filesystem of a pinned registry image, for builds that run inside it."""
+    import json
+
+    from ..errors import BuildError
+
+    (name, entry), = sorted(req.inputs.items())
+    manifest = json.loads((entry.path / "manifest.json").read_text())
+    blobs = entry.path / "blobs" / "sha256"
+    for layer in manifest.get("layers", []):
+        apply_layer(blobs / layer["digest"].split(":", 1)[1], out, where=f"{name} layer {layer['digest']}")
+        log.write(f"applied layer {layer['digest']}\n")
+    if not any(out.iterdir()):
+        raise BuildError(node.label(), f"image input {name} has no layers")
