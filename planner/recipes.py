@@ -220,9 +220,12 @@ def line_of(text: str, dotted: str) -> int | None:
     if not leaf:
         return None
     pat = re.compile(rf"^\s*(\[+[^\]]*\b{re.escape(leaf)}\b[^\]]*\]+|\"?{re.escape(leaf)}\"?\s*=)")
-    for i, line in enumerate(text.splitlines(), 1):
-        if pat.search(line):
-            return i
+    inline = re.compile(rf"[{{,]\s*\"?{re.escape(leaf)}\"?\s*=")  # a key inside an inline table
+    lines = text.splitlines()
+    for p in (pat, inline):
+        for i, line in enumerate(lines, 1):
+            if p.search(line):
+                return i
     return None
 
 
@@ -447,14 +450,95 @@ def load_set(root: Path, name: str) -> RecipeSet:
             raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
                               where=_where(cfg_path, root, text, "platforms"))
     recipes: dict[str, Recipe] = {}
+    cache = _ParseCache(root, name)
     for path in sorted(folder.glob("*.toml")):
         if path.name == "set.toml":
             continue
-        r = load_recipe(path, root)
+        r = cache.get(path)
+        if r is None:
+            r = load_recipe(path, root)
+            cache.put(path, r)
         recipes[r.name] = r
+    cache.save()
     rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
     _check_references(rs)
     return rs
+
+
+class _ParseCache:
+    """Parsed recipes keyed by their file's stat signature (like Python's __pycache__), so
+    planning a large set does not re-parse and re-validate TOML that did not change.
+
+    Lives under $PLANNER_CACHE (default ~/.cache/planner); a miss just parses the file.
+    """
+
+    VERSION = 2
+
+    def __init__(self, root: Path, set_name: str) -> None:
+        import hashlib
+        import os
+
+        base = Path(os.environ.get("PLANNER_CACHE") or Path.home() / ".cache" / "planner")
+        key = hashlib.sha256(f"{root}\0{set_name}".encode()).hexdigest()[:24]
+        self.path = base / "recipes" / f"{set_name}-{key}.pickle"
+        self.entries: dict[str, tuple] = {}
+        self.dirty = False
+        try:
+            import pickle
+
+            from . import __version__
+
+            with open(self.path, "rb") as f:
+                data = pickle.load(f)
+            if data.get("version") == (self.VERSION, __version__):
+                self.entries = data["entries"]
+        except Exception:  # a missing, stale or unreadable cache is only a miss
+            self.entries = {}
+
+    @staticmethod
+    def _sig(path: Path) -> tuple[int, int, int]:
+        st = path.stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def get(self, path: Path) -> Optional[Recipe]:
+        hit = self.entries.get(str(path))
+        if hit is not None and hit[0] == self._sig(path):
+            return hit[1]
+        return None
+
+    def put(self, path: Path, recipe: Recipe) -> None:
+        self.entries[str(path)] = (self._sig(path), recipe)
+        self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        import os
+        import pickle
+
+        from . import __version__
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump({"version": (self.VERSION, __version__), "entries": self.entries}, f,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only home: planning still works, only slower
+
+
+class _LazyText(str):
+    """A recipe's text, read only if an error message needs its line numbers."""
+
+    def __new__(cls, path: Path) -> "_LazyText":
+        obj = super().__new__(cls, "")
+        obj._path = path
+        return obj
+
+    def splitlines(self, keepends: bool = False) -> list[str]:
+        return self._path.read_text().splitlines(keepends)
 
 
 def _check_references(rs: RecipeSet) -> None:
@@ -462,7 +546,7 @@ def _check_references(rs: RecipeSet) -> None:
         raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
                           where=f"recipes/{rs.name}/set.toml: target")
     for r in rs.recipes.values():
-        text = (rs.root / r.file).read_text()
+        text = _LazyText(rs.root / r.file)
         if r.build.rootfs and r.build.rootfs not in rs.recipes:
             raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
                               where=_where(rs.root / r.file, rs.root, text, "rootfs"))
