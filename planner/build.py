@@ -202,10 +202,24 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         proc_env = sandbox.unsandboxed_env(env, build_dir)
         proc_env["PYTHONPATH"] = str(PLANNER_PKG.parent)
         proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
+    args_fd = None
+    if req.sandboxed:
+        # bwrap reads its arguments from a file descriptor, so the real paths of the store and
+        # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
+        args_file = build_dir.parent / (build_dir.name + ".etc") / "bwrap.args"
+        split = argv.index("--")
+        args_file.write_bytes(b"".join(a.encode() + b"\0" for a in argv[1:split]))
+        args_fd = os.open(args_file, os.O_RDONLY)
+        argv = [argv[0], "--args", str(args_fd)] + argv[split:]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
-                                cwd=build_dir, start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
+                                    cwd=build_dir, start_new_session=True,
+                                    pass_fds=(args_fd,) if args_fd is not None else ())
+        finally:
+            if args_fd is not None:
+                os.close(args_fd)
         running.add(proc)
         try:
             rc = proc.wait()

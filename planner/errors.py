@@ -14,7 +14,9 @@ class PlannerError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        # One line, whatever a hostile key or path contains.
+        return text.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
 
 
 class RecipeError(PlannerError):

@@ -261,10 +261,19 @@ def parse(text: str, where: str) -> Lock:
 
 
 def read(path: Path) -> Lock:
+    if path.exists() and not path.is_file():
+        raise LockError("not a regular file", where=str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read((64 << 20) + 1)
     except FileNotFoundError:
         raise LockError("no lockfile: run `planner lock` first", where=str(path)) from None
+    except OSError as exc:
+        raise LockError(f"cannot read: {exc.strerror or exc}", where=str(path)) from None
+    if len(raw) > 64 << 20:
+        raise LockError("lockfile larger than 64 MiB", where=str(path))
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise LockError("not UTF-8 text", where=str(path)) from None
     return parse(text, str(path))

@@ -21,8 +21,8 @@ def stat_sig(p: Path) -> list[int]:
     try:
         st = os.stat(p)
     except OSError:
-        return [0, 0, 0]
-    return [st.st_mtime_ns, st.st_size, st.st_ino]
+        return [0, 0, 0, 0]
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
 
 
 def plan_cache_path(store_root: Path, root: Path, set_name: str, target: Optional[str]) -> Path:

@@ -254,167 +254,168 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     host = detect_host(options.sandbox)
     plan = make_plan(rs, lock, host, target=options.target)
     store = Store(store_root)
-    resolver = Resolver(rs, store, log=lambda s: emit("log", s), mirrors=list(options.mirrors))
-    decls = lockmod.declarations(rs)
-    durations = store.durations(set_name)
-    priority = critical_path(plan, durations)
-    previous = _previous_keys(store, set_name)
-    closure = plan.closure(plan.roots)
-
-    # What is already valid: a realisation for the input key whose entry is present.
-    by_key = store.realisations([plan.nodes[n].key for n in closure])
-    known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
-    valid: dict[str, object] = {}
-    for nid in closure:
-        r = known.get(nid)
-        if r is not None:
-            e = store.lookup(r.build_key)
-            if e is not None and not options.check:
-                valid[nid] = e
-    results: dict[str, NodeResult] = {}
-
-    def reason_for(nid: str) -> str:
-        node = plan.nodes[nid]
-        prev = previous.get(nid)
-        if store.realisation(node.key) is not None:
-            return "output missing from the store (deleted or collected)"
-        if prev is None:
-            return "never built"
-        if prev != node.key:
-            return "inputs changed"
-        return "not in the store"
-
-    todo = [nid for nid in closure if nid not in valid]
-    jobs_n = options.jobs or os.cpu_count() or 1
-    executor, subs, pushes = _scale_out(options, jobs_n)
-    if options.dry_run:
-        from .resolve import fixed_key
-
-        steps: list[str] = []
-        blocked = None
-        fetched: set[str] = set()
-        for nid in todo:
-            pn = plan.nodes[nid]
-            stop = None
-            for ref in pn.inputs.values():
-                li = lock.inputs[ref.decl]
-                if li.status != "locked":
-                    stop = (f"stops before {nid}: input {ref.decl} is unlocked ({li.reason or 'not resolved'}); "
-                            f"run `planner lock {set_name} --update {ref.decl}` where it can be reached")
-                    break
-                if ref.decl in fetched or store.lookup(fixed_key(ref.tree, ref.unpacks)) is not None:
-                    continue
-                fetched.add(ref.decl)
-                steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
-            if stop:
-                blocked = stop
-                break
-            steps.append(f"build {nid}  (~{durations.get(nid, pn.estimate):.0f}s)")
-        if blocked is None:
-            problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
-            if problems_run:
-                blocked = "; ".join(problems_run)
-        executor.close()
-        nodes = []
-        for nid in closure:
-            node = plan.nodes[nid]
-            if nid in valid:
-                e = valid[nid]
-                nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
-                                        e.key, e.digest, str(e.path)))
-            else:
-                nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
-                                        reason_for(nid), previous_key=previous.get(nid)))
-        return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes,
-                             steps=steps, blocked=blocked)
-
-    from .executors import Unrunnable
-
-    problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
-    if problems_run:
-        executor.close()
-        raise Unrunnable(problems_run)
-    running = Running()
-    entries: dict[str, object] = dict(valid)
-    nondeterministic: dict[str, str] = {}
-    store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in closure})
-    checks: list[CheckResult] = []
-
-    used_inputs: set[str] = set()
-
-    def inputs_of(nid: str) -> dict:
-        node = plan.nodes[nid]
-        got = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
-               for name, ref in node.inputs.items()}
-        used_inputs.update(str(e.path) for e in got.values())
-        return got
-
-    def push(node, bkey: str, entry, deps: dict) -> None:
-        from .cache import CacheError
-        from .graph import resolved_preimage
-
-        for c in pushes:
-            try:
-                c.push(bkey, entry, resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}), node.key)
-            except CacheError as exc:
-                emit("log", f"warning: could not push {node.label()} to {c.ref}: {exc.line()}")
-
-    def substitute(node, deps: dict):
-        """A signed entry from a substituter, or (None, why the caches missed)."""
-        from .cache import classify_miss, lookup_any
-        from .graph import resolved_preimage
-
-        bkey = build_key(node, deps)
-        if not subs or options.check or store.lookup(bkey) is not None:
-            return None, ""
-        pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
-        found, misses = lookup_any(subs, bkey, preimage=pre)
-        if found:
-            cache, hit = found
-            entry = cache.fetch(hit, store)
-            store.put_preimage(node.key, node.preimage)
-            store.put_preimage(bkey, pre)
-            store.realise(node.key, bkey, entry.digest)
-            return (entry, bkey, f"substituted from {cache.ref} (signed by {hit.signer})"), ""
-        miss = classify_miss(misses, built_before=store.realisation(node.key) is not None)
-        return None, f"; cache miss: {miss.category}: {miss.detail}"
-
-    def work(nid: str):
-        node = plan.nodes[nid]
-        deps = {m: entries[d] for m, d in node.deps.items()}
-        got, miss_note = substitute(node, deps)
-        if got is not None:
-            entry, bkey, why = got
-            push(node, bkey, entry, deps)
-            return entry, bkey, 0.0, "substituted", why
-        cores = max(1, min(node.cores, jobs_n))
-        req = BuildRequest(node=node, inputs=inputs_of(nid), deps=deps, jobs=cores, sandboxed=options.sandbox)
-        if options.check and nid in known:
-            stored = store.lookup(known[nid].build_key)
-            if stored is not None and build_key(node, deps) == known[nid].build_key:
-                digest, out, bdir = rebuild_for_check(req, store, running)
-                try:
-                    diff = [] if digest == stored.digest else differing_files(stored.path, out)
-                    if digest != stored.digest and not diff:
-                        diff = ["(metadata)"]
-                finally:
-                    remove_tree(bdir)
-                checks.append(CheckResult(nid, digest == stored.digest, diff))
-                return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
-        reason = reason_for(nid)  # before building: the build records a realisation
-        emit("start", node.label())
-        built = executor.build(req, store, running, priority=priority[nid])
-        push(node, built.build_key, built.entry, deps)
-        if built.reused:
-            why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
-                else "built by another process"
-            return built.entry, built.build_key, 0.0, "reused", why
-        if built.previous_digest is not None and built.previous_digest != built.entry.digest:
-            nondeterministic[nid] = built.previous_digest
-        return built.entry, built.build_key, built.seconds, "built", reason + miss_note
-
-    # Builds hold the gc lock shared, so `store gc` never removes what they are using.
+    # Hold the gc lock (shared) from deciding what is valid until the run is recorded and
+    # rooted: a concurrent `store gc` then never deletes what this realise reuses or built.
     with store.gc_lock(exclusive=False):
+        resolver = Resolver(rs, store, log=lambda s: emit("log", s), mirrors=list(options.mirrors))
+        decls = lockmod.declarations(rs)
+        durations = store.durations(set_name)
+        priority = critical_path(plan, durations)
+        previous = _previous_keys(store, set_name)
+        closure = plan.closure(plan.roots)
+
+        # What is already valid: a realisation for the input key whose entry is present.
+        by_key = store.realisations([plan.nodes[n].key for n in closure])
+        known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
+        valid: dict[str, object] = {}
+        for nid in closure:
+            r = known.get(nid)
+            if r is not None:
+                e = store.lookup(r.build_key)
+                if e is not None and not options.check:
+                    valid[nid] = e
+        results: dict[str, NodeResult] = {}
+
+        def reason_for(nid: str) -> str:
+            node = plan.nodes[nid]
+            prev = previous.get(nid)
+            if store.realisation(node.key) is not None:
+                return "output missing from the store (deleted or collected)"
+            if prev is None:
+                return "never built"
+            if prev != node.key:
+                return "inputs changed"
+            return "not in the store"
+
+        todo = [nid for nid in closure if nid not in valid]
+        jobs_n = options.jobs or os.cpu_count() or 1
+        executor, subs, pushes = _scale_out(options, jobs_n)
+        if options.dry_run:
+            from .resolve import fixed_key
+
+            steps: list[str] = []
+            blocked = None
+            fetched: set[str] = set()
+            for nid in todo:
+                pn = plan.nodes[nid]
+                stop = None
+                for ref in pn.inputs.values():
+                    li = lock.inputs[ref.decl]
+                    if li.status != "locked":
+                        stop = (f"stops before {nid}: input {ref.decl} is unlocked ({li.reason or 'not resolved'}); "
+                                f"run `planner lock {set_name} --update {ref.decl}` where it can be reached")
+                        break
+                    if ref.decl in fetched or store.lookup(fixed_key(ref.tree, ref.unpacks)) is not None:
+                        continue
+                    fetched.add(ref.decl)
+                    steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
+                if stop:
+                    blocked = stop
+                    break
+                steps.append(f"build {nid}  (~{durations.get(nid, pn.estimate):.0f}s)")
+            if blocked is None:
+                problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
+                if problems_run:
+                    blocked = "; ".join(problems_run)
+            executor.close()
+            nodes = []
+            for nid in closure:
+                node = plan.nodes[nid]
+                if nid in valid:
+                    e = valid[nid]
+                    nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
+                                            e.key, e.digest, str(e.path)))
+                else:
+                    nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
+                                            reason_for(nid), previous_key=previous.get(nid)))
+            return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes,
+                                 steps=steps, blocked=blocked)
+
+        from .executors import Unrunnable
+
+        problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
+        if problems_run:
+            executor.close()
+            raise Unrunnable(problems_run)
+        running = Running()
+        entries: dict[str, object] = dict(valid)
+        nondeterministic: dict[str, str] = {}
+        store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in closure})
+        checks: list[CheckResult] = []
+
+        used_inputs: set[str] = set()
+
+        def inputs_of(nid: str) -> dict:
+            node = plan.nodes[nid]
+            got = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
+                   for name, ref in node.inputs.items()}
+            used_inputs.update(str(e.path) for e in got.values())
+            return got
+
+        def push(node, bkey: str, entry, deps: dict) -> None:
+            from .cache import CacheError
+            from .graph import resolved_preimage
+
+            for c in pushes:
+                try:
+                    c.push(bkey, entry, resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}), node.key)
+                except CacheError as exc:
+                    emit("log", f"warning: could not push {node.label()} to {c.ref}: {exc.line()}")
+
+        def substitute(node, deps: dict):
+            """A signed entry from a substituter, or (None, why the caches missed)."""
+            from .cache import classify_miss, lookup_any
+            from .graph import resolved_preimage
+
+            bkey = build_key(node, deps)
+            if not subs or options.check or store.lookup(bkey) is not None:
+                return None, ""
+            pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
+            found, misses = lookup_any(subs, bkey, preimage=pre)
+            if found:
+                cache, hit = found
+                entry = cache.fetch(hit, store)
+                store.put_preimage(node.key, node.preimage)
+                store.put_preimage(bkey, pre)
+                store.realise(node.key, bkey, entry.digest)
+                return (entry, bkey, f"substituted from {cache.ref} (signed by {hit.signer})"), ""
+            miss = classify_miss(misses, built_before=store.realisation(node.key) is not None)
+            return None, f"; cache miss: {miss.category}: {miss.detail}"
+
+        def work(nid: str):
+            node = plan.nodes[nid]
+            deps = {m: entries[d] for m, d in node.deps.items()}
+            got, miss_note = substitute(node, deps)
+            if got is not None:
+                entry, bkey, why = got
+                push(node, bkey, entry, deps)
+                return entry, bkey, 0.0, "substituted", why
+            cores = max(1, min(node.cores, jobs_n))
+            req = BuildRequest(node=node, inputs=inputs_of(nid), deps=deps, jobs=cores, sandboxed=options.sandbox)
+            if options.check and nid in known:
+                stored = store.lookup(known[nid].build_key)
+                if stored is not None and build_key(node, deps) == known[nid].build_key:
+                    digest, out, bdir = rebuild_for_check(req, store, running)
+                    try:
+                        diff = [] if digest == stored.digest else differing_files(stored.path, out)
+                        if digest != stored.digest and not diff:
+                            diff = ["(metadata)"]
+                    finally:
+                        remove_tree(bdir)
+                    checks.append(CheckResult(nid, digest == stored.digest, diff))
+                    return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
+            reason = reason_for(nid)  # before building: the build records a realisation
+            emit("start", node.label())
+            built = executor.build(req, store, running, priority=priority[nid])
+            push(node, built.build_key, built.entry, deps)
+            if built.reused:
+                why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
+                    else "built by another process"
+                return built.entry, built.build_key, 0.0, "reused", why
+            if built.previous_digest is not None and built.previous_digest != built.entry.digest:
+                nondeterministic[nid] = built.previous_digest
+            return built.entry, built.build_key, built.seconds, "built", reason + miss_note
+
         node_results: dict[str, tuple] = {}
 
         def on_done(nid, exc):
@@ -441,71 +442,71 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         finally:
             executor.close()
 
-    for nid in closure:
-        node = plan.nodes[nid]
-        if nid in valid:
-            e = valid[nid]
-            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
-                                      e.key, e.digest, str(e.path))
-        elif nid in node_results:
-            e, bkey, secs, action, why = node_results[nid]
-            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
-                                      str(e.path), secs, previous.get(nid), nondeterministic.get(nid))
-        elif nid in outcome.failed:
-            exc = outcome.failed[nid]
-            msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
-            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
-                                      previous_key=previous.get(nid))
-        else:
-            results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
-                                      "a dependency failed" if outcome.failed else "interrupted",
-                                      previous_key=previous.get(nid))
+        for nid in closure:
+            node = plan.nodes[nid]
+            if nid in valid:
+                e = valid[nid]
+                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
+                                          e.key, e.digest, str(e.path))
+            elif nid in node_results:
+                e, bkey, secs, action, why = node_results[nid]
+                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
+                                          str(e.path), secs, previous.get(nid), nondeterministic.get(nid))
+            elif nid in outcome.failed:
+                exc = outcome.failed[nid]
+                msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
+                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
+                                          previous_key=previous.get(nid))
+            else:
+                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
+                                          "a dependency failed" if outcome.failed else "interrupted",
+                                          previous_key=previous.get(nid))
 
-    failures = []
-    for nid, exc in outcome.failed.items():
-        if isinstance(exc, BuildError):
-            failures.append(exc.line() + (f"\n  log: {exc.log}\n" + "\n".join("  | " + l for l in exc.tail.splitlines()[-10:]) if exc.log else ""))
-        elif isinstance(exc, PlannerError):
-            failures.append(exc.line())
-        else:
-            failures.append(f"{plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
+        failures = []
+        for nid, exc in outcome.failed.items():
+            if isinstance(exc, BuildError):
+                failures.append(exc.line() + (f"\n  log: {exc.log}\n" + "\n".join("  | " + l for l in exc.tail.splitlines()[-10:]) if exc.log else ""))
+            elif isinstance(exc, PlannerError):
+                failures.append(exc.line())
+            else:
+                failures.append(f"{plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
 
-    target_results = [results[t] for t in plan.targets]
-    output = target_results[0].path if len(target_results) == 1 else None
-    digest = image_digest(Path(output)) if output else None
-    record = {
-        "set": set_name,
-        "targets": list(plan.targets),
-        "output": output,
-        "digest": digest,
-        "started": time.time(),
-        "lock": _lock_digest(rs.lockfile),
-        "git": git_state(root),
-        "sandbox": options.sandbox,
-        "check": options.check,
-        "executor": options.executor,
-        "substituters": list(options.substituters),
-        "nodes": [attrs.asdict(r) for r in results.values()],
-        "deps": {nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in closure},
-        "checks": [attrs.asdict(c) for c in checks],
-        "pins": _pins(lock),
-        "root": str(root),
-        "inputs": sorted(used_inputs | _closure_inputs(store, plan, closure)),
-    }
-    run_id = store.add_run(record)
-    store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
-    result = RealiseResult(set=set_name, targets=list(plan.targets), output=output, digest=digest,
-                           nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
-    if outcome.interrupted:
-        raise KeyboardInterrupt
-    if not failures and output:
-        store.set_root(f"set:{root}:{set_name}", Path(output))
-        if options.out_link:
-            _out_link(options.out_link, Path(output), store)
-    if not failures and not options.check:
-        _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
-    store.close()
-    return result
+        target_results = [results[t] for t in plan.targets]
+        output = target_results[0].path if len(target_results) == 1 else None
+        digest = image_digest(Path(output)) if output else None
+        record = {
+            "set": set_name,
+            "targets": list(plan.targets),
+            "output": output,
+            "digest": digest,
+            "started": time.time(),
+            "lock": _lock_digest(rs.lockfile),
+            "git": git_state(root),
+            "sandbox": options.sandbox,
+            "check": options.check,
+            "executor": options.executor,
+            "substituters": list(options.substituters),
+            "nodes": [attrs.asdict(r) for r in results.values()],
+            "deps": {nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in closure},
+            "checks": [attrs.asdict(c) for c in checks],
+            "pins": _pins(lock),
+            "root": str(root),
+            "inputs": sorted(used_inputs | _closure_inputs(store, plan, closure)),
+        }
+        run_id = store.add_run(record)
+        store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
+        result = RealiseResult(set=set_name, targets=list(plan.targets), output=output, digest=digest,
+                               nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        if not failures and output:
+            store.set_root(f"set:{root}:{set_name}", Path(output))
+            if options.out_link:
+                _out_link(options.out_link, Path(output), store)
+        if not failures and not options.check:
+            _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
+        store.close()
+        return result
 
 
 def _closure_inputs(store, plan, closure: list[str]) -> set[str]:

@@ -31,6 +31,7 @@ BUILDERS = (
     "image-rootfs",
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~-]*\Z")
 
 
 @attrs.frozen
@@ -338,12 +339,22 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
 
 
 def _read_toml(path: Path, root: Path) -> tuple[dict, str]:
+    where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise RecipeError("a symlink that leaves the project", where=where)
+    if not path.is_file():
+        raise RecipeError("not a regular file", where=where)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read((1 << 20) + 1)
+    except OSError as exc:
+        raise RecipeError(f"cannot read: {exc.strerror or exc}", where=where) from None
+    if len(raw) > 1 << 20:
+        raise RecipeError("recipe larger than 1 MiB", where=where)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise RecipeError("not UTF-8 text", where=str(path)) from None
-    if len(text) > 1 << 20:
-        raise RecipeError("recipe larger than 1 MiB", where=str(path))
+        raise RecipeError("not UTF-8 text", where=where) from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
@@ -367,6 +378,8 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
     def err(key: str, msg: str) -> RecipeError:
         return RecipeError(msg, where=_where(path, root, text, key))
 
+    if not _VERSION.match(r.version):
+        raise err("version", f"invalid version {r.version!r}: letters, digits, '.', '+', '_', '~', '-'")
     if not _NAME.match(r.name):
         raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
     if path.stem != r.name:
@@ -409,6 +422,8 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
 
 
 def _check_inside(root: Path, rel: str, err, key: str) -> None:
+    if "\0" in rel:
+        raise err(key, f"path {rel!r} contains a NUL byte")
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts:
         raise err(key, f"path {rel!r} must be relative and inside the project")
@@ -472,7 +487,7 @@ class _ParseCache:
     Lives under $PLANNER_CACHE (default ~/.cache/planner); a miss just parses the file.
     """
 
-    VERSION = 2
+    VERSION = 3
 
     def __init__(self, root: Path, set_name: str) -> None:
         import hashlib
@@ -496,9 +511,9 @@ class _ParseCache:
             self.entries = {}
 
     @staticmethod
-    def _sig(path: Path) -> tuple[int, int, int]:
+    def _sig(path: Path) -> tuple[int, int, int, int]:
         st = path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
     def get(self, path: Path) -> Optional[Recipe]:
         hit = self.entries.get(str(path))

@@ -60,7 +60,9 @@ class Resolver:
             except FetchError as exc:
                 errors.append(exc)
                 if cand != candidates[-1]:
-                    self.log(f"{what}: {cand} failed, trying the next source")
+                    from .fetch.url import _redact
+
+                    self.log(f"{what}: {_redact(cand)} failed, trying the next source")
         raise errors[-1]
 
     # -- fetching ----------------------------------------------------------------------
@@ -288,6 +290,18 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
     unknown = [u for u in update if u not in decls and u not in rs.recipes]
     if unknown:
         raise LockError(f"--update {unknown[0]!r} names no input or recipe of set {rs.name!r}")
+    with store.gc_lock(exclusive=False):  # gc must not empty tmp/ under our downloads
+        inputs, changed, failures = _resolve_all(decls, old, update, resolver)
+    lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
+                inputs=inputs)
+    lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
+    if failures:
+        raise UnresolvedInputs(failures, changed)
+    return lock, changed
+
+
+def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str], resolver: Resolver
+                 ) -> tuple[dict[str, LockedInput], list[str], list[tuple[str, str]]]:
     inputs: dict[str, LockedInput] = {}
     changed: list[str] = []
     failures: list[tuple[str, str]] = []
@@ -314,12 +328,7 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
         inputs[id_] = new
         if prev is None or prev.pins != new.pins or prev.spec != new.spec or prev.status != new.status:
             changed.append(id_)
-    lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
-                inputs=inputs)
-    lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
-    if failures:
-        raise UnresolvedInputs(failures, changed)
-    return lock, changed
+    return inputs, changed, failures
 
 
 class UnresolvedInputs(LockError):

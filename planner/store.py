@@ -123,17 +123,20 @@ class Store:
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=60000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+        try:
+            self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=60000")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store index: {exc}", where=str(self.root / "index.sqlite")) from None
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
 
     def close(self) -> None:
@@ -143,18 +146,31 @@ class Store:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
             try:
                 yield self._db
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             else:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
 
     # -- locks --------------------------------------------------------------------------
 
@@ -341,8 +357,13 @@ class Store:
             removed = []
             for e in self.entries():
                 if e.path.name not in live:
-                    remove_tree(e.path)
+                    # Unregister first, then move the tree aside: a crash at any point leaves
+                    # either a valid entry or none, never a half-deleted one that looks valid.
                     self.invalidate(e.key)
+                    if os.path.lexists(e.path):
+                        doomed = self.root / "tmp" / f"gc-{e.path.name}"
+                        os.rename(e.path, doomed)
+                        remove_tree(doomed)
                     removed.append(e.path.name)
             for leftover in (self.root / "tmp").iterdir():
                 remove_tree(leftover)

@@ -162,6 +162,11 @@ def _copy_local(url: str, part: Path, where: str) -> Downloaded:
             os.fsync(fout.fileno())
     except IsADirectoryError:
         raise FetchError(f"{src} is a directory, not a file", where=where) from None
+    except OSError as exc:
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT: our side, not the source's
+            part.unlink(missing_ok=True)
+            raise FetchError(f"cannot write {part.name}: {exc.strerror}", where=where) from None
+        raise
     except FileNotFoundError:
         raise FetchError(f"no such file {src}", where=where) from None
     except OSError as e:
@@ -239,6 +244,14 @@ def _receive(r: httpx.Response, part: Path, where: str, progress: _Progress, res
 
     length = r.headers.get("content-length")
     total = progress.offset + int(length) if length and length.isdigit() else None
+    try:
+        return _write_body(r, part, mode, progress, total)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"cannot write {part.name}: {exc.strerror or exc}", where=where) from None
+
+
+def _write_body(r: httpx.Response, part: Path, mode: str, progress: _Progress, total: int | None) -> Downloaded:
     with open(part, mode) as f:
         hasher = _Hasher.of_prefix(f, progress.offset) if mode == "r+b" else _Hasher()
         f.seek(progress.offset)
