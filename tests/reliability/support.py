@@ -145,6 +145,10 @@ def entries(store: Path) -> list[tuple[str, str, str, str]]:
     """(path, key, digest, kind) of every registered entry."""
     if not (store / "index.sqlite").exists():
         return []
+    # A kill between sqlite creating the file and the planner creating its tables leaves an
+    # empty index: a store with no entries (the next Store() creates the schema).
+    if not rows(store, "SELECT name FROM sqlite_master WHERE type='table' AND name='entries'"):
+        return []
     return rows(store, "SELECT path, key, digest, kind FROM entries ORDER BY path")
 
 
