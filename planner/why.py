@@ -424,11 +424,9 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
 
 
 def _dur(s: float) -> str:
-    if s >= 3600:
-        return f"{s / 3600:.1f}h"
-    if s >= 60:
-        return f"{s / 60:.1f}m"
-    return f"{s:.1f}s"
+    from .planview import format_duration
+
+    return format_duration(s, precise=True)
 
 
 # -- I/O: run records, preimages, recipe locations -------------------------------------------

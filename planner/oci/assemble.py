@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Te
 import attrs
 
 from ..errors import BuildError, PlannerError
-from .descriptor import Descriptor, Platform
+from .descriptor import Descriptor, Platform, sha256_file
 from .image import ImageConfig, cuda_annotations, write_image, write_index
 from .layer import Layer, LayerSource, compressor_id, write_layer
 from .layout import LayoutImage, write_layout
@@ -314,16 +314,6 @@ def _wheels_of(entry_path: Path) -> list[Path]:
     return sorted(entry_path.glob("*.whl"))
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _base_packages(rootfs: Path) -> tuple[tuple[str, str, str], ...]:
     """(package, version, architecture) from the base's dpkg status, if it has one."""
     from ..archive import parse_deb822
@@ -401,7 +391,7 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
                     installed = install_wheel(whl, root)
                     if whl not in wheel_facts:
                         dist, version, _ = _wheel_metadata(whl)  # as written in METADATA, not the file name
-                        wheel_facts[whl] = WheelFacts(recipe, whl.name, _sha256(whl), whl.stat().st_size,
+                        wheel_facts[whl] = WheelFacts(recipe, whl.name, sha256_file(whl).split(":", 1)[1], whl.stat().st_size,
                                                       dist, version or installed.version)
                     facts.append(wheel_facts[whl])
                     log.write(f"  installed {whl.name} ({len(installed.files)} files)\n")
