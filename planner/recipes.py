@@ -7,6 +7,7 @@ the key and, where it can be found, the line.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -466,9 +467,11 @@ def load_set(root: Path, name: str) -> RecipeSet:
                               where=_where(cfg_path, root, text, "platforms"))
     recipes: dict[str, Recipe] = {}
     cache = _ParseCache(root, name)
-    for path in sorted(folder.glob("*.toml")):
-        if path.name == "set.toml":
+    # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.
+    for fname in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".toml")):
+        if fname == "set.toml":
             continue
+        path = folder / fname
         r = cache.get(path)
         if r is None:
             r = load_recipe(path, root)
@@ -491,7 +494,6 @@ class _ParseCache:
 
     def __init__(self, root: Path, set_name: str) -> None:
         import hashlib
-        import os
 
         base = Path(os.environ.get("PLANNER_CACHE") or Path.home() / ".cache" / "planner")
         key = hashlib.sha256(f"{root}\0{set_name}".encode()).hexdigest()[:24]
@@ -528,7 +530,6 @@ class _ParseCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        import os
         import pickle
 
         from . import __version__
@@ -587,6 +588,7 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     """A cycle in a name → dependencies map, as a closed path, or None. Iterative DFS."""
     WHITE, GREY, BLACK = 0, 1, 2
     color = {n: WHITE for n in edges}
+    edges = {n: sorted(cs) for n, cs in edges.items()}  # once, not at every visit
     for start in sorted(edges):
         if color[start] != WHITE:
             continue
@@ -597,7 +599,7 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
             if i == 0:
                 color[node] = GREY
                 path.append(node)
-            children = sorted(edges.get(node, ()))
+            children = edges.get(node, ())
             if i < len(children):
                 stack.append((node, i + 1))
                 child = children[i]
