@@ -234,9 +234,10 @@ class _Planner:
             from .builders.cuda import normalise_archs
 
             out = []
-            for vname, archs in sorted(self.rs.config.cuda.items()) or [("default", None)]:
-                cuda = tuple(normalise_archs(archs)) if archs is not None else None
+            for vname in sorted(self.rs.config.cuda) or ["default"]:
                 for platform in self.rs.config.platforms:
+                    cuda = (tuple(normalise_archs(self.rs.config.archs(vname, platform)))
+                            if self.rs.config.cuda else None)
                     pv = attrs.evolve(full, platform=platform, cuda=cuda)
                     out.extend((f"{vname}/{platform.replace('/', '-')}/{part}", part, pv) for part in parts)
             return out
@@ -301,7 +302,9 @@ class _Planner:
         if r.build.builder == "oci-image":
             pre["image"] = attrs.asdict(r.image)
             pre["platforms"] = list(self.rs.config.platforms)
-            pre["cuda_variants"] = {k: list(v) for k, v in sorted(self.rs.config.cuda.items())}
+            pre["cuda_variants"] = {
+                k: {p: self.rs.config.archs(k, p) for p in self.rs.config.platforms}
+                if isinstance(v, dict) else list(v) for k, v in sorted(self.rs.config.cuda.items())}
             from .oci.assemble import preimage_extras
 
             pre.update(preimage_extras(self.rs, self.lock, r))
@@ -357,18 +360,18 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
     p = _Planner(rs, lock, host)
     target = target or rs.config.target
     r = rs.get(target)
-    cuda_variants = list(rs.config.cuda.items()) or [("", None)]
+    variant_names: list[Optional[str]] = list(rs.config.cuda) or [None]
     targets: list[str] = []
     roots: list[str] = []
     from .builders.cuda import normalise_archs
 
     if r.build.builder == "oci-image":
-        cuda_variants = [("", None)]
-    for _vname, archs in cuda_variants:
-        cuda = tuple(normalise_archs(archs)) if archs is not None else None
+        variant_names = [None]
+    for vname in variant_names:
         platforms = [None] if r.build.builder == "oci-image" else [
             pl for pl in rs.config.platforms if not r.platforms or pl in r.platforms]
         for platform in platforms:
+            cuda = tuple(normalise_archs(rs.config.archs(vname, platform))) if vname is not None else None
             full = Variant(platform=platform, cuda=cuda, host=host.platform)
             nid = p.instantiate(target, full)
             if nid not in targets:
@@ -403,7 +406,8 @@ def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:
 def cuda_variant_name(rs: RecipeSet, archs: Optional[tuple[str, ...]]) -> Optional[str]:
     from .builders.cuda import normalise_archs
 
-    for name, lst in rs.config.cuda.items():
-        if archs is not None and tuple(normalise_archs(lst)) == archs:
-            return name
+    for name in rs.config.cuda:
+        for platform in rs.config.platforms:
+            if archs is not None and tuple(normalise_archs(rs.config.archs(name, platform))) == archs:
+                return name
     return None

@@ -169,7 +169,15 @@ class SetConfig:
     target: str
     source_date_epoch: int
     platforms: list[str] = attrs.field(factory=lambda: list(PLATFORMS))
-    cuda: dict[str, list[str]] = attrs.field(factory=dict)
+    # variant name -> arch list, or -> {platform -> arch list} where platforms differ (slime's
+    # arm64 images carry fewer architectures than its amd64 ones).
+    cuda: dict[str, object] = attrs.field(factory=dict)
+
+    def archs(self, variant: str, platform: Optional[str]) -> list[str]:
+        value = self.cuda[variant]
+        if isinstance(value, dict):
+            return list(value[platform]) if platform in value else []
+        return list(value)  # type: ignore[arg-type]
 
 
 @attrs.frozen
@@ -465,6 +473,7 @@ def load_set(root: Path, name: str) -> RecipeSet:
         if p not in PLATFORMS:
             raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
                               where=_where(cfg_path, root, text, "platforms"))
+    _check_cuda(config, lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
     recipes: dict[str, Recipe] = {}
     cache = _ParseCache(root, name)
     # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.
@@ -481,6 +490,30 @@ def load_set(root: Path, name: str) -> RecipeSet:
     rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
     _check_references(rs)
     return rs
+
+
+def _check_cuda(config: SetConfig, err) -> None:
+    from .builders.cuda import normalise_archs
+
+    def check_list(name: str, value: object) -> None:
+        if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+            raise err(name, f"cuda variant {name!r} must be a non-empty array of arch names")
+        try:
+            normalise_archs(value)
+        except ValueError as exc:
+            raise err(name, f"cuda variant {name!r}: {exc}") from None
+
+    for name, value in config.cuda.items():
+        if isinstance(value, dict):
+            for plat, archs in value.items():
+                if plat not in config.platforms:
+                    raise err(name, f"cuda variant {name!r} names platform {plat!r}, which set.toml does not build")
+                check_list(name, archs)
+            missing = [p for p in config.platforms if p not in value]
+            if missing:
+                raise err(name, f"cuda variant {name!r} has no arch list for {', '.join(missing)}")
+        else:
+            check_list(name, value)
 
 
 class _ParseCache:

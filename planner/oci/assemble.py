@@ -406,10 +406,11 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
     manifests: list[ManifestFacts] = []
     images: list[LayoutImage] = []
     indexes: dict[str, Descriptor] = {}
-    for vname, archs in variants:
-        ann = cuda_annotations(vname, archs) if archs else {}
+    for vname, archs_of in variants:
         per_platform: list[Descriptor] = []
         for platform in platforms:
+            archs = archs_of.get(platform) if isinstance(archs_of, dict) else archs_of
+            ann = cuda_annotations(vname, archs) if archs else {}
             layers: list[Layer] = []
             history: list[str] = []
             wheels: list[WheelFacts] = []
