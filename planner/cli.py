@@ -251,6 +251,27 @@ def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
             click.echo(f"{tree_digest(p)}  {p}")
 
 
+@main.command()
+@click.argument("what", metavar="URL | GIT_URL@REV")
+@click.pass_obj
+def prefetch(ctx: Context, what: str) -> None:
+    """Fetch a URL or a git revision into the store once and print its pins (sha256, tree hash)."""
+    from .mirrors import load_mirrors
+    from .resolve import prefetch as do_prefetch
+    from .store import Store
+
+    decl, li = do_prefetch(Store(ctx.store), what, mirrors=load_mirrors(ctx.root, ctx.mirrors),
+                           log=lambda s: click.echo(s, err=True))
+    pin = li.pins["any"]
+    if pin.commit:
+        click.echo(f"commit {pin.commit}")
+    if pin.sha256:
+        click.echo(f"sha256 {pin.sha256}")
+    if pin.size is not None:
+        click.echo(f"size {pin.size}")
+    click.echo(f"tree {pin.tree}")
+
+
 @main.group()
 def store() -> None:
     """Inspect and maintain the store."""

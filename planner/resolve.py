@@ -259,6 +259,25 @@ class Resolver:
         return entry
 
 
+def prefetch(store: Store, what: str, *, mirrors: list[str] = (), log: Callable[[str], None] = lambda s: None
+             ) -> tuple[InputDecl, LockedInput]:
+    """`planner prefetch`: fetch a URL or `GIT_URL@REV` once into the store and pin it, like
+    nix-prefetch-url / nix-prefetch-git. Prints what a recipe or lock needs."""
+    from .recipes import Source
+
+    is_git = what.startswith(("git+", "git://")) or re.search(r"\.git(@[^/]*)?$", what) is not None
+    if is_git:
+        spec = what[4:] if what.startswith("git+") else what
+        url, at, rev = spec.rpartition("@") if "@" in spec.rsplit("/", 1)[-1] else (spec, "", "")
+        source = Source(kind="git", url=url, rev=rev or "HEAD")
+    else:
+        source = Source(kind="url", url=what)
+    decl = InputDecl(id=f"prefetch/{source.kind}", recipe="prefetch", name="source", source=source)
+    resolver = Resolver(None, store, log=log, mirrors=list(mirrors))  # type: ignore[arg-type]
+    with store.gc_lock(exclusive=False):
+        return decl, resolver.resolve(decl)
+
+
 def declared_pins(decl: InputDecl) -> Optional[dict[str, Pin]]:
     """Pins a recipe states up front (a full git commit, a sha256, a tree hash): what a
     machine without network records, and what a machine with network must then find."""

@@ -162,14 +162,12 @@ def _copy_local(url: str, part: Path, where: str) -> Downloaded:
             os.fsync(fout.fileno())
     except IsADirectoryError:
         raise FetchError(f"{src} is a directory, not a file", where=where) from None
-    except OSError as exc:
-        if exc.errno in (28, 122):  # ENOSPC, EDQUOT: our side, not the source's
-            part.unlink(missing_ok=True)
-            raise FetchError(f"cannot write {part.name}: {exc.strerror}", where=where) from None
-        raise
     except FileNotFoundError:
         raise FetchError(f"no such file {src}", where=where) from None
     except OSError as e:
+        part.unlink(missing_ok=True)
+        if e.errno in (28, 122):  # ENOSPC, EDQUOT: our side, not the source's
+            raise FetchError(f"cannot write {part.name}: {e.strerror}", where=where) from None
         raise FetchError(f"cannot copy {src}: {_one_line(e)}", where=where) from None
     return hasher.result(part)
 
