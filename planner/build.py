@@ -93,7 +93,8 @@ def _mount_path(mount: str) -> str:
 
 
 def _input_dest(name: str, entry: Entry, filename: Optional[str]) -> str:
-    base = "/inputs/" + name
+    # Flat names: `source/sub/x` must not be mounted inside the read-only `source` mount.
+    base = "/inputs/" + name.replace("/", ":")
     if entry.path.is_dir():
         return base
     return f"{base}/{filename or entry.path.name}"

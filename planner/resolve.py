@@ -100,8 +100,10 @@ class Resolver:
             else:
                 _, commit = self._first_that_works(cands, lambda u: git.resolve(u, str(src.rev)), decl.id)
             dest = tmp / "checkout"
-            self._first_that_works(
+            used, _ = self._first_that_works(
                 cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache"), decl.id)
+            if src.submodules and self.rs is not None:
+                self._check_submodules(decl, used, commit)
             if src.subdir:
                 sub = dest / src.subdir
                 if not sub.is_dir():
@@ -194,6 +196,27 @@ class Resolver:
         except (OSError, KeyError, ValueError) as exc:
             raise FetchError(f"cannot pull {src.url}: {exc}", where=decl.id) from None
         return Fetched(dest, Pin(digest=digest, url=str(src.url)))
+
+    def _check_submodules(self, decl: InputDecl, url: str, commit: str) -> None:
+        """`submodules = true`: every gitlink of the commit must be declared as an input
+        `source/sub/<path>` of the recipe, pinned to the gitlink's commit, and nothing else.
+        Submodules are separate inputs with their own tree hashes (tree hash v1)."""
+        from .fetch import git
+
+        recipe = self.rs.recipes[decl.recipe]
+        declared = {name[len("source/sub/"):]: s for name, s in recipe.inputs.items() if name.startswith("source/sub/")}
+        links = {m.path: m for m in git.submodules(url, commit, cache_dir=self.store.root / "git-cache")}
+        for path, m in sorted(links.items()):
+            s = declared.get(path)
+            if s is None:
+                raise FetchError(f"{commit[:12]} has submodule {path} ({m.url} at {m.commit[:12]}); declare it as "
+                                 f'[inputs."source/sub/{path}"] with rev = "{m.commit}"', where=decl.id)
+            if s.rev != m.commit:
+                raise FetchError(f"submodule {path}: the recipe pins {s.rev}, the commit's gitlink is {m.commit}",
+                                 where=f"{decl.recipe}/source/sub/{path}")
+        for path in sorted(set(declared) - set(links)):
+            raise FetchError(f"source/sub/{path} is declared but {commit[:12]} has no submodule there",
+                             where=decl.id)
 
     def _maybe_unpack(self, decl: InputDecl, path: Path, pin: Pin, tmp: Path) -> Fetched:
         if not decl.unpacks:
