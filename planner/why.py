@@ -73,7 +73,7 @@ class Cause:
             "deps": f"dependencies of {self.recipe} ({self.field})",
             "image": f"image setting {self.field} of {self.recipe}",
             "sandbox": f"sandbox of {self.recipe}",
-            "new": f"{self.recipe} is new",
+            "new": f"{self.recipe} is new" if self.recipe else "first recorded realise: nothing earlier to compare with",
             "attestation": f"attestation inputs of {self.recipe} ({self.field}; the image bytes do not depend on them)",
             "format": "planner derivation format",
         }.get(self.kind, f"{self.kind} {self.field} of {self.recipe}")
@@ -281,8 +281,9 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
         found: dict[tuple, Cause] = {}
         mine: list[Cause] = []
         if before is None:
-            c = Cause("new", node.name, "recipe", None, None)
-            mine.append(c)
+            # With no earlier run at all, one cause says so instead of one per node.
+            mine.append(Cause("new", "", "first realise", None, None) if not previous
+                        else Cause("new", node.name, "recipe", None, None))
         elif before.key != node.key and before.preimage is not None and node.preimage is not None:
             for ch in diff_preimages(before.preimage, node.preimage):
                 c = classify(ch, node.name)
@@ -398,7 +399,9 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
             verb2 = "rebuilds" if exp.dry_run else "rebuilt"
             parts = [f"{verb2} {first}"]
             if others:
-                parts.append(f"{others} other variant{'s' if others > 1 else ''}")
+                same_recipe = len({n.split("[")[0] for n in r.nodes}) == 1
+                noun = "other variant" if same_recipe else "other node"
+                parts.append(f"{others} {noun}{'s' if others > 1 else ''}")
             parts.append(f"{deps} dependent{'s' if deps != 1 else ''}")
             lines.append(f"     -> {' and '.join(parts)} · cost {_dur(r.cost)}")
             if expand:
