@@ -167,19 +167,11 @@ def tmp_leftovers(store: Path) -> list[str]:
     return sorted(p.name for p in t.iterdir()) if t.is_dir() else []
 
 
-def make_writable(path: Path) -> None:
-    for dirpath, dirnames, _files in os.walk(path):
-        os.chmod(dirpath, 0o755)
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                os.chmod(p, 0o755)
-
-
 def rmtree(path: Path) -> None:
-    if path.exists():
-        make_writable(path)
-        shutil.rmtree(path)
+    """Remove a store (its entries are read-only) with the planner's own helper."""
+    from planner.store import remove_tree
+
+    remove_tree(path)
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -388,15 +380,12 @@ def auth_registry(workdir: Path, user: str, password: str) -> Iterator[str]:
                 pass
             time.sleep(0.05)
         if up:
+            from tests.support.registry import stop
+
             try:
                 yield address
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc)
             return
         if proc.poll() is None:
             proc.kill()

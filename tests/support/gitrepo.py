@@ -147,12 +147,9 @@ def git_daemon(base: Path) -> Iterator[str]:
         proc.wait()
     else:
         raise RuntimeError("git daemon did not start")
+    from .registry import stop
+
     try:
         yield f"git://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
