@@ -532,8 +532,17 @@ def remote_build(payload: dict) -> dict:
         if hit.ok:  # built already (a retry after a push, or another planner)
             return {"build_key": bkey, "digest": hit.digest, "seconds": 0.0, "reused": True,
                     "worker": _worker_name(), "phases": phases}
-        inputs = {n: _materialise(cache, store, s, f"input {n}") for n, s in payload["inputs"].items()}
-        deps = {m: _materialise(cache, store, s, f"dependency {m}") for m, s in payload["deps"].items()}
+        # Fetched in parallel: a node over many dependencies (an image, a wide join) would
+        # otherwise pay one cache round trip after another on the critical path.
+        from concurrent.futures import ThreadPoolExecutor
+
+        wanted = [("input", n, s) for n, s in payload["inputs"].items()] + \
+                 [("dependency", m, s) for m, s in payload["deps"].items()]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got_entries = list(pool.map(lambda w: _materialise(cache, store, w[2], f"{w[0]} {w[1]}"), wanted))
+        fetched = {(kind, name): e for (kind, name, _s), e in zip(wanted, got_entries)}
+        inputs = {n: fetched[("input", n)] for n in payload["inputs"]}
+        deps = {m: fetched[("dependency", m)] for m in payload["deps"]}
         phase("fetch")
         got = build_key(node, deps)
         if got != bkey:
