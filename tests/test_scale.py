@@ -148,7 +148,10 @@ def test_killed_worker_mid_build_is_retried_elsewhere(env):
     assert "err" not in out, out.get("err")
     res = out["res"].nodes["slow"]
     assert res.action == "built"
-    assert time.monotonic() - killed_at >= 2.5  # it was rebuilt from scratch, not resumed
+    # Rebuilt from scratch, not resumed: the build sleeps 3 s, so the rest of it cannot take less
+    # than that after the kill (a lower bound the build itself sets, not a speed claim).
+    rebuilt_after = time.monotonic() - killed_at
+    assert rebuilt_after >= 2.5, rebuilt_after
     expect = env.tmp / "expect-slow"
     expect.mkdir()
     (expect / "slow.txt").write_text("slow\n")
@@ -270,11 +273,11 @@ def test_node_needing_an_absent_resource_is_reported_at_once(env):
     problems = ex.check_runnable(p.plan.nodes.values())
     assert len(problems) == 1 and problems[0].startswith("native [linux/arm64]: no worker can run it")
     assert "arch_arm64=1 (no worker has it)" in problems[0]
-    start = time.monotonic()
+    # Refused before anything is submitted: no task ever reaches the scheduler.
     with pytest.raises(Unrunnable, match="arch_arm64"):
         realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex)
-    assert time.monotonic() - start < 5
     assert env.client.processing() and not any(env.client.processing().values())  # nothing left pending
+    assert not [k for k in env.client.who_has() if "native" in str(k)]
     big = prepare(env.proj, target="big", store=env.tmp / "big-store")
     (line,) = ex.check_runnable(big.plan.nodes.values())
     assert "MEMORY=64.0 GiB (largest worker offers 3.7 GiB)" in line
