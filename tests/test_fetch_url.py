@@ -93,7 +93,9 @@ def test_backoff_is_exponential(server: LoopbackServer, route_path: str, tmp_pat
     start = time.monotonic()
     with pytest.raises(FetchError):
         download(server.url(route_path), tmp_path / "f", retries=3, backoff=0.05, timeout=5.0)
-    assert time.monotonic() - start >= 0.05 + 0.1 + 0.2
+    # A lower bound the backoff sleeps themselves set (a slow machine can only add to it).
+    waited = time.monotonic() - start
+    assert waited >= 0.05 + 0.1 + 0.2, waited
 
 
 def test_connection_reset_is_retried(server: LoopbackServer, route_path: str, tmp_path: Path) -> None:
@@ -176,12 +178,10 @@ def test_slow_body_times_out_then_succeeds(server: LoopbackServer, route_path: s
 def test_slow_body_past_the_timeout_every_time(server: LoopbackServer, route_path: str, tmp_path: Path) -> None:
     server.add(route_path, BODY, fault=Fault.SLOW, times=100, delay=2.0)
     url = server.url(route_path)
-    start = time.monotonic()
     with pytest.raises(FetchError) as e:
         download(url, tmp_path / "f", timeout=0.3, retries=1, backoff=0.01)
-    assert time.monotonic() - start < 1.9  # gave up on the timeout, did not wait for the body
     assert_one_line_about(e.value, url)
-    assert "ReadTimeout" in str(e.value)
+    assert "ReadTimeout" in str(e.value)  # gave up on the read timeout, did not wait for the body
     assert_clean(tmp_path / "f", present=False)
 
 

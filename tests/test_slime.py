@@ -205,8 +205,11 @@ def test_rootfs_builds_use_the_base_image(rs, the_plan):
 
 def test_resource_hints_for_heavy_cuda_builds(rs):
     apex = rs.get("apex")
-    assert apex.estimate_seconds >= 3600 and apex.resources.memory_bytes >= 32 << 30
-    assert rs.get("int4-qat").estimate_seconds >= 120
+    # Recipe data, not measurements: the cost hints the scheduler and `plan` use.
+    apex_hours = apex.estimate_seconds / 3600
+    assert apex_hours >= 1 and apex.resources.memory_bytes >= 32 << 30
+    int4_minutes = rs.get("int4-qat").estimate_seconds / 60
+    assert int4_minutes >= 2
 
 
 # -- no network inside a build -----------------------------------------------------------------
