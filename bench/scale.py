@@ -6,10 +6,11 @@
 The graph is `width` independent leaves that each sleep `seconds` in the sandbox, under one
 `top` node that depends on all of them. For each N, a fresh local Dask cluster of N worker
 processes (1 thread, `arch_amd64=1`, `MEMORY=4e9` each, own worker store) builds the graph
-through the real path: the planner schedules, workers build in bubblewrap, push signed entries
-to Debian's docker-registry on 127.0.0.1, and the planner fetches every output back into a
-fresh store. Wall time is measured from the first submission to the last output in the
-planner's store (cluster start-up excluded). It prints one row per N:
+through `planner.realise.realise`: the planner plans and schedules, workers build in
+bubblewrap and push signed entries to Debian's docker-registry on 127.0.0.1, and the planner
+fetches the target's output into a fresh store (`--download toplevel`, the default; `--download
+all` fetches every leaf too, as before). Wall time is that of the realise call, planning
+included, cluster start-up excluded. It prints one row per N:
 
     speed-up   = T(1 worker) / T(N workers)
     efficiency = speed-up / N                       target: >= 0.85
@@ -32,28 +33,66 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def run_one(tmp: Path, registry: str, n: int, width: int, seconds: float, signer, trusted) -> tuple[float, int]:
+def run_one(tmp: Path, registry: str, n: int, width: int, seconds: float, signer, trusted,
+            download: str, oversubscribe: float) -> tuple[float, int]:
     from planner.cache import BinaryCache
-    from planner.executors import DaskExecutor, realise_closure
-    from tests.support.scale_project import dask_cluster, prepare, wide_set
+    from planner.executors import DaskExecutor
+    from tests.support.scale_project import dask_cluster, realise_on, wide_set
 
-    base = tmp / f"n{n}"
+    base = tmp / f"n{n}-{download}"
     proj = wide_set(base, width=width, seconds=seconds)
     workers = {f"w{i:02d}": {"arch_amd64": 1, "MEMORY": 4e9} for i in range(n)}
     with dask_cluster(base, workers) as (_cluster, client):
-        cache = BinaryCache(f"oci://{registry}/bench-scale-n{n}", trusted=trusted, signer=signer)
-        p = prepare(proj, store=base / "planner-store")
+        cache = BinaryCache(f"oci://{registry}/bench-scale-n{n}-{download}", trusted=trusted, signer=signer)
         # PLANNER_BENCH_SANDBOX=off where bubblewrap cannot run (some GPU hosts' VMs).
-        ex = DaskExecutor(client, cache, sandboxed=os.environ.get("PLANNER_BENCH_SANDBOX", "on") != "off")
-        start = time.monotonic()
-        res = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex)
+        ex = DaskExecutor(client, cache, sandboxed=os.environ.get("PLANNER_BENCH_SANDBOX", "on") != "off",
+                          oversubscribe=oversubscribe)
+        start, t0 = time.monotonic(), time.time()
+        res, nodes = realise_on(proj, ex, store=base / "planner-store", download=download)
         wall = time.monotonic() - start
-        if res.failed:
-            raise SystemExit(f"N={n}: failed: {next(iter(res.failed.values()))}")
-        built = sum(1 for o in res.nodes.values() if o.action == "built")
-        p.close()
+        if res.failures:
+            raise SystemExit(f"N={n}: failed: {res.failures[0]}")
+        built = sum(1 for o in nodes.values() if o.action == "built")
+        print("    " + phase_summary(ex.timings, n, wall), flush=True)
+        print("    " + timeline(ex.timings, t0, wall), flush=True)
         cache.close()
     return wall, built
+
+
+def timeline(timings: list[dict], t0: float, wall: float) -> str:
+    """Where the wall time goes: until the first task starts on a worker (planning, runnable
+    checks, submission), the mean idle gap between one worker's consecutive tasks, the last
+    task (the `top` join), and from its end to the realise's return."""
+    tasks = sorted((t["worker_started"], t["worker_ended"], t.get("worker"), t["node"])
+                   for t in timings if "worker_ended" in t)
+    if not tasks:
+        return "(no timeline)"
+    by_worker: dict = {}
+    for st, en, w, _ in tasks:
+        by_worker.setdefault(w, []).append((st, en))
+    gaps = [b[0] - a[1] for runs in by_worker.values() for a, b in zip(runs, runs[1:])]
+    last = max(tasks, key=lambda t: t[1])
+    return (f"timeline: first task after {tasks[0][0] - t0:.2f} s; mean gap between a worker's tasks "
+            f"{sum(gaps) / max(1, len(gaps)):.3f} s; last task {last[3]} {last[1] - last[0]:.2f} s; "
+            f"returned {t0 + wall - last[1]:.2f} s after it")
+
+
+def phase_summary(timings: list[dict], n: int, wall: float) -> str:
+    """Mean seconds per node: planner-side submit/wait/fetch, worker-side phases, and the gap
+    between the planner's wait and the worker's own time (Dask dispatch and result delivery);
+    `busy` is the workers' task time over N x wall."""
+    if not timings:
+        return "(no timings)"
+    def mean(key):
+        vals = [t[key] for t in timings if isinstance(t.get(key), (int, float))]
+        return sum(vals) / len(vals) if vals else 0.0
+    task = [t["worker_ended"] - t["worker_started"] for t in timings if "worker_ended" in t]
+    gap = [t["wait"] - d for t, d in zip([t for t in timings if "worker_ended" in t], task)]
+    parts = [f"{k} {mean(k):.3f}" for k in ("submit", "wait", "fetch", "worker_setup", "worker_fetch",
+                                            "worker_build", "worker_push")]
+    parts.append(f"dispatch+return {sum(gap) / max(1, len(gap)):.3f}")
+    parts.append(f"busy {sum(task) / (n * wall):.2f}")
+    return "per node: " + ", ".join(parts)
 
 
 def main() -> None:
@@ -61,6 +100,10 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (1 is always measured)")
     ap.add_argument("--width", type=int, default=0, help="leaves (default: max(32, 8 x the largest N))")
     ap.add_argument("--seconds", type=float, default=1.0, help="sleep of each leaf")
+    ap.add_argument("--oversubscribe", type=float, default=2.0,
+                    help="builds in flight per worker thread (DaskExecutor's oversubscribe)")
+    ap.add_argument("--download", choices=["toplevel", "all"], default="toplevel",
+                    help="which outputs the planner fetches back (as `planner realise --download`)")
     args = ap.parse_args()
     ns = sorted({1, *(int(x) for x in args.workers.split(",") if x.strip())})
     width = args.width or max(32, 8 * max(ns))
@@ -74,11 +117,12 @@ def main() -> None:
         try:
             pub = generate_key(tmp / "bench.sec", "bench-1")
             signer, trusted = Signer.from_file(tmp / "bench.sec"), TrustedKeys([pub])
-            print(f"wide graph: {width} leaves x {args.seconds:g} s sleep + 1 top node; "
+            print(f"wide graph: {width} leaves x {args.seconds:g} s sleep + 1 top node; download {args.download}; oversubscribe {args.oversubscribe:g}; "
                   f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}; registry {registry}", flush=True)
             rows = []
             for n in ns:
-                wall, built = run_one(tmp, registry, n, width, args.seconds, signer, trusted)
+                wall, built = run_one(tmp, registry, n, width, args.seconds, signer, trusted, args.download,
+                                      args.oversubscribe)
                 rows.append((n, wall, built))
                 print(f"  N={n}: {wall:.2f} s ({built} built; load average {os.getloadavg()[0]:.1f})", flush=True)
         finally:

@@ -856,7 +856,7 @@ def push_closure(cache: BinaryCache, store: Store, nodes: Iterable[tuple[str, st
 def push_run(cache: BinaryCache, store: Store, record: dict, *, with_inputs: bool = True) -> dict[str, int]:
     """Push everything a run record produced (its nodes) and, optionally, the inputs it used."""
     nodes = [(n["key"], n["build_key"]) for n in record.get("nodes", [])
-             if n.get("build_key") and n.get("action") in ("built", "reused", "substituted", "checked")]
+             if n.get("build_key") and n.get("path") and n.get("action") in ("built", "reused", "substituted", "checked")]
     inputs: list[str] = []
     if with_inputs:
         by_path = {str(e.path): e.key for e in store.entries()}

@@ -152,14 +152,18 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
               default=None, help="Secret key that signs pushed entries (planner keys generate).")
 @click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
               help="Public key whose signatures are trusted (repeatable; env PLANNER_TRUSTED_KEYS).")
+@click.option("--platform", "platform_", default=None, metavar="OS/ARCH",
+              help="Only the targets for this platform (and those without one), e.g. linux/arm64.")
+@click.option("--download", type=click.Choice(["toplevel", "all"]), default="toplevel",
+              help="With a remote executor: fetch only the targets' outputs (default) or every output.")
 @click.pass_obj
 def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
             as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
-            trusted_keys: tuple[str, ...]) -> None:
+            trusted_keys: tuple[str, ...], platform_: str | None, download: str) -> None:
     """Build what is missing and print the target's output."""
     name = _default_set(ctx, set_name)
-    if not (dry_run or check or executor or cache_to or out_link):
+    if not (dry_run or check or executor or cache_to or out_link or platform_):
         # The no-op fast path: the standard library and one sqlite query, nothing else.
         from .noop import try_noop
 
@@ -181,7 +185,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
                           executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
-                          trusted_keys=trusted)
+                          trusted_keys=trusted, platform=platform_, download=download)
     progress = None
     if not as_json and not dry_run:
         from .progress import make_progress

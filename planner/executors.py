@@ -5,8 +5,10 @@ the ready node it is handed and returns `planner.build.Built`, as `planner.build
 - `DaskExecutor` (`--executor dask://HOST:PORT`): the node becomes a Dask task with resources
   taken from the node (`arch_amd64` / `arch_arm64`, `GPU`, `MEMORY`); the worker opens its own
   store, fetches the node's inputs and dependencies from the binary cache, builds in the same
-  sandbox, pushes the signed output to the cache and returns its key and digest; the planner
-  then fetches the output into its own store (verified like any substitute).
+  sandbox, pushes the signed output to the cache and returns its key and digest. The planner
+  verifies the signed entry and fetches the output into its own store only where it is asked
+  to (`download=True`: the targets, by default); other outputs stay in the cache as
+  `RemoteEntry`s, like Bazel's `--remote_download_toplevel`.
 
 Nothing half-built reaches the cache: a worker pushes only after `build()` added a complete,
 hashed output to its store, and the manifest goes up last. A worker that dies mid-build loses
@@ -30,14 +32,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Iterable, Optional, Protocol, Union
 
-import attrs
 
 from .build import BuildRequest, Built, Running, build, build_key
 from .errors import BuildError, PlannerError
 from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
-from .store import Entry, Store
+from .store import Entry, RemoteEntry, Store
 
 PAYLOAD_FORMAT = 1
 ARCH_PREFIX = "arch_"
@@ -53,8 +54,12 @@ class Executor(Protocol):
     def check_runnable(self, nodes: Iterable[Node]) -> list[str]:
         """One line per node this executor cannot run, naming what is missing."""
 
-    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
-        """Build one ready node (or reuse it) into `store`."""
+    remote: bool  # builds run elsewhere: dependencies need not be in the local store
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0,
+              download: bool = True) -> Built:
+        """Build one ready node (or reuse it) into `store`; with `download=False` a remote
+        executor may leave the output in its cache and return a `RemoteEntry`."""
 
     def close(self) -> None: ...
 
@@ -121,7 +126,10 @@ class LocalExecutor:
                            f"{host}: use a native worker (--executor dask://…)")
         return out
 
-    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
+    remote = False
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0,
+              download: bool = True) -> Built:
         return build(req, store, running)
 
     def close(self) -> None:
@@ -277,13 +285,16 @@ class DaskExecutor:
 
     # -- payload -------------------------------------------------------------------------
 
-    def _ensure_in_cache(self, store: Store, entry: Entry, input_key: str) -> None:
+    def _ensure_in_cache(self, store: Store, entry: Union[Entry, RemoteEntry], input_key: str) -> None:
         """Make `entry` available to workers: push it unless the cache already has it."""
         with self._ensure_guard:
             lock = self._ensure_locks.setdefault(entry.key, threading.Lock())
         with lock:
             if self.cache.has(entry.key):
                 return
+            if isinstance(entry, RemoteEntry):
+                raise BuildError(entry.name, f"output {entry.key} is gone from {entry.cache} (evicted?) and not in "
+                                             "the local store: run again to rebuild it")
             self.cache.push_from_store(store, entry.key, input_key)
 
     def payload(self, req: BuildRequest, store: Store) -> dict:
@@ -326,7 +337,10 @@ class DaskExecutor:
 
     # -- one build -----------------------------------------------------------------------
 
-    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0) -> Built:
+    remote = True
+
+    def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0,
+              download: bool = True) -> Built:
         node = req.node
         bkey = build_key(node, req.deps)
         existing = store.lookup(bkey)
@@ -353,12 +367,17 @@ class DaskExecutor:
                              tail=err.get("tail", ""))
         if res["build_key"] != bkey:
             raise BuildError(node.label(), f"worker built key {res['build_key']}, expected {bkey}")
-        entry = store.lookup(bkey)
+        entry: Union[Entry, RemoteEntry, None] = store.lookup(bkey)
         if entry is None:
+            # Verified (signature, key, digest) whether fetched or not: an output that is not
+            # usable from the cache fails here, not in the next worker.
             hit = self.cache.lookup(bkey)
             if not hit.ok:
                 raise BuildError(node.label(), f"the worker's output is not usable from the cache: {hit.line()}")  # type: ignore[union-attr]
-            entry = self.cache.fetch(hit, store)  # type: ignore[arg-type]
+            if download:
+                entry = self.cache.fetch(hit, store)  # type: ignore[arg-type]
+            else:
+                entry = RemoteEntry(bkey, hit.digest, node.name, str(self.cache.ref))  # type: ignore[union-attr]
         with self._info_lock:
             self.timings.append({"node": node.id, "submit": t1 - t0, "wait": t2 - t1,
                                  "fetch": time.monotonic() - t2, "worker": res.get("worker"),
@@ -570,7 +589,7 @@ def remote_build(payload: dict) -> dict:
         raise RemoteError(f"{type(e).__name__}: {e}") from None
 
 
-# -- a realise loop over an executor ---------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------
 
 class Unrunnable(PlannerError):
     """Nodes of the plan that no worker of the executor can run; `problems` has one line each."""
@@ -579,81 +598,3 @@ class Unrunnable(PlannerError):
         self.problems = list(problems)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(problems[0] + more)
-
-
-@attrs.frozen
-class NodeOutcome:
-    id: str
-    action: str  # built | reused | substituted
-    build_key: str
-    digest: str
-    path: str
-    seconds: float = 0.0
-
-
-@attrs.frozen
-class ClosureResult:
-    nodes: dict[str, NodeOutcome]
-    failed: dict[str, BaseException]
-    skipped: list[str]
-
-
-def realise_closure(plan, store: Store, *, resolver, lock, decls, executor: Executor,
-                    substituters: Sequence = (), cache_to: Sequence = (), node_ids: Optional[Iterable[str]] = None,
-                    sandboxed: bool = True, keep_going: bool = False,
-                    durations: Optional[dict[str, float]] = None,
-                    on_event: Callable[[str, str], None] = lambda kind, nid: None) -> ClosureResult:
-    """Realise a plan's closure through `executor`: reuse, else substitute, else build; push
-    each result to every `cache_to`. The reference loop for `planner realise` (same order of
-    checks as its `work()`), used by the scale-out tests and bench."""
-    from .graph import critical_path
-    from .schedule import Job, run_dag
-
-    ids = plan.closure(node_ids if node_ids is not None else plan.roots)
-    priority = critical_path(plan, durations or store.durations(plan.set))
-    problems = executor.check_runnable([plan.nodes[n] for n in ids])
-    if problems:
-        raise Unrunnable(problems)
-    store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in ids})
-    entries: dict[str, Entry] = {}
-    out: dict[str, NodeOutcome] = {}
-    running = Running()
-    guard = threading.Lock()
-
-    def work(nid: str) -> NodeOutcome:
-        node = plan.nodes[nid]
-        deps = {m: entries[d] for m, d in node.deps.items()}
-        bkey = build_key(node, deps)
-        action, seconds = "reused", 0.0
-        entry = store.lookup(bkey)
-        if entry is None and substituters:
-            from .cache import substitute
-
-            entry = substitute(substituters, store, bkey)
-            action = "substituted"
-        if entry is None:
-            inputs = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
-                      for name, ref in node.inputs.items()}
-            on_event("start", nid)
-            req = BuildRequest(node=node, inputs=inputs, deps=deps, jobs=max(1, node.cores), sandboxed=sandboxed)
-            built = executor.build(req, store, running, priority=priority[nid])
-            entry, seconds = built.entry, built.seconds
-            action = "reused" if built.reused else "built"
-        store.realise(node.key, bkey, entry.digest)
-        for c in cache_to:
-            pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
-            c.push(bkey, entry, pre, node.key)
-        res = NodeOutcome(nid, action, bkey, entry.digest, str(entry.path), seconds)
-        with guard:
-            entries[nid] = entry
-            out[nid] = res
-        on_event("done", nid)
-        return res
-
-    jobs = [Job(id=n, deps=tuple(plan.nodes[n].deps.values()), priority=priority[n], cores=1,
-                memory=0) for n in ids]
-    outcome = run_dag(jobs, work, slots=executor.slots(), memory=executor.memory_budget(),
-                      keep_going=keep_going, cancel=running.cancel)
-    if outcome.interrupted:
-        raise KeyboardInterrupt
-    return ClosureResult(out, dict(outcome.failed), list(outcome.skipped))

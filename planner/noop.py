@@ -52,7 +52,10 @@ def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str],
     for rel in cache.get("absent", []):
         if os.path.exists(rel):
             return None
-    keys = [n["key"] for n in cache["nodes"]]
+    # Nodes without a local path (left in a binary cache, or not needed below a valid output)
+    # are not checked: only what the run put in this store has to still be there.
+    local = [n for n in cache["nodes"] if n.get("path")]
+    keys = [n["key"] for n in local]
     try:
         db = sqlite3.connect(f"file:{store_root / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
         try:
@@ -69,7 +72,7 @@ def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str],
         return None
     if len(found) != len(set(keys)):
         return None
-    for n in cache["nodes"]:
+    for n in local:
         p, d = found[n["key"]]
         if d != n["digest"] or not os.path.lexists(store_root / p):
             return None

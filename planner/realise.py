@@ -10,7 +10,7 @@ import platform as _platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import attrs
 
@@ -35,6 +35,11 @@ class RealiseOptions:
     cache_to: tuple[str, ...] = ()  # binary caches to write (needs signing_key)
     signing_key: Optional[Path] = None
     trusted_keys: tuple[str, ...] = ()
+    platform: Optional[str] = None  # only the targets for this platform (and platform-free ones)
+    # What a remote executor's outputs come back as: "toplevel" fetches the targets and leaves
+    # intermediate outputs in the binary cache (Bazel's --remote_download_toplevel); "all"
+    # fetches every output into the local store.
+    download: str = "toplevel"
 
 
 @attrs.frozen
@@ -213,12 +218,21 @@ def image_digest(output: Path) -> Optional[str]:
 
 
 def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions = RealiseOptions(),
-            *, progress: Optional[Callable[[str, object], None]] = None) -> RealiseResult:
+            *, progress: Optional[Callable[[str, object], None]] = None, executor=None,
+            substituters: Sequence = (), cache_to: Sequence = ()) -> RealiseResult:
+    """Realise the set's target (every platform and variant) into the store at `store_root`.
+
+    `executor`, `substituters` and `cache_to` take ready objects (an `Executor`, `BinaryCache`s)
+    for callers that hold them already, such as a Dask client of their own; they are used
+    besides what `options` names by URL, and the caller keeps ownership of them."""
+    if options.download not in ("toplevel", "all"):
+        raise PlannerError(f"download must be toplevel or all, not {options.download!r}")
     root = Path(root).resolve()
     store_root = Path(store_root).absolute()
     emit = progress or (lambda kind, data: None)
     if (options.use_plan_cache and not options.dry_run and not options.check and store_root.exists()
-            and not options.cache_to and not options.executor):
+            and not options.cache_to and not options.executor and executor is None and not cache_to
+            and options.platform is None):
         cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
         if cache is not None:
             nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
@@ -231,7 +245,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             return result
 
     from . import lock as lockmod
-    from .build import BuildRequest, Running, build, build_key, differing_files, rebuild_for_check
+    from .build import BuildRequest, Running, build_key, differing_files, rebuild_for_check
     from .graph import critical_path, plan as make_plan
     from .recipes import load_set
     from .resolve import Resolver
@@ -262,7 +276,9 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         durations = store.durations(set_name)
         priority = critical_path(plan, durations)
         previous = _previous_keys(store, set_name)
-        closure = plan.closure(plan.roots)
+        roots = _roots_for(plan, rs, options.platform)
+        targets = [t for t in plan.targets if t in roots]
+        closure = plan.closure(roots)
 
         # What is already valid: a realisation for the input key whose entry is present.
         by_key = store.realisations([plan.nodes[n].key for n in closure])
@@ -274,6 +290,16 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 e = store.lookup(r.build_key)
                 if e is not None and not options.check:
                     valid[nid] = e
+        # Only what the roots need is built or fetched: below a valid output nothing has to be
+        # present (an output is self-contained; run-time needs are roots of their own).
+        needed: set[str] = set()
+        stack = list(roots)
+        while stack:
+            nid = stack.pop()
+            if nid in needed or nid in valid:
+                continue
+            needed.add(nid)
+            stack.extend(plan.nodes[nid].deps.values())
         results: dict[str, NodeResult] = {}
 
         def reason_for(nid: str) -> str:
@@ -287,9 +313,24 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 return "inputs changed"
             return "not in the store"
 
-        todo = [nid for nid in closure if nid not in valid]
+        todo = [nid for nid in closure if nid in needed]
         jobs_n = options.jobs or os.cpu_count() or 1
-        executor, subs, pushes = _scale_out(options, jobs_n)
+        own_executor = executor is None
+        made, subs, pushes = _scale_out(options, jobs_n, have_executor=not own_executor)
+        executor = executor if executor is not None else made
+        subs = [*subs, *substituters]
+        pushes = [*pushes, *cache_to]
+
+        def close_executor() -> None:
+            if own_executor:
+                executor.close()
+
+        # Leave a remote build's output in the cache unless it is a root, or something has to
+        # read it here: a --check rebuild, or a cache to copy it to that its worker did not use.
+        exec_cache = str(getattr(getattr(executor, "cache", None), "ref", ""))
+        keep_remote = (executor.remote and options.download == "toplevel" and not options.check
+                       and all(str(c.ref) == exec_cache for c in pushes))
+        fetch_back = set(roots) if keep_remote else None
         if options.dry_run:
             from .resolve import fixed_key
 
@@ -317,7 +358,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
                 if problems_run:
                     blocked = "; ".join(problems_run)
-            executor.close()
+            close_executor()
             nodes = []
             for nid in closure:
                 node = plan.nodes[nid]
@@ -325,17 +366,19 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     e = valid[nid]
                     nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
                                             e.key, e.digest, str(e.path)))
+                elif nid not in needed:
+                    nodes.append(_unneeded(nid, node, known.get(nid)))
                 else:
                     nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
                                             reason_for(nid), previous_key=previous.get(nid)))
-            return RealiseResult(set=set_name, targets=list(plan.targets), output=None, digest=None, nodes=nodes,
+            return RealiseResult(set=set_name, targets=targets, output=None, digest=None, nodes=nodes,
                                  steps=steps, blocked=blocked)
 
         from .executors import Unrunnable
 
         problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
         if problems_run:
-            executor.close()
+            close_executor()
             raise Unrunnable(problems_run)
         running = Running()
         entries: dict[str, object] = dict(valid)
@@ -357,6 +400,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             from .graph import resolved_preimage
 
             for c in pushes:
+                if getattr(entry, "path", None) is None:
+                    continue  # a RemoteEntry: its worker pushed it to this very cache
                 try:
                     c.push(bkey, entry, resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}), node.key)
                 except CacheError as exc:
@@ -406,7 +451,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
             reason = reason_for(nid)  # before building: the build records a realisation
             emit("start", node.label())
-            built = executor.build(req, store, running, priority=priority[nid])
+            built = executor.build(req, store, running, priority=priority[nid],
+                                   download=fetch_back is None or nid in fetch_back)
             push(node, built.build_key, built.entry, deps)
             if built.reused:
                 why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
@@ -440,7 +486,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             outcome = run_dag(jobs, work_and_keep, slots=executor.slots(), memory=executor.memory_budget(),
                               keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
         finally:
-            executor.close()
+            close_executor()
 
         for nid in closure:
             node = plan.nodes[nid]
@@ -448,10 +494,15 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 e = valid[nid]
                 results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
                                           e.key, e.digest, str(e.path))
+            elif nid not in needed:
+                results[nid] = _unneeded(nid, node, known.get(nid))
             elif nid in node_results:
                 e, bkey, secs, action, why = node_results[nid]
+                if e.path is None:
+                    why += f" (output left in {e.cache})"
                 results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
-                                          str(e.path), secs, previous.get(nid), nondeterministic.get(nid))
+                                          None if e.path is None else str(e.path), secs, previous.get(nid),
+                                          nondeterministic.get(nid))
             elif nid in outcome.failed:
                 exc = outcome.failed[nid]
                 msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
@@ -471,12 +522,12 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             else:
                 failures.append(f"{plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
 
-        target_results = [results[t] for t in plan.targets]
+        target_results = [results[t] for t in targets]
         output = target_results[0].path if len(target_results) == 1 else None
         digest = image_digest(Path(output)) if output else None
         record = {
             "set": set_name,
-            "targets": list(plan.targets),
+            "targets": targets,
             "output": output,
             "digest": digest,
             "started": time.time(),
@@ -495,7 +546,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         }
         run_id = store.add_run(record)
         store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
-        result = RealiseResult(set=set_name, targets=list(plan.targets), output=output, digest=digest,
+        result = RealiseResult(set=set_name, targets=targets, output=output, digest=digest,
                                nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
         if outcome.interrupted:
             raise KeyboardInterrupt
@@ -503,10 +554,27 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             store.set_root(f"set:{root}:{set_name}", Path(output))
             if options.out_link:
                 _out_link(options.out_link, Path(output), store)
-        if not failures and not options.check:
+        if not failures and not options.check and options.platform is None:
             _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
         store.close()
         return result
+
+
+def _roots_for(plan, rs, platform: Optional[str]) -> list[str]:
+    """The plan's roots, or those for one platform (and those without a platform axis)."""
+    if platform is None:
+        return list(plan.roots)
+    if platform not in rs.config.platforms:
+        raise PlannerError(f"platform {platform} is not one of the set's platforms "
+                           f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
+    return [r for r in plan.roots if plan.nodes[r].variant.platform in (None, platform)]
+
+
+def _unneeded(nid: str, node, realisation) -> NodeResult:
+    """A node below a valid output: nothing was built or fetched for it."""
+    return NodeResult(nid, node.name, node.variant.label(), node.key, "reused",
+                      "not needed: what depends on it is valid",
+                      realisation.build_key if realisation else None, realisation.digest if realisation else None)
 
 
 def _closure_inputs(store, plan, closure: list[str]) -> set[str]:
@@ -523,14 +591,14 @@ def _closure_inputs(store, plan, closure: list[str]) -> set[str]:
     return out
 
 
-def _scale_out(options: RealiseOptions, jobs: int):
-    """The executor, and the binary caches to read from and write to."""
+def _scale_out(options: RealiseOptions, jobs: int, *, have_executor: bool = False):
+    """The executor (None where the caller brings one), and the binary caches to read from and
+    write to, from the options' URLs."""
     from .executors import executor_for
 
     if not (options.executor or options.substituters or options.cache_to):
-        return executor_for(None, jobs=jobs, sandboxed=options.sandbox), [], []
+        return None if have_executor else executor_for(None, jobs=jobs, sandboxed=options.sandbox), [], []
     from .cache import BinaryCache, Signer, TrustedKeys
-    from .errors import PlannerError
 
     if options.cache_to and options.signing_key is None:
         raise PlannerError("--cache-to needs --signing-key: cache entries are signed")
@@ -538,6 +606,8 @@ def _scale_out(options: RealiseOptions, jobs: int):
     signer = Signer.from_file(Path(options.signing_key)) if options.signing_key else None
     subs = [BinaryCache(u, trusted=trusted) for u in options.substituters]
     pushes = [BinaryCache(u, trusted=trusted, signer=signer) for u in options.cache_to]
+    if have_executor:
+        return None, subs, pushes
     executor = executor_for(options.executor, cache=pushes[0] if pushes else None, jobs=jobs,
                             sandboxed=options.sandbox)
     return executor, subs, pushes

@@ -69,6 +69,23 @@ class Entry:
 
 
 @attrs.frozen
+class RemoteEntry:
+    """An output known by key and digest that lives in a binary cache, not in this store.
+
+    Bazel's "build without the bytes": a remote build's intermediate output stays in the cache
+    its worker pushed it to; dependants need only its digest (for their build keys) and its
+    key (for the next worker to fetch it). `path` is None: nothing local may read it."""
+
+    key: str
+    digest: str
+    name: str
+    cache: str  # the binary cache holding it (oci://HOST/REPO)
+    kind: str = "build"
+    impure: bool = False
+    path: None = None
+
+
+@attrs.frozen
 class Realisation:
     input_key: str
     build_key: str

@@ -32,12 +32,12 @@ from planner.cache import (  # noqa: E402
     signed_payload,
     substitute,
 )
-from planner.executors import DaskExecutor, Unrunnable, realise_closure  # noqa: E402
+from planner.executors import DaskExecutor, Unrunnable  # noqa: E402
 from planner.graph import resolved_preimage  # noqa: E402
 from planner.hashing import tree_digest  # noqa: E402
 from planner.store import Store  # noqa: E402
 from tests.support.registry import registry  # noqa: E402,F401
-from tests.support.scale_project import dask_cluster, prepare, scale_set  # noqa: E402
+from tests.support.scale_project import dask_cluster, prepare, realise_on, scale_set  # noqa: E402
 
 WORKERS = {"amd": {"arch_amd64": 1, "MEMORY": 4e9}, "any": {"MEMORY": 4e9}}
 
@@ -69,21 +69,53 @@ def remote_run(env):
     """The diamond realised through the cluster into an empty planner store, pushing to the cache."""
     p = prepare(env.proj, store=env.tmp / "planner-store")
     ex = DaskExecutor(env.client, env.cache())
-    res = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex)
-    yield p, res
+    res, nodes = realise_on(env.proj, ex, store=env.tmp / "planner-store")
+    yield p, nodes
     p.close()
 
 
 def test_remote_realise_matches_local(env, remote_run):
-    _p, res = remote_run
-    assert not res.failed
-    assert {n.action for n in res.nodes.values()} == {"built"}
+    p, nodes = remote_run
+    assert {n.action for n in nodes.values()} == {"built"}
     local = env.proj.realise()  # the ordinary local realise, into the project's own store
     assert {n.id: (n.build_key, n.digest) for n in local.nodes} == \
-        {nid: (o.build_key, o.digest) for nid, o in res.nodes.items()}
+        {nid: (o.build_key, o.digest) for nid, o in nodes.items()}
     # The workers' stores hold the outputs too (each worker its own store).
     worker_entries = {p.name for w in WORKERS for p in (env.tmp / "workers" / w / "store").glob("*-d-1.0")}
-    assert any(name.startswith(res.nodes["d"].build_key) for name in worker_entries)
+    assert any(name.startswith(nodes["d"].build_key) for name in worker_entries)
+    # Only the target came back to the planner's store; a, b and c stay in the cache, signed,
+    # and are recorded as realised (their digests feed d's build key).
+    assert p.store.lookup(nodes["d"].build_key) is not None and nodes["d"].path
+    for nid in "abc":
+        assert p.store.lookup(nodes[nid].build_key) is None and nodes[nid].path is None
+        assert "output left in oci://" in nodes[nid].reason
+        assert env.cache().lookup(nodes[nid].build_key).ok
+        assert p.store.realisation(p.plan.nodes[nid].key).digest == nodes[nid].digest
+    assert p.store.verify() == []
+
+
+def test_download_all_fetches_every_output(env, remote_run, tmp_path):
+    p = prepare(env.proj, store=tmp_path / "all-store")
+    _res, nodes = realise_on(env.proj, DaskExecutor(env.client, env.cache()), store=tmp_path / "all-store",
+                             download="all")
+    assert {nid: o.digest for nid, o in nodes.items()} == {nid: o.digest for nid, o in remote_run[1].items()}
+    for nid in "abcd":  # the workers had them: reused there, and every output fetched here
+        e = p.store.lookup(nodes[nid].build_key)
+        assert e is not None and str(e.path) == nodes[nid].path
+    p.close()
+
+
+def test_valid_target_needs_nothing_below_it(env, remote_run):
+    """A second realise against the store that holds only d: nothing is built, fetched or
+    submitted, though a, b and c are not in that store."""
+    class NoBuilds(DaskExecutor):
+        def build(self, *a, **kw):
+            raise AssertionError("the target is valid: nothing below it may be built")
+
+    res, nodes = realise_on(env.proj, NoBuilds(env.client, env.cache()), store=env.tmp / "planner-store")
+    assert nodes["d"].reason == "valid in the store"
+    assert {nodes[n].reason for n in "abc"} == {"not needed: what depends on it is valid"}
+    assert {nid: o.digest for nid, o in nodes.items()} == {nid: o.digest for nid, o in remote_run[1].items()}
 
 
 def test_empty_store_with_substituter_builds_nothing(env, remote_run):
@@ -95,11 +127,10 @@ def test_empty_store_with_substituter_builds_nothing(env, remote_run):
 
     reader = env.cache(signer=False)  # substituting needs only the public key
     ex = NoBuilds(env.client, env.cache())
-    res = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex,
-                          substituters=[reader])
-    assert {n.action for n in res.nodes.values()} == {"substituted"}
-    assert {k: o.digest for k, o in res.nodes.items()} == {k: o.digest for k, o in remote_run[1].nodes.items()}
-    assert p.store.realisation(p.plan.nodes["d"].key).digest == res.nodes["d"].digest
+    _res, nodes = realise_on(env.proj, ex, store=env.tmp / "second-store", substituters=[reader])
+    assert {n.action for n in nodes.values()} == {"substituted"}
+    assert {k: o.digest for k, o in nodes.items()} == {k: o.digest for k, o in remote_run[1].items()}
+    assert p.store.realisation(p.plan.nodes["d"].key).digest == nodes["d"].digest
     assert p.store.verify() == []
     p.close()
     # `planner store pull`: the whole closure, dependencies first, into a third empty store.
@@ -116,8 +147,7 @@ def test_killed_worker_mid_build_is_retried_elsewhere(env):
 
     def run():
         try:
-            out["res"] = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls,
-                                         executor=ex)
+            out["res"] = realise_on(env.proj, ex, store=env.tmp / "kill-store", target="slow")[1]
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             out["err"] = e
 
@@ -146,7 +176,7 @@ def test_killed_worker_mid_build_is_retried_elsewhere(env):
     t.join(60)
     assert not t.is_alive()
     assert "err" not in out, out.get("err")
-    res = out["res"].nodes["slow"]
+    res = out["res"]["slow"]
     assert res.action == "built"
     # Rebuilt from scratch, not resumed: the build sleeps 3 s, so the rest of it cannot take less
     # than that after the kill (a lower bound the build itself sets, not a speed claim).
@@ -174,7 +204,7 @@ def _tamper(cache: BinaryCache, key: str, edit) -> None:
 def test_tampered_unsigned_and_untrusted_entries_are_refused(env, remote_run, tmp_path):
     p, res = remote_run
     cache = env.cache("tamper")
-    b = p.store.lookup(res.nodes["b"].build_key)
+    b = substitute([env.cache()], p.store, res["b"].build_key)  # b stayed in the cache: fetch it
     pre = p.store.preimage(b.key)
     assert cache.push(b.key, b, pre, p.plan.nodes["b"].key) == "pushed"
     assert cache.push(b.key, b, pre, p.plan.nodes["b"].key) == "present"
@@ -203,7 +233,7 @@ def test_tampered_unsigned_and_untrusted_entries_are_refused(env, remote_run, tm
     assert classify_miss([miss], built_before=True).category == "bad-signature"
 
     # The same signed entry copied under another key's tag.
-    other = res.nodes["c"].build_key
+    other = res["c"].build_key
     got = cache._get_manifest(b.key)
     cache.push(b.key, b, pre, p.plan.nodes["b"].key, force=True)  # restore b
     good = cache._get_manifest(b.key)[1]
@@ -251,9 +281,10 @@ def test_resource_routing_and_near_miss(env, remote_run):
     amd, arm = "native[linux/amd64]", "native[linux/arm64]"
     ex = DaskExecutor(env.client, env.cache())
     assert ex.resources_for(p.plan.nodes[amd]) == {"arch_amd64": 1, "MEMORY": 1 << 30}
-    res = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex,
-                          node_ids=[amd])
-    bkey = res.nodes[amd].build_key
+    _res, nodes = realise_on(env.proj, ex, store=env.tmp / "native-store", target="native",
+                             platform="linux/amd64")
+    assert set(nodes) == {amd}  # --platform: the arm64 root is not part of this run
+    bkey = nodes[amd].build_key
     assert list((env.tmp / "workers" / "amd" / "store").glob(f"{bkey}-*"))  # routed to the amd64 worker
     assert not list((env.tmp / "workers" / "any" / "store").glob(f"{bkey}-*"))
     # The arm64 variant is not in the cache, but the same node is, for another platform.
@@ -275,7 +306,7 @@ def test_node_needing_an_absent_resource_is_reported_at_once(env):
     assert "arch_arm64=1 (no worker has it)" in problems[0]
     # Refused before anything is submitted: no task ever reaches the scheduler.
     with pytest.raises(Unrunnable, match="arch_arm64"):
-        realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex)
+        realise_on(env.proj, ex, store=env.tmp / "arm-store", target="native")
     assert env.client.processing() and not any(env.client.processing().values())  # nothing left pending
     assert not [k for k in env.client.who_has() if "native" in str(k)]
     big = prepare(env.proj, target="big", store=env.tmp / "big-store")
@@ -286,14 +317,13 @@ def test_node_needing_an_absent_resource_is_reported_at_once(env):
 
 
 def test_failed_remote_build_reports_the_log_and_is_not_retried(env):
-    from planner.errors import BuildError
-
     p = prepare(env.proj, target="broken", store=env.tmp / "broken-store")
     ex = DaskExecutor(env.client, env.cache())
-    res = realise_closure(p.plan, p.store, resolver=p.resolver, lock=p.lock, decls=p.decls, executor=ex)
-    (exc,) = res.failed.values()
-    assert isinstance(exc, BuildError) and "status 3" in exc.message
-    assert "about to fail" in exc.tail and exc.log.split(":", 1)[0] in WORKERS
+    res, nodes = realise_on(env.proj, ex, store=env.tmp / "broken-store", target="broken")
+    assert nodes["broken"].action == "failed" and "status 3" in nodes["broken"].reason
+    (failure,) = res.failures
+    assert "about to fail" in failure
+    assert any(f"log: {w}:" in failure for w in WORKERS), failure  # the worker's log, by worker name
     assert not env.cache().lookup(build_key(p.plan.nodes["broken"], {})).ok
     p.close()
 

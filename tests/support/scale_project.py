@@ -109,3 +109,15 @@ def dask_cluster(tmp_path: Path, workers: dict[str, dict[str, float]], *, nthrea
     finally:
         client.close()
         cluster.close()
+
+
+def realise_on(proj: Project, executor, *, store: Path, target: Optional[str] = None,
+               platform: Optional[str] = None, substituters=(), download: str = "toplevel"):
+    """`planner realise` through the Python API with an executor the caller holds; returns
+    (RealiseResult, {node id: NodeResult})."""
+    from planner.realise import RealiseOptions, realise
+
+    res = realise(proj.root, proj.set, store,
+                  RealiseOptions(target=target, platform=platform, download=download, use_plan_cache=False),
+                  executor=executor, substituters=substituters)
+    return res, {n.id: n for n in res.nodes}
