@@ -130,6 +130,16 @@ def normalise_archs(archs: Iterable[str]) -> list[str]:
     return [_canonical(n, s, parsed[(n, s)]) for n, s in keys]
 
 
+def torch_arch_list(archs: Iterable[str]) -> list[str]:
+    """The arch list in TORCH_CUDA_ARCH_LIST's dotted form: `sm_90a` -> `9.0a`,
+    `sm_120+PTX` -> `12.0+PTX`, `sm_100f` -> `10.0f` (canonical order, as `normalise_archs`)."""
+    out = []
+    for name in normalise_archs(archs):
+        number, suffix, ptx = parse_arch(name)
+        out.append(f"{number // 10}.{number % 10}{suffix}" + ("+PTX" if ptx else ""))
+    return out
+
+
 def gencode_flags(archs: Iterable[str]) -> list[str]:
     """nvcc `-gencode` flags for an arch list, in canonical order.
 

@@ -7,6 +7,7 @@ the standard library. Everything it needs is in the spec; everything it writes g
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -104,14 +105,28 @@ def build_unpack(spec: dict, src: Path, out: Path) -> None:
     shutil.copytree(src, out, symlinks=True)
 
 
+# The PEP 517 frontend, run by the build's own Python (the base image's, for rootfs builds):
+# argv = buildenv, backend, wheel dir, config settings (JSON), require extensions (0/1).
 _FRONTEND = r"""
-import importlib, sys, os
+import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
+if sys.argv[5] == "1":
+    # setup.py files mark helper extensions optional=True, and setuptools then turns a failed
+    # compile into a warning and a wheel without the extension. Forced off, it fails the build.
+    import setuptools.extension
+    _init = setuptools.extension.Extension.__init__
+    def _required(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        if getattr(self, "optional", False):
+            print("planner: extension %s is optional in setup.py; required here" % self.name, flush=True)
+        self.optional = False
+    setuptools.extension.Extension.__init__ = _required
 backend_name, _, obj = sys.argv[2].partition(":")
 backend = importlib.import_module(backend_name)
 for part in filter(None, obj.split(".")):
     backend = getattr(backend, part)
-name = backend.build_wheel(sys.argv[3])
+settings = json.loads(sys.argv[4]) or None
+name = backend.build_wheel(sys.argv[3], settings) if settings else backend.build_wheel(sys.argv[3])
 print("built", name)
 """
 
@@ -129,35 +144,81 @@ def _buildenv(spec: dict) -> Path:
     return env
 
 
-def _build_backend(src: Path) -> str:
-    pyproject = src / "pyproject.toml"
-    if pyproject.is_file():
-        import tomllib
+_TABLE = re.compile(r"^\s*\[([^\]]+)\]\s*(?:#.*)?$")
+_BACKEND = re.compile(r"""^\s*build-backend\s*=\s*(["'])([^"']+)\1\s*(?:#.*)?$""")
 
-        data = tomllib.loads(pyproject.read_text())
+
+def _toml_loads(text: str):
+    """tomllib where it exists (3.11+); the base image's Python may be 3.10: then tomli from
+    the build environment or pip's vendored copy; None if none of them is there."""
+    for mod in ("tomllib", "tomli", "pip._vendor.tomli"):
+        try:
+            loads = importlib.import_module(mod).loads
+        except ImportError:
+            continue
+        return loads(text)
+    return None
+
+
+def build_backend(project: Path) -> str:
+    """The `[build-system] build-backend` of a project, else setuptools' legacy backend (PEP 517)."""
+    pyproject = project / "pyproject.toml"
+    if not pyproject.is_file():
+        return "setuptools.build_meta:__legacy__"
+    text = pyproject.read_text()
+    data = _toml_loads(text)
+    if data is not None:
         backend = data.get("build-system", {}).get("build-backend")
-        if backend:
-            return backend
-    return "setuptools.build_meta:__legacy__"
+    else:  # no TOML parser at all: the one key that matters, read line by line
+        backend, table = None, None
+        for line in text.splitlines():
+            t = _TABLE.match(line)
+            if t:
+                table = t.group(1).strip()
+                continue
+            b = _BACKEND.match(line)
+            if b and table == "build-system":
+                backend = b.group(2)
+    return backend or "setuptools.build_meta:__legacy__"
 
 
-def build_python_wheel(spec: dict, src: Path, out: Path) -> None:
+def pep517_wheel(spec: dict, project: Path, out: Path, *, env: dict | None = None,
+                 config_settings: dict | None = None) -> None:
+    """Build `project` through its PEP 517 backend with the pinned build requirements on both
+    sys.path and PYTHONPATH (setup.py files run `python3 -m pybind11 --includes` and the like),
+    no isolation and no network; then normalise the one wheel into `out`."""
     from .wheelfile import normalise_wheel
 
     settings = spec.get("settings", {})
-    project = src / settings.get("subdir", ".")
     env_dir = _buildenv(spec)
     wheelhouse = BUILD / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
-    backend = settings.get("backend") or _build_backend(project)
-    run([sys.executable, "-s", "-c", _FRONTEND, str(env_dir), backend, str(wheelhouse)], cwd=project)
+    backend = settings.get("backend") or build_backend(project)
+    run_env = dict(os.environ)
+    run_env.update(env or {})
+    run_env["PYTHONPATH"] = os.pathsep.join([str(env_dir), *filter(None, [run_env.get("PYTHONPATH")])])
+    require = "1" if settings.get("require-extensions") else "0"
+    try:
+        run([sys.executable, "-s", "-c", _FRONTEND, str(env_dir), backend, str(wheelhouse),
+             json.dumps(config_settings or {}, sort_keys=True), require], cwd=project, env=run_env)
+    except BuildFailure as exc:
+        raise BuildFailure(f"build_wheel of {backend} failed ({exc}); its error is above in the log") from None
     wheels = sorted(wheelhouse.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildFailure(f"expected one wheel from {backend}, got {[w.name for w in wheels]}")
     normalise_wheel(wheels[0], out, source_date_epoch=spec["source_date_epoch"])
 
 
+def build_python_wheel(spec: dict, src: Path, out: Path) -> None:
+    settings = spec.get("settings", {})
+    pep517_wheel(spec, src / settings.get("subdir", "."), out,
+                 config_settings=settings.get("config-settings"))
+
+
 _WHEEL_PLATFORM = {"linux/amd64": "manylinux_2_28_x86_64", "linux/arm64": "manylinux_2_28_aarch64"}
+
+
+_MACHINE_PLATFORM = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}
 
 
 def build_cuda_wheel(spec: dict, src: Path, out: Path) -> None:
@@ -171,6 +232,9 @@ def build_cuda_wheel(spec: dict, src: Path, out: Path) -> None:
     if not archs or not platform:
         raise BuildFailure("cuda-wheel needs the platform and cuda variant axes")
     toolkit = Path(spec["deps"].get("toolchain/cuda", "/toolchains/cuda"))
+    if settings.get("frontend") == "pep517":
+        pep517_cuda_wheel(spec, src, out, archs=list(archs), platform=platform, toolkit=toolkit)
+        return
     sources = [src / s for s in settings.get("sources", [])]
     if not sources:
         raise BuildFailure("cuda-wheel needs settings.sources (the .cu files)")
@@ -183,6 +247,33 @@ def build_cuda_wheel(spec: dict, src: Path, out: Path) -> None:
     wheel_from_tree(src, list(settings.get("packages", [])), name=spec["name"], version=spec["version"], tag=tag,
                     out_dir=out, source_date_epoch=spec["source_date_epoch"],
                     requires=list(settings.get("requires", [])), summary=settings.get("summary", ""))
+
+
+def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform: str, toolkit: Path) -> None:
+    """A torch CUDAExtension-style project through its own setup.py, for the variant's archs.
+
+    The arch list is exported in torch's dotted form under `arch-list-env` (TORCH_CUDA_ARCH_LIST
+    by default): the project compiles for the variant, never for a GPU it might see (none is
+    visible: CUDA_VISIBLE_DEVICES is empty). `nvcc-threads` becomes NVCC_APPEND_FLAGS, the
+    node's cores MAX_JOBS (torch's parallel compile), `config-settings` go to build_wheel."""
+    from .cuda import torch_arch_list
+
+    machine = _MACHINE_PLATFORM.get(os.uname().machine)
+    if machine != platform:
+        raise BuildFailure(f"frontend pep517 builds natively: this sandbox runs {machine}, the node is {platform} "
+                           "(build inside a root filesystem of that platform on a native worker)")
+    settings = spec.get("settings", {})
+    env = {settings.get("arch-list-env", "TORCH_CUDA_ARCH_LIST"): " ".join(torch_arch_list(archs)),
+           "CUDA_VISIBLE_DEVICES": "", "MAX_JOBS": str(max(1, int(spec.get("jobs", 1))))}
+    threads = settings.get("nvcc-threads")
+    if threads:
+        env["NVCC_APPEND_FLAGS"] = " ".join(filter(None, [os.environ.get("NVCC_APPEND_FLAGS"), f"--threads {int(threads)}"]))
+    if "CUDA_HOME" not in os.environ and (toolkit / "bin" / "nvcc").exists():
+        env["CUDA_HOME"] = str(toolkit)
+        env["PATH"] = f"{toolkit}/bin:" + os.environ.get("PATH", "/usr/bin:/bin")
+    log("cuda env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "PATH"))
+    pep517_wheel(spec, src / settings.get("subdir", "."), out, env=env,
+                 config_settings=settings.get("config-settings"))
 
 
 BUILDERS = {

@@ -1,0 +1,1 @@
+"""Stand-in for megatron.core.datasets with its compiled helper."""
