@@ -54,6 +54,7 @@ class Source:
     python: Optional[str] = None  # pypi wheels: python tag, e.g. "3.11"
     platform: Optional[str] = None  # pypi wheels: always this platform (a cross target's runtime)
     tree: Optional[str] = None  # expected tree hash (a prefetched pin, checked when fetched)
+    suite: Optional[str] = None  # apt: the distribution it must come from, e.g. "ubuntu/jammy"
 
     def unpacks(self) -> bool:
         if self.unpack is not None:
@@ -455,6 +456,8 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
         raise err("sha256", f"input {name!r}: sha256 must be 64 lowercase hex digits")
     if s.tree and not re.fullmatch(r"blake3:[0-9a-f]{64}", s.tree):
         raise err("tree", f"input {name!r}: tree must be blake3:<64 hex digits>")
+    if s.suite is not None and (s.kind != "apt" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*", s.suite)):
+        raise err("suite", f"input {name!r}: suite is for apt inputs and reads vendor/codename, e.g. ubuntu/jammy")
     if s.kind == "git" and s.url and s.url.startswith("-"):
         raise err("url", f"input {name!r}: invalid git url")
 
@@ -523,7 +526,16 @@ class _ParseCache:
     Lives under $PLANNER_CACHE (default ~/.cache/planner); a miss just parses the file.
     """
 
-    VERSION = 3
+    VERSION = 4
+
+    @staticmethod
+    def _schema() -> tuple:
+        """What the pickled classes look like: this module's own stat signature, so a planner
+        with other recipe classes (an upgrade, a checkout in development) never reads them."""
+        from . import __version__
+
+        st = Path(__file__).stat()
+        return (_ParseCache.VERSION, __version__, st.st_mtime_ns, st.st_size)
 
     def __init__(self, root: Path, set_name: str) -> None:
         import hashlib
@@ -536,11 +548,9 @@ class _ParseCache:
         try:
             import pickle
 
-            from . import __version__
-
             with open(self.path, "rb") as f:
                 data = pickle.load(f)
-            if data.get("version") == (self.VERSION, __version__):
+            if data.get("version") == self._schema():
                 self.entries = data["entries"]
         except Exception:  # a missing, stale or unreadable cache is only a miss
             self.entries = {}
@@ -565,13 +575,11 @@ class _ParseCache:
             return
         import pickle
 
-        from . import __version__
-
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             with open(tmp, "wb") as f:
-                pickle.dump({"version": (self.VERSION, __version__), "entries": self.entries}, f,
+                pickle.dump({"version": self._schema(), "entries": self.entries}, f,
                             protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, self.path)
         except OSError:

@@ -120,8 +120,9 @@ class Resolver:
                                  platform=src.platform or (None if platform == ANY else platform),
                                  python_version=src.python)
             sha, b3 = file_sha256_and_blake3(path)
-            if pin and pin.sha256 and pin.sha256 != sha:
-                raise HashMismatch(f"{decl.id} ({path.name})", pin.sha256, sha)
+            for expected in (pin.sha256 if pin else None, src.sha256):  # the lock's, the recipe's
+                if expected and expected != sha:
+                    raise HashMismatch(f"{decl.id} ({path.name})", expected, sha)
             got = Pin(sha256=sha, size=path.stat().st_size, filename=path.name, version=src.version, tree=b3)
             return self._maybe_unpack(decl, path, got, tmp)
 
@@ -130,7 +131,8 @@ class Resolver:
 
             version = pin.version if pin and pin.version else src.version
             try:
-                pkg = apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state")
+                pkg = apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
+                                   suite=src.suite)
             except FetchError as exc:
                 raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
                                  where=decl.id) from None

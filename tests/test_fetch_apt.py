@@ -98,3 +98,30 @@ def test_debian_arch(given: str, expected: str) -> None:
 def test_unknown_arch() -> None:
     with pytest.raises(FetchError, match="unknown architecture 'linux/mips'"):
         debian_arch("linux/mips")
+
+
+def test_suite_is_checked_against_the_apt_sources(tmp_path: Path, state_dir: Path) -> None:
+    """A recipe that wants Ubuntu jammy's package is refused on a Debian machine instead of
+    pinning Debian's package of the same name; the machine's own suite is accepted."""
+    from planner.fetch.apt import _releases, _State
+
+    got = download(PACKAGE, None, "amd64", tmp_path / "any", state_dir=state_dir)
+    releases = set(_releases(_State.create(state_dir, "amd64")).values())
+    origin, codename = sorted(releases)[0]
+    base = codename.split("-")[0]
+    ok = download(PACKAGE, got.version, "amd64", tmp_path / "own", state_dir=state_dir, suite=f"{origin}/{base}")
+    assert ok.path.read_bytes() == got.path.read_bytes()
+    with pytest.raises(FetchError) as e:
+        download(PACKAGE, got.version, "amd64", tmp_path / "other", state_dir=state_dir, suite="ubuntu/jammy")
+    assert "wants ubuntu/jammy, and this machine's apt sources offer only" in str(e.value)
+    assert f"{origin}/{base}" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "other").exists() or not list((tmp_path / "other").iterdir())
+
+
+def test_suite_matches_pockets_of_the_codename() -> None:
+    from planner.fetch.apt import suite_matches
+
+    assert suite_matches("debian/bookworm", "debian", "bookworm-security")
+    assert suite_matches("ubuntu/jammy", "ubuntu", "jammy-updates")
+    assert not suite_matches("ubuntu/jammy", "debian", "jammy")
+    assert not suite_matches("debian/bookworm", "debian", "bookworm2")

@@ -140,6 +140,63 @@ def _candidate(state: _State, package: str) -> str:
     return m.group(1)
 
 
+_SOURCE_LINE = re.compile(r"^\s*-?\d+\s+(\S+\s+\S+\s+\S+\s+Packages)\s*$")
+
+
+def _releases(state: _State) -> dict[str, tuple[str, str]]:
+    """`apt-cache policy`'s package files: "URL dist/component arch Packages" -> (origin, codename)."""
+    proc = state.run("apt-cache", "policy")
+    out: dict[str, tuple[str, str]] = {}
+    current = None
+    for line in proc.stdout.splitlines():
+        m = _SOURCE_LINE.match(line)
+        if m:
+            current = m.group(1)
+            continue
+        if current and line.strip().startswith("release "):
+            fields = dict(kv.split("=", 1) for kv in line.strip()[8:].split(",") if "=" in kv)
+            out[current] = (fields.get("o", "").lower(), fields.get("n", "").lower())
+            current = None
+    return out
+
+
+def _version_sources(state: _State, package: str, version: str) -> list[str]:
+    """The package files that offer `package` at `version` (from its version table)."""
+    proc = state.run("apt-cache", "policy", package)
+    lines = proc.stdout.splitlines()
+    out, inside = [], False
+    for line in lines:
+        head = re.match(r"^\s*(?:\*\*\*)?\s*(\S+)\s+-?\d+\s*$", line)
+        if head and not _SOURCE_LINE.match(line):
+            inside = head.group(1) == version
+            continue
+        m = _SOURCE_LINE.match(line)
+        if inside and m:
+            out.append(m.group(1))
+    return out
+
+
+def suite_matches(suite: str, origin: str, codename: str) -> bool:
+    """`ubuntu/jammy` matches origin Ubuntu with codename jammy or one of its pockets (jammy-updates)."""
+    vendor, _, name = suite.lower().partition("/")
+    return origin == vendor and (codename == name or codename.startswith(name + "-"))
+
+
+def _check_suite(state: _State, package: str, version: str, suite: str) -> None:
+    releases = _releases(state)
+    offered = sorted({f"{o}/{n}" for o, n in releases.values() if o and n})
+    if not any(suite_matches(suite, o, n) for o, n in releases.values()):
+        raise FetchError(f"wants {suite}, and this machine's apt sources offer only {', '.join(offered) or 'nothing'}: "
+                         f"lock it where apt points at {suite}", where=f"apt:{package}={version}")
+    sources = _version_sources(state, package, version)
+    if not sources:
+        raise _NotAvailable()
+    if not any(suite_matches(suite, *releases.get(src, ("", ""))) for src in sources):
+        got = sorted({"/".join(releases.get(src, ("?", "?"))) for src in sources})
+        raise FetchError(f"{package}={version} comes from {', '.join(got)} here, not {suite}",
+                         where=f"apt:{package}={version}")
+
+
 def _fetch(state: _State, package: str, version: str, dest_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".apt-download-", dir=dest_dir) as tmp:
         os.chmod(tmp, 0o755)
@@ -195,11 +252,14 @@ def _with_fresh_lists(state: _State, package: str, version: str | None, step: Ca
                      f"or never there); run planner lock --update {package}", where=f"apt:{what}")
 
 
-def download(package: str, version: str | None, arch: str, dest_dir: Path, *, state_dir: Path) -> AptPackage:
+def download(package: str, version: str | None, arch: str, dest_dir: Path, *, state_dir: Path,
+             suite: str | None = None) -> AptPackage:
     """Download `package` (at `version`, or the current candidate when None) for `arch`.
 
-    Returns the .deb's path in `dest_dir` and the package, version and architecture read back
-    from the .deb itself.
+    `suite` (`ubuntu/jammy`, `debian/bookworm`) is the distribution the package must come
+    from: apt sources of another distribution are refused instead of pinning a package of the
+    same name from them. Returns the .deb's path in `dest_dir` and the package, version and
+    architecture read back from the .deb itself.
     """
     _check_names(package, version)
     deb_arch = debian_arch(arch)
@@ -209,6 +269,8 @@ def download(package: str, version: str | None, arch: str, dest_dir: Path, *, st
 
     def step() -> Path:
         wanted = version if version is not None else _candidate(state, package)
+        if suite:
+            _check_suite(state, package, wanted, suite)
         return _fetch(state, package, wanted, dest_dir)
 
     with state.locked():

@@ -1,22 +1,32 @@
-"""PyPI distributions through `pip download`, with the machine's own pip configuration.
+"""PyPI distributions: wheels through `pip download`, sdists from the index's Simple API.
 
-pip, not a hand-written index client, so that the index URL, extra indexes, find-links
-mirrors, certificates and proxies configured for pip on this machine apply unchanged.
+Wheels go through pip, not a hand-written index client, so that the index URL, extra
+indexes, find-links mirrors, certificates and proxies configured for pip on this machine
+apply unchanged. Sdists do not: `pip download` of an sdist prepares its metadata, which runs
+the package's build backend after installing its build requirements (TransformerEngine's
+torch binding installs torch first: gigabytes, or a failure). An sdist is a file on the index
+whose name says its version, so it is taken from the Simple API (PEP 691 JSON, PEP 503 HTML)
+of the indexes pip is configured with, and checked against the index's sha256.
 """
 
 from __future__ import annotations
 
+import functools
+import html
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple, Optional
 
 from ..errors import FetchError
 
-__all__ = ["download", "platform_tags", "wheel_arch"]
+__all__ = ["IndexFile", "download", "find_sdist", "index_urls", "platform_tags", "wheel_arch"]
 
 # The glibc versions manylinux wheels are tagged for, newest first. 2.17 is manylinux2014,
 # 2.12 manylinux2010, 2.5 manylinux1; their legacy aliases are listed as well since pip
@@ -121,6 +131,12 @@ def download(
     args = _pip_args(name, version, dist, platform, python_version, abi)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
+    if dist == "sdist":
+        from .url import download as url_download
+
+        found = find_sdist(name, version)
+        url_download(found.url, dest_dir / found.filename, sha256=found.sha256)
+        return dest_dir / found.filename
     # Inside dest_dir so the final move is a rename on one file system.
     with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=dest_dir) as tmp:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--dest", tmp, *args],
@@ -141,3 +157,122 @@ def download(
         final = dest_dir / got.name
         os.replace(got, final)
         return final
+
+
+# -- sdists from the Simple API ----------------------------------------------------------------
+
+class IndexFile(NamedTuple):
+    filename: str
+    url: str
+    sha256: Optional[str]  # None where the index gives no sha256 (then only the lock pins it)
+
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+_ANCHOR = re.compile(r"<a\s[^>]*?href\s*=\s*[\"']([^\"']+)[\"'][^>]*>\s*([^<]+?)\s*</a>", re.IGNORECASE)
+
+
+def normalise_name(name: str) -> str:
+    """PEP 503: lower case, runs of `-`, `_`, `.` become one `-`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.lru_cache(maxsize=1)
+def _pip_config() -> dict[str, str]:
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def index_urls() -> list[str]:
+    """The indexes pip would use here: index-url (else PyPI), then every extra-index-url."""
+    def pick(option: str) -> Optional[str]:
+        env = os.environ.get("PIP_" + option.upper().replace("-", "_"))
+        if env:
+            return env
+        cfg = _pip_config()
+        for scope in (":env:", "download", "global"):
+            if f"{scope}.{option}" in cfg:
+                return cfg[f"{scope}.{option}"]
+        return None
+
+    main = pick("index-url") or DEFAULT_INDEX
+    extra = (pick("extra-index-url") or "").split()
+    return list(dict.fromkeys([main, *extra]))
+
+
+def _is_sdist_of(filename: str, name: str, version: str) -> bool:
+    for ext in (".tar.gz", ".zip"):
+        if filename.endswith(ext):
+            stem = filename[: -len(ext)]
+            dist, sep, ver = stem.rpartition("-")
+            return bool(sep) and normalise_name(dist) == normalise_name(name) and ver == version
+    return False
+
+
+def _parse_page(body: bytes, content_type: str, page_url: str) -> list[IndexFile]:
+    if "json" in content_type:
+        data = json.loads(body)
+        return [IndexFile(f["filename"], urllib.parse.urljoin(page_url, f["url"]), (f.get("hashes") or {}).get("sha256"))
+                for f in data.get("files", [])]
+    files = []
+    for href, text in _ANCHOR.findall(body.decode("utf-8", "replace")):
+        url = urllib.parse.urljoin(page_url, html.unescape(href))
+        base, _, fragment = url.partition("#")
+        algo, _, digest = fragment.partition("=")
+        files.append(IndexFile(html.unescape(text).strip(), base, digest.lower() if algo == "sha256" else None))
+    return files
+
+
+def _project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
+    """The files an index lists for a project, or None if the index does not know it."""
+    page = index.rstrip("/") + "/" + normalise_name(name) + "/"
+    if page.startswith("file:"):
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
+        listing = folder / "index.html"
+        if listing.is_file():
+            return _parse_page(listing.read_bytes(), "text/html", listing.as_uri())
+        if folder.is_dir():
+            return [IndexFile(p.name, p.as_uri(), None) for p in sorted(folder.iterdir()) if p.is_file()]
+        return None
+    import httpx
+
+    try:
+        r = client.get(page, headers={"Accept": _ACCEPT}, follow_redirects=True)
+    except httpx.HTTPError as e:
+        raise FetchError(f"index {index} unreachable: {type(e).__name__}: {e}", where=f"{name}") from None
+    if r.status_code == 404:
+        return None
+    if r.status_code != 200:
+        raise FetchError(f"index {index} answered {r.status_code} for {page}", where=name)
+    return _parse_page(r.content, r.headers.get("content-type", ""), str(r.url))
+
+
+def find_sdist(name: str, version: str, *, indexes: Optional[list[str]] = None, client=None) -> IndexFile:
+    """The sdist `name==version` on the first index that lists it (no metadata preparation)."""
+    import httpx
+
+    where = f"{name}=={version}"
+    indexes = indexes if indexes is not None else index_urls()
+    own = client is None
+    if own:
+        import ssl
+
+        cert = os.environ.get("PIP_CERT") or _pip_config().get("global.cert")
+        verify = ssl.create_default_context(cafile=cert) if cert and os.path.isfile(cert) else True
+        client = httpx.Client(timeout=60.0, verify=verify, trust_env=True)
+    try:
+        for index in indexes:
+            files = _project_files(index, name, client)
+            hits = [f for f in files or [] if _is_sdist_of(f.filename, name, version)]
+            if hits:
+                return sorted(hits, key=lambda f: not f.filename.endswith(".tar.gz"))[0]
+    finally:
+        if own:
+            client.close()
+    raise FetchError(f"no sdist of {where} on {', '.join(indexes)}", where=where)
