@@ -278,6 +278,8 @@ class _Planner:
                              where=r.file)
         requires = tuple(r.requires)
         inputs = self._inputs(r, variant)
+        if r.build.builder == "oci-image":
+            inputs.update(self._base_image_inputs(r))
         impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
         pre = {
             "format": PREIMAGE_FORMAT,
@@ -320,6 +322,19 @@ class _Planner:
         )
         self.nodes[nid] = node
         return nid
+
+    def _base_image_inputs(self, r: Recipe) -> dict[str, InputRef]:
+        """An image on a pulled registry base reuses that base's own layer blobs and config:
+        the base's pinned image input, per platform, is an input of the image node too."""
+        assert r.image is not None
+        base = self.rs.get(r.image.base) if r.image.base else None
+        if base is None or base.build.builder != "image-rootfs":
+            return {}
+        out = {}
+        for platform in self.rs.config.platforms:
+            (ref,) = self._inputs(base, Variant(platform=platform)).values()
+            out[f"base-image/{platform.replace('/', '-')}"] = ref
+        return out
 
     def _host_packages(self, r: Recipe, variant: Variant) -> dict[str, str]:
         if r.build.rootfs:

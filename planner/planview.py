@@ -101,7 +101,7 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
     cp = critical_path(p, durations)
     nodes = []
     for nid, node in p.nodes.items():
-        unlocked = [ref.decl for ref in node.inputs.values() if not ref.locked]
+        unlocked = sorted({ref.decl for ref in node.inputs.values() if not ref.locked})
         action = "reuse" if nid in realised else ("unlocked" if unlocked else "build")
         nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.key, node.builder, action,
                                  durations.get(nid, node.estimate), sorted(set(node.deps.values())), node.impure,

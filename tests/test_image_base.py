@@ -5,6 +5,7 @@ distribution API, unpacked with whiteouts, and used as the root filesystem a bui
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def _project(root: Path, ref: str) -> None:
         '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
         '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
         '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+    # An image on the pulled base: its layers reused by digest, plus a file-tree layer group.
+    (folder / "extra.toml").write_text(
+        'name = "extra"\nversion = "1"\n[build]\nbuilder = "shell"\n'
+        'script = "mkdir -p $out/etc && echo extra > $out/etc/extra.txt"\n')
+    (folder / "img.toml").write_text(
+        'name = "img"\nversion = "1"\n[build]\nbuilder = "oci-image"\n'
+        '[image]\nbase = "pulled"\nlayers = [["extra"]]\ncompression = "gzip"\n'
+        '[image.env]\nLANG = "C"\nEXTRA = "1"\n')
 
 
 def test_registry_base_pinned_by_digest_and_built_inside(demo_runs: dict, registry: str,  # noqa: F811
@@ -58,3 +67,46 @@ def test_registry_base_pinned_by_digest_and_built_inside(demo_runs: dict, regist
     again = json.loads(run_planner("--root", str(root), "--store", str(tmp_path / "s2"), "realise", "onbase",
                                    "--json").stdout)
     assert {n["id"]: n["digest"] for n in again["nodes"]} == {n["id"]: n["digest"] for n in out["nodes"]}
+
+
+def test_image_on_a_registry_base_reuses_its_layers_and_config(demo_runs: dict, registry: str,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    store_a = str(demo_runs["store_a"])
+    pushed = run_planner("--store", store_a, "push", "demo", f"{registry}/base:reuse", "--plain-http").stdout.split()
+    blobs = Path(demo_runs["a"]["output"], "blobs/sha256")
+    index = json.loads((blobs / pushed[1].split(":")[1]).read_text())
+    root, store = tmp_path / "p", tmp_path / "s"
+    _project(root, f"{registry}/base:reuse")
+    run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                 "--target", "img", "--json").stdout)
+    layout = Path(out["output"])
+    ours = json.loads((layout / "index.json").read_text())["manifests"][0]
+    mine = json.loads((layout / "blobs/sha256" / ours["digest"].split(":")[1]).read_text())
+    assert len(mine["manifests"]) == 2
+    for m in index["manifests"]:
+        plat = m["platform"]
+        base = json.loads((blobs / m["digest"].split(":")[1]).read_text())
+        base_cfg = json.loads((blobs / base["config"]["digest"].split(":")[1]).read_text())
+        (got,) = [x for x in mine["manifests"] if x["platform"]["architecture"] == plat["architecture"]]
+        man = json.loads((layout / "blobs/sha256" / got["digest"].split(":")[1]).read_text())
+        cfg = json.loads((layout / "blobs/sha256" / man["config"]["digest"].split(":")[1]).read_text())
+        # The base's blobs, unchanged and in order, then one layer of ours.
+        assert [x["digest"] for x in man["layers"][:-1]] == [x["digest"] for x in base["layers"]]
+        assert cfg["rootfs"]["diff_ids"][:-1] == base_cfg["rootfs"]["diff_ids"]
+        # FROM semantics: the base's env and cmd carry over; the recipe's env wins by name.
+        env = dict(e.split("=", 1) for e in cfg["config"]["Env"])
+        base_env = dict(e.split("=", 1) for e in base_cfg["config"]["Env"])
+        assert env == {**base_env, "LANG": "C", "EXTRA": "1"}
+        assert cfg["config"]["Cmd"] == base_cfg["config"]["Cmd"]
+    # umoci reads it, and the file tree group landed at /.
+    import shutil as _sh
+    import subprocess
+
+    if _sh.which("umoci"):
+        bundle = tmp_path / "bundle"
+        rootless = [] if os.geteuid() == 0 else ["--rootless"]
+        subprocess.run(["umoci", "unpack", *rootless, "--image", f"{layout}:default-linux-amd64", str(bundle)],
+                       check=True, capture_output=True)
+        assert (bundle / "rootfs/etc/extra.txt").read_text() == "extra\n"
+        assert (bundle / "rootfs/usr/local/lib/python3.11/dist-packages/slime_mini/__init__.py").is_file()

@@ -373,6 +373,7 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
         cmd=list(spec["cmd"]) if spec.get("cmd") else None,
         labels=spec.get("labels") or {},
     )
+    base_images = {name.split("/", 1)[1]: e for name, e in req.inputs.items() if name.startswith("base-image/")}
 
     def wheel_layer(group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
         key = ("wheels", tuple(group), tuple(e.digest for e in entries))
@@ -386,7 +387,13 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
             for recipe, entry in zip(group, entries):
                 wheels = _wheels_of(entry.path)
                 if not wheels:
-                    raise BuildError(node.label(), f"{recipe} has no wheel to install (its output: {entry.path.name})")
+                    # A file tree (apt-tools' unpacked .debs, say): laid down as it is, at /.
+                    if not entry.path.is_dir() or not any(entry.path.iterdir()):
+                        raise BuildError(node.label(), f"{recipe} has neither wheels nor a file tree to put in "
+                                                       f"the image (its output: {entry.path.name})")
+                    shutil.copytree(entry.path, root, symlinks=True, dirs_exist_ok=True)
+                    log.write(f"  copied the tree of {recipe}\n")
+                    continue
                 for whl in wheels:
                     installed = install_wheel(whl, root)
                     if whl not in wheel_facts:
@@ -398,7 +405,8 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
             layer = write_layer([LayerSource(root)], blobs, source_date_epoch=sde, compression=compression)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        what = "planner: install " + ", ".join(f"{f.distribution} {f.version}" for f in facts)
+        what = "planner: install " + ", ".join([f"{f.distribution} {f.version}" for f in facts]
+                                               + [r for r, e in zip(group, entries) if not _wheels_of(e.path)])
         layer_cache[key] = (layer, what, tuple(facts))
         log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): {', '.join(group)}\n")
         return layer_cache[key]
@@ -415,7 +423,18 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
             history: list[str] = []
             wheels: list[WheelFacts] = []
             debian: tuple[tuple[str, str, str], ...] = ()
-            if base:
+            pconfig = config
+            pulled = base_images.get(platform.replace("/", "-"))
+            if pulled is not None:
+                base_layers, base_history, pconfig = _reuse_base(pulled.path, blobs, config)
+                layers.extend(base_layers)
+                history.extend(base_history)
+                log.write(f"base {base} [{platform}]: {len(base_layers)} layers reused by digest\n")
+                entry = dep(vname, platform, base)
+                if entry.digest not in base_packages:
+                    base_packages[entry.digest] = _base_packages(entry.path)
+                debian = base_packages[entry.digest]
+            elif base:
                 entry = dep(vname, platform, base)
                 key = ("base", entry.digest)
                 if key not in layer_cache:
@@ -434,7 +453,7 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
                 layers.append(layer)
                 history.append(what)
                 wheels.extend(facts)
-            desc = write_image(layers, config, Platform.parse(platform), blobs, source_date_epoch=sde,
+            desc = write_image(layers, pconfig, Platform.parse(platform), blobs, source_date_epoch=sde,
                                annotations=ann, history=history)
             per_platform.append(desc)
             manifests.append(ManifestFacts(vname, platform, desc, tuple(layers), tuple(history), tuple(wheels), debian))
@@ -451,6 +470,46 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
                        compressor=compressor_id(compression))
     write_attestations(out / ATTESTATIONS_DIR, node, req, facts)
     log.write(f"attestations in {ATTESTATIONS_DIR}/\n")
+
+
+def _reuse_base(image: Path, blobs: Path, config: ImageConfig) -> tuple[list[Layer], list[str], ImageConfig]:
+    """The pulled base's own layers (blobs copied by digest, not re-packed: the registry
+    already holds them, and they keep their digests) and its config under the recipe's.
+
+    As a Dockerfile's FROM: the base's Env, WorkingDir, User, Entrypoint/Cmd and Labels carry
+    over; the recipe's env (by name), labels, entrypoint and cmd win."""
+    import json
+
+    manifest = json.loads((image / "manifest.json").read_text())
+    src = image / "blobs" / "sha256"
+    base_cfg = json.loads((src / manifest["config"]["digest"].split(":", 1)[1]).read_bytes())
+    diff_ids = base_cfg.get("rootfs", {}).get("diff_ids", [])
+    if len(diff_ids) != len(manifest.get("layers", [])):
+        raise PlannerError(f"base config lists {len(diff_ids)} diff_ids for {len(manifest.get('layers', []))} layers",
+                           where=str(image))
+    dest = blobs / "sha256"
+    dest.mkdir(parents=True, exist_ok=True)
+    layers = []
+    for raw, diff_id in zip(manifest["layers"], diff_ids):
+        hexd = raw["digest"].split(":", 1)[1]
+        if not (dest / hexd).exists():
+            shutil.copyfile(src / hexd, dest / hexd)
+        layers.append(Layer(Descriptor(media_type=raw["mediaType"], digest=raw["digest"], size=int(raw["size"])),
+                            diff_id=diff_id, compressor="base image"))
+    made = [h.get("created_by", "") for h in base_cfg.get("history", []) if not h.get("empty_layer")]
+    history = made if len(made) == len(layers) else [f"base layer {i}" for i in range(len(layers))]
+    rc = base_cfg.get("config") or {}
+    env = {e.split("=", 1)[0]: e for e in rc.get("Env") or []}
+    env.update({e.split("=", 1)[0]: e for e in config.env})
+    merged = ImageConfig(
+        env=list(env.values()),
+        entrypoint=config.entrypoint if config.entrypoint is not None else rc.get("Entrypoint"),
+        cmd=config.cmd if (config.cmd is not None or config.entrypoint is not None) else rc.get("Cmd"),
+        working_dir=config.working_dir or rc.get("WorkingDir"),
+        labels={**(rc.get("Labels") or {}), **dict(config.labels)},
+        user=config.user or rc.get("User"),
+    )
+    return layers, history, merged
 
 
 def _check_no_stray_blobs(node: "Node", out: Path) -> None:
