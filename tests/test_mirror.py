@@ -105,3 +105,95 @@ def test_http_mirror_by_hash_first(tmp_path: Path) -> None:
     assert dry[0].startswith("fetch apex/source") or dry[0].startswith("fetch hpcx/source")
     assert [l.split()[1] for l in dry if l.startswith("build")] == ["apex", "hpcx", "top"]
     assert sha in (root / "lockfiles/air.lock").read_text()
+
+
+def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
+    """The slime recipes themselves, with their GitHub origin URLs, resolved from a folder
+    mirror of stand-ins: every git input (apex with its two submodule gitlinks, the slime
+    checkout that int4-qat takes a subdirectory of, ...) and both patches fetched by URL.
+
+    Stand-ins cannot have the real commits and patch hashes, so the copied recipes differ from
+    the real ones in exactly those values (`rev`, a patch's `sha256`); URLs are untouched. What
+    no mirror here can serve (the registry base image, Ubuntu's .debs) stays unlocked, and
+    `realise --dry-run` stops on it, not on a git input."""
+    import re
+    import shutil
+
+    from planner.recipes import load_set
+
+    from .conftest import REPO
+
+    proj, mirror = tmp_path / "proj", tmp_path / "mirror"
+    shutil.copytree(REPO / "recipes/slime", proj / "recipes/slime")
+    shutil.copytree(REPO / "patches/slime", proj / "patches/slime")
+    (proj / "lockfiles").mkdir()
+    shutil.copy(REPO / "lockfiles/slime.lock", proj / "lockfiles/slime.lock")
+    rs = load_set(REPO, "slime")
+    gits = {(s.url, s.rev, s.subdir) for r in rs.recipes.values() for s in r.all_sources().values() if s.kind == "git"}
+    standin: dict[str, str] = {}  # original rev -> stand-in commit
+
+    def repo_for(url: str) -> GitRepo:
+        host_path = re.sub(r"^https://", "", url)
+        return GitRepo.init(mirror / "git" / host_path)
+
+    apex_subs = {name[len("source/sub/"):]: s for name, s in rs.get("apex").inputs.items() if name.startswith("source/sub/")}
+    for sub in apex_subs.values():  # submodules first: apex's gitlinks point at their stand-in commits
+        repo = repo_for(sub.url)
+        repo.write("README", f"stand-in for {sub.url}\n")
+        standin[sub.rev] = repo.commit("stand-in")
+    for url, rev, subdir in sorted(gits, key=lambda g: (g[0], g[2] or "")):
+        if rev in standin:
+            continue
+        repo = repo_for(url)
+        repo.write("README", f"stand-in for {url}\n")
+        for _u, _r, sd in gits:
+            if _u == url and sd:
+                repo.write(f"{sd}/setup.py", "from setuptools import setup\nsetup()\n")
+        if url.endswith("/apex.git"):
+            for path, sub in apex_subs.items():
+                repo.add_submodule(path, sub.url, standin[sub.rev])
+        standin[rev] = repo.commit("stand-in")
+    patch_shas = {}
+    for r in rs.recipes.values():
+        for p in r.patches:
+            if p.url:
+                body = f"--- a/STANDIN\n+++ b/STANDIN\n@@ -0,0 +1 @@\n+{p.url}\n".encode()
+                dest = mirror / "urls" / re.sub(r"^https://", "", p.url)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(body)
+                patch_shas[p.sha256] = hashlib.sha256(body).hexdigest()
+    assert len(standin) == 9 and len(patch_shas) == 2  # 10 git inputs: int4-qat and slime share a commit
+    for f in (proj / "recipes/slime").glob("*.toml"):
+        text = f.read_text()
+        for old, new in standin.items():
+            text = text.replace(f'rev = "{old}"', f'rev = "{new}"')
+        for old, new in patch_shas.items():
+            text = text.replace(f'sha256 = "{old}"', f'sha256 = "{new}"')
+        f.write_text(text)
+
+    before = (proj / "lockfiles/slime.lock").read_text()
+    store = tmp_path / "store"
+    proc = run_planner("--root", str(proj), "--store", str(store), "--mirror", str(mirror), "lock", "slime",
+                       check=False)
+    from planner import lock as lockmod
+
+    lock = lockmod.read(proj / "lockfiles/slime.lock")
+    unlocked = sorted(i for i, li in lock.inputs.items() if li.status != "locked")
+    assert unlocked == ["apt-tools/dnsutils", "apt-tools/nvtop", "sglang-base/source"], proc.stderr
+    for id_, li in lock.inputs.items():
+        if li.kind == "git":
+            assert li.pin(None).commit in standin.values(), id_
+    assert sum(li.kind == "pypi" for li in lock.inputs.values()) == before.count('kind = "pypi"')
+    # The PyPI pins are untouched: nothing was downloaded again.
+    old_lock = lockmod.read(REPO / "lockfiles/slime.lock")
+    assert all(lock.inputs[i].pins == li.pins for i, li in old_lock.inputs.items() if li.kind == "pypi")
+    dry = run_planner("--root", str(proj), "--store", str(store), "--mirror", str(mirror), "realise", "slime",
+                      "--dry-run", check=False)
+    assert dry.returncode != 0
+    stop = dry.stderr.strip().splitlines()[-1]
+    assert re.search(r"input (sglang-base/source|apt-tools/\w+) is unlocked", stop), stop
+    # A target whose inputs the mirror serves: the dry run lists its fetches and builds in order.
+    mb = run_planner("--root", str(proj), "--store", str(tmp_path / "fresh"), "--mirror", str(mirror), "realise",
+                     "slime", "--dry-run", "--target", "mbridge").stdout.splitlines()
+    assert any(line.startswith("fetch mbridge/source") and "github.com/ISEEKYAN/mbridge.git" in line for line in mb), mb
+    assert [line.split()[1] for line in mb if line.startswith("build")] == ["mbridge"], mb
