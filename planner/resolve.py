@@ -312,7 +312,9 @@ def declared_pins(decl: InputDecl) -> Optional[dict[str, Pin]]:
     commit = src.rev if src is not None and src.kind == "git" and re.fullmatch(r"[0-9a-f]{40}", src.rev or "") else None
     if decl.platforms != (ANY,) or not (tree or sha or commit):
         return None
-    return {ANY: Pin(tree=tree, sha256=sha, commit=commit)}
+    url = src.url if src is not None and src.kind in ("git", "url") else patch.url if patch is not None else None
+    filename = url.rsplit("/", 1)[-1] if patch is not None and url else None
+    return {ANY: Pin(tree=tree, sha256=sha, commit=commit, url=url, filename=filename)}
 
 
 def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(),

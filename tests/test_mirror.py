@@ -113,7 +113,8 @@ def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
     checkout that int4-qat takes a subdirectory of, ...) and both patches fetched by URL.
 
     Stand-ins cannot have the real commits and patch hashes, so the copied recipes differ from
-    the real ones in exactly those values (`rev`, a patch's `sha256`); URLs are untouched. What
+    the real ones in exactly those values (`rev`, a patch's `sha256`, the prefetched `tree`);
+    URLs are untouched. What
     no mirror here can serve (the registry base image, Ubuntu's .debs) stays unlocked, and
     `realise --dry-run` stops on it, not on a git input."""
     import re
@@ -169,6 +170,7 @@ def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
             text = text.replace(f'rev = "{old}"', f'rev = "{new}"')
         for old, new in patch_shas.items():
             text = text.replace(f'sha256 = "{old}"', f'sha256 = "{new}"')
+        text = re.sub(r'(?m)^tree = "blake3:[0-9a-f]{64}"\n', "", text)  # the real trees, not the stand-ins'
         f.write_text(text)
 
     before = (proj / "lockfiles/slime.lock").read_text()

@@ -262,19 +262,44 @@ def test_lock_is_current_apart_from_unreachable_inputs(rs, lock):
             assert set(li.pins) == set(d.platforms), id_
 
 
-def test_unlocked_git_inputs_carry_the_prefetched_pins(lock):
-    sys.path.insert(0, str(REPO / "recipes" / "slime"))
-    try:
-        import prefetched_pins
-    finally:
-        sys.path.pop(0)
-    for id_, want in prefetched_pins.PREFETCHED.items():
+# shared/reference/tree-hash.md, "Prefetched pins of the slime stack" (tree hash v1).
+PREFETCHED = {
+    "apex/source": ("10417aceddd7d5d05d7cbf7b0fc2daad1105f8b4",
+                    "blake3:46a1d6edf60da84dffa36c24705ced858f3f5d5f4f04aa50f1356d8ad0e16b06"),
+    "apex/source/sub/apex/contrib/csrc/cudnn-frontend": ("171a7a986f7fbd9ed71bd0cf3c7ad4f55843d6b3", None),
+    "apex/source/sub/apex/contrib/csrc/multihead_attn/cutlass": ("66d9cddc832c1cdc2b30a8755274f7f74640cfe6", None),
+    "megatron-lm/source": ("3714d81d418c9f1bca4594fc35f9e8289f652862",
+                           "blake3:d7ef8ec61a2f573a1085d9a0a88a9279e96122ba0eda78b985d19b0bb3d30fbd"),
+    "slime/source": ("7014942c17625732dbe9239c0aa9d8e7d7265ccc",
+                     "blake3:fdf39c94212521de87b58ba1f01e93e4b0886233f64c9a3f7671582845b247bd"),
+    "int4-qat/source": ("7014942c17625732dbe9239c0aa9d8e7d7265ccc",
+                        "blake3:6f09dd7b1fadb0af6eb9fad18b4796fd1a0da1492e9797ce4279fecee82f864e"),
+    "torch-memory-saver/source": ("dc6876905830430b5054325fa4211ff302169c6b",
+                                  "blake3:dc5fa781cb562a599e247c0fa57459e343495719fd337a91d7b981e392c5897e"),
+    "mbridge/source": ("89eb10887887bc74853f89a4de258c0702932a1c", None),
+    "sglang/source": ("bbe9c7eeb520b0a67e92d133dfc137a3688dc7f2", None),
+    "megatron-bridge/source": ("35b4ebfc486fb15dcc0273ceea804c3606be948a", None),
+    "sglang/patch/sglang.patch": ("sha256:4b3f4b654db0fc3c96cb76a7d2a6159e4e69d5cbd4cf643b20fccbdaec8e583f",
+                                  "blake3:22fb9b7ff2ffa4f485ed41373592275daac2bdc71b3a7900a2062b1ece426957"),
+    "megatron-lm/patch/megatron.patch": ("sha256:58465ac5e4782f28cc41bec1ba76121547b7993a325b21540edc18ea79227878",
+                                         "blake3:48474c72026aaa0aed23f969163505d7b58151f4f84b744fddc28221c58432b2"),
+}
+
+
+def test_unlocked_git_inputs_carry_the_prefetched_pins(rs, lock):
+    """The recipes state the prefetched pins (commit, patch sha256, tree hash); `planner lock`
+    writes them into the unlocked entries, and a machine that reaches GitHub must then find
+    exactly that content."""
+    from planner.resolve import declared_pins
+
+    decls = lockmod.declarations(rs)
+    for id_, (ref, tree) in PREFETCHED.items():
         li = lock.inputs[id_]
-        assert li.pins.get(ANY) == want, id_
-    assert lock.inputs["slime/source"].pins[ANY].tree == (
-        "blake3:fdf39c94212521de87b58ba1f01e93e4b0886233f64c9a3f7671582845b247bd")
-    assert lock.inputs["int4-qat/source"].pins[ANY].tree == (
-        "blake3:6f09dd7b1fadb0af6eb9fad18b4796fd1a0da1492e9797ce4279fecee82f864e")
+        assert li.status == "unlocked", id_
+        pin = li.pins[ANY]
+        assert (pin.sha256 if ref.startswith("sha256:") else pin.commit) == ref.removeprefix("sha256:"), id_
+        assert pin.tree == tree and pin.url, id_
+        assert li.pins == declared_pins(decls[id_]), id_
 
 
 def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
