@@ -47,9 +47,20 @@ def run_one(tmp: Path, registry: str, n: int, width: int, seconds: float, signer
         # PLANNER_BENCH_SANDBOX=off where bubblewrap cannot run (some GPU hosts' VMs).
         ex = DaskExecutor(client, cache, sandboxed=os.environ.get("PLANNER_BENCH_SANDBOX", "on") != "off",
                           oversubscribe=oversubscribe)
+        profile = os.environ.get("PLANNER_BENCH_PROFILE") == str(n)  # diagnose one N: cProfile the realise call
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         start, t0 = time.monotonic(), time.time()
         res, nodes = realise_on(proj, ex, store=base / "planner-store", download=download)
         wall = time.monotonic() - start
+        if profile:
+            import pstats
+
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
         if res.failures:
             raise SystemExit(f"N={n}: failed: {res.failures[0]}")
         built = sum(1 for o in nodes.values() if o.action == "built")
@@ -72,9 +83,12 @@ def timeline(timings: list[dict], t0: float, wall: float) -> str:
         by_worker.setdefault(w, []).append((st, en))
     gaps = [b[0] - a[1] for runs in by_worker.values() for a, b in zip(runs, runs[1:])]
     last = max(tasks, key=lambda t: t[1])
+    top = next(t for t in timings if t["node"] == last[3])
+    detail = ", ".join(f"{k} {v:.3f}" for k, v in sorted(top.items())
+                       if isinstance(v, float) and k not in ("worker_started", "worker_ended"))
     return (f"timeline: first task after {tasks[0][0] - t0:.2f} s; mean gap between a worker's tasks "
-            f"{sum(gaps) / max(1, len(gaps)):.3f} s; last task {last[3]} {last[1] - last[0]:.2f} s; "
-            f"returned {t0 + wall - last[1]:.2f} s after it")
+            f"{sum(gaps) / max(1, len(gaps)):.3f} s; last task {last[3]} {last[1] - last[0]:.2f} s "
+            f"({detail}); returned {t0 + wall - last[1]:.2f} s after it")
 
 
 def phase_summary(timings: list[dict], n: int, wall: float) -> str:

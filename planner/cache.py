@@ -677,6 +677,11 @@ class BinaryCache:
 
     # -- push --------------------------------------------------------------------------------
 
+    def remember(self, hit: "CacheHit") -> None:
+        """Note a verified hit as present, so that `has` needs no second round trip."""
+        with self._lock:
+            self._present.add(hit.key)
+
     def has(self, key: str) -> bool:
         """Whether a valid trusted entry exists (remembered once seen)."""
         with self._lock:

@@ -377,6 +377,7 @@ class DaskExecutor:
             if download:
                 entry = self.cache.fetch(hit, store)  # type: ignore[arg-type]
             else:
+                self.cache.remember(hit)  # dependants' payloads need not ask again
                 entry = RemoteEntry(bkey, hit.digest, node.name, str(self.cache.ref))  # type: ignore[union-attr]
         with self._info_lock:
             self.timings.append({"node": node.id, "submit": t1 - t0, "wait": t2 - t1,
@@ -487,6 +488,12 @@ def worker_facts() -> dict:
             "store": str(worker_store_path())}
 
 
+def dask_setup(worker=None) -> None:
+    """Dask's preload hook (`dask worker --preload planner.executors`): import what a build
+    needs while the worker starts, not inside the first build it is given."""
+    worker_facts()
+
+
 def _check_host(node: Node) -> None:
     """The build key names the planner host's package versions: refuse to build on a worker
     whose versions differ (its output would be filed under a key that does not describe it)."""
@@ -557,7 +564,7 @@ def remote_build(payload: dict) -> dict:
 
         wanted = [("input", n, s) for n, s in payload["inputs"].items()] + \
                  [("dependency", m, s) for m, s in payload["deps"].items()]
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=16) as pool:
             got_entries = list(pool.map(lambda w: _materialise(cache, store, w[2], f"{w[0]} {w[1]}"), wanted))
         fetched = {(kind, name): e for (kind, name, _s), e in zip(wanted, got_entries)}
         inputs = {n: fetched[("input", n)] for n in payload["inputs"]}

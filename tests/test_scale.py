@@ -421,3 +421,16 @@ def test_why_names_the_cache_miss(env, tmp_path):
     assert exp["cache_misses"] and {m["category"] for m in exp["cache_misses"]} == {"untrusted"}
     text = run_planner("--root", str(env.proj.root), "--store", store, "why").stdout
     assert "cache miss: c: untrusted" in text, text
+
+
+def test_cli_platform_realises_one_platforms_targets(env, tmp_path):
+    out = json.loads(_cli(env, "--store", str(tmp_path / "s"), "realise", "--target", "native",
+                          "--platform", "linux/amd64", "--json").stdout)
+    assert [n["id"] for n in out["nodes"]] == ["native[linux/amd64]"] and out["nodes"][0]["action"] == "built"
+    bad = _cli(env, "--store", str(tmp_path / "s"), "realise", "--target", "native", "--platform", "linux/riscv64",
+               check=False)
+    assert bad.returncode != 0
+    assert "set.toml: platform linux/riscv64 is not one of the set's platforms (linux/amd64, linux/arm64)" in bad.stderr
+    # A later plain realise still plans both platforms: --platform wrote no plan cache.
+    dry = _cli(env, "--store", str(tmp_path / "s"), "realise", "--target", "native", "--dry-run").stdout
+    assert "build native[linux/arm64]" in dry and "1 to build, 1 valid" in dry

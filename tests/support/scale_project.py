@@ -99,7 +99,7 @@ def dask_cluster(tmp_path: Path, workers: dict[str, dict[str, float]], *, nthrea
         specs[name] = {"cls": Nanny, "options": {
             "nthreads": nthreads, "resources": dict(res), "host": "127.0.0.1",
             "env": {"PLANNER_WORKER_STORE": str(tmp_path / "workers" / name / "store")},
-            "memory_limit": 0, "silence_logs": logging.ERROR}}
+            "memory_limit": 0, "silence_logs": logging.ERROR, "preload": ["planner.executors"]}}
     cluster = SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard": False, "host": "127.0.0.1"}},
                           workers=specs, silence_logs=logging.ERROR)
     client = Client(cluster, set_as_default=False)
