@@ -85,7 +85,13 @@ def timeline(timings: list[dict], t0: float, wall: float) -> str:
     last = max(tasks, key=lambda t: t[1])
     top = next(t for t in timings if t["node"] == last[3])
     detail = ", ".join(f"{k} {v:.3f}" for k, v in sorted(top.items())
-                       if isinstance(v, float) and k not in ("worker_started", "worker_ended"))
+                       if isinstance(v, float) and not k.endswith(("_started", "_ended", "_at")))
+    if "submitted_at" in top:
+        detail += (f"; submitted->started {top['worker_started'] - top['submitted_at']:.3f}, "
+                   f"ended->result {top['result_at'] - top['worker_ended']:.3f}, "
+                   f"submitted {top['submitted_at'] - t0:.2f} s after the start and "
+                   f"{top['submitted_at'] - max(t[1] for t in tasks if t[3] != last[3]):.3f} s after the previous "
+                   f"task ended")
     return (f"timeline: first task after {tasks[0][0] - t0:.2f} s; mean gap between a worker's tasks "
             f"{sum(gaps) / max(1, len(gaps)):.3f} s; last task {last[3]} {last[1] - last[0]:.2f} s "
             f"({detail}); returned {t0 + wall - last[1]:.2f} s after it")
@@ -111,15 +117,17 @@ def phase_summary(timings: list[dict], n: int, wall: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (1 is always measured)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (1 is measured too)")
     ap.add_argument("--width", type=int, default=0, help="leaves (default: max(32, 8 x the largest N))")
     ap.add_argument("--seconds", type=float, default=1.0, help="sleep of each leaf")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip N=1 (diagnostics only: no speed-up or efficiency is printed)")
     ap.add_argument("--oversubscribe", type=float, default=2.0,
                     help="builds in flight per worker thread (DaskExecutor's oversubscribe)")
     ap.add_argument("--download", choices=["toplevel", "all"], default="toplevel",
                     help="which outputs the planner fetches back (as `planner realise --download`)")
     args = ap.parse_args()
-    ns = sorted({1, *(int(x) for x in args.workers.split(",") if x.strip())})
+    ns = sorted({*([] if args.no_baseline else [1]), *(int(x) for x in args.workers.split(",") if x.strip())})
     width = args.width or max(32, 8 * max(ns))
 
     from planner.cache import Signer, TrustedKeys, generate_key
@@ -141,6 +149,8 @@ def main() -> None:
                 print(f"  N={n}: {wall:.2f} s ({built} built; load average {os.getloadavg()[0]:.1f})", flush=True)
         finally:
             stop(proc)
+    if args.no_baseline:
+        return
     t1 = rows[0][1]
     print()
     print(f"{'workers':>7}  {'width':>5}  {'ideal s':>7}  {'wall s':>7}  {'speed-up':>8}  {'efficiency':>10}  target >= 0.85")

@@ -354,9 +354,10 @@ class DaskExecutor:
         previous_digest = before.digest if before is not None and before.build_key == bkey else None
         t0 = time.monotonic()
         fut = self.submit(self.payload(req, store), priority=priority)
-        t1 = time.monotonic()
+        t1, submitted_at = time.monotonic(), time.time()
         try:
             res = self._wait(fut, node, running)
+            result_at = time.time()
         finally:
             if not fut.done():
                 fut.cancel()
@@ -380,7 +381,8 @@ class DaskExecutor:
                 self.cache.remember(hit)  # dependants' payloads need not ask again
                 entry = RemoteEntry(bkey, hit.digest, node.name, str(self.cache.ref))  # type: ignore[union-attr]
         with self._info_lock:
-            self.timings.append({"node": node.id, "submit": t1 - t0, "wait": t2 - t1,
+            self.timings.append({"node": node.id, "submit": t1 - t0, "wait": t2 - t1, "submitted_at": submitted_at,
+                                 "result_at": result_at,
                                  "fetch": time.monotonic() - t2, "worker": res.get("worker"),
                                  **{f"worker_{k}": v for k, v in (res.get("phases") or {}).items()}})
         if entry.digest != res["digest"]:
