@@ -394,17 +394,18 @@ class DaskExecutor:
         return Built(entry, bkey, seconds, reused=bool(res.get("reused")), previous_digest=previous_digest)
 
     def _wait(self, fut, node: Node, running: Running) -> dict:
-        from distributed import wait as dwait
-
+        # Woken by the future's own callback, not by polling `distributed.wait` from every
+        # waiting thread: with dozens of builds in flight those calls queue on the client's
+        # event loop, and a finished build was noticed up to a second late (bench/scale.py's
+        # timeline on a 16-worker host).
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
         stuck_since: Optional[float] = None
         while True:
             if running.cancelled:
                 fut.cancel()
                 raise KeyboardInterrupt
-            try:
-                dwait([fut], timeout=1.0)
-            except Exception:  # noqa: BLE001 - distributed raises its own TimeoutError
-                pass
+            done.wait(1.0)
             if fut.done():
                 try:
                     return fut.result()
