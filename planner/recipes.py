@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Literal, Optional
@@ -348,11 +349,20 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
         raise RecipeError(first, where=_where(path, root, text, None)) from None
 
 
-def _read_toml(path: Path, root: Path) -> tuple[dict, str]:
-    where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-        raise RecipeError("a symlink that leaves the project", where=where)
-    if not path.is_file():
+def _read_toml(path: Path, root: Path, where: Optional[str] = None) -> tuple[dict, str]:
+    """Parse one TOML file of the project; `where` (its path relative to `root`) saves the
+    path arithmetic when the caller knows it: 100k recipes make every syscall count."""
+    if where is None:
+        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise RecipeError("a symlink that leaves the project", where=where)
+            st = os.stat(path)
+    except OSError:
+        raise RecipeError("not a regular file", where=where) from None
+    if not stat.S_ISREG(st.st_mode):
         raise RecipeError("not a regular file", where=where)
     try:
         with open(path, "rb") as f:
@@ -373,13 +383,15 @@ def _read_toml(path: Path, root: Path) -> tuple[dict, str]:
         raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None
 
 
-def load_recipe(path: Path, root: Path) -> Recipe:
-    data, text = _read_toml(path, root)
+def load_recipe(path: Path, root: Path, where: Optional[str] = None) -> Recipe:
+    if where is None:
+        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    data, text = _read_toml(path, root, where)
     data = _kebab_to_snake(data)
     if not isinstance(data, dict):
-        raise RecipeError("not a table", where=str(path))
+        raise RecipeError("not a table", where=where)
+    data["file"] = where  # where it was read from, whatever the file says
     recipe = _structure(Recipe, data, path, root, text)
-    recipe = attrs.evolve(recipe, file=str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
     _validate_recipe(recipe, path, root, text)
     return recipe
 
@@ -421,9 +433,10 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
         if p.file:
             _check_inside(root, p.file, err, "file")
     try:
-        from .hashing import canonical_json
+        if r.build.settings:
+            from .hashing import canonical_json
 
-        canonical_json(r.build.settings)
+            canonical_json(r.build.settings)
     except TypeError as exc:
         raise err("settings", f"settings must be JSON without floats ({exc}); write numbers as integers or strings") from None
     for k in r.build.env:
@@ -484,10 +497,11 @@ def load_set(root: Path, name: str) -> RecipeSet:
         if fname == "set.toml":
             continue
         path = folder / fname
-        r = cache.get(path)
+        sig = cache.signature(path)  # before reading: a file edited meanwhile is parsed again next time
+        r = cache.get(path, sig)
         if r is None:
-            r = load_recipe(path, root)
-            cache.put(path, r)
+            r = load_recipe(path, root, f"recipes/{name}/{fname}")
+            cache.put(path, sig, r)
         recipes[r.name] = r
     cache.save()
     rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
@@ -556,19 +570,23 @@ class _ParseCache:
             self.entries = {}
 
     @staticmethod
-    def _sig(path: Path) -> tuple[int, int, int, int]:
-        st = path.stat()
+    def signature(path: Path) -> Optional[tuple[int, int, int, int]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # load_recipe says what is wrong with it
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
-    def get(self, path: Path) -> Optional[Recipe]:
+    def get(self, path: Path, sig: Optional[tuple]) -> Optional[Recipe]:
         hit = self.entries.get(str(path))
-        if hit is not None and hit[0] == self._sig(path):
+        if sig is not None and hit is not None and hit[0] == sig:
             return hit[1]
         return None
 
-    def put(self, path: Path, recipe: Recipe) -> None:
-        self.entries[str(path)] = (self._sig(path), recipe)
-        self.dirty = True
+    def put(self, path: Path, sig: Optional[tuple], recipe: Recipe) -> None:
+        if sig is not None:
+            self.entries[str(path)] = (sig, recipe)
+            self.dirty = True
 
     def save(self) -> None:
         if not self.dirty:
@@ -602,21 +620,23 @@ def _check_references(rs: RecipeSet) -> None:
     if rs.config.target not in rs.recipes:
         raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
                           where=f"recipes/{rs.name}/set.toml: target")
+    def where(r: Recipe, key: str) -> str:  # only on an error: the text is read then
+        return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
+
     for r in rs.recipes.values():
-        text = _LazyText(rs.root / r.file)
         if r.build.rootfs and r.build.rootfs not in rs.recipes:
             raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
-                              where=_where(rs.root / r.file, rs.root, text, "rootfs"))
+                              where=where(r, "rootfs"))
         for field in ("deps", "toolchains", "requires"):
             for dep in getattr(r, field):
                 if dep not in rs.recipes:
                     raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                      where=_where(rs.root / r.file, rs.root, text, field))
+                                      where=where(r, field))
         if r.image:
             for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
                 if dep not in rs.recipes:
                     raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                      where=_where(rs.root / r.file, rs.root, text, "layers"))
+                                      where=where(r, "layers"))
     cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
     if cycle:
         first = rs.recipes[cycle[0]]
