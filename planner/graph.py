@@ -191,6 +191,7 @@ class _Planner:
         self.decls = declarations(rs)
         self.nodes: dict[str, Node] = {}
         self._axes: dict[str, frozenset[str]] = {}
+        self._ids: dict[tuple[str, Variant], str] = {}  # (recipe, full variant) -> node id
 
     def _build_inputs(self, r: Recipe) -> list[str]:
         if r.build.builder == "oci-image":
@@ -245,7 +246,11 @@ class _Planner:
                 + ([("rootfs", r.build.rootfs, full)] if r.build.rootfs else []))
 
     def _id(self, name: str, full: Variant) -> str:
-        return node_id(name, full.restrict(self.effective_axes(name)))
+        key = (name, full)
+        nid = self._ids.get(key)
+        if nid is None:
+            nid = self._ids[key] = node_id(name, full.restrict(self.effective_axes(name)))
+        return nid
 
     def instantiate(self, name: str, full: Variant) -> str:
         """The node of recipe `name` for variant `full`, creating it and its build inputs

@@ -93,3 +93,25 @@ def test_canonical_json_is_stable_and_refuses_floats() -> None:
     assert len(k) == 32 and set(k) <= set("0123456789abcdfghijklmnpqrsvwxyz")
     assert key_of({"a": 1}) == k != key_of({"a": 2})
     assert base32(b"\0" * 20) == "0" * 32
+
+
+def test_base32_fast_path_matches_the_bitwise_definition():
+    """Keys (20 bytes) go through the C RFC 4648 encoder with Nix's alphabet: the same digits
+    as the bit loop that defines them, for every length that takes either path."""
+    import random
+
+    from planner.hashing import _B32, base32
+
+    def by_bits(raw: bytes) -> str:
+        n, out = int.from_bytes(raw, "big"), []
+        for _ in range((len(raw) * 8 + 4) // 5):
+            out.append(_B32[n & 31])
+            n >>= 5
+        return "".join(reversed(out))
+
+    rnd = random.Random(1772022058)
+    for length in (1, 5, 7, 10, 20, 32, 40):
+        for _ in range(300):
+            raw = bytes(rnd.randrange(256) for _ in range(length))
+            assert base32(raw) == by_bits(raw), (length, raw.hex())
+    assert base32(b"\xff" * 20) == "z" * 32 and base32(b"\x00" * 20) == "0" * 32
