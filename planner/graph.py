@@ -159,6 +159,20 @@ class Plan:
             stack.extend(self.nodes[n].deps.values())
         return [n for n in self.nodes if n in want]
 
+    def needed(self, roots: Iterable[str], valid: Iterable[str]) -> set[str]:
+        """What realising `roots` has to build or fetch: every node reached from them without
+        passing through a valid one. Below a valid output nothing has to be present (an output
+        is self-contained; run-time needs are roots of their own)."""
+        done, want = set(valid), set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if n in want or n in done:
+                continue
+            want.add(n)
+            stack.extend(self.nodes[n].deps.values())
+        return want
+
     def to_networkx(self):
         import networkx as nx
 

@@ -290,16 +290,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 e = store.lookup(r.build_key)
                 if e is not None and not options.check:
                     valid[nid] = e
-        # Only what the roots need is built or fetched: below a valid output nothing has to be
-        # present (an output is self-contained; run-time needs are roots of their own).
-        needed: set[str] = set()
-        stack = list(roots)
-        while stack:
-            nid = stack.pop()
-            if nid in needed or nid in valid:
-                continue
-            needed.add(nid)
-            stack.extend(plan.nodes[nid].deps.values())
+        needed = plan.needed(roots, valid)
         results: dict[str, NodeResult] = {}
 
         def reason_for(nid: str) -> str:

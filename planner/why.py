@@ -565,14 +565,17 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
     prev_id, prev_rec = runs[0] if runs else (None, {"nodes": []})
     previous = _states_from_run(store, prev_rec)
     prev_by_id = {s.id: s for s in previous}
+    valid_ids = {nid for nid in closure if (r := by_key.get(p.nodes[nid].key)) is not None
+                 and store.lookup(r.build_key) is not None}
+    needed = p.needed(p.roots, valid_ids)  # as realise decides: nothing below a valid output
     current = []
     for nid in closure:
         pn = p.nodes[nid]
         r = by_key.get(pn.key)
-        valid = r is not None and store.lookup(r.build_key) is not None
-        reason = "valid in the store" if valid else (
-            "output missing from the store" if r is not None else
-            "never built" if nid not in prev_by_id else "inputs changed")
+        valid = nid in valid_ids or nid not in needed
+        reason = "valid in the store" if nid in valid_ids else "not needed: what depends on it is valid" \
+            if valid else ("output missing from the store" if r is not None else
+                           "never built" if nid not in prev_by_id else "inputs changed")
         current.append(NodeState(id=nid, name=pn.name, variant=pn.variant.label(), key=pn.key,
                                  action="reused" if valid else "would-build", reason=reason,
                                  seconds=durations.get(nid, pn.estimate), deps=dict(pn.deps),

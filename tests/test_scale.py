@@ -115,6 +115,9 @@ def test_valid_target_needs_nothing_below_it(env, remote_run):
     res, nodes = realise_on(env.proj, NoBuilds(env.client, env.cache()), store=env.tmp / "planner-store")
     assert nodes["d"].reason == "valid in the store"
     assert {nodes[n].reason for n in "abc"} == {"not needed: what depends on it is valid"}
+    # `why --dry-run` agrees: nothing would be built.
+    exp = json.loads(_cli(env, "--store", str(env.tmp / "planner-store"), "why", "--dry-run", "--json").stdout)
+    assert exp["built"] == [] and exp["reused"] == 4, exp
     assert {nid: o.digest for nid, o in nodes.items()} == {nid: o.digest for nid, o in remote_run[1].items()}
 
 
