@@ -143,7 +143,8 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
         "patches": patches,
         "inputs": inputs,
         "deps": deps,
-        "jobs": req.jobs,
+        "jobs": req.jobs,  # what this machine gives the build (parallelism only)
+        "cores": req.node.cores,  # what the recipe declares: the same on every machine
         "source_date_epoch": pre["source_date_epoch"],
     }
     return spec, mounts

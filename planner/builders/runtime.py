@@ -255,7 +255,7 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
     The arch list is exported in torch's dotted form under `arch-list-env` (TORCH_CUDA_ARCH_LIST
     by default): the project compiles for the variant, never for a GPU it might see (none is
     visible: CUDA_VISIBLE_DEVICES is empty). `nvcc-threads` becomes NVCC_APPEND_FLAGS, the
-    node's cores MAX_JOBS (torch's parallel compile), `config-settings` go to build_wheel."""
+    recipe's `[resources] cores` MAX_JOBS (torch's parallel compile), `config-settings` go to build_wheel."""
     from .cuda import torch_arch_list
 
     machine = _MACHINE_PLATFORM.get(os.uname().machine)
@@ -264,7 +264,9 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
                            "(build inside a root filesystem of that platform on a native worker)")
     settings = spec.get("settings", {})
     env = {settings.get("arch-list-env", "TORCH_CUDA_ARCH_LIST"): " ".join(torch_arch_list(archs)),
-           "CUDA_VISIBLE_DEVICES": "", "MAX_JOBS": str(max(1, int(spec.get("jobs", 1))))}
+           # The recipe's cores, not this machine's: the build's environment must not depend
+           # on where it runs (and the recipe's figure is what its memory estimate assumed).
+           "CUDA_VISIBLE_DEVICES": "", "MAX_JOBS": str(max(1, int(spec.get("cores", 1))))}
     threads = settings.get("nvcc-threads")
     if threads:
         env["NVCC_APPEND_FLAGS"] = " ".join(filter(None, [os.environ.get("NVCC_APPEND_FLAGS"), f"--threads {int(threads)}"]))
