@@ -290,14 +290,16 @@ class RegistryClient:
 
     # -- blobs ---------------------------------------------------------------------------------
 
-    def blob_exists(self, digest: str, *, push: bool = False) -> bool:
-        resp = self._send("HEAD", self._url(f"blobs/{digest}"), push=push, what=f"@{digest}")
+    def _exists(self, kind: str, digest: str, push: bool, headers: dict | None = None) -> bool:
+        """HEAD of a blob or manifest: 200 yes, 404 no, anything else an error."""
+        resp = self._send("HEAD", self._url(f"{kind}s/{digest}"), headers=headers, push=push, what=f"@{digest}")
         resp.close()
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 404:
-            return False
-        raise self._fail(resp, "blob HEAD", f"@{digest}")
+        if resp.status_code in (200, 404):
+            return resp.status_code == 200
+        raise self._fail(resp, f"{kind} HEAD", f"@{digest}")
+
+    def blob_exists(self, digest: str, *, push: bool = False) -> bool:
+        return self._exists("blob", digest, push)
 
     def push_blob(self, path: Path, desc: Descriptor) -> None:
         """Monolithic upload: POST an upload session, then PUT the whole blob with ?digest=."""
@@ -361,15 +363,7 @@ class RegistryClient:
     # -- manifests -----------------------------------------------------------------------------
 
     def manifest_exists(self, digest: str, *, push: bool = False) -> bool:
-        resp = self._send(
-            "HEAD", self._url(f"manifests/{digest}"), headers={"Accept": _MANIFEST_ACCEPT}, push=push, what=f"@{digest}"
-        )
-        resp.close()
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 404:
-            return False
-        raise self._fail(resp, "manifest HEAD", f"@{digest}")
+        return self._exists("manifest", digest, push, {"Accept": _MANIFEST_ACCEPT})
 
     def push_manifest(self, data: bytes, media_type: str, ref: str) -> str:
         """PUT a manifest or index (exact bytes) under a tag or its digest; returns the digest."""
