@@ -32,7 +32,8 @@ import json, resource, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
 from planner import lock as lockmod
-from planner.graph import HostInfo, plan
+from planner.graph import plan
+from planner.host import HostInfo
 from planner.recipes import load_set
 t_import = time.perf_counter()
 root, name, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]

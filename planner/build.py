@@ -18,6 +18,7 @@ from . import sandbox
 from .errors import BuildError, PlannerError
 from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
 from .hashing import key_of
+from .host import host_platform
 from .store import Entry, Store, remove_tree
 
 PLANNER_PKG = Path(__file__).resolve().parent
@@ -187,8 +188,6 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
             mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
             if not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
                 raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
-            from .realise import host_platform
-
             if node.variant.platform not in (None, host_platform()):
                 raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
                                                f"{host_platform()} host: use a native worker (--executor)")

@@ -338,7 +338,7 @@ def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_ke
     from . import lock as lockmod
     from .cache import BinaryCache, TrustedKeys, pull_closure
     from .graph import plan as make_plan
-    from .realise import detect_host
+    from .host import detect_host
     from .recipes import load_set
     from .store import Store
 
@@ -459,7 +459,7 @@ def show(ctx: Context, node: str, set_name: str | None) -> None:
     """Print a node's preimage (everything its key covers) and its key."""
     from . import lock as lockmod
     from .graph import plan as make_plan
-    from .realise import detect_host
+    from .host import detect_host
     from .recipes import load_set
 
     rs = load_set(ctx.root, _default_set(ctx, set_name))

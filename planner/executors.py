@@ -38,6 +38,7 @@ from typing import Any, Iterable, Optional, Protocol, Union
 from .build import BuildRequest, Built, Running, build, build_key
 from .errors import BuildError, PlannerError
 from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
+from .host import host_packages, host_platform
 from .store import Entry, RemoteEntry, Store
 
 PAYLOAD_FORMAT = 1
@@ -62,12 +63,6 @@ class Executor(Protocol):
         executor may leave the output in its cache and return a `RemoteEntry`."""
 
     def close(self) -> None: ...
-
-
-def _host_platform() -> str:
-    from .realise import host_platform
-
-    return host_platform()
 
 
 def _arch(platform: str) -> str:
@@ -118,7 +113,7 @@ class LocalExecutor:
             return 8 << 30
 
     def check_runnable(self, nodes: Iterable[Node]) -> list[str]:
-        host = _host_platform()
+        host = host_platform()
         out = []
         for n in nodes:
             if "rootfs" in n.deps and n.variant.platform not in (None, host) and n.builder not in BUILTIN_BUILDERS:
@@ -487,7 +482,7 @@ def worker_facts() -> dict:
     from .sandbox import bwrap_path
 
     _cache._ssl_context()
-    return {"planner": __version__, "platform": _host_platform(), "bwrap": bwrap_path() is not None,
+    return {"planner": __version__, "platform": host_platform(), "bwrap": bwrap_path() is not None,
             "store": str(worker_store_path())}
 
 
@@ -501,14 +496,12 @@ def _check_host(node: Node) -> None:
     """The build key names the planner host's package versions: refuse to build on a worker
     whose versions differ (its output would be filed under a key that does not describe it)."""
     plat = build_platform(node)
-    if plat and _host_platform() != plat:
-        raise RemoteError(f"worker {_worker_name()} is {_host_platform()}, the build needs {plat}: "
+    if plat and host_platform() != plat:
+        raise RemoteError(f"worker {_worker_name()} is {host_platform()}, the build needs {plat}: "
                           f"check its {ARCH_PREFIX}* resource")
     want = node.preimage.get("host") or {}
     if not want or node.builder in BUILTIN_BUILDERS:
         return
-    from .realise import host_packages
-
     have = host_packages(set(want))
     diff = [f"{n} {want[n]} (planner) vs {have.get(n, 'absent')}" for n in sorted(want) if have.get(n, "absent") != want[n]]
     if diff:

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import attrs
 
 from .errors import GraphError, LockError
+from .host import HOST_PACKAGES, HostInfo
 from .lock import ANY, InputDecl, Lock, declarations
 from .recipes import Recipe, RecipeSet
 
@@ -37,16 +38,6 @@ BUILDER_VERSIONS = {
 # Builders implemented by the planner itself that run no recipe-controlled code (like Nix's
 # builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
 BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image", "image-rootfs"})
-
-# Host packages whose files a sandboxed builder runs (the sandbox mounts the host's /usr).
-# Their Debian versions go into the preimage: a compiler update is a visible, explained change.
-HOST_PACKAGES = {
-    "base": ("bash", "coreutils", "patch", "python3.11-minimal", "libpython3.11-stdlib", "libc6"),
-    "cuda": ("g++-12", "gcc-12", "cpp-12", "libstdc++-12-dev", "libc6-dev", "binutils"),
-    "cuda-arm64": ("g++-12-aarch64-linux-gnu", "gcc-12-aarch64-linux-gnu", "cpp-12-aarch64-linux-gnu",
-                   "libc6-dev-arm64-cross", "binutils-aarch64-linux-gnu"),
-}
-
 
 @attrs.frozen(order=True)
 class Variant:
@@ -86,15 +77,6 @@ class Variant:
 
     def axes(self) -> list[str]:
         return [a for a in ("platform", "cuda", "host") if getattr(self, a) is not None]
-
-
-@attrs.frozen
-class HostInfo:
-    """Facts about the build machine that enter keys: its platform and host-package versions."""
-
-    platform: str
-    packages: dict[str, str] = attrs.field(factory=dict)
-    sandbox: bool = True
 
 
 @attrs.frozen

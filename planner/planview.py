@@ -81,7 +81,7 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
               sandbox: bool = True) -> PlanView:
     from . import lock as lockmod
     from .graph import critical_path, plan
-    from .realise import detect_host
+    from .host import detect_host
     from .recipes import load_set
     from .store import Store
 

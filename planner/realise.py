@@ -6,7 +6,6 @@ Callable from Python: `realise(project_root, set_name, store, RealiseOptions(...
 from __future__ import annotations
 
 import os
-import platform as _platform
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import attrs
 
 from .errors import BuildError, LockError, PlannerError
 
+from .host import detect_host
 from .noop import PLAN_CACHE_VERSION, plan_cache_path as _plan_cache_path, stat_sig as _stat_sig, try_noop
 
 
@@ -97,45 +97,6 @@ class RealiseResult:
             "checks": [attrs.asdict(c) for c in self.checks],
             **({"steps": self.steps, "blocked": self.blocked} if self.steps or self.blocked else {}),
         }
-
-
-# -- host facts ------------------------------------------------------------------------------
-
-def host_platform() -> str:
-    machine = _platform.machine().lower()
-    return {"x86_64": "linux/amd64", "amd64": "linux/amd64", "aarch64": "linux/arm64",
-            "arm64": "linux/arm64"}.get(machine, f"linux/{machine}")
-
-
-def host_packages(names: set[str], status: Path = Path("/var/lib/dpkg/status")) -> dict[str, str]:
-    """Installed Debian versions of the named packages (architecture-qualified names merged)."""
-    out: dict[str, str] = {}
-    try:
-        text = status.read_text(errors="replace")
-    except OSError:
-        return out
-    for block in text.split("\n\n"):
-        pkg = ver = None
-        installed = False
-        for line in block.splitlines():
-            if line.startswith("Package: "):
-                pkg = line[9:].strip()
-                if pkg not in names:
-                    break
-            elif line.startswith("Version: "):
-                ver = line[9:].strip()
-            elif line.startswith("Status: "):
-                installed = line.endswith(" installed")
-        if pkg in names and ver and installed:
-            out[pkg] = ver
-    return out
-
-
-def detect_host(sandboxed: bool = True):
-    from .graph import HOST_PACKAGES, HostInfo
-
-    names = {n for group in HOST_PACKAGES.values() for n in group}
-    return HostInfo(platform=host_platform(), packages=host_packages(names), sandbox=sandboxed)
 
 
 def git_state(root: Path) -> Optional[dict]:

@@ -550,7 +550,8 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
     """Why the next realise would build what it would build (nothing is built)."""
     from . import lock as lockmod
     from .graph import plan as make_plan
-    from .realise import _pins, detect_host
+    from .host import detect_host
+    from .realise import _pins
     from .recipes import load_set
     from .store import Store
 
@@ -653,7 +654,7 @@ def why_depends(root: Path, set_name: str, a: str, b: str, *, sandbox: bool = Tr
 
     from . import lock as lockmod
     from .graph import plan as make_plan
-    from .realise import detect_host
+    from .host import detect_host
     from .recipes import load_set
 
     rs = load_set(root, set_name)

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from planner import lock as lockmod
-from planner.graph import HostInfo, plan
+from planner.graph import plan
+from planner.host import HostInfo
 from planner.recipes import load_set
 from planner.store import Store
 from tests.support.project import EPOCH, Project, recipe_toml
@@ -508,7 +509,7 @@ def test_plan_json_and_dot(diamond: Project) -> None:
 
 
 def _detected_host() -> HostInfo:
-    from planner.realise import detect_host
+    from planner.host import detect_host
 
     return detect_host(True)
 
@@ -681,7 +682,7 @@ def test_locking_twice_is_byte_identical(diamond: Project, tmp_path: Path) -> No
 
 
 def test_plan_handles_a_deep_chain() -> None:
-    from planner.graph import HostInfo as H
+    from planner.host import HostInfo as H
     from planner.lock import Lock
     from planner.recipes import Build, Recipe, RecipeSet, SetConfig
 

@@ -359,7 +359,7 @@ def _image_inputs(store_root: Path):
     """The demo image's node (as planned now) and its dependencies' entries from a store."""
     from planner import lock as lockmod
     from planner.graph import plan as make_plan
-    from planner.realise import detect_host
+    from planner.host import detect_host
     from planner.recipes import load_set
     from planner.store import Store
 

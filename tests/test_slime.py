@@ -26,7 +26,8 @@ import pytest
 
 from planner import lock as lockmod
 from planner.builders.cuda import normalise_archs
-from planner.graph import HostInfo, plan
+from planner.graph import plan
+from planner.host import HostInfo
 from planner.lock import ANY
 from planner.recipes import load_set
 
@@ -393,7 +394,8 @@ _KEYS = """
 import json, sys
 from pathlib import Path
 from planner import lock as lockmod
-from planner.graph import HostInfo, plan
+from planner.graph import plan
+from planner.host import HostInfo
 from planner.recipes import load_set
 rs = load_set(Path(sys.argv[1]), "slime")
 p = plan(rs, lockmod.read(rs.lockfile), HostInfo(platform="linux/amd64", packages={}))

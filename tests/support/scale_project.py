@@ -74,7 +74,7 @@ def prepare(proj: Project, *, target: Optional[str] = None, store: Optional[Path
     """Plan `proj` like `planner realise` does, against `store` (default: the project's)."""
     from planner import lock as lockmod
     from planner.graph import plan as make_plan
-    from planner.realise import detect_host
+    from planner.host import detect_host
     from planner.recipes import load_set
     from planner.resolve import Resolver
     from planner.store import Store
