@@ -196,6 +196,9 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     finally:
         if progress is not None:
             progress("close", None)
+    if progress is None:  # the live display printed them already
+        for w in result.warnings:
+            click.echo(f"planner: warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
     elif dry_run:

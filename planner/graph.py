@@ -155,6 +155,21 @@ class Plan:
             stack.extend(self.nodes[n].deps.values())
         return want
 
+    def blocked(self) -> dict[str, tuple[str, str]]:
+        """Node id -> (the unlocked input that keeps it from being built, the node that uses
+        that input): its own, or the first found below it. Nodes absent are buildable."""
+        out: dict[str, tuple[str, str]] = {}
+        for nid, node in self.nodes.items():  # dependencies first
+            own = sorted(ref.decl for ref in node.inputs.values() if not ref.locked)
+            if own:
+                out[nid] = (own[0], nid)
+                continue
+            for dep in sorted(node.deps.values()):
+                if dep in out:
+                    out[nid] = out[dep]
+                    break
+        return out
+
     def to_networkx(self):
         import networkx as nx
 

@@ -18,11 +18,13 @@ class PlannedNode:
     variant: str
     key: str
     builder: str
-    action: str  # build | reuse | unlocked
+    action: str  # build | reuse | blocked (an unlocked input of its own or below it)
     estimate: float
     deps: list[str]
     impure: bool
-    unlocked: list[str]
+    unlocked: list[str]  # its own unlocked inputs
+    blocked_by: Optional[str] = None  # the unlocked input that keeps it from being built
+    blocked_via: Optional[str] = None  # the node below it that uses that input (itself if its own)
 
 
 @attrs.frozen
@@ -41,15 +43,19 @@ class PlanView:
         width = max((len(n.id) for n in self.nodes), default=10)
         for n in self.nodes:
             flags = (" impure" if n.impure else "") + (f" unlocked: {', '.join(n.unlocked)}" if n.unlocked else "")
+            if n.blocked_by and not n.unlocked:
+                flags += f" blocked by {n.blocked_by} (via {n.blocked_via})"
             lines.append(f"{n.action:<7} {n.key}  {n.id:<{width}}  ~{_dur(n.estimate)}{flags}")
         todo = sum(n.action != "reuse" for n in self.nodes)
-        lines.append(f"{len(self.nodes)} nodes, {todo} to build; critical path ~{_dur(self.critical_path)}")
+        blocked = sum(n.action == "blocked" for n in self.nodes)
+        lines.append(f"{len(self.nodes)} nodes, {todo} to build" + (f" ({blocked} blocked by unlocked inputs)" if blocked else "")
+                     + f"; critical path ~{_dur(self.critical_path)}")
         return "\n".join(lines)
 
     def to_dot(self) -> str:
         out = ["digraph plan {", "  rankdir=BT;", '  node [shape=box, fontname="monospace"];']
         for n in self.nodes:
-            color = {"build": "orange", "reuse": "palegreen", "unlocked": "lightgrey"}[n.action]
+            color = {"build": "orange", "reuse": "palegreen", "blocked": "lightgrey"}[n.action]
             out.append(f'  "{n.id}" [label="{n.id}\\n{n.key[:12]}", style=filled, fillcolor={color}];')
         for n in self.nodes:
             for d in n.deps:
@@ -99,11 +105,13 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
                 realised[nid] = r
         st.close()
     cp = critical_path(p, durations)
+    blocked = p.blocked()
     nodes = []
     for nid, node in p.nodes.items():
         unlocked = sorted({ref.decl for ref in node.inputs.values() if not ref.locked})
-        action = "reuse" if nid in realised else ("unlocked" if unlocked else "build")
+        by, via = blocked.get(nid, (None, None))
+        action = "reuse" if nid in realised else ("blocked" if by else "build")
         nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.key, node.builder, action,
                                  durations.get(nid, node.estimate), sorted(set(node.deps.values())), node.impure,
-                                 unlocked))
+                                 unlocked, by, via))
     return PlanView(set_name, list(p.targets), nodes, max(cp.values(), default=0.0))

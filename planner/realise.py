@@ -78,6 +78,7 @@ class RealiseResult:
     noop: bool = False
     steps: list[str] = attrs.field(factory=list)  # --dry-run: fetches and builds, in order
     blocked: Optional[str] = None  # --dry-run: why it would stop
+    warnings: list[str] = attrs.field(factory=list)  # e.g. unlocked inputs this realise does not need
 
     def to_json(self) -> dict:
         return {
@@ -96,6 +97,7 @@ class RealiseResult:
             "failures": self.failures,
             "checks": [attrs.asdict(c) for c in self.checks],
             **({"steps": self.steps, "blocked": self.blocked} if self.steps or self.blocked else {}),
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
 
 
@@ -216,9 +218,10 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     rs = load_set(root, set_name)
     lock = lockmod.read(rs.lockfile)
     problems = lockmod.check(rs, lock, deep=False)
-    if options.dry_run:
-        # A dry run explains how far a realise would get; unlocked inputs stop it later, by node.
-        problems = [p for p in problems if not p.message.startswith("unlocked")]
+    # Unlocked inputs matter only where this realise builds: checked below, once the plan says
+    # which nodes that is (per target, per platform).
+    unlocked_ids = {id_ for id_, li in lock.inputs.items() if li.status != "locked"}
+    problems = [p for p in problems if p.id not in unlocked_ids]
     if problems:
         more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
         raise LockError(problems[0].line() + more, where=str(rs.lockfile.relative_to(root)))
@@ -252,6 +255,11 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 if e is not None and not options.check:
                     valid[nid] = e
         needed = plan.needed(roots, valid)
+        warnings = _unlocked_outside(plan, lock, needed, unlocked_ids)
+        for w in warnings:
+            emit("log", f"warning: {w}")
+        if not options.dry_run:
+            _refuse_unlocked(plan, lock, needed, set_name, rs)
         results: dict[str, NodeResult] = {}
 
         def reason_for(nid: str) -> str:
@@ -324,7 +332,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
                                             reason_for(nid), previous_key=previous.get(nid)))
             return RealiseResult(set=set_name, targets=targets, output=None, digest=None, nodes=nodes,
-                                 steps=steps, blocked=blocked)
+                                 steps=steps, blocked=blocked, warnings=warnings)
 
         from .executors import Unrunnable
 
@@ -499,7 +507,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         run_id = store.add_run(record)
         store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
         result = RealiseResult(set=set_name, targets=targets, output=output, digest=digest,
-                               nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks)
+                               nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks,
+                               warnings=warnings)
         if outcome.interrupted:
             raise KeyboardInterrupt
         if not failures and output:
@@ -510,6 +519,29 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
         store.close()
         return result
+
+
+def _unlocked_outside(plan, lock, needed: set[str], unlocked_ids: set[str]) -> list[str]:
+    """One warning line naming the unlocked inputs that nothing this realise builds uses."""
+    used = {ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values()}
+    other = sorted(unlocked_ids - used)
+    if not other:
+        return []
+    return [f"{len(other)} unlocked input{'s' if len(other) > 1 else ''} not needed by this realise: "
+            + ", ".join(other)]
+
+
+def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:
+    """A LockError naming the first unlocked input that a node this realise must build uses."""
+    bad = sorted({ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values() if not ref.locked})
+    if not bad:
+        return
+    li = lock.inputs[bad[0]]
+    users = sorted(nid for nid in needed if any(r.decl == bad[0] for r in plan.nodes[nid].inputs.values()))
+    more = f" (and {len(bad) - 1} more: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
+    raise LockError(f"{bad[0]}: unlocked: {li.reason or 'not resolved'}; needed by {users[0]}{more}: "
+                    f"run `planner lock {set_name} --update {bad[0]}` where it can be reached",
+                    where=str(rs.lockfile.relative_to(rs.root)))
 
 
 def _roots_for(plan, rs, platform: Optional[str]) -> list[str]:

@@ -438,7 +438,11 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     nodes = {n["id"]: n for n in view["nodes"]}
     assert len(nodes) == 37
     base = nodes["sglang-base[linux/amd64]"]
-    assert base["action"] == "unlocked" and base["unlocked"] == ["sglang-base/source"]
+    assert base["action"] == "blocked" and base["unlocked"] == ["sglang-base/source"]
+    # Nodes below nothing unlocked but above an unlocked input are blocked by it, named.
+    tms = nodes["torch-memory-saver[linux/amd64]"]
+    assert tms["action"] == "blocked" and tms["unlocked"] == ["torch-memory-saver/source"]
+    assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
     assert nodes["slime-requirements"]["action"] == "build" and nodes["slime-requirements"]["unlocked"] == []
     assert nodes["numpy[linux/arm64]"]["action"] == "build"
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
