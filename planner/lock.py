@@ -75,6 +75,7 @@ class InputDecl:
     source: Optional[Source] = None
     patch: Optional[Patch] = None
     platforms: tuple[str, ...] = (ANY,)
+    as_of: Optional[str] = None  # set.toml's resolve-as-of, for inputs taken from a package index
 
     @property
     def kind(self) -> str:
@@ -117,7 +118,10 @@ class InputDecl:
         # make every existing lock stale.
         decl = {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj))
                 if getattr(obj, f.name) != (f.default.factory() if isinstance(f.default, attrs.Factory) else f.default)}
-        return bytes_digest(canonical_json({"decl": decl, "platforms": list(self.platforms)}))
+        doc: dict[str, object] = {"decl": decl, "platforms": list(self.platforms)}
+        if self.as_of is not None:  # another date may pick other files: the pin is stale
+            doc["as-of"] = self.as_of
+        return bytes_digest(canonical_json(doc))
 
 
 def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
@@ -126,7 +130,8 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
     for r in rs.recipes.values():
         for name, src in r.all_sources().items():
             plats = tuple(rs.config.platforms) if src.platform_dependent() else (ANY,)
-            d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats)
+            as_of = rs.config.resolve_as_of if src.kind == "pypi" else None
+            d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats, as_of=as_of)
             out[d.id] = d
         for p in r.patches:
             d = InputDecl(id=f"{r.name}/patch/{p.label}", recipe=r.name, name=f"patch/{p.label}", patch=p)

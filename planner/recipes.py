@@ -174,6 +174,9 @@ class SetConfig:
     # variant name -> arch list, or -> {platform -> arch list} where platforms differ (slime's
     # arm64 images carry fewer architectures than its amd64 ones).
     cuda: dict[str, object] = attrs.field(factory=dict)
+    # Like uv's exclude-newer: PyPI files uploaded after this date or time are not candidates,
+    # so re-locking later gives the same files (fetch/simple_index.py says how it is read).
+    resolve_as_of: Optional[str] = None
 
     def archs(self, variant: str, platform: Optional[str]) -> list[str]:
         value = self.cuda[variant]
@@ -490,6 +493,14 @@ def load_set(root: Path, name: str) -> RecipeSet:
             raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
                               where=_where(cfg_path, root, text, "platforms"))
     _check_cuda(config, lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
+    if config.resolve_as_of is not None:
+        from .errors import FetchError
+        from .fetch.simple_index import parse_as_of
+
+        try:
+            parse_as_of(config.resolve_as_of)
+        except FetchError as exc:
+            raise RecipeError(exc.message, where=_where(cfg_path, root, text, "resolve-as-of")) from None
     recipes: dict[str, Recipe] = {}
     cache = _ParseCache(root, name)
     # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.

@@ -116,9 +116,12 @@ class Resolver:
         if src is not None and src.kind == "pypi":
             from .fetch import pypi
 
+            from .fetch.simple_index import parse_as_of
+
             path = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=tmp,
                                  platform=src.platform or (None if platform == ANY else platform),
-                                 python_version=src.python)
+                                 python_version=src.python,
+                                 as_of=parse_as_of(decl.as_of) if decl.as_of is not None else None)
             sha, b3 = file_sha256_and_blake3(path)
             for expected in (pin.sha256 if pin else None, src.sha256):  # the lock's, the recipe's
                 if expected and expected != sha:

@@ -11,20 +11,18 @@ of the indexes pip is configured with, and checked against the index's sha256.
 
 from __future__ import annotations
 
-import functools
-import html
-import json
+import datetime
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, Optional
 
 from ..errors import FetchError
+from .simple_index import (DatedIndex, IndexFile, files_as_of, http_client, index_urls, normalise_name,
+                           pip_index_args, project_files)
 
 __all__ = ["IndexFile", "download", "find_sdist", "index_urls", "platform_tags", "wheel_arch"]
 
@@ -121,11 +119,13 @@ def download(
     platform: str | None = None,
     python_version: str | None = None,
     abi: str | None = None,
+    as_of: Optional[datetime.datetime] = None,
 ) -> Path:
     """Download exactly `name==version` as an sdist or a wheel into `dest_dir`; return its path.
 
     `platform` is an OCI platform (`linux/amd64`), expanded with `platform_tags`, or a raw wheel
-    platform tag. Without it the running machine's platform applies.
+    platform tag. Without it the running machine's platform applies. With `as_of`, a file
+    uploaded later is not a candidate (pip is given a dated view of the indexes).
     """
     where = f"{name}=={version}"
     args = _pip_args(name, version, dist, platform, python_version, abi)
@@ -134,17 +134,22 @@ def download(
     if dist == "sdist":
         from .url import download as url_download
 
-        found = find_sdist(name, version)
+        found = find_sdist(name, version, as_of=as_of)
         url_download(found.url, dest_dir / found.filename, sha256=found.sha256)
         return dest_dir / found.filename
     # Inside dest_dir so the final move is a rename on one file system.
     with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=dest_dir) as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--dest", tmp, *args],
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        if as_of is None:
+            proc = _pip_download(tmp, args, [])
+        else:
+            with DatedIndex(as_of) as view:
+                proc = _pip_download(tmp, args, pip_index_args(view.url))
+            if proc.returncode != 0 and view.errors:
+                raise FetchError(f"pip download ({dist}) failed: {view.errors[-1]}", where=where)
         if proc.returncode != 0:
             last = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-            raise FetchError(f"pip download ({dist}) failed: {last[-1] if last else f'exit {proc.returncode}'}",
+            dated = f" (files uploaded by {as_of.isoformat()})" if as_of is not None else ""
+            raise FetchError(f"pip download ({dist}) failed{dated}: {last[-1] if last else f'exit {proc.returncode}'}",
                              where=where)
         files = sorted(Path(tmp).iterdir())
         if len(files) != 1:
@@ -159,52 +164,13 @@ def download(
         return final
 
 
+def _pip_download(tmp: str, args: list[str], index_args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", "download", "--dest", tmp, *index_args, *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+
+
 # -- sdists from the Simple API ----------------------------------------------------------------
-
-class IndexFile(NamedTuple):
-    filename: str
-    url: str
-    sha256: Optional[str]  # None where the index gives no sha256 (then only the lock pins it)
-
-
-DEFAULT_INDEX = "https://pypi.org/simple"
-_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
-_ANCHOR = re.compile(r"<a\s[^>]*?href\s*=\s*[\"']([^\"']+)[\"'][^>]*>\s*([^<]+?)\s*</a>", re.IGNORECASE)
-
-
-def normalise_name(name: str) -> str:
-    """PEP 503: lower case, runs of `-`, `_`, `.` become one `-`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@functools.lru_cache(maxsize=1)
-def _pip_config() -> dict[str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    out: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip().strip("'\"")
-    return out
-
-
-def index_urls() -> list[str]:
-    """The indexes pip would use here: index-url (else PyPI), then every extra-index-url."""
-    def pick(option: str) -> Optional[str]:
-        env = os.environ.get("PIP_" + option.upper().replace("-", "_"))
-        if env:
-            return env
-        cfg = _pip_config()
-        for scope in (":env:", "download", "global"):
-            if f"{scope}.{option}" in cfg:
-                return cfg[f"{scope}.{option}"]
-        return None
-
-    main = pick("index-url") or DEFAULT_INDEX
-    extra = (pick("extra-index-url") or "").split()
-    return list(dict.fromkeys([main, *extra]))
-
 
 def _is_sdist_of(filename: str, name: str, version: str) -> bool:
     for ext in (".tar.gz", ".zip"):
@@ -215,64 +181,23 @@ def _is_sdist_of(filename: str, name: str, version: str) -> bool:
     return False
 
 
-def _parse_page(body: bytes, content_type: str, page_url: str) -> list[IndexFile]:
-    if "json" in content_type:
-        data = json.loads(body)
-        return [IndexFile(f["filename"], urllib.parse.urljoin(page_url, f["url"]), (f.get("hashes") or {}).get("sha256"))
-                for f in data.get("files", [])]
-    files = []
-    for href, text in _ANCHOR.findall(body.decode("utf-8", "replace")):
-        url = urllib.parse.urljoin(page_url, html.unescape(href))
-        base, _, fragment = url.partition("#")
-        algo, _, digest = fragment.partition("=")
-        files.append(IndexFile(html.unescape(text).strip(), base, digest.lower() if algo == "sha256" else None))
-    return files
-
-
-def _project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
-    """The files an index lists for a project, or None if the index does not know it."""
-    page = index.rstrip("/") + "/" + normalise_name(name) + "/"
-    if page.startswith("file:"):
-        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
-        listing = folder / "index.html"
-        if listing.is_file():
-            return _parse_page(listing.read_bytes(), "text/html", listing.as_uri())
-        if folder.is_dir():
-            return [IndexFile(p.name, p.as_uri(), None) for p in sorted(folder.iterdir()) if p.is_file()]
-        return None
-    import httpx
-
-    try:
-        r = client.get(page, headers={"Accept": _ACCEPT}, follow_redirects=True)
-    except httpx.HTTPError as e:
-        raise FetchError(f"index {index} unreachable: {type(e).__name__}: {e}", where=f"{name}") from None
-    if r.status_code == 404:
-        return None
-    if r.status_code != 200:
-        raise FetchError(f"index {index} answered {r.status_code} for {page}", where=name)
-    return _parse_page(r.content, r.headers.get("content-type", ""), str(r.url))
-
-
-def find_sdist(name: str, version: str, *, indexes: Optional[list[str]] = None, client=None) -> IndexFile:
-    """The sdist `name==version` on the first index that lists it (no metadata preparation)."""
-    import httpx
-
+def find_sdist(name: str, version: str, *, indexes: Optional[list[str]] = None, client=None,
+               as_of: Optional[datetime.datetime] = None) -> IndexFile:
+    """The sdist `name==version` on the first index that lists it (no metadata preparation);
+    with `as_of`, only a file uploaded by then."""
     where = f"{name}=={version}"
     indexes = indexes if indexes is not None else index_urls()
     own = client is None
     if own:
-        import ssl
-
-        cert = os.environ.get("PIP_CERT") or _pip_config().get("global.cert")
-        verify = ssl.create_default_context(cafile=cert) if cert and os.path.isfile(cert) else True
-        client = httpx.Client(timeout=60.0, verify=verify, trust_env=True)
+        client = http_client()
     try:
         for index in indexes:
-            files = _project_files(index, name, client)
-            hits = [f for f in files or [] if _is_sdist_of(f.filename, name, version)]
+            files = files_as_of(project_files(index, name, client) or [], as_of)
+            hits = [f for f in files if _is_sdist_of(f.filename, name, version)]
             if hits:
                 return sorted(hits, key=lambda f: not f.filename.endswith(".tar.gz"))[0]
     finally:
         if own:
             client.close()
-    raise FetchError(f"no sdist of {where} on {', '.join(indexes)}", where=where)
+    dated = f" uploaded by {as_of.isoformat()}" if as_of is not None else ""
+    raise FetchError(f"no sdist of {where}{dated} on {', '.join(indexes)}", where=where)

@@ -43,6 +43,7 @@ class Route:
     times: int = 1
     delay: float = 1.0
     ranges: bool = False
+    content_type: str = "application/octet-stream"
     requests: list[dict[str, str]] = attrs.field(factory=list)
     _faults_left: int = attrs.field(init=False, default=0)
 
@@ -114,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _headers(self, route: Route, status: int, length: int, extra: dict[str, str]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", route.content_type)
         self.send_header("Content-Length", str(length))
         if route.ranges:
             self.send_header("Accept-Ranges", "bytes")
@@ -168,8 +169,8 @@ class LoopbackServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, body: bytes, *, fault: Fault = Fault.NONE, times: int = 1, delay: float = 1.0,
-            ranges: bool = False) -> Route:
-        route = Route(body=body, fault=fault, times=times, delay=delay, ranges=ranges)
+            ranges: bool = False, content_type: str = "application/octet-stream") -> Route:
+        route = Route(body=body, fault=fault, times=times, delay=delay, ranges=ranges, content_type=content_type)
         with self._httpd.lock:
             self._httpd.routes[path] = route
         return route

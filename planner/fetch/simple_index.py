@@ -1,0 +1,315 @@
+"""The Simple repository API (PEP 503 HTML, PEP 691 JSON) of the indexes pip is configured with,
+and a view of them as of a date.
+
+`resolve-as-of` in set.toml (like uv's `exclude-newer`) makes a lock reproducible in time: a
+file uploaded after the date is not a candidate, so `planner lock --update` a month later picks
+the same files. The upload time is the index's own (PEP 700 `upload-time`, JSON pages only); a
+file without one cannot be dated and is not a candidate either. pip (23.x here) has no such
+option, so it is given a loopback PEP 691 index (`DatedIndex`) that serves the configured
+indexes' pages with the later files removed; pip's resolver and tag choice stay pip's own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+from ..errors import FetchError
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+_ACCEPT = f"{JSON_TYPE}, text/html;q=0.1"
+_ANCHOR = re.compile(r"<a\s[^>]*?href\s*=\s*[\"']([^\"']+)[\"'][^>]*>\s*([^<]+?)\s*</a>", re.IGNORECASE)
+_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+class IndexFile(NamedTuple):
+    filename: str
+    url: str
+    sha256: Optional[str]  # None where the index gives no sha256 (then only the lock pins it)
+    upload_time: Optional[str] = None  # PEP 700, as the index wrote it
+    requires_python: Optional[str] = None
+    yanked: bool | str = False  # PEP 592: False, True or the reason
+    metadata_sha256: Optional[str] = None  # PEP 714 core metadata beside the file ("" = present, no hash)
+
+
+def normalise_name(name: str) -> str:
+    """PEP 503: lower case, runs of `-`, `_`, `.` become one `-`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# -- dates ---------------------------------------------------------------------------------------
+
+def parse_as_of(text: str, where: str = "resolve-as-of") -> _dt.datetime:
+    """`2026-03-05` (through the end of that day, UTC) or an RFC 3339 time with a zone
+    (`2026-03-05T12:00:00Z`, `…+08:00`). A zone is required: the machine's own must not matter."""
+    if not isinstance(text, str):
+        raise FetchError("must be a string: a date (2026-03-05) or an RFC 3339 time with a zone", where=where)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        try:
+            day = _dt.date.fromisoformat(text)
+        except ValueError:
+            raise FetchError(f"{text!r} is not a date", where=where) from None
+        return _dt.datetime.combine(day, _dt.time.max, tzinfo=_dt.timezone.utc)
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", text):
+        raise FetchError(f"{text!r} is neither a date (2026-03-05) nor an RFC 3339 time with a zone "
+                         "(2026-03-05T12:00:00Z)", where=where)
+    try:
+        return _dt.datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise FetchError(f"{text!r} is not a valid time", where=where) from None
+
+
+def _upload_time(text: str) -> Optional[_dt.datetime]:
+    try:
+        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return None
+    return t if t.tzinfo is not None else None
+
+
+def uploaded_by(f: IndexFile, cutoff: _dt.datetime) -> bool:
+    """Whether `f` was on the index at `cutoff`: its PEP 700 upload time is not later. A file
+    the index gives no (or no readable) upload time for cannot be dated and is not a candidate."""
+    t = _upload_time(f.upload_time) if f.upload_time else None
+    return t is not None and t <= cutoff
+
+
+def files_as_of(files: list[IndexFile], cutoff: Optional[_dt.datetime]) -> list[IndexFile]:
+    return list(files) if cutoff is None else [f for f in files if uploaded_by(f, cutoff)]
+
+
+# -- the configured indexes ---------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _pip_config() -> dict[str, str]:
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def index_urls() -> list[str]:
+    """The indexes pip would use here: index-url (else PyPI), then every extra-index-url."""
+    def pick(option: str) -> Optional[str]:
+        env = os.environ.get("PIP_" + option.upper().replace("-", "_"))
+        if env:
+            return env
+        cfg = _pip_config()
+        for scope in (":env:", "download", "global"):
+            if f"{scope}.{option}" in cfg:
+                return cfg[f"{scope}.{option}"]
+        return None
+
+    main = pick("index-url") or DEFAULT_INDEX
+    extra = (pick("extra-index-url") or "").split()
+    return list(dict.fromkeys([main, *extra]))
+
+
+def cert_file() -> Optional[str]:
+    """The CA bundle pip is configured with, if any."""
+    cert = os.environ.get("PIP_CERT") or _pip_config().get("global.cert")
+    return cert if cert and os.path.isfile(cert) else None
+
+
+def http_client():
+    import ssl
+
+    import httpx
+
+    cert = cert_file()
+    verify = ssl.create_default_context(cafile=cert) if cert else True
+    return httpx.Client(timeout=60.0, verify=verify, trust_env=True)
+
+
+def _metadata(f: dict) -> Optional[str]:
+    meta = f.get("core-metadata", f.get("dist-info-metadata"))
+    if isinstance(meta, dict):
+        sha = meta.get("sha256")
+        return sha.lower() if isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha) else ""
+    return "" if meta is True else None
+
+
+def parse_page(body: bytes, content_type: str, page_url: str) -> list[IndexFile]:
+    """The files of one project page; malformed entries of a JSON page are skipped."""
+    if "json" in content_type:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise FetchError("index page is not valid JSON", where=page_url) from None
+        files = data.get("files") if isinstance(data, dict) else None
+        out = []
+        for f in files if isinstance(files, list) else []:
+            if not isinstance(f, dict) or not isinstance(f.get("filename"), str) or not isinstance(f.get("url"), str):
+                continue
+            hashes = f.get("hashes") if isinstance(f.get("hashes"), dict) else {}
+            sha = hashes.get("sha256")
+            rp = f.get("requires-python")
+            yanked = f.get("yanked", False)
+            out.append(IndexFile(
+                f["filename"], urllib.parse.urljoin(page_url, f["url"]),
+                sha.lower() if isinstance(sha, str) else None,
+                f.get("upload-time") if isinstance(f.get("upload-time"), str) else None,
+                rp if isinstance(rp, str) else None,
+                yanked if isinstance(yanked, (bool, str)) else bool(yanked),
+                _metadata(f)))
+        return out
+    files = []
+    for href, text in _ANCHOR.findall(body.decode("utf-8", "replace")):
+        url = urllib.parse.urljoin(page_url, html.unescape(href))
+        base, _, fragment = url.partition("#")
+        algo, _, digest = fragment.partition("=")
+        files.append(IndexFile(html.unescape(text).strip(), base, digest.lower() if algo == "sha256" else None))
+    return files
+
+
+def project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
+    """The files an index lists for a project, or None if the index does not know it."""
+    page = index.rstrip("/") + "/" + normalise_name(name) + "/"
+    if page.startswith("file:"):
+        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(page).path))
+        listing = folder / "index.html"
+        if listing.is_file():
+            return parse_page(listing.read_bytes(), "text/html", listing.as_uri())
+        if folder.is_dir():
+            return [IndexFile(p.name, p.as_uri(), None) for p in sorted(folder.iterdir()) if p.is_file()]
+        return None
+    import httpx
+
+    try:
+        r = client.get(page, headers={"Accept": _ACCEPT}, follow_redirects=True)
+    except httpx.HTTPError as e:
+        raise FetchError(f"index {index} unreachable: {type(e).__name__}: {e}", where=f"{name}") from None
+    if r.status_code == 404:
+        return None
+    if r.status_code != 200:
+        raise FetchError(f"index {index} answered {r.status_code} for {page}", where=name)
+    return parse_page(r.content, r.headers.get("content-type", ""), str(r.url))
+
+
+# -- a dated view for pip ----------------------------------------------------------------------
+
+def page_json(name: str, files: list[IndexFile]) -> bytes:
+    """A PEP 691 project page (with PEP 700 upload times) of `files`; URLs stay absolute."""
+    out = []
+    for f in files:
+        entry: dict[str, object] = {"filename": f.filename, "url": f.url,
+                                    "hashes": {"sha256": f.sha256} if f.sha256 else {}}
+        if f.requires_python is not None:
+            entry["requires-python"] = f.requires_python
+        if f.yanked:
+            entry["yanked"] = f.yanked
+        if f.upload_time is not None:
+            entry["upload-time"] = f.upload_time
+        if f.metadata_sha256 is not None:
+            meta: object = {"sha256": f.metadata_sha256} if f.metadata_sha256 else True
+            entry["core-metadata"] = entry["dist-info-metadata"] = meta
+        out.append(entry)
+    doc = {"meta": {"api-version": "1.1"}, "name": normalise_name(name), "files": out, "versions": []}
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+class DatedIndex:
+    """A loopback PEP 691 index serving the configured indexes' files uploaded by `cutoff`.
+
+    Used as a context manager; `url` is the index URL to give pip (`--index-url`). A project is
+    merged over the upstream indexes in order (the first index listing a file name wins), as
+    pip merges candidates from an index and its extra indexes.
+    """
+
+    def __init__(self, cutoff: _dt.datetime, indexes: Optional[list[str]] = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.cutoff = cutoff
+        self.indexes = list(indexes) if indexes is not None else index_urls()
+        self.errors: list[str] = []
+        self._client = http_client()
+        self._lock = threading.Lock()
+        view = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:
+                status, body, ctype = view._answer(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/simple/"
+
+    def files(self, name: str) -> Optional[list[IndexFile]]:
+        """The project's files on the upstream indexes uploaded by the cutoff (None: unknown)."""
+        merged: dict[str, IndexFile] = {}
+        known = False
+        for index in self.indexes:
+            with self._lock:  # one upstream request at a time: the client is shared
+                listed = project_files(index, name, self._client)
+            if listed is None:
+                continue
+            known = True
+            for f in files_as_of(listed, self.cutoff):
+                merged.setdefault(f.filename, f)
+        return list(merged.values()) if known else None
+
+    def _answer(self, path: str) -> tuple[int, bytes, str]:
+        parts = urllib.parse.urlsplit(path).path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "simple" or not _NAME.fullmatch(parts[1]):
+            return 404, b"not found\n", "text/plain"
+        try:
+            files = self.files(parts[1])
+        except FetchError as exc:
+            self.errors.append(exc.line() if hasattr(exc, "line") else str(exc))
+            return 502, str(exc).encode() + b"\n", "text/plain"
+        if files is None:
+            return 404, b"not found\n", "text/plain"
+        return 200, page_json(parts[1], files), JSON_TYPE
+
+    def __enter__(self) -> "DatedIndex":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+        self._client.close()
+
+
+def pip_index_args(index_url: str) -> list[str]:
+    """pip options that make `index_url` its only source: `--isolated` drops the machine's
+    extra indexes and find-links (files that cannot be dated), the CA bundle is kept."""
+    args = ["--isolated", "--index-url", index_url]
+    cert = cert_file()
+    if cert:
+        args += ["--cert", cert]
+    return args
