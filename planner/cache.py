@@ -846,19 +846,31 @@ def classify_miss(misses: Sequence[CacheMiss], *, built_before: bool) -> MissRep
 
 
 def push_closure(cache: BinaryCache, store: Store, nodes: Iterable[tuple[str, str]], *,
-                 inputs: Iterable[str] = ()) -> dict[str, int]:
+                 inputs: Iterable[str] = (), progress=None) -> dict[str, int]:
     """`planner store push`: push (input key, build key) pairs and fixed-output entries by key.
 
-    Returns counts {'pushed': n, 'present': m}."""
+    `progress` gets planner.progress events (one start and one done per entry). Returns
+    counts {'pushed': n, 'present': m}."""
+    emit = progress or (lambda kind, data: None)
+    items = [(bkey, input_key) for input_key, bkey in nodes] + [(key, key) for key in inputs]
+    emit("plan", {"total": len(items), "todo": len(items), "cached": []})
     counts = {"pushed": 0, "present": 0}
-    for input_key, bkey in nodes:
-        counts[cache.push_from_store(store, bkey, input_key)] += 1
-    for key in inputs:
-        counts[cache.push_from_store(store, key, key)] += 1
+    for key, input_key in items:
+        e = store.lookup(key)
+        label = e.path.name if e is not None else key
+        emit("start", label)
+        try:
+            got = cache.push_from_store(store, key, input_key)
+        except PlannerError as exc:
+            emit("failed", {"node": label, "error": exc.message})
+            raise
+        counts[got] += 1
+        emit("done", {"node": label, "status": got, "seconds": 0.0})
     return counts
 
 
-def push_run(cache: BinaryCache, store: Store, record: dict, *, with_inputs: bool = True) -> dict[str, int]:
+def push_run(cache: BinaryCache, store: Store, record: dict, *, with_inputs: bool = True,
+             progress=None) -> dict[str, int]:
     """Push everything a run record produced (its nodes) and, optionally, the inputs it used."""
     nodes = [(n["key"], n["build_key"]) for n in record.get("nodes", [])
              if n.get("build_key") and n.get("path") and n.get("action") in ("built", "reused", "substituted", "checked")]
@@ -866,7 +878,7 @@ def push_run(cache: BinaryCache, store: Store, record: dict, *, with_inputs: boo
     if with_inputs:
         by_path = {str(e.path): e.key for e in store.entries()}
         inputs = [by_path[p] for p in record.get("inputs", []) if p in by_path]
-    return push_closure(cache, store, nodes, inputs=inputs)
+    return push_closure(cache, store, nodes, inputs=inputs, progress=progress)
 
 
 def pull_closure(caches: Sequence[BinaryCache], store: Store, plan, node_ids: Optional[Iterable[str]] = None

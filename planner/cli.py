@@ -16,10 +16,80 @@ from .errors import PlannerError
 
 
 class Context:
-    def __init__(self, root: Path, store: Path, mirrors: list[str] = ()) -> None:
+    """The global options. They may come before or after the subcommand (`planner --store S
+    plan` and `planner plan --store S`), so the store is derived from the root when asked."""
+
+    def __init__(self, root: Path, store: Path | None, mirrors: list[str] = ()) -> None:
         self.root = root
-        self.store = store
+        self.explicit_store = store
         self.mirrors = list(mirrors)
+
+    @property
+    def store(self) -> Path:
+        return self.explicit_store or self.root / "store"
+
+    def store_for_read(self) -> Path:
+        """The store of a command that only reads one: it must exist and be a folder."""
+        _check_store_path(self.store, must_exist=True)
+        return self.store
+
+    def store_for_write(self) -> Path:
+        """The store of a command that may create one: no file may sit where it goes."""
+        _check_store_path(self.store, must_exist=False)
+        return self.store
+
+
+def _check_store_path(path: Path, *, must_exist: bool) -> None:
+    from .errors import StoreError
+
+    hint = "pass --store PATH or set PLANNER_STORE"
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "the store" if p == path else f"a parent of the store ({p})"
+                raise StoreError(f"{what} is not a folder; {hint}", where=str(path))
+            break
+    if must_exist and not path.is_dir():
+        raise StoreError(f"no store here (nothing realised yet, or a mistyped path); {hint}", where=str(path))
+
+
+def _mirror_url(m: str) -> str:
+    return m if "://" in m else Path(m).absolute().as_uri()
+
+
+def _set_root(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).root = value.absolute()
+
+
+def _set_store(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.find_object(Context).explicit_store = value.absolute()
+
+
+def _add_mirrors(ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> None:
+    ctx.find_object(Context).mirrors.extend(_mirror_url(m) for m in value)
+
+
+_ROOT_HELP = "Project folder holding recipes/, lockfiles/, patches/ (default: the current folder)."
+_STORE_HELP = "Store folder (env PLANNER_STORE; default: store/ under --root)."
+_MIRROR_HELP = "A source mirror: folder or URL (repeatable; env PLANNER_MIRRORS; planner.toml [mirrors])."
+
+
+def _global_options(cmd: click.Command) -> None:
+    """Give a subcommand the global options too, so they work after it (`planner lock demo
+    --mirror DIR`). Parsed after the group's, so a later one wins."""
+    cmd.params.extend([
+        click.Option(["--root"], type=click.Path(file_okay=False, path_type=Path), default=None,
+                     expose_value=False, callback=_set_root, is_eager=True, help=_ROOT_HELP),
+        click.Option(["--store"], type=click.Path(path_type=Path), default=None, expose_value=False,
+                     callback=_set_store, help=_STORE_HELP),
+        click.Option(["--mirror"], multiple=True, metavar="URL", expose_value=False, callback=_add_mirrors,
+                     help=_MIRROR_HELP),
+    ])
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _global_options(sub)
 
 
 def _fail(exc: PlannerError) -> None:
@@ -38,31 +108,57 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("planner: interrupted; the store is consistent", err=True)
             sys.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            # A file system refusal the typed errors did not foresee: still one line, naming the path.
+            if os.environ.get("PLANNER_DEBUG"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"planner: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if os.environ.get("PLANNER_DEBUG"):
+                raise
+            text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            click.echo(f"planner: internal error: {text} (a bug: PLANNER_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(70)
 
 
-@click.group(cls=_Group)
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".",
-              help="Project folder holding recipes/, lockfiles/, patches/.")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".", help=_ROOT_HELP)
 @click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
-              help="Store folder (env PLANNER_STORE; default ./store under --root).")
-@click.option("--mirror", "mirrors", multiple=True, metavar="URL",
-              help="A source mirror (folder or URL; repeatable; env PLANNER_MIRRORS; planner.toml [mirrors]).")
-@click.version_option(package_name="planner")
+              help=_STORE_HELP)
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL", help=_MIRROR_HELP)
+@click.version_option(package_name="planner", help="Show the version and exit.")
 @click.pass_context
 def main(ctx: click.Context, root: Path, store: Path | None, mirrors: tuple[str, ...]) -> None:
-    """Reproducible builds of GPU machine-learning container images."""
-    root = root.absolute()
-    ctx.obj = Context(root, (store or root / "store").absolute(),
-                      [m if "://" in m else Path(m).absolute().as_uri() for m in mirrors])
+    """Reproducible builds of GPU machine-learning container images.
+
+    Global options (--root, --store, --mirror) go before or after the command.
+    """
+    ctx.obj = Context(root.absolute(), store.absolute() if store else None, [_mirror_url(m) for m in mirrors])
+
+
+def _sets(ctx: Context) -> list[str]:
+    return sorted(p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file())
 
 
 def _default_set(ctx: Context, name: str | None) -> str:
+    """SET is optional wherever it is an argument: a project with one set means that one."""
+    sets = _sets(ctx)
     if name:
+        if name not in sets:
+            from .suggest import unknown
+
+            raise unknown("recipe set", name, sets, where=str(ctx.root / "recipes"))
         return name
-    sets = sorted(p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file())
     if len(sets) == 1:
         return sets[0]
-    raise PlannerError(f"name a recipe set (one of: {', '.join(sets) or 'none found under recipes/'})")
+    if not sets:
+        raise PlannerError(f"no recipe sets under {ctx.root / 'recipes'} (a folder per set with a set.toml); "
+                           "pass --root PROJECT")
+    raise PlannerError(f"name a recipe set: one of {', '.join(sets)}")
 
 
 # -- lock ------------------------------------------------------------------------------------
@@ -73,7 +169,7 @@ def _default_set(ctx: Context, name: str | None) -> str:
 @click.option("--check", is_flag=True, help="Fail if the lock is stale or incomplete; no network.")
 @click.pass_obj
 def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool) -> None:
-    """Resolve every input to a content-hash pin and write lockfiles/SET.lock."""
+    """Pin every input by content hash into lockfiles/SET.lock."""
     from . import lock as lockmod
     from .recipes import load_set
 
@@ -91,7 +187,7 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
     from .resolve import UnresolvedInputs, lock_set
     from .store import Store
 
-    store = Store(ctx.store)
+    store = Store(ctx.store_for_write())
     try:
         result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True),
                                    mirrors=load_mirrors(ctx.root, ctx.mirrors))
@@ -110,16 +206,27 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
 
 @main.command()
 @click.argument("set_name", metavar="SET", required=False)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg"]), default="text")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in planner/planview.py).")
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg"]), default="text", show_default=True,
+              help="text: one line per node; dot: Graphviz source; svg: the picture (needs graphviz).")
 @click.option("--target", default=None, help="Plan this recipe instead of the set's target.")
-@click.option("--sandbox", type=click.Choice(["on", "off"]), default="on")
+@click.option("--sandbox", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Plan keys as `realise --sandbox` would compute them (off: impure keys).")
 @click.pass_obj
 def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: str | None, sandbox: str) -> None:
-    """Show the derivation graph: each node's key and whether it would be built or reused."""
+    """The derivation graph: keys, and what would be built or reused.
+
+    Reads the store to tell valid outputs; a stale lock is warned about (its keys are the old
+    ones until `planner lock SET`)."""
     from .planview import plan_view
 
-    view = plan_view(ctx.root, _default_set(ctx, set_name), ctx.store, target=target, sandbox=sandbox == "on")
+    name = _default_set(ctx, set_name)
+    store_root = ctx.store_for_write()
+    if not store_root.exists():
+        click.echo(f"planner: note: no store at {store_root} yet: every node shows as to build", err=True)
+    view = plan_view(ctx.root, name, store_root, target=target, sandbox=sandbox == "on")
+    for w in view.warnings:
+        click.echo(f"planner: warning: {w}", err=True)
     if as_json:
         click.echo(json.dumps(view.to_json(), indent=2, sort_keys=True))
     elif fmt == "dot":
@@ -138,7 +245,7 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
 @click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
 @click.option("--keep-going", is_flag=True, help="Continue past failed nodes; report all failures at the end.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (schema in planner/runs.py).")
 @click.option("--out-link", type=click.Path(path_type=Path), default=None, help="Symlink to the output (like Nix's result).")
 @click.option("--target", default=None, help="Realise this recipe instead of the set's target.")
 @click.option("--sandbox", type=click.Choice(["on", "off"]), default="on",
@@ -156,13 +263,22 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
               help="Only the targets for this platform (and those without one), e.g. linux/arm64.")
 @click.option("--download", type=click.Choice(["toplevel", "all"]), default="toplevel",
               help="With a remote executor: fetch only the targets' outputs (default) or every output.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "rich"]), default="auto",
+              envvar="PLANNER_PROGRESS", show_default=True,
+              help="plain: a line per node start and end (CI logs); rich: a live bar; auto: rich on a terminal.")
+@click.option("-L", "--print-build-logs", is_flag=True, help="Stream build output, each line prefixed by its node.")
 @click.pass_obj
 def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
             as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
-            trusted_keys: tuple[str, ...], platform_: str | None, download: str) -> None:
-    """Build what is missing and print the target's output."""
+            trusted_keys: tuple[str, ...], platform_: str | None, download: str, progress_mode: str,
+            print_build_logs: bool) -> None:
+    """Build what is missing; print the target's store path.
+
+    Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
+    parallel, the critical path first) and prints the target's output and image digest."""
     name = _default_set(ctx, set_name)
+    ctx.store_for_write()
     if not (dry_run or check or executor or cache_to or out_link or platform_):
         # The no-op fast path: the standard library and one sqlite query, nothing else.
         from .noop import try_noop
@@ -190,7 +306,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     if not as_json and not dry_run:
         from .progress import make_progress
 
-        progress = make_progress()
+        progress = make_progress(progress_mode, print_build_logs=print_build_logs)
     try:
         result = do_realise(ctx.root, name, ctx.store, opts, progress=progress)
     finally:
@@ -226,6 +342,10 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     for f in result.failures:
         click.echo(f"planner: build failed: {f}", err=True)
     if result.failures:
+        failed = [n.id for n in result.nodes if n.action == "failed"]
+        if failed:
+            click.echo(f"planner: hint: `planner log {failed[0]!r}` prints its build log; "
+                       f"`planner why {name}` names the failed nodes", err=True)
         sys.exit(1)
     if any(not c.ok for c in result.checks):
         click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
@@ -247,7 +367,7 @@ def _noop_json(set_name: str, cache: dict) -> dict:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--sha256", is_flag=True, help="Also print the sha256 of files.")
 def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
-    """Tree hash (v1) of folders and files, like `nix hash path`."""
+    """Tree hash (v1) of folders and files (like `nix hash path`)."""
     from .hashing import file_sha256_and_blake3, tree_digest
 
     for p in paths:
@@ -262,12 +382,12 @@ def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
 @click.argument("what", metavar="URL | GIT_URL@REV")
 @click.pass_obj
 def prefetch(ctx: Context, what: str) -> None:
-    """Fetch a URL or a git revision into the store once and print its pins (sha256, tree hash)."""
+    """Fetch a URL or git revision once; print its pins."""
     from .mirrors import load_mirrors
     from .resolve import prefetch as do_prefetch
     from .store import Store
 
-    decl, li = do_prefetch(Store(ctx.store), what, mirrors=load_mirrors(ctx.root, ctx.mirrors),
+    decl, li = do_prefetch(Store(ctx.store_for_write()), what, mirrors=load_mirrors(ctx.root, ctx.mirrors),
                            log=lambda s: click.echo(s, err=True))
     pin = li.pins["any"]
     if pin.commit:
@@ -281,7 +401,7 @@ def prefetch(ctx: Context, what: str) -> None:
 
 @main.group()
 def store() -> None:
-    """Inspect and maintain the store."""
+    """Verify, collect, size, push and pull the store."""
 
 
 @store.command("verify")
@@ -290,7 +410,7 @@ def store_verify(ctx: Context) -> None:
     """Re-hash every entry and report corruption."""
     from .store import Store
 
-    bad = Store(ctx.store).verify()
+    bad = Store(ctx.store_for_read()).verify()
     for e, why in bad:
         click.echo(f"corrupt: {e.path.name}: {why}")
     if bad:
@@ -299,45 +419,127 @@ def store_verify(ctx: Context) -> None:
 
 
 @store.command("gc")
+@click.option("-n", "--dry-run", is_flag=True, help="List what would be removed, and its size; remove nothing.")
 @click.pass_obj
-def store_gc(ctx: Context) -> None:
-    """Remove entries unreachable from roots (last realised targets, out-links)."""
+def store_gc(ctx: Context, dry_run: bool) -> None:
+    """Remove entries no root reaches (like nix-collect-garbage).
+
+    Roots are the last realised target of each set and out-links (`planner store roots`)."""
+    from .sizes import human, path_size
     from .store import Store
 
-    removed = Store(ctx.store).gc()
+    st = Store(ctx.store_for_read())
+    try:
+        sizes = {e.path.name: path_size(e.path) for e in st.entries()} if dry_run else {}
+        removed = st.gc(dry_run=dry_run)
+    finally:
+        st.close()
+    verb = "would remove" if dry_run else "removed"
     for r in removed:
-        click.echo(f"removed {r}")
-    click.echo(f"{len(removed)} entries removed")
+        click.echo(f"{verb} {r}" + (f"  {human(sizes.get(r, 0))}" if dry_run else ""))
+    freed = f", {human(sum(sizes.get(r, 0) for r in removed))}" if dry_run else ""
+    click.echo(f"{len(removed)} entries {verb}{freed}")
+
+
+@store.command("roots")
+@click.pass_obj
+def store_roots(ctx: Context) -> None:
+    """List the gc roots and the closure each keeps alive."""
+    from .sizes import human, node_sizes
+    from .store import Store
+
+    st = Store(ctx.store_for_read())
+    try:
+        roots = st.live_roots()
+        runs = st.runs(limit=1000)
+    finally:
+        st.close()
+    if not roots:
+        click.echo("no roots: `planner store gc` would remove everything")
+    for name, path in roots.items():
+        rec = next((r for _i, r in runs if r.get("output") and Path(r["output"]).name == path.name), None)
+        closure = ""
+        if rec is not None:
+            top = next((n for n in node_sizes(rec) if n.path == rec["output"]), None)
+            if top is not None:
+                closure = f"  closure {human(top.closure)}"
+        click.echo(f"{name} -> {path}{closure}")
+
+
+@store.command("size")
+@click.argument("set_name", metavar="[SET]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable sizes in bytes.")
+@click.pass_obj
+def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
+    """Size and closure size per node (like nix path-info -rS).
+
+    For SET's last realise: each output's own size and the size of its closure (it and every
+    output it was built from); the target's closure is the whole image."""
+    import attrs
+
+    from .sizes import human, node_sizes
+    from .store import Store
+
+    name = _default_set(ctx, set_name)
+    st = Store(ctx.store_for_read())
+    try:
+        rec = next((r for _i, r in st.runs(limit=1000) if r.get("set") == name), None)
+    finally:
+        st.close()
+    if rec is None:
+        raise PlannerError(f"no recorded realise of set {name!r}; run `planner realise {name}` first",
+                           where=str(ctx.store))
+    sizes = node_sizes(rec)
+    if as_json:
+        click.echo(json.dumps({"schema": 1, "set": name, "nodes": [attrs.asdict(n) for n in sizes]},
+                              indent=2, sort_keys=True))
+        return
+    width = max((len(n.id) for n in sizes), default=4)
+    click.echo(f"{'node':<{width}}  {'size':>10}  {'closure':>10}")
+    for n in sizes:
+        click.echo(f"{n.id:<{width}}  {human(n.size):>10}  {human(n.closure):>10}")
+    for t in rec.get("targets", []):
+        top = next((n for n in sizes if n.id == t), None)
+        if top is not None:
+            click.echo(f"closure of {t}: {human(top.closure)} in {top.closure_paths} outputs")
 
 
 @store.command("push")
 @click.argument("set_name", metavar="SET")
 @click.option("--to", "to", required=True, metavar="URL", help="oci://HOST/REPO")
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), envvar="PLANNER_SIGNING_KEY",
-              required=True)
+              required=True, help="Secret key that signs the entries (env PLANNER_SIGNING_KEY).")
 @click.option("--no-inputs", is_flag=True, help="Push built outputs only, not the fetched sources.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "rich"]), default="auto",
+              envvar="PLANNER_PROGRESS", show_default=True, help="As for realise: a line per entry, or a live bar.")
 @click.pass_obj
-def store_push(ctx: Context, set_name: str, to: str, signing_key: Path, no_inputs: bool) -> None:
-    """Push the closure of the last realise of SET to a binary cache."""
+def store_push(ctx: Context, set_name: str, to: str, signing_key: Path, no_inputs: bool, progress_mode: str) -> None:
+    """Push SET's last realised closure to a binary cache."""
     from .cache import BinaryCache, Signer, TrustedKeys, push_run
     from .store import Store
 
-    st = Store(ctx.store)
+    st = Store(ctx.store_for_read())
     rec = next((r for _i, r in st.runs() if r.get("set") == set_name), None)
     if rec is None:
         raise PlannerError(f"no recorded realise of set {set_name!r}")
     cache = BinaryCache(to, trusted=TrustedKeys(), signer=Signer.from_file(signing_key))
-    counts = push_run(cache, st, rec, with_inputs=not no_inputs)
+    from .progress import make_progress
+
+    progress = make_progress(progress_mode)
+    counts = push_run(cache, st, rec, with_inputs=not no_inputs, progress=progress)
+    progress("close", None)
     click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
 @store.command("pull")
 @click.argument("set_name", metavar="SET")
-@click.option("--from", "sources", multiple=True, required=True, metavar="URL")
-@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY")
+@click.option("--from", "sources", multiple=True, required=True, metavar="URL",
+              help="Binary cache to pull from: oci://HOST/REPO (repeatable).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
+              help="Public key whose signatures are trusted (repeatable).")
 @click.pass_obj
 def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
-    """Fetch the closure of SET from binary caches into the store, verifying signatures."""
+    """Fetch SET's closure from binary caches (signatures verified)."""
     from . import lock as lockmod
     from .cache import BinaryCache, TrustedKeys, pull_closure
     from .graph import plan as make_plan
@@ -349,7 +551,7 @@ def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_ke
     p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
     trusted = TrustedKeys(trusted_keys)
     caches = [BinaryCache(u, trusted=trusted) for u in sources]
-    got, missing = pull_closure(caches, Store(ctx.store), p)
+    got, missing = pull_closure(caches, Store(ctx.store_for_write()), p)
     from .cache import classify_miss
 
     for nid, misses in missing.items():
@@ -369,7 +571,7 @@ def keys() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", default=None, help="Key name (default: the host name).")
 def keys_generate(path: Path, name: str | None) -> None:
-    """Write a new ed25519 secret key to PATH (mode 0600) and print its public key."""
+    """Write an ed25519 secret key to PATH; print its public key."""
     from .cache import generate_key
 
     click.echo(generate_key(path, name))
@@ -377,21 +579,32 @@ def keys_generate(path: Path, name: str | None) -> None:
 
 @main.command("log")
 @click.argument("node")
-@click.argument("set_name", metavar="SET", required=False)
+@click.option("--set", "set_name", default=None, help="The recipe set (default: any set's runs).")
 @click.pass_obj
 def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
-    """Print the build log of a node (by id, name or key) from the last run."""
+    """Print a node's latest build log (failed builds too)."""
     from .store import Store
 
-    st = Store(ctx.store)
-    for _id, rec in st.runs():
+    store_root = ctx.store_for_read()
+    st = Store(store_root)
+    try:
+        runs = [r for _i, r in st.runs(limit=200) if set_name is None or r.get("set") == set_name]
+    finally:
+        st.close()
+    seen: set[str] = set()
+    for rec in runs:
         for n in rec.get("nodes", []):
+            seen.update((n["id"], n["name"]))
             if node in (n["id"], n["name"], n["key"], n.get("build_key")) and n.get("build_key"):
-                path = ctx.store / "logs" / f"{n['build_key']}.log"
+                path = store_root / "logs" / f"{n['build_key']}.log"
                 if path.exists():
                     click.echo(path.read_text(errors="replace"), nl=False)
                     return
-    raise PlannerError(f"no build log for {node!r}")
+    if node in seen:
+        raise PlannerError(f"no build log for {node!r}: it was reused or fetched, not built, in the recorded runs")
+    from .suggest import unknown
+
+    raise unknown("node", node, {x for x in seen if "[" not in x}, where=f"runs of set {set_name!r}" if set_name else "recorded runs")
 
 
 # -- explanation -----------------------------------------------------------------------------
@@ -403,11 +616,13 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
 @click.option("--run", "run_id", type=int, default=None, help="Explain this run instead of the last.")
 @click.option("--set", "set_name", default=None, help="The recipe set, when WHAT is a node.")
 @click.option("--expand", is_flag=True, help="List every rebuilt node under its cause.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable explanation (schema in planner/why.py).")
 @click.pass_obj
 def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_id: int | None,
         set_name: str | None, expand: bool, as_json: bool) -> None:
-    """Why the last realise rebuilt what it rebuilt (or what the next one would): root causes first."""
+    """Why the last realise rebuilt what it did: root causes first.
+
+    With --dry-run: what the next realise would rebuild, and why."""
     from .why import explain_next, explain_run, render
 
     sets = {p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file()}
@@ -418,9 +633,9 @@ def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_
         node = what
     name = _default_set(ctx, set_name)
     if dry_run:
-        exp = explain_next(ctx.root, name, ctx.store, node=node)
+        exp = explain_next(ctx.root, name, ctx.store_for_write(), node=node)
     else:
-        exp = explain_run(ctx.root, name, ctx.store, run_id=run_id, against=against, node=node)
+        exp = explain_run(ctx.root, name, ctx.store_for_read(), run_id=run_id, against=against, node=node)
     if as_json:
         click.echo(json.dumps(exp.to_json(), indent=2, sort_keys=True))
     else:
@@ -428,25 +643,28 @@ def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_
 
 
 @main.command()
-@click.argument("a")
-@click.argument("b")
-@click.option("--set", "set_name", default=None)
+@click.argument("a", metavar="NODE|KEY")
+@click.argument("b", metavar="[NODE|KEY]", required=False)
+@click.option("--set", "set_name", default=None, help="The recipe set whose runs name the nodes.")
 @click.pass_obj
-def diff(ctx: Context, a: str, b: str, set_name: str | None) -> None:
-    """Field-level diff of two nodes' preimages (two keys, or one node in the last two runs)."""
+def diff(ctx: Context, a: str, b: str | None, set_name: str | None) -> None:
+    """Field-level diff of two preimages (like nix-diff).
+
+    With one NODE: its last build against its build before."""
     from .why import diff_keys, render_diff
 
-    pa, pb, changes = diff_keys(ctx.store, a, b, set_name)
-    click.echo(render_diff(a, b, pa, pb, changes, ctx.store))
+    store_root = ctx.store_for_read()
+    pa, pb, changes, (la, lb) = diff_keys(store_root, a, b, set_name)
+    click.echo(render_diff(la, lb, pa, pb, changes, store_root))
 
 
 @main.command("why-depends")
-@click.argument("a")
-@click.argument("b")
-@click.option("--set", "set_name", default=None)
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--set", "set_name", default=None, help="The recipe set (default: the only one).")
 @click.pass_obj
 def why_depends_cmd(ctx: Context, a: str, b: str, set_name: str | None) -> None:
-    """The shortest dependency path from A down to B, and the input that carries each step."""
+    """Why A depends on B: the shortest path, edge by edge."""
     from .why import why_depends
 
     path = why_depends(ctx.root, _default_set(ctx, set_name), a, b)
@@ -456,10 +674,10 @@ def why_depends_cmd(ctx: Context, a: str, b: str, set_name: str | None) -> None:
 
 @main.command()
 @click.argument("node")
-@click.option("--set", "set_name", default=None)
+@click.option("--set", "set_name", default=None, help="The recipe set (default: the only one).")
 @click.pass_obj
 def show(ctx: Context, node: str, set_name: str | None) -> None:
-    """Print a node's preimage (everything its key covers) and its key."""
+    """Print a node's key and preimage (all its key covers)."""
     from . import lock as lockmod
     from .graph import plan as make_plan
     from .host import detect_host
@@ -469,7 +687,9 @@ def show(ctx: Context, node: str, set_name: str | None) -> None:
     p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
     found = [n for n in p.nodes.values() if node in (n.id, n.name, n.key)]
     if not found:
-        raise PlannerError(f"no node {node!r} in set {rs.name!r}")
+        from .suggest import unknown
+
+        raise unknown("node", node, {n.name for n in p.nodes.values()}, where=f"set {rs.name!r}")
     for n in found:
         click.echo(f"# {n.id}  key {n.key}")
         click.echo(json.dumps(n.preimage, indent=2, sort_keys=True))
@@ -478,6 +698,8 @@ def show(ctx: Context, node: str, set_name: str | None) -> None:
 from .oci.cli import push, export  # noqa: E402
 main.add_command(push)
 main.add_command(export)
+for _cmd in main.commands.values():
+    _global_options(_cmd)
 
 
 if __name__ == "__main__":

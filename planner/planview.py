@@ -1,7 +1,29 @@
-"""`planner plan`: the derivation graph with keys and what a realise would do to each node."""
+"""`planner plan`: the derivation graph with keys and what a realise would do to each node.
+
+`plan --json` schema (version `SCHEMA_VERSION`; fields are only ever added within a version):
+
+    schema                 int, this version
+    set                    str, the recipe set
+    targets                [node id], the nodes `realise` prints
+    critical_path_seconds  float, the longest chain of expected build times through the graph
+    critical_path          [node id], that chain, first build first
+    generations            [[node id]], nodes that could build at once: each only needs earlier ones
+    warnings               [str], e.g. a stale lock (the keys shown are then the old lock's)
+    nodes                  [{id, name, variant, platform, key, builder, action, estimate, deps,
+                             requires, impure, unlocked}]
+        action     "build" (not in the store), "reuse" (a valid output is there), or "blocked"
+                   (an input of it or below it is unlocked: `planner lock SET --update ID` first)
+        estimate   float seconds: the last recorded build time, or the recipe's estimate
+        deps       [node id], build-time dependencies (mounted at /deps/<name>)
+        requires   [node id], run-time dependencies, resolved for this node's platform/variant
+        platform   the node's platform axis, or null when one output serves every platform
+        unlocked   [lock id], this node's own unlocked inputs
+        blocked_by, blocked_via   for a blocked node: the unlocked input, and the node using it
+"""
 
 from __future__ import annotations
 
+import html
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -10,17 +32,27 @@ import attrs
 
 from .errors import PlannerError
 
+SCHEMA_VERSION = 1
+
+# Fill colours of the picture and its legend: one per action.
+_COLOURS = {"build": "#f6c177", "reuse": "#b8e0b8", "blocked": "#d9d9d9"}
+_ROW = 4  # nodes side by side per generation and platform in the picture
+_MEANING = {"build": "build: not in the store", "reuse": "reuse: valid output in the store",
+            "blocked": "blocked: an input is unlocked"}
+
 
 @attrs.frozen
 class PlannedNode:
     id: str
     name: str
     variant: str
+    platform: Optional[str]
     key: str
     builder: str
-    action: str  # build | reuse | blocked (an unlocked input of its own or below it)
+    action: str  # build | reuse | blocked
     estimate: float
     deps: list[str]
+    requires: list[str]
     impure: bool
     unlocked: list[str]  # its own unlocked inputs
     blocked_by: Optional[str] = None  # the unlocked input that keeps it from being built
@@ -33,9 +65,14 @@ class PlanView:
     targets: list[str]
     nodes: list[PlannedNode]
     critical_path: float
+    critical_nodes: list[str] = attrs.field(factory=list)
+    generations: list[list[str]] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
 
     def to_json(self) -> dict:
-        return {"set": self.set, "targets": self.targets, "critical_path_seconds": round(self.critical_path, 1),
+        return {"schema": SCHEMA_VERSION, "set": self.set, "targets": self.targets,
+                "critical_path_seconds": round(self.critical_path, 1), "critical_path": self.critical_nodes,
+                "generations": self.generations, "warnings": self.warnings,
                 "nodes": [attrs.asdict(n) for n in self.nodes]}
 
     def to_text(self) -> str:
@@ -48,26 +85,93 @@ class PlanView:
             lines.append(f"{n.action:<7} {n.key}  {n.id:<{width}}  ~{_dur(n.estimate)}{flags}")
         todo = sum(n.action != "reuse" for n in self.nodes)
         blocked = sum(n.action == "blocked" for n in self.nodes)
-        lines.append(f"{len(self.nodes)} nodes, {todo} to build" + (f" ({blocked} blocked by unlocked inputs)" if blocked else "")
-                     + f"; critical path ~{_dur(self.critical_path)}")
+        lines.append(f"{len(self.nodes)} nodes, {todo} to build"
+                     + (f" ({blocked} blocked by unlocked inputs)" if blocked else "")
+                     + f"; critical path ~{_dur(self.critical_path)}"
+                     + (f" ({' -> '.join(self.critical_nodes)})" if 1 < len(self.critical_nodes) <= 6 else ""))
         return "\n".join(lines)
 
     def to_dot(self) -> str:
-        out = ["digraph plan {", "  rankdir=BT;", '  node [shape=box, fontname="monospace"];']
+        """Top to bottom, dependencies above what they feed; one box per platform; run-time
+        (`requires`) edges dashed; a legend of the actions."""
+
+        def q(s: str) -> str:
+            return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        def label(n: PlannedNode) -> str:
+            # An HTML-like label: the name bold, the variant minus the platform (the cluster
+            # says that) and the key's head small, so 40+ boxes stay narrow.
+            rows = [f"<B>{html.escape(n.name)}</B>"]
+            for part in (p for p in n.variant.split(", ") if p and p != n.platform):
+                archs = part.split("+")  # a long CUDA arch list wraps, three to a line
+                for i in range(0, len(archs), 3):
+                    text = "+".join(archs[i:i + 3]) + ("+" if i + 3 < len(archs) else "")
+                    rows.append(f'<FONT POINT-SIZE="9">{html.escape(text)}</FONT>')
+            rows.append(f'<FONT POINT-SIZE="8" COLOR="#555555">{n.key[:12]} · ~{_dur(n.estimate)}</FONT>')
+            return "<" + "<BR/>".join(rows) + ">"
+
+        out = ["digraph plan {", "  rankdir=TB; newrank=true; concentrate=true;",
+               "  graph [fontname=\"Helvetica\", fontsize=12, nodesep=0.25, ranksep=0.45, labelloc=t,"
+               f" label={q(f'planner plan {self.set}: {len(self.nodes)} nodes')}];",
+               '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11, margin="0.08,0.04"];',
+               '  edge [color="#666666", arrowsize=0.6, fontname="Helvetica", fontsize=10];']
+        groups: dict[str, list[PlannedNode]] = {}
         for n in self.nodes:
-            color = {"build": "orange", "reuse": "palegreen", "blocked": "lightgrey"}[n.action]
-            out.append(f'  "{n.id}" [label="{n.id}\\n{n.key[:12]}", style=filled, fillcolor={color}];')
+            groups.setdefault(n.platform or "", []).append(n)
+        level = {nid: i for i, gen in enumerate(self.generations) for nid in gen}
+        # Platform boxes stacked top to bottom (the platform-free one, holding the image, last):
+        # side by side, two platforms of 15 nodes would be a picture eight times wider than high.
+        order = sorted(groups.items(), key=lambda kv: (kv[0] == "", kv[0]))
+        previous_last: Optional[str] = None
+        for i, (platform, members) in enumerate(order):
+            out.append(f"  subgraph cluster_{i} {{")
+            out.append(f"    label={q(platform or 'every platform')}; style=rounded; color=\"#9999bb\";"
+                       " fontname=\"Helvetica-Bold\";")
+            for n in members:
+                pen = ", penwidth=2.5" if n.id in self.targets else ""
+                out.append(f"    {q(n.id)} [label={label(n)}, fillcolor={q(_COLOURS[n.action])}{pen}];")
+            # Each generation wraps into rows of _ROW nodes, one rank each, stacked by an
+            # invisible edge: 40+ independent nodes then make a block, not one long line.
+            by_level: dict[int, list[str]] = {}
+            for n in members:
+                by_level.setdefault(level.get(n.id, 0), []).append(n.id)
+            rows = [ids[k:k + _ROW] for _lv, ids in sorted(by_level.items()) for k in range(0, len(ids), _ROW)]
+            for row in rows:
+                out.append("    { rank=same; " + " ".join(q(x) + ";" for x in row) + " }")
+            for upper, lower in zip(rows, rows[1:]):
+                out.append(f"    {q(upper[0])} -> {q(lower[0])} [style=invis, weight=20];")
+            out.append("  }")
+            if previous_last is not None and rows:
+                out.append(f"  {q(previous_last)} -> {q(rows[0][0])} [style=invis, weight=20];")
+            if rows:
+                previous_last = rows[-1][0]
         for n in self.nodes:
             for d in n.deps:
-                out.append(f'  "{d}" -> "{n.id}";')
+                out.append(f"  {q(d)} -> {q(n.id)};")
+        for n in self.nodes:
+            for r in n.requires:
+                out.append(f"  {q(r)} -> {q(n.id)} [style=dashed, color=\"#3366cc\", constraint=false];")
+        out.append("  subgraph cluster_legend {")
+        out.append('    label="legend"; style=rounded; color="#bbbbbb"; fontname="Helvetica-Bold";')
+        for action in ("build", "reuse", "blocked"):
+            out.append(f"    {q('legend:' + action)} [label={q(_MEANING[action])}, fillcolor={q(_COLOURS[action])}];")
+        for tag, text, style in (("dep", "built from", ""), ("req", "requires at run time",
+                                                            ', style=dashed, color="#3366cc"')):
+            out.append(f'    "legend:{tag}-a" [label="A", shape=plaintext, style=""];')
+            out.append(f'    "legend:{tag}-b" [label="B", shape=plaintext, style=""];')
+            out.append(f'    "legend:{tag}-a" -> "legend:{tag}-b" [label=" B {text} A", fontsize=10{style}];')
+        out.append('    "legend:build" -> "legend:reuse" -> "legend:blocked" [style=invis];')
+        out.append("  }")
         out.append("}")
         return "\n".join(out)
 
     def to_svg(self) -> str:
         try:
-            proc = subprocess.run(["dot", "-Tsvg"], input=self.to_dot(), capture_output=True, text=True, check=True)
+            proc = subprocess.run(["dot", "-Tsvg"], input=self.to_dot(), capture_output=True, text=True)
         except FileNotFoundError:
             raise PlannerError("graphviz `dot` is not installed (apt-get install graphviz)") from None
+        if proc.returncode != 0:
+            raise PlannerError(f"graphviz `dot` failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
         return proc.stdout
 
 
@@ -83,6 +187,27 @@ def format_duration(s: float, *, precise: bool = False) -> str:
 _dur = format_duration
 
 
+def runtime_edges(p) -> dict[str, list[str]]:
+    """For each node, the nodes its `requires` name, resolved for its platform and CUDA variant
+    (a node without that axis serves every consumer)."""
+    by_name: dict[str, list] = {}
+    for n in p.nodes.values():
+        by_name.setdefault(n.name, []).append(n)
+    out: dict[str, list[str]] = {}
+    for n in p.nodes.values():
+        found = []
+        for req in n.requires:
+            for other in by_name.get(req, []):
+                v, w = n.variant, other.variant
+                if w.platform not in (None, v.platform) and v.platform is not None:
+                    continue
+                if w.cuda is not None and v.cuda is not None and w.cuda != v.cuda:
+                    continue
+                found.append(other.id)
+        out[n.id] = sorted(set(found))
+    return out
+
+
 def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[str] = None,
               sandbox: bool = True) -> PlanView:
     from . import lock as lockmod
@@ -93,6 +218,12 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
 
     rs = load_set(root, set_name)
     lk = lockmod.read(rs.lockfile)
+    warnings = []
+    stale = [pr for pr in lockmod.check(rs, lk, deep=False) if not pr.message.startswith("unlocked")]
+    if stale:
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        warnings.append(f"{rs.lockfile.relative_to(rs.root)} is stale: {stale[0].line()}{more}; the keys shown "
+                        f"are the old lock's until `planner lock {set_name}`")
     p = plan(rs, lk, detect_host(sandbox), target=target)
     realised: dict = {}
     durations: dict = {}
@@ -105,13 +236,34 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
                 realised[nid] = r
         st.close()
     cp = critical_path(p, durations)
+    requires = runtime_edges(p)
     blocked = p.blocked()
     nodes = []
-    for nid, node in p.nodes.items():
+    for nid, node in p.nodes.items():  # dependencies first
         unlocked = sorted({ref.decl for ref in node.inputs.values() if not ref.locked})
         by, via = blocked.get(nid, (None, None))
         action = "reuse" if nid in realised else ("blocked" if by else "build")
-        nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.key, node.builder, action,
-                                 durations.get(nid, node.estimate), sorted(set(node.deps.values())), node.impure,
-                                 unlocked, by, via))
-    return PlanView(set_name, list(p.targets), nodes, max(cp.values(), default=0.0))
+        nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.variant.platform, node.key, node.builder,
+                                 action, durations.get(nid, node.estimate), sorted(set(node.deps.values())),
+                                 requires[nid], node.impure, unlocked, by, via))
+    gens, chain = _shape({n.id: n.deps for n in nodes}, {n.id: n.estimate for n in nodes})
+    return PlanView(set_name, list(p.targets), nodes, max(cp.values(), default=0.0), chain, gens, warnings)
+
+
+def _shape(deps: dict[str, list[str]], seconds: dict[str, float]) -> tuple[list[list[str]], list[str]]:
+    """Topological generations and the critical chain (longest path weighted by each node's
+    expected seconds), with networkx: the plan already paid for its graph, this is the view."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(deps)
+    for nid, ds in deps.items():
+        for d in ds:
+            g.add_edge(d, nid, w=seconds.get(nid, 0.0))
+    # A source node's own time sits on no incoming edge: a virtual start edge carries it.
+    for nid in deps:
+        if not deps[nid]:
+            g.add_edge("\0start", nid, w=seconds.get(nid, 0.0))
+    gens = [sorted(x for x in gen if x != "\0start") for gen in nx.topological_generations(g)]
+    chain = [n for n in nx.dag_longest_path(g, weight="w") if n != "\0start"] if deps else []
+    return [x for x in gens if x], chain

@@ -387,9 +387,12 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             miss = classify_miss(misses, built_before=store.realisation(node.key) is not None)
             return None, f"; cache miss: {miss.category}: {miss.detail}"
 
+        attempted: dict[str, str] = {}  # node -> the build key it was built under (its log's name)
+
         def work(nid: str):
             node = plan.nodes[nid]
             deps = {m: entries[d] for m, d in node.deps.items()}
+            emit("start", node.label())
             got, miss_note = substitute(node, deps)
             if got is not None:
                 entry, bkey, why = got
@@ -410,7 +413,9 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     checks.append(CheckResult(nid, digest == stored.digest, diff))
                     return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
             reason = reason_for(nid)  # before building: the build records a realisation
-            emit("start", node.label())
+            attempted[nid] = build_key(node, deps)
+            if not executor.remote:
+                emit("logfile", {"node": node.label(), "path": str(store.root / "logs" / f"{attempted[nid]}.log")})
             built = executor.build(req, store, running, priority=priority[nid],
                                    download=fetch_back is None or nid in fetch_back)
             push(node, built.build_key, built.entry, deps)
@@ -426,9 +431,11 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
 
         def on_done(nid, exc):
             if exc is None:
-                emit("done", plan.nodes[nid].label())
+                _e, _bkey, secs, action, _why = node_results[nid]
+                emit("done", {"node": plan.nodes[nid].label(), "status": action, "seconds": secs})
             else:
-                emit("failed", plan.nodes[nid].label())
+                emit("failed", {"node": plan.nodes[nid].label(),
+                                "error": exc.message if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"})
 
         def work_and_keep(nid):
             res = work(nid)
@@ -441,7 +448,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                     cores=max(1, min(plan.nodes[nid].cores, jobs_n)) if local else 1,
                     memory=plan.nodes[nid].memory if local else 0)
                 for nid in todo]
-        emit("plan", {"total": len(closure), "todo": len(todo)})
+        emit("plan", {"total": len(closure), "todo": len(todo),
+                      "cached": [plan.nodes[n].label() for n in closure if n not in needed]})
         try:
             outcome = run_dag(jobs, work_and_keep, slots=executor.slots(), memory=executor.memory_budget(),
                               keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
@@ -467,7 +475,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                 exc = outcome.failed[nid]
                 msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
                 results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
-                                          previous_key=previous.get(nid))
+                                          attempted.get(nid), previous_key=previous.get(nid))
             else:
                 results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
                                           "a dependency failed" if outcome.failed else "interrupted",

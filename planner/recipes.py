@@ -204,7 +204,9 @@ class RecipeSet:
         try:
             return self.recipes[name]
         except KeyError:
-            raise RecipeError(f"no recipe named {name!r} in set {self.name!r}") from None
+            from .suggest import did_you_mean
+
+            raise RecipeError(f"no recipe named {name!r} in set {self.name!r}{did_you_mean(name, self.recipes)}") from None
 
 
 # -- parsing helpers -------------------------------------------------------------------------

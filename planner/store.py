@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import attrs
 
@@ -351,26 +351,37 @@ class Store:
                 bad.append((e, f"content hashes to {actual}, recorded {e.digest}"))
         return bad
 
-    def gc(self, extra_roots: list[str] = ()) -> list[str]:
-        """Remove entries not reachable from roots. Returns removed basenames.
+    def live_roots(self) -> dict[str, Path]:
+        """The gc roots that still hold: name -> the store path it keeps (out-links resolved;
+        a deleted out-link is no longer a root)."""
+        out = {}
+        for name, target in sorted(self.roots().items()):
+            p = Path(target)
+            if name.startswith("link:") and not (p.is_symlink() or p.exists()):
+                continue
+            out[name] = p.resolve() if p.is_symlink() else p
+        return out
 
-        Reachability comes from the run records: each root names a store path, and the run
-        that produced it lists its closure's paths.
-        """
+    def _live(self, extra_roots: Iterable[str] = ()) -> set[str]:
+        """Basenames reachable from the roots: each root names a store path, and the run that
+        produced it lists its closure's paths."""
+        live = {p.name for p in self.live_roots().values()}
+        for _id, rec in self.runs(limit=1000):
+            if rec.get("output") and Path(rec["output"]).name in live:
+                live.update(Path(n["path"]).name for n in rec.get("nodes", []) if n.get("path"))
+                live.update(Path(p).name for p in rec.get("inputs", []))
+        live.update(Path(r).name for r in extra_roots)
+        return live
+
+    def gc(self, extra_roots: list[str] = (), *, dry_run: bool = False) -> list[str]:
+        """Remove entries not reachable from roots. Returns removed basenames (with
+        `dry_run`, those it would remove; nothing is touched)."""
+        if dry_run:
+            with self.gc_lock(exclusive=False):
+                live = self._live(extra_roots)
+                return [e.path.name for e in self.entries() if e.path.name not in live]
         with self.gc_lock(exclusive=True):
-            live: set[str] = set()
-            roots = list(self.roots().items())
-            for name, target in roots:
-                p = Path(target)
-                if name.startswith("link:") and not (p.is_symlink() or p.exists()):
-                    continue  # out-link deleted: no longer a root
-                resolved = p.resolve() if p.is_symlink() else p
-                live.add(resolved.name)
-            for _id, rec in self.runs(limit=1000):
-                if rec.get("output") and Path(rec["output"]).name in live:
-                    live.update(Path(n["path"]).name for n in rec.get("nodes", []) if n.get("path"))
-                    live.update(Path(p).name for p in rec.get("inputs", []))
-            live.update(Path(r).name for r in extra_roots)
+            live = self._live(extra_roots)
             removed = []
             for e in self.entries():
                 if e.path.name not in live:

@@ -6,6 +6,36 @@ causes (a source, a patch, an environment variable, a variant axis, …); a chan
 is not a cause but propagation, so each rebuilt node inherits the causes of the dependencies
 that changed under it. I/O (run records, preimages, recipe lines) lives in `explain_*` at the
 bottom.
+
+`why --json` schema (version `SCHEMA_VERSION`; fields are only ever added within a version):
+
+    schema            int, this version
+    set               str
+    run, against      int | null: the run explained and the run it is compared with
+    dry_run           bool: true when explaining what the next realise would do
+    built             [node id]: rebuilt (or, dry run, would be rebuilt), failed ones excluded
+    failures          [{node, reason}]: nodes whose build failed in that run
+    reused            int: nodes reused
+    total_cost        float seconds spent rebuilding
+    causes            [{cause, nodes, dependents, cost}], most far-reaching first
+        cause         {kind, recipe, field, old, new, description, lock_entry, file, line,
+                       recipe_file, recipe_line}
+            kind      source | input | patch | env | setting | script | builder | variant |
+                      host-package | epoch | version | deps | image | sandbox | new |
+                      attestation | format
+            file      str | null: the file to look at, relative to the project (the recipe, the
+                      set.toml, or for a patch the patch file itself)
+            line      int | null: the line in `file` (null for a patch file)
+            recipe_file, recipe_line   where the recipe declares it (set for patches, whose
+                      `file` is the patch)
+            lock_entry  str | null: the `[inputs."ID"]` table of lockfiles/SET.lock
+        nodes         [node id] rebuilt because their own inputs changed this way
+        dependents    [node id] rebuilt because something below them did
+    cutoff            [{node, rebuilt_deps}]: reused although dependencies rebuilt (same bytes)
+    unexplained       [{node, reason}]: rebuilt with unchanged inputs (evicted, forced)
+    nondeterministic  [{node, old_digest, new_digest, files}]
+    repacked          [{lock_entry, old_sha256, new_sha256, tree}]
+    cache_misses      [{node, category, detail}]
 """
 
 from __future__ import annotations
@@ -52,6 +82,8 @@ class Cause:
     lock_entry: Optional[str] = None
     file: Optional[str] = None
     line: Optional[int] = None
+    recipe_file: Optional[str] = None  # where the recipe declares a patch whose `file` is the patch
+    recipe_line: Optional[int] = None
 
     @property
     def ident(self) -> tuple:
@@ -92,6 +124,12 @@ class CauseReport:
 
 @attrs.frozen
 class Unexplained:
+    node: str
+    reason: str
+
+
+@attrs.frozen
+class Failure:
     node: str
     reason: str
 
@@ -140,6 +178,7 @@ class Explanation:
     reused: int
     total_cost: float
     cache_misses: list[CacheMissReport] = attrs.field(factory=list)
+    failures: list[Failure] = attrs.field(factory=list)
 
     def to_json(self) -> dict:
         d = attrs.asdict(self)
@@ -346,7 +385,8 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
         set=set_name, run=run, against=against, dry_run=dry_run,
         causes=[CauseReport(r["cause"], r["nodes"], r["dependents"], r["cost"]) for r in ordered],
         cutoff=cutoff, unexplained=unexplained, nondeterministic=nondet, repacked=list(repacked),
-        built=rebuilt, reused=sum(n.action == "reused" for n in current),
+        built=[n for n in rebuilt if cur[n].action != "failed"], reused=sum(n.action == "reused" for n in current),
+        failures=[Failure(n, cur[n].reason) for n in rebuilt if cur[n].action == "failed"],
         total_cost=sum(cur[n].seconds for n in rebuilt),
         cache_misses=misses,
     )
@@ -378,8 +418,11 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
         head += f" (causes reaching {node})"
     lines.append(head)
     verb = "would build" if exp.dry_run else "built"
-    lines.append(f"{len(exp.built)} {verb}, {exp.reused} reused; rebuild cost {_dur(exp.total_cost)}")
-    if not exp.built:
+    failed = f", {len(exp.failures)} failed" if exp.failures else ""
+    lines.append(f"{len(exp.built)} {verb}{failed}, {exp.reused} reused; rebuild cost {_dur(exp.total_cost)}")
+    for f in exp.failures:
+        lines.append(f"FAILED {f.node}: {f.reason}  (`planner log {f.node}` prints its log)")
+    if not exp.built and not exp.failures:
         lines.append("nothing " + ("will be" if exp.dry_run else "was") + " rebuilt")
     if exp.causes:
         lines.append("root causes:")
@@ -389,6 +432,8 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
             where = []
             if c.file:
                 where.append(f"{c.file}:{c.line}" if c.line else c.file)
+                if c.recipe_file:
+                    where[-1] += f" ({c.recipe_file}:{c.recipe_line})" if c.recipe_line else f" ({c.recipe_file})"
             if c.lock_entry:
                 where.append(f'lockfiles/{exp.set}.lock [inputs."{c.lock_entry}"]')
             if where:
@@ -477,8 +522,9 @@ def locate(causes: list[CauseReport], rs) -> list[CauseReport]:
                 recipe = rs.recipes.get(c.recipe)
                 p = next((p for p in recipe.patches if p.label == c.field), None) if recipe else None
                 if p is not None and p.file:
-                    file = f"{p.file} ({file}:{line})" if line else p.file
-                    line = None
+                    out.append(attrs.evolve(r, cause=attrs.evolve(c, file=p.file, line=None, recipe_file=file,
+                                                                  recipe_line=line)))
+                    continue
         out.append(attrs.evolve(r, cause=attrs.evolve(c, file=file, line=line)))
     return out
 
@@ -490,7 +536,9 @@ def _select(exp: Explanation, node: Optional[str], states: list[NodeState]) -> E
     by_id = {s.id: s for s in states}
     targets = [s.id for s in states if node in (s.id, s.name)]
     if not targets:
-        raise PlannerError(f"no node {node!r} in this run")
+        from .suggest import unknown
+
+        raise unknown("node", node, {s.name for s in states}, where="this run")
     want: set[str] = set()
     stack = list(targets)
     while stack:
@@ -501,6 +549,7 @@ def _select(exp: Explanation, node: Optional[str], states: list[NodeState]) -> E
         stack.extend(by_id[n].deps.values())
     causes = [r for r in exp.causes if set(r.nodes + r.dependents) & want]
     return attrs.evolve(exp, causes=causes, built=[b for b in exp.built if b in want],
+                        failures=[f for f in exp.failures if f.node in want],
                         cutoff=[c for c in exp.cutoff if c.node in want],
                         unexplained=[u for u in exp.unexplained if u.node in want],
                         total_cost=sum(by_id[b].seconds for b in exp.built if b in want))
@@ -590,35 +639,64 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
 
 # -- diff and why-depends --------------------------------------------------------------------
 
-def diff_keys(store_root: Path, a: str, b: str, set_name: Optional[str] = None) -> tuple[dict, dict, list[Change]]:
-    """Field-level diff of two nodes' preimages. A and B are keys, or node ids/names resolved
-    against the last two runs (B in the last, A in the one before)."""
+def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optional[str] = None
+              ) -> tuple[dict, dict, list[Change], tuple[str, str]]:
+    """Field-level diff of two nodes' preimages, and the labels of both sides. A and B are keys,
+    or node ids/names resolved against the recorded runs (B in the last, A in the one before).
+    Without B: node A's key in its latest run against its previous different key, like
+    comparing a derivation with the one it replaced."""
     from .store import Store
 
     store = Store(store_root)
     try:
+        runs = [(i, r) for i, r in store.runs(limit=200) if set_name is None or r.get("set") == set_name]
+
+        def find(name: str, rec: dict) -> Optional[str]:
+            for n in rec.get("nodes", []):
+                if name in (n["id"], n["name"]):
+                    return n["key"]
+            return None
+
+        def names() -> set[str]:
+            return {x for _i, r in runs for n in r.get("nodes", []) for x in (n["id"], n["name"])}
+
+        if b is None:
+            history = [(i, k) for i, r in runs if (k := find(a, r))]
+            if not history and store.preimage(a) is None:
+                from .suggest import unknown
+
+                raise unknown("node", a, names(), where="recorded runs" + (f" of set {set_name!r}" if set_name else ""))
+            if not history:
+                raise PlannerError(f"{a!r} is a key: name a second key to compare it with")
+            new_run, kb = history[0]
+            older = next(((i, k) for i, k in history if k != kb), None)
+            if older is None:
+                pb = store.preimage(kb) or {}
+                return pb, pb, [], (f"{a}@run{new_run}", f"{a}@run{new_run} (the same key in all "
+                                                          f"{len(history)} recorded runs)")
+            old_run, ka = older
+            pa, pb = store.preimage(ka), store.preimage(kb)
+            if pa is None or pb is None:
+                raise PlannerError(f"the preimage of {a!r} in run {old_run if pa is None else new_run} is not in "
+                                   "the store index")
+            return pa, pb, diff_preimages(pa, pb), (f"{a}@run{old_run}", f"{a}@run{new_run}")
         pa, pb = store.preimage(a), store.preimage(b)
         if pa is None or pb is None:
-            runs = [r for _i, r in store.runs(limit=200) if set_name is None or r.get("set") == set_name]
-
-            def find(name: str, rec: dict) -> Optional[str]:
-                for n in rec.get("nodes", []):
-                    if name in (n["id"], n["name"]):
-                        return n["key"]
-                return None
-
-            if pa is None and pb is None and a == b and len(runs) >= 2:
-                ka, kb = find(a, runs[1]), find(b, runs[0])
+            recs = [r for _i, r in runs]
+            if pa is None and pb is None and a == b and len(recs) >= 2:
+                ka, kb = find(a, recs[1]), find(b, recs[0])
             else:
-                ka = a if pa is not None else next((k for r in runs if (k := find(a, r))), None)
-                kb = b if pb is not None else next((k for r in runs if (k := find(b, r))), None)
+                ka = a if pa is not None else next((k for r in recs if (k := find(a, r))), None)
+                kb = b if pb is not None else next((k for r in recs if (k := find(b, r))), None)
             pa = store.preimage(ka) if ka else None
             pb = store.preimage(kb) if kb else None
-        if pa is None:
-            raise PlannerError(f"no preimage for {a!r} (a key, or a node id/name from a recorded run)")
-        if pb is None:
-            raise PlannerError(f"no preimage for {b!r} (a key, or a node id/name from a recorded run)")
-        return pa, pb, diff_preimages(pa, pb)
+        for name, pre in ((a, pa), (b, pb)):
+            if pre is None:
+                from .suggest import did_you_mean
+
+                raise PlannerError(f"no preimage for {name!r}: not a key, nor a node of a recorded run"
+                                   f"{did_you_mean(name, names())}")
+        return pa, pb, diff_preimages(pa, pb), (a, b)
     finally:
         store.close()
 
@@ -673,7 +751,9 @@ def why_depends(root: Path, set_name: str, a: str, b: str, *, sandbox: bool = Tr
     def ids(x: str) -> list[str]:
         found = [n for n in p.nodes if x in (n, p.nodes[n].name)]
         if not found:
-            raise PlannerError(f"no node {x!r} in set {set_name!r}")
+            from .suggest import unknown
+
+            raise unknown("node", x, {n.name for n in p.nodes.values()}, where=f"set {set_name!r}")
         return found
 
     best: Optional[list[str]] = None

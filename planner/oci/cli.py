@@ -67,7 +67,9 @@ def _pick_variant(layout: Path, variant: Optional[str]) -> str:
                    "REF, every variant is pushed under its own name unless --variant is given.")
 @click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to the registry (local test registries).")
 def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> None:
-    """Push the set's image (an index over its platforms) to REF (`host[:port]/name[:tag]`)."""
+    """Push SET's image to a registry REF (host/name:tag).
+
+    REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms."""
     from .registry import Reference, push_layout
 
     obj = _obj()
@@ -93,7 +95,9 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
 @click.option("--variant", default=None, metavar="NAME",
               help="Only this CUDA variant (and its platform tags); default: the whole layout.")
 def export(set_name: str, out: Path, variant: Optional[str]) -> None:
-    """Write the set's image as an OCI archive (what `oci-archive:` and `docker load` style tools read)."""
+    """Write SET's image as an OCI archive (oci-archive:).
+
+    What `oci-archive:` and `docker load` style tools read."""
     from ..lock import read as read_lock
     from ..recipes import load_set
     from .layout import export_oci_archive
