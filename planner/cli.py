@@ -206,7 +206,7 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
 
 @main.command()
 @click.argument("set_name", metavar="SET", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in planner/planview.py).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema: docs/json.md).")
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg"]), default="text", show_default=True,
               help="text: one line per node; dot: Graphviz source; svg: the picture (needs graphviz).")
 @click.option("--target", default=None, help="Plan this recipe instead of the set's target.")
@@ -245,13 +245,15 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
 @click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
 @click.option("--keep-going", is_flag=True, help="Continue past failed nodes; report all failures at the end.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (schema in planner/runs.py).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (schema: docs/json.md).")
 @click.option("--out-link", type=click.Path(path_type=Path), default=None, help="Symlink to the output (like Nix's result).")
 @click.option("--target", default=None, help="Realise this recipe instead of the set's target.")
 @click.option("--sandbox", type=click.Choice(["on", "off"]), default="on",
               help="off: build without bubblewrap; outputs are marked impure.")
 @click.option("--executor", envvar="PLANNER_EXECUTOR", default=None, metavar="URL",
               help="dask://HOST:PORT to build on a Dask cluster (default: the local pool).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the --executor's scheduler to answer.")
 @click.option("--substituter", "substituters", multiple=True, metavar="URL",
               help="Binary cache to substitute from: oci://HOST/REPO (repeatable; env PLANNER_SUBSTITUTERS).")
 @click.option("--cache-to", "cache_to", multiple=True, metavar="URL", help="Binary cache to push outputs to.")
@@ -272,7 +274,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
             as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
             trusted_keys: tuple[str, ...], platform_: str | None, download: str, progress_mode: str,
-            print_build_logs: bool) -> None:
+            print_build_logs: bool, connect_timeout: float) -> None:
     """Build what is missing; print the target's store path.
 
     Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
@@ -301,7 +303,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
                           executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
-                          trusted_keys=trusted, platform=platform_, download=download)
+                          trusted_keys=trusted, platform=platform_, download=download,
+                          connect_timeout=connect_timeout)
     progress = None
     if not as_json and not dry_run:
         from .progress import make_progress
@@ -355,7 +358,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
 def _noop_json(set_name: str, cache: dict) -> dict:
     targets = cache["targets"]
     return {
-        "set": set_name, "target": targets[0] if len(targets) == 1 else targets, "targets": targets,
+        # "schema" is planner.realise.RESULT_SCHEMA, not imported here: this is the no-op path.
+        "schema": 1, "set": set_name, "target": targets[0] if len(targets) == 1 else targets, "targets": targets,
         "output": cache["output"], "digest": cache["digest"], "run": None, "failures": [], "checks": [],
         "nodes": [dict(n, action="reused", reason="valid in the store", seconds=0.0) for n in cache["nodes"]],
     }
@@ -616,7 +620,7 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
 @click.option("--run", "run_id", type=int, default=None, help="Explain this run instead of the last.")
 @click.option("--set", "set_name", default=None, help="The recipe set, when WHAT is a node.")
 @click.option("--expand", is_flag=True, help="List every rebuilt node under its cause.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable explanation (schema in planner/why.py).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable explanation (schema: docs/json.md).")
 @click.pass_obj
 def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_id: int | None,
         set_name: str | None, expand: bool, as_json: bool) -> None:

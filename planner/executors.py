@@ -170,7 +170,14 @@ class DaskExecutor:
             self.client = address
             self._own_client = False
         else:
-            self.client = Client(scheduler_address(str(address)), timeout=connect_timeout, set_as_default=False)
+            try:
+                self.client = Client(scheduler_address(str(address)), timeout=connect_timeout, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                from .netdiag import reason
+
+                raise PlannerError(f"cannot reach the Dask scheduler within {connect_timeout:g} s: {reason(exc)} "
+                                   "(is `dask scheduler` running there? --connect-timeout sets the wait)",
+                                   where=str(address)) from None
             self._own_client = True
         self.cache = cache
         self.ship_key = ship_key

@@ -40,6 +40,7 @@ class RealiseOptions:
     # intermediate outputs in the binary cache (Bazel's --remote_download_toplevel); "all"
     # fetches every output into the local store.
     download: str = "toplevel"
+    connect_timeout: float = 30.0  # seconds to wait for a remote executor's scheduler
 
 
 @attrs.frozen
@@ -65,8 +66,30 @@ class CheckResult:
     differing: list[str] = attrs.field(factory=list)
 
 
+RESULT_SCHEMA = 1  # `realise --json`; documented on RealiseResult
+
+
 @attrs.frozen
 class RealiseResult:
+    """What a realise did. `realise --json` (version `RESULT_SCHEMA`; fields are only ever
+    added within a version):
+
+        schema     int, this version
+        set        str
+        target     node id, or [node id] when the set has several targets
+        targets    [node id]
+        output     str | null: the target's store path (null with several targets)
+        digest     str | null: the image index digest when the target is an OCI image
+        run        int | null: the run record's id (`planner why --run N`); null for a no-op
+        nodes      [{id, name, variant, key, build_key, action, reason, digest, path, seconds}]
+            action   built | reused | substituted | checked | failed | skipped | would-build
+            reason   why: "never built", "inputs changed", "valid in the store", "early cutoff: …",
+                     for a failed node the error line
+        failures   [str]: one line per failed node (with its log's path and last lines)
+        checks     [{node, ok, differing}]: `--check` comparisons
+        steps, blocked   only with --dry-run: the fetches and builds in order, and why it would stop
+    """
+
     set: str
     targets: list[str]
     output: Optional[str]
@@ -82,6 +105,7 @@ class RealiseResult:
 
     def to_json(self) -> dict:
         return {
+            "schema": RESULT_SCHEMA,
             "set": self.set,
             "target": self.targets[0] if len(self.targets) == 1 else self.targets,
             "targets": self.targets,
@@ -224,7 +248,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     problems = [p for p in problems if p.id not in unlocked_ids]
     if problems:
         more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
-        raise LockError(problems[0].line() + more, where=str(rs.lockfile.relative_to(root)))
+        raise LockError(f"{problems[0].line()}{more}; `planner lock {set_name}` re-pins it",
+                        where=str(rs.lockfile.relative_to(root)))
     if options.sandbox:
         from .sandbox import require_bwrap
 
@@ -601,7 +626,7 @@ def _scale_out(options: RealiseOptions, jobs: int, *, have_executor: bool = Fals
     if have_executor:
         return None, subs, pushes
     executor = executor_for(options.executor, cache=pushes[0] if pushes else None, jobs=jobs,
-                            sandboxed=options.sandbox)
+                            sandboxed=options.sandbox, connect_timeout=options.connect_timeout)
     return executor, subs, pushes
 
 

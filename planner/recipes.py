@@ -322,6 +322,32 @@ def _converter():
     return conv
 
 
+def _fields_at(cls: type, keypath: str) -> list[str]:
+    """The keys an attrs class accepts at a cattrs key path (`build`, `patches[0]`)."""
+    import typing
+
+    def unwrap(t: object) -> object:
+        # Optional[X], list[X], dict[str, X]: the attrs class inside, if any.
+        while typing.get_args(t) and not attrs.has(t):
+            t = [a for a in typing.get_args(t) if a is not type(None)][-1]
+        return t
+
+    t: object = cls
+    for part in [x for x in re.split(r"[.\[\]]+", keypath) if x]:
+        if part.isdigit() or part.startswith(("'", '"')):
+            continue  # a list index or a table key: the element type follows
+        if not attrs.has(t):
+            return []
+        try:
+            hints = typing.get_type_hints(t)
+        except Exception:  # an unresolvable annotation: no suggestion rather than a crash
+            return []
+        if part not in hints:
+            return []
+        t = unwrap(hints[part])
+    return [f.name for f in attrs.fields(t)] if attrs.has(t) else []  # type: ignore[arg-type]
+
+
 def _where(path: Path, root: Path, text: str, key: str | None) -> str:
     try:
         rel = path.relative_to(root)
@@ -341,15 +367,21 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
         return conv.structure(data, cls)
     except cattrs.BaseValidationError as exc:
         msgs = cattrs.transform_error(exc)
-        first = msgs[0] if msgs else str(exc)
+        # A mistyped key explains the required one it leaves missing: report the typo first.
+        first = next((m for m in msgs if m.startswith("extra fields found")), msgs[0] if msgs else str(exc))
         # cattrs says e.g. "extra fields found (colour) @ $.build"; turn it into a key path.
         m = re.match(r"(.*) @ \$\.?(.*)$", first)
         if m:
             detail, keypath = m.group(1), m.group(2)
             extra = re.match(r"extra fields found \((.*)\)", detail)
             if extra:
-                key = ".".join(p for p in (keypath, extra.group(1).split(",")[0].strip()) if p)
-                raise RecipeError("unknown key", where=_where(path, root, text, key.replace("_", "-"))) from None
+                bad = extra.group(1).split(",")[0].strip()
+                key = ".".join(p for p in (keypath, bad) if p)
+                from .suggest import did_you_mean
+
+                valid = [n.replace("_", "-") for n in _fields_at(cls, keypath)]
+                raise RecipeError("unknown key" + did_you_mean(bad.replace("_", "-"), valid),
+                                  where=_where(path, root, text, key.replace("_", "-"))) from None
             raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
         raise RecipeError(first, where=_where(path, root, text, None)) from None
 

@@ -62,8 +62,16 @@ class Resolver:
                 if cand != candidates[-1]:
                     from .fetch.url import _redact
 
-                    self.log(f"{what}: {_redact(cand)} failed, trying the next source")
-        raise errors[-1]
+                    self.log(f"{what}: {_redact(cand)} failed ({exc.line()}), trying the next source")
+        if len(errors) == 1:
+            raise errors[0]
+        # Every mirror and the origin failed: each one's own reason (git's, HTTP's) matters, the
+        # mirror's most of all on an air-gapped site where the origin is expected to fail.
+        from .fetch.url import _redact
+
+        raise FetchError("every source failed: " + "; ".join(
+            f"{_redact(c)}: {e.message if e.where in (None, c) else e.line()}" for c, e in zip(candidates, errors)),
+            where=what)
 
     # -- fetching ----------------------------------------------------------------------
 

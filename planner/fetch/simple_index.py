@@ -194,7 +194,9 @@ def project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
     try:
         r = client.get(page, headers={"Accept": _ACCEPT}, follow_redirects=True)
     except httpx.HTTPError as e:
-        raise FetchError(f"index {index} unreachable: {type(e).__name__}: {e}", where=f"{name}") from None
+        from ..netdiag import reason
+
+        raise FetchError(f"index {index} unreachable: {reason(e)}", where=f"{name}") from None
     if r.status_code == 404:
         return None
     if r.status_code != 200:

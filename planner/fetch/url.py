@@ -215,7 +215,9 @@ def _attempt(http: httpx.Client, url: str, part: Path, where: str, progress: _Pr
         raise FetchError(_one_line(e), where=where) from None
     except httpx.TransportError as e:
         # Connection refused/reset, timeouts, bodies cut short (httpx checks Content-Length).
-        raise _Transient(_one_line(e)) from None
+        from ..netdiag import reason
+
+        raise _Transient(f"{type(e).__name__}: {reason(e)}") from None
 
 
 def _receive(r: httpx.Response, part: Path, where: str, progress: _Progress, resume: bool) -> Downloaded:

@@ -23,6 +23,7 @@ import attrs
 import httpx
 
 from ..errors import OciError
+from ..netdiag import reason
 from .descriptor import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -228,7 +229,7 @@ class RegistryClient:
         try:
             resp = self._http.get(params["realm"], params=query, headers=headers)
         except httpx.HTTPError as e:
-            raise OciError(f"token request failed ({type(e).__name__})", where=self._where()) from None
+            raise OciError(f"token request failed: {reason(e)}", where=self._where()) from None
         if resp.status_code != 200:
             # The body of a token endpoint is not shown: it is not ours to print.
             raise OciError(f"token request refused: HTTP {resp.status_code}", where=self._where())
@@ -264,7 +265,7 @@ class RegistryClient:
                 # when a redirect leaves the registry's origin.
                 resp = self._http.send(request, stream=stream, follow_redirects=(method == "GET"))
             except httpx.HTTPError as e:
-                raise OciError(f"{method} failed ({type(e).__name__})", where=self._where(what)) from None
+                raise OciError(f"{method} failed: {reason(e)}", where=self._where(what)) from None
             finally:
                 if content is not None and not isinstance(content, bytes):
                     content.close()
@@ -352,7 +353,7 @@ class RegistryClient:
             os.replace(tmp, dest)
         except httpx.HTTPError as e:
             Path(tmp).unlink(missing_ok=True)
-            raise OciError(f"blob download failed ({type(e).__name__})", where=self._where(what)) from None
+            raise OciError(f"blob download failed: {reason(e)}", where=self._where(what)) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
