@@ -169,7 +169,7 @@ def _default_set(ctx: Context, name: str | None) -> str:
 @click.option("--check", is_flag=True, help="Fail if the lock is stale or incomplete; no network.")
 @click.pass_obj
 def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool) -> None:
-    """Pin every input by content hash into lockfiles/SET.lock."""
+    """Pin every input by content hash (lockfiles/SET.lock)."""
     from . import lock as lockmod
     from .recipes import load_set
 
@@ -214,7 +214,7 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
               help="Plan keys as `realise --sandbox` would compute them (off: impure keys).")
 @click.pass_obj
 def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: str | None, sandbox: str) -> None:
-    """The derivation graph: keys, and what would be built or reused.
+    """The derivation graph: keys, what builds, what is reused.
 
     Reads the store to tell valid outputs; a stale lock is warned about (its keys are the old
     ones until `planner lock SET`)."""
@@ -371,7 +371,7 @@ def _noop_json(set_name: str, cache: dict) -> dict:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--sha256", is_flag=True, help="Also print the sha256 of files.")
 def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
-    """Tree hash (v1) of folders and files (like `nix hash path`)."""
+    """Tree hash (v1) of folders and files (nix hash path)."""
     from .hashing import file_sha256_and_blake3, tree_digest
 
     for p in paths:
@@ -426,7 +426,7 @@ def store_verify(ctx: Context) -> None:
 @click.option("-n", "--dry-run", is_flag=True, help="List what would be removed, and its size; remove nothing.")
 @click.pass_obj
 def store_gc(ctx: Context, dry_run: bool) -> None:
-    """Remove entries no root reaches (like nix-collect-garbage).
+    """Remove what no root reaches (nix-collect-garbage).
 
     Roots are the last realised target of each set and out-links (`planner store roots`)."""
     from .sizes import human, path_size
@@ -475,7 +475,7 @@ def store_roots(ctx: Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable sizes in bytes.")
 @click.pass_obj
 def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
-    """Size and closure size per node (like nix path-info -rS).
+    """Size and closure size per node (nix path-info -rS).
 
     For SET's last realise: each output's own size and the size of its closure (it and every
     output it was built from); the target's closure is the whole image."""
@@ -543,7 +543,7 @@ def store_push(ctx: Context, set_name: str, to: str, signing_key: Path, no_input
               help="Public key whose signatures are trusted (repeatable).")
 @click.pass_obj
 def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
-    """Fetch SET's closure from binary caches (signatures verified)."""
+    """Fetch SET's closure from binary caches, verified."""
     from . import lock as lockmod
     from .cache import BinaryCache, TrustedKeys, pull_closure
     from .graph import plan as make_plan
@@ -575,7 +575,7 @@ def keys() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", default=None, help="Key name (default: the host name).")
 def keys_generate(path: Path, name: str | None) -> None:
-    """Write an ed25519 secret key to PATH; print its public key."""
+    """Write an ed25519 secret key; print its public key."""
     from .cache import generate_key
 
     click.echo(generate_key(path, name))
@@ -624,7 +624,7 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
 @click.pass_obj
 def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_id: int | None,
         set_name: str | None, expand: bool, as_json: bool) -> None:
-    """Why the last realise rebuilt what it did: root causes first.
+    """Why the last realise rebuilt what it did: root causes.
 
     With --dry-run: what the next realise would rebuild, and why."""
     from .why import explain_next, explain_run, render
