@@ -155,7 +155,7 @@ class PlanView:
         out.append('    label="legend"; style=rounded; color="#bbbbbb"; fontname="Helvetica-Bold";')
         for action in ("build", "reuse", "blocked"):
             out.append(f"    {q('legend:' + action)} [label={q(_MEANING[action])}, fillcolor={q(_COLOURS[action])}];")
-        for tag, text, style in (("dep", "built from", ""), ("req", "requires at run time",
+        for tag, text, style in (("dep", "built from", ""), ("req", "needs at run time",
                                                             ', style=dashed, color="#3366cc"')):
             out.append(f'    "legend:{tag}-a" [label="A", shape=plaintext, style=""];')
             out.append(f'    "legend:{tag}-b" [label="B", shape=plaintext, style=""];')
