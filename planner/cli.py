@@ -677,11 +677,18 @@ def why_depends_cmd(ctx: Context, a: str, b: str, set_name: str | None) -> None:
 
 
 @main.command()
-@click.argument("node")
+@click.argument("node", required=False)
 @click.option("--set", "set_name", default=None, help="The recipe set (default: the only one).")
-@click.pass_obj
-def show(ctx: Context, node: str, set_name: str | None) -> None:
+@click.option("--roots", is_flag=True, help="Instead: the store's gc roots and their closures (store roots).")
+@click.pass_context
+def show(cctx: click.Context, node: str | None, set_name: str | None, roots: bool) -> None:
     """Print a node's key and preimage (all its key covers)."""
+    ctx = cctx.obj
+    if roots or node is None:
+        if node is not None or not roots:
+            raise click.UsageError("name a NODE, or pass --roots for the gc roots")
+        cctx.invoke(store_roots)
+        return
     from . import lock as lockmod
     from .graph import plan as make_plan
     from .host import detect_host

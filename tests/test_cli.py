@@ -333,6 +333,7 @@ def test_gc_dry_run_sizes_and_roots(diamond: Project) -> None:
     assert (diamond.store / old_d).is_dir()  # nothing removed
     roots = diamond.cli("store", "roots")
     assert roots.returncode == 0 and re.search(r"^set:.*:t -> .*closure \d", roots.stdout, re.M), roots.stdout
+    assert diamond.cli("show", "--roots").stdout == roots.stdout
     size = diamond.cli("store", "size", "--json")
     nodes = {n["id"]: n for n in size.json()["nodes"]}
     assert size.json()["schema"] == 1
