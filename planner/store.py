@@ -112,8 +112,12 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def make_read_only(path: Path) -> None:
-    """Normalise permissions and make an entry read-only: 0555 dirs and executables, 0444 files."""
+def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
+    """Normalise permissions and make an entry read-only: 0555 dirs and executables, 0444 files.
+
+    With `keep_top_writable` the top directory stays 0755: renaming a directory into another
+    parent rewrites its `..`, which needs write permission on it (only root bypasses that), so
+    the store makes the top read-only after the rename."""
     if path.is_symlink():
         return
     if path.is_file():
@@ -129,7 +133,7 @@ def make_read_only(path: Path) -> None:
             if not stat.S_ISREG(st.st_mode):
                 raise StoreError(f"output holds something that is not a file, dir or link: {p}")
             os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
-        os.chmod(dirpath, 0o555)
+        os.chmod(dirpath, 0o755 if keep_top_writable and dirpath == str(path) else 0o555)
 
 
 class Store:
@@ -242,7 +246,7 @@ class Store:
         """
         from .hashing import tree_digest
 
-        make_read_only(content)
+        make_read_only(content, keep_top_writable=True)
         actual = tree_digest(content)
         if digest is not None and digest != actual:
             remove_tree(content)
@@ -252,6 +256,8 @@ class Store:
             # A leftover of a crash between rename and commit, or an invalid entry.
             remove_tree(final)
         os.rename(content, final)
+        if final.is_dir():
+            os.chmod(final, 0o555)  # no row yet: a crash before it leaves an entry that is absent
         with self._tx() as db:
             db.execute("DELETE FROM entries WHERE key=? OR path=?", (key, final.name))
             db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?)",
@@ -390,6 +396,8 @@ class Store:
                     self.invalidate(e.key)
                     if os.path.lexists(e.path):
                         doomed = self.root / "tmp" / f"gc-{e.path.name}"
+                        if e.path.is_dir() and not e.path.is_symlink():
+                            os.chmod(e.path, 0o755)  # see make_read_only: a rename needs it
                         os.rename(e.path, doomed)
                         remove_tree(doomed)
                     removed.append(e.path.name)
