@@ -280,13 +280,13 @@ class _Tree:
     """The tree being written under `root`, tracked in memory so that checks never follow links."""
 
     def __init__(self, root: Path, where: str) -> None:
+        from .safetree import Tree
+
         self.root = root
         self.where = where
+        self.tree = Tree(root, where=where)
         self.kinds: dict[str, _Kind] = {"": _Kind.DIR}
         self.links: dict[str, str] = {}
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.root, name)
 
     def _ensure_parents(self, name: str, member: str) -> None:
         parts = name.split("/")[:-1]
@@ -294,8 +294,7 @@ class _Tree:
             parent = "/".join(parts[:i])
             kind = self.kinds.get(parent)
             if kind is None:
-                os.mkdir(self._path(parent), 0o755)
-                os.chmod(self._path(parent), 0o755)
+                self.tree.mkdir(parent)
                 self.kinds[parent] = _Kind.DIR
             elif kind is _Kind.SYMLINK:
                 raise UnsafeArchive(f"member {member!r} would be written through symlink {parent!r}",
@@ -316,7 +315,7 @@ class _Tree:
                 return
             raise UnsafeArchive(f"member {name!r} appears both as a directory and as a {kind.value}",
                                 where=self.where)
-        os.unlink(self._path(name))  # a file replaced by a later member of the same name
+        self.tree.remove(name)  # a file replaced by a later member of the same name
 
     def add(self, m: _Member) -> None:
         if m.name == "":
@@ -327,8 +326,7 @@ class _Tree:
         if m.kind is _Kind.DIR:
             self._clear_for(m.name, m.kind)
             if m.name not in self.kinds:
-                os.mkdir(self._path(m.name), 0o755)
-                os.chmod(self._path(m.name), 0o755)
+                self.tree.mkdir(m.name)
         elif m.kind is _Kind.FILE:
             self._clear_for(m.name, m.kind)
             assert m.open is not None
@@ -339,28 +337,24 @@ class _Tree:
                 raise UnsafeArchive(f"symlink {m.name!r} has an empty target", where=self.where)
             if m.target.startswith("/"):
                 raise UnsafeArchive(f"symlink {m.name!r} -> {m.target!r} has an absolute target", where=self.where)
-            os.symlink(m.target, self._path(m.name))
+            self.tree.symlink(m.name, m.target, replace=False)
             self.links[m.name] = m.target
         else:
             if self.kinds.get(m.target) is not _Kind.FILE:
                 raise UnsafeArchive(f"hardlink {m.name!r} -> {m.target!r} does not point to a regular "
                                     f"file extracted earlier", where=self.where)
             self._clear_for(m.name, _Kind.FILE)
-            os.link(self._path(m.target), self._path(m.name), follow_symlinks=False)
+            self.tree.hardlink(m.name, m.target)
             m = attrs.evolve(m, kind=_Kind.FILE)
         self.kinds[m.name] = m.kind
 
     def _write_file(self, m: _Member) -> None:
-        mode = 0o755 if m.executable else 0o644
-        # O_EXCL|O_NOFOLLOW: never write into something that exists, least of all a link.
-        fd = os.open(self._path(m.name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)  # the umask must not decide the tree hash
-            src = m.open()  # type: ignore[misc]
-            try:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
-            finally:
-                src.close()
+        src = m.open()  # type: ignore[misc]
+        try:
+            # O_EXCL|O_NOFOLLOW: never write into something that exists, least of all a link.
+            self.tree.write(m.name, src, executable=m.executable, replace=False)
+        finally:
+            src.close()
 
     def single_root(self) -> str | None:
         """The one top-level directory, when it is the only top-level entry."""
@@ -481,7 +475,10 @@ def safe_extract(archive: Path, dest: Path, *, strip_single_root: bool = True) -
     try:
         tree = _Tree(tmp, where)
         kind = _sniff(archive)
-        _extract_into(archive, tree, kind)
+        try:
+            _extract_into(archive, tree, kind)
+        finally:
+            tree.tree.close()
         # A .deb's data is a file system rooted at /: its lone `usr` is not a wrapper directory.
         root = tree.single_root() if strip_single_root and kind != "deb" else None
         tree.check_links(root or "")

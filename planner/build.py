@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import attrs
 
 from . import sandbox
-from .errors import BuildError, PlannerError
+from .errors import BuildError, PlannerError, UnsafeTree
 from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
 from .hashing import key_of
 from .host import host_platform
@@ -170,6 +170,9 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         with open(log_path, "w") as log:
             try:
                 builtin.run(node, req, build_dir / "out", log)
+            except UnsafeTree as exc:  # name the node as well as the input and the path
+                log.write(f"planner: build failed: {exc.line()}\n")
+                raise BuildError(node.label(), f"refused: {exc.line()}", log=str(log_path)) from None
             except PlannerError:
                 raise
             except Exception as exc:  # a builtin builder's bug or bad input: keep the node's name on it

@@ -6,7 +6,6 @@ merges or repacks pinned inputs with the planner's own deterministic writers.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -18,25 +17,32 @@ if TYPE_CHECKING:
 
 
 def _files(req: "BuildRequest", names: list[str] | None = None) -> list[Path]:
-    out = []
+    from .safetree import regular_files
+
+    out: list[Path] = []
     for name, entry in sorted(req.inputs.items()):
         if names is not None and name not in names:
             continue
-        if entry.path.is_dir():
-            out.extend(sorted(p for p in entry.path.iterdir() if p.is_file()))
-        else:
-            out.append(entry.path)
+        out.extend(Path(p) for p in regular_files(entry.path, where=f"input {name}"))
     return out
 
 
 def prebuilt_wheel(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
     """A wheel pinned by hash (TransformerEngine's core, tilelang): copied under its own name."""
-    for name, entry in sorted(req.inputs.items()):
-        filename = node.inputs[name].filename or entry.path.name
-        if not filename.endswith(".whl"):
-            raise BuildError(node.label(), f"input {name} is not a wheel: {filename}")
-        shutil.copyfile(entry.path, out / filename)
-        log.write(f"copied {filename}\n")
+    from .safetree import Tree, plain_name, regular_files
+
+    with Tree(out, where=node.label()) as dest:
+        for name, entry in sorted(req.inputs.items()):
+            filename = plain_name(node.inputs[name].filename or entry.path.name, where=f"input {name}",
+                                  what="wheel file name")
+            if not filename.endswith(".whl"):
+                raise BuildError(node.label(), f"input {name} is not a wheel: {filename}")
+            files = regular_files(entry.path, where=f"input {name}")
+            if files != [entry.path]:
+                raise BuildError(node.label(), f"input {name} is not a single regular file")
+            with open(entry.path, "rb") as f:
+                dest.write(filename, f, replace=False)
+            log.write(f"copied {filename}\n")
 
 
 def cuda_toolkit(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:

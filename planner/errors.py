@@ -42,6 +42,10 @@ class UnsafeArchive(FetchError):
     """An archive member would escape the destination or is not a plain file, dir or link."""
 
 
+class UnsafeTree(PlannerError):
+    """An in-process writer or reader would follow a link it did not make, or leave its tree."""
+
+
 class PatchError(PlannerError):
     """A patch does not apply cleanly."""
 

@@ -219,24 +219,24 @@ class _Tree:
 
 
 class _DiskTree:
-    """Like _Tree but writes through to `root` (the host toolkit is ~270 MB)."""
+    """Like _Tree but writes through to `root` (the host toolkit is ~270 MB), by descriptor:
+    nothing a wheel ships can make a later write follow a link."""
 
     def __init__(self, root: Path) -> None:
+        from ..safetree import Tree
+
         self.root = root
+        self.tree = Tree(root, where=f"CUDA toolkit {root.name}")
         self.origin: dict[str, str] = {}
 
     def add(self, rel: str, data: bytes, executable: bool, origin: str) -> None:
-        path = self.root / rel
         if rel in self.origin:
-            if path.read_bytes() != data:
+            if self.tree.read_bytes(rel, limit=len(data)) != data:
                 raise ValueError(f"{origin}: {rel} differs from the copy in {self.origin[rel]}")
             if executable:
-                os.chmod(path, 0o755)
+                self.tree.chmod(rel, 0o755)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o755 if executable else 0o644)
+        self.tree.write(rel, data, executable=executable, replace=False)
         self.origin[rel] = origin
 
 
@@ -279,14 +279,13 @@ def _read_wheel(wheel: Path, tree: "_Tree | _DiskTree", prefix: str, meta_prefix
             tree.add(prefix + inner, data, executable, where)
 
 
-def _write_tree(tree: _Tree, dest: Path) -> None:
-    for rel in sorted(tree.files):
-        data, executable = tree.files[rel]
-        path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(data)
-        os.chmod(path, 0o755 if executable else 0o644)
+def _write_tree(tree: _Tree, dest: Path, *, replace: bool = False) -> None:
+    from ..safetree import Tree
+
+    with Tree(dest, where=f"CUDA toolkit {dest.name}", create=True) as out:
+        for rel in sorted(tree.files):
+            data, executable = tree.files[rel]
+            out.write(rel, data, executable=executable, replace=replace)
 
 
 def _link_unversioned(libdir: Path) -> None:
@@ -368,7 +367,7 @@ def assemble_toolkit(
             over = _Tree()
             for r, (data, x) in inc.items():
                 over.add(r, data, x, target)
-            _write_tree(over, tdir)
+            _write_tree(over, tdir, replace=True)  # the target's own headers over the copied ones
 
 
 # --------------------------------------------------------------------------------------------

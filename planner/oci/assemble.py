@@ -27,17 +27,18 @@ layout, never inside it.
 from __future__ import annotations
 
 import os
-
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping, Optional, Sequence, TextIO
 
 import attrs
 
-from ..errors import BuildError, PlannerError
+from ..errors import BuildError, PlannerError, UnsafeTree
+from ..safetree import MAX_METADATA, Tree, blob_hex, checked_rel
 from .descriptor import Descriptor, Platform, sha256_file
 from .image import ImageConfig, cuda_annotations, write_image, write_index
 from .layer import Layer, LayerSource, compressor_id, write_layer
@@ -69,10 +70,11 @@ def debian_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> 
     arch = _DEB_ARCH.get(platform.split("/")[1] if "/" in platform else platform)
     if arch is None:
         raise BuildError(node.label(), f"no Debian architecture for platform {platform}")
+    from ..safetree import regular_files
+
     debs: list[Path] = []
     for name, entry in sorted(req.inputs.items()):
-        files = sorted(p for p in entry.path.iterdir() if p.is_file()) if entry.path.is_dir() else [entry.path]
-        found = [p for p in files if _is_deb(p)]
+        found = [p for p in regular_files(entry.path, where=f"input {name}") if _is_deb(p)]
         if not found:
             raise BuildError(node.label(), f"input {name} is not a .deb (give it kind = \"apt\")")
         debs.extend(found)
@@ -309,20 +311,22 @@ def _variants(pre: Mapping[str, Any]) -> list[tuple[str, Optional[list[str]]]]:
 
 
 def _wheels_of(entry_path: Path) -> list[Path]:
-    if entry_path.is_file():
-        return [entry_path] if entry_path.name.endswith(".whl") else []
-    return sorted(entry_path.glob("*.whl"))
+    from ..safetree import regular_files
+
+    return [p for p in regular_files(entry_path, where=entry_path.name) if p.name.endswith(".whl")]
 
 
 def _base_packages(rootfs: Path) -> tuple[tuple[str, str, str], ...]:
     """(package, version, architecture) from the base's dpkg status, if it has one."""
     from ..archive import parse_deb822
 
-    status = rootfs / "var/lib/dpkg/status"
-    if not status.is_file():
-        return ()
+    with Tree(rootfs, where=f"base {rootfs.name}") as tree:
+        st = tree.lstat("var/lib/dpkg/status")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return ()
+        text = tree.read_bytes("var/lib/dpkg/status", limit=MAX_METADATA).decode("utf-8", "replace")
     out = []
-    for para in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+    for para in text.split("\n\n"):
         if not para.strip():
             continue
         f = parse_deb822(para)
@@ -384,24 +388,33 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
         try:
             root = stage / "root"
             root.mkdir()
+            layer_tree = Tree(root, where=f"layer {', '.join(group)}")
             for recipe, entry in zip(group, entries):
                 wheels = _wheels_of(entry.path)
                 if not wheels:
                     # A file tree (apt-tools' unpacked .debs, say): laid down as it is, at /.
-                    if not entry.path.is_dir() or not any(entry.path.iterdir()):
+                    if not entry.path.is_dir() or entry.path.is_symlink() or not any(entry.path.iterdir()):
                         raise BuildError(node.label(), f"{recipe} has neither wheels nor a file tree to put in "
                                                        f"the image (its output: {entry.path.name})")
-                    shutil.copytree(entry.path, root, symlinks=True, dirs_exist_ok=True)
+                    with Tree(entry.path, where=f"output of {recipe}") as src:
+                        layer_tree.copy_from(src)
                     log.write(f"  copied the tree of {recipe}\n")
                     continue
                 for whl in wheels:
-                    installed = install_wheel(whl, root)
+                    # Installed alone into an empty folder (installer's writes follow links),
+                    # then merged without following any link an earlier member planted.
+                    one = Path(tempfile.mkdtemp(prefix="wheel-", dir=stage))
+                    installed = install_wheel(whl, one)
+                    with Tree(one, where=f"wheel {whl.name} of {recipe}") as src:
+                        layer_tree.copy_from(src, move=True)
+                    shutil.rmtree(one)
                     if whl not in wheel_facts:
                         dist, version, _ = _wheel_metadata(whl)  # as written in METADATA, not the file name
                         wheel_facts[whl] = WheelFacts(recipe, whl.name, sha256_file(whl).split(":", 1)[1], whl.stat().st_size,
                                                       dist, version or installed.version)
                     facts.append(wheel_facts[whl])
                     log.write(f"  installed {whl.name} ({len(installed.files)} files)\n")
+            layer_tree.close()
             layer = write_layer([LayerSource(root)], blobs, source_date_epoch=sde, compression=compression)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -480,22 +493,26 @@ def _reuse_base(image: Path, blobs: Path, config: ImageConfig) -> tuple[list[Lay
     over; the recipe's env (by name), labels, entrypoint and cmd win."""
     import json
 
-    manifest = json.loads((image / "manifest.json").read_text())
-    src = image / "blobs" / "sha256"
-    base_cfg = json.loads((src / manifest["config"]["digest"].split(":", 1)[1]).read_bytes())
-    diff_ids = base_cfg.get("rootfs", {}).get("diff_ids", [])
-    if len(diff_ids) != len(manifest.get("layers", [])):
-        raise PlannerError(f"base config lists {len(diff_ids)} diff_ids for {len(manifest.get('layers', []))} layers",
-                           where=str(image))
-    dest = blobs / "sha256"
-    dest.mkdir(parents=True, exist_ok=True)
-    layers = []
-    for raw, diff_id in zip(manifest["layers"], diff_ids):
-        hexd = raw["digest"].split(":", 1)[1]
-        if not (dest / hexd).exists():
-            shutil.copyfile(src / hexd, dest / hexd)
-        layers.append(Layer(Descriptor(media_type=raw["mediaType"], digest=raw["digest"], size=int(raw["size"])),
-                            diff_id=diff_id, compressor="base image"))
+    where = f"base image {image.name}"
+    with Tree(image, where=where) as src:
+        manifest = json.loads(src.read_bytes("manifest.json", limit=MAX_METADATA))
+        base_cfg = json.loads(src.read_bytes(f"blobs/sha256/{blob_hex(manifest['config']['digest'], where)}",
+                                             limit=MAX_METADATA))
+        diff_ids = base_cfg.get("rootfs", {}).get("diff_ids", [])
+        if len(diff_ids) != len(manifest.get("layers", [])):
+            raise PlannerError(f"base config lists {len(diff_ids)} diff_ids for {len(manifest.get('layers', []))} layers",
+                               where=str(image))
+        dest = blobs / "sha256"
+        dest.mkdir(parents=True, exist_ok=True)
+        layers = []
+        with Tree(dest, where="image blobs") as out:
+            for raw, diff_id in zip(manifest["layers"], diff_ids):
+                hexd = blob_hex(raw["digest"], where)
+                if out.lstat(hexd) is None:
+                    with src.open_file(f"blobs/sha256/{hexd}") as f:
+                        out.write(hexd, f)
+                layers.append(Layer(Descriptor(media_type=raw["mediaType"], digest=raw["digest"], size=int(raw["size"])),
+                                    diff_id=diff_id, compressor="base image"))
     made = [h.get("created_by", "") for h in base_cfg.get("history", []) if not h.get("empty_layer")]
     history = made if len(made) == len(layers) else [f"base layer {i}" for i in range(len(layers))]
     rc = base_cfg.get("config") or {}
@@ -525,88 +542,44 @@ def _check_no_stray_blobs(node: "Node", out: Path) -> None:
 
 
 
-def _layer_name(raw: str, where: str) -> str:
-    from ..errors import OciError
-
-    name = raw.lstrip("/")
-    while name.startswith("./"):
-        name = name[2:]
-    name = name.rstrip("/")
-    if any(part == ".." for part in name.split("/")):
-        raise OciError(f"layer member {raw!r} escapes the root", where=where)
-    return name
-
-
-def _real_dir(root: Path, rel: str, where: str) -> Path:
-    """`root/rel` as a real directory, created as needed; never through a symlink."""
-    from ..errors import OciError
-
-    path = root
-    for part in [p for p in rel.split("/") if p]:
-        path = path / part
-        if path.is_symlink():
-            raise OciError(f"layer writes through the symlink /{path.relative_to(root)}", where=where)
-        if not path.exists():
-            path.mkdir(mode=0o755)
-        elif not path.is_dir():
-            raise OciError(f"/{path.relative_to(root)} is a file, a layer needs a directory there", where=where)
-    return path
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
-
-
-def apply_layer(blob: Path, root: Path, *, where: str) -> None:
+def apply_layer(blob: "Path | BinaryIO", root: Tree) -> None:
     """Apply one image layer to `root` the way a container runtime does: later layers replace
     earlier entries, `.wh.NAME` deletes NAME, `.wh..wh..opq` empties its directory. Nothing is
-    written through a symlink, no member escapes, times/owners/special files are not kept."""
-    import shutil
+    written, linked or deleted through a symlink (an earlier layer's `etc -> /etc` stays a
+    link, and a member under it is refused), no member escapes, times/owners/special files are
+    not kept."""
     import tarfile
 
-    with tarfile.open(blob, "r:*") as tf:
+    where = root.where
+    with tarfile.open(fileobj=blob, mode="r:*") as tf:  # type: ignore[call-overload]
         for m in tf:
-            name = _layer_name(m.name, where)
+            name = "/".join(checked_rel(m.name.lstrip("/"), where=where, what="layer member"))
             if not name:
                 continue
             parent, base = os.path.split(name)
-            pdir = _real_dir(root, parent, where)
             if base == ".wh..wh..opq":
-                for child in list(pdir.iterdir()):
-                    _remove(child)
+                root.empty_dir(parent)
                 continue
             if base.startswith(".wh."):
-                _remove(pdir / base[4:])
+                if parent:
+                    root.mkdir(parent)
+                root.remove(f"{parent}/{base[4:]}" if parent else base[4:])
                 continue
-            path = pdir / base
             if m.isdir():
-                if path.is_symlink() or (path.exists() and not path.is_dir()):
-                    _remove(path)
-                path.mkdir(mode=0o755, exist_ok=True)
-                os.chmod(path, 0o755)
-                continue
-            _remove(path)
-            if m.isreg():
+                st = root.lstat(name)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    root.remove(name)
+                root.mkdir(name)
+                root.chmod(name, 0o755)
+            elif m.isreg():
                 src = tf.extractfile(m)
-                mode = 0o755 if m.mode & 0o100 else 0o644
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-                with os.fdopen(fd, "wb") as out:
-                    os.fchmod(out.fileno(), mode)
-                    shutil.copyfileobj(src, out, 1 << 20)
+                assert src is not None
+                root.write(name, src, executable=bool(m.mode & 0o100))
             elif m.issym():
-                os.symlink(m.linkname, path)
+                root.symlink(name, m.linkname)
             elif m.islnk():
-                target = root / _layer_name(m.linkname, where)
-                if target.is_symlink() or not target.is_file():
-                    from ..errors import OciError
-
-                    raise OciError(f"hardlink /{name} -> /{m.linkname} does not name a file", where=where)
-                shutil.copy2(target, path, follow_symlinks=False)
+                target = "/".join(checked_rel(m.linkname.lstrip("/"), where=where, what="hardlink target"))
+                root.hardlink(name, target)
             # devices and fifos are not part of a build root: skipped
 
 
@@ -617,10 +590,16 @@ def image_rootfs(node: "Node", req: "BuildRequest", out: Path, log) -> None:
     from ..errors import BuildError
 
     (name, entry), = sorted(req.inputs.items())
-    manifest = json.loads((entry.path / "manifest.json").read_text())
-    blobs = entry.path / "blobs" / "sha256"
-    for layer in manifest.get("layers", []):
-        apply_layer(blobs / layer["digest"].split(":", 1)[1], out, where=f"{name} layer {layer['digest']}")
-        log.write(f"applied layer {layer['digest']}\n")
+    where = f"image input {name}"
+    with Tree(entry.path, where=where) as src, Tree(out, where=f"{name} root filesystem") as root:
+        manifest = json.loads(src.read_bytes("manifest.json", limit=MAX_METADATA))
+        for layer in manifest.get("layers", []):
+            digest = layer["digest"]
+            with src.open_file(f"blobs/sha256/{blob_hex(digest, where)}") as blob:
+                try:
+                    apply_layer(blob, root)
+                except UnsafeTree as e:
+                    raise UnsafeTree(e.message, where=f"{where} layer {digest}") from None
+            log.write(f"applied layer {digest}\n")
     if not any(out.iterdir()):
         raise BuildError(node.label(), f"image input {name} has no layers")

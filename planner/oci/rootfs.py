@@ -212,13 +212,13 @@ class _RootWriter:
     a symlink and conflicting files between packages are caught."""
 
     def __init__(self, root: Path) -> None:
+        from ..safetree import Tree
+
         self.root = root
+        self.tree = Tree(root, where=f"root filesystem {root.name}")
         self.kinds: dict[str, str] = {"": "dir"}
         self.owner: dict[str, str] = {}
         self.links: dict[str, str] = {}
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.root, name)
 
     def mkdir(self, name: str, pkg: str) -> None:
         self._parents(name, pkg)
@@ -227,8 +227,7 @@ class _RootWriter:
             return
         if kind is not None:
             raise OciError(f"{pkg} ships directory /{name}, but {self.owner.get(name)} made it a {kind}")
-        os.mkdir(self.path(name), 0o755)
-        os.chmod(self.path(name), 0o755)  # not the umask's choice
+        self.tree.mkdir(name)
         self.kinds[name] = "dir"
         self.owner[name] = pkg
 
@@ -253,16 +252,14 @@ class _RootWriter:
 
     def file(self, name: str, src: BinaryIO, executable: bool, pkg: str) -> None:
         self._parents(name, pkg)
-        mode = 0o755 if executable else 0o644
         if name in self.kinds:
-            data = src.read()
-            same = self.kinds[name] == "file" and Path(self.path(name)).read_bytes() == data
+            same = False
+            if self.kinds[name] == "file":
+                with self.tree.open_file(name) as old:
+                    same = _same_stream(old, src)
             self._claim(name, "file", pkg, same)
             return
-        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)
-            shutil.copyfileobj(src, out, _CHUNK)
+        self.tree.write(name, src, executable=executable, replace=False)
         self.kinds[name] = "file"
         self.owner[name] = pkg
 
@@ -270,7 +267,7 @@ class _RootWriter:
         self._parents(name, pkg)
         if not self._claim(name, "symlink", pkg, self.links.get(name) == target):
             return
-        os.symlink(target, self.path(name))
+        self.tree.symlink(name, target, replace=False)
         self.kinds[name] = "symlink"
         self.owner[name] = pkg
         self.links[name] = target
@@ -278,10 +275,20 @@ class _RootWriter:
     def hardlink(self, name: str, target: str, pkg: str) -> None:
         if self.kinds.get(target) != "file":
             raise OciError(f"{pkg}: hardlink /{name} -> /{target} does not name an earlier file")
-        executable = bool(os.stat(self.path(target)).st_mode & stat.S_IXUSR)
-        with open(self.path(target), "rb") as src:
-            # A copy: the layer stores hardlinks as independent files anyway.
-            self.file(name, src, executable, pkg)
+        st = self.tree.lstat(target)
+        assert st is not None
+        with self.tree.open_file(target) as src:
+            self.file(name, src, bool(st.st_mode & stat.S_IXUSR), pkg)
+
+
+def _same_stream(a: BinaryIO, b: BinaryIO) -> bool:
+    """Whether two streams hold the same bytes, compared chunk by chunk (no whole reads)."""
+    while True:
+        x, y = a.read(_CHUNK), b.read(_CHUNK)
+        if x != y:
+            return False
+        if not x:
+            return True
 
 
 def _merged_dirs(arch: str) -> tuple[str, ...]:
@@ -361,12 +368,15 @@ def assemble_rootfs(debs: Sequence[Path], root: Path, *, arch: str, dpkg_status:
     merged: list[str] = []
     for name in _merged_dirs(arch):
         _ensure_alias(w, name, merged)
-    for d in pkgs:
-        _extract_deb(w, d, merged)
-    if dpkg_status:
-        w.mkdir("var/lib/dpkg", "dpkg-status")
-        status = "\n".join(_status_paragraph(d) for d in pkgs).encode()
-        w.file("var/lib/dpkg/status", io.BytesIO(status), False, "dpkg-status")
+    try:
+        for d in pkgs:
+            _extract_deb(w, d, merged)
+        if dpkg_status:
+            w.mkdir("var/lib/dpkg", "dpkg-status")
+            status = "\n".join(_status_paragraph(d) for d in pkgs).encode()
+            w.file("var/lib/dpkg/status", io.BytesIO(status), False, "dpkg-status")
+    finally:
+        w.tree.close()
     return Rootfs(root=root, packages=tuple(pkgs), merged_usr=tuple(sorted(merged)))
 
 

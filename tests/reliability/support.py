@@ -122,6 +122,18 @@ def assert_clean_error(run: Run, *, names: Iterable[str] = ()) -> str:
     return errs[0]
 
 
+def assert_one_failure(run: Run, *, names: Iterable[str] = ()) -> str:
+    """Like `assert_clean_error`, for a build that fails: one `planner: error:` or `planner: build
+    failed:` line (a build failure may add its log path and log tail below it)."""
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = [l for l in run.stderr.splitlines() if l.startswith(("planner: error: ", "planner: build failed: "))]
+    assert len(lines) == 1, run.stderr
+    for n in names:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
 # -- store checks ------------------------------------------------------------------------------
 
 def integrity(store: Path) -> list[tuple]:
