@@ -467,6 +467,10 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
             raise err("patches", f"patch {i + 1}: give exactly one of file or url")
         if p.url and not p.sha256:
             raise err("patches", f"patch {p.label}: a fetched patch needs sha256")
+        if p.url:
+            _check_http_url(p.url, err, f"patch {p.label}")
+        if p.name is not None and (not p.name or "/" in p.name or "\0" in p.name or p.name in (".", "..")):
+            raise err("patches", f"patch name {p.name!r} must be a plain file name")
         if p.file:
             _check_inside(root, p.file, err, "file")
     try:
@@ -510,6 +514,48 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
         raise err("suite", f"input {name!r}: suite is for apt inputs and reads vendor/codename, e.g. ubuntu/jammy")
     if s.kind == "git" and s.url and s.url.startswith("-"):
         raise err("url", f"input {name!r}: invalid git url")
+    if s.kind == "url" and s.url:
+        _check_http_url(s.url, err, f"input {name!r}")
+    if s.kind == "git" and s.url:
+        _check_git_url(root, s.url, err, f"input {name!r}")
+    if s.subdir is not None:
+        _check_subdir(s.subdir, err, f"input {name!r}")
+
+
+_REMOTE_GIT = re.compile(r"^(https?|git|ssh|git\+ssh)://[^/\s]+", re.IGNORECASE)
+_SCP_GIT = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!/)")
+
+
+def _check_http_url(url: str, err, what: str) -> None:
+    """Downloads come from http(s) only: a `file://` URL would copy a host file (say
+    /etc/shadow) into the store. Local files reach a build as `path` inputs or through a mirror."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in ("http", "https") or not url[len(scheme):].startswith("://") or "\0" in url:
+        raise err("url", f"{what}: only http:// and https:// URLs are fetched, not {url[:60]!r} "
+                         f"(serve local files through a mirror, or use a path input)")
+
+
+def _check_git_url(root: Path, url: str, err, what: str) -> None:
+    """A git source is remote (https, git, ssh, user@host:path) or a repository inside the
+    project: a local path outside it would copy whatever repository the machine holds."""
+    if _REMOTE_GIT.match(url) or _SCP_GIT.match(url):
+        return
+    local = url[len("file://"):] if url.lower().startswith("file://") else url
+    if "://" in local or not local:
+        raise err("url", f"{what}: git URL {url[:60]!r} is neither remote (https, git, ssh) nor a local path")
+    real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
+    if "\0" in local or not real.is_relative_to(root.resolve()):
+        raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project "
+                         f"(serve it through a mirror, or over git:// or https)")
+
+
+def _check_subdir(subdir: str, err, what: str) -> None:
+    """`subdir` picks a folder of the fetched tree; absolute or climbing out, it once made
+    `planner lock` move that host folder into the store."""
+    parts = subdir.split("/")
+    if (not subdir or subdir.startswith("/") or ".." in parts or "\0" in subdir or "\\" in subdir
+            or all(p in ("", ".") for p in parts)):
+        raise err("subdir", f"{what}: subdir {subdir!r} must be a relative folder inside the source, without '..'")
 
 
 def load_set(root: Path, name: str) -> RecipeSet:

@@ -7,6 +7,7 @@ maps to the same entry. Nothing that fails verification is stored.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -31,6 +32,27 @@ def fixed_key(tree: str, unpacked: bool) -> str:
 def _entry_name(decl: InputDecl, pin: Pin) -> str:
     base = pin.filename or f"{decl.recipe}-{decl.name}"
     return re.sub(r"[^A-Za-z0-9._+-]", "_", base)[:120]
+
+
+def _take_subdir(dest: Path, subdir: str, tmp: Path, where: str, shown: str) -> Path:
+    """The folder `subdir` of a fetched tree, moved to `tmp/subdir`; the rest is deleted.
+
+    Walked without following links: a `subdir` through a link (`a -> /home`, subdir `a/b`)
+    would otherwise move a host folder into the store."""
+    from .errors import UnsafeTree
+    from .safetree import Tree, checked_rel
+
+    try:
+        parts = checked_rel(subdir, where=where, what="subdir")
+        with Tree(dest, where=where) as tree:
+            os.close(tree.dir_fd(parts, create=False, purpose="subdir goes through"))
+    except UnsafeTree as e:
+        raise FetchError(f"no subdirectory {subdir} {shown} ({e.message})", where=where) from None
+    if not parts:
+        return dest
+    os.rename(dest.joinpath(*parts), tmp / "subdir")
+    remove_tree(dest)
+    return tmp / "subdir"
 
 
 @attrs.frozen
@@ -102,7 +124,11 @@ class Resolver:
         if src is not None and src.kind == "git":
             from .fetch import git
 
-            cands = mirror_candidates(str(src.url), self.mirrors, git=True)
+            url = str(src.url)
+            if self.rs is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/]+@[^/]+:", url) \
+                    and not url.startswith("/"):
+                url = str(self.rs.root / url)  # a repository inside the project, not the cwd's
+            cands = mirror_candidates(url, self.mirrors, git=True)
             if pin and pin.commit:
                 commit = pin.commit
             else:
@@ -113,12 +139,7 @@ class Resolver:
             if src.submodules and self.rs is not None:
                 self._check_submodules(decl, used, commit)
             if src.subdir:
-                sub = dest / src.subdir
-                if not sub.is_dir():
-                    raise FetchError(f"no subdirectory {src.subdir} at {commit}", where=decl.id)
-                sub.rename(tmp / "subdir")
-                remove_tree(dest)
-                dest = tmp / "subdir"
+                dest = _take_subdir(dest, src.subdir, tmp, decl.id, f"at {commit}")
             return Fetched(dest, Pin(commit=commit, url=src.url))
 
         if src is not None and src.kind == "pypi":
@@ -158,7 +179,9 @@ class Resolver:
 
             url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
             expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
-            filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1] or "download"
+            filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1]
+            if filename in ("", ".", "..") or "\0" in filename or "\\" in filename:
+                filename = "download"  # the URL's last segment becomes a file name: never a path
             _, got = self._first_that_works(
                 mirror_candidates(url, self.mirrors, sha256=expected),
                 lambda u: urlfetch.download(u, tmp / filename, sha256=expected), decl.id)
@@ -241,12 +264,7 @@ class Resolver:
         path.unlink()
         src = decl.source
         if src is not None and src.subdir:
-            sub = dest / src.subdir
-            if not sub.is_dir():
-                raise FetchError(f"no subdirectory {src.subdir} in {pin.filename}", where=decl.id)
-            sub.rename(tmp / "subdir")
-            remove_tree(dest)
-            dest = tmp / "subdir"
+            dest = _take_subdir(dest, src.subdir, tmp, decl.id, f"in {pin.filename}")
         return Fetched(dest, pin)
 
     def _store(self, decl: InputDecl, fetched: Fetched, expected_tree: Optional[str]) -> tuple[Entry, Pin]:

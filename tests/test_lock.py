@@ -18,7 +18,7 @@ def _project(root: Path, url: str) -> None:
 
 
 def test_moved_tag_is_picked_up_by_update_only(tmp_path: Path) -> None:
-    repo = GitRepo.init(tmp_path / "up.git")
+    repo = GitRepo.init(tmp_path / "p/vendor/up.git")  # local repositories only inside the project
     repo.write("VERSION", "1\n")
     first = repo.commit("one")
     repo.tag("v1")

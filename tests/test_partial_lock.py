@@ -38,7 +38,7 @@ def _project(root: Path, missing_repo: Path) -> None:
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, Path]:
     root, store = tmp_path / "proj", tmp_path / "store"
-    _project(root, tmp_path / "no-such-repo.git")
+    _project(root, root / "no-such-repo.git")  # inside the project: local repositories elsewhere are refused
     lock = run_planner("--root", str(root), "--store", str(store), "lock", "part", check=False)
     assert lock.returncode != 0 and "fetched/source" in lock.stderr
     text = (root / "lockfiles/part.lock").read_text()

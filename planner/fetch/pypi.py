@@ -134,7 +134,14 @@ def download(
     if dist == "sdist":
         from .url import download as url_download
 
+        from ..errors import UnsafeTree
+        from ..safetree import plain_name
+
         found = find_sdist(name, version, as_of=as_of)
+        try:
+            plain_name(found.filename, where=where, what="the index's file name")
+        except UnsafeTree as e:  # a hostile index names a path, not a file
+            raise FetchError(e.message, where=where) from None
         url_download(found.url, dest_dir / found.filename, sha256=found.sha256)
         return dest_dir / found.filename
     # Inside dest_dir so the final move is a rename on one file system.
