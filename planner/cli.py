@@ -97,8 +97,17 @@ def _fail(exc: PlannerError) -> None:
     sys.exit(exc.exit_code or 1)
 
 
+_ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log", "push", "export", "store",
+          "prefetch", "hash", "keys")
+
+
 class _Group(click.Group):
     """Turns typed errors into one line on stderr and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # The top level in the order of the workflow (lock, plan, realise, why, …), not the alphabet.
+        names = list(self.commands)
+        return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
     def invoke(self, ctx: click.Context):
         try:

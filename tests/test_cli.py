@@ -93,6 +93,16 @@ def test_top_level_help_lists_every_command_on_one_line() -> None:
             assert len(sub_lines) == len(cmd.commands) and not any(l.endswith("...") for l in sub_lines), sub.stdout
 
 
+def test_readme_lists_every_command_and_option() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("## Recipes", 1)[0]
+    for name, cmd in _commands(main):
+        if not isinstance(cmd, click.Group):
+            assert re.search(rf"planner (store )?{re.escape(name.split()[-1])}\b", block) or name in block, name
+    for opt in ("--progress", "-L", "--connect-timeout", "--dry-run", "--roots"):
+        assert opt in readme, opt
+
+
 def test_global_options_work_before_and_after_the_command(diamond: Project, tmp_path: Path) -> None:
     before = planner("--root", str(diamond.root), "--store", str(diamond.store), "plan", "t", "--json", cwd=tmp_path)
     after = planner("plan", "t", "--json", "--root", str(diamond.root), "--store", str(diamond.store), cwd=tmp_path)
@@ -267,7 +277,8 @@ def test_json_outputs_carry_a_schema(diamond: Project) -> None:
 def test_store_that_is_a_file_or_missing(diamond: Project, tmp_path: Path) -> None:
     afile = tmp_path / "not-a-folder"
     afile.write_text("x")
-    for cmd in (["plan", "t"], ["realise", "t"], ["why", "t"], ["store", "gc"], ["log", "a"]):
+    for cmd in (["plan", "t"], ["realise", "t"], ["why", "t"], ["store", "gc"], ["log", "a"], ["lock", "t"],
+                ["export", "t", str(tmp_path / "x.tar")], ["push", "t", "127.0.0.1:1/x"], ["store", "size"]):
         res = planner("--root", str(diamond.root), "--store", str(afile), *cmd)
         assert res.returncode != 0
         assert "is not a folder" in one_error_line(res.stderr), cmd

@@ -19,7 +19,7 @@ from ..errors import OciError, PlannerError
 
 def _obj():
     obj = click.get_current_context().find_root().obj
-    if obj is None or not hasattr(obj, "root") or not hasattr(obj, "store"):
+    if obj is None or not hasattr(obj, "root") or not hasattr(obj, "store_for_write"):
         raise PlannerError("internal: push/export must run under the planner command group")
     return obj
 
@@ -73,7 +73,7 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
     from .registry import Reference, push_layout
 
     obj = _obj()
-    layout = realised_layout(obj.root, set_name, obj.store)
+    layout = realised_layout(obj.root, set_name, obj.store_for_write())
     parsed = Reference.parse(ref)
     if parsed.tag or parsed.digest:
         jobs = [(_pick_variant(layout, variant), ref)]
@@ -103,7 +103,7 @@ def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     from .layout import export_oci_archive
 
     obj = _obj()
-    layout = realised_layout(obj.root, set_name, obj.store)
+    layout = realised_layout(obj.root, set_name, obj.store_for_write())
     sde = read_lock(load_set(obj.root, set_name).lockfile).source_date_epoch
     out = Path(out).absolute()
     if variant is None:
