@@ -518,7 +518,7 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
 
 
 @store.command("push")
-@click.argument("set_name", metavar="SET")
+@click.argument("set_name", metavar="[SET]", required=False)
 @click.option("--to", "to", required=True, metavar="URL", help="oci://HOST/REPO")
 @click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), envvar="PLANNER_SIGNING_KEY",
               required=True, help="Secret key that signs the entries (env PLANNER_SIGNING_KEY).")
@@ -526,32 +526,36 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "rich"]), default="auto",
               envvar="PLANNER_PROGRESS", show_default=True, help="As for realise: a line per entry, or a live bar.")
 @click.pass_obj
-def store_push(ctx: Context, set_name: str, to: str, signing_key: Path, no_inputs: bool, progress_mode: str) -> None:
+def store_push(ctx: Context, set_name: str | None, to: str, signing_key: Path, no_inputs: bool, progress_mode: str) -> None:
     """Push SET's last realised closure to a binary cache."""
     from .cache import BinaryCache, Signer, TrustedKeys, push_run
     from .store import Store
 
+    set_name = _default_set(ctx, set_name)
     st = Store(ctx.store_for_read())
     rec = next((r for _i, r in st.runs() if r.get("set") == set_name), None)
     if rec is None:
-        raise PlannerError(f"no recorded realise of set {set_name!r}")
+        raise PlannerError(f"no recorded realise of set {set_name!r}; run `planner realise {set_name}` first",
+                           where=str(ctx.store))
     cache = BinaryCache(to, trusted=TrustedKeys(), signer=Signer.from_file(signing_key))
     from .progress import make_progress
 
     progress = make_progress(progress_mode)
-    counts = push_run(cache, st, rec, with_inputs=not no_inputs, progress=progress)
-    progress("close", None)
+    try:
+        counts = push_run(cache, st, rec, with_inputs=not no_inputs, progress=progress)
+    finally:
+        progress("close", None)
     click.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
 @store.command("pull")
-@click.argument("set_name", metavar="SET")
+@click.argument("set_name", metavar="[SET]", required=False)
 @click.option("--from", "sources", multiple=True, required=True, metavar="URL",
               help="Binary cache to pull from: oci://HOST/REPO (repeatable).")
 @click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
               help="Public key whose signatures are trusted (repeatable).")
 @click.pass_obj
-def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
+def store_pull(ctx: Context, set_name: str | None, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
     """Fetch SET's closure from binary caches, verified."""
     from . import lock as lockmod
     from .cache import BinaryCache, TrustedKeys, pull_closure
@@ -560,7 +564,7 @@ def store_pull(ctx: Context, set_name: str, sources: tuple[str, ...], trusted_ke
     from .recipes import load_set
     from .store import Store
 
-    rs = load_set(ctx.root, set_name)
+    rs = load_set(ctx.root, _default_set(ctx, set_name))
     p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
     trusted = TrustedKeys(trusted_keys)
     caches = [BinaryCache(u, trusted=trusted) for u in sources]
@@ -608,11 +612,17 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
     for rec in runs:
         for n in rec.get("nodes", []):
             seen.update((n["id"], n["name"]))
-            if node in (n["id"], n["name"], n["key"], n.get("build_key")) and n.get("build_key"):
+            if node not in (n["id"], n["name"], n["key"], n.get("build_key")):
+                continue
+            if n.get("build_key"):
                 path = store_root / "logs" / f"{n['build_key']}.log"
                 if path.exists():
                     click.echo(path.read_text(errors="replace"), nl=False)
                     return
+            if n.get("action") == "failed":
+                # Its latest attempt failed before building (a fetch, say): an older log would mislead.
+                raise PlannerError(f"no build log: {n['id']} failed before its build started: "
+                                   f"{n.get('reason') or 'no reason recorded'}")
     if node in seen:
         raise PlannerError(f"no build log for {node!r}: it was reused or fetched, not built, in the recorded runs")
     from .suggest import unknown

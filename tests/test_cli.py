@@ -381,3 +381,24 @@ def test_store_push_progress_and_registry_errors(diamond: Project, registry: str
             errors = [l for l in res.stderr.splitlines() if l.startswith("planner: error: ")]
             assert len(errors) == 1 and words in errors[0], (url, res.stderr)
             assert "Traceback" not in res.stderr
+
+
+def test_mirror_miss_keeps_each_sources_git_reason(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    res = planner("--store", str(tmp_path / "store"), "prefetch", "git+https://github.invalid/x/y.git@main",
+                  "--mirror", str(mirror), cwd=tmp_path)
+    assert res.returncode != 0
+    line = [l for l in res.stderr.splitlines() if l.startswith("planner: error: ")]
+    assert len(line) == 1 and "Traceback" not in res.stderr, res.stderr
+    # The mirror's own reason (git's fatal line, not its closing advice) and the origin's.
+    assert "every source failed" in line[0]
+    assert f"file://{mirror}/git/github.invalid/x/y.git" in line[0] and "does not appear to be a git repository" in line[0]
+    assert "https://github.invalid/x/y.git" in line[0] and "Could not resolve host" in line[0]
+
+
+def test_rich_progress_runs_without_a_terminal(diamond: Project) -> None:
+    res = diamond.cli("realise", "-j", "2", "--progress=rich", "-L")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "b> hello-from-b" in res.stderr
+    assert res.stdout.strip().splitlines()[-1].startswith(str(diamond.store))

@@ -93,8 +93,12 @@ class _Git:
 
 
 def _last_line(text: str) -> str:
+    """git's reason: its first `fatal:`/`error:` line (the lines after it are advice such as
+    "Please make sure you have the correct access rights and the repository exists."), else
+    the last line it wrote."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    reason = next((line for line in lines if line.startswith(("fatal:", "error:"))), None)
+    return reason or (lines[-1] if lines else "")
 
 
 @contextlib.contextmanager
