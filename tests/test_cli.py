@@ -402,3 +402,24 @@ def test_rich_progress_runs_without_a_terminal(diamond: Project) -> None:
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert "b> hello-from-b" in res.stderr
     assert res.stdout.strip().splitlines()[-1].startswith(str(diamond.store))
+
+
+def test_log_of_a_node_that_failed_before_building(tmp_path: Path) -> None:
+    from tests.support.http_server import LoopbackServer
+    from tests.support.project import recipe_toml
+
+    proj = Project.empty(tmp_path, target="u")
+    with LoopbackServer() as server:
+        url = server.url("/payload.txt")
+        server.add("/payload.txt", b"fetched once\n")
+        proj.write_raw("u", recipe_toml("u", script="cat /inputs/source/* > $out/u.txt")
+                       .replace("[build]", f'[source]\nkind = "url"\nurl = "{url}"\n\n[build]'))
+        assert proj.cli("lock").returncode == 0
+    # The server is gone and this store never fetched the input: the node fails in its fetch.
+    fresh = tmp_path / "fresh-store"
+    res = planner("--root", str(proj.root), "--store", str(fresh), "realise", "t", "--progress=plain", timeout=180)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert re.search(r"\] FAILED u \[1/1\] after ", res.stderr), res.stderr
+    log = planner("--root", str(proj.root), "--store", str(fresh), "log", "u")
+    line = one_error_line(log.stderr)
+    assert "u failed before its build started" in line and "connection refused" in line, line
