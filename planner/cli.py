@@ -292,17 +292,14 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     ctx.store_for_write()
     if not (dry_run or check or executor or cache_to or out_link or platform_):
         # The no-op fast path: the standard library and one sqlite query, nothing else.
-        from .noop import try_noop
+        from .noop import noop_text, try_noop
 
-        cache = try_noop(ctx.root, name, ctx.store, target, sandbox == "on")
+        cache = try_noop(ctx.root.resolve(), name, ctx.store, target, sandbox == "on")
         if cache is not None:
             if as_json:
                 click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True))
             else:
-                click.echo(cache["output"] or "\n".join(n["path"] for n in cache["nodes"]
-                                                        if n["id"] in cache["targets"]))
-                if cache.get("digest"):
-                    click.echo(cache["digest"])
+                click.echo(noop_text(cache))
             return
     from .mirrors import load_mirrors
     from .realise import RealiseOptions, realise as do_realise

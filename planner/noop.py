@@ -1,65 +1,138 @@
-"""The no-op fast path of `planner realise`: standard library only.
+"""The plan cache and the no-op answer of `planner realise`.
 
-A successful realise leaves a plan cache (stat signatures of every file planning read, and the
-nodes' keys and digests). If nothing changed, the answer comes from the cache and one sqlite
-query, without importing the recipe loader, attrs, networkx, httpx or rich.
+A successful realise leaves a plan cache: the stat signature of every file planning read, and
+the nodes' keys and digests. If none of those files changed and the store still holds every
+output, the answer comes from the cache, without loading a recipe.
+
+This module is the whole cost of a no-op (`planner.entry` calls it before anything else is
+imported), so it keeps to what the interpreter has built in: os, marshal and zlib; sqlite3 only
+when the store's index changed since the cache was written. No pathlib, json or hashlib here:
+each costs more to import than the answer takes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import marshal
 import os
-import sqlite3
-from pathlib import Path
-from typing import Optional
+import zlib
 
-PLAN_CACHE_VERSION = 1
+PLAN_CACHE_VERSION = 2
+_MISSING = (0, 0, 0, 0)
 
 
-def stat_sig(p: Path) -> list[int]:
+def stat_sig(p) -> tuple[int, int, int, int]:
     try:
         st = os.stat(p)
     except OSError:
-        return [0, 0, 0, 0]
-    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+        return _MISSING
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
-def plan_cache_path(store_root: Path, root: Path, set_name: str, target: Optional[str]) -> Path:
-    h = hashlib.sha256(f"{root}\0{set_name}\0{target or ''}".encode()).hexdigest()[:24]
-    return store_root / "plans" / f"{set_name}-{h}.json"
-
-
-def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str], sandboxed: bool) -> Optional[dict]:
-    """If nothing changed since the last complete realise, the cached answer; else None.
-
-    Imports only the standard library and sqlite: no recipes, no networkx, no httpx.
-    """
-    path = plan_cache_path(store_root, root, set_name, target)
+def _index_sigs(store_root: str) -> tuple:
+    """What changes with every commit to the store's index: a commit appends to the write-ahead
+    log (it grows), or restarts the log (its header's salts change), and a checkpoint writes the
+    database file. Reading 32 bytes is cheaper than loading sqlite to ask."""
+    index = os.path.join(store_root, "index.sqlite")
     try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if cache.get("version") != PLAN_CACHE_VERSION or cache.get("sandbox") != sandboxed:
-        return None
+        with open(index + "-wal", "rb") as f:
+            wal = (os.fstat(f.fileno()).st_size, f.read(32))
+    except OSError:
+        wal = None
+    return (stat_sig(index), wal)
+
+
+def plan_cache_path(store_root, root, set_name: str, target: str | None) -> str:
+    """Where the plan cache of (project root, set, target) lives. The name only spreads caches
+    over files; the cache itself records whose it is (`identity`), so a clash is a miss."""
+    ident = f"{os.fspath(root)}\0{set_name}\0{target or ''}".encode()
+    return os.path.join(os.fspath(store_root), "plans",
+                        f"{set_name}-{zlib.crc32(ident):08x}{zlib.adler32(ident):08x}.plan")
+
+
+def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple:
     from . import __version__
 
-    if cache.get("planner") != __version__:
-        return None
-    for f, sig in cache["files"].items():
-        if stat_sig(Path(f)) != sig:
-            return None
-    for rel in cache.get("absent", []):
-        if os.path.exists(rel):
-            return None
-    # Nodes without a local path (left in a binary cache, or not needed below a valid output)
-    # are not checked: only what the run put in this store has to still be there.
-    local = [n for n in cache["nodes"] if n.get("path")]
-    keys = [n["key"] for n in local]
+    return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target or "", bool(sandboxed))
+
+
+def write_plan_cache(store_root, root, set_name: str, target: str | None, sandboxed: bool,
+                     files: list, nodes: list[dict], targets: list[str], output: str | None,
+                     digest: str | None) -> None:
+    """Record a complete realise. Written after the run's last commit to the index, so that the
+    index's own signature tells a later no-op whether anything was committed since."""
+    store_root = os.fspath(store_root)
+    cache = {
+        "identity": _identity(root, set_name, target, sandboxed),
+        "files": {os.fspath(f): stat_sig(f) for f in files},
+        "index": _index_sigs(store_root),
+        "nodes": nodes,
+        "targets": list(targets),
+        "output": output,
+        "digest": digest,
+    }
+    _save(plan_cache_path(store_root, root, set_name, target), cache)
+
+
+def _save(path: str, cache: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        marshal.dump(cache, f)
+    os.replace(tmp, path)
+
+
+def try_noop(root, set_name: str, store_root, target: str | None, sandboxed: bool) -> dict | None:
+    """If nothing changed since the last complete realise, the cached answer; else None."""
+    store_root = os.fspath(store_root)
     try:
-        db = sqlite3.connect(f"file:{store_root / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
+        with open(plan_cache_path(store_root, root, set_name, target), "rb") as f:
+            cache = marshal.load(f)
+        if cache["identity"] != _identity(root, set_name, target, sandboxed):
+            return None
+        stat = os.stat
+        for f, sig in cache["files"].items():
+            try:
+                st = stat(f)
+            except OSError:
+                if sig != _MISSING:
+                    return None
+                continue
+            if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != sig:
+                return None
+        for p in cache.get("absent", ()):
+            if os.path.lexists(p):
+                return None
+        # Nodes without a local path (left in a binary cache, or not needed below a valid output)
+        # are not checked: only what the run put in this store has to still be there.
+        local = [n for n in cache["nodes"] if n.get("path")]
+        lexists = os.path.lexists
+        for n in local:
+            if not lexists(os.path.join(store_root, n["path"])):
+                return None
+    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
+        return None  # no cache, or one this planner cannot read: plan as usual
+    index = _index_sigs(store_root)
+    if cache["index"] != index:
+        if not _index_agrees(store_root, local):
+            return None
+        # Still valid: remember the index as it is now, so the next no-op need not ask it.
+        cache["index"] = _index_sigs(store_root)
         try:
-            found = {}
+            _save(plan_cache_path(store_root, root, set_name, target), cache)
+        except OSError:
+            pass
+    return cache
+
+
+def _index_agrees(store_root: str, local: list[dict]) -> bool:
+    """Something was committed to the index since: do the nodes' realisations still hold?"""
+    import sqlite3
+
+    keys = [n["key"] for n in local]
+    found = {}
+    try:
+        db = sqlite3.connect(f"file:{os.path.join(store_root, 'index.sqlite')}?mode=ro", uri=True, timeout=30)
+        try:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 q = ("SELECT r.input_key, e.path, e.digest FROM realisations r JOIN entries e "
@@ -69,13 +142,13 @@ def try_noop(root: Path, set_name: str, store_root: Path, target: Optional[str],
         finally:
             db.close()
     except sqlite3.Error:
-        return None
-    if len(found) != len(set(keys)):
-        return None
-    for n in local:
-        p, d = found[n["key"]]
-        if d != n["digest"] or not os.path.lexists(store_root / p):
-            return None
-    return cache
+        return False
+    return all(found.get(n["key"]) == (os.path.basename(n["path"]), n["digest"]) for n in local)
 
 
+def noop_text(cache: dict) -> str:
+    """What `planner realise` prints when there is nothing to do: the output, then its digest."""
+    lines = [cache["output"] or "\n".join(n["path"] for n in cache["nodes"] if n["id"] in cache["targets"])]
+    if cache.get("digest"):
+        lines.append(cache["digest"])
+    return "\n".join(lines)

@@ -16,7 +16,7 @@ import attrs
 from .errors import BuildError, LockError, PlannerError
 
 from .host import detect_host
-from .noop import PLAN_CACHE_VERSION, plan_cache_path as _plan_cache_path, stat_sig as _stat_sig, try_noop
+from .noop import try_noop, write_plan_cache
 
 
 @attrs.frozen
@@ -141,7 +141,9 @@ def git_state(root: Path) -> Optional[dict]:
 # -- plan cache (the no-op fast path) --------------------------------------------------------
 
 def _watched_files(rs, lock_path: Path) -> list[Path]:
-    files = sorted(rs.folder.rglob("*"))
+    # Folders too (their own stat changes when an entry is added, removed or renamed): a new
+    # recipe or a new file in a path source changes the plan without touching any listed file.
+    files = [rs.folder, *sorted(rs.folder.rglob("*"))]
     files.append(lock_path)
     for r in rs.recipes.values():
         for p in r.patches:
@@ -150,7 +152,7 @@ def _watched_files(rs, lock_path: Path) -> list[Path]:
         for s in r.all_sources().values():
             if s.kind == "path" and s.path:
                 base = rs.root / s.path
-                files.extend(sorted(base.rglob("*")) if base.is_dir() else [base])
+                files.extend([base, *sorted(base.rglob("*"))] if base.is_dir() else [base])
     pkg = Path(__file__).resolve().parent
     files.extend(sorted(pkg.rglob("*.py")))
     files.append(Path("/var/lib/dpkg/status"))
@@ -159,26 +161,10 @@ def _watched_files(rs, lock_path: Path) -> list[Path]:
 
 def _write_plan_cache(rs, lock_path: Path, store_root: Path, target: Optional[str], sandboxed: bool,
                       result: RealiseResult) -> None:
-    import json
-
-    from . import __version__
-    from .lock import write_atomic
-
-    files = _watched_files(rs, lock_path)
-    cache = {
-        "version": PLAN_CACHE_VERSION,
-        "planner": __version__,
-        "sandbox": sandboxed,
-        "files": {str(f): _stat_sig(f) for f in files},
-        "nodes": [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
-                   "digest": n.digest, "path": n.path} for n in result.nodes],
-        "targets": result.targets,
-        "output": result.output,
-        "digest": result.digest,
-    }
-    path = _plan_cache_path(store_root, rs.root, rs.name, target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(cache, sort_keys=True))
+    write_plan_cache(store_root, rs.root, rs.name, target, sandboxed, _watched_files(rs, lock_path),
+                     [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
+                       "digest": n.digest, "path": n.path} for n in result.nodes],
+                     result.targets, result.output, result.digest)
 
 
 # -- realise ---------------------------------------------------------------------------------
@@ -548,9 +534,10 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             store.set_root(f"set:{root}:{set_name}", Path(output))
             if options.out_link:
                 _out_link(options.out_link, Path(output), store)
-        if not failures and not options.check and options.platform is None:
-            _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
         store.close()
+        if not failures and not options.check and options.platform is None:
+            # After the index is closed: the cache records the index as this run left it.
+            _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
         return result
 
 

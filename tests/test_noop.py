@@ -1,0 +1,149 @@
+"""The no-op path: `planner` answers an unchanged realise from the plan cache before importing
+the command line, and every change that could alter the answer sends it to the full realise.
+
+Real bubblewrap builds of the small diamond set (tests/support/project.py); the `planner`
+command is run as a user runs it (bin/planner through the interpreter of this test session).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.project import Project
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="needs bubblewrap")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def planner(proj: Project, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`planner --root R --store S ARGS` through bin/planner, the installed command."""
+    full = dict(os.environ)
+    full.pop("PLANNER_STORE", None)
+    full.pop("PLANNER_EXECUTOR", None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, str(REPO / "bin" / "planner"), "--root", str(proj.root),
+                           "--store", str(proj.store), *args], capture_output=True, text=True, env=full,
+                          cwd=proj.root, timeout=120)
+
+
+PROBE = """
+import sys
+from planner.entry import answer_noop
+hit = answer_noop(sys.argv[1:])
+heavy = sorted(m for m in ("click", "planner.cli", "attrs", "planner.recipes", "planner.realise", "sqlite3",
+                           "pathlib", "json", "hashlib") if m in sys.modules)
+print("HIT" if hit else "MISS", ",".join(heavy), file=sys.stderr)
+"""
+
+
+def probe(proj: Project, *args: str) -> tuple[bool, str]:
+    """Whether the entry point answered by itself, and which heavy modules it imported."""
+    p = subprocess.run([sys.executable, "-c", PROBE, "--root", str(proj.root), "--store", str(proj.store), *args],
+                       capture_output=True, text=True, cwd=proj.root, timeout=60)
+    assert p.returncode == 0, p.stderr
+    verdict, _, heavy = p.stderr.strip().splitlines()[-1].partition(" ")
+    return verdict == "HIT", heavy
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[Project, subprocess.CompletedProcess]:
+    proj = Project.diamond(tmp_path)
+    proj.lock()
+    first = planner(proj, "realise", "t", "-j", "2")
+    assert first.returncode == 0, first.stderr
+    assert "4 built" in first.stderr
+    return proj, first
+
+
+def test_noop_is_answered_before_the_command_line_is_imported(built) -> None:
+    proj, first = built
+    hit, heavy = probe(proj, "realise", "t")
+    assert hit and heavy == "", heavy
+    again = planner(proj, "realise", "t", "-j", "2")
+    assert again.returncode == 0 and again.stderr == ""
+    # The same answer the full command gives: the output, then nothing else (no image digest).
+    assert again.stdout == first.stdout.splitlines(keepends=True)[-1] == proj.cli("realise").stdout
+    # The set named by default (the only one under recipes/) and equivalent spellings hit too.
+    for args in (["realise"], ["realise", "t", "--jobs=1", "--sandbox", "on", "--keep-going"], ["realise", "-j4", "t"]):
+        assert probe(proj, *args)[0], args
+
+
+@pytest.mark.parametrize("args", [
+    ["realise", "t", "--dry-run"], ["realise", "t", "--check"], ["realise", "t", "--json"],
+    ["realise", "t", "--out-link", "result"], ["realise", "t", "--platform", "linux/amd64"],
+    ["realise", "t", "--help"], ["realise", "t", "-j", "x"], ["realise", "t", "--sandbox", "maybe"],
+    ["realise", "t", "u"], ["realise", "../t"], ["plan", "t"], ["--version"], ["realise", "t", "--sandbox", "off"],
+    ["realise", "t", "--target", "b"],
+])
+def test_anything_but_a_plain_cached_realise_goes_to_the_command_line(built, args: list[str]) -> None:
+    proj, _ = built
+    assert not probe(proj, *args)[0]
+
+
+def test_executor_from_the_environment_is_not_a_noop(built) -> None:
+    proj, _ = built
+    p = subprocess.run([sys.executable, "-c", PROBE, "--root", str(proj.root), "--store", str(proj.store),
+                        "realise", "t"], capture_output=True, text=True, cwd=proj.root,
+                       env=dict(os.environ, PLANNER_EXECUTOR="dask://127.0.0.1:1"))
+    assert p.stderr.strip().splitlines()[-1].startswith("MISS")
+
+
+def test_edited_recipe_is_rebuilt_through_the_fast_entry(built) -> None:
+    proj, first = built
+    proj.recipe("b", deps=["a"], script="echo changed > $out/b.txt")
+    assert not probe(proj, "realise", "t")[0]
+    again = planner(proj, "realise", "t")
+    assert again.returncode == 0, again.stderr
+    assert "2 built" in again.stderr  # b, then d above it
+    assert again.stdout != first.stdout
+    assert probe(proj, "realise", "t")[0]  # and the new answer is cached
+
+
+@pytest.mark.parametrize("change", ["edit source", "new source file", "removed source file", "new recipe file",
+                                    "lockfile", "deleted output", "index rows"])
+def test_every_change_that_could_alter_the_answer_is_seen(built, change: str) -> None:
+    proj, _ = built
+    assert probe(proj, "realise", "t")[0]
+    if change == "edit source":
+        (proj.root / "src/a/notes.txt").write_text("# another comment\n")
+    elif change == "new source file":
+        (proj.root / "src/a/new.txt").write_text("new\n")
+    elif change == "removed source file":
+        (proj.root / "src/a/notes.txt").unlink()
+    elif change == "new recipe file":
+        (proj.folder / "e.toml").write_text('name = "e"\nversion = "1"\n\n[build]\nbuilder = "shell"\nscript = "true"\n')
+    elif change == "lockfile":
+        with open(proj.lockfile, "a") as f:
+            f.write("\n")
+    elif change == "deleted output":
+        st = sqlite3.connect(proj.store / "index.sqlite")
+        (path,) = st.execute("SELECT path FROM entries WHERE name='b'").fetchone()
+        st.close()
+        os.rename(proj.store / path, proj.store / "tmp" / "moved-away")
+    elif change == "index rows":
+        # The entry stays on disk but the index no longer has it: only the index can say so.
+        st = sqlite3.connect(proj.store / "index.sqlite")
+        with st:
+            st.execute("DELETE FROM entries WHERE name='c'")
+        st.close()
+    assert not probe(proj, "realise", "t")[0]
+
+
+def test_an_unrelated_commit_to_the_index_keeps_the_noop(built, tmp_path: Path) -> None:
+    """Another set realised into the same store changes the index; the cached answer is then
+    checked against it once and stays a no-op."""
+    proj, _ = built
+    other = Project.diamond(tmp_path / "other")
+    other.store = proj.store
+    (other.folder / "d.toml").write_text((other.folder / "d.toml").read_text().replace("1.0", "2.0"))
+    other.lock()
+    assert planner(other, "realise", "t").returncode == 0
+    assert probe(proj, "realise", "t")[0]
+    assert probe(proj, "realise", "t")[0]
