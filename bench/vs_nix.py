@@ -157,7 +157,6 @@ class Planner:
         set, so that no parse cache is filled before a cold measurement."""
         import types
 
-        sys.path.insert(0, str(REPO))
         from planner import lock as lockmod
 
         rs = types.SimpleNamespace(name="synth", root=root, folder=root / "recipes" / "synth", recipes={})
@@ -394,7 +393,10 @@ def main() -> None:
     only = set(a.only.split(","))
     anchors = find_anchors(a.anchors)
     why = Nix.missing()
-    print(f"bench/vs_nix.py: planner {REPO} vs Nix, anchors {anchors}; {os.cpu_count()} cores, "
+    import planner
+
+    print(f"bench/vs_nix.py: planner {Path(planner.__file__).parent} ({sys.executable}) vs Nix, anchors {anchors}; "
+          f"{os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f} at start")
     if why:
         print(f"NOTE: {why}. Only planner's side is measured: absolute times, no ratios. "
@@ -424,7 +426,6 @@ def main() -> None:
     finally:
         if nix:
             print(f"removed {nix.cleanup()} Nix store paths this run created")
-        sys.path.insert(0, str(REPO))
         from planner.store import remove_tree
 
         remove_tree(tmp)  # store entries are read-only

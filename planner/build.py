@@ -183,29 +183,43 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     spec, mounts = sandbox_spec(req)
     env = _declared_env(node)
     env["NIX_BUILD_CORES"] = str(req.jobs)
+    # A shell step with nothing to unpack or patch needs no Python in the sandbox: its script
+    # runs as the runtime would run it, with the same environment, directory and process tree.
+    # (Unless LC_ALL is empty: then Python would have coerced the locale and exported LC_CTYPE.)
+    direct = (node.builder == "shell" and not (spec["source"] or spec["submodules"] or spec["patches"])
+              and bool(env.get("LC_ALL", sandbox.BASE_ENV["LC_ALL"])))
+    log_head = b""
     if req.sandboxed:
-        spec_path = build_dir / "spec.json"
-        spec_path.write_text(json.dumps(spec, sort_keys=True))
         rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
         if rootfs is not None:
             mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
-            if not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
+            if not direct and not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
                 raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
             if node.variant.platform not in (None, host_platform()):
                 raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
                                                f"{host_platform()} host: use a native worker (--executor)")
-        argv = sandbox.command(["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"],
-                               build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs)
+        if direct:
+            env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
+            inner, log_head = _shell_argv(spec["script"])
+        else:
+            _ensure_runtime_bytecode()
+            (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
+            inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
+        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs)
         proc_env = None
     else:
         # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
         spec = _rewrite_paths(spec, mounts, build_dir)
-        spec_path = build_dir / "spec.json"
-        spec_path.write_text(json.dumps(spec, sort_keys=True))
-        argv = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", str(spec_path)]
         proc_env = sandbox.unsandboxed_env(env, build_dir)
         proc_env["PYTHONPATH"] = str(PLANNER_PKG.parent)
         proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
+        if direct:
+            proc_env.update(out=str(build_dir / "out"), src=str(build_dir / "src"))
+            argv, log_head = _shell_argv(spec["script"])
+        else:
+            spec_path = build_dir / "spec.json"
+            spec_path.write_text(json.dumps(spec, sort_keys=True))
+            argv = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", str(spec_path)]
     args_fd = None
     if req.sandboxed:
         # bwrap reads its arguments from a file descriptor, so the real paths of the store and
@@ -216,10 +230,13 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         args_fd = os.open(args_file, os.O_RDONLY)
         argv = [argv[0], "--args", str(args_fd)] + argv[split:]
     with open(log_path, "wb") as log:
+        log.write(log_head)
+        log.flush()
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
-                                    cwd=build_dir, start_new_session=True,
+                                    cwd=build_dir / "src" if direct and not req.sandboxed else build_dir,
+                                    start_new_session=True,
                                     pass_fds=(args_fd,) if args_fd is not None else ())
         finally:
             if args_fd is not None:
@@ -232,9 +249,52 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     if rc != 0:
         tail = _tail(log_path)
         last = next((l for l in reversed(tail.splitlines()) if l.startswith("planner: build failed: ")), None)
-        reason = last[len("planner: build failed: "):] if last else f"builder exited with status {rc}"
+        reason = (last[len("planner: build failed: "):] if last else f"bash exited with status {rc}" if direct
+                  else f"builder exited with status {rc}")
         raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
     return build_dir / "out"
+
+
+def _shell_argv(script: str) -> tuple[list[str], bytes]:
+    """The `shell` builder without the runtime: `bash -euo pipefail -c SCRIPT`, started by a shell
+    that waits for it, so bash keeps the pid it had under the runtime (tools that embed their
+    pid write the same bytes); and the runtime's first log line."""
+    return (["/bin/sh", "-c", 'bash -euo pipefail -c "$1"; exit $?', "sh", script],
+            ("+ " + " ".join(["bash", "-euo", "pipefail", "-c", script]) + "\n").encode())
+
+
+_RUNTIME_MODULES = ("__init__.py", "builders/__init__.py", "builders/runtime.py", "builders/wheelfile.py",
+                    "builders/cuda.py")
+_runtime_compiled = False
+
+
+def _ensure_runtime_bytecode() -> None:
+    """Compile the in-sandbox runtime once, beside its source, where the sandbox's read-only
+    view of the package finds it: otherwise every Python build step compiles it again."""
+    global _runtime_compiled
+    if _runtime_compiled:
+        return
+    _runtime_compiled = True
+    import importlib.util
+    import py_compile
+
+    for rel in _RUNTIME_MODULES:
+        src = PLANNER_PKG / rel
+        try:
+            cfile = importlib.util.cache_from_source(str(src))
+            st = os.stat(src)
+            try:
+                with open(cfile, "rb") as f:
+                    head = f.read(16)
+                if (head[:4] == importlib.util.MAGIC_NUMBER and head[4:8] == b"\0\0\0\0"
+                        and int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+                        and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF):
+                    continue
+            except OSError:
+                pass
+            py_compile.compile(str(src), cfile=cfile, doraise=True)
+        except (OSError, py_compile.PyCompileError):
+            pass  # a read-only installation: pip compiled it at install time
 
 
 def _rewrite_paths(spec: dict, mounts: list[sandbox.Mount], build_dir: Path) -> dict:

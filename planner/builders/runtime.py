@@ -3,18 +3,15 @@
 Runs as `python3 -m planner.builders.runtime /build/spec.json` inside the sandbox, with only
 the standard library. Everything it needs is in the spec; everything it writes goes to
 /build/out. A failure exits non-zero with a one-line reason as the last line of the log.
+
+It starts once per build step, so each builder imports what it alone uses, where it uses it.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 BUILD = Path(os.environ.get("PLANNER_BUILD_DIR", "/build"))
@@ -29,6 +26,8 @@ def log(msg: str) -> None:
 
 
 def run(argv: list[str], *, cwd: Path, env: dict | None = None) -> None:
+    import subprocess
+
     log("+ " + " ".join(argv))
     proc = subprocess.run(argv, cwd=cwd, env=env)
     if proc.returncode != 0:
@@ -36,6 +35,8 @@ def run(argv: list[str], *, cwd: Path, env: dict | None = None) -> None:
 
 
 def _copy_tree(src: Path, dest: Path) -> None:
+    import shutil
+
     shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(dest):
         os.chmod(dirpath, 0o755)
@@ -53,6 +54,8 @@ def prepare_source(spec: dict) -> Path:
         if s.is_dir():
             _copy_tree(s, src)
         else:
+            import shutil
+
             shutil.copyfile(s, src / s.name)
     for path, sub in sorted(spec.get("submodules", {}).items()):
         dest = src / path
@@ -63,11 +66,12 @@ def prepare_source(spec: dict) -> Path:
     return src
 
 
-_HUNK_FAILED = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
-
-
 def apply_patch(src: Path, patch: Path, name: str, strip: int) -> None:
     """Apply strictly: no fuzz, no reversed guesses, nothing written on failure."""
+    import re
+    import subprocess
+
+    hunk_failed = re.compile(r"Hunk #(\d+) FAILED at (\d+)")
     args = ["patch", f"-p{strip}", "--forward", "--batch", "--fuzz=0", "--no-backup-if-mismatch",
             "--reject-file=-", "-d", str(src), "-i", str(patch)]
     dry = subprocess.run(args + ["--dry-run"], capture_output=True, text=True)
@@ -79,7 +83,7 @@ def apply_patch(src: Path, patch: Path, name: str, strip: int) -> None:
             m = re.match(r"(?:patching|checking) file (.+)", line)
             if m:
                 file = m.group(1).strip("'\"")
-            hm = _HUNK_FAILED.search(line)
+            hm = hunk_failed.search(line)
             if hm:
                 raise BuildFailure(f"patch {name} does not apply: hunk #{hm.group(1)} of {file} "
                                    f"FAILED at line {hm.group(2)}")
@@ -101,6 +105,8 @@ def build_shell(spec: dict, src: Path, out: Path) -> None:
 
 
 def build_unpack(spec: dict, src: Path, out: Path) -> None:
+    import shutil
+
     out.rmdir()
     shutil.copytree(src, out, symlinks=True)
 
@@ -133,6 +139,8 @@ print("built", name)
 
 def _buildenv(spec: dict) -> Path:
     """Unpack the pinned build-dependency wheels into one directory put first on sys.path."""
+    import zipfile
+
     env = BUILD / "buildenv"
     env.mkdir(exist_ok=True)
     for name, path in sorted(spec.get("inputs", {}).items()):
@@ -144,13 +152,11 @@ def _buildenv(spec: dict) -> Path:
     return env
 
 
-_TABLE = re.compile(r"^\s*\[([^\]]+)\]\s*(?:#.*)?$")
-_BACKEND = re.compile(r"""^\s*build-backend\s*=\s*(["'])([^"']+)\1\s*(?:#.*)?$""")
-
-
 def _toml_loads(text: str):
     """tomllib where it exists (3.11+); the base image's Python may be 3.10: then tomli from
     the build environment or pip's vendored copy; None if none of them is there."""
+    import importlib
+
     for mod in ("tomllib", "tomli", "pip._vendor.tomli"):
         try:
             loads = importlib.import_module(mod).loads
@@ -170,13 +176,17 @@ def build_backend(project: Path) -> str:
     if data is not None:
         backend = data.get("build-system", {}).get("build-backend")
     else:  # no TOML parser at all: the one key that matters, read line by line
+        import re
+
+        table_re = re.compile(r"^\s*\[([^\]]+)\]\s*(?:#.*)?$")
+        backend_re = re.compile(r"""^\s*build-backend\s*=\s*(["'])([^"']+)\1\s*(?:#.*)?$""")
         backend, table = None, None
         for line in text.splitlines():
-            t = _TABLE.match(line)
+            t = table_re.match(line)
             if t:
                 table = t.group(1).strip()
                 continue
-            b = _BACKEND.match(line)
+            b = backend_re.match(line)
             if b and table == "build-system":
                 backend = b.group(2)
     return backend or "setuptools.build_meta:__legacy__"
