@@ -17,8 +17,9 @@ _VALUED = {"-j": None, "--jobs": None, "--target": None, "--sandbox": ("on", "of
 _FLAGS = {"--keep-going"}
 
 
-def _realise_args(args: list[str]):
-    """(root, store, set name or None, target, sandboxed) of a plain `realise`, else None."""
+def _global_options(args: list[str]):
+    """(root, store, the rest of args) when only --root, --store and --mirror precede the
+    subcommand, else None. Paths as the command line makes them (absolute, not resolved)."""
     root, store, i = ".", None, 0
     while i < len(args) and args[i].startswith("-"):
         name, eq, value = args[i].partition("=")
@@ -36,10 +37,18 @@ def _realise_args(args: list[str]):
         elif name == "--store":
             store = value
         i += 1
-    if args[i:i + 1] != ["realise"]:
+    root = os.path.join(os.getcwd(), root)
+    if store is None:
+        store = os.environ.get("PLANNER_STORE") or os.path.join(root, "store")
+    return root, os.path.join(os.getcwd(), store), args[i:]
+
+
+def _realise_args(root: str, store: str, args: list[str]):
+    """(root, store, set name, target, sandboxed) of a plain `realise`, else None."""
+    if args[:1] != ["realise"]:
         return None
     set_name, target, sandbox, jobs = None, None, "on", None
-    rest = args[i + 1:]
+    rest = args[1:]
     i = 0
     while i < len(rest):
         a = rest[i]
@@ -73,10 +82,6 @@ def _realise_args(args: list[str]):
         i += 1
     if os.environ.get("PLANNER_EXECUTOR"):
         return None
-    root = os.path.join(os.getcwd(), root)
-    if store is None:
-        store = os.environ.get("PLANNER_STORE") or os.path.join(root, "store")
-    store = os.path.join(os.getcwd(), store)
     if set_name is None:
         try:
             sets = [e for e in os.listdir(os.path.join(root, "recipes"))
@@ -93,8 +98,9 @@ def _realise_args(args: list[str]):
 
 def answer_noop(args: list[str]) -> bool:
     """Print the no-op answer of a plain `planner realise` and return True, if there is one."""
-    parsed = _realise_args(args)
-    if parsed is None:
+    opts = _global_options(args)
+    parsed = opts and _realise_args(*opts)
+    if not parsed:
         return False
     root, store, set_name, target, sandboxed = parsed
     from .noop import noop_text, try_noop
@@ -107,9 +113,45 @@ def answer_noop(args: list[str]) -> bool:
     return True
 
 
+def answer_store_verify(args: list[str]) -> bool:
+    """`planner store verify` of a sound store: re-hash every entry, print `store ok`, return
+    True. Any entry that is missing or differs, or a store it cannot read, returns False: the
+    command line then verifies again and reports each problem."""
+    opts = _global_options(args)
+    if not opts or opts[2] != ["store", "verify"]:
+        return False
+    store = opts[1]
+    index = os.path.join(store, "index.sqlite")
+    if not os.path.isfile(index):
+        return False
+    import sqlite3
+
+    from .hashing import tree_digest
+
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=60)
+        try:
+            rows = db.execute("SELECT path, digest FROM entries").fetchall()
+        finally:
+            db.close()
+        for path, digest in rows:
+            if tree_digest(os.path.join(store, path)) != digest:
+                return False
+    except Exception:  # noqa: BLE001 - missing entries, odd files, a locked index: the full command says
+        return False
+    sys.stdout.write("store ok\n")
+    sys.stdout.flush()
+    return True
+
+
 def main() -> int:
-    if answer_noop(sys.argv[1:]):
+    args = sys.argv[1:]
+    if answer_noop(args) or answer_store_verify(args):
         return 0
     from .cli import main as cli
 
     return cli()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,22 +3,25 @@
 Tree hash v1 is fixed by shared/reference/tree-hash.md: kind byte + name + NUL + child digest
 over children sorted by raw name bytes; only the owner-executable bit counts; symlinks hash their
 target; no times, owners or archive format. Pure functions plus the file reads they need.
+
+Imports beyond os and blake3 are made where they are used: `planner store verify` and the
+no-op path load this module, and each of json, hashlib, base64, pathlib and concurrent.futures
+costs milliseconds to import.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterable
 
 import blake3
 
 from .errors import PlannerError
+
+TYPE_CHECKING = False  # typing itself is a slow import
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, Iterable
 
 PREFIX = "blake3:"
 _CHUNK = 1 << 20
@@ -73,6 +76,9 @@ def file_sha256_and_blake3(path: str | os.PathLike[str]) -> tuple[str, str]:
     Each chunk is handed to sha256 on a worker thread while blake3 runs on this one; both
     release the GIL, so the pair costs about as much as sha256 alone.
     """
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
     sha = hashlib.sha256()
     b3 = blake3.blake3()
     with ThreadPoolExecutor(max_workers=1) as pool, open(path, "rb") as f:
@@ -120,7 +126,8 @@ def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()
     big: list[tuple[bytes, Any]] = []
     file_digests: dict[bytes, bytes] = {}
     dirs: list[tuple[bytes, list[tuple[bytes, bytes]]]] = []
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
+    pool = None  # started at the first big file: most trees (and store entries) have none
+    try:
         stack = [root_b]
         while stack:
             d = stack.pop()
@@ -138,6 +145,10 @@ def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()
                     elif k == b"l":
                         file_digests[e.path] = blake3.blake3(os.readlink(e.path)).digest()
                     elif st_e.st_size >= _PARALLEL_MIN:
+                        if pool is None:
+                            from concurrent.futures import ThreadPoolExecutor
+
+                            pool = ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2)))
                         big.append((e.path, pool.submit(_file_blake3, e.path)))
                     else:
                         with open(e.path, "rb") as f:
@@ -145,6 +156,9 @@ def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()
             dirs.append((d, children))
         for p, fut in big:
             file_digests[p] = fut.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
     dir_digests: dict[bytes, bytes] = {}
     for d, children in reversed(dirs):
@@ -184,6 +198,8 @@ def _check_no_floats(value: Any, path: str = "$") -> None:
 def canonical_json(value: Any, *, check: bool = True) -> bytes:
     if check:
         _check_no_floats(value)
+    import json
+
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -198,6 +214,8 @@ def base32(raw: bytes) -> str:
     if len(raw) % 5 == 0:
         # Whole 5-byte groups: the digits are RFC 4648's 5-bit groups (no padding), in another
         # alphabet; the C encoder is ~10x the loop below, and keys are 20 bytes.
+        import base64
+
         return base64.b32encode(raw).translate(_FROM_RFC4648).decode()
     n = int.from_bytes(raw, "big")
     out = []
@@ -215,4 +233,6 @@ def key_of(preimage: Any) -> str:
 
 
 def path_of(p: str | os.PathLike[str]) -> Path:
+    from pathlib import Path
+
     return Path(p)

@@ -147,3 +147,35 @@ def test_an_unrelated_commit_to_the_index_keeps_the_noop(built, tmp_path: Path) 
     assert planner(other, "realise", "t").returncode == 0
     assert probe(proj, "realise", "t")[0]
     assert probe(proj, "realise", "t")[0]
+
+
+VERIFY_PROBE = """
+import sys
+from planner.entry import answer_store_verify
+ok = answer_store_verify(sys.argv[1:])
+print("OK" if ok else "FALLBACK", "click" in sys.modules, "attrs" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_store_verify_of_a_sound_store_needs_no_command_line(built) -> None:
+    proj, _ = built
+    p = subprocess.run([sys.executable, "-c", VERIFY_PROBE, "--store", str(proj.store), "store", "verify"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout == "store ok\n"
+    assert p.stderr.strip().splitlines()[-1] == "OK False False"
+    assert planner(proj, "store", "verify").stdout == "store ok\n"
+
+
+def test_store_verify_of_a_damaged_store_reports_through_the_command_line(built) -> None:
+    proj, _ = built
+    st = sqlite3.connect(proj.store / "index.sqlite")
+    (path,) = st.execute("SELECT path FROM entries WHERE name='b'").fetchone()
+    st.close()
+    f = proj.store / path / "b.txt"
+    os.chmod(f.parent, 0o755)
+    os.chmod(f, 0o644)
+    f.write_text(f.read_text().upper())
+    res = planner(proj, "store", "verify")
+    assert res.returncode != 0
+    assert f"corrupt: {path}: content hashes to" in res.stdout
+    assert res.stderr.startswith("planner: error: 1 corrupt entry")
