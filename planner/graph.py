@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import attrs
 
 from .errors import GraphError, LockError
+from .gcpause import gc_paused
 from .host import HOST_PACKAGES, HostInfo
 from .lock import ANY, InputDecl, Lock, declarations
 from .recipes import Recipe, RecipeSet
@@ -39,7 +40,7 @@ BUILDER_VERSIONS = {
 # builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
 BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image", "image-rootfs"})
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)  # a key of the planner's memo tables, hashed often
 class Variant:
     """The values of the axes a node depends on; an absent axis is None."""
 
@@ -203,6 +204,10 @@ class _Planner:
         self.nodes: dict[str, Node] = {}
         self._axes: dict[str, frozenset[str]] = {}
         self._ids: dict[tuple[str, Variant], str] = {}  # (recipe, full variant) -> node id
+        self._host_dicts: dict[tuple[str, ...], dict[str, str]] = {}
+        self._decls_of: dict[str, list[InputDecl]] = {}  # recipe -> its input declarations
+        for decl in self.decls.values():
+            self._decls_of.setdefault(decl.recipe, []).append(decl)
 
     def _build_inputs(self, r: Recipe) -> list[str]:
         if r.build.builder == "oci-image":
@@ -212,6 +217,9 @@ class _Planner:
     def effective_axes(self, name: str) -> frozenset[str]:
         """A recipe's own axes plus those of everything its build consumes (iterative: deep
         chains must not hit Python's recursion limit)."""
+        known = self._axes.get(name)
+        if known is not None:
+            return known
         stack: list[tuple[str, bool]] = [(name, False)]
         on_path: set[str] = set()
         while stack:
@@ -360,13 +368,15 @@ class _Planner:
             names += HOST_PACKAGES["cuda"]
             if variant.platform == "linux/arm64":
                 names += HOST_PACKAGES["cuda-arm64"]
-        return {n: self.host.packages.get(n, "absent") for n in sorted(names)}
+        key = tuple(names)
+        found = self._host_dicts.get(key)
+        if found is None:  # one dict per kind of build, not one per node (shared: never mutated)
+            found = self._host_dicts[key] = {n: self.host.packages.get(n, "absent") for n in sorted(names)}
+        return found
 
     def _inputs(self, r: Recipe, variant: Variant) -> dict[str, InputRef]:
         out: dict[str, InputRef] = {}
-        for decl in self.decls.values():
-            if decl.recipe != r.name:
-                continue
+        for decl in self._decls_of.get(r.name, ()):
             li = self.lock.inputs.get(decl.id)
             if li is None:
                 raise LockError(f"not in the lock: run `planner lock {self.rs.name}`", where=decl.id)
@@ -386,6 +396,7 @@ class _Planner:
         return out
 
 
+@gc_paused()
 def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None) -> Plan:
     """Expand the set's target for every platform × CUDA variant into a node graph."""
     p = _Planner(rs, lock, host)

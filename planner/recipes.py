@@ -7,6 +7,7 @@ the key and, where it can be found, the line.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -17,6 +18,7 @@ from typing import Literal, Optional
 import attrs
 
 from .errors import RecipeError
+from .gcpause import gc_paused
 
 AXES = ("platform", "cuda", "host")
 PLATFORMS = ("linux/amd64", "linux/arm64")
@@ -216,15 +218,26 @@ _DUR = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)?\s*$")
 
 
 def parse_size(text: str) -> int:
-    m = _SIZE.match(str(text))
+    return _parse_size(str(text))
+
+
+def parse_duration(text: str) -> float:
+    return _parse_duration(str(text))
+
+
+# Memoised: every node of a plan asks for its recipe's memory and estimate.
+@functools.lru_cache(maxsize=1024)
+def _parse_size(text: str) -> int:
+    m = _SIZE.match(text)
     if not m:
         raise ValueError(f"not a size: {text!r} (e.g. 512MiB, 4GiB)")
     n, unit = int(m.group(1)), (m.group(2) or "B").upper().rstrip("B").rstrip("I")
     return n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
 
 
-def parse_duration(text: str) -> float:
-    m = _DUR.match(str(text))
+@functools.lru_cache(maxsize=1024)
+def _parse_duration(text: str) -> float:
+    m = _DUR.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (e.g. 90s, 5m, 2h)")
     n, unit = int(m.group(1)), m.group(2) or "s"
@@ -558,6 +571,7 @@ def _check_subdir(subdir: str, err, what: str) -> None:
         raise err("subdir", f"{what}: subdir {subdir!r} must be a relative folder inside the source, without '..'")
 
 
+@gc_paused()
 def load_set(root: Path, name: str) -> RecipeSet:
     root = root.resolve()
     folder = root / "recipes" / name
