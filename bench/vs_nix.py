@@ -382,8 +382,8 @@ def find_anchors(arg: str | None) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="noop,verify,build,plan,hash")
-    ap.add_argument("--runs", type=int, default=0, help="timed runs per tool (default: 15 for fast measures, "
-                                                       "3 for builds and plans)")
+    ap.add_argument("--runs", type=int, default=0, help="timed runs per tool of the fast measures (default 15)")
+    ap.add_argument("--rounds", type=int, default=0, help="timed rounds of the cold builds and plans (default 3)")
     ap.add_argument("--quick", action="store_true", help="fewer runs, 1k-node plans, 256 MiB hash")
     ap.add_argument("--anchors", default=os.environ.get("PLANNER_ANCHORS"))
     ap.add_argument("--plan-sizes", default="10000,100000")
@@ -404,7 +404,7 @@ def main() -> None:
     else:
         v = subprocess.run(["nix-store", "--version"], capture_output=True, text=True).stdout.strip()
         print(f"{v}; options: {' '.join(subprocess.run(['bash', str(anchors / 'nix' / 'lib.sh'), 'options'], capture_output=True, text=True).stdout.split())}")
-    fast, slow = (a.runs or (7 if a.quick else 15)), (a.runs or (1 if a.quick else 3))
+    fast, slow = (a.runs or (7 if a.quick else 15)), (a.rounds or (1 if a.quick else 3))
     sizes = [1000] if a.quick else [int(x) for x in a.plan_sizes.split(",")]
     salt = f"vs{os.getpid()}{random.randrange(1 << 20)}"
     tmp = Path(tempfile.mkdtemp(prefix="vs-nix-"))

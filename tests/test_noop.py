@@ -178,4 +178,4 @@ def test_store_verify_of_a_damaged_store_reports_through_the_command_line(built)
     res = planner(proj, "store", "verify")
     assert res.returncode != 0
     assert f"corrupt: {path}: content hashes to" in res.stdout
-    assert res.stderr.startswith("planner: error: 1 corrupt entry")
+    assert res.stderr.startswith("planner: error: ") and res.stderr.rstrip().endswith(": 1 corrupt entry")
