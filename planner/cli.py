@@ -725,6 +725,8 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
 from .oci.cli import push, export  # noqa: E402
 main.add_command(push)
 main.add_command(export)
+from .mirror_cli import mirror  # noqa: E402
+main.add_command(mirror)
 for _cmd in main.commands.values():
     _global_options(_cmd)
 

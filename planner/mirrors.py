@@ -7,7 +7,7 @@ fetching is needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .errors import LockError
 
@@ -55,3 +55,265 @@ def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
             raise LockError("mirrors.urls must be a list of URLs", where=f"{cfg}: mirrors.urls")
         out += [u if "://" in u else (root / u).resolve().as_uri() for u in urls]
     return list(dict.fromkeys(out))
+
+
+# -- making mirrors ------------------------------------------------------------------------------
+#
+# A mirror is written by adding content under the origin URL it stands for; each file lands by
+# rename, so a reader never sees half of one. Paths come from URLs, which are untrusted: each
+# segment is checked, so nothing lands outside the mirror.
+
+_SEGMENT_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+-=,:")
+
+
+def origin_path(url: str) -> str:
+    """`<host>/<path>` of an origin URL, as `mirror_candidates` looks it up, or an error."""
+    from urllib.parse import unquote, urlsplit
+
+    from .errors import FetchError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https", "git", "ssh") or not parts.netloc:
+        raise FetchError("a mirror entry is named by an http(s), git or ssh origin URL", where=url)
+    if "@" in parts.netloc:
+        raise FetchError("credentials in an origin URL do not belong in a mirror path", where=url)
+    if parts.query or parts.fragment:
+        raise FetchError("an origin URL with a query or fragment cannot name a mirror path", where=url)
+    segments = [parts.netloc] + unquote(parts.path).split("/")[1:]
+    for seg in segments:
+        if seg in ("", ".", "..") or not set(seg) <= _SEGMENT_OK or len(seg) > 200:
+            raise FetchError(f"path segment {seg!r} cannot be part of a mirror path", where=url)
+    return "/".join(segments)
+
+
+def _inside(mirror: Path, rel: str) -> Path:
+    """`mirror/rel`, refusing any existing symlink on the way (a planted link would redirect writes)."""
+    from .errors import FetchError
+
+    path = mirror
+    for seg in rel.split("/"):
+        path = path / seg
+        if path.is_symlink():
+            raise FetchError(f"{rel}: {path} is a symbolic link; refusing to write through it", where=str(mirror))
+    return path
+
+
+def _place_file(source: Path, dest: Path) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def add_file(mirror: Path, source: Path, *, url: Optional[str] = None, sha256: Optional[str] = None) -> list[str]:
+    """Put a file into the mirror by its sha256 (and by its origin URL when given). With
+    `sha256`, the bytes must have it. Returns the mirror paths written, relative."""
+    from .errors import FetchError, HashMismatch
+
+    if not source.is_file():
+        raise FetchError("not a regular file", where=str(source))
+    digest = _sha256(source)
+    if sha256 is not None and digest != sha256:
+        raise HashMismatch(str(source), sha256, digest)
+    rels = [f"sha256/{digest}"] + ([f"urls/{origin_path(url)}"] if url else [])
+    for rel in rels:
+        _place_file(source, _inside(mirror, rel))
+    return rels
+
+
+def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = ()) -> str:
+    """Put the git repository at `repo` (a path or URL) into the mirror under `url`: every
+    branch and tag (or only `commits`, each kept by a ref), in a bare repository that git
+    serves over file://, smart HTTP and, after `update-server-info`, plain HTTP."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import re
+
+    from .errors import FetchError
+
+    rel = f"git/{origin_path(url)}"
+    for c in commits:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._/-]*", c) or ".." in c:
+            raise FetchError(f"{c!r} is not a commit or ref name", where=url)
+    dest = _inside(mirror, rel)
+    import os
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir(), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+    def git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["git", "-c", "gc.auto=0", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            last = [line for line in proc.stderr.splitlines() if line.strip()]
+            raise FetchError(f"git {args[0]} failed: {last[-1] if last else proc.returncode}", where=url)
+        return proc
+
+    fresh = not (dest / "HEAD").exists()
+    work = dest
+    if fresh:  # made aside and renamed: a crash leaves no half-made repository in the mirror
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        git("init", "--bare", "-q", str(work))
+    try:
+        source = repo if "://" in repo else str(Path(repo).absolute())
+        if commits:
+            for c in commits:
+                # A tag keeps the pinned commit reachable from what a server advertises: git's
+                # plain-HTTP walker and hosts without reachable-SHA1 fetches only see refs.
+                spec = f"+{c}:refs/tags/planner/{c}"
+                try:
+                    git("fetch", "-q", "--no-tags", "--update-shallow", "--", source, spec, cwd=work)
+                except FetchError:
+                    # A snapshot may lack objects of older history: the commit and its tree
+                    # alone still serve a pinned build (over file:// and smart HTTP).
+                    git("fetch", "-q", "--no-tags", "--depth", "1", "--update-shallow", "--", source, spec, cwd=work)
+        else:
+            git("fetch", "-q", "--update-shallow", "--", source, "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*", cwd=work)
+        if (work / "shallow").exists():
+            # Over plain HTTP git walks the whole history: a shallow copy serves file:// only.
+            try:
+                git("fetch", "-q", "--unshallow", "--", url, "+refs/heads/*:refs/planner/origin/*", cwd=work)
+            except FetchError:
+                pass
+        git("update-server-info", cwd=work)
+        if fresh:
+            if dest.exists():
+                shutil.rmtree(dest)
+            work.rename(dest)
+    finally:
+        if fresh and work.exists() and work != dest:
+            shutil.rmtree(work, ignore_errors=True)
+    return rel
+
+
+class Exported(NamedTuple):
+    id: str
+    platform: str
+    status: str  # "written", "skipped" (not a file or repository a mirror serves) or "failed"
+    detail: str
+
+
+def _git_caches_with(store_root: Path, commit: str) -> list[Path]:
+    import subprocess
+
+    found = []
+    for repo in sorted((store_root / "git-cache").glob("*.git")):
+        if repo.is_symlink() or not (repo / "HEAD").is_file():
+            continue
+        proc = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+                              capture_output=True, stdin=subprocess.DEVNULL)
+        if proc.returncode == 0:
+            found.append(repo)
+    return found
+
+
+def export_set(rs, store, lock, mirror: Path, *, mirrors: list[str] = (), log=lambda s: None) -> list[Exported]:
+    """Write every locked input of a set into `mirror`: files by sha256 (and URL inputs by their
+    origin URL), git repositories by origin URL with the pinned commit. Content comes from the
+    store where it is there as fetched (a file, a git cache holding the commit); otherwise it is
+    fetched again (from `mirrors`, then the origin) and checked against the lock."""
+    import tempfile
+
+    from .errors import PlannerError
+    from .lock import ANY, declarations
+    from .resolve import fixed_key
+
+    mirror = Path(mirror)
+    mirror.mkdir(parents=True, exist_ok=True)
+    out: list[Exported] = []
+    decls = declarations(rs)
+    for id_, decl in decls.items():
+        li = lock.inputs.get(id_)
+        if decl.local:
+            out.append(Exported(id_, ANY, "skipped", "local to the project"))
+            continue
+        if li is None or li.status != "locked":
+            out.append(Exported(id_, ANY, "failed", "not locked" + (f": {li.reason}" if li and li.reason else "")))
+            continue
+        for platform, pin in sorted(li.pins.items()):
+            log(f"exporting {id_}" + ("" if platform == ANY else f" [{platform}]"))
+            try:
+                detail = _export_one(decl, pin, platform, store, mirror, list(mirrors), fixed_key, tempfile)
+                out.append(Exported(id_, platform, "written" if detail[0] else "skipped", detail[1]))
+            except PlannerError as exc:
+                out.append(Exported(id_, platform, "failed", exc.line()))
+    return out
+
+
+def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fixed_key, tempfile) -> tuple[bool, str]:
+    from .errors import FetchError
+
+    src, patch = decl.source, decl.patch
+    kind = decl.kind
+    if kind == "image":
+        return False, "registry images are mirrored by a registry (skopeo copy --all), not a folder"
+    if kind == "git":
+        url, commit = str(src.url), str(pin.commit)
+        caches = _git_caches_with(store.root, commit)
+        sources = [str(c) for c in caches] + mirror_candidates(url, mirrors, git=True)
+        errors = []
+        for repo in sources:
+            try:
+                return True, add_git(mirror, url, repo, commits=(commit,))
+            except FetchError as exc:
+                errors.append(exc.message)
+        raise FetchError(f"commit {commit} found nowhere: {errors[-1] if errors else 'no source'}", where=decl.id)
+    if not pin.sha256:
+        raise FetchError("the lock has no sha256 for it", where=decl.id)
+    origin = str(src.url) if src is not None and src.kind == "url" else (patch.url if patch is not None else None)
+    entry = store.lookup(fixed_key(pin.tree, decl.unpacks)) if pin.tree else None
+    if entry is not None and entry.path.is_file() and not entry.path.is_symlink():
+        return True, ", ".join(add_file(mirror, entry.path, url=origin, sha256=pin.sha256))
+    # Only the unpacked tree is stored (or nothing): fetch the bytes again, by hash.
+    with tempfile.TemporaryDirectory(prefix="planner-mirror-") as tmp:
+        dest = Path(tmp) / (pin.filename or "download")
+        if origin is not None:
+            from .fetch import url as urlfetch
+
+            last: Optional[Exception] = None
+            for cand in mirror_candidates(origin, mirrors, sha256=pin.sha256):
+                try:
+                    urlfetch.download(cand, dest, sha256=pin.sha256)
+                    break
+                except FetchError as exc:
+                    last = exc
+            else:
+                raise FetchError(f"cannot fetch it again: {last}", where=decl.id)
+        elif kind == "pypi":
+            from .fetch import pypi
+            from .fetch.simple_index import parse_as_of
+
+            dest = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=Path(tmp),
+                                 platform=src.platform or (None if platform == "any" else platform),
+                                 python_version=src.python,
+                                 as_of=parse_as_of(decl.as_of) if decl.as_of else None)
+        else:
+            raise FetchError(f"not in the store as fetched, and a {kind} input is not fetched again here; "
+                             f"run `planner lock --update {decl.id}` first", where=decl.id)
+        return True, ", ".join(add_file(mirror, dest, url=origin, sha256=pin.sha256))

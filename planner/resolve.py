@@ -142,6 +142,15 @@ class Resolver:
                 dest = _take_subdir(dest, src.subdir, tmp, decl.id, f"at {commit}")
             return Fetched(dest, Pin(commit=commit, url=src.url))
 
+        if src is not None and src.kind in ("pypi", "apt") and pin is not None and pin.sha256:
+            # A pinned file is the same bytes wherever it comes from: a mirror has it by hash
+            # (`planner mirror export`), so an air-gapped site needs no index or apt archive.
+            got_path = self._from_mirror_by_hash(decl, pin, tmp)
+            if got_path is not None:
+                sha, b3 = file_sha256_and_blake3(got_path)
+                found = attrs.evolve(pin, sha256=sha, size=got_path.stat().st_size, filename=got_path.name, tree=b3)
+                return self._maybe_unpack(decl, got_path, found, tmp) if src.kind == "pypi" else Fetched(got_path, found)
+
         if src is not None and src.kind == "pypi":
             from .fetch import pypi
 
@@ -192,6 +201,25 @@ class Resolver:
             return self._fetch_image(decl, platform, pin, tmp)
 
         raise LockError(f"inputs of kind {decl.kind} cannot be fetched by this planner yet", where=decl.id)
+
+    def _from_mirror_by_hash(self, decl: InputDecl, pin: Pin, tmp: Path) -> Optional[Path]:
+        if not self.mirrors or not pin.filename:
+            return None
+        name = pin.filename
+        if not re.fullmatch(r"[A-Za-z0-9_+~-][A-Za-z0-9._+~-]*", name) or len(name) > 255:
+            raise LockError(f"file name {name!r} in the lock is not a plain file name", where=decl.id)
+        from .fetch import url as urlfetch
+
+        for m in self.mirrors:
+            cand = f"{m.rstrip('/')}/sha256/{pin.sha256}"
+            try:
+                urlfetch.download(cand, tmp / name, sha256=pin.sha256, retries=1)
+                return tmp / name
+            except HashMismatch:
+                raise
+            except FetchError:
+                continue
+        return None
 
     def _fetch_image(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
         """A registry image for one platform, by manifest digest: its manifest, config and layer

@@ -1,0 +1,198 @@
+"""Making mirrors: `planner mirror add` (a local git repository or file under its origin URL) and
+`planner mirror export` (every locked input of a set, from the store), served by a real HTTP
+server to a machine whose origins are gone. Real git repositories, git daemon, loopback HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from planner.errors import FetchError
+from planner.mirrors import origin_path
+
+from .conftest import run_planner
+from .support.gitrepo import GitRepo, git_daemon
+from .support.http_server import LoopbackServer
+from .support.pyindex import LocalIndex
+
+APEX = "https://github.com/NVIDIA/apex.git"
+TARBALL = "https://developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz"
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path):
+    """A plain static HTTP server over a folder (no git smarts: git uses its dumb protocol)."""
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _tarball(text: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("hpcx-v2.25.1/VERSION")
+        info.size = len(text)
+        tf.addfile(info, io.BytesIO(text))
+    return buf.getvalue()
+
+
+def test_origin_path_refuses_what_would_leave_the_mirror() -> None:
+    assert origin_path(APEX) == "github.com/NVIDIA/apex.git"
+    assert origin_path("git://127.0.0.1:9418/up") == "127.0.0.1:9418/up"
+    for bad in ("https://github.com/../etc/passwd", "https://github.com/a//b", "https://github.com/a/./b",
+                "file:///etc/passwd", "https://user:pw@github.com/x.git", "https://github.com/x?y=1",
+                "https://github.com/a%2F..%2Fb", "https://github.com/", "-x", "https://github.com/a/b c"):
+        with pytest.raises(FetchError):
+            origin_path(bad)
+
+
+def test_add_writes_no_file_through_a_planted_symlink(tmp_path: Path) -> None:
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    (mirror / "urls").mkdir(parents=True)
+    (mirror / "urls" / "github.com").symlink_to(outside)
+    f = tmp_path / "f.patch"
+    f.write_text("x\n")
+    run = run_planner("mirror", "add", str(mirror), "https://github.com/a/f.patch", str(f), check=False)
+    assert run.returncode != 0 and "symbolic link" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert list(outside.iterdir()) == []
+
+
+def _air_project(root: Path, sha256: str) -> None:
+    folder = root / "recipes/air"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "apex.toml").write_text(
+        f'name = "apex"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{APEX}"\nrev = "main"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
+    (folder / "hpcx.toml").write_text(
+        f'name = "hpcx"\nversion = "2.25.1"\n[source]\nkind = "url"\nurl = "{TARBALL}"\nsha256 = "{sha256}"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp VERSION $out/"\n')
+    (folder / "top.toml").write_text('name = "top"\nversion = "1"\ndeps = ["apex", "hpcx"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "cat /deps/apex/README /deps/hpcx/VERSION > $out/all"\n')
+
+
+def test_add_local_repository_and_file_then_lock_and_realise_over_http(tmp_path: Path) -> None:
+    up = GitRepo.init(tmp_path / "apex-checkout")
+    up.write("README", "old\n")
+    up.commit("first")
+    up.write("README", "apex from a snapshot\n")
+    head = up.commit("second")
+    body = _tarball(b"2.25.1\n")
+    (tmp_path / "hpcx.tar.gz").write_bytes(body)
+    mirror = tmp_path / "mirror"
+    out = run_planner("mirror", "add", str(mirror), APEX, str(up.path)).stdout
+    assert out.strip() == f"{mirror}/git/github.com/NVIDIA/apex.git"
+    out = run_planner("mirror", "add", str(mirror), TARBALL, str(tmp_path / "hpcx.tar.gz")).stdout.split()
+    sha = hashlib.sha256(body).hexdigest()
+    assert out == [f"{mirror}/sha256/{sha}", f"{mirror}/urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz"]
+    # Adding again (a newer snapshot) updates the repository in place.
+    up.write("README", "apex from a snapshot\n")
+    run_planner("mirror", "add", str(mirror), APEX, str(up.path))
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _air_project(root, sha)
+    with serve_folder(mirror) as url:
+        run_planner("--root", str(root), "--store", str(store), "--mirror", url, "lock", "air")
+        assert head in (root / "lockfiles/air.lock").read_text()
+        res = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "air", "--json").stdout)
+    assert (Path(res["output"]) / "all").read_text() == "apex from a snapshot\n2.25.1\n"
+
+
+def _export_project(root: Path, git_url: str, file_url: str, sha: str) -> None:
+    folder = root / "recipes/ex"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n'
+                                     'resolve-as-of = "2026-03-05"\n')
+    (folder / "lib.toml").write_text(
+        f'name = "lib"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{git_url}"\nrev = "main"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
+    (folder / "tool.toml").write_text(
+        f'name = "tool"\nversion = "1"\n[source]\nkind = "url"\nurl = "{file_url}"\nsha256 = "{sha}"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp VERSION $out/"\n')
+    (folder / "wheels.toml").write_text(
+        'name = "wheels"\nversion = "1"\n[inputs.datedpkg]\nkind = "pypi"\nname = "datedpkg"\nversion = "1.0"\n'
+        'dist = "wheel"\npython = "3.10"\nper-platform = true\n[build]\nbuilder = "prebuilt-wheel"\n')
+    (folder / "top.toml").write_text('name = "top"\nversion = "1"\ndeps = ["lib", "tool"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "cat /deps/lib/README /deps/tool/VERSION > $out/all"\n')
+
+
+def test_export_a_locked_set_and_serve_it_when_every_origin_is_gone(tmp_path: Path, monkeypatch) -> None:
+    from planner import lock as lockmod
+    from planner.lock import declarations
+    from planner.mirrors import load_mirrors
+    from planner.recipes import load_set
+    from planner.resolve import Resolver
+    from planner.store import Store
+
+    repos = tmp_path / "repos"
+    up = GitRepo.init(repos / "lib")
+    up.write("README", "lib 1\n")
+    up.commit("one")
+    up.write("README", "lib 2\n")
+    commit = up.commit("two")
+    body = _tarball(b"tool\n")
+    sha = hashlib.sha256(body).hexdigest()
+    root, store, mirror = tmp_path / "proj", tmp_path / "store", tmp_path / "mirror"
+    with git_daemon(repos) as gitd, LoopbackServer() as files, LocalIndex() as index:
+        files.add("/dl/tool-1.tar.gz", body)
+        index.wheel("datedpkg", "1.0", uploaded="2026-03-01T00:00:00Z")
+        monkeypatch.setenv("PIP_INDEX_URL", index.url)
+        monkeypatch.setenv("PIP_EXTRA_INDEX_URL", " ")
+        monkeypatch.setenv("PIP_FIND_LINKS", " ")
+        git_url, file_url = f"{gitd}/lib", files.url("/dl/tool-1.tar.gz")
+        _export_project(root, git_url, file_url, sha)
+        run_planner("--root", str(root), "--store", str(store), "lock", "ex")
+        exported = run_planner("--root", str(root), "--store", str(store), "mirror", "export", "ex", str(mirror))
+    lines = exported.stdout.splitlines()
+    assert lines[-1] == f"{mirror}: 3 written, 0 skipped, 0 failed", exported.stdout
+    assert (mirror / "git" / origin_path(git_url) / "HEAD").is_file()
+    assert (mirror / "sha256" / sha).read_bytes() == body
+    assert (mirror / "urls" / origin_path(file_url)).read_bytes() == body
+
+    # Every origin is down now. A fresh store, the mirror over plain HTTP: every pinned input
+    # materialises with the lock's tree, and the set realises.
+    rs = load_set(root, "ex")
+    lock = lockmod.read(rs.lockfile)
+    fresh = Store(tmp_path / "fresh")
+    with serve_folder(mirror) as url:
+        resolver = Resolver(rs, fresh, mirrors=load_mirrors(root, [url]))
+        for id_, decl in declarations(rs).items():
+            li = lock.inputs[id_]
+            for platform, pin in li.pins.items():
+                entry = resolver.materialise(decl, li, None if platform == "any" else platform)
+                assert entry.digest == pin.tree, id_
+        res = json.loads(run_planner("--root", str(root), "--store", str(tmp_path / "fresh2"), "--mirror", url,
+                                     "realise", "ex", "--json").stdout)
+    fresh.close()
+    assert (Path(res["output"]) / "all").read_text() == "lib 2\ntool\n"
+    assert commit in lock.inputs["lib/source"].pins["any"].commit
+
+
+def test_export_names_what_it_cannot_export(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _air_project(root, "ab" * 32)
+    run_planner("--root", str(root), "--store", str(tmp_path / "s"), "lock", "air", check=False)  # all unlocked
+    run = run_planner("--root", str(root), "--store", str(tmp_path / "s"), "mirror", "export", "air",
+                      str(tmp_path / "m"), check=False)
+    assert run.returncode != 0
+    assert "failed apex/source: not locked" in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == "planner: error: mirror export: 2 input(s) could not be exported " \
+                                                  f"(the rest are in {tmp_path / 'm'})"
