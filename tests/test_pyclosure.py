@@ -1,0 +1,103 @@
+"""A layer's PyPI closure is resolved against a frozen view of the base: nothing the base already
+has is installed again, and nothing of the base is replaced. Real pip, a real loopback index,
+a base root filesystem with distributions installed into it by pip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.errors import FetchError
+from planner.fetch.simple_index import parse_as_of
+from planner.pyclosure import BaseView, Dist, parse_freeze, read_installed, resolve_layer
+from tests.support.pyindex import LocalIndex, wheel_bytes
+
+OLD = "2026-01-10T00:00:00Z"
+NEW = "2026-04-10T00:00:00Z"
+
+
+@pytest.fixture
+def index(monkeypatch):
+    with LocalIndex() as idx:
+        # `app` needs `shared` (any version) and `fresh`; `tvm-ffi` has a newer release on the index
+        # than the base's, which a plain resolution would take.
+        idx.wheel("app", "1.0", uploaded=OLD, requires=("shared>=1.0", "fresh", "tvm-ffi<0.2"))
+        idx.wheel("shared", "1.0", uploaded=OLD)
+        idx.wheel("shared", "2.0", uploaded=OLD)
+        idx.wheel("fresh", "1.0", uploaded=OLD)
+        idx.wheel("fresh", "1.5", uploaded=NEW)
+        idx.wheel("tvm-ffi", "0.1.5", uploaded=OLD)
+        idx.wheel("tvm-ffi", "0.1.9", uploaded=OLD)
+        idx.wheel("needs-new", "1.0", uploaded=OLD, requires=("shared>=2.0",))
+        monkeypatch.setenv("PIP_INDEX_URL", idx.url)
+        monkeypatch.setenv("PIP_EXTRA_INDEX_URL", " ")
+        monkeypatch.setenv("PIP_FIND_LINKS", " ")
+        yield idx
+
+
+@pytest.fixture
+def base_rootfs(tmp_path: Path) -> Path:
+    """A root filesystem with `shared` 1.0 and `tvm-ffi` 0.1.5 installed by pip, as a base image has them."""
+    root = tmp_path / "rootfs"
+    site = root / "usr" / "local" / "lib" / "python3.10" / "dist-packages"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name, version in (("shared", "1.0"), ("tvm_ffi", "0.1.5")):
+        (wheels / f"{name}-{version}-py3-none-any.whl").write_bytes(wheel_bytes(name.replace("_", "-"), version))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site),
+                    *map(str, sorted(wheels.iterdir()))], check=True, capture_output=True)
+    return root
+
+
+def test_the_layer_installs_nothing_the_frozen_base_already_satisfies(index: LocalIndex, base_rootfs: Path) -> None:
+    base = read_installed(base_rootfs)
+    assert base.dists == (Dist("shared", "1.0"), Dist("tvm-ffi", "0.1.5"))
+    layer = resolve_layer(["app"], base, platform="linux/amd64", python="3.10",
+                          as_of=parse_as_of("2026-03-05"))
+    assert {(r.name, r.version) for r in layer} == {("app", "1.0"), ("fresh", "1.0")}
+    assert not base.names() & {r.name for r in layer}
+    assert all(r.sha256 and r.filename.endswith(".whl") for r in layer)
+    # Without the base, the same requirements replace both of its packages with newer ones.
+    bare = resolve_layer(["app"], BaseView((), "none"), platform="linux/amd64", python="3.10",
+                         as_of=parse_as_of("2026-03-05"))
+    assert {(r.name, r.version) for r in bare} >= {("shared", "2.0"), ("tvm-ffi", "0.1.9")}
+
+
+def test_only_a_requirement_the_base_does_not_satisfy_replaces_a_base_package(index: LocalIndex,
+                                                                            base_rootfs: Path) -> None:
+    """pip upgrades an installed package only where its version does not satisfy: so does the layer,
+    and says so."""
+    layer = resolve_layer(["needs-new", "app"], read_installed(base_rootfs), platform="linux/amd64",
+                          python="3.10", as_of=parse_as_of("2026-03-05"))
+    got = {r.name: (r.version, r.replaces) for r in layer}
+    assert got == {"needs-new": ("1.0", None), "shared": ("2.0", "1.0"), "app": ("1.0", None), "fresh": ("1.0", None)}
+
+
+def test_markers_are_the_targets(index: LocalIndex, tmp_path: Path) -> None:
+    """pip evaluates markers for the machine it runs on; the layer's are the target's."""
+    index.wheel("marked", "1.0", uploaded=OLD,
+                requires=('fresh; platform_machine == "aarch64"', 'shared; python_version < "3.11"'))
+    def names(platform: str, python: str) -> set[str]:
+        return {r.name for r in resolve_layer(["marked"], BaseView((), "none"), platform=platform, python=python,
+                                              as_of=parse_as_of("2026-03-05"))}
+    assert names("linux/arm64", "3.10") == {"marked", "fresh", "shared"}
+    assert names("linux/amd64", "3.12") == {"marked"}
+
+
+def test_unresolvable_is_one_line(index: LocalIndex) -> None:
+    with pytest.raises(FetchError) as e:
+        resolve_layer(["app>=5"], BaseView((), "none"), platform="linux/amd64", python="3.10",
+                      as_of=parse_as_of("2026-03-05"))
+    assert e.value.line().startswith("closure: pip cannot resolve the layer") and "\n" not in e.value.line()
+
+
+def test_freeze_listing() -> None:
+    view = parse_freeze("# base\nTorch==2.10.0+cu129\nflashinfer_python==0.6.3\n-e /sgl-workspace/sglang/python\n"
+                        "foo @ file:///x\n\n", "base.txt")
+    assert view.dists == (Dist("flashinfer-python", "0.6.3"), Dist("torch", "2.10.0+cu129"))
+    assert view.version("FlashInfer.Python") == "0.6.3"
+    with pytest.raises(FetchError, match=r"^base.txt: line 1: not name==version"):
+        parse_freeze("torch>=2\n", "base.txt")
