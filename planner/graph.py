@@ -28,6 +28,7 @@ PREIMAGE_FORMAT = "planner/derivation/v1"
 BUILDER_VERSIONS = {
     "shell": 1,
     "unpack": 1,
+    "source-tree": 1,
     "python-wheel": 1,
     "cuda-wheel": 1,
     "prebuilt-wheel": 1,

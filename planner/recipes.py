@@ -26,6 +26,7 @@ SourceKind = Literal["url", "git", "pypi", "path", "apt", "image"]
 BUILDERS = (
     "shell",
     "unpack",
+    "source-tree",
     "python-wheel",
     "cuda-wheel",
     "prebuilt-wheel",
@@ -468,6 +469,12 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
         raise err("script", "the shell builder needs build.script")
     if r.build.builder == "oci-image" and r.image is None:
         raise err("builder", "the oci-image builder needs an [image] table")
+    if r.build.builder == "source-tree":
+        place = r.build.settings.get("path")
+        if not isinstance(place, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*",
+                                                          place) or ".." in place.split("/"):
+            raise err("settings", "the source-tree builder needs settings.path, a relative path inside the image "
+                                  "such as root/slime")
     for key, value in (("estimate", r.estimate), ("memory", r.resources.memory)):
         try:
             parse_duration(value) if key == "estimate" else parse_size(value)

@@ -111,6 +111,14 @@ def build_unpack(spec: dict, src: Path, out: Path) -> None:
     shutil.copytree(src, out, symlinks=True)
 
 
+def build_source_tree(spec: dict, src: Path, out: Path) -> None:
+    """The patched source tree, placed at settings.path (checked by the recipe loader) of a file
+    tree that an image lays down at / as a layer: the checkouts users run scripts from."""
+    dest = out / spec["settings"]["path"]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dest, symlinks=True)
+
+
 # The PEP 517 frontend, run by the build's own Python (the base image's, for rootfs builds):
 # argv = buildenv, backend, wheel dir, config settings (JSON), require extensions (0/1).
 _FRONTEND = r"""
@@ -291,6 +299,7 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
 BUILDERS = {
     "shell": build_shell,
     "unpack": build_unpack,
+    "source-tree": build_source_tree,
     "python-wheel": build_python_wheel,
     "cuda-wheel": build_cuda_wheel,
 }
