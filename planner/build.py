@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -224,10 +223,15 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     if req.sandboxed:
         # bwrap reads its arguments from a file descriptor, so the real paths of the store and
         # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
-        args_file = build_dir.parent / (build_dir.name + ".etc") / "bwrap.args"
+        # An anonymous memory file: nothing to write to disk and remove again for each node.
         split = argv.index("--")
-        args_file.write_bytes(b"".join(a.encode() + b"\0" for a in argv[1:split]))
-        args_fd = os.open(args_file, os.O_RDONLY)
+        args_fd = os.memfd_create("bwrap-args", 0)
+        try:
+            os.write(args_fd, b"".join(a.encode() + b"\0" for a in argv[1:split]))
+            os.lseek(args_fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(args_fd)
+            raise
         argv = [argv[0], "--args", str(args_fd)] + argv[split:]
     with open(log_path, "wb") as log:
         log.write(log_head)
@@ -347,7 +351,6 @@ def build(req: BuildRequest, store: Store, running: Running, *,
             entry = store.add(bkey, node.name, node.version, out, kind="build", impure=node.impure)
         finally:
             remove_tree(build_dir)
-            shutil.rmtree(build_dir.parent / (build_dir.name + ".etc"), ignore_errors=True)
         seconds = time.monotonic() - start
         store.put_preimage(node.key, node.preimage)
         store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
@@ -368,7 +371,6 @@ def rebuild_for_check(req: BuildRequest, store: Store, running: Running) -> tupl
     build_dir = store.new_build_dir(bkey + "-check")
     log_path = store.root / "logs" / f"{bkey}.check.log"
     out = run_builder(req, build_dir, log_path, running)
-    shutil.rmtree(build_dir.parent / (build_dir.name + ".etc"), ignore_errors=True)
     return tree_digest(out), out, build_dir
 
 
