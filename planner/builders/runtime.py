@@ -114,6 +114,8 @@ def build_unpack(spec: dict, src: Path, out: Path) -> None:
 def build_source_tree(spec: dict, src: Path, out: Path) -> None:
     """The patched source tree, placed at settings.path (checked by the recipe loader) of a file
     tree that an image lays down at / as a layer: the checkouts users run scripts from."""
+    import shutil
+
     dest = out / spec["settings"]["path"]
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, dest, symlinks=True)
