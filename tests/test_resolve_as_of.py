@@ -139,3 +139,18 @@ def test_bad_as_of_in_set_toml_is_one_line(tmp_path: Path) -> None:
         load_set(tmp_path, "t")
     assert e.value.line().startswith("recipes/t/set.toml") and "resolve-as-of" in e.value.line()
     assert "\n" not in e.value.line()
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64"])
+def test_the_dated_choice_is_pips_choice(index: LocalIndex, tmp_path: Path, platform: str) -> None:
+    """With a date, the wheel is chosen from the index listing (no pip process per file): the
+    same file pip picks, among tags pip ranks differently."""
+    for tag in ("py3-none-any", "cp310-abi3-manylinux2014_x86_64", "cp310-cp310-manylinux_2_17_x86_64",
+                "cp310-cp310-manylinux1_x86_64", "cp310-cp310-manylinux_2_28_aarch64",
+                "cp310-abi3-manylinux_2_34_aarch64", "cp311-cp311-manylinux_2_28_x86_64"):
+        index.wheel("tagged", "2.0", uploaded=BEFORE, tag=tag)
+    by_pip = download("tagged", "2.0", dist="wheel", dest_dir=tmp_path / "pip", platform=platform,
+                      python_version="3.10")
+    dated = download("tagged", "2.0", dist="wheel", dest_dir=tmp_path / "dated", platform=platform,
+                     python_version="3.10", as_of=parse_as_of("2026-03-05"))
+    assert dated.name == by_pip.name

@@ -12,6 +12,7 @@ of the indexes pip is configured with, and checked against the index's sha256.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import subprocess
@@ -131,6 +132,13 @@ def download(
     args = _pip_args(name, version, dist, platform, python_version, abi)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
+    if dist == "wheel" and as_of is not None and python_version:
+        found_wheel = _dated_wheel(name, version, platform, python_version, abi, as_of)
+        if found_wheel is not None:
+            from .url import download as url_download
+
+            url_download(found_wheel.url, dest_dir / found_wheel.filename, sha256=found_wheel.sha256)
+            return dest_dir / found_wheel.filename
     if dist == "sdist":
         from .url import download as url_download
 
@@ -169,6 +177,84 @@ def download(
         final = dest_dir / got.name
         os.replace(got, final)
         return final
+
+
+# -- wheels as of a date, chosen as pip chooses -------------------------------------------------
+
+def _packaging():
+    try:
+        from packaging import specifiers, tags, utils, version
+    except ImportError:  # pragma: no cover - pip always vendors it
+        from pip._vendor.packaging import specifiers, tags, utils, version  # type: ignore
+    return specifiers, tags, utils, version
+
+
+def supported_tags(platform: str | None, python_version: str, abi: str | None = None) -> list:
+    """The wheel tags pip accepts for `--platform ... --python-version X --implementation cp
+    --abi cpXY`, most preferred first (what pip's own tag list is made of). Without a platform,
+    only platform-independent (`any`) wheels."""
+    cp = _cp_version(python_version)
+    plats = (platform_tags(platform) if _looks_like_platform(platform) else [platform]) if platform else None
+    # pip's own list (the order matters: it expands legacy manylinux aliases its own way).
+    from pip._internal.utils.compatibility_tags import get_supported
+
+    out = get_supported(version=cp, platforms=plats, impl="cp", abis=[abi or f"cp{cp}"])
+    return [t for t in out if plats or t.platform == "any"]
+
+
+def select_wheel(files: list[IndexFile], name: str, version: str, supported: list, python_full: str
+                 ) -> Optional[IndexFile]:
+    """The wheel of `name==version` pip would take among `files`: not yanked, Requires-Python
+    admits the target, and the best-ranked tag in `supported` (ties: the higher build number)."""
+    specifiers, _, utils, pver = _packaging()
+    rank = {t: i for i, t in enumerate(supported)}
+    want = pver.Version(version)
+    best: Optional[tuple] = None
+    for f in files:
+        if not f.filename.endswith(".whl") or f.yanked:
+            continue
+        try:
+            wname, wver, build, wtags = utils.parse_wheel_filename(f.filename)
+        except (utils.InvalidWheelFilename, pver.InvalidVersion):
+            continue
+        if wname != utils.canonicalize_name(name) or wver != want:
+            continue
+        if f.requires_python:
+            try:
+                if not specifiers.SpecifierSet(f.requires_python).contains(python_full, prereleases=True):
+                    continue
+            except specifiers.InvalidSpecifier:
+                pass
+        ranks = [rank[t] for t in wtags if t in rank]
+        if not ranks:
+            continue
+        key = (min(ranks), tuple(-x if isinstance(x, int) else 0 for x in (build or ())), f.filename)
+        if best is None or key < best[0]:
+            best = (key, f)
+    return best[1] if best else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _dated_listing(name: str, indexes: tuple[str, ...], as_of: datetime.datetime) -> tuple[IndexFile, ...]:
+    merged: dict[str, IndexFile] = {}
+    client = http_client()
+    try:
+        for index in indexes:
+            for f in files_as_of(project_files(index, name, client) or [], as_of):
+                merged.setdefault(f.filename, f)
+    finally:
+        client.close()
+    return tuple(merged.values())
+
+
+def _dated_wheel(name: str, version: str, platform: str | None, python_version: str, abi: str | None,
+                 as_of: datetime.datetime) -> Optional[IndexFile]:
+    """The file pip would download as of `as_of`, chosen here from the indexes' listings: one
+    request per project instead of a pip process per file. None: let pip decide (and explain)."""
+    files = _dated_listing(name, tuple(index_urls()), as_of)
+    full = python_version if python_version.count(".") == 2 else python_version + ".0"
+    best = select_wheel(list(files), name, version, supported_tags(platform, python_version, abi), full)
+    return best if best is not None and best.sha256 else None
 
 
 def _pip_download(tmp: str, args: list[str], index_args: list[str]) -> subprocess.CompletedProcess:

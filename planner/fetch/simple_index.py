@@ -206,6 +206,11 @@ def project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
 
 # -- a dated view for pip ----------------------------------------------------------------------
 
+# Project pages fetched in this process, by (index, project): one resolution asks for the same
+# pages again and again (pip's backtracking, a repeated resolution), and the dated view filters
+# them anyway. A process is short-lived (one lock, one resolution script).
+_PAGES: dict[tuple[str, str], Optional[list[IndexFile]]] = {}
+
 def page_json(name: str, files: list[IndexFile]) -> bytes:
     """A PEP 691 project page (with PEP 700 upload times) of `files`; URLs stay absolute."""
     out = []
@@ -261,6 +266,9 @@ class DatedIndex:
         class Server(ThreadingHTTPServer):
             daemon_threads = True
 
+            def handle_error(self, request, client_address) -> None:
+                pass  # a client that gave up (pip retries); nothing to report
+
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -274,8 +282,11 @@ class DatedIndex:
         merged: dict[str, IndexFile] = {}
         known = False
         for index in self.indexes:
+            key = (index, normalise_name(name))
             with self._lock:  # one upstream request at a time: the client is shared
-                listed = project_files(index, name, self._client)
+                listed = _PAGES.get(key)
+                if key not in _PAGES:
+                    listed = _PAGES[key] = project_files(index, name, self._client)
             if listed is None:
                 continue
             known = True
@@ -310,7 +321,8 @@ class DatedIndex:
 def pip_index_args(index_url: str) -> list[str]:
     """pip options that make `index_url` its only source: `--isolated` drops the machine's
     extra indexes and find-links (files that cannot be dated), the CA bundle is kept."""
-    args = ["--isolated", "--index-url", index_url]
+    # --isolated also drops PIP_DEFAULT_TIMEOUT: pip's own 15 s is short for a busy upstream.
+    args = ["--isolated", "--disable-pip-version-check", "--timeout", "120", "--index-url", index_url]
     cert = cert_file()
     if cert:
         args += ["--cert", cert]
