@@ -143,18 +143,25 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
         "patches": patches,
         "inputs": inputs,
         "deps": deps,
-        "jobs": req.jobs,  # what this machine gives the build (parallelism only)
-        "cores": req.node.cores,  # what the recipe declares: the same on every machine
+        # The recipe's cores, never this machine's or -j: the build's environment (and so
+        # anything a build derives from it) must not depend on where it runs.
+        "jobs": node.cores,
+        "cores": node.cores,
         "source_date_epoch": pre["source_date_epoch"],
     }
     return spec, mounts
 
 
 def _declared_env(node: Node) -> dict[str, str]:
+    from .buildenv import clashes
+
     env = dict(node.preimage["env"])
+    clash = clashes(node.builder, node.preimage["builder"]["settings"], env)
+    if clash:  # recipes are checked when loaded; this guards preimages from elsewhere (a worker)
+        raise BuildError(node.label(), f"[build] env {clash[0]} is set by the planner; a declared value would be overwritten")
     env["SOURCE_DATE_EPOCH"] = str(node.preimage["source_date_epoch"])
     env["PYTHONPATH"] = "/opt/planner"
-    env["NIX_BUILD_CORES"] = "1"
+    env.update(sandbox.cores_env(node.cores))
     return env
 
 
@@ -181,7 +188,6 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         return build_dir / "out"
     spec, mounts = sandbox_spec(req)
     env = _declared_env(node)
-    env["NIX_BUILD_CORES"] = str(req.jobs)
     # A shell step with nothing to unpack or patch needs no Python in the sandbox: its script
     # runs as the runtime would run it, with the same environment, directory and process tree.
     # (Unless LC_ALL is empty: then Python would have coerced the locale and exported LC_CTYPE.)
@@ -204,7 +210,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
             _ensure_runtime_bytecode()
             (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
             inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
-        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs)
+        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs, cores=node.cores)
         proc_env = None
     else:
         # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
@@ -358,9 +364,19 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         return Built(entry, bkey, seconds, reused=False, previous_digest=previous_digest)
 
 
+WHEEL_BUILDERS = frozenset({"python-wheel", "cuda-wheel"})
+
+
 def _check_output(node: Node, out: Path) -> None:
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         raise BuildError(node.label(), "the builder produced no output")
+    if node.builder in WHEEL_BUILDERS and out.is_dir():
+        from .wheelplatform import wheel_platform_problems
+
+        for wheel in sorted(out.glob("*.whl")):
+            problems = wheel_platform_problems(wheel, node.variant.platform)
+            if problems:
+                raise BuildError(node.label(), problems[0])
 
 
 def rebuild_for_check(req: BuildRequest, store: Store, running: Running) -> tuple[str, Path, Path]:

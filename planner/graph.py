@@ -23,7 +23,8 @@ from .host import HOST_PACKAGES, HostInfo
 from .lock import ANY, InputDecl, Lock, declarations
 from .recipes import Recipe, RecipeSet
 
-PREIMAGE_FORMAT = "planner/derivation/v1"
+# v2: sandboxed builds carry `resources.cores` (their environment's NIX_BUILD_CORES and CPU count).
+PREIMAGE_FORMAT = "planner/derivation/v2"
 # Bump a builder's version whenever its code changes what it writes: keys change deliberately.
 BUILDER_VERSIONS = {
     "shell": 1,
@@ -337,6 +338,7 @@ class _Planner:
             pre.update(preimage_extras(self.rs, self.lock, r))
         if r.build.builder not in BUILTIN_BUILDERS:
             pre["host"] = self._host_packages(r, variant)
+            pre["resources"] = {"cores": r.resources.cores}
         from .hashing import key_of
 
         node = Node(
@@ -433,6 +435,21 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
     # Insertion order of `nodes` is already dependencies-first (post-order instantiation).
     return Plan(set=rs.name, nodes=p.nodes, targets=tuple(targets), source_date_epoch=lock.source_date_epoch,
                 roots=tuple(dict.fromkeys(roots)))
+
+
+def builds_natively(node: Node) -> bool:
+    """Whether the node's builder can only build for the machine it runs on: a PEP 517 wheel
+    compiles with the build's own Python and compiler (nvcc cross-compiles, the pep517 CUDA
+    frontend does not)."""
+    settings = node.preimage.get("builder", {}).get("settings", {})
+    return node.builder == "python-wheel" or (node.builder == "cuda-wheel" and settings.get("frontend") == "pep517")
+
+
+def unbuildable_here(plan: Plan, ids: Iterable[str], build_platform: str) -> list[Node]:
+    """Nodes among `ids` that would build for another platform than `build_platform` with a
+    builder that only builds natively: refused before anything runs, never built wrong."""
+    return [plan.nodes[n] for n in ids
+            if builds_natively(plan.nodes[n]) and plan.nodes[n].variant.platform not in (None, build_platform)]
 
 
 def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import attrs
 
-from .errors import BuildError, LockError, PlannerError
+from .errors import BuildError, GraphError, LockError, PlannerError
 
 from .host import detect_host
 from .noop import try_noop, write_plan_cache
@@ -219,7 +219,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
 
     from . import lock as lockmod
     from .build import BuildRequest, Running, build_key, differing_files, rebuild_for_check
-    from .graph import critical_path, plan as make_plan
+    from .graph import critical_path, plan as make_plan, unbuildable_here
     from .recipes import load_set
     from .resolve import Resolver
     from .schedule import Job, run_dag
@@ -295,6 +295,16 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         def close_executor() -> None:
             if own_executor:
                 executor.close()
+
+        if not executor.remote and not options.dry_run:
+            foreign = unbuildable_here(plan, todo, host.platform)
+            if foreign:
+                close_executor()
+                n = foreign[0]
+                raise GraphError(f"{n.label()}: {n.builder} builds only for the machine it runs on, and this is "
+                                 f"{host.platform}, not {n.variant.platform}: realise with --platform {host.platform}, "
+                                 f"or with an --executor that has a {n.variant.platform} worker",
+                                 where=rs.get(n.recipe).file)
 
         # Leave a remote build's output in the cache unless it is a root, or something has to
         # read it here: a --check rebuild, or a cache to copy it to that its worker did not use.

@@ -480,6 +480,8 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
             parse_duration(value) if key == "estimate" else parse_size(value)
         except ValueError as exc:
             raise err(key, str(exc)) from None
+    if isinstance(r.resources.cores, bool) or not 1 <= r.resources.cores <= 1024:
+        raise err("cores", f"cores must be a whole number from 1 to 1024, not {r.resources.cores!r}")
     for name, src in r.all_sources().items():
         _validate_source(name, src, err, root)
     for i, p in enumerate(r.patches):
@@ -503,6 +505,12 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
     for k in r.build.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             raise err("env", f"invalid environment variable name {k!r}")
+    from .buildenv import clashes
+
+    clash = clashes(r.build.builder, r.build.settings, r.build.env)
+    if clash:
+        raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
+                            f"{r.build.builder} build, so a declared value would be overwritten; remove it")
 
 
 def _check_inside(root: Path, rel: str, err, key: str) -> None:

@@ -91,11 +91,38 @@ def etc_dir(build_dir: Path) -> Path:
     return etc
 
 
+def cpus_file(build_dir: Path, cores: int) -> Path:
+    """The CPU list that stands in for /sys/devices/system/cpu/{online,possible,present}: one
+    file per core count beside the shared /etc, written once and renamed into place whole."""
+    path = build_dir.parent / f"cpus-{cores}"
+    if path.is_file():
+        return path
+    tmp = build_dir.parent / f"{path.name}.{os.getpid()}.{build_dir.name}"
+    tmp.write_text(cpu_list(cores))
+    os.replace(tmp, path)  # the same bytes whoever wins
+    return path
+
+
+def cpu_list(cores: int) -> str:
+    """The kernel's CPU list format for `cores` CPUs: "0\n", "0-3\n"."""
+    if cores < 1:
+        raise SandboxError(f"a build needs at least one core, not {cores}")
+    return "0\n" if cores == 1 else f"0-{cores - 1}\n"
+
+
+def cores_env(cores: int) -> dict[str, str]:
+    """What tells a build how many cores it has: the recipe's `[resources] cores`, never the
+    machine's. coreutils' nproc honours OMP_NUM_THREADS; glibc's sysconf (Python's
+    os.cpu_count(), make, ninja) reads the CPU list the sandbox puts under /sys."""
+    return {"NIX_BUILD_CORES": str(cores), "OMP_NUM_THREADS": str(cores)}
+
+
 def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[str, str],
-            rootfs: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src") -> list[str]:
+            rootfs: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src", cores: int = 1) -> list[str]:
     """The bwrap argv that runs `argv` sandboxed. Paths inside are fixed; only sources vary."""
     bwrap = require_bwrap()
     etc = etc_dir(build_dir)
+    cpus = cpus_file(build_dir, cores)
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
            "--uid", str(BUILD_UID), "--gid", str(BUILD_GID), "--hostname", "build"]
     generated_etc = ("passwd", "group", "hostname", "hosts", "nsswitch.conf")
@@ -134,6 +161,10 @@ def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[
     for name in generated_etc:
         cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # No real /sys: only the CPU count the recipe declares (sysconf(_SC_NPROCESSORS_*) reads it).
+    cmd += ["--dir", "/sys/devices/system/cpu"]
+    for name in ("online", "possible", "present"):
+        cmd += ["--ro-bind", str(cpus), f"/sys/devices/system/cpu/{name}"]
     cmd += ["--bind", str(build_dir), BUILD_DIR]
     for m in sorted(mounts, key=lambda m: m.dest):
         cmd += ["--bind" if m.writable else "--ro-bind", str(m.source), m.dest]

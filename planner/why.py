@@ -105,6 +105,7 @@ class Cause:
             "deps": f"dependencies of {self.recipe} ({self.field})",
             "image": f"image setting {self.field} of {self.recipe}",
             "sandbox": f"sandbox of {self.recipe}",
+            "resources": f"[resources] {self.field} of {self.recipe}",
             "new": f"{self.recipe} is new" if self.recipe else "first recorded realise: nothing earlier to compare with",
             "attestation": f"attestation inputs of {self.recipe} ({self.field}; the image bytes do not depend on them)",
             "format": "planner derivation format",
@@ -283,6 +284,8 @@ def classify(change: Change, recipe: str) -> Optional[Cause]:
         return Cause("image", recipe, ".".join(p), old, new)
     if head == "impure":
         return Cause("sandbox", recipe, "impure", old, new)
+    if head == "resources":
+        return Cause("resources", recipe, ".".join(p[1:]), old, new)
     if head == "attest":
         return Cause("attestation", recipe, ".".join(p[1:]), old, new)
     return Cause(head, recipe, ".".join(p), old, new)

@@ -73,10 +73,10 @@ def diamond(tmp_path: Path) -> Project:
 # user's store. If this test fails, the change must be deliberate: bump PREIMAGE_FORMAT or a
 # builder version and update these keys in the same commit.
 PINNED_KEYS = {
-    "a": "wk56r1gr4g7k2bi6hx57l34yv800v8q6",
-    "b": "il0vvxyp4lrd4d48n0yfs19745whmn8j",
-    "c": "m44viyhacr34p4zjh8bs7pwv51mlkwdi",
-    "d": "3r02whci1s30z0nj35nb69arqj5ns30x",
+    "a": "jw61lv3kn1dqkij26jb8dqfhncv6j5vb",
+    "b": "8z365fbr29959r6m0ahcw6bim33gnlv1",
+    "c": "72lq5jxc68rd70n1zykcgij8dvya2nwr",
+    "d": "0r9lxilxnm85rr2b15l4zdcwqwf66fb2",
 }
 PINNED_SOURCE_TREE = "blake3:5a973680e47d19145ac6813e2b25909adbd376e8d3f298ef644e76701f78afd8"
 
@@ -304,6 +304,38 @@ def test_build_environment_is_cleared(tmp_path: Path, sandbox: str) -> None:
     assert env["SOURCE_DATE_EPOCH"] == str(EPOCH)
     assert env["TZ"] == "UTC"
     assert env["PATH"] == "/usr/bin:/bin"
+
+
+def test_build_sees_the_recipes_cores_not_the_machines(tmp_path: Path) -> None:
+    """NIX_BUILD_CORES, nproc, sysconf and os.cpu_count() all say `[resources] cores`, whatever
+    -j is and however many CPUs this machine has: the same key gives the same output."""
+    script = ("{ echo $NIX_BUILD_CORES; nproc; getconf _NPROCESSORS_ONLN; nproc --all;"
+              " python3 -c 'import os; print(os.cpu_count())'; } > $out/cores.txt")
+    proj = Project.empty(tmp_path, target="cores")
+    proj.recipe("cores", script=script, extra="[resources]\ncores = 3")
+    proj.lock()
+    res = proj.cli("realise", "--json", "-j", "1")
+    assert res.returncode == 0, res.stderr
+    assert (Path(res.json()["output"]) / "cores.txt").read_text() == "3\n3\n3\n3\n3\n"
+    again = proj.cli("realise", "--json", "-j", "2", "--check")  # rebuilt with -j 2: same bytes
+    assert again.returncode == 0 and [c["ok"] for c in again.json()["checks"]] == [True], again.stdout
+    # The cores are part of the key, and `why` names the change.
+    proj.recipe("cores", script=script, extra="[resources]\ncores = 2")
+    res = proj.cli("realise", "--json", "-j", "1")
+    assert (Path(res.json()["output"]) / "cores.txt").read_text() == "2\n2\n2\n2\n2\n"
+    why = proj.cli("why", "t")
+    assert "[resources] cores of cores: 3 -> 2" in why.stdout, why.stdout
+
+
+@pytest.mark.parametrize("name", ["PYTHONPATH", "SOURCE_DATE_EPOCH", "NIX_BUILD_CORES", "PATH", "out"])
+def test_declared_variable_the_planner_sets_is_refused(tmp_path: Path, name: str) -> None:
+    proj = Project.empty(tmp_path, target="x")
+    proj.recipe("x", script="true", env={name: "/mine"})
+    for cmd in (("lock",), ("realise", "-j", "1")):
+        res = proj.cli(*cmd)
+        assert res.returncode != 0
+        line = one_error_line(res.stderr)
+        assert "recipes/t/x.toml:" in line and f"[build] env {name}:" in line and "overwritten" in line, line
 
 
 # -- early cutoff ---------------------------------------------------------------------------

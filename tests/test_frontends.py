@@ -138,3 +138,66 @@ def test_build_backend_without_a_toml_parser(tmp_path, monkeypatch):
     assert runtime.build_backend(tmp_path) == "setuptools.build_meta:__legacy__"
     (tmp_path / "pyproject.toml").unlink()
     assert runtime.build_backend(tmp_path) == "setuptools.build_meta:__legacy__"
+
+
+# -- the build environment: real sdists from PyPI ----------------------------------------------
+
+def _store_names(project) -> set[str]:
+    return {p.name for p in project[1].iterdir()}
+
+
+def test_backend_path_runs_an_in_tree_backend(project, tmp_path):
+    """frozenlist's build-backend `pep517_backend.hooks` exists only under its backend-path."""
+    out = json.loads(_realise(project, "frozenlist").stdout)
+    whl = _wheel(out["nodes"][-1]["path"])
+    assert whl.name == "frozenlist-1.5.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl) as zf:
+        zf.extractall(tmp_path)
+    probe = "import frozenlist; f = frozenlist.FrozenList([1, 2]); f.freeze(); print(f.frozen, len(f))"
+    got = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert got.stdout.strip() == "True 2", got.stderr
+
+
+def test_require_extensions_checks_the_built_wheel(project):
+    """MarkupSafe's setup.py catches its own compiler failure and builds a pure wheel; with
+    require-extensions that wheel is refused, and nothing enters the store."""
+    before = _store_names(project)
+    proc = _realise(project, "markupsafe-nocc", "--platform", "linux/amd64", check=False)
+    assert proc.returncode != 0
+    assert "require-extensions" in proc.stderr and "no compiled module" in proc.stderr, proc.stderr
+    assert not [n for n in _store_names(project) - before if "markupsafe-nocc" in n]
+
+
+def test_native_wheel_matches_its_platform(project, tmp_path):
+    from planner.builders.cuda import elf_machine
+    from planner.wheelplatform import wheel_platform_problems
+
+    out = json.loads(_realise(project, "markupsafe", "--platform", "linux/amd64").stdout)
+    (node,) = [n for n in out["nodes"] if n["name"] == "markupsafe"]
+    whl = _wheel(node["path"])
+    assert whl.name.endswith("_x86_64.whl"), whl.name
+    with zipfile.ZipFile(whl) as zf:
+        zf.extractall(tmp_path)
+    (so,) = tmp_path.glob("markupsafe/_speedups*.so")
+    assert elf_machine(so) == 62
+    # The same wheel in a linux/arm64 node, or in a node without a platform axis, is refused.
+    assert "x86-64 code, not linux/arm64" in " ".join(wheel_platform_problems(whl, "linux/arm64"))
+    assert "no platform axis" in " ".join(wheel_platform_problems(whl, None))
+
+
+def test_native_wheel_for_another_platform_is_refused_before_anything_builds(project):
+    before = _store_names(project)
+    proc = _realise(project, "markupsafe", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "markupsafe [linux/arm64]" in lines[0], proc.stderr
+    assert "builds only for the machine it runs on" in lines[0] and "--platform linux/amd64" in lines[0]
+    assert _store_names(project) == before
+
+
+def test_wheel_with_native_code_needs_a_platform_axis(project):
+    before = _store_names(project)
+    proc = _realise(project, "markupsafe-noaxis", check=False)
+    assert proc.returncode != 0
+    assert "contains native code" in proc.stderr and 'axes = ["platform"]' in proc.stderr, proc.stderr
+    assert not [n for n in _store_names(project) - before if "markupsafe-noaxis" in n]

@@ -122,10 +122,14 @@ def build_source_tree(spec: dict, src: Path, out: Path) -> None:
 
 
 # The PEP 517 frontend, run by the build's own Python (the base image's, for rootfs builds):
-# argv = buildenv, backend, wheel dir, config settings (JSON), require extensions (0/1).
+# argv = buildenv, backend, wheel dir, config settings (JSON), require extensions (0/1),
+# backend-path (JSON list, already checked to stay inside the project).
 _FRONTEND = r"""
-import importlib, json, sys
+import importlib, json, os, sys
 sys.path.insert(0, sys.argv[1])
+# PEP 517 backend-path: in-tree backends, relative to the project, ahead of everything else.
+for entry in reversed(json.loads(sys.argv[6])):
+    sys.path.insert(0, os.path.abspath(entry))
 if sys.argv[5] == "1":
     # setup.py files mark helper extensions optional=True, and setuptools then turns a failed
     # compile into a warning and a wheel without the extension. Forced off, it fails the build.
@@ -176,15 +180,19 @@ def _toml_loads(text: str):
     return None
 
 
-def build_backend(project: Path) -> str:
-    """The `[build-system] build-backend` of a project, else setuptools' legacy backend (PEP 517)."""
+def build_system(project: Path) -> tuple[str, list[str]]:
+    """The `[build-system]` build-backend (else setuptools' legacy backend) and backend-path
+    of a project (PEP 517). backend-path entries must name folders inside the project."""
     pyproject = project / "pyproject.toml"
     if not pyproject.is_file():
-        return "setuptools.build_meta:__legacy__"
+        return "setuptools.build_meta:__legacy__", []
     text = pyproject.read_text()
     data = _toml_loads(text)
+    paths: object = []
     if data is not None:
-        backend = data.get("build-system", {}).get("build-backend")
+        table = data.get("build-system", {})
+        backend = table.get("build-backend")
+        paths = table.get("backend-path", [])
     else:  # no TOML parser at all: the one key that matters, read line by line
         import re
 
@@ -199,7 +207,37 @@ def build_backend(project: Path) -> str:
             b = backend_re.match(line)
             if b and table == "build-system":
                 backend = b.group(2)
-    return backend or "setuptools.build_meta:__legacy__"
+            if table == "build-system" and re.match(r"^\s*backend-path\s*=", line):
+                raise BuildFailure("pyproject.toml: [build-system] backend-path needs a TOML parser "
+                                   "(Python 3.11+, or tomli among the build inputs)")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise BuildFailure("pyproject.toml: [build-system] backend-path must be a list of strings")
+    root = project.resolve()
+    checked = []
+    for entry in paths:
+        full = (project / entry).resolve()
+        if not full.is_relative_to(root) or not full.is_dir():
+            raise BuildFailure(f"pyproject.toml: [build-system] backend-path {entry!r} is not a folder "
+                               "inside the project (PEP 517)")
+        checked.append(str(full))
+    return backend or "setuptools.build_meta:__legacy__", checked
+
+
+def build_backend(project: Path) -> str:
+    return build_system(project)[0]
+
+
+def wheel_problems(wheel: Path) -> list[str]:
+    """Why `wheel` is not a wheel with compiled extension modules (require-extensions)."""
+    parts = wheel.name[:-len(".whl")].split("-")
+    platform_tag = parts[-1] if len(parts) >= 5 else "any"
+    problems = []
+    if platform_tag == "any":
+        problems.append(f"{wheel.name} has no platform tag (it is {platform_tag!r})")
+    with zipfile.ZipFile(wheel) as zf:
+        if not any(n.endswith(".so") or ".so." in n.rsplit("/", 1)[-1] for n in zf.namelist()):
+            problems.append(f"{wheel.name} contains no compiled module (.so)")
+    return problems
 
 
 def pep517_wheel(spec: dict, project: Path, out: Path, *, env: dict | None = None,
@@ -213,19 +251,28 @@ def pep517_wheel(spec: dict, project: Path, out: Path, *, env: dict | None = Non
     env_dir = _buildenv(spec)
     wheelhouse = BUILD / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
-    backend = settings.get("backend") or build_backend(project)
+    declared, backend_path = build_system(project)
+    backend = settings.get("backend") or declared
     run_env = dict(os.environ)
     run_env.update(env or {})
     run_env["PYTHONPATH"] = os.pathsep.join([str(env_dir), *filter(None, [run_env.get("PYTHONPATH")])])
     require = "1" if settings.get("require-extensions") else "0"
     try:
         run([sys.executable, "-s", "-c", _FRONTEND, str(env_dir), backend, str(wheelhouse),
-             json.dumps(config_settings or {}, sort_keys=True), require], cwd=project, env=run_env)
+             json.dumps(config_settings or {}, sort_keys=True), require, json.dumps(backend_path)],
+            cwd=project, env=run_env)
     except BuildFailure as exc:
         raise BuildFailure(f"build_wheel of {backend} failed ({exc}); its error is above in the log") from None
     wheels = sorted(wheelhouse.glob("*.whl"))
     if len(wheels) != 1:
         raise BuildFailure(f"expected one wheel from {backend}, got {[w.name for w in wheels]}")
+    if require == "1":
+        # setup.py files that catch the compiler's failure themselves (MarkupSafe's BuildFailed
+        # fallback) never reach the Extension hook above: what counts is the wheel.
+        problems = wheel_problems(wheels[0])
+        if problems:
+            raise BuildFailure("require-extensions: " + "; ".join(problems)
+                               + ": an extension did not compile (its error is above in the log)")
     normalise_wheel(wheels[0], out, source_date_epoch=spec["source_date_epoch"])
 
 
