@@ -15,7 +15,7 @@ import attrs
 
 from . import sandbox
 from .errors import BuildError, PlannerError, UnsafeTree
-from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
+from .graph import BUILD_ROOT_MOUNT, BUILTIN_BUILDERS, Node, resolved_preimage
 from .hashing import key_of
 from .host import host_platform
 from .store import Entry, Store, remove_tree
@@ -126,7 +126,7 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
                         "path": _input_dest(f"patch/{p['name']}", entry, node.inputs[f"patch/{p['name']}"].filename)})
     deps = {}
     for mount, entry in sorted(req.deps.items()):
-        if mount == "rootfs":
+        if mount in ("rootfs", BUILD_ROOT_MOUNT):
             continue  # becomes / of the sandbox, not a mount
         dest = _mount_path(mount)
         mounts.append(sandbox.Mount(entry.path, dest))
@@ -196,6 +196,11 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     log_head = b""
     if req.sandboxed:
         rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
+        build_root = req.deps[BUILD_ROOT_MOUNT].path if BUILD_ROOT_MOUNT in req.deps else None
+        if build_root is not None:
+            # The set's build root: the same pinned tools on every machine of this platform.
+            if not (build_root / "usr/bin/python3").exists() and not (build_root / "usr/bin/python3").is_symlink():
+                raise BuildError(node.label(), f"the build root has no /usr/bin/python3 ({build_root.name})")
         if rootfs is not None:
             mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
             if not direct and not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
@@ -210,7 +215,8 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
             _ensure_runtime_bytecode()
             (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
             inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
-        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs, cores=node.cores)
+        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs,
+                               build_root=build_root if rootfs is None else None, cores=node.cores)
         proc_env = None
     else:
         # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.

@@ -717,9 +717,23 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
         from .suggest import unknown
 
         raise unknown("node", node, {n.name for n in p.nodes.values()}, where=f"set {rs.name!r}")
+    from .graph import BUILD_ROOT_MOUNT
+
+    store = None
+    if any(BUILD_ROOT_MOUNT in n.deps for n in found) and (Path(ctx.store) / "index.sqlite").exists():
+        from .store import Store
+
+        store = Store(Path(ctx.store))
     for n in found:
         click.echo(f"# {n.id}  key {n.key}")
+        if BUILD_ROOT_MOUNT in n.deps:
+            root = p.nodes[n.deps[BUILD_ROOT_MOUNT]]
+            real = store.realisation(root.key) if store is not None else None
+            click.echo(f"# build root {root.id}  key {root.key}  output "
+                       + (real.digest if real is not None else "not built yet (its key pins every .deb)"))
         click.echo(json.dumps(n.preimage, indent=2, sort_keys=True))
+    if store is not None:
+        store.close()
 
 
 from .oci.cli import push, export  # noqa: E402

@@ -24,7 +24,9 @@ from .lock import ANY, InputDecl, Lock, declarations
 from .recipes import Recipe, RecipeSet
 
 # v2: sandboxed builds carry `resources.cores` (their environment's NIX_BUILD_CORES and CPU count).
-PREIMAGE_FORMAT = "planner/derivation/v2"
+# v3: in a set with a build root, sandboxed builds and images depend on it (`deps.buildroot`, its
+#     digest in the build key) and carry no `host` package versions.
+PREIMAGE_FORMAT = "planner/derivation/v3"
 # Bump a builder's version whenever its code changes what it writes: keys change deliberately.
 BUILDER_VERSIONS = {
     "shell": 1,
@@ -41,6 +43,16 @@ BUILDER_VERSIONS = {
 # Builders implemented by the planner itself that run no recipe-controlled code (like Nix's
 # builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
 BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image", "image-rootfs"})
+
+# The dependency mount through which a node gets its set's build root (`/` of its sandbox).
+BUILD_ROOT_MOUNT = "buildroot"
+
+
+def uses_build_root(builder: str, rootfs: Optional[str]) -> bool:
+    """Sandboxed builds on the build machine's side run in the build root; a build inside a
+    target root filesystem (`build.rootfs`) does not; the image takes its compressor from it."""
+    return (builder not in BUILTIN_BUILDERS and not rootfs) or builder == "oci-image"
+
 
 @attrs.frozen(order=True, cache_hash=True)  # a key of the planner's memo tables, hashed often
 class Variant:
@@ -243,8 +255,8 @@ class _Planner:
                 axes.add("platform")
             for dep in self._build_inputs(r):
                 axes |= self._axes[dep]
-            if r.platforms and r.build.builder != "oci-image":
-                axes.add("platform")
+            if r.platforms and r.build.builder != "oci-image" and "host" not in r.axes:
+                axes.add("platform")  # (a host-axis recipe's `platforms` are the build platforms it supports)
             self._axes[n] = frozenset(axes)
         return self._axes[name]
 
@@ -262,9 +274,18 @@ class _Planner:
                             if self.rs.config.cuda else None)
                     pv = attrs.evolve(full, platform=platform, cuda=cuda)
                     out.extend((f"{vname}/{platform.replace('/', '-')}/{part}", part, pv) for part in parts)
-            return out
+            return out + self._build_root(r, full)
         return ([(dep, dep, full) for dep in r.deps] + [(f"toolchain/{tc}", tc, full) for tc in r.toolchains]
-                + ([("rootfs", r.build.rootfs, full)] if r.build.rootfs else []))
+                + ([("rootfs", r.build.rootfs, full)] if r.build.rootfs else []) + self._build_root(r, full))
+
+    def _build_root(self, r: Recipe, full: Variant) -> list[tuple[str, str, Variant]]:
+        """The set's build root for this build platform, for every node that runs a sandboxed
+        build on the build machine's side (and the image, whose compressor comes from it).
+        Its digest is in the key through `deps`; its host axis is not one of the node's."""
+        br = self.rs.config.build_root
+        if br is None or not uses_build_root(r.build.builder, r.build.rootfs):
+            return []
+        return [(BUILD_ROOT_MOUNT, br, Variant(host=full.host))]
 
     def _id(self, name: str, full: Variant) -> str:
         key = (name, full)
@@ -296,7 +317,10 @@ class _Planner:
         name = r.name
         variant = full.restrict(self.effective_axes(name))
         nid = node_id(r.name, variant)
-        if r.platforms and variant.platform not in r.platforms:
+        if r.platforms and "host" in r.axes and variant.host not in r.platforms:
+            raise GraphError(f"{r.name} is made only for build platforms {', '.join(r.platforms)}, and this "
+                             f"machine is {variant.host}", where=r.file)
+        if r.platforms and "host" not in r.axes and variant.platform not in r.platforms:
             raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
                              where=r.file)
         if "cuda" in self.effective_axes(name) and full.cuda is None:
@@ -337,7 +361,8 @@ class _Planner:
 
             pre.update(preimage_extras(self.rs, self.lock, r))
         if r.build.builder not in BUILTIN_BUILDERS:
-            pre["host"] = self._host_packages(r, variant)
+            if BUILD_ROOT_MOUNT not in deps and not r.build.rootfs:
+                pre["host"] = self._host_packages(r, variant)  # only without a build root
             pre["resources"] = {"cores": r.resources.cores}
         from .hashing import key_of
 

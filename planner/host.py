@@ -12,8 +12,9 @@ from pathlib import Path
 
 import attrs
 
-# Host packages whose files a sandboxed builder runs (the sandbox mounts the host's /usr).
-# Their Debian versions go into the preimage: a compiler update is a visible, explained change.
+# Host packages whose files a sandboxed builder runs in a set WITHOUT a build root (the sandbox
+# then mounts the host's /usr). Their Debian versions go into the preimage: a compiler update is
+# a visible, explained change. A set with a build root keys the build root's digest instead.
 HOST_PACKAGES = {
     "base": ("bash", "coreutils", "patch", "python3.11-minimal", "libpython3.11-stdlib", "libc6"),
     "cuda": ("g++-12", "gcc-12", "cpp-12", "libstdc++-12-dev", "libc6-dev", "binutils"),

@@ -130,6 +130,9 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
     for r in rs.recipes.values():
         for name, src in r.all_sources().items():
             plats = tuple(rs.config.platforms) if src.platform_dependent() else (ANY,)
+            if plats != (ANY,) and r.platforms and "host" in r.axes:
+                # a host-axis recipe's `platforms` are the build platforms it is made for
+                plats = tuple(p for p in plats if p in r.platforms)
             as_of = rs.config.resolve_as_of if src.kind == "pypi" else None
             d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats, as_of=as_of)
             out[d.id] = d

@@ -368,6 +368,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         checks: list[CheckResult] = []
 
         used_inputs: set[str] = set()
+        if not executor.remote:
+            _prefetch_apt(resolver, store, plan, todo, decls, lock)
 
         def inputs_of(nid: str) -> dict:
             node = plan.nodes[nid]
@@ -476,6 +478,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
                               keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
         finally:
             close_executor()
+            resolver.discard_prefetched()
 
         for nid in closure:
             node = plan.nodes[nid]
@@ -572,6 +575,23 @@ def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:
     raise LockError(f"{bad[0]}: unlocked: {li.reason or 'not resolved'}; needed by {users[0]}{more}: "
                     f"run `planner lock {set_name} --update {bad[0]}` where it can be reached",
                     where=str(rs.lockfile.relative_to(rs.root)))
+
+
+def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
+    """The missing .deb inputs of what will be built, in one apt call per architecture."""
+    from .resolve import fixed_key
+
+    wanted, seen = [], set()
+    for nid in todo:
+        for ref in plan.nodes[nid].inputs.values():
+            decl, li = decls[ref.decl], lock.inputs.get(ref.decl)
+            if decl.kind != "apt" or li is None or li.status != "locked" or (ref.decl, ref.platform) in seen:
+                continue
+            seen.add((ref.decl, ref.platform))
+            pin = li.pin(ref.platform)
+            if pin.tree and store.lookup(fixed_key(pin.tree, decl.unpacks)) is None:
+                wanted.append((decl, ref.platform, pin.version))
+    resolver.prefetch_apt(wanted)
 
 
 def _roots_for(plan, rs, platform: Optional[str]) -> list[str]:

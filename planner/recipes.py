@@ -180,6 +180,9 @@ class SetConfig:
     # Like uv's exclude-newer: PyPI files uploaded after this date or time are not candidates,
     # so re-locking later gives the same files (fetch/simple_index.py says how it is read).
     resolve_as_of: Optional[str] = None
+    # The recipe (a debian-rootfs with the host axis) whose root filesystem every sandboxed
+    # build of the set runs in instead of the host's /usr: one per build platform.
+    build_root: Optional[str] = None
 
     def archs(self, variant: str, platform: Optional[str]) -> list[str]:
         value = self.cuda[variant]
@@ -740,6 +743,15 @@ def _check_references(rs: RecipeSet) -> None:
     if rs.config.target not in rs.recipes:
         raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
                           where=f"recipes/{rs.name}/set.toml: target")
+    br = rs.config.build_root
+    if br is not None:
+        if br not in rs.recipes:
+            raise RecipeError(f"build-root names {br!r}, which is not a recipe of this set",
+                              where=f"recipes/{rs.name}/set.toml: build-root")
+        b = rs.recipes[br]
+        if b.build.builder != "debian-rootfs" or b.axes != ["host"]:
+            raise RecipeError(f"build-root {br!r} must be a debian-rootfs recipe with axes = [\"host\"] "
+                              "(one root filesystem per build platform)", where=f"recipes/{rs.name}/set.toml: build-root")
     def where(r: Recipe, key: str) -> str:  # only on an error: the text is read then
         return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import attrs
 
+from .archive import open_deb_control
 from .errors import FetchError, HashMismatch, LockError
 from .mirrors import load_mirrors, mirror_candidates  # noqa: F401  (re-exported)
 from .lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, local_pin, recipes_digest
@@ -71,6 +72,33 @@ class Resolver:
         self.log = log
         self.mirrors = list(mirrors)
         self._work = store.root / "tmp"
+        # (arch, package, version) -> (.deb, the URL apt fetched it from)
+        self._apt_ready: dict[tuple[str, str, Optional[str]], tuple[Path, Optional[str]]] = {}
+
+    def prefetch_apt(self, wanted: list[tuple[InputDecl, str, Optional[str]]]) -> None:
+        """Download many apt inputs (decl, platform, version or None) in one apt call per
+        architecture; `_fetch` then takes them from here and verifies them as usual."""
+        from .fetch import apt
+
+        by_arch: dict[str, list[tuple[str, Optional[str]]]] = {}
+        for decl, platform, version in wanted:
+            src = decl.source
+            if src is None or src.kind != "apt" or src.suite or platform == ANY:
+                continue  # a suite is checked package by package
+            by_arch.setdefault(apt.debian_arch(platform), []).append((str(src.name), version))
+        for arch, items in sorted(by_arch.items()):
+            if len(items) < 2:
+                continue
+            self.log(f"downloading {len(items)} Debian packages for {arch}")
+            folder = Path(tempfile.mkdtemp(prefix="apt-batch-", dir=self._work))
+            got = apt.download_many(items, arch, folder, state_dir=self.store.root / "apt-state")
+            for (name, version), pkg in got.items():
+                self._apt_ready[(arch, name, version)] = (pkg.path, pkg.url)
+
+    def discard_prefetched(self) -> None:
+        for folder in {p.parent for p, _url in self._apt_ready.values()}:
+            remove_tree(folder)
+        self._apt_ready.clear()
 
     def _first_that_works(self, candidates: list[str], attempt: Callable[[str], object], what: str):
         errors = []
@@ -171,8 +199,35 @@ class Resolver:
             from .fetch import apt
 
             version = pin.version if pin and pin.version else src.version
+            ready = self._apt_ready.pop((apt.debian_arch(platform), str(src.name), version), None) \
+                if platform != ANY else None
+            pkg = None
+            if ready is not None and ready[0].exists():
+                dest = tmp / ready[0].name
+                os.replace(ready[0], dest)
+                control = open_deb_control(dest)
+                pkg = apt.AptPackage(path=dest, package=control.get("Package", ""), version=control.get("Version", ""),
+                                     arch=control.get("Architecture", ""), url=ready[1])
+            elif pin and pin.url and pin.sha256 and pin.filename:
+                # A .deb pinned with its URL comes by hash from there (or a mirror): a host of
+                # another distribution, whose apt knows nothing of this one, fetches it too.
+                from .fetch import url as urlfetch
+
+                name = re.sub(r"[^A-Za-z0-9._+~-]", "_", pin.filename)
+                try:
+                    _, got = self._first_that_works(
+                        mirror_candidates(pin.url, self.mirrors, sha256=pin.sha256),
+                        lambda u: urlfetch.download(u, tmp / name, sha256=pin.sha256), decl.id)
+                    control = open_deb_control(got.path)
+                    pkg = apt.AptPackage(path=got.path, package=control.get("Package", ""),
+                                         version=control.get("Version", ""), arch=control.get("Architecture", ""),
+                                         url=pin.url)
+                except HashMismatch:
+                    raise
+                except FetchError as exc:
+                    self.log(f"{decl.id}: {exc.line()}; trying apt")
             try:
-                pkg = apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
+                pkg = pkg or apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
                                    suite=src.suite)
             except FetchError as exc:
                 raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
@@ -181,7 +236,7 @@ class Resolver:
             if pin and pin.sha256 and pin.sha256 != sha:
                 raise HashMismatch(f"{decl.id} ({pkg.path.name})", pin.sha256, sha)
             return Fetched(pkg.path, Pin(sha256=sha, size=pkg.path.stat().st_size, filename=pkg.path.name,
-                                         version=pkg.version, tree=b3))
+                                         version=pkg.version, tree=b3, url=pkg.url or (pin.url if pin else None)))
 
         if (src is not None and src.kind == "url") or (patch is not None and patch.url):
             from .fetch import url as urlfetch
@@ -394,13 +449,29 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
     if unknown:
         raise LockError(f"--update {unknown[0]!r} names no input or recipe of set {rs.name!r}")
     with store.gc_lock(exclusive=False):  # gc must not empty tmp/ under our downloads
-        inputs, changed, failures = _resolve_all(decls, old, update, resolver)
+        try:
+            resolver.prefetch_apt(_apt_to_resolve(decls, old, update))
+            inputs, changed, failures = _resolve_all(decls, old, update, resolver)
+        finally:
+            resolver.discard_prefetched()
     lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
                 inputs=inputs)
     lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
     if failures:
         raise UnresolvedInputs(failures, changed)
     return lock, changed
+
+
+def _apt_to_resolve(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str]
+                    ) -> list[tuple[InputDecl, str, Optional[str]]]:
+    out = []
+    for id_, decl in decls.items():
+        prev = old.inputs.get(id_) if old else None
+        if decl.kind != "apt" or (prev is not None and id_ not in update and decl.recipe not in update
+                                  and prev.status == "locked" and prev.spec == decl.spec()):
+            continue
+        out.extend((decl, platform, decl.source.version if decl.source else None) for platform in decl.platforms)
+    return out
 
 
 def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str], resolver: Resolver

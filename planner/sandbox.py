@@ -1,7 +1,8 @@
 """The build sandbox: bubblewrap command lines with fixed paths and a cleared environment.
 
-Inside, a build sees only: the host's /usr read-only (with /usr/local hidden, so host-local
-toolkits cannot leak in), a generated /etc, its own /build (source, output, HOME, TMPDIR),
+Inside, a build sees only: the /usr of the set's build root (pinned .debs) read-only, or in a
+set without one the host's (with /usr/local hidden, so host-local toolkits cannot leak in), a
+generated /etc, its own /build (source, output, HOME, TMPDIR),
 its inputs, dependencies and toolchains read-only at fixed paths, and nothing of the store's
 real location, the user's home or the network. Every build starts in a fresh pid namespace
 with the same command line, so tools that embed pids (nvcc's tmpxft_<pid>) write the same bytes.
@@ -118,8 +119,11 @@ def cores_env(cores: int) -> dict[str, str]:
 
 
 def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[str, str],
-            rootfs: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src", cores: int = 1) -> list[str]:
-    """The bwrap argv that runs `argv` sandboxed. Paths inside are fixed; only sources vary."""
+            rootfs: Optional[Path] = None, build_root: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src",
+            cores: int = 1) -> list[str]:
+    """The bwrap argv that runs `argv` sandboxed. Paths inside are fixed; only sources vary.
+    `rootfs`: a target root filesystem (a pulled image) whole; `build_root`: the set's build
+    root; neither: the host's /usr."""
     bwrap = require_bwrap()
     etc = etc_dir(build_dir)
     cpus = cpus_file(build_dir, cores)
@@ -148,16 +152,23 @@ def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[
             elif os.path.isdir(src):
                 cmd += ["--ro-bind", src, f"/{entry}"]
     else:
-        cmd += ["--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local"]
+        # The set's build root (pinned .debs, assembled by the planner) or, in a set without
+        # one, the host: only /usr, its merged-/usr links and the loader's /etc files. A few
+        # mounts, not one per entry of /etc: the start-up of every node pays for each.
+        base = str(build_root) if build_root is not None else "/"
+        cmd += ["--ro-bind", os.path.join(base, "usr"), "/usr"]
+        if build_root is None:
+            cmd += ["--tmpfs", "/usr/local"]
         for link in ("bin", "lib", "lib64", "sbin"):
-            if os.path.islink(f"/{link}"):
-                cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
-            elif os.path.isdir(f"/{link}"):
-                cmd += ["--ro-bind", f"/{link}", f"/{link}"]
+            src = os.path.join(base, link)
+            if os.path.islink(src):
+                cmd += ["--symlink", os.readlink(src), f"/{link}"]
+            elif os.path.isdir(src):
+                cmd += ["--ro-bind", src, f"/{link}"]
         cmd += ["--dir", "/etc"]
         for keep in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives"):
-            if os.path.exists(f"/etc/{keep}"):
-                cmd += ["--ro-bind", f"/etc/{keep}", f"/etc/{keep}"]
+            if os.path.exists(os.path.join(base, "etc", keep)):
+                cmd += ["--ro-bind", os.path.join(base, "etc", keep), f"/etc/{keep}"]
     for name in generated_etc:
         cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]

@@ -42,6 +42,7 @@ def test_variants_expand_only_where_used(demo_runs: dict) -> None:
     assert names.count("six") == 1
     assert names.count("int4qat") == 4
     assert names.count("cuda") == 1
+    assert names.count("buildroot") == 1  # once per build platform, whatever the target platforms
 
 
 def test_realise_check_passes(demo_runs: dict) -> None:
@@ -125,3 +126,34 @@ def test_patch_that_no_longer_applies_names_the_hunk(tmp_path: Path) -> None:
     assert "patch sglang-mini.patch does not apply: hunk #1 of sglang_mini/__init__.py FAILED at line 2" \
         in proc.stderr, proc.stderr
     assert not any(p.name.endswith("-sglang-mini-0.5.9") for p in store.iterdir())
+
+
+def test_readme_publishes_the_demo_image_digest(demo_runs: dict) -> None:
+    """Every fresh CI machine re-verifies the digest the README promises for any host."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    published = re.search(r"The demo's image index digest.*?\n\n\s+(sha256:[0-9a-f]{64})", text, re.S)
+    assert published, "README.md no longer publishes the demo's image index digest"
+    assert demo_runs["a"]["digest"] == demo_runs["b"]["digest"] == published.group(1)
+
+
+def test_every_sandboxed_node_runs_in_the_build_root(demo_runs: dict) -> None:
+    """No host package in any key; `planner show` names the build root and its output digest."""
+    from planner import lock as lockmod
+    from planner.graph import BUILD_ROOT_MOUNT, BUILTIN_BUILDERS, plan
+    from planner.realise import detect_host
+    from planner.recipes import load_set
+
+    rs = load_set(REPO, "demo")
+    p = plan(rs, lockmod.read(rs.lockfile), detect_host())
+    root_digest = _by_id(demo_runs["a"])["buildroot[host linux/amd64]"]["digest"]
+    sandboxed = [n for n in p.nodes.values() if n.builder not in BUILTIN_BUILDERS and n.name != "base-probe"]
+    assert {n.builder for n in sandboxed} >= {"python-wheel", "cuda-wheel"}
+    for n in [*sandboxed, *(n for n in p.nodes.values() if n.builder == "oci-image")]:
+        assert "host" not in n.preimage, n.id
+        assert p.nodes[n.deps[BUILD_ROOT_MOUNT]].name == "buildroot", n.id
+        shown = run_planner("--store", str(demo_runs["store_a"]), "show", n.id, "--set", "demo").stdout
+        assert f"output {root_digest}" in shown, shown
+        shown_pre = json.loads("\n".join(l for l in shown.splitlines() if not l.startswith("#")))
+        assert "host" not in shown_pre and shown_pre["deps"][BUILD_ROOT_MOUNT] == p.nodes[n.deps[BUILD_ROOT_MOUNT]].key

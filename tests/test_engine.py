@@ -73,10 +73,10 @@ def diamond(tmp_path: Path) -> Project:
 # user's store. If this test fails, the change must be deliberate: bump PREIMAGE_FORMAT or a
 # builder version and update these keys in the same commit.
 PINNED_KEYS = {
-    "a": "jw61lv3kn1dqkij26jb8dqfhncv6j5vb",
-    "b": "8z365fbr29959r6m0ahcw6bim33gnlv1",
-    "c": "72lq5jxc68rd70n1zykcgij8dvya2nwr",
-    "d": "0r9lxilxnm85rr2b15l4zdcwqwf66fb2",
+    "a": "sjizqkbxcd092232a0ddl93wm64n2djs",
+    "b": "v67j4g023qz0aqqwi2fqvrspzm1ncvl7",
+    "c": "x4vq2w9q3qib2s2x8szkv8cdfckq5lza",
+    "d": "5rs980rk2cggih0dn2ailci91sxy50br",
 }
 PINNED_SOURCE_TREE = "blake3:5a973680e47d19145ac6813e2b25909adbd376e8d3f298ef644e76701f78afd8"
 

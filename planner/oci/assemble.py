@@ -64,9 +64,10 @@ _DEB_ARCH = {"amd64": "amd64", "arm64": "arm64"}
 
 def debian_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> None:
     """The node's `.deb` inputs unpacked into `out` for `node.variant.platform` (no scripts run)."""
-    platform = node.variant.platform
+    platform = node.variant.platform or node.variant.host  # a build root is per build platform
     if not platform:
-        raise BuildError(node.label(), "the debian-rootfs builder needs the platform axis (axes = [\"platform\"])")
+        raise BuildError(node.label(), "the debian-rootfs builder needs the platform or host axis "
+                                       "(axes = [\"platform\"] or [\"host\"])")
     arch = _DEB_ARCH.get(platform.split("/")[1] if "/" in platform else platform)
     if arch is None:
         raise BuildError(node.label(), f"no Debian architecture for platform {platform}")
@@ -84,6 +85,34 @@ def debian_rootfs(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> 
     for pkg in rootfs.packages:
         log.write(f"unpacked {pkg.package} {pkg.version} ({pkg.architecture})\n")
     log.write(f"merged-/usr links: {', '.join(rootfs.merged_usr)}\n")
+    links = node.preimage["builder"]["settings"].get("links", {})
+    if not isinstance(links, dict):
+        raise BuildError(node.label(), "settings.links must be a table of path = target")
+    for path, target in sorted(links.items()):
+        add_link(out, path, target, where=node.label())
+        log.write(f"link /{path} -> {target}\n")
+
+
+def add_link(root: Path, path: str, target: str, *, where: str) -> None:
+    """A symlink that a maintainer script (update-alternatives) would have made. The link's own
+    path must be new and lie inside the root, under real directories; its target only ever
+    resolves inside the sandbox, so any relative name in the same folder is fine."""
+    parts = [p for p in str(path).split("/") if p]
+    if (not isinstance(target, str) or not parts or str(path).startswith("/") or ".." in parts
+            or "/" in target or target in ("", ".", "..") or "\0" in target + str(path)):
+        raise BuildError(where, f"settings.links: {path!r} -> {target!r} must be a relative path inside the root "
+                                "to a name in the same folder")
+    parent = root
+    for part in parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink() or not parent.is_dir():
+            raise BuildError(where, f"settings.links: /{'/'.join(parts)} is not under a real directory of the root")
+    link = parent / parts[-1]
+    if link.exists() or link.is_symlink():
+        raise BuildError(where, f"settings.links: /{'/'.join(parts)} already exists")
+    if not (parent / target).is_file():
+        raise BuildError(where, f"settings.links: /{'/'.join(parts)} -> {target}: no such file in the root")
+    os.symlink(target, link)
 
 
 def _is_deb(path: Path) -> bool:
@@ -226,7 +255,7 @@ def preimage_extras(rs: "RecipeSet", lock: "Lock", recipe: "Recipe") -> dict[str
         queue.extend(rs.recipes[name].deps + rs.recipes[name].toolchains + rs.recipes[name].requires)
     return {
         "requires": dict(sorted(requires.items())),
-        "compressor": compressor_id(recipe.image.compression),
+        "compressor": compressor_id(recipe.image.compression, build_root=rs.config.build_root is not None),
         "attest": {
             "planner": __version__,
             "lock": lock_summary(lock, [d for d in declarations(rs).values() if d.recipe in built]),
@@ -341,6 +370,11 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
     platforms: list[str] = list(pre["platforms"])
     sde: int = int(pre["source_date_epoch"])
     compression = spec.get("compression") or "gzip"
+    from ..graph import BUILD_ROOT_MOUNT
+    from .zlibpin import load as load_zlib
+
+    # With a build root, deflate comes from its pinned zlib, not the zlib this Python links.
+    zpin = load_zlib(req.deps[BUILD_ROOT_MOUNT].path) if BUILD_ROOT_MOUNT in req.deps and compression == "gzip" else None
     base: Optional[str] = spec.get("base")
     groups: list[list[str]] = [list(g) for g in spec.get("layers") or []]
     variants = _variants(pre)
@@ -415,7 +449,8 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
                     facts.append(wheel_facts[whl])
                     log.write(f"  installed {whl.name} ({len(installed.files)} files)\n")
             layer_tree.close()
-            layer = write_layer([LayerSource(root)], blobs, source_date_epoch=sde, compression=compression)
+            layer = write_layer([LayerSource(root)], blobs, source_date_epoch=sde, compression=compression,
+                                zlib_pin=zpin)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         what = "planner: install " + ", ".join([f"{f.distribution} {f.version}" for f in facts]
@@ -452,7 +487,7 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
                 key = ("base", entry.digest)
                 if key not in layer_cache:
                     layer = write_layer([LayerSource(entry.path)], blobs, source_date_epoch=sde,
-                                        compression=compression)
+                                        compression=compression, zlib_pin=zpin)
                     layer_cache[key] = (layer, f"planner: base {base}", ())
                     log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): "
                               f"base {base} [{platform}]\n")
@@ -480,7 +515,7 @@ def build_image(node: "Node", req: "BuildRequest", out: Path, log: TextIO) -> No
     from .attest import write_attestations
 
     facts = ImageFacts(name=node.name, version=node.version, indexes=indexes, manifests=tuple(manifests),
-                       compressor=compressor_id(compression))
+                       compressor=compressor_id(compression, zlib_pin=zpin))
     write_attestations(out / ATTESTATIONS_DIR, node, req, facts)
     log.write(f"attestations in {ATTESTATIONS_DIR}/\n")
 

@@ -33,12 +33,15 @@ import threading
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Protocol, Sequence
 
 import attrs
 
 from ..errors import OciError
 from .descriptor import MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, AtomicBlob, Descriptor
+
+if TYPE_CHECKING:
+    from .zlibpin import PinnedZlib
 
 Compression = Literal["gzip", "zstd"]
 
@@ -227,7 +230,8 @@ def _zstd_version() -> str:
     return m.group(1)
 
 
-def compressor_id(compression: Compression, level: int | None = None) -> str:
+def compressor_id(compression: Compression, level: int | None = None, *, zlib_pin: "PinnedZlib | None" = None,
+                  build_root: bool = False) -> str:
     """Identity of the exact compressor, to put in a layer's preimage.
 
     gzip: `gzip:zlib-<runtime version>:<level>:hdr1` ("hdr1" names our fixed gzip header);
@@ -235,7 +239,12 @@ def compressor_id(compression: Compression, level: int | None = None) -> str:
     any thread count, measured with 1.5.4, but differs from --single-thread).
     """
     if compression == "gzip":
-        return f"gzip:zlib-{zlib.ZLIB_RUNTIME_VERSION}:{GZIP_LEVEL if level is None else level}:hdr1"
+        level = GZIP_LEVEL if level is None else level
+        if zlib_pin is not None:
+            return f"gzip:zlib-{zlib_pin.version}-build-root:{level}:hdr1"
+        if build_root:  # at plan time: the build root's bytes are in the key through its digest
+            return f"gzip:zlib-build-root:{level}:hdr1"
+        return f"gzip:zlib-{zlib.ZLIB_RUNTIME_VERSION}:{level}:hdr1"
     if compression == "zstd":
         return f"zstd:cli-{_zstd_version()}:{ZSTD_LEVEL if level is None else level}:mt"
     raise OciError(f"unknown layer compression: {compression!r}")
@@ -267,6 +276,30 @@ class _GzipStream:
 
     def close(self) -> None:
         self._out(self._z.flush())
+        self._out(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+
+
+class _PinnedGzipStream:
+    """The same gzip framing around deflate from the build root's pinned zlib."""
+
+    def __init__(self, out: Callable[[bytes], object], level: int, pin: "PinnedZlib") -> None:
+        self._out = out
+        self._pin = pin
+        self._z = pin.raw_deflater(level)
+        self._crc = 0
+        self._size = 0
+        out(_gzip_header(level))
+
+    def write(self, data: bytes) -> None:
+        self._crc = self._pin.crc32(data, self._crc)
+        self._size += len(data)
+        self._z.compress(data, self._out)
+
+    def abort(self) -> None:
+        self._z.abort()
+
+    def close(self) -> None:
+        self._z.finish(self._out)
         self._out(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
 
 
@@ -322,7 +355,7 @@ class _ZstdStream:
 class _LayerWriter:
     """tar bytes in → diff_id hash + compressor → blob (which hashes the compressed bytes)."""
 
-    def __init__(self, compressed: _GzipStream | _ZstdStream) -> None:
+    def __init__(self, compressed: "_GzipStream | _PinnedGzipStream | _ZstdStream") -> None:
         self.diff = hashlib.sha256()
         self.compressed = compressed
 
@@ -338,6 +371,7 @@ def write_layer(
     source_date_epoch: int,
     compression: Compression = "gzip",
     level: int | None = None,
+    zlib_pin: "PinnedZlib | None" = None,
 ) -> Layer:
     """Write one layer blob under blobs_dir/sha256/ and return its descriptor and diff_id.
 
@@ -346,12 +380,15 @@ def write_layer(
     """
     if isinstance(source_date_epoch, bool) or not isinstance(source_date_epoch, int) or source_date_epoch < 0:
         raise OciError(f"source_date_epoch must be a non-negative int, got {source_date_epoch!r}")
-    ident = compressor_id(compression, level)
+    ident = compressor_id(compression, level, zlib_pin=zlib_pin)
     entries = collect_entries(sources)
     media_type = MEDIA_LAYER_GZIP if compression == "gzip" else MEDIA_LAYER_ZSTD
     with AtomicBlob(blobs_dir) as blob:
-        if compression == "gzip":
-            stream: _GzipStream | _ZstdStream = _GzipStream(blob.write, GZIP_LEVEL if level is None else level)
+        stream: _GzipStream | _PinnedGzipStream | _ZstdStream
+        if compression == "gzip" and zlib_pin is not None:
+            stream = _PinnedGzipStream(blob.write, GZIP_LEVEL if level is None else level, zlib_pin)
+        elif compression == "gzip":
+            stream = _GzipStream(blob.write, GZIP_LEVEL if level is None else level)
         else:
             stream = _ZstdStream(blob.write, ZSTD_LEVEL if level is None else level)
         writer = _LayerWriter(stream)
