@@ -157,3 +157,9 @@ def test_every_sandboxed_node_runs_in_the_build_root(demo_runs: dict) -> None:
         assert f"output {root_digest}" in shown, shown
         shown_pre = json.loads("\n".join(l for l in shown.splitlines() if not l.startswith("#")))
         assert "host" not in shown_pre and shown_pre["deps"][BUILD_ROOT_MOUNT] == p.nodes[n.deps[BUILD_ROOT_MOUNT]].key
+
+
+def test_layers_are_compressed_with_the_build_roots_zlib(demo_runs: dict) -> None:
+    provenance = json.dumps([json.loads(p.read_text()) for p in
+                             (Path(demo_runs["a"]["output"]) / "attestations").glob("*.json")])
+    assert "-build-root:6:hdr1" in provenance

@@ -169,6 +169,36 @@ def test_gzip_stream_equals_stdlib_gzip(tmp_path: Path) -> None:
     assert layer.compressor.startswith("gzip:zlib-")
 
 
+def test_pinned_zlib_layer(tmp_path: Path) -> None:
+    """Deflate from a root filesystem's own libz.so.1 (what a build root pins), through ctypes:
+    the same gzip framing, and the bytes of that library's deflate at any chunking."""
+    import zlib as host_zlib
+
+    from planner.oci import zlibpin
+
+    libdir = tmp_path / "root/usr/lib/x86_64-linux-gnu"
+    libdir.mkdir(parents=True)
+    real = Path("/usr/lib/x86_64-linux-gnu") / os.readlink("/usr/lib/x86_64-linux-gnu/libz.so.1")
+    shutil.copyfile(real, libdir / real.name)
+    (libdir / "libz.so.1").symlink_to(real.name)
+    pin = zlibpin.load(tmp_path / "root")
+    src = tmp_path / "t"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(1 << 16) * 40 + b"abc" * (1 << 20))
+    layer = write_layer([LayerSource(src)], tmp_path / "blobs", source_date_epoch=0, zlib_pin=pin)
+    blob = (tmp_path / "blobs/sha256" / layer.descriptor.hex).read_bytes()
+    tar = gzip.decompress(blob)
+    assert layer.compressor == f"gzip:zlib-{pin.version}-build-root:6:hdr1"
+    if pin.version == host_zlib.ZLIB_RUNTIME_VERSION:  # the same library: the same bytes
+        assert blob == gzip_reference(tar)
+    # A link out of its folder (into the host) is refused, not followed.
+    evil = tmp_path / "evil/usr/lib/x86_64-linux-gnu"
+    evil.mkdir(parents=True)
+    (evil / "libz.so.1").symlink_to("/usr/lib/x86_64-linux-gnu/libz.so.1")
+    with pytest.raises(OciError, match="outside its folder"):
+        zlibpin.find_libz(tmp_path / "evil")
+
+
 def test_zstd_layer_has_same_diff_id(tmp_path: Path) -> None:
     _need("zstd")
     src = make_trees(tmp_path / "src", top_text="x\n") / "common"
