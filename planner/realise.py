@@ -578,7 +578,8 @@ def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:
 
 
 def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
-    """The missing .deb inputs of what will be built, in one apt call per architecture."""
+    """The missing .deb inputs of what will be built that have no pinned URL, in one apt call
+    per architecture."""
     from .resolve import fixed_key
 
     wanted, seen = [], set()
@@ -589,6 +590,8 @@ def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
                 continue
             seen.add((ref.decl, ref.platform))
             pin = li.pin(ref.platform)
+            if pin.url:
+                continue  # fetched by URL and hash: no apt at all (another distribution's host too)
             if pin.tree and store.lookup(fixed_key(pin.tree, decl.unpacks)) is None:
                 wanted.append((decl, ref.platform, pin.version))
     resolver.prefetch_apt(wanted)

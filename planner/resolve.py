@@ -199,12 +199,13 @@ class Resolver:
             from .fetch import apt
 
             version = pin.version if pin and pin.version else src.version
-            ready = self._apt_ready.pop((apt.debian_arch(platform), str(src.name), version), None) \
+            # Not popped: two recipes may pin the same package (base and the build root do).
+            ready = self._apt_ready.get((apt.debian_arch(platform), str(src.name), version)) \
                 if platform != ANY else None
             pkg = None
             if ready is not None and ready[0].exists():
                 dest = tmp / ready[0].name
-                os.replace(ready[0], dest)
+                shutil.copyfile(ready[0], dest)
                 control = open_deb_control(dest)
                 pkg = apt.AptPackage(path=dest, package=control.get("Package", ""), version=control.get("Version", ""),
                                      arch=control.get("Architecture", ""), url=ready[1])
