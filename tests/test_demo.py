@@ -77,7 +77,7 @@ def test_patches_take_effect(demo_runs: dict, tmp_path: Path) -> None:
 
 def test_wheels_are_normalised(demo_runs: dict) -> None:
     for node in demo_runs["a"]["nodes"]:
-        if node["name"] in ("cuda", "base", "image"):
+        if node["name"] in ("cuda", "base", "image", "buildroot"):
             continue
         with zipfile.ZipFile(_wheel(demo_runs["store_a"], node)) as zf:
             infos = zf.infolist()
