@@ -184,9 +184,24 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
 
     rs = load_set(ctx.root, _default_set(ctx, set_name))
     if check:
-        problems = lockmod.check(rs, lockmod.read(rs.lockfile))
+        problems: list = list(lockmod.check(rs, lockmod.read(rs.lockfile)))
         for p in problems:
             click.echo(f"stale: {p.line()}", err=True)
+        if (ctx.store / "index.sqlite").is_file():
+            from .resolve import lock_store_conflicts
+            from .store import Store
+
+            try:
+                st = Store(ctx.store)
+            except PlannerError:
+                st = None  # a store this user cannot open: the pins are checked at realise
+            if st is not None:
+                try:
+                    for line in lock_store_conflicts(rs, lockmod.read(rs.lockfile), st):
+                        click.echo(f"edited: {line}", err=True)
+                        problems.append(line)
+                finally:
+                    st.close()
         if problems:
             raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)}",
                                where="lock --check")

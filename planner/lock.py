@@ -211,6 +211,23 @@ def _pin_from(data: dict, where: str) -> Pin:
         raise LockError("sha256 must be 64 lowercase hex digits", where=f"{where}.sha256")
     if pin.tree is not None and not re.fullmatch(r"blake3:[0-9a-f]{64}", pin.tree):
         raise LockError("tree must be blake3:<64 hex digits>", where=f"{where}.tree")
+    # The lock is input, not trusted state: every field that names a file, a commit or a
+    # digest is checked like a recipe's (a filename `../../x.whl` once wrote outside the store).
+    if pin.filename is not None and (not pin.filename or len(pin.filename) > 255 or pin.filename in (".", "..")
+                                     or any(c in pin.filename for c in "/\\\0\n\r")):
+        raise LockError(f"filename {pin.filename[:80]!r} must be a plain file name", where=f"{where}.filename")
+    if pin.commit is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", pin.commit):
+        raise LockError("commit must be a full git commit (40 or 64 lowercase hex digits)", where=f"{where}.commit")
+    if pin.digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin.digest):
+        raise LockError("digest must be sha256:<64 hex digits>", where=f"{where}.digest")
+    if pin.size is not None and pin.size < 0:
+        raise LockError("size must not be negative", where=f"{where}.size")
+    for name in ("url", "version"):
+        value = getattr(pin, name)
+        if value is not None and (not value or any(c in value for c in "\0\n\r") or len(value) > 4096):
+            raise LockError(f"{name} must be a non-empty single line", where=f"{where}.{name}")
+    if pin.version is not None and "/" in pin.version:
+        raise LockError(f"version {pin.version[:80]!r} must not contain '/'", where=f"{where}.version")
     return pin
 
 
@@ -257,6 +274,13 @@ def parse(text: str, where: str) -> Lock:
         inline = {k: v for k, v in entry.items() if k in _PIN_FIELDS}
         if inline:
             pins[ANY] = _pin_from(inline, w)
+        for plat in pins:
+            if plat != ANY and not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", plat):
+                raise LockError(f"platform {plat[:40]!r} is not os/arch", where=f"{w}.platforms")
+        if entry["kind"] == "url":
+            for plat, pin in pins.items():
+                if pin.url is not None and not re.match(r"^https?://", pin.url, re.IGNORECASE):
+                    raise LockError("url must be http:// or https://", where=f"{w}.url")
         if status == "locked" and not pins:
             raise LockError("locked entry has no pin", where=w)
         reason = entry.get("reason")

@@ -271,6 +271,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             emit("log", f"warning: {w}")
         if not options.dry_run:
             _refuse_unlocked(plan, lock, needed, set_name, rs)
+            _refuse_edited_pins(plan, lock, closure, store, rs)
         results: dict[str, NodeResult] = {}
 
         def reason_for(nid: str) -> str:
@@ -562,6 +563,23 @@ def _unlocked_outside(plan, lock, needed: set[str], unlocked_ids: set[str]) -> l
         return []
     return [f"{len(other)} unlocked input{'s' if len(other) > 1 else ''} not needed by this realise: "
             + ", ".join(other)]
+
+
+def _refuse_edited_pins(plan, lock, closure, store, rs) -> None:
+    """A LockError naming the first pin whose tree the store holds as other bytes (a sha256,
+    commit or digest edited, or a tree copied from another input), even where nothing is built."""
+    from .resolve import pin_conflict
+
+    seen: set[tuple[str, Optional[str]]] = set()
+    for nid in sorted(closure):
+        for ref in plan.nodes[nid].inputs.values():
+            if not ref.locked or (ref.decl, ref.platform) in seen or ref.decl not in lock.inputs:
+                continue
+            seen.add((ref.decl, ref.platform))
+            problem = pin_conflict(store, lock.inputs[ref.decl].pin(ref.platform), ref.unpacks)
+            if problem:
+                raise LockError(f"{ref.decl}: {problem}: was the pin edited by hand? run `planner lock --update "
+                                f"{ref.decl}`", where=str(rs.lockfile.relative_to(rs.root)))
 
 
 def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:

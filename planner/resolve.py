@@ -364,6 +364,7 @@ class Resolver:
             entry = self.store.lookup(key)
             if entry is None:
                 entry = self.store.add(key, _entry_name(decl, pin), None, fetched.content, kind="fixed", digest=tree)
+            self.store.add_origins(key, pin_origins(pin))
         remove_tree(fetched.content.parent)
         return entry, pin
 
@@ -390,11 +391,60 @@ class Resolver:
             raise LockError("pin has no tree hash", where=decl.id)
         entry = self.store.lookup(fixed_key(pin.tree, decl.unpacks))
         if entry is not None:
+            problem = pin_conflict(self.store, pin, decl.unpacks)
+            if problem:
+                raise LockError(f"{problem}: was the pin edited by hand? run `planner lock --update {decl.id}`",
+                                where=decl.id)
             return entry
         self.log(f"fetching {decl.id}")
         fetched = self._fetch(decl, platform or ANY, pin)
         entry, _ = self._store(decl, fetched, pin.tree)
         return entry
+
+
+def pin_origins(pin: Pin) -> list[str]:
+    return [o for o in (f"sha256:{pin.sha256}" if pin.sha256 else None,
+                        f"commit:{pin.commit}" if pin.commit else None,
+                        f"digest:{pin.digest}" if pin.digest else None) if o]
+
+
+def pin_conflict(store: Store, pin: Pin, unpacks: bool) -> Optional[str]:
+    """Why the store's entry for `pin.tree` cannot be what `pin` names, or None.
+
+    Pins are looked up by tree hash: a tree copied from another input would otherwise give
+    that input's bytes. The store remembers what each entry was verified against when it was
+    fetched; a pin whose sha256, commit or digest is not among them names other bytes."""
+    if pin.tree is None:
+        return None
+    mine = pin_origins(pin)
+    if not mine:
+        return None
+    known = store.origins(fixed_key(pin.tree, unpacks))
+    if not known:
+        return None  # fetched before origins were recorded, or by a path pin: nothing to compare
+    for o in mine:
+        kind = o.split(":", 1)[0]
+        same_kind = {k for k in known if k.startswith(kind + ":")}
+        if same_kind and o not in same_kind:
+            return (f"tree {pin.tree[:19]}… is held in the store for {kind} {sorted(same_kind)[0].split(':', 1)[1][:16]}…, "
+                    f"the lock says {o.split(':', 1)[1][:16]}…")
+    return None
+
+
+def lock_store_conflicts(rs: RecipeSet, lock: Lock, store: Store) -> list[str]:
+    """`lock --check` against what the store holds: pins whose tree the store knows as other bytes."""
+    from .lock import declarations
+
+    out = []
+    for decl_id, decl in sorted(declarations(rs).items()):
+        li = lock.inputs.get(decl_id)
+        if li is None or li.status != "locked":
+            continue
+        for plat, pin in sorted(li.pins.items()):
+            problem = pin_conflict(store, pin, decl.unpacks)
+            if problem:
+                out.append(f"{decl_id}{'' if plat == ANY else f' [{plat}]'}: {problem}")
+    return out
 
 
 def prefetch(store: Store, what: str, *, mirrors: list[str] = (), log: Callable[[str], None] = lambda s: None

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, seconds REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS origins (key TEXT NOT NULL, origin TEXT NOT NULL, PRIMARY KEY (key, origin));
 """
 
 
@@ -271,6 +272,19 @@ class Store:
     def invalidate(self, key: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM entries WHERE key=?", (key,))
+
+    # -- what a fetched entry was fetched as ----------------------------------------------
+
+    def add_origins(self, key: str, origins: list[str]) -> None:
+        """Record the identities a fixed-output entry was verified against (`sha256:…` of the
+        fetched bytes, `commit:…`, `digest:…`): a lock pin naming this entry's tree with
+        other bytes was edited by hand."""
+        if origins:
+            with self._tx() as db:
+                db.executemany("INSERT OR IGNORE INTO origins VALUES (?,?)", [(key, o) for o in origins])
+
+    def origins(self, key: str) -> set[str]:
+        return {o for (o,) in self._query("SELECT origin FROM origins WHERE key=?", (key,))}
 
     # -- preimages and realisations -----------------------------------------------------
 
