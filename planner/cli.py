@@ -443,6 +443,18 @@ def store_verify(ctx: Context) -> None:
     click.echo("store ok")
 
 
+@store.command("repair")
+@click.pass_obj
+def store_repair(ctx: Context) -> None:
+    """Rebuild a damaged or lost index from what is still readable and the entries on disk."""
+    from .store import repair_index
+
+    kept, added, moved = repair_index(ctx.store_for_read())
+    if moved is not None:
+        click.echo(f"old index kept as {moved.name}")
+    click.echo(f"index rebuilt: {kept} rows salvaged, {added} entries registered from disk")
+
+
 @store.command("gc")
 @click.option("-n", "--dry-run", is_flag=True, help="List what would be removed, and its size; remove nothing.")
 @click.pass_obj

@@ -214,7 +214,13 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             result = RealiseResult(set=set_name, targets=cache["targets"], output=cache["output"],
                                    digest=cache["digest"], nodes=nodes, noop=True)
             if options.out_link:
-                _out_link(options.out_link, Path(cache["output"]), None)
+                from .store import Store
+
+                st = Store(store_root)  # a new out-link is a gc root even when nothing was built
+                try:
+                    _out_link(options.out_link, Path(cache["output"]), st)
+                finally:
+                    st.close()
             return result
 
     from . import lock as lockmod
@@ -412,6 +418,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             return None, f"; cache miss: {miss.category}: {miss.detail}"
 
         attempted: dict[str, str] = {}  # node -> the build key it was built under (its log's name)
+        corrupted: set[str] = set()  # --check: entries whose bytes on disk differ from their record
 
         def work(nid: str):
             node = plan.nodes[nid]
@@ -427,14 +434,29 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
             if options.check and nid in known:
                 stored = store.lookup(known[nid].build_key)
                 if stored is not None and build_key(node, deps) == known[nid].build_key:
+                    bad_deps = sorted(d for d in node.deps.values() if d in corrupted)
+                    if bad_deps:
+                        # Built from corrupted bytes, a difference here would blame the wrong node.
+                        checks.append(CheckResult(nid, False, [f"(not compared: its dependency {bad_deps[0]} is "
+                                                                f"corrupted in the store)"]))
+                        return stored, known[nid].build_key, 0.0, "checked", "not compared"
+                    from .hashing import tree_digest
+
+                    # The bytes on disk, not the digest recorded when the entry was made.
+                    on_disk = tree_digest(stored.path)
                     digest, out, bdir = rebuild_for_check(req, store, running)
                     try:
-                        diff = [] if digest == stored.digest else differing_files(stored.path, out)
-                        if digest != stored.digest and not diff:
+                        ok = digest == stored.digest == on_disk
+                        diff = [] if ok else differing_files(stored.path, out)
+                        if not ok and not diff:
                             diff = ["(metadata)"]
+                        if on_disk != stored.digest:
+                            corrupted.add(nid)
+                            diff = [f"CORRUPTED in the store (hashes to {on_disk}, recorded {stored.digest}): "
+                                    + ", ".join(diff[:10])]
                     finally:
                         remove_tree(bdir)
-                    checks.append(CheckResult(nid, digest == stored.digest, diff))
+                    checks.append(CheckResult(nid, ok, diff))
                     return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
             reason = reason_for(nid)  # before building: the build records a realisation
             attempted[nid] = build_key(node, deps)
@@ -545,7 +567,9 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         if outcome.interrupted:
             raise KeyboardInterrupt
         if not failures and output:
-            store.set_root(f"set:{root}:{set_name}", Path(output))
+            # One root per target (and platform): realising another target must not unroot this one.
+            scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform)) if v)
+            store.set_root(f"set:{root}:{set_name}{scope}", Path(output))
             if options.out_link:
                 _out_link(options.out_link, Path(output), store)
         store.close()

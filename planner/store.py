@@ -137,6 +137,110 @@ def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
         os.chmod(dirpath, 0o755 if keep_top_writable and dirpath == str(path) else 0o555)
 
 
+_ENTRY_NAME = __import__("re").compile(r"^([0-9a-z]{32})-(.+)$")
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+def _entry_dirs(root: Path) -> list[str]:
+    """Names under the store root that look like entries (`<32 base32 key>-<name>`)."""
+    try:
+        return sorted(n for n in os.listdir(root) if _ENTRY_NAME.match(n))
+    except OSError:
+        return []
+
+
+def _refuse_damaged_index(root: Path) -> None:
+    """An index that is missing, empty or not a SQLite file beside entries was truncated or
+    lost: opening it would silently start a new one and drop history, realisations and `why`."""
+    index = root / "index.sqlite"
+    try:
+        with open(index, "rb") as f:
+            head = f.read(100)
+    except FileNotFoundError:
+        head = None
+    except OSError:
+        return  # unreadable: sqlite says why
+    if head is not None and len(head) == 100 and head.startswith(_SQLITE_MAGIC):
+        return
+    entries = _entry_dirs(root)
+    if not entries:
+        return  # a new store
+    what = "missing" if head is None else "empty" if not head else "truncated or not a SQLite file"
+    raise StoreError(f"the store index is {what} but the store holds {len(entries)} entries: "
+                     f"run `planner store repair` to rebuild it from them", where=str(index))
+
+
+def repair_index(root: Path) -> tuple[int, int, Path | None]:
+    """Rebuild `index.sqlite` of the store at `root`: rows that can still be read from the old
+    index are kept (entries, realisations, preimages, runs, roots, origins), every entry on disk
+    without a row is registered again with its digest recomputed. Returns (rows salvaged,
+    entries re-registered, where the old index was moved)."""
+    from .hashing import tree_digest
+
+    root = Path(root).absolute()
+    index = root / "index.sqlite"
+    moved: Path | None = None
+    lock_fd = os.open(root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # no realise or gc while the index is replaced
+    try:
+        return _repair_locked(root, index)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
+    from .hashing import tree_digest
+
+    moved: Path | None = None
+    salvaged: dict[str, list[tuple]] = {}
+    if os.path.lexists(index):
+        moved = root / f"index.sqlite.damaged-{os.getpid()}"
+        os.replace(index, moved)
+        for side in ("-wal", "-shm"):
+            if os.path.lexists(str(index) + side):
+                os.replace(str(index) + side, str(moved) + side)
+        try:
+            old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+            for table in ("entries", "preimages", "realisations", "runs", "durations", "roots", "origins"):
+                try:
+                    salvaged[table] = old.execute(f"SELECT * FROM {table}").fetchall()
+                except sqlite3.Error:
+                    salvaged[table] = []
+            old.close()
+        except sqlite3.Error:
+            pass
+    st = Store.__new__(Store)
+    st.root = root
+    st._lock = threading.RLock()
+    st._db = sqlite3.connect(index, timeout=60, check_same_thread=False, isolation_level=None)
+    st._db.execute("PRAGMA journal_mode=WAL")
+    st._db.executescript(_SCHEMA)
+    st._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    kept = 0
+    with st._tx() as db:
+        for table, rows in salvaged.items():
+            for row in rows:
+                try:
+                    db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * len(row))})", row)
+                    kept += 1
+                except sqlite3.Error:
+                    pass
+    registered = {p for (p,) in st._db.execute("SELECT path FROM entries").fetchall()}
+    added = 0
+    for name in _entry_dirs(root):
+        path = root / name
+        if name in registered:
+            continue
+        key, rest = _ENTRY_NAME.match(name).groups()  # type: ignore[union-attr]
+        with st._tx() as db:
+            db.execute("INSERT OR IGNORE INTO entries VALUES (?,?,?,?,?,?)",
+                       (name, key, tree_digest(path), "build", rest, 0))
+        added += 1
+    st._db.close()
+    return kept, added, moved
+
+
 class Store:
     """A store rooted at `root`. Thread-safe; several processes may share one store."""
 
@@ -145,6 +249,7 @@ class Store:
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        _refuse_damaged_index(self.root)
         try:
             self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
                                        isolation_level=None)
@@ -157,7 +262,8 @@ class Store:
             if row is None:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the store index: {exc}", where=str(self.root / "index.sqlite")) from None
+            hint = "; `planner store repair` rebuilds it from the entries" if "malformed" in str(exc) else ""
+            raise StoreError(f"cannot open the store index: {exc}{hint}", where=str(self.root / "index.sqlite")) from None
         if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
 
