@@ -313,7 +313,7 @@ class _Tree:
         if old is _Kind.DIR or kind is _Kind.DIR:
             if old is kind:
                 return
-            raise UnsafeArchive(f"member {name!r} appears both as a directory and as a {kind.value}",
+            raise UnsafeArchive(f"member {name!r} appears both as a {old.value} and as a {kind.value}",
                                 where=self.where)
         self.tree.remove(name)  # a file replaced by a later member of the same name
 
@@ -374,12 +374,13 @@ class _Tree:
         prefix = root + "/" if root else ""
         links = {n[len(prefix):]: t for n, t in self.links.items() if n.startswith(prefix)}
         for name, target in sorted(links.items()):
-            if _link_escapes(name, target, links):
-                raise UnsafeArchive(f"symlink {prefix + name!r} -> {target!r} points outside the archive",
-                                    where=self.where)
+            escapes = _link_escapes(name, target, links)
+            if escapes:
+                what = "is part of a symlink loop" if escapes == "loop" else "points outside the archive"
+                raise UnsafeArchive(f"symlink {prefix + name!r} -> {target!r} {what}", where=self.where)
 
 
-def _link_escapes(name: str, target: str, links: dict[str, str]) -> bool:
+def _link_escapes(name: str, target: str, links: dict[str, str]) -> "bool | str":
     """Whether following `name -> target` leaves the root, expanding links inside the tree.
 
     Components are resolved as the kernel would: each prefix that is itself a link is replaced
@@ -404,7 +405,7 @@ def _link_escapes(name: str, target: str, links: dict[str, str]) -> bool:
         if current in links:
             hops += 1
             if hops > _MAX_LINK_HOPS:
-                return True  # a loop; the kernel would refuse it, and so do we
+                return "loop"  # the kernel would refuse it (ELOOP), and so do we
             inner = links[current]
             if inner.startswith("/"):
                 return True

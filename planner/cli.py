@@ -435,7 +435,7 @@ def store_verify(ctx: Context) -> None:
     """Re-hash every entry and report corruption."""
     from .store import Store
 
-    bad = Store(ctx.store_for_read()).verify()
+    bad = Store(ctx.store_for_read(), read_only=True).verify()
     for e, why in bad:
         click.echo(f"corrupt: {e.path.name}: {why}")
     if bad:

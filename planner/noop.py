@@ -131,7 +131,9 @@ def _index_agrees(store_root: str, local: list[dict]) -> bool:
     keys = [n["key"] for n in local]
     found = {}
     try:
-        db = sqlite3.connect(f"file:{os.path.join(store_root, 'index.sqlite')}?mode=ro", uri=True, timeout=30)
+        # A store this user cannot write (another user's): immutable, so sqlite needs no -shm file.
+        mode = "ro" if os.access(store_root, os.W_OK) else "ro&immutable=1"
+        db = sqlite3.connect(f"file:{os.path.join(store_root, 'index.sqlite')}?mode={mode}", uri=True, timeout=30)
         try:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]

@@ -393,10 +393,19 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
             extra = re.match(r"extra fields found \((.*)\)", detail)
             if extra:
                 bad = extra.group(1).split(",")[0].strip()
-                key = ".".join(p for p in (keypath, bad) if p)
                 from .suggest import did_you_mean
 
                 valid = [n.replace("_", "-") for n in _fields_at(cls, keypath)]
+                # cattrs drops the table's own name inside a mapping ([inputs.x] bogus = 1 is
+                # reported "@ $.inputs"): find the entry that holds the key, so the error names it.
+                node: object = data
+                for part in filter(None, keypath.split(".")):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and bad not in node:
+                    owner = next((k for k, v in node.items() if isinstance(v, dict) and bad in v), None)
+                    if owner is not None:
+                        keypath = f"{keypath}.{owner}"
+                key = ".".join(p for p in (keypath, bad) if p)
                 raise RecipeError("unknown key" + did_you_mean(bad.replace("_", "-"), valid),
                                   where=_where(path, root, text, key.replace("_", "-"))) from None
             raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None

@@ -35,6 +35,22 @@ def _entry_name(decl: InputDecl, pin: Pin) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", base)[:120]
 
 
+def _refuse_special_files(folder: Path, root: Path, where: str) -> None:
+    """A path source holds files, folders and links only: a fifo, socket or device is named."""
+    import stat
+
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames:
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                kind = ("a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                raise FetchError(f"{rel} is {kind}: a path source holds only files, folders and links",
+                                 where=where)
+
+
 def _take_subdir(dest: Path, subdir: str, tmp: Path, where: str, shown: str) -> Path:
     """The folder `subdir` of a fetched tree, moved to `tmp/subdir`; the rest is deleted.
 
@@ -105,7 +121,10 @@ class Resolver:
         for cand in candidates:
             try:
                 return cand, attempt(cand)
-            except HashMismatch:
+            except HashMismatch as exc:
+                # Name the input first (what the user can act on), then where the bytes came from.
+                if exc.where and not exc.where.startswith(what):
+                    raise HashMismatch(f"{what} (from {exc.where})", exc.expected, exc.actual) from None
                 raise
             except FetchError as exc:
                 errors.append(exc)
@@ -143,6 +162,7 @@ class Resolver:
             origin = self.rs.root / str(rel)
             dest = tmp / origin.name
             if origin.is_dir():
+                _refuse_special_files(origin, self.rs.root, decl.id)
                 shutil.copytree(origin, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
             else:
                 shutil.copyfile(origin, dest)
@@ -344,7 +364,13 @@ class Resolver:
         from .archive import safe_extract
 
         dest = tmp / "unpacked"
-        safe_extract(path, dest)
+        try:
+            safe_extract(path, dest)
+        except FetchError as exc:
+            if isinstance(exc, HashMismatch):
+                raise
+            # Named by the input and the file it came as, not by a temporary path about to vanish.
+            raise type(exc)(f"{pin.filename or path.name}: {exc.message}", where=decl.id) from None
         path.unlink()
         src = decl.source
         if src is not None and src.subdir:

@@ -244,11 +244,17 @@ def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
 class Store:
     """A store rooted at `root`. Thread-safe; several processes may share one store."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.root = Path(root).absolute()
+        self._lock = threading.RLock()
+        if read_only:
+            self._open_read_only()
+            return
+        if self.root.is_dir() and not os.access(self.root, os.W_OK):
+            raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}); commands that only "
+                             f"read it (store verify, store roots, a no-op realise) still work", where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         _refuse_damaged_index(self.root)
         try:
             self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
@@ -266,6 +272,19 @@ class Store:
             raise StoreError(f"cannot open the store index: {exc}{hint}", where=str(self.root / "index.sqlite")) from None
         if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
+
+    def _open_read_only(self) -> None:
+        """For commands that only read (verify): works on a store this user cannot write."""
+        _refuse_damaged_index(self.root)
+        index = self.root / "index.sqlite"
+        try:
+            # immutable=1: no -shm/-wal files to create beside a read-only index.
+            mode = "ro" if os.access(self.root, os.W_OK) else "ro&immutable=1"
+            self._db = sqlite3.connect(f"file:{index}?mode={mode}", uri=True, timeout=60,
+                                       check_same_thread=False, isolation_level=None)
+            self._db.execute("SELECT 1 FROM entries LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store index: {exc}", where=str(index)) from None
 
     def close(self) -> None:
         with self._lock:
