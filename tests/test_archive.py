@@ -289,7 +289,7 @@ ESCAPES = {
         [sym("up", "d/l/../.."), d("d"), sym("d/l", "..")], "symlink 'up' -> 'd/l/../..' points outside"),
     "symlink out of the stripped root": (
         [d("top"), f("top/a", "x"), sym("top/l", "../top/a")], "symlink 'top/l' -> '../top/a' points outside"),
-    "symlink loop": ([sym("a", "b"), sym("b", "a/x")], "points outside"),
+    "symlink loop": ([sym("a", "b"), sym("b", "a/x")], "is part of a symlink loop"),
     "hardlink outside": ([hard("h", "../etc/passwd")], "'../etc/passwd' has a '..' component"),
     "hardlink absolute": ([hard("h", "/etc/passwd")], "'/etc/passwd' has an absolute path"),
     "hardlink to a later member": ([hard("h", "a"), f("a", "x")], "hardlink 'h' -> 'a' does not point"),
