@@ -187,7 +187,14 @@ def _wheel_metadata(whl: Path) -> tuple[str, str, list[str]]:
         meta_name = next((n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)), None)
         if meta_name is None:
             raise PlannerError("wheel has no .dist-info/METADATA", where=str(whl))
-        text = zf.read(meta_name).decode("utf-8", "replace")
+        # Read in-process: a small wheel can inflate to gigabytes (a zip bomb). Cap what is taken.
+        if zf.getinfo(meta_name).file_size > MAX_METADATA:
+            raise PlannerError(f"{meta_name} is larger than {MAX_METADATA >> 20} MiB", where=whl.name)
+        with zf.open(meta_name) as f:
+            raw = f.read(MAX_METADATA + 1)
+        if len(raw) > MAX_METADATA:
+            raise PlannerError(f"{meta_name} is larger than {MAX_METADATA >> 20} MiB", where=whl.name)
+        text = raw.decode("utf-8", "replace")
     head = text.split("\n\n", 1)[0]
     fields: list[tuple[str, str]] = []
     for line in head.splitlines():

@@ -67,7 +67,12 @@ def _control_fields(path: Path) -> dict[str, str]:
         if _member_name(info.name, str(path)) == "control" and info.isreg():
             f = tar.extractfile(info)
             assert f is not None
-            return parse_deb822(f.read().decode("utf-8", "replace"))
+            from ..safetree import MAX_METADATA
+
+            raw = f.read(MAX_METADATA + 1)  # in-process: never a whole decompression bomb
+            if len(raw) > MAX_METADATA:
+                raise OciError(f"control file is larger than {MAX_METADATA >> 20} MiB", where=str(path))
+            return parse_deb822(raw.decode("utf-8", "replace"))
     raise OciError("no control file in control.tar", where=str(path))
 
 
@@ -419,6 +424,17 @@ def install_wheel(
     root = Path(root)
     for target in (site_packages, scripts_dir, data_dir):
         _refuse_symlinked_path(root, target, wheel)
+    from ..safetree import MAX_METADATA
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            # installer and the image builder read .dist-info files whole, in-process.
+            big = [i.filename for i in zf.infolist()
+                   if ".dist-info/" in i.filename and i.file_size > MAX_METADATA]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise OciError(f"cannot read wheel: {e}", where=wheel.name) from None
+    if big:
+        raise OciError(f"{big[0]} is larger than {MAX_METADATA >> 20} MiB", where=wheel.name)
     try:
         with WheelFile.open(wheel) as source:
             source.validate_record()
