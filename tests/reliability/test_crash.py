@@ -260,7 +260,7 @@ _CRASH_POINTS = {
     # make_read_only() has run on the finished build; nothing renamed yet.
     "before rename into place": ("import os, planner.store as s\n"
                                  "_orig = s.make_read_only\n"
-                                 "def crash(p):\n    _orig(p)\n    os._exit(137)\n"
+                                 "def crash(p, **kw):\n    _orig(p, **kw)\n    os._exit(137)\n"
                                  "s.make_read_only = crash\n"),
     # The tree is in place under its final name; its row is not committed.
     "after rename, before the row": ("import os, planner.store as s\n"
