@@ -97,7 +97,7 @@ def _fail(exc: PlannerError) -> None:
     sys.exit(exc.exit_code or 1)
 
 
-_ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log", "push", "export", "store",
+_ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log", "push", "export", "store", "mirror",
           "prefetch", "hash", "keys")
 
 

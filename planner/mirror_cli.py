@@ -21,8 +21,10 @@ def mirror() -> None:
 @click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_obj
 def export_cmd(ctx, set_name: str, folder: Path) -> None:
-    """Write every locked input of SET into the mirror folder DIR: files by sha256 (URL inputs
-    also by origin URL), git repositories by origin URL holding the pinned commit."""
+    """Write every locked input of SET into a mirror folder.
+
+    Files by sha256 (URL inputs also by origin URL), git repositories by origin URL holding the
+    pinned commit."""
     from . import lock as lockmod
     from .errors import PlannerError
     from .mirrors import export_set, load_mirrors
@@ -31,7 +33,7 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
 
     rs = load_set(ctx.root, set_name)
     lock = lockmod.read(rs.lockfile)
-    store = Store(ctx.store)
+    store = Store(ctx.store_for_write())
     with store.gc_lock(exclusive=False):
         results = export_set(rs, store, lock, folder.absolute(), mirrors=load_mirrors(ctx.root, ctx.mirrors),
                              log=lambda s: click.echo(s, err=True))
@@ -56,7 +58,9 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
 @click.option("--rev", "revs", multiple=True, metavar="COMMIT",
               help="Add only this commit (repeatable; default: every branch and tag).")
 def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) -> None:
-    """Add PATH (a git repository, bare or not, or a file) to the mirror DIR as the content of
+    """Add a git repository or file to a mirror, as URL's content.
+
+    PATH (a git repository, bare or not, or a file) goes into the mirror DIR as the content of
     the origin URL. Without PATH, URL itself is fetched (a git repository if it ends in .git).
     A snapshot that lacks objects of some branches still serves the commits it has: `--rev`."""
     import tempfile
