@@ -21,11 +21,23 @@ BY_BUILDER = {
 
 def reserved(builder: str, settings: dict) -> frozenset[str]:
     """Every variable the planner sets for a build of `builder` with these settings."""
-    names = COMMON | BY_BUILDER.get(builder, frozenset())
-    if builder == "cuda-wheel" and isinstance(settings.get("arch-list-env"), str):
-        names |= {settings["arch-list-env"]}
+    names = COMMON
+    if builder == "shell":
+        names |= BY_BUILDER["shell"]
+    if builder == "cuda-wheel" and settings.get("frontend") == "pep517":  # runtime.pep517_cuda_wheel
+        names |= BY_BUILDER["cuda-wheel"]
+        if isinstance(settings.get("arch-list-env"), str):
+            names |= {settings["arch-list-env"]}
     return names
 
 
+# Variables the planner sets to one constant: declaring that same value overwrites nothing
+# (slime's recipes spell out CUDA_VISIBLE_DEVICES = "" for their pep517 CUDA builds).
+CONSTANT = {"CUDA_VISIBLE_DEVICES": "", "TZ": "UTC", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "USER": "build", "TERM": "dumb"}
+
+
 def clashes(builder: str, settings: dict, declared: dict) -> list[str]:
-    return sorted(k for k in declared if k in reserved(builder, settings))
+    """Declared variables the planner would overwrite with another value."""
+    names = reserved(builder, settings)
+    return sorted(k for k, v in declared.items() if k in names and CONSTANT.get(k) != v)
