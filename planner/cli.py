@@ -446,7 +446,9 @@ def store_verify(ctx: Context) -> None:
 @store.command("repair")
 @click.pass_obj
 def store_repair(ctx: Context) -> None:
-    """Rebuild a damaged or lost index from what is still readable and the entries on disk."""
+    """Rebuild a damaged or lost index from what is on disk.
+
+    Keeps what is still readable in the old index and registers the entries found on disk."""
     from .store import repair_index
 
     kept, added, moved = repair_index(ctx.store_for_read())
