@@ -11,35 +11,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import attrs
-
 from . import sandbox
 from .errors import BuildError, PlannerError, UnsafeTree
-from .graph import BUILD_ROOT_MOUNT, BUILTIN_BUILDERS, Node, resolved_preimage
-from .hashing import key_of
+from .builders.registry import builder
+from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
 from .host import host_platform
 from .store import Entry, Store, remove_tree
 
 PLANNER_PKG = Path(__file__).resolve().parent
 LOG_TAIL_LINES = 20
-
-
-@attrs.frozen
-class Built:
-    entry: Entry
-    build_key: str
-    seconds: float
-    reused: bool  # another process (or an earlier run) already had this build key
-    previous_digest: Optional[str] = None  # what this same build key produced before, if known
-
-
-@attrs.frozen
-class BuildRequest:
-    node: Node
-    inputs: dict[str, Entry]  # input name -> fixed-output store entry
-    deps: dict[str, Entry]  # mount -> dependency's output entry
-    jobs: int = 1
-    sandboxed: bool = True
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -48,10 +28,6 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
-
-
-def build_key(node: Node, deps: dict[str, Entry]) -> str:
-    return key_of(resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}))
 
 
 class Running:
@@ -120,10 +96,10 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
             submodules[name[len("source/sub/"):]] = dest
         else:
             inputs[name] = dest
-    for p in pre["patches"]:
-        entry = req.inputs[f"patch/{p['name']}"]
-        patches.append({"name": p["name"], "strip": p["strip"],
-                        "path": _input_dest(f"patch/{p['name']}", entry, node.inputs[f"patch/{p['name']}"].filename)})
+    for p in pre.patches:
+        entry = req.inputs[f"patch/{p.name}"]
+        patches.append({"name": p.name, "strip": p.strip,
+                        "path": _input_dest(f"patch/{p.name}", entry, node.inputs[f"patch/{p.name}"].filename)})
     deps = {}
     for mount, entry in sorted(req.deps.items()):
         if mount in ("rootfs", BUILD_ROOT_MOUNT):
@@ -135,9 +111,9 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
         "name": node.name,
         "version": node.version,
         "builder": node.builder,
-        "settings": pre["builder"]["settings"],
-        "script": pre["builder"].get("script"),
-        "variant": pre["variant"],
+        "settings": pre.builder.settings,
+        "script": pre.builder.script,
+        "variant": pre.variant.as_json(),
         "source": source,
         "submodules": submodules,
         "patches": patches,
@@ -147,7 +123,7 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
         # anything a build derives from it) must not depend on where it runs.
         "jobs": node.cores,
         "cores": node.cores,
-        "source_date_epoch": pre["source_date_epoch"],
+        "source_date_epoch": pre.source_date_epoch,
     }
     return spec, mounts
 
@@ -155,11 +131,11 @@ def sandbox_spec(req: BuildRequest, *, build_dir: str = sandbox.BUILD_DIR) -> tu
 def _declared_env(node: Node) -> dict[str, str]:
     from .buildenv import clashes
 
-    env = dict(node.preimage["env"])
-    clash = clashes(node.builder, node.preimage["builder"]["settings"], env)
+    env = dict(node.preimage.env)
+    clash = clashes(node.builder, node.preimage.builder.settings, env)
     if clash:  # recipes are checked when loaded; this guards preimages from elsewhere (a worker)
         raise BuildError(node.label(), f"[build] env {clash[0]} is set by the planner; a declared value would be overwritten")
-    env["SOURCE_DATE_EPOCH"] = str(node.preimage["source_date_epoch"])
+    env["SOURCE_DATE_EPOCH"] = str(node.preimage.source_date_epoch)
     env["PYTHONPATH"] = "/opt/planner"
     env.update(sandbox.cores_env(node.cores))
     return env
@@ -170,12 +146,10 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     node = req.node
     for sub in ("src", "out", "home", "tmp"):
         (build_dir / sub).mkdir(exist_ok=True)
-    if node.builder in BUILTIN_BUILDERS:
-        from . import builtin
-
+    if builder(node.builder).builtin:
         with open(log_path, "w") as log:
             try:
-                builtin.run(node, req, build_dir / "out", log)
+                builder(node.builder).runner()(node, req, build_dir / "out", log)
             except UnsafeTree as exc:  # name the node as well as the input and the path
                 log.write(f"planner: build failed: {exc.line()}\n")
                 raise BuildError(node.label(), f"refused: {exc.line()}", log=str(log_path)) from None
@@ -346,7 +320,8 @@ def build(req: BuildRequest, store: Store, running: Running, *,
           on_log: Callable[[str], None] = lambda s: None) -> Built:
     """Build one node into the store, or reuse what is there under its build key."""
     node = req.node
-    bkey = build_key(node, req.deps)
+    resolved = resolve(node, digests(req.deps))
+    bkey = resolved.build_key
     with store.key_lock(bkey):
         existing = store.lookup(bkey)
         if existing is not None:
@@ -364,9 +339,7 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         finally:
             remove_tree(build_dir)
         seconds = time.monotonic() - start
-        store.put_preimage(node.key, node.preimage)
-        store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
-        store.realise(node.key, bkey, entry.digest)
+        record(store, node, resolved, entry.digest)
         return Built(entry, bkey, seconds, reused=False, previous_digest=previous_digest)
 
 
@@ -389,7 +362,7 @@ def rebuild_for_check(req: BuildRequest, store: Store, running: Running) -> tupl
     """Build again into a temporary place; returns (digest, output, build_dir) for comparison."""
     from .hashing import tree_digest
 
-    bkey = build_key(req.node, req.deps)
+    bkey = resolve(req.node, digests(req.deps)).build_key
     build_dir = store.new_build_dir(bkey + "-check")
     log_path = store.root / "logs" / f"{bkey}.check.log"
     out = run_builder(req, build_dir, log_path, running)

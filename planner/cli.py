@@ -305,12 +305,16 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     parallel, the critical path first) and prints the target's output and image digest."""
     name = _default_set(ctx, set_name)
     ctx.store_for_write()
-    if not (dry_run or check or executor or cache_to or out_link or platform_):
-        # The no-op fast path: the standard library and one sqlite query, nothing else.
-        from .noop import noop_text, try_noop
+    # The no-op fast path: the standard library and one sqlite query, nothing else.
+    from .plancache import fast_path_applies, noop_text, try_noop
 
+    if fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to, platform=platform_):
         cache = try_noop(ctx.root.resolve(), name, ctx.store, target, sandbox == "on")
         if cache is not None:
+            if out_link and cache["output"]:
+                from .plancache import out_link as make_link
+
+                make_link(out_link, Path(cache["output"]))
             if as_json:
                 click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True))
             else:
@@ -555,11 +559,12 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
 def store_push(ctx: Context, set_name: str | None, to: str, signing_key: Path, no_inputs: bool, progress_mode: str) -> None:
     """Push SET's last realised closure to a binary cache."""
     from .cache import BinaryCache, Signer, TrustedKeys, push_run
+    from .runs import runs_of
     from .store import Store
 
     set_name = _default_set(ctx, set_name)
     st = Store(ctx.store_for_read())
-    rec = next((r for _i, r in st.runs() if r.get("set") == set_name), None)
+    rec = next((r for _i, r in runs_of(st, set_name, limit=50)), None)
     if rec is None:
         raise PlannerError(f"no recorded realise of set {set_name!r}; run `planner realise {set_name}` first",
                            where=str(ctx.store))
@@ -583,15 +588,11 @@ def store_push(ctx: Context, set_name: str | None, to: str, signing_key: Path, n
 @click.pass_obj
 def store_pull(ctx: Context, set_name: str | None, sources: tuple[str, ...], trusted_keys: tuple[str, ...]) -> None:
     """Fetch SET's closure from binary caches, verified."""
-    from . import lock as lockmod
+    from . import planning
     from .cache import BinaryCache, TrustedKeys, pull_closure
-    from .graph import plan as make_plan
-    from .host import detect_host
-    from .recipes import load_set
     from .store import Store
 
-    rs = load_set(ctx.root, _default_set(ctx, set_name))
-    p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
+    p = planning.load(ctx.root, _default_set(ctx, set_name)).plan
     trusted = TrustedKeys(trusted_keys)
     caches = [BinaryCache(u, trusted=trusted) for u in sources]
     got, missing = pull_closure(caches, Store(ctx.store_for_write()), p)
@@ -734,19 +735,16 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
             raise click.UsageError("name a NODE, or pass --roots for the gc roots")
         cctx.invoke(store_roots)
         return
-    from . import lock as lockmod
-    from .graph import plan as make_plan
-    from .host import detect_host
-    from .recipes import load_set
+    from . import planning
 
-    rs = load_set(ctx.root, _default_set(ctx, set_name))
-    p = make_plan(rs, lockmod.read(rs.lockfile), detect_host())
+    planned = planning.load(ctx.root, _default_set(ctx, set_name))
+    p = planned.plan
     found = [n for n in p.nodes.values() if node in (n.id, n.name, n.key)]
     if not found:
         from .suggest import unknown
 
-        raise unknown("node", node, {n.name for n in p.nodes.values()}, where=f"set {rs.name!r}")
-    from .graph import BUILD_ROOT_MOUNT
+        raise unknown("node", node, {n.name for n in p.nodes.values()}, where=f"set {planned.set_name!r}")
+    from .derivation import BUILD_ROOT_MOUNT
 
     store = None
     if any(BUILD_ROOT_MOUNT in n.deps for n in found) and (Path(ctx.store) / "index.sqlite").exists():
@@ -760,12 +758,12 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
             real = store.realisation(root.key) if store is not None else None
             click.echo(f"# build root {root.id}  key {root.key}  output "
                        + (real.digest if real is not None else "not built yet (its key pins every .deb)"))
-        click.echo(json.dumps(n.preimage, indent=2, sort_keys=True))
+        click.echo(json.dumps(n.preimage.to_json(), indent=2, sort_keys=True))
     if store is not None:
         store.close()
 
 
-from .oci.cli import push, export  # noqa: E402
+from .cli_image import push, export  # noqa: E402
 main.add_command(push)
 main.add_command(export)
 from .mirror_cli import mirror  # noqa: E402

@@ -26,23 +26,20 @@ Resource names (what workers declare, e.g. `dask worker --resources "arch_amd64=
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol, Union
 
 
-from .build import BuildRequest, Built, Running, build, build_key
+from .build import Running, build
+from .builders.registry import BUILTIN_BUILDERS
+from .derivation import BuildRequest, Built, Node, digests, record, resolve
 from .errors import BuildError, PlannerError
-from .graph import BUILTIN_BUILDERS, Node, resolved_preimage
-from .host import host_packages, host_platform
+from .host import host_platform
 from .store import Entry, RemoteEntry, Store
+from .worker import ARCH_PREFIX, PAYLOAD_FORMAT, WorkRequest, arch_of, build_platform, remote_build, worker_facts
 
-PAYLOAD_FORMAT = 1
-ARCH_PREFIX = "arch_"
 
 
 class Executor(Protocol):
@@ -65,36 +62,8 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def _arch(platform: str) -> str:
-    parts = platform.split("/")
-    return parts[1] if len(parts) > 1 else parts[0]
-
-
-def build_platform(node: Node) -> Optional[str]:
-    """The platform a node's build must run on, or None when any will do.
-
-    Builtin builders run no recipe code and no host tools: anywhere. A build inside a root
-    file system runs that file system's binaries: its platform. Otherwise the host axis (a
-    cross-compiler's build machine) wins over the target platform; a node with neither axis
-    declared its output platform-independent (the worker still checks its host packages).
-    """
-    if node.builder in BUILTIN_BUILDERS:
-        return None
-    if "rootfs" in node.deps and node.variant.platform:
-        return node.variant.platform
-    return node.variant.host or node.variant.platform
-
-
 def gpu_need(node: Node) -> int:
-    gpu = (node.preimage.get("builder") or {}).get("settings", {}).get("gpu")
-    if gpu is None or gpu is False:
-        return 0
-    if gpu is True:
-        return 1
-    try:
-        return max(0, int(gpu))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 1
+    return node.preimage.gpu()
 
 
 class LocalExecutor:
@@ -132,10 +101,6 @@ class LocalExecutor:
 
 
 # -- Dask ------------------------------------------------------------------------------------
-
-class RemoteError(RuntimeError):
-    """A worker-side failure that is not the build's own (retried by Dask)."""
-
 
 def _fmt_res(name: str, v: float) -> str:
     if name == "MEMORY":
@@ -230,7 +195,7 @@ class DaskExecutor:
         res: dict[str, float] = {}
         plat = build_platform(node)
         if plat:
-            res[ARCH_PREFIX + _arch(plat)] = 1
+            res[ARCH_PREFIX + arch_of(plat)] = 1
         gpu = gpu_need(node)
         if gpu:
             res["GPU"] = gpu
@@ -279,7 +244,7 @@ class DaskExecutor:
             if self.sandboxed and not f.get("bwrap"):
                 out.append(f"worker {name}: bubblewrap (bwrap) is not installed")
             wrong = [r for r in workers.get(addr, {}).get("resources", {})
-                     if r.startswith(ARCH_PREFIX) and r != ARCH_PREFIX + _arch(f.get("platform", ""))]
+                     if r.startswith(ARCH_PREFIX) and r != ARCH_PREFIX + arch_of(f.get("platform", ""))]
             if wrong:
                 out.append(f"worker {name}: declares {', '.join(wrong)} but is {f.get('platform')}")
         out += [f"{n.label()}: {p}" for n in nodes if (p := self._problem(n, workers))]
@@ -300,23 +265,21 @@ class DaskExecutor:
             self.cache.push_from_store(store, entry.key, input_key)
 
     def payload(self, req: BuildRequest, store: Store) -> dict:
-        """Everything a worker needs, as plain data; pushes the node's inputs and
+        """Everything a worker needs, as plain data: a narrow request (keys, preimage, input
+        file names, cores), never the planner's node; pushes the node's inputs and
         dependencies to the cache first (fixed-output inputs under their fixed keys)."""
-        import cattrs
-
         from . import __version__
 
         node = req.node
         for e in req.inputs.values():
             self._ensure_in_cache(store, e, e.key)
         for mount, e in req.deps.items():
-            self._ensure_in_cache(store, e, node.preimage["deps"][mount])
+            self._ensure_in_cache(store, e, node.preimage.deps[mount])
         signer = self.cache.signer
         return {
             "format": PAYLOAD_FORMAT,
             "planner": __version__,
-            "node": cattrs.unstructure(node),
-            "build_key": build_key(node, req.deps),
+            "request": WorkRequest.of(node, resolve(node, digests(req.deps)).build_key).to_json(),
             "inputs": {n: {"key": e.key, "digest": e.digest} for n, e in sorted(req.inputs.items())},
             "deps": {m: {"key": e.key, "digest": e.digest} for m, e in sorted(req.deps.items())},
             "jobs": req.jobs,
@@ -328,12 +291,9 @@ class DaskExecutor:
             },
         }
 
-    def submit(self, payload: dict, *, priority: float = 0.0):
+    def submit(self, node: Node, payload: dict, *, priority: float = 0.0):
         """Submit one build; returns a Dask future (`.result()`, `.done()`, `.cancel()`)."""
-        from cattrs import structure
-
-        node = structure(payload["node"], Node)
-        key = f"planner-build-{node.id}-{payload['build_key']}-{uuid.uuid4().hex[:8]}"
+        key = f"planner-build-{node.id}-{payload['request']['build_key']}-{uuid.uuid4().hex[:8]}"
         return self.client.submit(remote_build, payload, key=key, resources=self.resources_for(node),
                                   retries=self.retries, pure=False, priority=int(priority))
 
@@ -344,7 +304,8 @@ class DaskExecutor:
     def build(self, req: BuildRequest, store: Store, running: Running, *, priority: float = 0.0,
               download: bool = True) -> Built:
         node = req.node
-        bkey = build_key(node, req.deps)
+        resolved = resolve(node, digests(req.deps))
+        bkey = resolved.build_key
         existing = store.lookup(bkey)
         if existing is not None:
             store.realise(node.key, bkey, existing.digest)
@@ -355,7 +316,7 @@ class DaskExecutor:
         before = store.realisation(node.key)
         previous_digest = before.digest if before is not None and before.build_key == bkey else None
         t0 = time.monotonic()
-        fut = self.submit(self.payload(req, store), priority=priority)
+        fut = self.submit(node, self.payload(req, store), priority=priority)
         t1, submitted_at = time.monotonic(), time.time()
         try:
             res = self._wait(fut, node, running)
@@ -389,9 +350,7 @@ class DaskExecutor:
                                  **{f"worker_{k}": v for k, v in (res.get("phases") or {}).items()}})
         if entry.digest != res["digest"]:
             raise BuildError(node.label(), f"cache entry digest {entry.digest} differs from the worker's {res['digest']}")
-        store.put_preimage(node.key, node.preimage)
-        store.put_preimage(bkey, resolved_preimage(node, {node.deps[m]: e.digest for m, e in req.deps.items()}))
-        store.realise(node.key, bkey, entry.digest)
+        record(store, node, resolved, entry.digest)
         seconds = float(res.get("seconds", 0.0))
         return Built(entry, bkey, seconds, reused=bool(res.get("reused")), previous_digest=previous_digest)
 
@@ -434,171 +393,6 @@ def executor_for(url: Optional[str], *, cache=None, jobs: int = 0, sandboxed: bo
     raise PlannerError(f"unknown executor {url!r} (want local or dask://HOST:PORT)")
 
 
-# -- the worker side -------------------------------------------------------------------------
-
-_worker_lock = threading.Lock()
-_worker_ctx: dict[tuple, tuple] = {}
-
-
-def worker_store_path() -> Path:
-    """`PLANNER_WORKER_STORE`, else `PLANNER_STORE`, else a per-worker folder under the temp dir."""
-    for var in ("PLANNER_WORKER_STORE", "PLANNER_STORE"):
-        if os.environ.get(var):
-            return Path(os.environ[var])
-    name = "local"
-    try:
-        from distributed import get_worker
-
-        name = str(get_worker().name)
-    except (ImportError, ValueError):
-        pass
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return Path(tempfile.gettempdir()) / f"planner-worker-{os.getuid()}" / safe / "store"
-
-
-def _context(cfg: dict):
-    from .cache import BinaryCache, Signer, TrustedKeys
-
-    path = worker_store_path()
-    ident = (str(path), cfg["ref"], tuple(cfg["trusted"]), cfg.get("secret"))
-    with _worker_lock:
-        ctx = _worker_ctx.get(ident)
-        if ctx is None:
-            key_file = os.environ.get("PLANNER_SIGNING_KEY")
-            signer = Signer.from_file(Path(key_file)) if key_file else (
-                Signer.from_text(cfg["secret"]) if cfg.get("secret") else None)
-            ctx = (Store(path), BinaryCache(cfg["ref"], trusted=TrustedKeys(cfg["trusted"]), signer=signer))
-            _worker_ctx[ident] = ctx
-        return ctx
-
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().name)
-    except (ImportError, ValueError):
-        return socket.gethostname()
-
-
-def worker_facts() -> dict:
-    """What `check_runnable` asks every worker (via `Client.run`)."""
-    from . import __version__
-    from . import build as _build  # noqa: F401 - warm the imports a build needs
-    from . import cache as _cache  # noqa: F401
-    from .sandbox import bwrap_path
-
-    _cache._ssl_context()
-    return {"planner": __version__, "platform": host_platform(), "bwrap": bwrap_path() is not None,
-            "store": str(worker_store_path())}
-
-
-def dask_setup(worker=None) -> None:
-    """Dask's preload hook (`dask worker --preload planner.executors`): import what a build
-    needs while the worker starts, not inside the first build it is given."""
-    worker_facts()
-
-
-def _check_host(node: Node) -> None:
-    """The build key names the planner host's package versions: refuse to build on a worker
-    whose versions differ (its output would be filed under a key that does not describe it)."""
-    plat = build_platform(node)
-    if plat and host_platform() != plat:
-        raise RemoteError(f"worker {_worker_name()} is {host_platform()}, the build needs {plat}: "
-                          f"check its {ARCH_PREFIX}* resource")
-    want = node.preimage.get("host") or {}
-    if not want or node.builder in BUILTIN_BUILDERS:
-        return
-    have = host_packages(set(want))
-    diff = [f"{n} {want[n]} (planner) vs {have.get(n, 'absent')}" for n in sorted(want) if have.get(n, "absent") != want[n]]
-    if diff:
-        raise RemoteError(f"worker {_worker_name()} has other host packages than the planner's plan: "
-                          + "; ".join(diff[:5]))
-
-
-def _materialise(cache, store: Store, spec: dict, what: str) -> Entry:
-    e = store.lookup(spec["key"])
-    if e is None:
-        hit = cache.lookup(spec["key"])
-        if not hit.ok:
-            raise RemoteError(f"{what} ({spec['key']}) is not usable from the cache: {hit.line()}")
-        e = cache.fetch(hit, store)
-    if e.digest != spec["digest"]:
-        raise RemoteError(f"{what} ({spec['key']}) has digest {e.digest}, expected {spec['digest']}")
-    return e
-
-
-def remote_build(payload: dict) -> dict:
-    """The Dask task: runs ON THE WORKER. Returns {build_key, digest, seconds, reused, worker}
-    or {error: {...}} for a build that failed on its own (not retried)."""
-    from cattrs import structure
-
-    from . import __version__
-
-    phases: dict[str, float] = {"started": time.time()}
-    mark = [time.monotonic()]
-
-    def phase(name: str) -> None:
-        now = time.monotonic()
-        phases[name] = round(now - mark[0], 4)
-        mark[0] = now
-
-    try:
-        if payload.get("format") != PAYLOAD_FORMAT or payload.get("planner") != __version__:
-            raise RemoteError(f"worker {_worker_name()} runs planner {__version__} (payload format "
-                              f"{PAYLOAD_FORMAT}); the planner sent {payload.get('planner')} "
-                              f"(format {payload.get('format')}): install the same planner on the workers")
-        node = structure(payload["node"], Node)
-        if payload["sandboxed"]:
-            from .sandbox import require_bwrap
-
-            require_bwrap()
-        _check_host(node)
-        store, cache = _context(payload["cache"])
-        bkey = payload["build_key"]
-        hit = cache.lookup(bkey)
-        phase("setup")
-        if hit.ok:  # built already (a retry after a push, or another planner)
-            return {"build_key": bkey, "digest": hit.digest, "seconds": 0.0, "reused": True,
-                    "worker": _worker_name(), "phases": phases}
-        # Fetched in parallel: a node over many dependencies (an image, a wide join) would
-        # otherwise pay one cache round trip after another on the critical path.
-        from concurrent.futures import ThreadPoolExecutor
-
-        wanted = [("input", n, s) for n, s in payload["inputs"].items()] + \
-                 [("dependency", m, s) for m, s in payload["deps"].items()]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            got_entries = list(pool.map(lambda w: _materialise(cache, store, w[2], f"{w[0]} {w[1]}"), wanted))
-        fetched = {(kind, name): e for (kind, name, _s), e in zip(wanted, got_entries)}
-        inputs = {n: fetched[("input", n)] for n in payload["inputs"]}
-        deps = {m: fetched[("dependency", m)] for m in payload["deps"]}
-        phase("fetch")
-        got = build_key(node, deps)
-        if got != bkey:
-            raise RemoteError(f"worker computed build key {got}, the planner {bkey}")
-        req = BuildRequest(node=node, inputs=inputs, deps=deps, jobs=int(payload["jobs"]),
-                           sandboxed=bool(payload["sandboxed"]))
-        try:
-            built = build(req, store, Running())
-        except BuildError as e:
-            return {"error": {"message": e.message, "log": e.log, "tail": e.tail, "worker": _worker_name()}}
-        if cache.signer is None:
-            raise RemoteError(f"worker {_worker_name()} has no signing key (set PLANNER_SIGNING_KEY)")
-        phase("build")
-        pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
-        cache.push(bkey, built.entry, pre, node.key, force=True)
-        phase("push")
-        phases["ended"] = time.time()
-        return {"build_key": bkey, "digest": built.entry.digest, "seconds": built.seconds,
-                "reused": built.reused, "worker": _worker_name(), "phases": phases}
-    except RemoteError:
-        raise
-    except PlannerError as e:
-        raise RemoteError(f"{type(e).__name__}: {e.line()}") from None
-    except Exception as e:  # noqa: BLE001 - keep the traceback text; exception types may not unpickle
-        raise RemoteError(f"{type(e).__name__}: {e}") from None
-
-
 # -- errors ----------------------------------------------------------------------------------
 
 class Unrunnable(PlannerError):
@@ -608,3 +402,9 @@ class Unrunnable(PlannerError):
         self.problems = list(problems)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(problems[0] + more)
+
+
+def dask_setup(worker=None) -> None:
+    """Dask's preload hook (`dask worker --preload planner.executors`): import what a build
+    needs while the worker starts, not inside the first build it is given."""
+    worker_facts()

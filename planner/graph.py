@@ -1,14 +1,11 @@
-"""Variant expansion, derivations and their keys: the pure core of planning.
+"""Variant expansion: from a recipe set and its lock to a plan of derivations (pure).
 
 Each recipe becomes one node per value of the variant axes it really uses: its own `axes`
 plus the axes of whatever its build consumes. A pure-Python wheel therefore stays one node
 for every platform, and a CUDA arch list reaches only nodes that compile device code.
 
-A node's preimage is canonical JSON of everything that can change its output. Its input
-key (blake3 of the preimage) is known offline from the lock alone. Its build key uses the
-output digests of its dependencies instead of their input keys (a "resolved" derivation), so
-a dependency rebuilt to identical bytes leaves its dependents' build keys unchanged: early
-cutoff.
+What a node is, its preimage and its keys live in `planner.derivation`; this module decides
+which nodes exist and fills in their preimages.
 """
 
 from __future__ import annotations
@@ -18,115 +15,21 @@ from typing import Iterable, Optional
 import attrs
 
 from .errors import GraphError, LockError
+from .builders.registry import builder
+from .builders.registry import BUILTIN_BUILDERS
+from .derivation import BUILD_ROOT_MOUNT, BuilderSpec, ImageFields, InputPin, InputRef, Node, PatchPin, Preimage, Variant, node_id
 from .gcpause import gc_paused
 from .host import HOST_PACKAGES, HostInfo
 from .lock import ANY, InputDecl, Lock, declarations
 from .recipes import Recipe, RecipeSet
 
-# v2: sandboxed builds carry `resources.cores` (their environment's NIX_BUILD_CORES and CPU count).
-# v3: in a set with a build root, sandboxed builds and images depend on it (`deps.buildroot`, its
-#     digest in the build key) and carry no `host` package versions.
-PREIMAGE_FORMAT = "planner/derivation/v3"
-# Bump a builder's version whenever its code changes what it writes: keys change deliberately.
-BUILDER_VERSIONS = {
-    "shell": 1,
-    "unpack": 1,
-    "source-tree": 1,
-    "python-wheel": 1,
-    "cuda-wheel": 1,
-    "prebuilt-wheel": 1,
-    "cuda-toolkit": 1,
-    "debian-rootfs": 1,
-    "oci-image": 1,
-    "image-rootfs": 1,
-}
-# Builders implemented by the planner itself that run no recipe-controlled code (like Nix's
-# builtin fetchers): they run in-process, not in the sandbox, and use no host tools.
-BUILTIN_BUILDERS = frozenset({"prebuilt-wheel", "cuda-toolkit", "debian-rootfs", "oci-image", "image-rootfs"})
-
-# The dependency mount through which a node gets its set's build root (`/` of its sandbox).
-BUILD_ROOT_MOUNT = "buildroot"
 
 
-def uses_build_root(builder: str, rootfs: Optional[str]) -> bool:
+def uses_build_root(builder_kind: str, rootfs: Optional[str]) -> bool:
     """Sandboxed builds on the build machine's side run in the build root; a build inside a
     target root filesystem (`build.rootfs`) does not; the image takes its compressor from it."""
-    return (builder not in BUILTIN_BUILDERS and not rootfs) or builder == "oci-image"
+    return (builder_kind not in BUILTIN_BUILDERS and not rootfs) or builder_kind == "oci-image"
 
-
-@attrs.frozen(order=True, cache_hash=True)  # a key of the planner's memo tables, hashed often
-class Variant:
-    """The values of the axes a node depends on; an absent axis is None."""
-
-    platform: Optional[str] = None
-    cuda: Optional[tuple[str, ...]] = None
-    host: Optional[str] = None
-
-    def restrict(self, axes: Iterable[str]) -> "Variant":
-        keep = set(axes)
-        return Variant(
-            platform=self.platform if "platform" in keep else None,
-            cuda=self.cuda if "cuda" in keep else None,
-            host=self.host if "host" in keep else None,
-        )
-
-    def as_json(self) -> dict:
-        out: dict[str, object] = {}
-        if self.platform is not None:
-            out["platform"] = self.platform
-        if self.cuda is not None:
-            out["cuda"] = list(self.cuda)
-        if self.host is not None:
-            out["host"] = self.host
-        return out
-
-    def label(self) -> str:
-        parts = []
-        if self.platform:
-            parts.append(self.platform)
-        if self.cuda is not None:
-            parts.append("+".join(self.cuda))
-        if self.host:
-            parts.append(f"host {self.host}")
-        return ", ".join(parts)
-
-    def axes(self) -> list[str]:
-        return [a for a in ("platform", "cuda", "host") if getattr(self, a) is not None]
-
-
-@attrs.frozen
-class InputRef:
-    """A pinned input used by a node: which lock entry, for which platform."""
-
-    decl: str  # lock id
-    platform: Optional[str]
-    tree: str
-    unpacks: bool
-    filename: Optional[str] = None
-    locked: bool = True
-
-
-@attrs.frozen
-class Node:
-    id: str
-    recipe: str
-    name: str
-    version: str
-    variant: Variant
-    key: str
-    preimage: dict
-    builder: str
-    deps: dict[str, str]  # mount name -> node id
-    requires: tuple[str, ...]  # run-time: recipe names (instantiated per variant by the plan)
-    inputs: dict[str, InputRef]  # input name -> pin
-    estimate: float
-    memory: int
-    cores: int
-    impure: bool = False
-
-    def label(self) -> str:
-        v = self.variant.label()
-        return f"{self.name} [{v}]" if v else self.name
 
 
 @attrs.frozen
@@ -196,19 +99,6 @@ class Plan:
         return g
 
 
-def node_id(name: str, variant: Variant) -> str:
-    label = variant.label()
-    return f"{name}[{label}]" if label else name
-
-
-def resolved_preimage(node: Node, dep_digests: dict[str, str]) -> dict:
-    """The node's preimage with each dependency's input key replaced by its output digest."""
-    pre = dict(node.preimage)
-    pre["deps"] = {mount: dep_digests[dep] for mount, dep in node.deps.items()}
-    pre["resolved"] = True
-    return pre
-
-
 class _Planner:
     def __init__(self, rs: RecipeSet, lock: Lock, host: HostInfo) -> None:
         self.rs = rs
@@ -224,7 +114,7 @@ class _Planner:
             self._decls_of.setdefault(decl.recipe, []).append(decl)
 
     def _build_inputs(self, r: Recipe) -> list[str]:
-        if r.build.builder == "oci-image":
+        if builder(r.build.builder).covers_variants:
             return []  # an image covers every platform and CUDA variant: no axes of its own
         return r.deps + r.toolchains + ([r.build.rootfs] if r.build.rootfs else [])
 
@@ -255,17 +145,17 @@ class _Planner:
                 axes.add("platform")
             for dep in self._build_inputs(r):
                 axes |= self._axes[dep]
-            if r.platforms and r.build.builder != "oci-image" and "host" not in r.axes:
+            if r.platforms and not builder(r.build.builder).covers_variants and "host" not in r.axes:
                 axes.add("platform")  # (a host-axis recipe's `platforms` are the build platforms it supports)
             self._axes[n] = frozenset(axes)
         return self._axes[name]
 
     def _children(self, r: Recipe, full: Variant) -> list[tuple[str, str, Variant]]:
         """(mount, recipe, variant to instantiate it with) for each build input of `r`."""
-        if r.build.builder == "oci-image":
+        if builder(r.build.builder).covers_variants:
             assert r.image is not None
             parts = ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]
-            from .builders.cuda import normalise_archs
+            from .builders.cuda_archs import normalise_archs
 
             out = []
             for vname in sorted(self.rs.config.cuda) or ["default"]:
@@ -328,46 +218,34 @@ class _Planner:
                              where=r.file)
         requires = tuple(r.requires)
         inputs = self._inputs(r, variant)
-        if r.build.builder == "oci-image":
+        b = builder(r.build.builder)
+        impure = r.build.impure or (not self.host.sandbox and not b.builtin)
+        image = None
+        if b.covers_variants:
+            assert r.image is not None
             inputs.update(self._base_image_inputs(r))
-        impure = r.build.impure or (not self.host.sandbox and r.build.builder not in BUILTIN_BUILDERS)
-        pre = {
-            "format": PREIMAGE_FORMAT,
-            "name": r.name,
-            "version": r.version,
-            "variant": variant.as_json(),
-            "builder": {
-                "kind": r.build.builder,
-                "version": BUILDER_VERSIONS[r.build.builder],
-                "settings": r.build.settings,
-                **({"script": r.build.script} if r.build.script else {}),
-            },
-            "env": dict(sorted(r.build.env.items())),
-            "inputs": {k: {"tree": v.tree, "unpacked": v.unpacks} for k, v in sorted(inputs.items())
-                       if not k.startswith("patch/")},
-            "patches": [{"name": p.label, "strip": p.strip, "tree": inputs[f"patch/{p.label}"].tree}
-                        for p in r.patches],
-            "deps": {mount: self.nodes[dep].key for mount, dep in sorted(deps.items())},
-            "source_date_epoch": self.lock.source_date_epoch,
-            "impure": impure,
-        }
-        if r.build.builder == "oci-image":
-            pre["image"] = attrs.asdict(r.image)
-            pre["platforms"] = list(self.rs.config.platforms)
-            pre["cuda_variants"] = {
-                k: {p: self.rs.config.archs(k, p) for p in self.rs.config.platforms}
-                if isinstance(v, dict) else list(v) for k, v in sorted(self.rs.config.cuda.items())}
-            from .oci.assemble import preimage_extras
-
-            pre.update(preimage_extras(self.rs, self.lock, r))
-        if r.build.builder not in BUILTIN_BUILDERS:
-            if BUILD_ROOT_MOUNT not in deps and not r.build.rootfs:
-                pre["host"] = self._host_packages(r, variant)  # only without a build root
-            pre["resources"] = {"cores": r.resources.cores}
-        from .hashing import key_of
-
+            image = ImageFields(
+                image=attrs.asdict(r.image), platforms=tuple(self.rs.config.platforms),
+                cuda_variants={k: {p: self.rs.config.archs(k, p) for p in self.rs.config.platforms}
+                               if isinstance(v, dict) else list(v) for k, v in sorted(self.rs.config.cuda.items())},
+                **b.extra_fields(self.rs, self.lock, r))
+        pre = Preimage(
+            name=r.name, version=r.version, variant=variant,
+            builder=BuilderSpec(kind=r.build.builder, version=b.version,
+                                settings=r.build.settings, script=r.build.script or None),
+            env=dict(sorted(r.build.env.items())),
+            inputs={k: InputPin(tree=v.tree, unpacked=v.unpacks) for k, v in sorted(inputs.items())
+                    if not k.startswith("patch/")},
+            patches=tuple(PatchPin(name=p.label, strip=p.strip, tree=inputs[f"patch/{p.label}"].tree)
+                          for p in r.patches),
+            deps={mount: self.nodes[dep].key for mount, dep in sorted(deps.items())},
+            source_date_epoch=self.lock.source_date_epoch, impure=impure,
+            host=None if b.builtin or BUILD_ROOT_MOUNT in deps or r.build.rootfs else self._host_packages(r, variant),
+            resources=None if b.builtin else {"cores": r.resources.cores},
+            image=image,
+        )
         node = Node(
-            id=nid, recipe=r.name, name=r.name, version=r.version, variant=variant, key=key_of(pre),
+            id=nid, recipe=r.name, name=r.name, version=r.version, variant=variant, key=pre.key(),
             preimage=pre, builder=r.build.builder, deps=deps, requires=requires, inputs=inputs,
             estimate=r.estimate_seconds, memory=r.resources.memory_bytes, cores=r.resources.cores,
             impure=impure,
@@ -391,11 +269,7 @@ class _Planner:
     def _host_packages(self, r: Recipe, variant: Variant) -> dict[str, str]:
         if r.build.rootfs:
             return {}  # the build runs inside its root filesystem, whose digest is a dep
-        names = list(HOST_PACKAGES["base"])
-        if r.build.builder == "cuda-wheel":
-            names += HOST_PACKAGES["cuda"]
-            if variant.platform == "linux/arm64":
-                names += HOST_PACKAGES["cuda-arm64"]
+        names = [n for group in builder(r.build.builder).host_groups(variant.platform) for n in HOST_PACKAGES[group]]
         key = tuple(names)
         found = self._host_dicts.get(key)
         if found is None:  # one dict per kind of build, not one per node (shared: never mutated)
@@ -433,12 +307,13 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
     variant_names: list[Optional[str]] = list(rs.config.cuda) or [None]
     targets: list[str] = []
     roots: list[str] = []
-    from .builders.cuda import normalise_archs
+    from .builders.cuda_archs import normalise_archs
 
-    if r.build.builder == "oci-image":
+    covers = builder(r.build.builder).covers_variants
+    if covers:
         variant_names = [None]
     for vname in variant_names:
-        platforms = [None] if r.build.builder == "oci-image" else [
+        platforms = [None] if covers else [
             pl for pl in rs.config.platforms if not r.platforms or pl in r.platforms]
         for platform in platforms:
             cuda = tuple(normalise_archs(rs.config.archs(vname, platform))) if vname is not None else None
@@ -466,7 +341,7 @@ def builds_natively(node: Node) -> bool:
     """Whether the node's builder can only build for the machine it runs on: a PEP 517 wheel
     compiles with the build's own Python and compiler (nvcc cross-compiles, the pep517 CUDA
     frontend does not)."""
-    settings = node.preimage.get("builder", {}).get("settings", {})
+    settings = node.preimage.builder.settings
     return node.builder == "python-wheel" or (node.builder == "cuda-wheel" and settings.get("frontend") == "pep517")
 
 
@@ -489,7 +364,7 @@ def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:
 
 
 def cuda_variant_name(rs: RecipeSet, archs: Optional[tuple[str, ...]]) -> Optional[str]:
-    from .builders.cuda import normalise_archs
+    from .builders.cuda_archs import normalise_archs
 
     for name in rs.config.cuda:
         for platform in rs.config.platforms:

@@ -242,7 +242,7 @@ def export_set(rs, store, lock, mirror: Path, *, mirrors: list[str] = (), log=la
 
     from .errors import PlannerError
     from .lock import ANY, declarations
-    from .resolve import fixed_key
+    from .derivation import fixed_key
 
     mirror = Path(mirror)
     mirror.mkdir(parents=True, exist_ok=True)

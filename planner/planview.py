@@ -30,6 +30,8 @@ from typing import Optional
 
 import attrs
 
+from .durations import format_duration
+
 from .errors import PlannerError
 
 SCHEMA_VERSION = 1
@@ -181,15 +183,6 @@ class PlanView:
         return proc.stdout
 
 
-def format_duration(s: float, *, precise: bool = False) -> str:
-    """90 -> '2m' (or '1.5m' when precise); hours past an hour."""
-    if s >= 3600:
-        return f"{s / 3600:.1f}h"
-    if s >= 60:
-        return f"{s / 60:.1f}m" if precise else f"{s / 60:.0f}m"
-    return f"{s:.1f}s" if precise else f"{s:.0f}s"
-
-
 _dur = format_duration
 
 
@@ -217,29 +210,25 @@ def runtime_edges(p) -> dict[str, list[str]]:
 def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[str] = None,
               sandbox: bool = True) -> PlanView:
     from . import lock as lockmod
-    from .graph import critical_path, plan
-    from .host import detect_host
-    from .recipes import load_set
+    from . import planning
+    from .graph import critical_path
     from .store import Store
 
-    rs = load_set(root, set_name)
-    lk = lockmod.read(rs.lockfile)
+    planned = planning.load(root, set_name, sandboxed=sandbox, target=target)
+    rs, lk, p = planned.rs, planned.lock, planned.plan
     warnings = []
     stale = [pr for pr in lockmod.check(rs, lk, deep=False) if not pr.message.startswith("unlocked")]
     if stale:
         more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
         warnings.append(f"{rs.lockfile.relative_to(rs.root)} is stale: {stale[0].line()}{more}; the keys shown "
                         f"are the old lock's until `planner lock {set_name}`")
-    p = plan(rs, lk, detect_host(sandbox), target=target)
-    realised: dict = {}
+    settled: set[str] = set()  # valid, or below a valid node: what a realise would not build
     durations: dict = {}
     if (store_root / "index.sqlite").exists():
         st = Store(store_root)
         durations = st.durations(set_name)
-        for nid, node in p.nodes.items():
-            r = st.realisation(node.key)
-            if r is not None and st.lookup(r.build_key) is not None:
-                realised[nid] = r
+        v = planning.validity(p, st, p.roots)
+        settled = set(v.closure) - v.needed
         st.close()
     cp = critical_path(p, durations)
     requires = runtime_edges(p)
@@ -248,7 +237,7 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
     for nid, node in p.nodes.items():  # dependencies first
         unlocked = sorted({ref.decl for ref in node.inputs.values() if not ref.locked})
         by, via = blocked.get(nid, (None, None))
-        action = "reuse" if nid in realised else ("blocked" if by else "build")
+        action = "reuse" if nid in settled else ("blocked" if by else "build")
         nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.variant.platform, node.key, node.builder,
                                  action, durations.get(nid, node.estimate), sorted(set(node.deps.values())),
                                  requires[nid], node.impure, unlocked, by, via))

@@ -1,6 +1,11 @@
 """`planner realise`: plan, fetch what is missing, build in the sandbox, record the run.
 
 Callable from Python: `realise(project_root, set_name, store, RealiseOptions(...))`.
+
+Three steps: `decide` what is valid and what is needed (the question `why --dry-run` and `plan`
+ask too, through `planner.planning`), then either list a `dry_run` or `execute`: substitute or
+build each needed node on the executor, record the run, write the plan cache. Whether the no-op
+fast path applies is decided by `planner.plancache.fast_path_applies`, as on the command line.
 """
 
 from __future__ import annotations
@@ -9,14 +14,15 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import attrs
 
-from .errors import BuildError, GraphError, LockError, PlannerError
+from .errors import LockError, PlannerError
+from .plancache import fast_path_applies, out_link, try_noop, write_plan_cache
+from .runs import RESULT_SCHEMA, NodeResult, RealiseResult, RunRecord, lock_pins, previous_keys, runs_of  # noqa: F401
 
-from .host import detect_host
-from .noop import try_noop, write_plan_cache
+Emit = Callable[[str, object], None]
 
 
 @attrs.frozen
@@ -43,88 +49,6 @@ class RealiseOptions:
     connect_timeout: float = 30.0  # seconds to wait for a remote executor's scheduler
 
 
-@attrs.frozen
-class NodeResult:
-    id: str
-    name: str
-    variant: str
-    key: str
-    action: str  # built | reused | substituted | would-build | failed | skipped
-    reason: str
-    build_key: Optional[str] = None
-    digest: Optional[str] = None
-    path: Optional[str] = None
-    seconds: float = 0.0
-    previous_key: Optional[str] = None
-    previous_digest: Optional[str] = None  # set when the same build key once gave other bytes
-
-
-@attrs.frozen
-class CheckResult:
-    node: str
-    ok: bool
-    differing: list[str] = attrs.field(factory=list)
-
-
-RESULT_SCHEMA = 1  # `realise --json`; documented on RealiseResult
-
-
-@attrs.frozen
-class RealiseResult:
-    """What a realise did. `realise --json` (version `RESULT_SCHEMA`; fields are only ever
-    added within a version):
-
-        schema     int, this version
-        set        str
-        target     node id, or [node id] when the set has several targets
-        targets    [node id]
-        output     str | null: the target's store path (null with several targets)
-        digest     str | null: the image index digest when the target is an OCI image
-        run        int | null: the run record's id (`planner why --run N`); null for a no-op
-        nodes      [{id, name, variant, key, build_key, action, reason, digest, path, seconds}]
-            action   built | reused | substituted | checked | failed | skipped | would-build
-            reason   why: "never built", "inputs changed", "valid in the store", "early cutoff: …",
-                     for a failed node the error line
-        failures   [str]: one line per failed node (with its log's path and last lines)
-        checks     [{node, ok, differing}]: `--check` comparisons
-        steps, blocked   only with --dry-run: the fetches and builds in order, and why it would stop
-    """
-
-    set: str
-    targets: list[str]
-    output: Optional[str]
-    digest: Optional[str]
-    nodes: list[NodeResult]
-    run_id: Optional[int] = None
-    failures: list[str] = attrs.field(factory=list)
-    checks: list[CheckResult] = attrs.field(factory=list)
-    noop: bool = False
-    steps: list[str] = attrs.field(factory=list)  # --dry-run: fetches and builds, in order
-    blocked: Optional[str] = None  # --dry-run: why it would stop
-    warnings: list[str] = attrs.field(factory=list)  # e.g. unlocked inputs this realise does not need
-
-    def to_json(self) -> dict:
-        return {
-            "schema": RESULT_SCHEMA,
-            "set": self.set,
-            "target": self.targets[0] if len(self.targets) == 1 else self.targets,
-            "targets": self.targets,
-            "output": self.output,
-            "digest": self.digest,
-            "run": self.run_id,
-            "nodes": [
-                {"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
-                 "action": n.action, "reason": n.reason, "digest": n.digest, "path": n.path,
-                 "seconds": round(n.seconds, 3)}
-                for n in self.nodes
-            ],
-            "failures": self.failures,
-            "checks": [attrs.asdict(c) for c in self.checks],
-            **({"steps": self.steps, "blocked": self.blocked} if self.steps or self.blocked else {}),
-            **({"warnings": self.warnings} if self.warnings else {}),
-        }
-
-
 def git_state(root: Path) -> Optional[dict]:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -137,43 +61,6 @@ def git_state(root: Path) -> Optional[dict]:
     except (OSError, subprocess.SubprocessError):
         return None
 
-
-# -- plan cache (the no-op fast path) --------------------------------------------------------
-
-def _watched_files(rs, lock_path: Path) -> list[Path]:
-    # Folders too (their own stat changes when an entry is added, removed or renamed): a new
-    # recipe or a new file in a path source changes the plan without touching any listed file.
-    files = [rs.folder, *sorted(rs.folder.rglob("*"))]
-    files.append(lock_path)
-    for r in rs.recipes.values():
-        for p in r.patches:
-            if p.file:
-                files.append(rs.root / p.file)
-        for s in r.all_sources().values():
-            if s.kind == "path" and s.path:
-                base = rs.root / s.path
-                files.extend([base, *sorted(base.rglob("*"))] if base.is_dir() else [base])
-    pkg = Path(__file__).resolve().parent
-    files.extend(sorted(pkg.rglob("*.py")))
-    files.append(Path("/var/lib/dpkg/status"))
-    return [f for f in dict.fromkeys(files)]
-
-
-def _write_plan_cache(rs, lock_path: Path, store_root: Path, target: Optional[str], sandboxed: bool,
-                      result: RealiseResult) -> None:
-    write_plan_cache(store_root, rs.root, rs.name, target, sandboxed, _watched_files(rs, lock_path),
-                     [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
-                       "digest": n.digest, "path": n.path} for n in result.nodes],
-                     result.targets, result.output, result.digest)
-
-
-# -- realise ---------------------------------------------------------------------------------
-
-def _previous_keys(store, set_name: str) -> dict[str, str]:
-    for _id, rec in store.runs(limit=20):
-        if rec.get("set") == set_name and rec.get("nodes"):
-            return {n["id"]: n["key"] for n in rec["nodes"]}
-    return {}
 
 
 def image_digest(output: Path) -> Optional[str]:
@@ -191,7 +78,7 @@ def image_digest(output: Path) -> Optional[str]:
 
 
 def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions = RealiseOptions(),
-            *, progress: Optional[Callable[[str, object], None]] = None, executor=None,
+            *, progress: Optional[Emit] = None, executor=None,
             substituters: Sequence = (), cache_to: Sequence = ()) -> RealiseResult:
     """Realise the set's target (every platform and variant) into the store at `store_root`.
 
@@ -202,391 +89,267 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         raise PlannerError(f"download must be toplevel or all, not {options.download!r}")
     root = Path(root).resolve()
     store_root = Path(store_root).absolute()
-    emit = progress or (lambda kind, data: None)
-    if (options.use_plan_cache and not options.dry_run and not options.check and store_root.exists()
-            and not options.cache_to and not options.executor and executor is None and not cache_to
-            and options.platform is None):
-        cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
-        if cache is not None:
-            nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
-                                reason="valid in the store", build_key=n["build_key"], digest=n["digest"],
-                                path=n["path"]) for n in cache["nodes"]]
-            result = RealiseResult(set=set_name, targets=cache["targets"], output=cache["output"],
-                                   digest=cache["digest"], nodes=nodes, noop=True)
-            if options.out_link:
-                from .store import Store
+    emit: Emit = progress or (lambda kind, data: None)
+    if fast_path_applies(dry_run=options.dry_run, check=options.check, executor=options.executor or executor,
+                         cache_to=options.cache_to or tuple(cache_to), platform=options.platform,
+                         use_plan_cache=options.use_plan_cache) and store_root.exists():
+        noop = _noop(root, set_name, store_root, options)
+        if noop is not None:
+            return noop
 
-                st = Store(store_root)  # a new out-link is a gc root even when nothing was built
-                try:
-                    _out_link(options.out_link, Path(cache["output"]), st)
-                finally:
-                    st.close()
-            return result
+    from . import planning
+    from .store import Store
 
-    from . import lock as lockmod
-    from .build import BuildRequest, Running, build_key, differing_files, rebuild_for_check
-    from .graph import critical_path, plan as make_plan, unbuildable_here
-    from .recipes import load_set
-    from .resolve import Resolver
-    from .schedule import Job, run_dag
-    from .store import Store, remove_tree
-
-    rs = load_set(root, set_name)
-    lock = lockmod.read(rs.lockfile)
-    problems = lockmod.check(rs, lock, deep=False)
-    # Unlocked inputs matter only where this realise builds: checked below, once the plan says
-    # which nodes that is (per target, per platform).
-    unlocked_ids = {id_ for id_, li in lock.inputs.items() if li.status != "locked"}
-    problems = [p for p in problems if p.id not in unlocked_ids]
-    if problems:
-        more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
-        raise LockError(f"{problems[0].line()}{more}; `planner lock {set_name}` re-pins it",
-                        where=str(rs.lockfile.relative_to(root)))
+    planned = planning.load(root, set_name, sandboxed=options.sandbox, target=options.target, check_lock=True)
     if options.sandbox:
         from .sandbox import require_bwrap
 
         require_bwrap()
-    host = detect_host(options.sandbox)
-    plan = make_plan(rs, lock, host, target=options.target)
     store = Store(store_root)
     # Hold the gc lock (shared) from deciding what is valid until the run is recorded and
     # rooted: a concurrent `store gc` then never deletes what this realise reuses or built.
     with store.gc_lock(exclusive=False):
-        resolver = Resolver(rs, store, log=lambda s: emit("log", s), mirrors=list(options.mirrors))
-        decls = lockmod.declarations(rs)
-        durations = store.durations(set_name)
-        priority = critical_path(plan, durations)
-        previous = _previous_keys(store, set_name)
-        roots = _roots_for(plan, rs, options.platform)
-        targets = [t for t in plan.targets if t in roots]
-        closure = plan.closure(roots)
-
-        # What is already valid: a realisation for the input key whose entry is present.
-        by_key = store.realisations([plan.nodes[n].key for n in closure])
-        known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
-        valid: dict[str, object] = {}
-        for nid in closure:
-            r = known.get(nid)
-            if r is not None:
-                e = store.lookup(r.build_key)
-                if e is not None and not options.check:
-                    valid[nid] = e
-        needed = plan.needed(roots, valid)
-        warnings = _unlocked_outside(plan, lock, needed, unlocked_ids)
-        for w in warnings:
+        decision = decide(planned, store, options)
+        for w in decision.warnings:
             emit("log", f"warning: {w}")
         if not options.dry_run:
-            _refuse_unlocked(plan, lock, needed, set_name, rs)
-            _refuse_edited_pins(plan, lock, closure, store, rs)
-        results: dict[str, NodeResult] = {}
-
-        def reason_for(nid: str) -> str:
-            node = plan.nodes[nid]
-            prev = previous.get(nid)
-            if store.realisation(node.key) is not None:
-                return "output missing from the store (deleted or collected)"
-            if prev is None:
-                return "never built"
-            if prev != node.key:
-                return "inputs changed"
-            return "not in the store"
-
-        todo = [nid for nid in closure if nid in needed]
-        jobs_n = options.jobs or os.cpu_count() or 1
-        own_executor = executor is None
-        made, subs, pushes = _scale_out(options, jobs_n, have_executor=not own_executor)
-        executor = executor if executor is not None else made
-        subs = [*subs, *substituters]
-        pushes = [*pushes, *cache_to]
-
-        def close_executor() -> None:
-            if own_executor:
-                executor.close()
-
-        if not executor.remote and not options.dry_run:
-            foreign = unbuildable_here(plan, todo, host.platform)
-            if foreign:
-                close_executor()
-                n = foreign[0]
-                raise GraphError(f"{n.label()}: {n.builder} builds only for the machine it runs on, and this is "
-                                 f"{host.platform}, not {n.variant.platform}: realise with --platform {host.platform}, "
-                                 f"or with an --executor that has a {n.variant.platform} worker",
-                                 where=rs.get(n.recipe).file)
-
-        # Leave a remote build's output in the cache unless it is a root, or something has to
-        # read it here: a --check rebuild, or a cache to copy it to that its worker did not use.
-        exec_cache = str(getattr(getattr(executor, "cache", None), "ref", ""))
-        keep_remote = (executor.remote and options.download == "toplevel" and not options.check
-                       and all(str(c.ref) == exec_cache for c in pushes))
-        fetch_back = set(roots) if keep_remote else None
+            planning.refuse_unlocked(planned, decision.validity.needed)
+            _refuse_edited_pins(planned.plan, planned.lock, decision.validity.closure, store, planned.rs)
+        jobs = options.jobs or os.cpu_count() or 1
+        made, subs, pushes = _scale_out(options, jobs, have_executor=executor is not None)
+        run = _Run(decision, store, options, executor if executor is not None else made,
+                   own_executor=executor is None, subs=[*subs, *substituters], pushes=[*pushes, *cache_to],
+                   jobs=jobs, emit=emit)
+        if not run.executor.remote and not options.dry_run:
+            _refuse_foreign(run)
         if options.dry_run:
-            from .resolve import fixed_key
+            return dry_run(run)
+        return execute(run)
 
-            steps: list[str] = []
-            blocked = None
-            fetched: set[str] = set()
-            for nid in todo:
-                pn = plan.nodes[nid]
-                stop = None
-                for ref in pn.inputs.values():
-                    li = lock.inputs[ref.decl]
-                    if li.status != "locked":
-                        stop = (f"stops before {nid}: input {ref.decl} is unlocked ({li.reason or 'not resolved'}); "
-                                f"run `planner lock {set_name} --update {ref.decl}` where it can be reached")
-                        break
-                    if ref.decl in fetched or store.lookup(fixed_key(ref.tree, ref.unpacks)) is not None:
-                        continue
-                    fetched.add(ref.decl)
-                    steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
-                if stop:
-                    blocked = stop
-                    break
-                steps.append(f"build {nid}  (~{durations.get(nid, pn.estimate):.0f}s)")
-            if blocked is None:
-                problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
-                if problems_run:
-                    blocked = "; ".join(problems_run)
-            close_executor()
-            nodes = []
-            for nid in closure:
-                node = plan.nodes[nid]
-                if nid in valid:
-                    e = valid[nid]
-                    nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
-                                            e.key, e.digest, str(e.path)))
-                elif nid not in needed:
-                    nodes.append(_unneeded(nid, node, known.get(nid)))
-                else:
-                    nodes.append(NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
-                                            reason_for(nid), previous_key=previous.get(nid)))
-            return RealiseResult(set=set_name, targets=targets, output=None, digest=None, nodes=nodes,
-                                 steps=steps, blocked=blocked, warnings=warnings)
 
-        from .executors import Unrunnable
+def _noop(root: Path, set_name: str, store_root: Path, options: RealiseOptions) -> Optional[RealiseResult]:
+    cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
+    if cache is None:
+        return None
+    nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
+                        reason="valid in the store", build_key=n["build_key"], digest=n["digest"],
+                        path=n["path"]) for n in cache["nodes"]]
+    if options.out_link and cache["output"]:
+        from .store import Store
 
-        problems_run = executor.check_runnable([plan.nodes[n] for n in todo])
-        if problems_run:
-            close_executor()
-            raise Unrunnable(problems_run)
-        running = Running()
-        entries: dict[str, object] = dict(valid)
-        nondeterministic: dict[str, str] = {}
-        store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage for n in closure})
-        checks: list[CheckResult] = []
-
-        used_inputs: set[str] = set()
-        if not executor.remote:
-            _prefetch_apt(resolver, store, plan, todo, decls, lock)
-
-        def inputs_of(nid: str) -> dict:
-            node = plan.nodes[nid]
-            got = {name: resolver.materialise(decls[ref.decl], lock.inputs[ref.decl], ref.platform)
-                   for name, ref in node.inputs.items()}
-            used_inputs.update(str(e.path) for e in got.values())
-            return got
-
-        def push(node, bkey: str, entry, deps: dict) -> None:
-            from .cache import CacheError
-            from .graph import resolved_preimage
-
-            for c in pushes:
-                if getattr(entry, "path", None) is None:
-                    continue  # a RemoteEntry: its worker pushed it to this very cache
-                try:
-                    c.push(bkey, entry, resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()}), node.key)
-                except CacheError as exc:
-                    emit("log", f"warning: could not push {node.label()} to {c.ref}: {exc.line()}")
-
-        def substitute(node, deps: dict):
-            """A signed entry from a substituter, or (None, why the caches missed)."""
-            from .cache import classify_miss, lookup_any
-            from .graph import resolved_preimage
-
-            bkey = build_key(node, deps)
-            if not subs or options.check or store.lookup(bkey) is not None:
-                return None, ""
-            pre = resolved_preimage(node, {node.deps[m]: e.digest for m, e in deps.items()})
-            found, misses = lookup_any(subs, bkey, preimage=pre)
-            if found:
-                cache, hit = found
-                entry = cache.fetch(hit, store)
-                store.put_preimage(node.key, node.preimage)
-                store.put_preimage(bkey, pre)
-                store.realise(node.key, bkey, entry.digest)
-                return (entry, bkey, f"substituted from {cache.ref} (signed by {hit.signer})"), ""
-            miss = classify_miss(misses, built_before=store.realisation(node.key) is not None)
-            return None, f"; cache miss: {miss.category}: {miss.detail}"
-
-        attempted: dict[str, str] = {}  # node -> the build key it was built under (its log's name)
-        corrupted: set[str] = set()  # --check: entries whose bytes on disk differ from their record
-
-        def work(nid: str):
-            node = plan.nodes[nid]
-            deps = {m: entries[d] for m, d in node.deps.items()}
-            emit("start", node.label())
-            got, miss_note = substitute(node, deps)
-            if got is not None:
-                entry, bkey, why = got
-                push(node, bkey, entry, deps)
-                return entry, bkey, 0.0, "substituted", why
-            cores = max(1, min(node.cores, jobs_n))
-            req = BuildRequest(node=node, inputs=inputs_of(nid), deps=deps, jobs=cores, sandboxed=options.sandbox)
-            if options.check and nid in known:
-                stored = store.lookup(known[nid].build_key)
-                if stored is not None and build_key(node, deps) == known[nid].build_key:
-                    bad_deps = sorted(d for d in node.deps.values() if d in corrupted)
-                    if bad_deps:
-                        # Built from corrupted bytes, a difference here would blame the wrong node.
-                        checks.append(CheckResult(nid, False, [f"(not compared: its dependency {bad_deps[0]} is "
-                                                                f"corrupted in the store)"]))
-                        return stored, known[nid].build_key, 0.0, "checked", "not compared"
-                    from .hashing import tree_digest
-
-                    # The bytes on disk, not the digest recorded when the entry was made.
-                    on_disk = tree_digest(stored.path)
-                    digest, out, bdir = rebuild_for_check(req, store, running)
-                    try:
-                        ok = digest == stored.digest == on_disk
-                        diff = [] if ok else differing_files(stored.path, out)
-                        if not ok and not diff:
-                            diff = ["(metadata)"]
-                        if on_disk != stored.digest:
-                            corrupted.add(nid)
-                            diff = [f"CORRUPTED in the store (hashes to {on_disk}, recorded {stored.digest}): "
-                                    + ", ".join(diff[:10])]
-                    finally:
-                        remove_tree(bdir)
-                    checks.append(CheckResult(nid, ok, diff))
-                    return stored, known[nid].build_key, 0.0, "checked", "rebuilt and compared"
-            reason = reason_for(nid)  # before building: the build records a realisation
-            attempted[nid] = build_key(node, deps)
-            if not executor.remote:
-                emit("logfile", {"node": node.label(), "path": str(store.root / "logs" / f"{attempted[nid]}.log")})
-            built = executor.build(req, store, running, priority=priority[nid],
-                                   download=fetch_back is None or nid in fetch_back)
-            push(node, built.build_key, built.entry, deps)
-            if built.reused:
-                why = "early cutoff: dependencies rebuilt to identical outputs" if nid in known or previous.get(nid) \
-                    else "built by another process"
-                return built.entry, built.build_key, 0.0, "reused", why
-            if built.previous_digest is not None and built.previous_digest != built.entry.digest:
-                nondeterministic[nid] = built.previous_digest
-            return built.entry, built.build_key, built.seconds, "built", reason + miss_note
-
-        node_results: dict[str, tuple] = {}
-
-        def on_done(nid, exc):
-            if exc is None:
-                _e, _bkey, secs, action, _why = node_results[nid]
-                emit("done", {"node": plan.nodes[nid].label(), "status": action, "seconds": secs})
-            else:
-                emit("failed", {"node": plan.nodes[nid].label(),
-                                "error": exc.message if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"})
-
-        def work_and_keep(nid):
-            res = work(nid)
-            entries[nid] = res[0]
-            node_results[nid] = res
-            return res
-
-        local = options.executor is None
-        jobs = [Job(id=nid, deps=tuple(plan.nodes[nid].deps.values()), priority=priority[nid],
-                    cores=max(1, min(plan.nodes[nid].cores, jobs_n)) if local else 1,
-                    memory=plan.nodes[nid].memory if local else 0)
-                for nid in todo]
-        emit("plan", {"total": len(closure), "todo": len(todo),
-                      "cached": [plan.nodes[n].label() for n in closure if n not in needed]})
+        st = Store(store_root)  # a new out-link is a gc root even when nothing was built
         try:
-            outcome = run_dag(jobs, work_and_keep, slots=executor.slots(), memory=executor.memory_budget(),
-                              keep_going=options.keep_going, on_done=on_done, cancel=running.cancel)
+            out_link(options.out_link, Path(cache["output"]), st)
         finally:
-            close_executor()
-            resolver.discard_prefetched()
-
-        for nid in closure:
-            node = plan.nodes[nid]
-            if nid in valid:
-                e = valid[nid]
-                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
-                                          e.key, e.digest, str(e.path))
-            elif nid not in needed:
-                results[nid] = _unneeded(nid, node, known.get(nid))
-            elif nid in node_results:
-                e, bkey, secs, action, why = node_results[nid]
-                if e.path is None:
-                    why += f" (output left in {e.cache})"
-                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, action, why, bkey, e.digest,
-                                          None if e.path is None else str(e.path), secs, previous.get(nid),
-                                          nondeterministic.get(nid))
-            elif nid in outcome.failed:
-                exc = outcome.failed[nid]
-                msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
-                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
-                                          attempted.get(nid), previous_key=previous.get(nid))
-            else:
-                results[nid] = NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
-                                          "a dependency failed" if outcome.failed else "interrupted",
-                                          previous_key=previous.get(nid))
-
-        failures = []
-        for nid, exc in outcome.failed.items():
-            if isinstance(exc, BuildError):
-                failures.append(exc.line() + (f"\n  log: {exc.log}\n" + "\n".join("  | " + l for l in exc.tail.splitlines()[-10:]) if exc.log else ""))
-            elif isinstance(exc, PlannerError):
-                failures.append(exc.line())
-            else:
-                failures.append(f"{plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
-
-        target_results = [results[t] for t in targets]
-        output = target_results[0].path if len(target_results) == 1 else None
-        digest = image_digest(Path(output)) if output else None
-        record = {
-            "set": set_name,
-            "targets": targets,
-            "output": output,
-            "digest": digest,
-            "started": time.time(),
-            "lock": _lock_digest(rs.lockfile),
-            "git": git_state(root),
-            "sandbox": options.sandbox,
-            "check": options.check,
-            "executor": options.executor,
-            "substituters": list(options.substituters),
-            "nodes": [attrs.asdict(r) for r in results.values()],
-            "deps": {nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in closure},
-            "checks": [attrs.asdict(c) for c in checks],
-            "pins": _pins(lock),
-            "root": str(root),
-            "inputs": sorted(used_inputs | _closure_inputs(store, plan, closure)),
-        }
-        run_id = store.add_run(record)
-        store.record_durations(set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
-        result = RealiseResult(set=set_name, targets=targets, output=output, digest=digest,
-                               nodes=list(results.values()), run_id=run_id, failures=failures, checks=checks,
-                               warnings=warnings)
-        if outcome.interrupted:
-            raise KeyboardInterrupt
-        if not failures and output:
-            # One root per target (and platform): realising another target must not unroot this one.
-            scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform)) if v)
-            store.set_root(f"set:{root}:{set_name}{scope}", Path(output))
-            if options.out_link:
-                _out_link(options.out_link, Path(output), store)
-        store.close()
-        if not failures and not options.check and options.platform is None:
-            # After the index is closed: the cache records the index as this run left it.
-            _write_plan_cache(rs, rs.lockfile, store_root, options.target, options.sandbox, result)
-        return result
+            st.close()
+    return RealiseResult(set=set_name, targets=cache["targets"], output=cache["output"], digest=cache["digest"],
+                         nodes=nodes, noop=True)
 
 
-def _unlocked_outside(plan, lock, needed: set[str], unlocked_ids: set[str]) -> list[str]:
-    """One warning line naming the unlocked inputs that nothing this realise builds uses."""
-    used = {ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values()}
-    other = sorted(unlocked_ids - used)
-    if not other:
-        return []
-    return [f"{len(other)} unlocked input{'s' if len(other) > 1 else ''} not needed by this realise: "
-            + ", ".join(other)]
+# -- decide ----------------------------------------------------------------------------------
+
+@attrs.frozen
+class Decision:
+    """What a realise found before doing anything: the plan, what is valid, what is needed."""
+
+    planned: Any  # planning.Planned
+    validity: Any  # planning.Validity
+    durations: dict[str, float]
+    priority: dict[str, float]
+    previous: dict[str, str]  # node id -> input key in the set's last recorded run
+    warnings: list[str]
+
+    def settled(self, nid: str) -> Optional[NodeResult]:
+        """The result of a node this realise does not touch: valid, or below a valid node."""
+        node = self.planned.plan.nodes[nid]
+        v = self.validity
+        if nid in v.valid:
+            e = v.valid[nid]
+            return NodeResult(nid, node.name, node.variant.label(), node.key, "reused", "valid in the store",
+                              e.key, e.digest, str(e.path))
+        if nid not in v.needed:
+            r = v.known.get(nid)
+            return NodeResult(nid, node.name, node.variant.label(), node.key, "reused",
+                              "not needed: what depends on it is valid",
+                              r.build_key if r else None, r.digest if r else None)
+        return None
+
+    def reason_for(self, store, nid: str) -> str:
+        node = self.planned.plan.nodes[nid]
+        prev = self.previous.get(nid)
+        if store.realisation(node.key) is not None:
+            return "output missing from the store (deleted or collected)"
+        if prev is None:
+            return "never built"
+        if prev != node.key:
+            return "inputs changed"
+        return "not in the store"
+
+
+def decide(planned, store, options: RealiseOptions) -> Decision:
+    """What is valid (none with --check), what is needed, and what the last run had."""
+    from .graph import critical_path
+    from .planning import roots_for, unlocked_outside, validity
+
+    plan = planned.plan
+    durations = store.durations(planned.set_name)
+    v = validity(plan, store, roots_for(planned, options.platform), rebuild=options.check)
+    return Decision(
+        planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
+        previous=previous_keys(runs_of(store, planned.set_name, limit=20)),
+        warnings=unlocked_outside(planned, v.needed),
+    )
+
+
+@attrs.define
+class _Run:
+    """One realise in progress: the decision and the machinery it uses."""
+
+    decision: Decision
+    store: Any
+    options: RealiseOptions
+    executor: Any
+    own_executor: bool
+    subs: list
+    pushes: list
+    jobs: int
+    emit: Emit
+
+    def close_executor(self) -> None:
+        if self.own_executor:
+            self.executor.close()
+
+    def runnable_problems(self) -> list[str]:
+        plan = self.decision.planned.plan
+        return self.executor.check_runnable([plan.nodes[n] for n in self.decision.validity.todo()])
+
+
+# -- dry run ---------------------------------------------------------------------------------
+
+def dry_run(run: _Run) -> RealiseResult:
+    """What a realise would fetch and build, in order, and where it would stop."""
+    d, store = run.decision, run.store
+    steps, blocked = _dry_steps(d, store)
+    if blocked is None:
+        problems = run.runnable_problems()
+        if problems:
+            blocked = "; ".join(problems)
+    run.close_executor()
+    nodes = []
+    for nid in d.validity.closure:
+        node = d.planned.plan.nodes[nid]
+        nodes.append(d.settled(nid) or NodeResult(nid, node.name, node.variant.label(), node.key, "would-build",
+                                                  d.reason_for(store, nid), previous_key=d.previous.get(nid)))
+    return RealiseResult(set=d.planned.set_name, targets=d.validity.targets, output=None, digest=None, nodes=nodes,
+                         steps=steps, blocked=blocked, warnings=d.warnings)
+
+
+def _dry_steps(d: Decision, store) -> tuple[list[str], Optional[str]]:
+    from .derivation import fixed_key
+
+    plan, lock, set_name = d.planned.plan, d.planned.lock, d.planned.set_name
+    steps: list[str] = []
+    fetched: set[str] = set()
+    for nid in d.validity.todo():
+        pn = plan.nodes[nid]
+        for ref in pn.inputs.values():
+            li = lock.inputs[ref.decl]
+            if li.status != "locked":
+                return steps, (f"stops before {nid}: input {ref.decl} is unlocked ({li.reason or 'not resolved'}); "
+                               f"run `planner lock {set_name} --update {ref.decl}` where it can be reached")
+            if ref.decl in fetched or store.lookup(fixed_key(ref.tree, ref.unpacks)) is not None:
+                continue
+            fetched.add(ref.decl)
+            steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
+        steps.append(f"build {nid}  (~{d.durations.get(nid, pn.estimate):.0f}s)")
+    return steps, None
+
+
+# -- execute ---------------------------------------------------------------------------------
+
+def execute(run: _Run) -> RealiseResult:
+    """Substitute or build every needed node, record the run, root the output."""
+    from .executors import Unrunnable
+    from .schedule import run_dag
+
+    problems = run.runnable_problems()
+    if problems:
+        run.close_executor()
+        raise Unrunnable(problems)
+    d, store = run.decision, run.store
+    plan = d.planned.plan
+    from .execution import Execution
+
+    ex = Execution(run)
+    store.put_preimages({plan.nodes[n].key: plan.nodes[n].preimage.to_json() for n in d.validity.closure})
+    if not run.executor.remote:
+        _prefetch_apt(ex.resolver, store, plan, d.validity.todo(), ex.decls, d.planned.lock)
+    run.emit("plan", {"total": len(d.validity.closure), "todo": len(d.validity.todo()),
+                      "cached": [plan.nodes[n].label() for n in d.validity.closure if n not in d.validity.needed]})
+    try:
+        outcome = run_dag(ex.jobs(), ex.work_and_keep, slots=run.executor.slots(),
+                          memory=run.executor.memory_budget(), keep_going=run.options.keep_going,
+                          on_done=ex.on_done, cancel=ex.running.cancel)
+    finally:
+        run.close_executor()
+        ex.resolver.discard_prefetched()
+    results = {nid: ex.result_of(nid, outcome) for nid in d.validity.closure}
+    return _finish(run, ex, results, outcome)
+
+
+def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseResult:
+    """Record the run, root its output, write the plan cache."""
+    d, store, options = run.decision, run.store, run.options
+    planned, plan = d.planned, d.planned.plan
+    failures = ex.failures(outcome)
+    targets = d.validity.targets
+    target_results = [results[t] for t in targets]
+    output = target_results[0].path if len(target_results) == 1 else None
+    digest = image_digest(Path(output)) if output else None
+    record = RunRecord(
+        set=planned.set_name, targets=targets, output=output, digest=digest, started=time.time(),
+        lock=_lock_digest(planned.rs.lockfile), git=git_state(planned.root), sandbox=options.sandbox,
+        check=options.check, executor=options.executor, substituters=list(options.substituters),
+        nodes=list(results.values()),
+        deps={nid: dict(sorted(plan.nodes[nid].deps.items())) for nid in d.validity.closure},
+        checks=ex.checks, pins=lock_pins(planned.lock), root=str(planned.root),
+        inputs=sorted(ex.used_inputs | _closure_inputs(store, plan, d.validity.closure)),
+    )
+    run_id = store.add_run(record.to_json())
+    store.record_durations(planned.set_name, {r.id: r.seconds for r in results.values() if r.action == "built"})
+    result = RealiseResult(set=planned.set_name, targets=targets, output=output, digest=digest,
+                           nodes=list(results.values()), run_id=run_id, failures=failures, checks=ex.checks,
+                           warnings=d.warnings)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    if not failures and output:
+        # One root per target (and platform): realising another target must not unroot this one.
+        scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform)) if v)
+        store.set_root(f"set:{planned.root}:{planned.set_name}{scope}", Path(output))
+        if options.out_link:
+            out_link(options.out_link, Path(output), store)
+    store.close()
+    if not failures and not options.check and options.platform is None:
+        # After the index is closed: the cache records the index as this run left it.
+        write_plan_cache(planned.rs, planned.rs.lockfile, store.root, options.target, options.sandbox, result)
+    return result
+
+
+def _refuse_foreign(run: _Run) -> None:
+    """Nodes that would build for another platform than this machine's with a builder that only
+    builds natively: refused before anything runs, never built wrong."""
+    from .errors import GraphError
+    from .graph import unbuildable_here
+
+    planned = run.decision.planned
+    foreign = unbuildable_here(planned.plan, run.decision.validity.todo(), planned.host.platform)
+    if foreign:
+        run.close_executor()
+        n = foreign[0]
+        raise GraphError(f"{n.label()}: {n.builder} builds only for the machine it runs on, and this is "
+                         f"{planned.host.platform}, not {n.variant.platform}: realise with --platform "
+                         f"{planned.host.platform}, or with an --executor that has a {n.variant.platform} worker",
+                         where=planned.rs.get(n.recipe).file)
 
 
 def _refuse_edited_pins(plan, lock, closure, store, rs) -> None:
@@ -622,7 +385,7 @@ def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:
 def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
     """The missing .deb inputs of what will be built that have no pinned URL, in one apt call
     per architecture."""
-    from .resolve import fixed_key
+    from .derivation import fixed_key
 
     wanted, seen = [], set()
     for nid in todo:
@@ -639,26 +402,9 @@ def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
     resolver.prefetch_apt(wanted)
 
 
-def _roots_for(plan, rs, platform: Optional[str]) -> list[str]:
-    """The plan's roots, or those for one platform (and those without a platform axis)."""
-    if platform is None:
-        return list(plan.roots)
-    if platform not in rs.config.platforms:
-        raise PlannerError(f"platform {platform} is not one of the set's platforms "
-                           f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
-    return [r for r in plan.roots if plan.nodes[r].variant.platform in (None, platform)]
-
-
-def _unneeded(nid: str, node, realisation) -> NodeResult:
-    """A node below a valid output: nothing was built or fetched for it."""
-    return NodeResult(nid, node.name, node.variant.label(), node.key, "reused",
-                      "not needed: what depends on it is valid",
-                      realisation.build_key if realisation else None, realisation.digest if realisation else None)
-
-
 def _closure_inputs(store, plan, closure: list[str]) -> set[str]:
     """Store paths of the fetched inputs of every node in the closure (gc keeps them)."""
-    from .resolve import fixed_key
+    from .derivation import fixed_key
 
     out = set()
     for nid in closure:
@@ -692,24 +438,7 @@ def _scale_out(options: RealiseOptions, jobs: int, *, have_executor: bool = Fals
     return executor, subs, pushes
 
 
-def _pins(lock) -> dict:
-    """What each lock entry pinned, so `why` can tell a re-packed upstream from a real change."""
-    return {id_: {plat: [pin.sha256, pin.tree] for plat, pin in sorted(li.pins.items())}
-            for id_, li in sorted(lock.inputs.items())}
-
-
 def _lock_digest(path: Path) -> Optional[str]:
     from .hashing import file_digest
 
     return file_digest(path) if path.exists() else None
-
-
-def _out_link(link: Path, target: Path, store) -> None:
-    link = Path(link).absolute()
-    tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    if store is not None:
-        store.set_root(f"link:{link}", link)

@@ -17,24 +17,14 @@ from typing import Literal, Optional
 
 import attrs
 
+from .builders.registry import BUILDERS as _REGISTRY
 from .errors import RecipeError
 from .gcpause import gc_paused
 
 AXES = ("platform", "cuda", "host")
 PLATFORMS = ("linux/amd64", "linux/arm64")
 SourceKind = Literal["url", "git", "pypi", "path", "apt", "image"]
-BUILDERS = (
-    "shell",
-    "unpack",
-    "source-tree",
-    "python-wheel",
-    "cuda-wheel",
-    "prebuilt-wheel",
-    "cuda-toolkit",
-    "debian-rootfs",
-    "oci-image",
-    "image-rootfs",
-)
+BUILDERS = tuple(_REGISTRY)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~-]*\Z")
 
@@ -642,7 +632,7 @@ def load_set(root: Path, name: str) -> RecipeSet:
 
 
 def _check_cuda(config: SetConfig, err) -> None:
-    from .builders.cuda import normalise_archs
+    from .builders.cuda_archs import normalise_archs
 
     def check_list(name: str, value: object) -> None:
         if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):

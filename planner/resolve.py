@@ -18,16 +18,11 @@ import attrs
 
 from .archive import open_deb_control
 from .errors import FetchError, HashMismatch, LockError
+from .derivation import fixed_key  # noqa: F401  (re-exported)
 from .mirrors import load_mirrors, mirror_candidates  # noqa: F401  (re-exported)
 from .lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, local_pin, recipes_digest
 from .recipes import RecipeSet
 from .store import Entry, Store, remove_tree
-
-
-def fixed_key(tree: str, unpacked: bool) -> str:
-    from .hashing import key_of
-
-    return key_of({"fixed": tree, "unpacked": unpacked})
 
 
 def _entry_name(decl: InputDecl, pin: Pin) -> str:

@@ -39,98 +39,115 @@ def run_dag(jobs: list[Job], work: Callable[[object], object], *, slots: int, me
             on_done: Callable[[object, Optional[BaseException]], None] = lambda i, e: None,
             cancel: Callable[[], None] = lambda: None) -> Outcome:
     """Run `work(id)` for every job once its deps succeeded. Returns what happened to each."""
-    by_id = {j.id: j for j in jobs}
-    waiting = {j.id: {d for d in j.deps if d in by_id} for j in jobs}
-    dependents: dict = {j.id: [] for j in jobs}
-    for j in jobs:
-        for d in waiting[j.id]:
-            dependents[d].append(j.id)
-    ready: list = []
-    seq = 0
-    for j in jobs:
-        if not waiting[j.id]:
-            heapq.heappush(ready, (-j.priority, seq, j.id))
-            seq += 1
-    ok: dict = {}
-    failed: dict = {}
-    skipped: list = []
-    running: dict[Future, object] = {}
-    free_slots = slots
-    free_mem = memory
-    stop = False
+    dag = _Dag(jobs, slots=slots, memory=memory)
     interrupted = False
-
-    def fits(j: Job) -> bool:
-        if not running:
-            return True  # anything may run alone, however large
-        return min(j.cores, slots) <= free_slots and j.memory <= free_mem
-
-    def skip_cone(root) -> None:
-        stack = list(dependents[root])
-        while stack:
-            n = stack.pop()
-            if n in skipped_set:
-                continue
-            skipped_set.add(n)
-            skipped.append(n)
-            stack.extend(dependents[n])
-
-    skipped_set: set = set()
     with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
         try:
-            while ready or running:
-                # Start whatever fits, highest priority first; a job that does not fit yet
-                # blocks lower ones only while it waits for memory (no starvation of big jobs).
-                deferred = []
-                while ready and not stop:
-                    prio, s, jid = heapq.heappop(ready)
-                    if jid in skipped_set:
-                        continue
-                    j = by_id[jid]
-                    if fits(j) and free_slots > 0:
-                        free_slots -= min(j.cores, slots)
-                        free_mem -= j.memory
-                        on_start(jid)
-                        running[pool.submit(work, jid)] = jid
-                    else:
-                        deferred.append((prio, s, jid))
-                        break
-                for item in deferred:
-                    heapq.heappush(ready, item)
-                if not running:
+            while dag.ready or dag.running:
+                dag.start_ready(pool, work, on_start)
+                if not dag.running:
                     break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                done, _ = wait(list(dag.running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    jid = running.pop(fut)
-                    j = by_id[jid]
-                    free_slots += min(j.cores, slots)
-                    free_mem += j.memory
-                    exc = fut.exception()
-                    on_done(jid, exc)
-                    if exc is None:
-                        ok[jid] = fut.result()
-                        for d in dependents[jid]:
-                            waiting[d].discard(jid)
-                            if not waiting[d] and d not in skipped_set:
-                                heapq.heappush(ready, (-by_id[d].priority, seq, d))
-                                seq += 1
-                    else:
-                        failed[jid] = exc
-                        skip_cone(jid)
-                        if not keep_going:
-                            stop = True
+                    dag.finish(fut, on_done, keep_going)
         except KeyboardInterrupt:
             interrupted = True
-            stop = True
+            dag.stop = True
             cancel()
-            for fut in list(running):
-                try:
-                    fut.result()
-                except BaseException as exc:  # noqa: BLE001 - collecting the cancelled builds
-                    failed[running[fut]] = exc
-            running.clear()
-    done_ids = set(ok) | set(failed) | skipped_set
+            dag.collect_cancelled()
+    done_ids = set(dag.ok) | set(dag.failed) | dag.skipped_set
     for j in jobs:
         if j.id not in done_ids:
-            skipped.append(j.id)
-    return Outcome(ok=ok, failed=failed, skipped=skipped, interrupted=interrupted)
+            dag.skipped.append(j.id)
+    return Outcome(ok=dag.ok, failed=dag.failed, skipped=dag.skipped, interrupted=interrupted)
+
+
+class _Dag:
+    """The scheduler's state: what waits on what, what is ready, what runs and what it holds."""
+
+    def __init__(self, jobs: list[Job], *, slots: int, memory: int) -> None:
+        self.by_id = {j.id: j for j in jobs}
+        self.waiting = {j.id: {d for d in j.deps if d in self.by_id} for j in jobs}
+        self.dependents: dict = {j.id: [] for j in jobs}
+        for j in jobs:
+            for d in self.waiting[j.id]:
+                self.dependents[d].append(j.id)
+        self.ready: list = []
+        self.seq = 0
+        for j in jobs:
+            if not self.waiting[j.id]:
+                self._push(j.id)
+        self.ok: dict = {}
+        self.failed: dict = {}
+        self.skipped: list = []
+        self.skipped_set: set = set()
+        self.running: dict[Future, object] = {}
+        self.slots = slots
+        self.free_slots = slots
+        self.free_mem = memory
+        self.stop = False
+
+    def _push(self, jid) -> None:
+        heapq.heappush(self.ready, (-self.by_id[jid].priority, self.seq, jid))
+        self.seq += 1
+
+    def fits(self, j: Job) -> bool:
+        if not self.running:
+            return True  # anything may run alone, however large
+        return min(j.cores, self.slots) <= self.free_slots and j.memory <= self.free_mem
+
+    def start_ready(self, pool: ThreadPoolExecutor, work: Callable[[object], object],
+                    on_start: Callable[[object], None]) -> None:
+        """Start whatever fits, highest priority first; a job that does not fit yet blocks
+        lower ones only while it waits for memory (no starvation of big jobs)."""
+        while self.ready and not self.stop:
+            prio, s, jid = heapq.heappop(self.ready)
+            if jid in self.skipped_set:
+                continue
+            j = self.by_id[jid]
+            if self.fits(j) and self.free_slots > 0:
+                self.free_slots -= min(j.cores, self.slots)
+                self.free_mem -= j.memory
+                on_start(jid)
+                self.running[pool.submit(work, jid)] = jid
+            else:
+                heapq.heappush(self.ready, (prio, s, jid))
+                break
+
+    def finish(self, fut: Future, on_done: Callable[[object, Optional[BaseException]], None],
+               keep_going: bool) -> None:
+        jid = self.running.pop(fut)
+        j = self.by_id[jid]
+        self.free_slots += min(j.cores, self.slots)
+        self.free_mem += j.memory
+        exc = fut.exception()
+        on_done(jid, exc)
+        if exc is None:
+            self.ok[jid] = fut.result()
+            for d in self.dependents[jid]:
+                self.waiting[d].discard(jid)
+                if not self.waiting[d] and d not in self.skipped_set:
+                    self._push(d)
+        else:
+            self.failed[jid] = exc
+            self.skip_cone(jid)
+            if not keep_going:
+                self.stop = True
+
+    def skip_cone(self, root) -> None:
+        stack = list(self.dependents[root])
+        while stack:
+            n = stack.pop()
+            if n in self.skipped_set:
+                continue
+            self.skipped_set.add(n)
+            self.skipped.append(n)
+            stack.extend(self.dependents[n])
+
+    def collect_cancelled(self) -> None:
+        for fut in list(self.running):
+            try:
+                fut.result()
+            except BaseException as exc:  # noqa: BLE001 - collecting the cancelled builds
+                self.failed[self.running[fut]] = exc
+        self.running.clear()

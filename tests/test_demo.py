@@ -55,6 +55,28 @@ def test_noop_realise_builds_nothing(demo_runs: dict) -> None:
     proc = run_planner("--store", str(demo_runs["store_a"]), "realise", "demo", "--json")
     out = json.loads(proc.stdout)
     assert {n["action"] for n in out["nodes"]} == {"reused"}
+    assert out["output"] == demo_runs["a"]["output"] and out["digest"] == demo_runs["a"]["digest"]
+    # The plan cache answered: a planned realise records a run, the fast path records none.
+    assert out["run"] is None
+
+
+_IMPORTED = ("import runpy, sys\n"
+             "sys.argv = ['planner', '--store', sys.argv[1], 'realise', 'demo']\n"
+             "try:\n"
+             "    runpy.run_module('planner.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    assert not e.code, e.code\n"
+             "heavy = ('planner.recipes', 'planner.graph', 'planner.realise', 'networkx', 'httpx', 'rich')\n"
+             "print('imported:' + ''.join(' ' + m for m in heavy if m in sys.modules))\n")
+
+
+def test_noop_realise_takes_the_fast_path(demo_runs: dict) -> None:
+    """Nothing changed: the answer comes without loading recipes or planning (the plan cache)."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTED, str(demo_runs["store_a"])], capture_output=True,
+                          text=True, cwd=REPO, check=True)
+    lines = proc.stdout.splitlines()
+    assert demo_runs["a"]["output"] in lines
+    assert lines[-1] == "imported:", proc.stdout
 
 
 def _wheel(store: Path, node: dict) -> Path:
@@ -142,7 +164,7 @@ def test_every_sandboxed_node_runs_in_the_build_root(demo_runs: dict) -> None:
     """No host package in any key; `planner show` names the build root and its output digest."""
     from planner import lock as lockmod
     from planner.graph import BUILD_ROOT_MOUNT, BUILTIN_BUILDERS, plan
-    from planner.realise import detect_host
+    from planner.host import detect_host
     from planner.recipes import load_set
 
     rs = load_set(REPO, "demo")
@@ -151,7 +173,7 @@ def test_every_sandboxed_node_runs_in_the_build_root(demo_runs: dict) -> None:
     sandboxed = [n for n in p.nodes.values() if n.builder not in BUILTIN_BUILDERS and n.name != "base-probe"]
     assert {n.builder for n in sandboxed} >= {"python-wheel", "cuda-wheel"}
     for n in [*sandboxed, *(n for n in p.nodes.values() if n.builder == "oci-image")]:
-        assert "host" not in n.preimage, n.id
+        assert n.preimage.host is None, n.id
         assert p.nodes[n.deps[BUILD_ROOT_MOUNT]].name == "buildroot", n.id
         shown = run_planner("--store", str(demo_runs["store_a"]), "show", n.id, "--set", "demo").stdout
         assert f"output {root_digest}" in shown, shown

@@ -8,7 +8,6 @@ under different conditions. Nothing here realises the demo from scratch again.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ import attrs
 import pytest
 
 from planner.errors import BuildError
-from planner.oci.assemble import preimage_extras, requires_problems
+from planner.builders.image import preimage_extras, requires_problems
 from planner.oci.descriptor import INDEX_TYPES, MANIFEST_TYPES, MEDIA_INDEX
 from planner.oci.layer import LayerSource, write_layer
 from planner.oci.layout import read_layout
@@ -381,13 +380,11 @@ def _image_inputs(store_root: Path):
 
 
 def _build(node, deps, out: Path, **pre_changes):
-    from planner.build import BuildRequest
-    from planner.hashing import key_of
-    from planner.oci.assemble import build_image
+    from planner.derivation import BuildRequest
+    from planner.builders.image import build_image
 
-    pre = copy.deepcopy(node.preimage)
-    pre.update(pre_changes)
-    node = attrs.evolve(node, preimage=pre, key=key_of(pre))
+    pre = attrs.evolve(node.preimage, image=attrs.evolve(node.preimage.image, **pre_changes))
+    node = attrs.evolve(node, preimage=pre, key=pre.key())
     out.mkdir(parents=True)
     log = io.StringIO()
     build_image(node, BuildRequest(node=node, inputs={}, deps=deps), out, log)
@@ -446,11 +443,11 @@ def test_requires_check(demo_runs: dict, tmp_path: Path) -> None:
     rs, lock, node, deps = _image_inputs(demo_runs["store_a"])
     extras = preimage_extras(rs, lock, rs.get(node.recipe))
     # With the recipes' `requires` in the preimage: a missing package is named.
-    image = dict(node.preimage["image"], layers=[["six"], ["sglang-mini", "megatron-mini"], ["slime-mini"]])
+    image = dict(node.preimage.image.image, layers=[["six"], ["sglang-mini", "megatron-mini"], ["slime-mini"]])
     with pytest.raises(BuildError, match=r"slime-mini \(layer group 3\) needs int4qat, which is in no layer group"):
         _build(node, deps, tmp_path / "a", image=image, **extras)
     # Without them (the wheels' Requires-Dist): a package above its dependent is named.
-    image = dict(node.preimage["image"], layers=[["six"], ["slime-mini"], ["int4qat"], ["sglang-mini", "megatron-mini"]])
-    pre = {k: v for k, v in node.preimage.items() if k != "requires"}
+    image = dict(node.preimage.image.image, layers=[["six"], ["slime-mini"], ["int4qat"], ["sglang-mini", "megatron-mini"]])
+    pre = attrs.evolve(node.preimage, image=attrs.evolve(node.preimage.image, requires=None))
     with pytest.raises(BuildError, match=r"slime-mini \(layer group 2\) needs int4qat, which is in layer group 3"):
         _build(attrs.evolve(node, preimage=pre), deps, tmp_path / "b", image=image)

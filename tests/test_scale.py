@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from planner.build import build_key  # noqa: E402
+from planner.derivation import build_key, resolve  # noqa: E402
 from planner.cache import (  # noqa: E402
     A_SIGNATURES,
     MEDIA_MANIFEST,
@@ -33,7 +33,6 @@ from planner.cache import (  # noqa: E402
     substitute,
 )
 from planner.executors import DaskExecutor, Unrunnable  # noqa: E402
-from planner.graph import resolved_preimage  # noqa: E402
 from planner.hashing import tree_digest  # noqa: E402
 from planner.store import Store  # noqa: E402
 from tests.support.registry import registry  # noqa: E402,F401
@@ -292,7 +291,7 @@ def test_resource_routing_and_near_miss(env, remote_run):
     assert not list((env.tmp / "workers" / "any" / "store").glob(f"{bkey}-*"))
     # The arm64 variant is not in the cache, but the same node is, for another platform.
     node = p.plan.nodes[arm]
-    pre = resolved_preimage(node, {})
+    pre = resolve(node, {}).preimage.to_json()
     miss = env.cache().lookup(build_key(node, {}), preimage=pre)
     assert miss.reason == "absent" and miss.near_miss
     assert miss.near_miss[0].axes == [("platform", "linux/amd64", "linux/arm64")]
@@ -352,10 +351,12 @@ def test_cache_ref_and_keys(tmp_path):
 def test_resources_for_follows_the_node():
     import attrs
 
-    from planner.graph import Node, Variant
+    from planner.derivation import BuilderSpec, Node, Preimage, Variant
 
+    pre = Preimage(name="n", version="1", variant=Variant(), builder=BuilderSpec("shell", 1), env={}, inputs={},
+                   patches=(), deps={}, source_date_epoch=0, impure=False)
     base = Node(id="n", recipe="n", name="n", version="1", variant=Variant(), key="k",
-                preimage={"builder": {"settings": {}}}, builder="shell", deps={}, requires=(), inputs={},
+                preimage=pre, builder="shell", deps={}, requires=(), inputs={},
                 estimate=1.0, memory=2 << 30, cores=1)
     r = DaskExecutor.resources_for
     assert r(base) == {"MEMORY": 2 << 30}
@@ -366,9 +367,9 @@ def test_resources_for_follows_the_node():
     assert "arch_arm64" in r(inside)  # runs the arm64 root file system's binaries
     builtin = attrs.evolve(base, builder="debian-rootfs", variant=Variant(platform="linux/arm64"))
     assert r(builtin) == {"MEMORY": 2 << 30}
-    gpu = attrs.evolve(base, preimage={"builder": {"settings": {"gpu": 2}}})
+    gpu = attrs.evolve(base, preimage=attrs.evolve(pre, builder=BuilderSpec("shell", 1, {"gpu": 2})))
     assert r(gpu)["GPU"] == 2
-    assert r(attrs.evolve(base, preimage={"builder": {"settings": {"gpu": True}}}))["GPU"] == 1
+    assert r(attrs.evolve(base, preimage=attrs.evolve(pre, builder=BuilderSpec("shell", 1, {"gpu": True}))))["GPU"] == 1
 
 
 # -- the same through `planner realise` on the command line ----------------------------------

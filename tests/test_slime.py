@@ -178,7 +178,7 @@ def test_te_core_is_one_prebuilt_input_per_platform(rs, lock, the_plan):
         assert n.inputs["core"].filename == names[n.variant.platform]
         assert n.inputs["meta"].filename == "transformer_engine-2.10.0-py3-none-any.whl"
     te_torch = [n for n in the_plan.nodes.values() if n.recipe == "transformer-engine-torch"]
-    assert all(n.preimage["env"]["NVTE_PYTORCH_FORCE_BUILD"] == "TRUE" for n in te_torch)
+    assert all(n.preimage.env["NVTE_PYTORCH_FORCE_BUILD"] == "TRUE" for n in te_torch)
 
 
 def test_pure_python_wheels_are_shared_across_platforms(rs, lock, the_plan):
@@ -206,7 +206,7 @@ def test_rootfs_builds_use_the_base_image(rs, the_plan):
         assert rs.get(name).build.rootfs == "sglang-base", name
         for n in (n for n in the_plan.nodes.values() if n.recipe == name):
             assert n.deps["rootfs"] == f"sglang-base[{n.variant.platform}]"
-            assert "host" not in n.preimage or n.preimage["host"] == {}
+            assert not n.preimage.host
 
 
 def test_resource_hints_for_heavy_cuda_builds(rs):

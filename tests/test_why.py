@@ -50,6 +50,8 @@ def test_patch_bump_is_the_single_root_cause(demo_runs: dict, tmp_path: Path) ->
     patch.write_text(patch.read_text().replace('return "released"', 'return "released (v2)"'))
     run_planner("--root", str(proj), "--store", str(store), "lock", "demo")
     dry = _why(proj, store, "demo", "--dry-run")
+    planned = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--dry-run",
+                                     "--json").stdout)
     result = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--json").stdout)
     why = _why(proj, store, "demo")
     for exp in (dry, why):
@@ -63,12 +65,15 @@ def test_patch_bump_is_the_single_root_cause(demo_runs: dict, tmp_path: Path) ->
         assert "patches/demo/sglang-mini.patch" in cause["cause"]["file"]
         assert cause["nodes"] == ["sglang-mini"]
     built = {n["id"] for n in result["nodes"] if n["action"] == "built"}
-    record = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--dry-run",
-                                    "--json").stdout)
     assert built == {"sglang-mini"} | set(why["causes"][0]["dependents"])
+    # The dry run before the realise listed exactly what it then built, each as a build step.
+    assert {n["id"] for n in planned["nodes"] if n["action"] == "would-build"} == built
+    assert {s.split()[1] for s in planned["steps"] if s.startswith("build ")} == built
     text = run_planner("--root", str(proj), "--store", str(store), "why", "demo").stdout
     assert "root causes:" in text and "patch sglang-mini.patch of sglang-mini" in text
-    assert record["nodes"]
+    after = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--dry-run",
+                                   "--json").stdout)
+    assert {n["action"] for n in after["nodes"]} == {"reused"} and not after.get("steps")
 
 
 @pytest.mark.slow

@@ -1,7 +1,11 @@
-"""OCI images: deterministic layers, image documents, layouts, a registry client, rootfs assembly.
+"""OCI images as a format library: deterministic layers, image documents, layouts, a registry
+client, rootfs assembly, attestations. It knows no planner node, plan or command: it leans only
+on planner.errors, planner.hashing and planner.archive, so it could stand alone.
 
 Modules: descriptor (descriptors, platforms, blob writing), layer, image, layout, registry,
-rootfs. Import from the modules; this package only re-exports the most used names.
+rootfs, unpack (applying layers), base (a pulled image as a base), facts and attest (SBOM and
+provenance of an image build). Import from the modules; this package only re-exports the most
+used names.
 """
 
 from __future__ import annotations

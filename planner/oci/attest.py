@@ -20,15 +20,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 from urllib.parse import quote
 
+from .facts import BuildFacts, ImageFacts
 from .image import rfc3339
-
-if TYPE_CHECKING:
-    from ..build import BuildRequest
-    from ..graph import Node
-    from .assemble import ImageFacts
 
 SBOM_FILE = "sbom.spdx.json"
 PROVENANCE_FILE = "provenance.json"
@@ -59,9 +55,9 @@ def _write(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-def _planner_version(pre: dict) -> str:
-    if "planner" in pre.get("attest", {}):
-        return str(pre["attest"]["planner"])
+def _planner_version(build: BuildFacts) -> str:
+    if build.planner is not None:
+        return build.planner
     from .. import __version__
 
     return __version__
@@ -75,14 +71,14 @@ def _deb_arch(platform: str) -> str:
 # SBOM
 
 
-def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
-    pre = node.preimage
-    lock: Optional[dict] = pre.get("attest", {}).get("lock")
-    sde = int(pre["source_date_epoch"])
-    packages: dict[str, dict[str, Any]] = {}
-    relationships: set[tuple[str, str, str]] = set()
+class _Spdx:
+    """The packages and relationships of one SPDX document, deduplicated by SPDX id."""
 
-    def package(spdx_id: str, **fields: Any) -> str:
+    def __init__(self) -> None:
+        self.packages: dict[str, dict[str, Any]] = {}
+        self.relationships: set[tuple[str, str, str]] = set()
+
+    def package(self, spdx_id: str, **fields: Any) -> str:
         doc = {
             "SPDXID": spdx_id,
             "downloadLocation": "NOASSERTION",
@@ -92,16 +88,56 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
             "copyrightText": "NOASSERTION",
         }
         doc.update({k: v for k, v in fields.items() if v not in (None, [], "")})
-        packages.setdefault(spdx_id, doc)
+        self.packages.setdefault(spdx_id, doc)
         return spdx_id
 
-    def relate(a: str, kind: str, b: str) -> None:
-        relationships.add((a, kind, b))
+    def relate(self, a: str, kind: str, b: str) -> None:
+        self.relationships.add((a, kind, b))
 
+
+def sbom_document(facts: ImageFacts, build: BuildFacts) -> dict[str, Any]:
+    doc = _Spdx()
+    image_ids = _image_packages(doc, facts)
+    deb_pins, input_ids = _lock_packages(doc, build.lock)
+    image_recipes = _manifest_packages(doc, facts, image_ids, deb_pins, input_ids)
+    # Inputs of recipes that are not installed themselves (toolchains, the base's debs aside):
+    # they are build dependencies of every image.
+    for recipe, ids in sorted(input_ids.items()):
+        if recipe in image_recipes:
+            continue
+        for sid in ids:
+            for iid in image_ids.values():
+                doc.relate(sid, "BUILD_DEPENDENCY_OF", iid)
+
+    digests = sorted(d.digest for d in facts.indexes.values())
+    namespace_id = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
+    return {
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": f"{facts.name}-{facts.version}",
+        "documentNamespace": f"urn:planner:spdx:{quote(facts.name)}-{quote(facts.version)}:{namespace_id}",
+        "creationInfo": {
+            "created": rfc3339(build.source_date_epoch),
+            "creators": [f"Tool: planner-{_planner_version(build)}"],
+        },
+        "documentDescribes": [image_ids[v] for v in sorted(image_ids)],
+        "packages": [doc.packages[k] for k in sorted(doc.packages)],
+        "relationships": [
+            {"spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b}
+            for a, kind, b in sorted(doc.relationships)
+        ],
+    }
+
+
+
+
+def _image_packages(doc: _Spdx, facts: ImageFacts) -> dict[str, str]:
+    """One package per image index (variant), described by the document."""
     image_ids = {}
     for variant, index in sorted(facts.indexes.items()):
         ann = dict(index.annotations)
-        image_ids[variant] = package(
+        image_ids[variant] = doc.package(
             _spdx_id("Image", variant),
             name=f"{facts.name}:{variant}",
             versionInfo=facts.version,
@@ -112,9 +148,14 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
             comment=("OCI image index over " + ", ".join(sorted({m.platform for m in facts.manifests}))
                      + (f"; CUDA archs {ann['dev.planner.cuda.archs']}" if "dev.planner.cuda.archs" in ann else "")),
         )
-        relate("SPDXRef-DOCUMENT", "DESCRIBES", image_ids[variant])
+        doc.relate("SPDXRef-DOCUMENT", "DESCRIBES", image_ids[variant])
 
-    # Pins from the lock (when the graph put them in the preimage), by recipe.
+    return image_ids
+
+
+def _lock_packages(doc: _Spdx, lock: Optional[dict]) -> tuple[dict[tuple[str, str], dict], dict[str, list[str]]]:
+    """Pins from the lock (when the graph put them in the preimage), by recipe: the Debian pins
+    by (platform, package), and the SPDX ids of every other input."""
     lock_inputs: dict[str, dict] = (lock or {}).get("inputs", {})
     deb_pins: dict[tuple[str, str], dict] = {}  # (platform, package) -> pin
     input_ids: dict[str, list[str]] = {}  # recipe -> SPDX ids of its (non-apt) inputs
@@ -138,7 +179,7 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
                 refs.append({"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
                              "referenceLocator": f"pkg:pypi/{quote(pname.lower())}@{quote(pin['version'])}"
                                                  + (f"?file_name={quote(pin['filename'])}" if pin.get("filename") else "")})
-            sid = package(
+            sid = doc.package(
                 _spdx_id("Input", li["recipe"], li["name"], *plat_part),
                 name=id_,
                 versionInfo=pin.get("version") or pin.get("commit"),
@@ -152,10 +193,17 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
             )
             input_ids.setdefault(li["recipe"], []).append(sid)
 
+    return deb_pins, input_ids
+
+
+def _manifest_packages(doc: _Spdx, facts: ImageFacts, image_ids: dict[str, str],
+                       deb_pins: dict[tuple[str, str], dict], input_ids: dict[str, list[str]]) -> set[str]:
+    """Per platform manifest: its wheels (generated from their recipes' inputs) and Debian
+    packages; returns the recipes installed in the image."""
     image_recipes = {w.recipe for m in facts.manifests for w in m.wheels}
     for m in facts.manifests:
         plat = m.platform
-        mid = package(
+        mid = doc.package(
             _spdx_id("Manifest", m.variant, plat),
             name=f"{facts.name}:{m.variant}-{plat.replace('/', '-')}",
             versionInfo=facts.version,
@@ -163,9 +211,9 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
             checksums=[{"algorithm": "SHA256", "checksumValue": m.descriptor.hex}],
             comment=f"image manifest for {plat}; layers " + ", ".join(layer.descriptor.digest for layer in m.layers),
         )
-        relate(image_ids[m.variant], "CONTAINS", mid)
+        doc.relate(image_ids[m.variant], "CONTAINS", mid)
         for w in m.wheels:
-            wid = package(
+            wid = doc.package(
                 _spdx_id("Wheel", w.distribution, w.version, w.sha256[:16]),
                 name=w.distribution,
                 versionInfo=w.version,
@@ -177,12 +225,12 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
                                                    f"?file_name={quote(w.filename)}"}],
                 comment=f"wheel built by planner recipe {w.recipe}, installed under /usr/local",
             )
-            relate(mid, "CONTAINS", wid)
+            doc.relate(mid, "CONTAINS", wid)
             for sid in input_ids.get(w.recipe, ()):
-                relate(wid, "GENERATED_FROM", sid)
+                doc.relate(wid, "GENERATED_FROM", sid)
         for pkg, version, arch in m.debian:
             pin = deb_pins.get((plat, pkg), {})
-            did = package(
+            did = doc.package(
                 _spdx_id("Deb", pkg, version, arch),
                 name=pkg,
                 versionInfo=version,
@@ -193,76 +241,51 @@ def sbom_document(node: "Node", facts: "ImageFacts") -> dict[str, Any]:
                                "referenceLocator": f"pkg:deb/debian/{quote(pkg)}@{quote(version)}?arch={quote(arch)}"}],
                 comment=f"Debian package unpacked into the base layer for {plat}",
             )
-            relate(mid, "CONTAINS", did)
-    # Inputs of recipes that are not installed themselves (toolchains, the base's debs aside):
-    # they are build dependencies of every image.
-    for recipe, ids in sorted(input_ids.items()):
-        if recipe in image_recipes:
-            continue
-        for sid in ids:
-            for iid in image_ids.values():
-                relate(sid, "BUILD_DEPENDENCY_OF", iid)
-
-    digests = sorted(d.digest for d in facts.indexes.values())
-    namespace_id = hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
-    return {
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": f"{facts.name}-{facts.version}",
-        "documentNamespace": f"urn:planner:spdx:{quote(facts.name)}-{quote(facts.version)}:{namespace_id}",
-        "creationInfo": {
-            "created": rfc3339(sde),
-            "creators": [f"Tool: planner-{_planner_version(pre)}"],
-        },
-        "documentDescribes": [image_ids[v] for v in sorted(image_ids)],
-        "packages": [packages[k] for k in sorted(packages)],
-        "relationships": [
-            {"spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b}
-            for a, kind, b in sorted(relationships)
-        ],
-    }
+            doc.relate(mid, "CONTAINS", did)
+    return image_recipes
 
 
 # ---------------------------------------------------------------------------------------------
 # Provenance
 
 
-def provenance_statement(node: "Node", req: "BuildRequest", facts: "ImageFacts") -> dict[str, Any]:
-    from ..build import build_key
-
-    pre = node.preimage
-    lock: Optional[dict] = pre.get("attest", {}).get("lock")
+def _lock_dependencies(lock: dict) -> list[dict[str, Any]]:
+    """The lockfile, the recipe set and every pinned input as resolved dependencies."""
     deps: list[dict[str, Any]] = []
-    if lock:
+    deps.append({
+        "uri": f"planner:lockfiles/{lock['set']}.lock",
+        "digest": {"sha256": lock["sha256"], "blake3": _hex(lock["blake3"])},
+    })
+    deps.append({
+        "uri": f"planner:recipes/{lock['set']}",
+        "digest": {"blake3": _hex(lock["recipes"])},
+        "annotations": {"what": "deep checksum of the recipe set and its local patches (lock `recipes`)"},
+    })
+    for id_, li in sorted(lock["inputs"].items()):
+        for plat, pin in sorted(li["pins"].items()):
+            digest: dict[str, str] = {}
+            if pin.get("sha256"):
+                digest["sha256"] = pin["sha256"]
+            if pin.get("tree"):
+                digest[TREE_DIGEST_KEY] = _hex(pin["tree"])
+            if li["kind"] == "git" and pin.get("commit"):
+                digest["gitCommit"] = pin["commit"]
+            entry: dict[str, Any] = {"name": id_ if plat == "any" else f"{id_} [{plat}]", "digest": digest}
+            if pin.get("url"):
+                entry["uri"] = pin["url"]
+            entry["annotations"] = {"kind": li["kind"], "origin": li["origin"]}
+            deps.append(entry)
+    return deps
+
+
+def provenance_statement(facts: ImageFacts, build: BuildFacts) -> dict[str, Any]:
+    lock: Optional[dict] = build.lock
+    deps = _lock_dependencies(lock) if lock else []
+    for d in sorted(build.deps, key=lambda d: d.mount):
         deps.append({
-            "uri": f"planner:lockfiles/{lock['set']}.lock",
-            "digest": {"sha256": lock["sha256"], "blake3": _hex(lock["blake3"])},
-        })
-        deps.append({
-            "uri": f"planner:recipes/{lock['set']}",
-            "digest": {"blake3": _hex(lock["recipes"])},
-            "annotations": {"what": "deep checksum of the recipe set and its local patches (lock `recipes`)"},
-        })
-        for id_, li in sorted(lock["inputs"].items()):
-            for plat, pin in sorted(li["pins"].items()):
-                digest: dict[str, str] = {}
-                if pin.get("sha256"):
-                    digest["sha256"] = pin["sha256"]
-                if pin.get("tree"):
-                    digest[TREE_DIGEST_KEY] = _hex(pin["tree"])
-                if li["kind"] == "git" and pin.get("commit"):
-                    digest["gitCommit"] = pin["commit"]
-                entry: dict[str, Any] = {"name": id_ if plat == "any" else f"{id_} [{plat}]", "digest": digest}
-                if pin.get("url"):
-                    entry["uri"] = pin["url"]
-                entry["annotations"] = {"kind": li["kind"], "origin": li["origin"]}
-                deps.append(entry)
-    for mount, entry in sorted(req.deps.items()):
-        deps.append({
-            "name": f"node:{mount}",
-            "digest": {TREE_DIGEST_KEY: _hex(entry.digest)},
-            "annotations": {"input_key": pre["deps"].get(mount, ""), "build_key": entry.key, "name": entry.name},
+            "name": f"node:{d.mount}",
+            "digest": {TREE_DIGEST_KEY: _hex(d.digest)},
+            "annotations": {"input_key": d.input_key, "build_key": d.build_key, "name": d.name},
         })
     seen_wheels: set[str] = set()
     for m in facts.manifests:
@@ -274,10 +297,10 @@ def provenance_statement(node: "Node", req: "BuildRequest", facts: "ImageFacts")
                          "annotations": {"recipe": w.recipe}})
 
     external: dict[str, Any] = {
-        "target": node.name,
-        "image": pre["image"],
-        "platforms": pre["platforms"],
-        "cuda_variants": pre.get("cuda_variants", {}),
+        "target": build.target,
+        "image": build.image,
+        "platforms": list(build.platforms),
+        "cuda_variants": build.cuda_variants,
     }
     if lock:
         external["set"] = lock["set"]
@@ -294,12 +317,12 @@ def provenance_statement(node: "Node", req: "BuildRequest", facts: "ImageFacts")
                 "buildType": BUILD_TYPE,
                 "externalParameters": external,
                 "internalParameters": {
-                    "planner": _planner_version(pre),
-                    "builder": pre["builder"],
-                    "source_date_epoch": int(pre["source_date_epoch"]),
+                    "planner": _planner_version(build),
+                    "builder": build.builder,
+                    "source_date_epoch": build.source_date_epoch,
                     "compressor": facts.compressor,
-                    "input_key": node.key,
-                    "build_key": build_key(node, req.deps),
+                    "input_key": build.input_key,
+                    "build_key": build.build_key,
                     "manifests": {
                         f"{m.variant}-{m.platform.replace('/', '-')}": m.descriptor.digest
                         for m in facts.manifests
@@ -308,16 +331,16 @@ def provenance_statement(node: "Node", req: "BuildRequest", facts: "ImageFacts")
                 "resolvedDependencies": deps,
             },
             "runDetails": {
-                "builder": {"id": BUILDER_ID, "version": {"planner": _planner_version(pre)}},
-                "metadata": {"invocationId": build_key(node, req.deps)},
+                "builder": {"id": BUILDER_ID, "version": {"planner": _planner_version(build)}},
+                "metadata": {"invocationId": build.build_key},
             },
         },
     }
 
 
-def write_attestations(dest: Path, node: "Node", req: "BuildRequest", facts: "ImageFacts") -> tuple[Path, Path]:
+def write_attestations(dest: Path, facts: ImageFacts, build: BuildFacts) -> tuple[Path, Path]:
     sbom = dest / SBOM_FILE
     prov = dest / PROVENANCE_FILE
-    _write(sbom, _dump(sbom_document(node, facts)))
-    _write(prov, _dump(provenance_statement(node, req, facts)))
+    _write(sbom, _dump(sbom_document(facts, build)))
+    _write(prov, _dump(provenance_statement(facts, build)))
     return sbom, prov

@@ -14,6 +14,7 @@ import string
 import subprocess
 import uuid
 from collections import Counter
+from typing import Callable
 from pathlib import Path
 
 import pytest
@@ -147,14 +148,20 @@ def _fresh_set(base: Path) -> Path:
     return root
 
 
-def _count(figure: dict, faults: str, verdict: str) -> None:
-    """Tally one fuzz example on the test's figure."""
-    figure["trials"] = (figure["trials"] or 0) + 1
-    figure["faults"] = f"{figure['trials']} x {faults}"
-    counts = figure.setdefault("_verdicts", Counter())
-    counts[verdict] += 1
-    figure["outcomes"] = (f"{counts['PlannerError']} one-line PlannerErrors, {counts['valid']} valid, "
-                          "0 other exceptions")
+def _count(figure: dict, faults: str, example: Callable[[], str]) -> None:
+    """Run one fuzz example and tally its verdict on the test's figure: "valid", "PlannerError",
+    or, when anything else escapes (another exception, a failed one-line check), "other": counted
+    before it propagates, so the figure says what really happened."""
+    verdict = "other"
+    try:
+        verdict = example()
+    finally:
+        figure["trials"] = (figure["trials"] or 0) + 1
+        figure["faults"] = f"{figure['trials']} x {faults}"
+        counts = figure.setdefault("_verdicts", Counter())
+        counts[verdict] += 1
+        figure["outcomes"] = (f"{counts['PlannerError']} one-line PlannerErrors, {counts['valid']} valid, "
+                              f"{counts['other']} other exceptions")
 
 
 def _load_only_planner_errors(root: Path) -> str:
@@ -223,7 +230,7 @@ def test_fuzz_recipe_text(tmp_path_factory: pytest.TempPathFactory, text: str, f
     """Random TOML-ish recipe text: load_set raises only one-line PlannerErrors naming the file."""
     root = _fresh_set(tmp_path_factory.getbasetemp())
     (root / "recipes/t/x.toml").write_text(text, encoding="utf-8")
-    _count(figure, "random printable TOML-ish text as recipes/t/x.toml", _load_only_planner_errors(root))
+    _count(figure, "random printable TOML-ish text as recipes/t/x.toml", lambda: _load_only_planner_errors(root))
     shutil.rmtree(root)
 
 
@@ -234,7 +241,7 @@ def test_fuzz_recipe_structures(tmp_path_factory: pytest.TempPathFactory, data: 
     root = _fresh_set(tmp_path_factory.getbasetemp())
     (root / "recipes/t/x.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
     _count(figure, "recipe-shaped dicts (known keys, random values and junk) via tomli_w",
-           _load_only_planner_errors(root))
+           lambda: _load_only_planner_errors(root))
     shutil.rmtree(root)
 
 
@@ -261,26 +268,25 @@ _LOCK_DICT = st.fixed_dictionaries(
 @given(data=_LOCK_DICT)
 def test_fuzz_lockfile_structures(data: dict, figure: dict) -> None:
     """Random lockfile-shaped dicts: lock.parse raises only one-line LockErrors naming the file."""
-    try:
-        lockmod.parse(tomli_w.dumps(data), "lockfiles/t.lock")
-        verdict = "valid"
-    except PlannerError as exc:
-        assert "lockfiles/t.lock" in exc.line() and "\n" not in exc.line().strip()
-        verdict = "PlannerError"
-    _count(figure, "lockfile-shaped dicts (pins, platforms, statuses; random values) via tomli_w", verdict)
+    _count(figure, "lockfile-shaped dicts (pins, platforms, statuses; random values) via tomli_w",
+           lambda: _parse_lock_only_planner_errors(tomli_w.dumps(data), one_line=True))
 
 
 @_FUZZ
 @given(text=st.text(max_size=300))
 def test_fuzz_lockfile_text(text: str, figure: dict) -> None:
     """Random text as a lockfile: lock.parse raises only one-line LockErrors naming the file."""
+    _count(figure, "random unicode text as lockfiles/t.lock", lambda: _parse_lock_only_planner_errors(text))
+
+
+def _parse_lock_only_planner_errors(text: str, *, one_line: bool = False) -> str:
     try:
         lockmod.parse(text, "lockfiles/t.lock")
-        verdict = "valid"
+        return "valid"
     except PlannerError as exc:
         assert "lockfiles/t.lock" in exc.line()
-        verdict = "PlannerError"
-    _count(figure, "random unicode text as lockfiles/t.lock", verdict)
+        assert not one_line or "\n" not in exc.line().strip()
+        return "PlannerError"
 
 
 def test_fuzz_through_the_cli(tmp_path: Path, figure: dict) -> None:

@@ -1,0 +1,94 @@
+"""The root-filesystem builders: `debian-rootfs` (pinned .debs unpacked, no scripts run) and
+`image-rootfs` (a pinned registry image's layers applied), for builds that run inside them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TextIO
+
+from ..derivation import BuildRequest, Node
+from ..errors import BuildError, UnsafeTree
+from ..oci.rootfs import assemble_rootfs
+from ..oci.unpack import apply_layer
+from ..safetree import MAX_METADATA, Tree, blob_hex
+
+# Debian's names for the OCI architectures planner builds for.
+_DEB_ARCH = {"amd64": "amd64", "arm64": "arm64"}
+
+
+def debian_rootfs(node: Node, req: BuildRequest, out: Path, log: TextIO) -> None:
+    """The node's `.deb` inputs unpacked into `out` for `node.variant.platform` (no scripts run)."""
+    platform = node.variant.platform or node.variant.host  # a build root is per build platform
+    if not platform:
+        raise BuildError(node.label(), "the debian-rootfs builder needs the platform or host axis "
+                                       "(axes = [\"platform\"] or [\"host\"])")
+    arch = _DEB_ARCH.get(platform.split("/")[1] if "/" in platform else platform)
+    if arch is None:
+        raise BuildError(node.label(), f"no Debian architecture for platform {platform}")
+    from ..safetree import regular_files
+
+    debs: list[Path] = []
+    for name, entry in sorted(req.inputs.items()):
+        found = [p for p in regular_files(entry.path, where=f"input {name}") if _is_deb(p)]
+        if not found:
+            raise BuildError(node.label(), f"input {name} is not a .deb (give it kind = \"apt\")")
+        debs.extend(found)
+    if not debs:
+        raise BuildError(node.label(), "no .deb inputs: list the packages as [inputs.NAME] kind = \"apt\"")
+    rootfs = assemble_rootfs(debs, out, arch=arch)
+    for pkg in rootfs.packages:
+        log.write(f"unpacked {pkg.package} {pkg.version} ({pkg.architecture})\n")
+    log.write(f"merged-/usr links: {', '.join(rootfs.merged_usr)}\n")
+    links = node.preimage.builder.settings.get("links", {})
+    if not isinstance(links, dict):
+        raise BuildError(node.label(), "settings.links must be a table of path = target")
+    for path, target in sorted(links.items()):
+        add_link(out, path, target, where=node.label())
+        log.write(f"link /{path} -> {target}\n")
+
+
+def add_link(root: Path, path: str, target: str, *, where: str) -> None:
+    """A symlink that a maintainer script (update-alternatives) would have made. The link's own
+    path must be new and lie inside the root, under real directories; its target only ever
+    resolves inside the sandbox, so any relative name in the same folder is fine."""
+    parts = [p for p in str(path).split("/") if p]
+    if (not isinstance(target, str) or not parts or str(path).startswith("/") or ".." in parts
+            or "/" in target or target in ("", ".", "..") or "\0" in target + str(path)):
+        raise BuildError(where, f"settings.links: {path!r} -> {target!r} must be a relative path inside the root "
+                                "to a name in the same folder")
+    parent = root
+    for part in parts[:-1]:
+        parent = parent / part
+        if parent.is_symlink() or not parent.is_dir():
+            raise BuildError(where, f"settings.links: /{'/'.join(parts)} is not under a real directory of the root")
+    link = parent / parts[-1]
+    if link.exists() or link.is_symlink():
+        raise BuildError(where, f"settings.links: /{'/'.join(parts)} already exists")
+    if not (parent / target).is_file():
+        raise BuildError(where, f"settings.links: /{'/'.join(parts)} -> {target}: no such file in the root")
+    os.symlink(target, link)
+
+
+def _is_deb(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"!<arch>\n"
+
+
+def image_rootfs(node: Node, req: BuildRequest, out: Path, log: TextIO) -> None:
+    """The root filesystem of a pinned registry image, for builds that run inside it."""
+    (name, entry), = sorted(req.inputs.items())
+    where = f"image input {name}"
+    with Tree(entry.path, where=where) as src, Tree(out, where=f"{name} root filesystem") as root:
+        manifest = json.loads(src.read_bytes("manifest.json", limit=MAX_METADATA))
+        for layer in manifest.get("layers", []):
+            digest = layer["digest"]
+            with src.open_file(f"blobs/sha256/{blob_hex(digest, where)}") as blob:
+                try:
+                    apply_layer(blob, root)
+                except UnsafeTree as e:
+                    raise UnsafeTree(e.message, where=f"{where} layer {digest}") from None
+            log.write(f"applied layer {digest}\n")
+    if not any(out.iterdir()):
+        raise BuildError(node.label(), f"image input {name} has no layers")

@@ -1,0 +1,396 @@
+"""`BinaryCache`: one OCI repository of signed store entries (lookup, fetch, push)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import OciError, StoreError
+from ..hashing import canonical_json, key_of
+from ..store import Entry, Store, remove_tree
+from .ref import ARTIFACT_TYPE, A_CONTENT, A_DIGEST, A_INPUT_KEY, A_KEY, A_KIND, A_NAME, A_SIGNATURES, A_VARIANT, A_VERSION, CacheError, CacheRef, LAYER_EPOCH, MEDIA_MANIFEST, MEDIA_PREIMAGE, _CONTENT_MEMBER
+from .signing import Signer, TrustedKeys, signed_payload
+from .results import CacheHit, CacheMiss, NearMiss
+from .entry import _content_kind, alias_prefix, unpack_entry
+
+_ssl_lock = threading.Lock()
+_ssl_ctx = None
+
+
+def _ssl_context():
+    """One TLS context per process (loading the CA bundle costs ~0.2 s): workers open a cache
+    per task configuration, and the planner one per substituter."""
+    global _ssl_ctx
+    with _ssl_lock:
+        if _ssl_ctx is None:
+            import ssl
+
+            import certifi
+
+            _ssl_ctx = ssl.create_default_context(cafile=certifi.where())
+        return _ssl_ctx
+
+
+class BinaryCache:
+    """One OCI repository used as a binary cache: `lookup`, `fetch`, `push`.
+
+    `trusted` lists the keys an entry's signature must verify against; a cache opened with a
+    `signer` also trusts that signer's own public key. Thread-safe.
+    """
+
+    UNREACHABLE_RETRY_S = 30.0
+
+    def __init__(self, ref: Union[CacheRef, str], *, trusted: Optional[TrustedKeys] = None,
+                 signer: Optional[Signer] = None, timeout: float = 60.0, transport=None) -> None:
+        from ..oci.registry import RegistryClient
+
+        self.ref = CacheRef.parse(ref) if isinstance(ref, str) else ref
+        self.trusted = TrustedKeys(trusted.texts() if trusted is not None else ())
+        self.signer = signer
+        if signer is not None:
+            self.trusted.add(signer.public_key)
+        if transport is None:
+            import httpx
+
+            transport = httpx.HTTPTransport(verify=_ssl_context())
+        self.client = RegistryClient(self.ref.base_url(), self.ref.repository, timeout=timeout, transport=transport)
+        self._down: Optional[tuple[float, str]] = None
+        self._lock = threading.Lock()
+        self._present: set[str] = set()  # keys this process pushed or verified as present
+
+    def __str__(self) -> str:
+        return str(self.ref)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _unreachable(self, detail: str) -> None:
+        with self._lock:
+            self._down = (time.monotonic(), detail)
+
+    def _is_down(self) -> Optional[str]:
+        with self._lock:
+            if self._down and time.monotonic() - self._down[0] < self.UNREACHABLE_RETRY_S:
+                return self._down[1]
+            self._down = None
+            return None
+
+    def _get_manifest(self, ref: str) -> Optional[tuple[str, dict]]:
+        """(digest, document) of a manifest by tag, None when absent; OciError when unreachable."""
+        import hashlib
+
+        resp = self.client._send("GET", self.client._url(f"manifests/{ref}"),
+                                 headers={"Accept": MEDIA_MANIFEST}, what=f":{ref}")
+        try:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise self.client._fail(resp, "manifest GET", f":{ref}")
+            data = resp.read()
+        finally:
+            resp.close()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise CacheError("manifest is not a JSON object", where=f"{self.ref}:{ref}")
+        return digest, doc
+
+    def tags(self) -> list[str]:
+        """Every tag of the repository (paginated GET /v2/<name>/tags/list)."""
+        import httpx
+
+        out: list[str] = []
+        url = self.client._url("tags/list?n=1000")
+        for _page in range(10000):
+            resp = self.client._send("GET", url, what=":tags")
+            try:
+                if resp.status_code == 404:
+                    return out  # the repository does not exist yet
+                if resp.status_code != 200:
+                    raise self.client._fail(resp, "tags GET", ":tags")
+                doc = json.loads(resp.read())
+                link = resp.headers.get("link", "")
+            finally:
+                resp.close()
+            out.extend(doc.get("tags") or [])
+            m = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link)
+            if not m:
+                break
+            url = str(httpx.URL(self.client.base_url + "/").join(m.group(1)))
+        return out
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def lookup(self, build_key: str, *, preimage: Optional[dict] = None) -> Union[CacheHit, CacheMiss]:
+        """Is there a valid, trusted entry under `build_key`? With `preimage` (the resolved
+        preimage the key was computed from), an absent entry also reports near misses."""
+        where = str(self.ref)
+        down = self._is_down()
+        if down:
+            return CacheMiss(where, build_key, "unreachable", down)
+        try:
+            got = self._get_manifest(build_key)
+        except OciError as e:
+            self._unreachable(e.line())
+            return CacheMiss(where, build_key, "unreachable", e.line())
+        except CacheError as e:
+            return CacheMiss(where, build_key, "bad-signature", e.message)
+        if got is None:
+            near = None
+            if preimage is not None:
+                try:
+                    near = self.near_misses(build_key, preimage) or None
+                except (OciError, CacheError):
+                    near = None
+            return CacheMiss(where, build_key, "absent", "", near)
+        mdigest, doc = got
+        return self._check(build_key, mdigest, doc)
+
+    def _check(self, build_key: str, mdigest: str, doc: dict) -> Union[CacheHit, CacheMiss]:
+        where = str(self.ref)
+        ann = doc.get("annotations") or {}
+        layers = doc.get("layers") or []
+        config = doc.get("config") or {}
+        if (doc.get("artifactType") != ARTIFACT_TYPE or config.get("mediaType") != MEDIA_PREIMAGE
+                or len(layers) != 1 or not isinstance(ann, dict)):
+            return CacheMiss(where, build_key, "bad-signature", "not a planner store entry")
+        sigs = (ann.get(A_SIGNATURES) or "").split()
+        status, who = self.trusted.verify(sigs, signed_payload(ann, layers[0].get("digest", ""),
+                                                                config.get("digest", "")))
+        if status == "unsigned":
+            return CacheMiss(where, build_key, "unsigned", "the entry carries no signature")
+        if status == "untrusted":
+            return CacheMiss(where, build_key, "untrusted",
+                             f"signed by {who}; trusted: {', '.join(self.trusted.names()) or 'none'}")
+        if status == "bad-signature":
+            return CacheMiss(where, build_key, "bad-signature",
+                             f"signature by {who} does not match the entry (tampered or corrupt)")
+        if ann.get(A_KEY) != build_key:
+            return CacheMiss(where, build_key, "bad-signature",
+                             f"the tag holds an entry signed for key {ann.get(A_KEY)!r}")
+        try:
+            variant = json.loads(ann.get(A_VARIANT) or "{}")
+        except ValueError:
+            variant = {}
+        return CacheHit(cache=where, key=build_key, manifest_digest=mdigest,
+                        layer_digest=layers[0]["digest"], layer_size=int(layers[0].get("size", 0)),
+                        config_digest=config["digest"], digest=ann.get(A_DIGEST, ""), kind=ann.get(A_KIND, "build"),
+                        name=ann.get(A_NAME, ""), version=ann.get(A_VERSION) or None,
+                        input_key=ann.get(A_INPUT_KEY, ""), content=ann.get(A_CONTENT, "dir"), signer=who,
+                        variant=variant if isinstance(variant, dict) else {})
+
+    def near_misses(self, build_key: str, preimage: dict, *, limit: int = 8) -> list[NearMiss]:
+        """Entries of the same name and version under other keys, with what differs."""
+        prefix = alias_prefix(str(preimage.get("name", "")), preimage.get("version"))
+        cands = [t for t in self.tags() if t.startswith(prefix) and not t.endswith(build_key)]
+        ours_variant = preimage.get("variant") or {}
+        out: list[NearMiss] = []
+        for tag in sorted(cands)[:limit * 4]:
+            got = self._get_manifest(tag)
+            if got is None:
+                continue
+            ann = got[1].get("annotations") or {}
+            if ann.get(A_NAME) != preimage.get("name") or (ann.get(A_VERSION) or None) != preimage.get("version"):
+                continue
+            try:
+                theirs = json.loads(ann.get(A_VARIANT) or "{}")
+            except ValueError:
+                continue
+            axes = [(a, theirs.get(a), ours_variant.get(a)) for a in sorted(set(theirs) | set(ours_variant))
+                    if theirs.get(a) != ours_variant.get(a)]
+            fields: list[str] = []
+            if not axes:
+                fields = self._differing_fields(got[1], preimage)
+            out.append(NearMiss(ann.get(A_KEY, tag), theirs, axes, fields))
+            if len(out) >= limit:
+                break
+        out.sort(key=lambda n: (len(n.axes) == 0, len(n.axes), n.key))
+        return out
+
+    def _differing_fields(self, doc: dict, preimage: dict) -> list[str]:
+        try:
+            with tempfile.TemporaryDirectory(prefix="planner-cache-") as tmp:
+                p = Path(tmp) / "config"
+                self.client.pull_blob(doc["config"]["digest"], p)
+                theirs = json.loads(p.read_bytes())
+        except (OciError, KeyError, ValueError):
+            return []
+        out: list[str] = []
+        for k in sorted(set(theirs) | set(preimage)):
+            a, b = theirs.get(k), preimage.get(k)
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):
+                out += [f"{k}.{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+            else:
+                out.append(k)
+        return out
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    def fetch(self, hit: CacheHit, store: Store) -> Entry:
+        """Download, verify and add a hit to `store`; returns the (possibly existing) entry."""
+        if hit.cache != str(self.ref):
+            raise CacheError(f"hit of {hit.cache} fetched through {self.ref}")
+        with store.key_lock(hit.key):
+            existing = store.lookup(hit.key)
+            if existing is not None:
+                return existing
+            work = store.new_build_dir(hit.key + "-subst")
+            try:
+                cfg = work / "config.json"
+                self.client.pull_blob(hit.config_digest, cfg)
+                try:
+                    preimage = json.loads(cfg.read_bytes())
+                except ValueError:
+                    raise CacheError("preimage is not JSON", where=f"{self.ref}:{hit.key}") from None
+                if key_of(preimage) != hit.key:
+                    raise CacheError(f"preimage hashes to {key_of(preimage)}, not the entry's key",
+                                     where=f"{self.ref}:{hit.key}")
+                if hit.kind == "fixed" and preimage.get("fixed") != hit.digest:
+                    raise CacheError("fixed-output entry's digest does not match its key", where=f"{self.ref}:{hit.key}")
+                layer = work / "layer.tar.gz"
+                got = self.client.pull_blob(hit.layer_digest, layer)
+                if hit.layer_size and got.size != hit.layer_size:
+                    raise CacheError(f"layer has {got.size} bytes, manifest says {hit.layer_size}",
+                                     where=f"{self.ref}:{hit.key}")
+                content = unpack_entry(layer, work / "unpacked", hit.content)
+                layer.unlink()
+                try:  # hashes the tree once, and refuses it unless it is the signed digest
+                    entry = store.add(hit.key, hit.name, hit.version, content, kind=hit.kind, digest=hit.digest)
+                except StoreError as e:
+                    raise CacheError(f"{e.message} (the signed digest)", where=f"{self.ref}:{hit.key}") from None
+            except OciError as e:
+                raise CacheError(f"fetch failed: {e.message}", where=f"{self.ref}:{hit.key}") from None
+            finally:
+                remove_tree(work)
+        store.put_preimage(hit.key, preimage)
+        if hit.kind == "build" and hit.input_key:
+            store.realise(hit.input_key, hit.key, entry.digest)
+        with self._lock:
+            self._present.add(hit.key)
+        return entry
+
+    # -- push --------------------------------------------------------------------------------
+
+    def remember(self, hit: "CacheHit") -> None:
+        """Note a verified hit as present, so that `has` needs no second round trip."""
+        with self._lock:
+            self._present.add(hit.key)
+
+    def has(self, key: str) -> bool:
+        """Whether a valid trusted entry exists (remembered once seen)."""
+        with self._lock:
+            if key in self._present:
+                return True
+        hit = self.lookup(key)
+        if hit.ok:
+            with self._lock:
+                self._present.add(key)
+        return hit.ok
+
+    def push(self, build_key: str, entry: Entry, preimage: dict, input_key: str, *,
+             force: bool = False) -> str:
+        """Upload `entry` under `build_key`; returns 'pushed' or 'present'.
+
+        A valid trusted entry already there is kept ('present'), like a Nix cache; an invalid
+        one (unsigned, badly signed, other content) is replaced. Blobs first, manifest last.
+        """
+        from ..oci.descriptor import write_blob
+        from ..oci.layer import LayerSource, write_layer
+
+        if self.signer is None:
+            raise CacheError(f"no signing key for {self.ref}: pass --signing-key (planner keys generate)")
+        if key_of(preimage) != build_key:
+            raise CacheError(f"preimage hashes to {key_of(preimage)}, not {build_key}", where=entry.name)
+        if not force:
+            with self._lock:
+                if build_key in self._present:
+                    return "present"
+            cur = self.lookup(build_key)
+            if cur.ok and cur.digest == entry.digest:  # type: ignore[union-attr]
+                with self._lock:
+                    self._present.add(build_key)
+                return "present"
+            if not cur.ok and cur.reason == "unreachable":  # type: ignore[union-attr]
+                raise CacheError(f"cannot push: {cur.detail}", where=str(self.ref))  # type: ignore[union-attr]
+        content = _content_kind(entry.path)
+        version = _entry_version(entry)
+        store_tmp = entry.path.parent / "tmp"  # big entries: stage the layer on the store's disk
+        with tempfile.TemporaryDirectory(prefix="push-", dir=store_tmp if store_tmp.is_dir() else None) as tmp:
+            blobs = Path(tmp) / "blobs"
+            prefix = "/" if content == "dir" else "/" + _CONTENT_MEMBER
+            layer = write_layer([LayerSource(entry.path, prefix)], blobs, source_date_epoch=LAYER_EPOCH,
+                                compression="gzip")
+            config = write_blob(blobs, canonical_json(preimage), MEDIA_PREIMAGE)
+            ann = {
+                A_KEY: build_key,
+                A_INPUT_KEY: input_key,
+                A_DIGEST: entry.digest,
+                A_KIND: entry.kind,
+                A_NAME: entry.name,
+                A_VERSION: version or "",
+                A_CONTENT: content,
+                A_VARIANT: canonical_json(preimage.get("variant") or {}).decode(),
+            }
+            ann[A_SIGNATURES] = self.signer.sign(signed_payload(ann, layer.descriptor.digest, config.digest))
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_MANIFEST,
+                "artifactType": ARTIFACT_TYPE,
+                "config": config.to_json(),
+                "layers": [layer.descriptor.to_json()],
+                "annotations": ann,
+            }
+            data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+            try:
+                for desc in (layer.descriptor, config):
+                    if not self.client.blob_exists(desc.digest, push=True):
+                        from ..oci.descriptor import blob_path
+
+                        self.client.push_blob(blob_path(blobs, desc.digest), desc)
+                if entry.kind == "build":
+                    self.client.push_manifest(data, MEDIA_MANIFEST, alias_prefix(entry.name, version) + build_key)
+                self.client.push_manifest(data, MEDIA_MANIFEST, build_key)
+            except OciError as e:
+                raise CacheError(f"push failed: {e.message}", where=f"{self.ref}:{build_key}") from None
+        with self._lock:
+            self._present.add(build_key)
+        return "pushed"
+
+    def push_from_store(self, store: Store, key: str, input_key: str = "") -> str:
+        """Push an entry already in `store`, taking its preimage from the store's index.
+
+        A fixed-output entry's preimage is {fixed: tree, unpacked}, rebuilt from its key."""
+        entry = store.lookup(key)
+        if entry is None:
+            raise CacheError(f"no valid store entry for key {key}")
+        if entry.kind == "fixed":
+            for unpacked in (True, False):
+                pre = {"fixed": entry.digest, "unpacked": unpacked}
+                if key_of(pre) == key:
+                    return self.push(key, entry, pre, key)
+            raise CacheError(f"fixed-output entry {entry.path.name} does not match its key")
+        pre = store.preimage(key)
+        if pre is None:
+            raise CacheError(f"the store has no preimage for {entry.path.name}: rebuild it to push it")
+        return self.push(key, entry, pre, input_key)
+
+
+def _entry_version(entry: Entry) -> Optional[str]:
+    """The version part of a store entry's basename `<key>-<name>[-<version>]`."""
+    base = entry.path.name
+    stem = f"{entry.key}-{entry.name}"
+    if base.startswith(stem + "-"):
+        return base[len(stem) + 1:]
+    return None

@@ -1,0 +1,492 @@
+"""The pure core of `planner why`: root causes of every rebuild, the propagation folded, the cost.
+
+It compares node states (key, preimage, what happened) of two runs, or of a fresh plan and the
+last run. Each node's changed preimage fields are classified into root causes (a source, a
+patch, an environment variable, a variant axis, …); a changed dependency is not a cause but
+propagation, so each rebuilt node inherits the causes of the dependencies that changed under
+it. Outcomes (early cutoff, a cache miss and its class) are read from typed fields. No I/O:
+`planner.why` reads run records, preimages and recipe lines and calls this.
+
+`why --json` schema (version `SCHEMA_VERSION`; fields are only ever added within a version):
+
+    schema            int, this version
+    set               str
+    run, against      int | null: the run explained and the run it is compared with
+    dry_run           bool: true when explaining what the next realise would do
+    built             [node id]: rebuilt (or, dry run, would be rebuilt), failed ones excluded
+    failures          [{node, reason}]: nodes whose build failed in that run
+    reused            int: nodes reused
+    total_cost        float seconds spent rebuilding
+    causes            [{cause, nodes, dependents, cost}], most far-reaching first
+        cause         {kind, recipe, field, old, new, description, lock_entry, file, line,
+                       recipe_file, recipe_line}
+            kind      source | input | patch | env | setting | script | builder | variant |
+                      host-package | epoch | version | deps | image | sandbox | new |
+                      attestation | format
+            file      str | null: the file to look at, relative to the project (the recipe, the
+                      set.toml, or for a patch the patch file itself)
+            line      int | null: the line in `file` (null for a patch file)
+            recipe_file, recipe_line   where the recipe declares it (set for patches, whose
+                      `file` is the patch)
+            lock_entry  str | null: the `[inputs."ID"]` table of lockfiles/SET.lock
+        nodes         [node id] rebuilt because their own inputs changed this way
+        dependents    [node id] rebuilt because something below them did
+    cutoff            [{node, rebuilt_deps}]: reused although dependencies rebuilt (same bytes)
+    unexplained       [{node, reason}]: rebuilt with unchanged inputs (evicted, forced)
+    nondeterministic  [{node, old_digest, new_digest, files}]
+    repacked          [{lock_entry, old_sha256, new_sha256, tree}]
+    cache_misses      [{node, category, detail}]
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import attrs
+
+
+SCHEMA_VERSION = 1
+
+
+@attrs.frozen
+class NodeState:
+    id: str
+    name: str
+    variant: str
+    key: str
+    action: str  # built | reused | would-build | failed | skipped | checked
+    reason: str = ""
+    seconds: float = 0.0
+    deps: dict[str, str] = attrs.field(factory=dict)  # mount -> node id
+    preimage: Optional[dict] = None
+    digest: Optional[str] = None
+    previous_digest: Optional[str] = None
+    cutoff: bool = False  # reused: dependencies rebuilt to identical outputs
+    miss: Optional[tuple[str, str]] = None  # (category, detail) when the binary caches missed
+
+
+@attrs.frozen
+class Change:
+    path: tuple[str, ...]
+    old: object
+    new: object
+
+
+@attrs.frozen
+class Cause:
+    kind: str  # source, input, patch, env, setting, script, builder, variant, host-package, epoch, version, …
+    recipe: str
+    field: str
+    old: Optional[str]
+    new: Optional[str]
+    lock_entry: Optional[str] = None
+    file: Optional[str] = None
+    line: Optional[int] = None
+    recipe_file: Optional[str] = None  # where the recipe declares a patch whose `file` is the patch
+    recipe_line: Optional[int] = None
+
+    @property
+    def ident(self) -> tuple:
+        return (self.kind, self.recipe, self.field, self.old, self.new)
+
+    def describe(self) -> str:
+        what = {
+            "source": f"source of {self.recipe}",
+            "input": f"input {self.field} of {self.recipe}",
+            "patch": f"patch {self.field} of {self.recipe}",
+            "env": f"environment variable {self.field} of {self.recipe}",
+            "setting": f"build setting {self.field} of {self.recipe}",
+            "script": f"build script of {self.recipe}",
+            "builder": f"builder of {self.recipe} ({self.field})",
+            "variant": f"variant axis {self.field} of {self.recipe}",
+            "host-package": f"host package {self.field} (used by {self.recipe})",
+            "epoch": "SOURCE_DATE_EPOCH",
+            "version": f"version of {self.recipe}",
+            "deps": f"dependencies of {self.recipe} ({self.field})",
+            "image": f"image setting {self.field} of {self.recipe}",
+            "sandbox": f"sandbox of {self.recipe}",
+            "resources": f"[resources] {self.field} of {self.recipe}",
+            "new": f"{self.recipe} is new" if self.recipe else "first recorded realise: nothing earlier to compare with",
+            "attestation": f"attestation inputs of {self.recipe} ({self.field}; the image bytes do not depend on them)",
+            "format": "planner derivation format",
+        }.get(self.kind, f"{self.kind} {self.field} of {self.recipe}")
+        if self.old is None and self.new is None:
+            return what
+        return f"{what}: {short_value(self.old)} -> {short_value(self.new)}"
+
+
+@attrs.frozen
+class CauseReport:
+    cause: Cause
+    nodes: list[str]  # rebuilt because of this change in their own inputs
+    dependents: list[str]  # rebuilt because something below them changed
+    cost: float
+
+
+@attrs.frozen
+class Unexplained:
+    node: str
+    reason: str
+
+
+@attrs.frozen
+class Failure:
+    node: str
+    reason: str
+
+
+@attrs.frozen
+class Cutoff:
+    node: str
+    rebuilt_deps: list[str]
+
+
+@attrs.frozen
+class Nondeterministic:
+    node: str
+    old_digest: Optional[str]
+    new_digest: Optional[str]
+    files: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class Repacked:
+    lock_entry: str
+    old_sha256: Optional[str]
+    new_sha256: Optional[str]
+    tree: Optional[str]
+
+
+@attrs.frozen
+class CacheMissReport:
+    node: str
+    category: str  # never-built, evicted, unsigned, untrusted, bad-signature, unreachable, near-miss, absent
+    detail: str
+
+
+@attrs.frozen
+class Explanation:
+    set: str
+    run: Optional[int]
+    against: Optional[int]
+    dry_run: bool
+    causes: list[CauseReport]
+    cutoff: list[Cutoff]
+    unexplained: list[Unexplained]
+    nondeterministic: list[Nondeterministic]
+    repacked: list[Repacked]
+    built: list[str]
+    reused: int
+    total_cost: float
+    cache_misses: list[CacheMissReport] = attrs.field(factory=list)
+    failures: list[Failure] = attrs.field(factory=list)
+
+    def to_json(self) -> dict:
+        d = attrs.asdict(self)
+        d["schema"] = SCHEMA_VERSION
+        for c in d["causes"]:
+            c["cost"] = round(c["cost"], 3)
+            c["cause"]["description"] = next(r.cause.describe() for r in self.causes
+                                             if r.cause.ident == (c["cause"]["kind"], c["cause"]["recipe"],
+                                                                  c["cause"]["field"], c["cause"]["old"],
+                                                                  c["cause"]["new"]))
+        d["total_cost"] = round(self.total_cost, 3)
+        return d
+
+
+def short_value(v: object) -> str:
+    if v is None:
+        return "(none)"
+    s = v if isinstance(v, str) else repr(v)
+    if s.startswith("blake3:") and len(s) > 20:
+        return s[:19] + "…"
+    return s if len(s) <= 60 else s[:57] + "…"
+
+
+# -- pure core -------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def diff_preimages(old: dict, new: dict) -> list[Change]:
+    """Leaf-level differences between two preimages. Patches compare by name."""
+    out: list[Change] = []
+
+    def walk(a: object, b: object, path: tuple[str, ...]) -> None:
+        if path == ("patches",) and isinstance(a, list) and isinstance(b, list):
+            pa = {p["name"]: p for p in a}
+            pb = {p["name"]: p for p in b}
+            for name in sorted(pa.keys() | pb.keys()):
+                if pa.get(name) != pb.get(name):
+                    out.append(Change(("patches", name), pa.get(name, {}).get("tree"), pb.get(name, {}).get("tree")))
+            if [p["name"] for p in a if p["name"] in pb] != [p["name"] for p in b if p["name"] in pa]:
+                out.append(Change(("patches", "(order)"), [p["name"] for p in a], [p["name"] for p in b]))
+            return
+        if isinstance(a, dict) and isinstance(b, dict) and path[:1] != ("variant",):
+            for k in sorted(a.keys() | b.keys()):
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), path + (k,))
+            return
+        if isinstance(a, dict) and isinstance(b, dict):  # variant: one change per axis
+            for k in sorted(a.keys() | b.keys()):
+                if a.get(k) != b.get(k):
+                    out.append(Change(path + (k,), a.get(k), b.get(k)))
+            return
+        if a != b:
+            out.append(Change(path, None if a is _MISSING else a, None if b is _MISSING else b))
+
+    walk(old, new, ())
+    return out
+
+
+def fmt_value(v: object) -> Optional[str]:
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return "+".join(str(x) for x in v) if all(isinstance(x, str) for x in v) else repr(v)
+    return v if isinstance(v, str) else repr(v)
+
+
+def classify(change: Change, recipe: str) -> Optional[Cause]:
+    """The root cause a preimage change stands for, or None for propagation (a changed dep)."""
+    p = change.path
+    old, new = fmt_value(change.old), fmt_value(change.new)
+    head = p[0]
+    if head == "deps":
+        if change.old is not None and change.new is not None:
+            return None  # propagation
+        return Cause("deps", recipe, p[1] if len(p) > 1 else "", "absent" if change.old is None else "present",
+                     "absent" if change.new is None else "present")
+    if head == "inputs":
+        name = p[1]
+        kind = "source" if name == "source" else "input"
+        return Cause(kind, recipe, name, old, new, lock_entry=f"{recipe}/{name}")
+    if head == "patches":
+        name = p[1]
+        return Cause("patch", recipe, name, old, new,
+                     lock_entry=None if name == "(order)" else f"{recipe}/patch/{name}")
+    if head == "env":
+        return Cause("env", recipe, p[1], old, new)
+    if head == "builder":
+        if len(p) > 1 and p[1] == "settings":
+            return Cause("setting", recipe, ".".join(p[2:]) or "settings", old, new)
+        if len(p) > 1 and p[1] == "script":
+            return Cause("script", recipe, "script", old, new)
+        return Cause("builder", recipe, ".".join(p[1:]), old, new)
+    if head == "variant":
+        return Cause("variant", recipe, p[1], old, new)
+    if head == "host":
+        return Cause("host-package", recipe, p[1], old, new)
+    if head == "source_date_epoch":
+        return Cause("epoch", "", "source-date-epoch", old, new)
+    if head == "version":
+        return Cause("version", recipe, "version", old, new)
+    if head in ("image", "platforms", "cuda_variants"):
+        return Cause("image", recipe, ".".join(p), old, new)
+    if head == "impure":
+        return Cause("sandbox", recipe, "impure", old, new)
+    if head == "resources":
+        return Cause("resources", recipe, ".".join(p[1:]), old, new)
+    if head == "attest":
+        return Cause("attestation", recipe, ".".join(p[1:]), old, new)
+    return Cause(head, recipe, ".".join(p), old, new)
+
+
+def _nearest(prev_by_name: dict[str, list[NodeState]], node: NodeState, current: dict) -> Optional[NodeState]:
+    """The previous node of the same recipe whose variant differs least (a variant change),
+    preferring nodes that no longer exist: those are the ones this node replaced."""
+    cands = prev_by_name.get(node.name, [])
+    if not cands:
+        return None
+    mine = set(node.variant.split(", "))
+    return max(cands, key=lambda c: (c.id not in current, len(mine & set(c.variant.split(", "))), c.id))
+
+
+_CHANGED = ("built", "would-build", "failed", "checked")
+
+
+class _CauseFinder:
+    """Root causes per node: its own changed preimage fields, and (memoised) those of the
+    dependencies that changed under it."""
+
+    def __init__(self, current: list[NodeState], previous: list[NodeState]) -> None:
+        self.cur = {n.id: n for n in current}
+        self.prev = {n.id: n for n in previous}
+        self.prev_by_name: dict[str, list[NodeState]] = {}
+        for n in previous:
+            self.prev_by_name.setdefault(n.name, []).append(n)
+        self.first_run = not previous
+        self.own: dict[str, list[Cause]] = {}
+        self.memo: dict[str, dict[tuple, Cause]] = {}
+
+    def of(self, nid: str) -> dict[tuple, Cause]:
+        if nid in self.memo:
+            return self.memo[nid]
+        self.memo[nid] = {}
+        node = self.cur[nid]
+        before = self.prev.get(nid) or _nearest(self.prev_by_name, node, self.cur)
+        found: dict[tuple, Cause] = {}
+        mine: list[Cause] = []
+        if before is None:
+            # With no earlier run at all, one cause says so instead of one per node.
+            mine.append(Cause("new", "", "first realise", None, None) if self.first_run
+                        else Cause("new", node.name, "recipe", None, None))
+        elif before.key != node.key and before.preimage is not None and node.preimage is not None:
+            for ch in diff_preimages(before.preimage, node.preimage):
+                c = classify(ch, node.name)
+                if c is not None:
+                    mine.append(c)
+                elif ch.path[0] == "deps":
+                    dep_id = node.deps.get(ch.path[1])
+                    if dep_id in self.cur:
+                        found.update(self.of(dep_id))
+        # Attestation inputs (the lock digest an SBOM names) change with every lock edit; they
+        # are a cause only when nothing that shapes the image's bytes changed.
+        real = [c for c in mine if c.kind != "attestation"]
+        if real or found:
+            mine = real
+        elif len(mine) > 1:
+            mine = [Cause("attestation", node.name, "lock", None, None)]
+        for c in mine:
+            found[c.ident] = c
+        self.own[nid] = mine
+        self.memo[nid] = found
+        return found
+
+    def reports(self, rebuilt: list[str]) -> tuple[list[CauseReport], list[Unexplained]]:
+        """Each root cause once, with the nodes it rebuilt directly and through dependencies."""
+        reports: dict[tuple, dict] = {}
+        unexplained: list[Unexplained] = []
+        for nid in rebuilt:
+            node = self.cur[nid]
+            allc = self.of(nid)
+            if not allc:
+                before = self.prev.get(nid)
+                same = before is not None and before.key == node.key
+                unexplained.append(Unexplained(nid, node.reason or (
+                    "rebuilt although its inputs did not change" if same else "no earlier record to compare with")))
+                continue
+            direct = {c.ident for c in self.own.get(nid, [])}
+            for ident, c in allc.items():
+                r = reports.setdefault(ident, {"cause": c, "nodes": [], "dependents": [], "cost": 0.0})
+                (r["nodes"] if ident in direct else r["dependents"]).append(nid)
+                r["cost"] += node.seconds
+        ordered = sorted(reports.values(), key=lambda r: (-(len(r["nodes"]) + len(r["dependents"])), -r["cost"],
+                                                            r["cause"].ident))
+        return [CauseReport(r["cause"], r["nodes"], r["dependents"], r["cost"]) for r in ordered], unexplained
+
+
+def _outcomes(current: list[NodeState], rebuilt: list[str], checks: Iterable[tuple[str, list[str]]]
+              ) -> tuple[list[Cutoff], list[Nondeterministic], list[CacheMissReport]]:
+    """What the typed outcomes say: early cutoffs, non-determinism, cache misses."""
+    cur = {n.id: n for n in current}
+    cutoff = [Cutoff(n.id, sorted({d for d in n.deps.values() if d in cur and cur[d].action in _CHANGED}))
+              for n in current if n.action == "reused" and n.cutoff]
+    nondet = [Nondeterministic(n.id, n.previous_digest, n.digest) for n in current
+              if n.previous_digest is not None and n.previous_digest != n.digest]
+    for node_id, files in checks:
+        nondet.append(Nondeterministic(node_id, cur[node_id].digest if node_id in cur else None, None, list(files)))
+    misses = [CacheMissReport(nid, *cur[nid].miss) for nid in rebuilt if cur[nid].miss is not None]
+    return cutoff, nondet, misses
+
+
+def explain(set_name: str, current: list[NodeState], previous: list[NodeState], *, run: Optional[int] = None,
+            against: Optional[int] = None, dry_run: bool = False, repacked: Iterable[Repacked] = (),
+            checks: Iterable[tuple[str, list[str]]] = ()) -> Explanation:
+    finder = _CauseFinder(current, previous)
+    rebuilt = [n.id for n in current if n.action in _CHANGED]
+    causes, unexplained = finder.reports(rebuilt)
+    cutoff, nondet, misses = _outcomes(current, rebuilt, checks)
+    return Explanation(
+        set=set_name, run=run, against=against, dry_run=dry_run, causes=causes,
+        cutoff=cutoff, unexplained=unexplained, nondeterministic=nondet, repacked=list(repacked),
+        built=[n for n in rebuilt if finder.cur[n].action != "failed"],
+        reused=sum(n.action == "reused" for n in current),
+        failures=[Failure(n, finder.cur[n].reason) for n in rebuilt if finder.cur[n].action == "failed"],
+        total_cost=sum(finder.cur[n].seconds for n in rebuilt),
+        cache_misses=misses,
+    )
+
+
+def compare_pins(old: dict, new: dict) -> list[Repacked]:
+    """Lock entries whose fetched bytes changed while their unpacked content did not."""
+    out = []
+    for id_ in sorted(old.keys() & new.keys()):
+        for plat in sorted(old[id_].keys() & new[id_].keys()):
+            (osha, otree), (nsha, ntree) = old[id_][plat], new[id_][plat]
+            if osha != nsha and otree == ntree:
+                out.append(Repacked(id_ if plat == "any" else f"{id_} [{plat}]", osha, nsha, ntree))
+    return out
+
+
+# -- text ------------------------------------------------------------------------------------
+
+def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None) -> str:
+    lines = []
+    head = f"planner why {exp.set}"
+    if exp.dry_run:
+        head += " --dry-run: what the next realise would do"
+        if exp.run is not None:
+            head += f", compared with run {exp.run}"
+    elif exp.run is not None:
+        head += f": run {exp.run}" + (f" compared with run {exp.against}" if exp.against is not None else "")
+    if node:
+        head += f" (causes reaching {node})"
+    lines.append(head)
+    verb = "would build" if exp.dry_run else "built"
+    failed = f", {len(exp.failures)} failed" if exp.failures else ""
+    lines.append(f"{len(exp.built)} {verb}{failed}, {exp.reused} reused; rebuild cost {_dur(exp.total_cost)}")
+    for f in exp.failures:
+        lines.append(f"FAILED {f.node}: {f.reason}  (`planner log {f.node}` prints its log)")
+    if not exp.built and not exp.failures:
+        lines.append("nothing " + ("will be" if exp.dry_run else "was") + " rebuilt")
+    if exp.causes:
+        lines.append("root causes:")
+        for i, r in enumerate(exp.causes, 1):
+            c = r.cause
+            lines.append(f"  {i}. {c.describe()}")
+            where = []
+            if c.file:
+                where.append(f"{c.file}:{c.line}" if c.line else c.file)
+                if c.recipe_file:
+                    where[-1] += f" ({c.recipe_file}:{c.recipe_line})" if c.recipe_line else f" ({c.recipe_file})"
+            if c.lock_entry:
+                where.append(f'lockfiles/{exp.set}.lock [inputs."{c.lock_entry}"]')
+            if where:
+                lines.append("     " + " · ".join(where))
+            first = r.nodes[0] if r.nodes else (r.dependents[0] if r.dependents else "")
+            others = len(r.nodes) - 1 if r.nodes else 0
+            deps = len(r.dependents) - (0 if r.nodes else 1)
+            verb2 = "rebuilds" if exp.dry_run else "rebuilt"
+            parts = [f"{verb2} {first}"]
+            if others:
+                same_recipe = len({n.split("[")[0] for n in r.nodes}) == 1
+                noun = "other variant" if same_recipe else "other node"
+                parts.append(f"{others} {noun}{'s' if others > 1 else ''}")
+            parts.append(f"{deps} dependent{'s' if deps != 1 else ''}")
+            lines.append(f"     -> {' and '.join(parts)} · cost {_dur(r.cost)}")
+            if expand:
+                for n in r.nodes[1:]:
+                    lines.append(f"        also {n}")
+                for n in r.dependents:
+                    lines.append(f"        dependent {n}")
+    for u in exp.unexplained:
+        lines.append(f"rebuilt without an input change: {u.node}: {u.reason}")
+    for m in exp.cache_misses:
+        lines.append(f"cache miss: {m.node}: {m.category}" + (f" ({m.detail})" if m.detail else ""))
+    for c in exp.cutoff:
+        lines.append(f"early cutoff: {c.node} reused; {', '.join(c.rebuilt_deps) or 'its dependencies'} "
+                     f"rebuilt to identical output")
+    for n in exp.nondeterministic:
+        files = f" (differs in {', '.join(n.files[:5])})" if n.files else ""
+        lines.append(f"NON-DETERMINISTIC: {n.node}: same inputs, different output {short_value(n.old_digest)} -> "
+                     f"{short_value(n.new_digest)}{files}")
+    for rp in exp.repacked:
+        lines.append(f"re-packed upstream, same content: {rp.lock_entry} (sha256 {rp.old_sha256[:12] if rp.old_sha256 else '?'}… -> "
+                     f"{rp.new_sha256[:12] if rp.new_sha256 else '?'}…, tree unchanged): no rebuild")
+    return "\n".join(lines)
+
+
+def _dur(s: float) -> str:
+    from .durations import format_duration
+
+    return format_duration(s, precise=True)

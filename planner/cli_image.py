@@ -1,0 +1,57 @@
+"""`planner push` and `planner export`: parse, call `planner.publish`, print.
+
+Standalone click commands; planner/cli.py adds them to its group. They read the project root
+and store from the group's context object (`.root`, `.store`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .errors import PlannerError
+
+
+def _obj():
+    obj = click.get_current_context().find_root().obj
+    if obj is None or not hasattr(obj, "root") or not hasattr(obj, "store_for_write"):
+        raise PlannerError("internal: push/export must run under the planner command group")
+    return obj
+
+
+@click.command()
+@click.argument("set_name", metavar="SET")
+@click.argument("ref", metavar="REF")
+@click.option("--variant", default=None, metavar="NAME",
+              help="CUDA variant to push (default: `default`, or the only one). Without a tag in "
+                   "REF, every variant is pushed under its own name unless --variant is given.")
+@click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to the registry (local test registries).")
+def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> None:
+    """Push SET's image to a registry REF (host/name:tag).
+
+    REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms."""
+    from .publish import push_image
+
+    obj = _obj()
+    for v, res in push_image(obj.root, set_name, obj.store_for_write(), ref, variant, plain_http=plain_http):
+        click.echo(f"{res.reference} {res.descriptor.digest}")
+        click.echo(f"  {v}: {res.blobs_uploaded} blobs uploaded ({res.bytes_uploaded} bytes), "
+                   f"{res.blobs_skipped} already there; {res.manifests_pushed} manifests pushed, "
+                   f"{res.manifests_skipped} already there", err=True)
+
+
+@click.command("export")
+@click.argument("set_name", metavar="SET")
+@click.argument("out", metavar="OUT.tar", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--variant", default=None, metavar="NAME",
+              help="Only this CUDA variant (and its platform tags); default: the whole layout.")
+def export(set_name: str, out: Path, variant: Optional[str]) -> None:
+    """Write SET's image as an OCI archive (oci-archive:).
+
+    What `oci-archive:` and `docker load` style tools read."""
+    from .publish import export_image
+
+    obj = _obj()
+    click.echo(str(export_image(obj.root, set_name, obj.store_for_write(), out, variant)))

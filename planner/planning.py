@@ -1,0 +1,127 @@
+"""The planning context: the load -> lock -> host -> plan prelude, and what is valid and needed.
+
+Every command that looks at a set's graph (realise, why, plan, show, store pull) starts here, so
+they agree on the plan; and realise, `why --dry-run` and `plan` agree on what a realise would
+build, because they ask `validity()` the same question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import attrs
+
+from .errors import LockError, PlannerError
+from .graph import Plan, plan as make_plan
+from .host import HostInfo, detect_host
+
+if TYPE_CHECKING:
+    from .lock import Lock
+    from .recipes import RecipeSet
+    from .store import Store
+
+
+@attrs.frozen
+class Planned:
+    """A recipe set, its lock, the host and the plan made from them."""
+
+    root: Path
+    rs: "RecipeSet"
+    lock: "Lock"
+    host: HostInfo
+    plan: Plan
+
+    @property
+    def set_name(self) -> str:
+        return self.rs.name
+
+
+def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[str] = None,
+         check_lock: bool = False) -> Planned:
+    """Load the set and its lock and plan it for this host.
+
+    `check_lock`: refuse a stale lock (realise). Unlocked inputs are not refused here: they
+    matter only where a realise builds (`refuse_unlocked`, once the needed nodes are known)."""
+    from . import lock as lockmod
+    from .recipes import load_set
+
+    rs = load_set(root, set_name)
+    lock = lockmod.read(rs.lockfile)
+    if check_lock:
+        unlocked_ids = {id_ for id_, li in lock.inputs.items() if li.status != "locked"}
+        problems = [p for p in lockmod.check(rs, lock, deep=False) if p.id not in unlocked_ids]
+        if problems:
+            more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
+            raise LockError(f"{problems[0].line()}{more}; `planner lock {rs.name}` re-pins it",
+                            where=str(rs.lockfile.relative_to(root)))
+    host = detect_host(sandboxed)
+    return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target))
+
+
+def roots_for(planned: Planned, platform: Optional[str]) -> list[str]:
+    """The plan's roots, or those for one platform (and those without a platform axis)."""
+    plan, rs = planned.plan, planned.rs
+    if platform is None:
+        return list(plan.roots)
+    if platform not in rs.config.platforms:
+        raise PlannerError(f"platform {platform} is not one of the set's platforms "
+                           f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
+    return [r for r in plan.roots if plan.nodes[r].variant.platform in (None, platform)]
+
+
+@attrs.frozen
+class Validity:
+    """What a realise of `roots` finds in the store and what it has to build or fetch."""
+
+    roots: list[str]
+    targets: list[str]
+    closure: list[str]  # every node the roots reach, dependencies first
+    known: dict[str, Any]  # node id -> realisation of its input key (present or not)
+    valid: dict[str, Any]  # node id -> store entry of a realisation whose output is present
+    needed: set[str]  # reached from the roots without passing through a valid node
+
+    def todo(self) -> list[str]:
+        return [nid for nid in self.closure if nid in self.needed]
+
+
+def validity(plan: Plan, store: "Store", roots: Iterable[str], *, rebuild: bool = False) -> Validity:
+    """Valid: a realisation for the input key whose entry is present (none with `rebuild`,
+    as --check wants). Needed: `Plan.needed`, so nothing below a valid output is rebuilt."""
+    roots = list(roots)
+    closure = plan.closure(roots)
+    by_key = store.realisations([plan.nodes[n].key for n in closure])
+    known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
+    valid: dict[str, Any] = {}
+    if not rebuild:
+        for nid, r in known.items():
+            e = store.lookup(r.build_key)
+            if e is not None:
+                valid[nid] = e
+    return Validity(roots=roots, targets=[t for t in plan.targets if t in set(roots)], closure=closure,
+                    known=known, valid=valid, needed=plan.needed(roots, valid))
+
+
+def unlocked_outside(planned: Planned, needed: set[str]) -> list[str]:
+    """One warning line naming the unlocked inputs that nothing this realise builds uses."""
+    unlocked_ids = {id_ for id_, li in planned.lock.inputs.items() if li.status != "locked"}
+    used = {ref.decl for nid in needed for ref in planned.plan.nodes[nid].inputs.values()}
+    other = sorted(unlocked_ids - used)
+    if not other:
+        return []
+    return [f"{len(other)} unlocked input{'s' if len(other) > 1 else ''} not needed by this realise: "
+            + ", ".join(other)]
+
+
+def refuse_unlocked(planned: Planned, needed: set[str]) -> None:
+    """A LockError naming the first unlocked input that a node this realise must build uses."""
+    plan, lock, rs = planned.plan, planned.lock, planned.rs
+    bad = sorted({ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values() if not ref.locked})
+    if not bad:
+        return
+    li = lock.inputs[bad[0]]
+    users = sorted(nid for nid in needed if any(r.decl == bad[0] for r in plan.nodes[nid].inputs.values()))
+    more = f" (and {len(bad) - 1} more: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
+    raise LockError(f"{bad[0]}: unlocked: {li.reason or 'not resolved'}; needed by {users[0]}{more}: "
+                    f"run `planner lock {rs.name} --update {bad[0]}` where it can be reached",
+                    where=str(rs.lockfile.relative_to(rs.root)))

@@ -1,0 +1,96 @@
+"""Shipping the image layout a set's realise produced: to a registry, or as an OCI archive.
+
+Both realise the set first, which is a no-op when nothing changed (the plan cache answers
+without building anything). The command line (`planner push`, `planner export`) only parses,
+calls these and prints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .errors import OciError, PlannerError
+
+
+def realised_layout(root: Path, set_name: str, store: Path) -> Path:
+    """The OCI layout of the set's target, realising it if needed (quietly)."""
+    from .realise import RealiseOptions, realise
+
+    result = realise(root, set_name, store, RealiseOptions())
+    if result.failures:
+        raise PlannerError(f"realise {set_name} failed: {result.failures[0].splitlines()[0]}")
+    if not result.output or not (Path(result.output) / "index.json").is_file():
+        raise OciError(f"the target of set {set_name!r} ({', '.join(result.targets)}) is not an OCI image "
+                       "(set.toml's target must be an oci-image recipe)")
+    return Path(result.output)
+
+
+def variants(layout: Path) -> list[str]:
+    from .oci.descriptor import INDEX_TYPES
+    from .oci.layout import read_layout
+
+    lay = read_layout(layout)
+    return [d.annotation("org.opencontainers.image.ref.name") or "" for d in lay.manifests
+            if d.media_type in INDEX_TYPES]
+
+
+def pick_variant(layout: Path, variant: Optional[str]) -> str:
+    found = variants(layout)
+    if variant is not None:
+        if variant not in found:
+            raise OciError(f"no CUDA variant {variant!r} in the image (variants: {', '.join(found)})")
+        return variant
+    if "default" in found:
+        return "default"
+    if len(found) == 1:
+        return found[0]
+    raise OciError(f"the image has several CUDA variants; name one with --variant ({', '.join(found)})")
+
+
+def push_image(root: Path, set_name: str, store: Path, ref: str, variant: Optional[str], *,
+               plain_http: bool = False) -> list:
+    """Push the set's image to `ref`; without a tag in `ref`, one tag per variant (or the one
+    named). Returns the registry's push results, one per tag."""
+    from .oci.registry import Reference, push_layout
+
+    layout = realised_layout(root, set_name, store)
+    parsed = Reference.parse(ref)
+    if parsed.tag or parsed.digest:
+        jobs = [(pick_variant(layout, variant), ref)]
+    else:
+        names = [pick_variant(layout, variant)] if variant else variants(layout)
+        jobs = [(v, f"{ref}:{v}") for v in names]
+    return [(v, push_layout(layout, target, tag_for=v, plain_http=True if plain_http else None))
+            for v, target in jobs]
+
+
+def export_image(root: Path, set_name: str, store: Path, out: Path, variant: Optional[str]) -> Path:
+    """Write the set's image (or one variant of it) as an OCI archive at `out`."""
+    from .lock import read as read_lock
+    from .oci.layout import export_oci_archive
+    from .recipes import load_set
+
+    layout = realised_layout(root, set_name, store)
+    sde = read_lock(load_set(root, set_name).lockfile).source_date_epoch
+    out = Path(out).absolute()
+    if variant is None:
+        return export_oci_archive(layout, out, source_date_epoch=sde)
+    return export_variant(layout, out, pick_variant(layout, variant), source_date_epoch=sde)
+
+
+def export_variant(layout: Path, out: Path, variant: str, *, source_date_epoch: int) -> Path:
+    """An OCI archive holding one variant: its index and platform tags, and their blobs only."""
+    from .oci.layout import LayoutImage, export_oci_archive, read_layout, write_layout
+
+    lay = read_layout(layout)
+    top = lay.resolve(variant)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent if out.parent.is_dir() else None) as tmp:
+        sub = Path(tmp) / "layout"
+        sub.mkdir()
+        # The blobs are read in place: the archive writer only needs paths for them.
+        os.symlink(lay.blobs_dir.absolute(), sub / "blobs")
+        write_layout(sub, [LayoutImage(variant, top)])
+        return export_oci_archive(sub, out, source_date_epoch=source_date_epoch)
