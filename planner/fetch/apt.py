@@ -89,6 +89,11 @@ class _State:
             "Dir::State::Lists": str(self.root / "lists"),
             "Dir::State::status": str(self.root / "status"),
             "Dir::Cache": str(self.root / "cache"),
+            # apt's parsed-lists cache, kept in our state: without it every apt-cache/apt-get
+            # call re-parses all lists (seconds each), and images that set it to "" (Docker's
+            # docker-clean) would make every lock of many .debs minutes slower.
+            "Dir::Cache::pkgcache": str(self.root / "cache" / "pkgcache.bin"),
+            "Dir::Cache::srcpkgcache": str(self.root / "cache" / "srcpkgcache.bin"),
             "APT::Architecture": self.arch,
             "APT::Architectures": self.arch,
             # Pins are checked by sha256, so an expired Release file (a mirror between syncs, a
