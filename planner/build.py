@@ -254,7 +254,7 @@ def _shell_argv(script: str) -> tuple[list[str], bytes]:
 
 
 _RUNTIME_MODULES = ("__init__.py", "builders/__init__.py", "builders/runtime.py", "builders/wheelfile.py",
-                    "builders/cuda.py")
+                    "builders/cuda.py", "builders/cuda_archs.py")
 _runtime_compiled = False
 
 

@@ -33,7 +33,7 @@ from planner.builders.cuda import (
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "demo" / "src" / "int4qat"
-CUDA_PY = REPO / "planner" / "builders" / "cuda.py"
+PLANNER_PKG = REPO / "planner"
 
 from .support.cuda_wheels import (CUOBJDUMP, RUNTIME_AARCH64, WHEELS_X86_64, _sha256,  # noqa: E402
                                   cuobjdump, download_cuda_wheels, wheel_cache)
@@ -349,7 +349,7 @@ import subprocess, sys
 sys.path.insert(0, "/builder")
 for _ in range(int(sys.argv[4])):      # shift nvcc's pid like a builder with more history would
     subprocess.run(["/usr/bin/true"])
-import cuda
+from planner.builders import cuda
 from pathlib import Path
 argv = cuda.compile_shared_library(sorted(Path("/build/src/csrc").glob("*.cu")),
                                    Path("/build/src/int4qat/_int4qat.so"),
@@ -379,7 +379,7 @@ def sandboxed_build(host_dir: Path, toolkit: Path, platform: str, archs: str, *,
             cmd += ["--ro-bind", f"/{link}", f"/{link}"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
             "--ro-bind", str(toolkit), "/toolchains/cuda",
-            "--ro-bind", str(CUDA_PY), "/builder/cuda.py",
+            "--ro-bind", str(PLANNER_PKG), "/builder/planner",
             "--bind", str(host_dir), "/build", "--chdir", "/build/src"]
     for k, v in {"PATH": "/usr/bin:/bin", "HOME": "/build/home", "TMPDIR": "/build/tmp", "TZ": "UTC",
                  "LC_ALL": "C.UTF-8", "SOURCE_DATE_EPOCH": "315532800"}.items():
