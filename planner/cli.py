@@ -287,6 +287,8 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
               help="Public key whose signatures are trusted (repeatable; env PLANNER_TRUSTED_KEYS).")
 @click.option("--platform", "platform_", default=None, metavar="OS/ARCH",
               help="Only the targets for this platform (and those without one), e.g. linux/arm64.")
+@click.option("--variant", "variant", default=None, metavar="NAME",
+              help="Only the targets for this CUDA variant of set.toml [cuda] (and those without one).")
 @click.option("--download", type=click.Choice(["toplevel", "all"]), default="toplevel",
               help="With a remote executor: fetch only the targets' outputs (default) or every output.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "rich"]), default="auto",
@@ -297,7 +299,7 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
 def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
             as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
-            trusted_keys: tuple[str, ...], platform_: str | None, download: str, progress_mode: str,
+            trusted_keys: tuple[str, ...], platform_: str | None, variant: str | None, download: str, progress_mode: str,
             print_build_logs: bool, connect_timeout: float) -> None:
     """Build what is missing; print the target's store path.
 
@@ -308,7 +310,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     # The no-op fast path: the standard library and one sqlite query, nothing else.
     from .plancache import fast_path_applies, noop_text, try_noop
 
-    if fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to, platform=platform_):
+    if fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to, platform=platform_,
+                         variant=variant):
         cache = try_noop(ctx.root.resolve(), name, ctx.store, target, sandbox == "on")
         if cache is not None:
             if out_link and cache["output"]:
@@ -328,7 +331,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
                           executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
-                          trusted_keys=trusted, platform=platform_, download=download,
+                          trusted_keys=trusted, platform=platform_, variant=variant, download=download,
                           connect_timeout=connect_timeout)
     progress = None
     if not as_json and not dry_run:

@@ -129,10 +129,10 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
     out: dict[str, InputDecl] = {}
     for r in rs.recipes.values():
         for name, src in r.all_sources().items():
-            plats = tuple(rs.config.platforms) if src.platform_dependent() else (ANY,)
-            if plats != (ANY,) and r.platforms and "host" in r.axes:
-                # a host-axis recipe's `platforms` are the build platforms it is made for
-                plats = tuple(p for p in plats if p in r.platforms)
+            # A recipe built for some platforms only needs pins for those (for a host-axis recipe,
+            # the build platforms it is made for).
+            plats = (tuple(p for p in rs.config.platforms if not r.platforms or p in r.platforms)
+                     if src.platform_dependent() else (ANY,))
             as_of = rs.config.resolve_as_of if src.kind == "pypi" else None
             d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats, as_of=as_of)
             out[d.id] = d

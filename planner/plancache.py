@@ -17,11 +17,12 @@ from .noop import noop_text, try_noop  # noqa: F401  (the answer, for callers of
 
 
 def fast_path_applies(*, dry_run: bool = False, check: bool = False, executor: object = None,
-                      cache_to: object = (), platform: Optional[str] = None, use_plan_cache: bool = True) -> bool:
+                      cache_to: object = (), platform: Optional[str] = None, use_plan_cache: bool = True,
+                      variant: Optional[str] = None) -> bool:
     """A no-op answer is possible only for a plain realise of everything into the local store:
     a dry run, a --check rebuild, a remote executor, a cache to push to or one platform of the
-    set all need the plan."""
-    return use_plan_cache and not (dry_run or check or executor or cache_to or platform)
+    set (or one CUDA variant) all need the plan."""
+    return use_plan_cache and not (dry_run or check or executor or cache_to or platform or variant)
 
 
 def watched_files(rs, lock_path: Path) -> list[Path]:

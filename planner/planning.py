@@ -59,15 +59,28 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
     return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target))
 
 
-def roots_for(planned: Planned, platform: Optional[str]) -> list[str]:
-    """The plan's roots, or those for one platform (and those without a platform axis)."""
+def roots_for(planned: Planned, platform: Optional[str], variant: Optional[str] = None) -> list[str]:
+    """The plan's roots, or those for one platform and/or one CUDA variant (and those without
+    that axis)."""
     plan, rs = planned.plan, planned.rs
-    if platform is None:
-        return list(plan.roots)
-    if platform not in rs.config.platforms:
-        raise PlannerError(f"platform {platform} is not one of the set's platforms "
-                           f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
-    return [r for r in plan.roots if plan.nodes[r].variant.platform in (None, platform)]
+    roots = list(plan.roots)
+    if platform is not None:
+        if platform not in rs.config.platforms:
+            raise PlannerError(f"platform {platform} is not one of the set's platforms "
+                               f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
+        roots = [r for r in roots if plan.nodes[r].variant.platform in (None, platform)]
+    if variant is not None:
+        if variant not in rs.config.cuda:
+            raise PlannerError(f"CUDA variant {variant!r} is not one of the set's "
+                               f"({', '.join(rs.config.cuda) or 'none'})", where=str(rs.folder / "set.toml"))
+        from .builders.cuda_archs import normalise_archs
+
+        def wanted(node) -> bool:
+            cuda = node.variant.cuda
+            return cuda is None or tuple(cuda) == tuple(normalise_archs(rs.config.archs(variant, node.variant.platform)))
+
+        roots = [r for r in roots if wanted(plan.nodes[r])]
+    return roots
 
 
 @attrs.frozen

@@ -42,6 +42,7 @@ class RealiseOptions:
     signing_key: Optional[Path] = None
     trusted_keys: tuple[str, ...] = ()
     platform: Optional[str] = None  # only the targets for this platform (and platform-free ones)
+    variant: Optional[str] = None  # only the targets for this CUDA variant (and those without one)
     # What a remote executor's outputs come back as: "toplevel" fetches the targets and leaves
     # intermediate outputs in the binary cache (Bazel's --remote_download_toplevel); "all"
     # fetches every output into the local store.
@@ -92,7 +93,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     emit: Emit = progress or (lambda kind, data: None)
     if fast_path_applies(dry_run=options.dry_run, check=options.check, executor=options.executor or executor,
                          cache_to=options.cache_to or tuple(cache_to), platform=options.platform,
-                         use_plan_cache=options.use_plan_cache) and store_root.exists():
+                         use_plan_cache=options.use_plan_cache, variant=options.variant) and store_root.exists():
         noop = _noop(root, set_name, store_root, options)
         if noop is not None:
             return noop
@@ -193,7 +194,7 @@ def decide(planned, store, options: RealiseOptions) -> Decision:
 
     plan = planned.plan
     durations = store.durations(planned.set_name)
-    v = validity(plan, store, roots_for(planned, options.platform), rebuild=options.check)
+    v = validity(plan, store, roots_for(planned, options.platform, options.variant), rebuild=options.check)
     return Decision(
         planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
         previous=previous_keys(runs_of(store, planned.set_name, limit=20)),
@@ -324,12 +325,13 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
         raise KeyboardInterrupt
     if not failures and output:
         # One root per target (and platform): realising another target must not unroot this one.
-        scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform)) if v)
+        scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform),
+                                                          ("variant", options.variant)) if v)
         store.set_root(f"set:{planned.root}:{planned.set_name}{scope}", Path(output))
         if options.out_link:
             out_link(options.out_link, Path(output), store)
     store.close()
-    if not failures and not options.check and options.platform is None:
+    if not failures and not options.check and options.platform is None and options.variant is None:
         # After the index is closed: the cache records the index as this run left it.
         write_plan_cache(planned.rs, planned.rs.lockfile, store.root, options.target, options.sandbox, result)
     return result

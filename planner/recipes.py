@@ -173,6 +173,9 @@ class SetConfig:
     # The recipe (a debian-rootfs with the host axis) whose root filesystem every sandboxed
     # build of the set runs in instead of the host's /usr: one per build platform.
     build_root: Optional[str] = None
+    # name -> recipe: a name that recipes use in deps, toolchains, requires, rootfs and image
+    # base/layers, standing for the recipe set.toml chooses (one line picks slime's base).
+    aliases: dict[str, str] = attrs.field(factory=dict)
 
     def archs(self, variant: str, platform: Optional[str]) -> list[str]:
         value = self.cuda[variant]
@@ -626,9 +629,35 @@ def load_set(root: Path, name: str) -> RecipeSet:
             cache.put(path, sig, r)
         recipes[r.name] = r
     cache.save()
+    if config.aliases:
+        recipes = _apply_aliases(config.aliases, recipes,
+                                 lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
     rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
     _check_references(rs)
     return rs
+
+
+def _apply_aliases(aliases: dict[str, str], recipes: dict[str, Recipe], err) -> dict[str, Recipe]:
+    """Every reference to an alias replaced by the recipe it stands for."""
+    for alias, target in sorted(aliases.items()):
+        if not isinstance(target, str) or target not in recipes:
+            raise err("aliases", f"alias {alias!r} names {target!r}, which is not a recipe of this set")
+        if alias in recipes:
+            raise err("aliases", f"alias {alias!r} is also the name of a recipe")
+
+    def sub(names):
+        return [aliases.get(n, n) for n in names]
+
+    out: dict[str, Recipe] = {}
+    for n, r in recipes.items():
+        build = attrs.evolve(r.build, rootfs=aliases.get(r.build.rootfs, r.build.rootfs)) if r.build.rootfs else r.build
+        image = r.image
+        if image is not None:
+            image = attrs.evolve(image, base=aliases.get(image.base, image.base) if image.base else image.base,
+                                 layers=[sub(g) for g in image.layers])
+        out[n] = attrs.evolve(r, deps=sub(r.deps), toolchains=sub(r.toolchains), requires=sub(r.requires),
+                              build=build, image=image)
+    return out
 
 
 def _check_cuda(config: SetConfig, err) -> None:

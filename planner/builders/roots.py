@@ -30,10 +30,16 @@ def debian_rootfs(node: Node, req: BuildRequest, out: Path, log: TextIO) -> None
     from ..safetree import regular_files
 
     debs: list[Path] = []
+    wheels: list[tuple[str, Path]] = []
     for name, entry in sorted(req.inputs.items()):
-        found = [p for p in regular_files(entry.path, where=f"input {name}") if _is_deb(p)]
+        files = regular_files(entry.path, where=f"input {name}")
+        filename = node.inputs[name].filename or entry.path.name
+        if filename.endswith(".whl") and len(files) == 1 and not _is_deb(files[0]):
+            wheels.append((filename, files[0]))
+            continue
+        found = [p for p in files if _is_deb(p)]
         if not found:
-            raise BuildError(node.label(), f"input {name} is not a .deb (give it kind = \"apt\")")
+            raise BuildError(node.label(), f"input {name} is neither a .deb (kind = \"apt\") nor a wheel")
         debs.extend(found)
     if not debs:
         raise BuildError(node.label(), "no .deb inputs: list the packages as [inputs.NAME] kind = \"apt\"")
@@ -47,6 +53,7 @@ def debian_rootfs(node: Node, req: BuildRequest, out: Path, log: TextIO) -> None
     for path, target in sorted(links.items()):
         add_link(out, path, target, where=node.label())
         log.write(f"link /{path} -> {target}\n")
+    _install_into_rootfs(node, req, out, wheels, log)
 
 
 def add_link(root: Path, path: str, target: str, *, where: str) -> None:
@@ -69,6 +76,47 @@ def add_link(root: Path, path: str, target: str, *, where: str) -> None:
     if not (parent / target).is_file():
         raise BuildError(where, f"settings.links: /{'/'.join(parts)} -> {target}: no such file in the root")
     os.symlink(target, link)
+
+
+def _install_into_rootfs(node: Node, req: BuildRequest, out: Path, wheels: list[tuple[str, Path]],
+                         log: TextIO) -> None:
+    """Wheels installed as pip would at /usr/local (a base with torch), then dependencies'
+    outputs copied to the paths `settings.place` names (a CUDA toolkit at usr/local/cuda)."""
+    import shutil
+    import tempfile
+
+    from ..oci.rootfs import install_wheel
+
+    settings = node.preimage.builder.settings
+    site = str(settings.get("site-packages", "/usr/local/lib/python3.11/dist-packages"))
+    for filename, path in sorted(wheels):
+        # installer reads the name and version from the file name: give it the wheel's own.
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            link = Path(tmp) / filename
+            os.symlink(path, link)
+            installed = install_wheel(link, out, site_packages=site)
+        log.write(f"installed {filename} ({len(installed.files)} files)\n")
+    place = settings.get("place", {})
+    if not isinstance(place, dict):
+        raise BuildError(node.label(), "settings.place must be a table of dependency = path")
+    for mount, rel in sorted(place.items()):
+        parts = Path(str(rel)).parts
+        if not parts or str(rel).startswith("/") or any(p in ("..", ".") for p in parts):
+            raise BuildError(node.label(), f"settings.place.{mount}: {rel!r} is not a relative path inside the root filesystem")
+        entry = req.deps.get(mount)
+        if entry is None:
+            raise BuildError(node.label(), f"settings.place names {mount!r}, which is not a dependency of this recipe")
+        dest = out
+        for part in parts[:-1]:  # real directories only: never through a link a .deb shipped
+            dest = dest / part
+            if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+                raise BuildError(node.label(), f"settings.place.{mount}: /{dest.relative_to(out)} is not a directory")
+            dest.mkdir(mode=0o755, exist_ok=True)
+        dest = dest / parts[-1]
+        if os.path.lexists(dest):
+            raise BuildError(node.label(), f"settings.place.{mount}: {rel} exists in the root filesystem already")
+        shutil.copytree(entry.path, dest, symlinks=True)
+        log.write(f"placed {mount} at /{rel}\n")
 
 
 def _is_deb(path: Path) -> bool:

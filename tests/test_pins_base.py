@@ -1,0 +1,146 @@
+"""The pieces of slime's base built from pins (issue 16, item 3): a root filesystem from real
+.debs with wheels installed into it and a toolkit placed in it; set.toml aliases choosing the
+base with one line; realising one CUDA variant."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from planner.builders.wheelfile import wheel_from_tree
+from planner.errors import BuildError
+from planner.graph import InputRef, Node, Variant
+from planner.store import Entry
+
+from .conftest import run_planner
+
+
+def _deb(tmp: Path) -> Path:
+    """A real .deb (dpkg-deb) holding /usr/bin/hello and the usr-merge directories."""
+    root = tmp / "debroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text("Package: hello-pins\nVersion: 1.0\nArchitecture: amd64\n"
+                                         "Maintainer: t <t@example.com>\nDescription: test\n")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/hello").write_text("#!/bin/sh\necho hi\n")
+    (root / "usr/bin/hello").chmod(0o755)
+    out = tmp / "hello-pins_1.0_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _wheel(tmp: Path) -> Path:
+    src = tmp / "wsrc"
+    (src / "pinsdemo").mkdir(parents=True)
+    (src / "pinsdemo/__init__.py").write_text("VALUE = 42\n")
+    out = tmp / "wheels"
+    out.mkdir()
+    return wheel_from_tree(src, ["pinsdemo"], name="pinsdemo", version="1.0", tag="py3-none-any", out_dir=out,
+                           source_date_epoch=1700000000)
+
+
+def _node(place: dict) -> tuple[Node, dict]:
+    inputs = {"deb-hello": InputRef(decl="b/deb-hello", platform="linux/amd64", tree="t", unpacks=False,
+                                    filename="hello-pins_1.0_amd64.deb"),
+              "pinsdemo": InputRef(decl="b/pinsdemo", platform=None, tree="t", unpacks=False,
+                                   filename="pinsdemo-1.0-py3-none-any.whl")}
+    node = Node(id="b[linux/amd64]", recipe="b", name="b", version="1", variant=Variant(platform="linux/amd64"),
+                key="k", preimage={"builder": {"settings": {"place": place}}}, builder="debian-rootfs",
+                deps={"toolkit": "toolkit"}, requires=(), inputs=inputs, estimate=1.0, memory=1 << 30, cores=1)
+    return node, inputs
+
+
+def _request(tmp: Path, node: Node):
+    from planner.build import BuildRequest
+
+    deb, whl = _deb(tmp), _wheel(tmp)
+    toolkit = tmp / "toolkit"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "bin/nvcc").write_text("nvcc stand-in\n")
+    e = lambda p, k: Entry(path=p, key=k, digest="d", kind="fixed", name=p.name)  # noqa: E731
+    return BuildRequest(node=node, inputs={"deb-hello": e(deb, "a"), "pinsdemo": e(whl, "b")},
+                        deps={"toolkit": e(toolkit, "c")})
+
+
+def test_rootfs_with_wheels_and_a_placed_toolkit(tmp_path: Path) -> None:
+    from planner.oci.assemble import debian_rootfs
+
+    node, _ = _node({"toolkit": "usr/local/cuda"})
+    out = tmp_path / "out"
+    out.mkdir()
+    log = io.StringIO()
+    debian_rootfs(node, _request(tmp_path, node), out, log)
+    assert (out / "usr/bin/hello").read_text().startswith("#!/bin/sh")
+    site = out / "usr/local/lib/python3.11/dist-packages"
+    assert (site / "pinsdemo/__init__.py").read_text() == "VALUE = 42\n"
+    assert (site / "pinsdemo-1.0.dist-info/RECORD").is_file()
+    assert (out / "usr/local/cuda/bin/nvcc").read_text() == "nvcc stand-in\n"
+    assert "installed pinsdemo-1.0-py3-none-any.whl" in log.getvalue()
+
+
+@pytest.mark.parametrize("rel", ["../escape", "/usr/local/cuda", "usr/../../x", "."])
+def test_place_outside_the_rootfs_is_refused(tmp_path: Path, rel: str) -> None:
+    from planner.oci.assemble import debian_rootfs
+
+    node, _ = _node({"toolkit": rel})
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BuildError, match="settings.place.toolkit"):
+        debian_rootfs(node, _request(tmp_path, node), out, io.StringIO())
+    assert not (tmp_path / "escape").exists()
+
+
+def _aliased(root: Path, alias_to: str, *, bad: str = "") -> None:
+    folder = root / "recipes/al"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n'
+                                     f'aliases = {{ base = "{alias_to}" }}\n{bad}'
+                                     '[cuda]\nsmall = ["sm_100a"]\nwide = ["sm_90a", "sm_100a"]\n')
+    for name, text in (("one", "one\n"), ("two", "two\n")):
+        (folder / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n[build]\nbuilder = "shell"\n'
+                                             f'script = "echo {text.strip()} > $out/which"\n')
+    (folder / "kern.toml").write_text('name = "kern"\nversion = "1"\naxes = ["platform", "cuda"]\n'
+                                      '[build]\nbuilder = "shell"\nscript = "echo built > $out/k"\n')
+    (folder / "top.toml").write_text('name = "top"\nversion = "1"\ndeps = ["base"]\nrequires = ["kern"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "cp /deps/' + alias_to
+                                     + '/which $out/which"\n')
+
+
+def test_one_line_in_set_toml_chooses_the_recipe_an_alias_stands_for(tmp_path: Path) -> None:
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _aliased(root, "one")
+    run_planner("--root", str(root), "--store", str(store), "lock", "al")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "al", "--target", "top",
+                                 "--json").stdout)
+    top = next(n for n in out["nodes"] if n["id"] == "top")
+    assert (Path(top["path"]) / "which").read_text() == "one\n"
+    _aliased(root, "two")
+    run_planner("--root", str(root), "--store", str(store), "lock", "al")
+    plan = json.loads(run_planner("--root", str(root), "--store", str(store), "plan", "al", "--json").stdout)
+    assert {n["id"] for n in plan["nodes"]} >= {"two", "top"} and "one" not in {n["id"] for n in plan["nodes"]}
+
+
+def test_an_alias_to_no_recipe_is_one_error_line(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    _aliased(root, "nothing")
+    proc = run_planner("--root", str(root), "--store", str(tmp_path / "s"), "plan", "al", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0
+    assert "alias 'base' names 'nothing'" in proc.stderr and "set.toml" in proc.stderr
+
+
+def test_realise_one_cuda_variant(tmp_path: Path) -> None:
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _aliased(root, "one")
+    run_planner("--root", str(root), "--store", str(store), "lock", "al")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "al", "--variant", "small",
+                                 "--json").stdout)
+    kern = [n["id"] for n in out["nodes"] if n["name"] == "kern"]
+    assert kern == ["kern[linux/amd64,small]"] or (len(kern) == 1 and "sm_100a" in kern[0] and "sm_90a" not in kern[0]), kern
+    bad = run_planner("--root", str(root), "--store", str(store), "realise", "al", "--variant", "nope", check=False)
+    assert bad.returncode != 0 and "CUDA variant 'nope'" in bad.stderr
