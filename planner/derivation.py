@@ -153,6 +153,7 @@ class Preimage:
     image: Optional[ImageFields] = None
     resolved: bool = False
     format: str = PREIMAGE_FORMAT
+    unavailable: Optional[str] = None  # a node that cannot be built for its variant: why
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
@@ -176,6 +177,8 @@ class Preimage:
             out["resources"] = self.resources
         if self.resolved:
             out["resolved"] = True
+        if self.unavailable is not None:
+            out["unavailable"] = self.unavailable
         return out
 
     @classmethod
@@ -197,6 +200,7 @@ class Preimage:
             deps=dict(data.get("deps", {})), source_date_epoch=int(data["source_date_epoch"]),
             impure=bool(data.get("impure", False)), host=data.get("host"), resources=data.get("resources"), image=image,
             resolved=bool(data.get("resolved", False)), format=data.get("format", PREIMAGE_FORMAT),
+            unavailable=data.get("unavailable"),
         )
 
     def key(self) -> str:
@@ -246,6 +250,7 @@ class Node:
     memory: int
     cores: int
     impure: bool = False
+    unavailable: Optional[str] = None  # why it cannot be built for this variant (then it has no inputs)
 
     def label(self) -> str:
         v = self.variant.label()

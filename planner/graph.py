@@ -78,6 +78,9 @@ class Plan:
         that input): its own, or the first found below it. Nodes absent are buildable."""
         out: dict[str, tuple[str, str]] = {}
         for nid, node in self.nodes.items():  # dependencies first
+            if node.unavailable:
+                out[nid] = (node.unavailable, nid)
+                continue
             own = sorted(ref.decl for ref in node.inputs.values() if not ref.locked)
             if own:
                 out[nid] = (own[0], nid)
@@ -150,6 +153,10 @@ class _Planner:
             self._axes[n] = frozenset(axes)
         return self._axes[name]
 
+    def _image_platforms(self, r: Recipe) -> list[str]:
+        """An image's platforms: the set's, or those of them its recipe is restricted to."""
+        return [p for p in self.rs.config.platforms if not r.platforms or p in r.platforms]
+
     def _children(self, r: Recipe, full: Variant) -> list[tuple[str, str, Variant]]:
         """(mount, recipe, variant to instantiate it with) for each build input of `r`."""
         if builder(r.build.builder).covers_variants:
@@ -159,7 +166,7 @@ class _Planner:
 
             out = []
             for vname in sorted(self.rs.config.cuda) or ["default"]:
-                for platform in self.rs.config.platforms:
+                for platform in self._image_platforms(r):
                     cuda = (tuple(normalise_archs(self.rs.config.archs(vname, platform)))
                             if self.rs.config.cuda else None)
                     pv = attrs.evolve(full, platform=platform, cuda=cuda)
@@ -203,6 +210,18 @@ class _Planner:
             self._make_node(r, v, {mount: self._id(c, cv) for mount, c, cv in children})
         return self._id(name, full)
 
+    def _unavailable(self, r: Recipe, variant: Variant, why: str) -> str:
+        nid = node_id(r.name, variant)
+        pre = Preimage(name=r.name, version=r.version, variant=variant,
+                       builder=BuilderSpec(kind=r.build.builder, version=builder(r.build.builder).version),
+                       env={}, inputs={}, patches=(), deps={}, source_date_epoch=self.lock.source_date_epoch,
+                       impure=False, unavailable=why)
+        self.nodes[nid] = Node(id=nid, recipe=r.name, name=r.name, version=r.version, variant=variant,
+                               key=pre.key(), preimage=pre, builder=r.build.builder, deps={}, requires=(),
+                               inputs={}, estimate=0.0, memory=r.resources.memory_bytes, cores=r.resources.cores,
+                               unavailable=why)
+        return nid
+
     def _make_node(self, r: Recipe, full: Variant, deps: dict[str, str]) -> str:
         name = r.name
         variant = full.restrict(self.effective_axes(name))
@@ -211,8 +230,12 @@ class _Planner:
             raise GraphError(f"{r.name} is made only for build platforms {', '.join(r.platforms)}, and this "
                              f"machine is {variant.host}", where=r.file)
         if r.platforms and "host" not in r.axes and variant.platform not in r.platforms:
-            raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
-                             where=r.file)
+            if variant.platform is None:
+                raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
+                                 where=r.file)
+            # Needed on a platform it is not built for (a base built for amd64 only, under an
+            # arm64 build): a node that cannot be built, shown as blocked, refused by realise.
+            return self._unavailable(r, variant, f"{r.name} is built only for {', '.join(r.platforms)}")
         if "cuda" in self.effective_axes(name) and full.cuda is None:
             raise GraphError(f"{r.name} uses the cuda axis but set.toml defines no cuda variants",
                              where=r.file)
@@ -225,8 +248,8 @@ class _Planner:
             assert r.image is not None
             inputs.update(self._base_image_inputs(r))
             image = ImageFields(
-                image=attrs.asdict(r.image), platforms=tuple(self.rs.config.platforms),
-                cuda_variants={k: {p: self.rs.config.archs(k, p) for p in self.rs.config.platforms}
+                image=attrs.asdict(r.image), platforms=tuple(self._image_platforms(r)),
+                cuda_variants={k: {p: self.rs.config.archs(k, p) for p in self._image_platforms(r)}
                                if isinstance(v, dict) else list(v) for k, v in sorted(self.rs.config.cuda.items())},
                 **b.extra_fields(self.rs, self.lock, r))
         pre = Preimage(
@@ -261,7 +284,7 @@ class _Planner:
         if base is None or base.build.builder != "image-rootfs":
             return {}
         out = {}
-        for platform in self.rs.config.platforms:
+        for platform in self._image_platforms(r):
             (ref,) = self._inputs(base, Variant(platform=platform)).values()
             out[f"base-image/{platform.replace('/', '-')}"] = ref
         return out

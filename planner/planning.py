@@ -31,6 +31,9 @@ class Planned:
     lock: "Lock"
     host: HostInfo
     plan: Plan
+    # Stale or missing lock entries of single inputs (realise): refused only where a realise
+    # builds with them, a warning elsewhere (`stale_outside`).
+    deferred: tuple = ()
 
     @property
     def set_name(self) -> str:
@@ -48,15 +51,20 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
 
     rs = load_set(root, set_name)
     lock = lockmod.read(rs.lockfile)
+    deferred: tuple = ()
     if check_lock:
         unlocked_ids = {id_ for id_, li in lock.inputs.items() if li.status != "locked"}
         problems = [p for p in lockmod.check(rs, lock, deep=False) if p.id not in unlocked_ids]
+        # So do stale or missing entries of single inputs: judged once the plan says what is needed.
+        input_ids = set(lock.inputs) | set(lockmod.declarations(rs))
+        deferred = tuple(p for p in problems if p.id in input_ids)
+        problems = [p for p in problems if p.id not in input_ids]
         if problems:
             more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
             raise LockError(f"{problems[0].line()}{more}; `planner lock {rs.name}` re-pins it",
                             where=str(rs.lockfile.relative_to(root)))
     host = detect_host(sandboxed)
-    return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target))
+    return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target), deferred)
 
 
 def roots_for(planned: Planned, platform: Optional[str], variant: Optional[str] = None) -> list[str]:
@@ -126,9 +134,30 @@ def unlocked_outside(planned: Planned, needed: set[str]) -> list[str]:
             + ", ".join(other)]
 
 
+def stale_outside(planned: Planned, needed: set[str]) -> list[str]:
+    """A LockError for the first stale lock entry that a node this realise builds uses; one
+    warning line naming those nothing it builds uses."""
+    used = {ref.decl for nid in needed for ref in planned.plan.nodes[nid].inputs.values()}
+    stale_used = [p for p in planned.deferred if p.id in used]
+    if stale_used:
+        more = f" (and {len(stale_used) - 1} more; see `planner lock --check`)" if len(stale_used) > 1 else ""
+        raise LockError(f"{stale_used[0].line()}{more}; `planner lock {planned.set_name}` re-pins it",
+                        where=str(planned.rs.lockfile.relative_to(planned.root)))
+    stale_other = sorted({p.id for p in planned.deferred} - used)
+    if not stale_other:
+        return []
+    return [f"{len(stale_other)} stale lock entr{'ies' if len(stale_other) > 1 else 'y'} not needed by "
+            f"this realise: {', '.join(stale_other[:8])}{', ...' if len(stale_other) > 8 else ''}"]
+
+
 def refuse_unlocked(planned: Planned, needed: set[str]) -> None:
-    """A LockError naming the first unlocked input that a node this realise must build uses."""
+    """A LockError naming the first unlocked input that a node this realise must build uses
+    (a PlannerError for a node that cannot be built for its platform)."""
     plan, lock, rs = planned.plan, planned.lock, planned.rs
+    unavailable = sorted(nid for nid in needed if plan.nodes[nid].unavailable)
+    if unavailable:
+        raise PlannerError(f"cannot build {unavailable[0]}: {plan.nodes[unavailable[0]].unavailable}"
+                           + (f" (and {len(unavailable) - 1} more)" if len(unavailable) > 1 else ""))
     bad = sorted({ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values() if not ref.locked})
     if not bad:
         return

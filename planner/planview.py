@@ -88,7 +88,7 @@ class PlanView:
         todo = sum(n.action != "reuse" for n in self.nodes)
         blocked = sum(n.action == "blocked" for n in self.nodes)
         lines.append(f"{len(self.nodes)} nodes, {todo} to build"
-                     + (f" ({blocked} blocked by unlocked inputs)" if blocked else "")
+                     + (f" ({blocked} blocked: an unlocked input or an unsupported platform below them)" if blocked else "")
                      + f"; critical path ~{_dur(self.critical_path)}"
                      + (f" ({' -> '.join(self.critical_nodes)})" if 1 < len(self.critical_nodes) <= 6 else ""))
         return "\n".join(lines)

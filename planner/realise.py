@@ -190,7 +190,7 @@ class Decision:
 def decide(planned, store, options: RealiseOptions) -> Decision:
     """What is valid (none with --check), what is needed, and what the last run had."""
     from .graph import critical_path
-    from .planning import roots_for, unlocked_outside, validity
+    from .planning import roots_for, stale_outside, unlocked_outside, validity
 
     plan = planned.plan
     durations = store.durations(planned.set_name)
@@ -198,7 +198,7 @@ def decide(planned, store, options: RealiseOptions) -> Decision:
     return Decision(
         planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
         previous=previous_keys(runs_of(store, planned.set_name, limit=20)),
-        warnings=unlocked_outside(planned, v.needed),
+        warnings=[*unlocked_outside(planned, v.needed), *stale_outside(planned, v.needed)],
     )
 
 

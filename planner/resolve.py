@@ -558,6 +558,22 @@ def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: froze
                 and prev.spec == decl.spec()):
             inputs[id_] = prev
             continue
+        kept = _pins_kept_for_new_platforms(decl, prev) if not wanted else None
+        if kept is not None:
+            # Only platforms were added (a recipe or set now builds for arm64 too): the pins of
+            # the old ones stay, and only the new ones are fetched.
+            missing = attrs.evolve(decl, platforms=tuple(p for p in decl.platforms if p not in kept))
+            try:
+                new = resolver.resolve(missing)
+            except HashMismatch:
+                raise
+            except (FetchError, LockError) as exc:
+                failures.append((id_, exc.line()))
+                inputs[id_] = prev
+                continue
+            inputs[id_] = attrs.evolve(new, spec=decl.spec(), pins={**kept, **new.pins})
+            changed.append(id_)
+            continue
         expected = prev.pins if prev is not None and prev.status == "unlocked" and prev.spec == decl.spec() else None
         expected = expected or declared_pins(decl)
         try:
@@ -575,6 +591,18 @@ def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: froze
         if prev is None or prev.pins != new.pins or prev.spec != new.spec or prev.status != new.status:
             changed.append(id_)
     return inputs, changed, failures
+
+
+def _pins_kept_for_new_platforms(decl: InputDecl, prev: Optional[LockedInput]) -> Optional[dict[str, Pin]]:
+    """The previous pins, when `decl` differs from what was locked only by added platforms."""
+    if prev is None or prev.status != "locked" or prev.spec == decl.spec() or ANY in decl.platforms:
+        return None
+    old = tuple(p for p in decl.platforms if p in prev.pins)
+    if not old or len(old) == len(decl.platforms):
+        return None
+    if attrs.evolve(decl, platforms=old).spec() != prev.spec:
+        return None
+    return {p: prev.pins[p] for p in old}
 
 
 class UnresolvedInputs(LockError):

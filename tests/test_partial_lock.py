@@ -90,4 +90,47 @@ def test_plan_marks_blocked_nodes_with_the_input(project) -> None:
     text = _planner(project, "plan", "part").stdout
     top = next(l for l in text.splitlines() if " top " in l)
     assert top.startswith("blocked") and "blocked by fetched/source (via fetched)" in top
-    assert "2 blocked by unlocked inputs" in text
+    assert "(2 blocked: " in text
+
+
+def test_a_dependency_built_for_fewer_platforms_blocks_only_those(project) -> None:
+    root, store = project
+    folder = root / "recipes/part"
+    (folder / "amdonly.toml").write_text('name = "amdonly"\nversion = "1"\nplatforms = ["linux/amd64"]\n'
+                                         '[build]\nbuilder = "shell"\nscript = "echo amd > $out/a"\n')
+    (folder / "onit.toml").write_text('name = "onit"\nversion = "1"\naxes = ["platform"]\ndeps = ["amdonly"]\n'
+                                      '[build]\nbuilder = "shell"\nscript = "cp /deps/amdonly/a $out/"\n')
+    _planner(project, "lock", "part", check=False)
+    view = json.loads(_planner(project, "plan", "part", "--target", "onit", "--json").stdout)
+    nodes = {n["id"]: n for n in view["nodes"]}
+    assert nodes["onit[linux/amd64]"]["action"] == "build"
+    arm = nodes["onit[linux/arm64]"]
+    assert arm["action"] == "blocked" and arm["blocked_by"] == "amdonly is built only for linux/amd64"
+    assert arm["blocked_via"] == "amdonly[linux/arm64]"
+    ok = _planner(project, "realise", "part", "--target", "onit", "--platform", "linux/amd64")
+    assert ok.returncode == 0
+    refused = _planner(project, "realise", "part", "--target", "onit", "--platform", "linux/arm64", check=False)
+    assert refused.returncode != 0
+    assert "cannot build amdonly[linux/arm64]: amdonly is built only for linux/amd64" in refused.stderr
+
+
+def test_adding_a_platform_keeps_the_pins_of_the_others(tmp_path: Path) -> None:
+    """A recipe that now builds for arm64 too: `lock` fetches the arm64 pins only."""
+    root, store = tmp_path / "proj", tmp_path / "store"
+    folder = root / "recipes/grow"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "w"\nsource-date-epoch = 1700000000\n'
+                                     'platforms = ["linux/amd64", "linux/arm64"]\n')
+    recipe = ('name = "w"\nversion = "1"\n{plat}[inputs.six]\nkind = "pypi"\nname = "six"\nversion = "1.17.0"\n'
+              'dist = "wheel"\nper-platform = true\n[build]\nbuilder = "prebuilt-wheel"\n')
+    (folder / "w.toml").write_text(recipe.format(plat='platforms = ["linux/amd64"]\n'))
+    first = run_planner("--root", str(root), "--store", str(store), "lock", "grow")
+    assert "resolving w/six [linux/amd64]" in first.stderr
+    before = (root / "lockfiles/grow.lock").read_text()
+    assert "linux/arm64" not in before
+    (folder / "w.toml").write_text(recipe.format(plat=""))
+    second = run_planner("--root", str(root), "--store", str(store), "lock", "grow")
+    assert "resolving w/six [linux/arm64]" in second.stderr and "[linux/amd64]" not in second.stderr
+    after = (root / "lockfiles/grow.lock").read_text()
+    assert "linux/arm64" in after
+    run_planner("--root", str(root), "--store", str(store), "lock", "grow", "--check")
