@@ -37,7 +37,10 @@ PLATFORMS = ("linux/amd64", "linux/arm64")
 
 # Nodes per recipe when the image is planned for 2 platforms x 2 CUDA variants.
 EXPECTED_NODES = {
-    "sglang-base": 2,  # one pinned root filesystem per platform
+    # set.toml's `aliases.base` picks the base: pins-base (built here from pins; amd64 only so far,
+    # so its arm64 node is a blocked placeholder) with its toolkit, or sglang-base (the registry).
+    "pins-base": 2,
+    "pins-cuda": 2,
     "apt-tools": 2,
     "transformer-engine": 2,  # the core wheel differs per platform
     "transformer-engine-torch": 2,  # built in the rootfs: per platform, no CUDA axis
@@ -95,10 +98,9 @@ def test_set_loads_with_the_reference_pins(rs):
                                                                     "sm_120+PTX"]
     assert normalise_archs(cfg.archs("default", "linux/arm64")) == ["sm_90", "sm_90a", "sm_100", "sm_120+PTX"]
     assert normalise_archs(cfg.archs("sm100a", "linux/arm64")) == ["sm_100a"]
-    assert sorted(rs.recipes) == sorted(EXPECTED_NODES)
+    assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, "sglang-base", "image-core"])
     pins = {
         "apex": "10417aceddd7d5d05d7cbf7b0fc2daad1105f8b4",
-        "sglang": "bbe9c7eeb520b0a67e92d133dfc137a3688dc7f2",
         "int4-qat": "7014942c17625732dbe9239c0aa9d8e7d7265ccc",
         "megatron-lm": "3714d81d418c9f1bca4594fc35f9e8289f652862",
         "mbridge": "89eb10887887bc74853f89a4de258c0702932a1c",
@@ -108,8 +110,14 @@ def test_set_loads_with_the_reference_pins(rs):
     }
     for name, commit in pins.items():
         assert rs.get(name).source.kind == "git" and rs.get(name).source.rev == commit, name
+    # SGLang v0.5.9 from its PyPI sdist (the repository is out of reach); slime's patch strips 2.
+    sg = rs.get("sglang")
+    assert (sg.source.kind, sg.source.name, sg.source.version, sg.source.dist) == ("pypi", "sglang", "0.5.9", "sdist")
+    assert [p.strip for p in sg.patches] == [2, 2]
     assert rs.get("int4-qat").source.subdir == "slime/backends/megatron_utils/kernels/int4_qat"
-    assert rs.get("apex").source.submodules
+    # Apex's two submodules feed only contrib extensions that `--cpp_ext --cuda_ext` does not build.
+    assert not rs.get("apex").source.submodules
+    assert not [i for i in rs.get("apex").inputs if i.startswith("source/sub/")]
     # Every git ref of the set is a full commit, never a tag or a branch (item 2).
     for r in rs.recipes.values():
         for name, src in r.all_sources().items():
@@ -151,7 +159,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 39
+    assert len(the_plan.nodes) == sum(EXPECTED_NODES.values()) == 39
     assert the_plan.targets == ("image",)
 
 
@@ -203,9 +211,12 @@ def test_pure_python_wheels_are_shared_across_platforms(rs, lock, the_plan):
 
 def test_rootfs_builds_use_the_base_image(rs, the_plan):
     for name in ROOTFS_RECIPES:
-        assert rs.get(name).build.rootfs == "sglang-base", name
+        assert rs.get(name).build.rootfs == "pins-base", name  # set.toml: aliases.base
         for n in (n for n in the_plan.nodes.values() if n.recipe == name):
-            assert n.deps["rootfs"] == f"sglang-base[{n.variant.platform}]"
+            if n.variant.platform == "linux/arm64":  # pins-base is amd64-only so far: blocked
+                assert n.id in the_plan.blocked()
+                continue
+            assert n.deps["rootfs"] == f"pins-base[{n.variant.platform}]"
             assert not n.preimage.host
 
 
@@ -213,7 +224,7 @@ def test_resource_hints_for_heavy_cuda_builds(rs):
     apex = rs.get("apex")
     # Recipe data, not measurements: the cost hints the scheduler and `plan` use.
     apex_hours = apex.estimate_seconds / 3600
-    assert apex_hours >= 1 and apex.resources.memory_bytes >= 32 << 30
+    assert apex_hours >= 1 and apex.resources.memory_bytes >= 8 << 30
     int4_minutes = rs.get("int4-qat").estimate_seconds / 60
     assert int4_minutes >= 2
 
@@ -272,8 +283,6 @@ def test_lock_is_current_apart_from_unreachable_inputs(rs, lock):
 PREFETCHED = {
     "apex/source": ("10417aceddd7d5d05d7cbf7b0fc2daad1105f8b4",
                     "blake3:46a1d6edf60da84dffa36c24705ced858f3f5d5f4f04aa50f1356d8ad0e16b06"),
-    "apex/source/sub/apex/contrib/csrc/cudnn-frontend": ("171a7a986f7fbd9ed71bd0cf3c7ad4f55843d6b3", None),
-    "apex/source/sub/apex/contrib/csrc/multihead_attn/cutlass": ("66d9cddc832c1cdc2b30a8755274f7f74640cfe6", None),
     "megatron-lm/source": ("3714d81d418c9f1bca4594fc35f9e8289f652862",
                            "blake3:d7ef8ec61a2f573a1085d9a0a88a9279e96122ba0eda78b985d19b0bb3d30fbd"),
     "slime/source": ("7014942c17625732dbe9239c0aa9d8e7d7265ccc",
@@ -283,7 +292,6 @@ PREFETCHED = {
     "torch-memory-saver/source": ("dc6876905830430b5054325fa4211ff302169c6b",
                                   "blake3:dc5fa781cb562a599e247c0fa57459e343495719fd337a91d7b981e392c5897e"),
     "mbridge/source": ("89eb10887887bc74853f89a4de258c0702932a1c", None),
-    "sglang/source": ("bbe9c7eeb520b0a67e92d133dfc137a3688dc7f2", None),
     "megatron-bridge/source": ("35b4ebfc486fb15dcc0273ceea804c3606be948a", None),
     "sglang/patch/sglang.patch": ("sha256:4b3f4b654db0fc3c96cb76a7d2a6159e4e69d5cbd4cf643b20fccbdaec8e583f",
                                   "blake3:22fb9b7ff2ffa4f485ed41373592275daac2bdc71b3a7900a2062b1ece426957"),
@@ -301,11 +309,15 @@ def test_unlocked_git_inputs_carry_the_prefetched_pins(rs, lock):
     decls = lockmod.declarations(rs)
     for id_, (ref, tree) in PREFETCHED.items():
         li = lock.inputs[id_]
-        assert li.status == "unlocked", id_
         pin = li.pins[ANY]
         assert (pin.sha256 if ref.startswith("sha256:") else pin.commit) == ref.removeprefix("sha256:"), id_
-        assert pin.tree == tree and pin.url, id_
-        assert li.pins == declared_pins(decls[id_]), id_
+        if li.status == "unlocked":
+            assert pin.tree == tree and pin.url, id_
+            assert li.pins == declared_pins(decls[id_]), id_
+        else:
+            # Locked from a mirror of the real repositories: the fetched content has exactly the
+            # prefetched tree hash the recipe states (checked by `lock`, recorded here).
+            assert li.status == "locked" and (tree is None or pin.tree == tree), id_
 
 
 def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
@@ -415,7 +427,7 @@ def test_plan_is_stable_across_processes():
                               env={**os.environ, "PYTHONHASHSEED": seed}, cwd=tempfile.gettempdir())
         outs.append(json.loads(proc.stdout))
     assert outs[0] == outs[1]
-    assert len(outs[0]) == TOTAL_NODES
+    assert len(outs[0]) == 39
 
 
 _OFFLINE = """
@@ -441,20 +453,24 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     assert proc.returncode == 0, proc.stderr
     view = json.loads(proc.stdout)
     nodes = {n["id"]: n for n in view["nodes"]}
-    assert len(nodes) == TOTAL_NODES
-    base = nodes["sglang-base[linux/amd64]"]
-    assert base["action"] == "blocked" and base["unlocked"] == ["sglang-base/source"]
-    # Nodes below nothing unlocked but above an unlocked input are blocked by it, named.
-    tms = nodes["torch-memory-saver[linux/amd64]"]
-    assert tms["action"] == "blocked" and tms["unlocked"] == ["torch-memory-saver/source"]
+    assert len(nodes) == 39
+    # The base built from pins is buildable here for amd64; its arm64 node is a blocked placeholder.
+    assert nodes["pins-base[linux/amd64]"]["action"] == "build"
+    arm = nodes["pins-base[linux/arm64]"]
+    assert arm["action"] == "blocked" and arm["blocked_by"] == "pins-base is built only for linux/amd64"
+    # Nodes above an unlocked input are blocked by it, named with the node that uses it.
+    slime = nodes["slime[linux/amd64]"]
+    assert slime["action"] == "build"
     assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
+    assert nodes["mbridge"]["action"] == "blocked" and nodes["mbridge"]["unlocked"] == ["mbridge/source"]
     assert nodes["slime-requirements"]["action"] == "build" and nodes["slime-requirements"]["unlocked"] == []
     assert nodes["numpy[linux/arm64]"]["action"] == "build"
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
     marked = {u for n in nodes.values() for u in n["unlocked"]}
-    assert marked == unlocked_ids
+    # The registry base is not in the plan while set.toml chooses the base built from pins.
+    assert marked == unlocked_ids - {"sglang-base/source"}
     text = _planner_offline("plan", "slime", store=tmp_path / "store")
-    assert text.returncode == 0 and "unlocked: sglang-base/source" in text.stdout
+    assert text.returncode == 0 and "unlocked: mbridge/source" in text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):
