@@ -1,6 +1,7 @@
 """GPU check of slime's CUDA kernels against torch on the same GPU (issue 16).
 
     python bench/slime_gpu_check.py int4 DIR        # DIR holds fake_int4_quant_cuda*.so (an unpacked wheel)
+    python bench/slime_gpu_check.py int4 SRC-src    # or builds it from the pinned .cu in SRC-src, sm_90a
     python bench/slime_gpu_check.py apex-ln SRC      # builds apex's fused layer norm from SRC, sm_90a
 
 `int4`: slime's `fake_int4_quant_cuda(x, [bm, bn], sym)` (the quantised values, per-block scale
@@ -39,8 +40,16 @@ def _int4_reference(x, block, sym):
 def check_int4(folder: str) -> bool:
     import torch
 
-    sys.path.insert(0, folder)
-    import fake_int4_quant_cuda as k
+    if folder.endswith("-src"):  # build the pinned source here, for this GPU's sm_90a
+        from torch.utils.cpp_extension import load
+
+        k = load(name="fake_int4_quant_cuda", sources=[f"{folder}/fake_int4_quant_cuda.cu"],
+                 extra_cflags=["-O3", "-std=c++17"],
+                 extra_cuda_cflags=["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+                                    "-gencode=arch=compute_90a,code=sm_90a"])
+    else:
+        sys.path.insert(0, folder)
+        import fake_int4_quant_cuda as k
 
     print(f"int4_qat: {k.__file__}; torch {torch.__version__}; {torch.cuda.get_device_name()}")
     ok = True
