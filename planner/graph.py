@@ -229,7 +229,9 @@ class _Planner:
         if r.platforms and "host" in r.axes and variant.host not in r.platforms:
             raise GraphError(f"{r.name} is made only for build platforms {', '.join(r.platforms)}, and this "
                              f"machine is {variant.host}", where=r.file)
-        if r.platforms and "host" not in r.axes and variant.platform not in r.platforms:
+        if (r.platforms and "host" not in r.axes and variant.platform not in r.platforms
+                and r.build.builder != "oci-image"):  # an image's platforms are its manifests'
+
             if variant.platform is None:
                 raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
                                  where=r.file)

@@ -545,3 +545,14 @@ def test_keys_do_not_depend_on_the_text_of_an_unlocked_reason(rs, lock, the_plan
     # and the reason text is part of the lockfile.
     builds = lambda p: {k: n.key for k, n in p.nodes.items() if n.builder != "oci-image"}  # noqa: E731
     assert builds(again) == builds(the_plan)
+
+
+def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
+    """`image-core` (platforms = ["linux/amd64"]): one manifest per variant for amd64 only, its
+    layers the compiled and patched components, nothing it needs blocked by an unlocked input."""
+    p = plan(rs, lock, HOST, target="image-core")
+    image = p.nodes["image-core"]
+    assert image.preimage["platforms"] == ["linux/amd64"]
+    assert all("/linux-amd64/" in mount for mount in image.deps)
+    assert {p.nodes[d].recipe for d in image.deps.values()} == {"pins-base", "int4-qat", "sglang", "megatron-lm"}
+    assert not set(p.closure(["image-core"])) & set(p.blocked())
