@@ -231,7 +231,6 @@ class _Planner:
                              f"machine is {variant.host}", where=r.file)
         if (r.platforms and "host" not in r.axes and variant.platform not in r.platforms
                 and r.build.builder != "oci-image"):  # an image's platforms are its manifests'
-
             if variant.platform is None:
                 raise GraphError(f"{r.name} is built only for {', '.join(r.platforms)}, not {variant.platform}",
                                  where=r.file)
