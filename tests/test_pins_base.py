@@ -13,7 +13,7 @@ import pytest
 
 from planner.builders.wheelfile import wheel_from_tree
 from planner.errors import BuildError
-from planner.graph import InputRef, Node, Variant
+from planner.derivation import BuilderSpec, InputRef, Node, Preimage, Variant
 from planner.store import Entry
 
 from .conftest import run_planner
@@ -50,13 +50,18 @@ def _node(place: dict) -> tuple[Node, dict]:
               "pinsdemo": InputRef(decl="b/pinsdemo", platform=None, tree="t", unpacks=False,
                                    filename="pinsdemo-1.0-py3-none-any.whl")}
     node = Node(id="b[linux/amd64]", recipe="b", name="b", version="1", variant=Variant(platform="linux/amd64"),
-                key="k", preimage={"builder": {"settings": {"place": place}}}, builder="debian-rootfs",
+                key="k", preimage=Preimage(name="b", version="1", variant=Variant(platform="linux/amd64"),
+                                           builder=BuilderSpec(kind="debian-rootfs", version=1,
+                                                               settings={"place": place}),
+                                           env={}, inputs={}, patches=(), deps={}, source_date_epoch=1700000000,
+                                           impure=False),
+                builder="debian-rootfs",
                 deps={"toolkit": "toolkit"}, requires=(), inputs=inputs, estimate=1.0, memory=1 << 30, cores=1)
     return node, inputs
 
 
 def _request(tmp: Path, node: Node):
-    from planner.build import BuildRequest
+    from planner.derivation import BuildRequest
 
     deb, whl = _deb(tmp), _wheel(tmp)
     toolkit = tmp / "toolkit"
@@ -68,7 +73,7 @@ def _request(tmp: Path, node: Node):
 
 
 def test_rootfs_with_wheels_and_a_placed_toolkit(tmp_path: Path) -> None:
-    from planner.oci.assemble import debian_rootfs
+    from planner.builders.roots import debian_rootfs
 
     node, _ = _node({"toolkit": "usr/local/cuda"})
     out = tmp_path / "out"
@@ -85,7 +90,7 @@ def test_rootfs_with_wheels_and_a_placed_toolkit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rel", ["../escape", "/usr/local/cuda", "usr/../../x", "."])
 def test_place_outside_the_rootfs_is_refused(tmp_path: Path, rel: str) -> None:
-    from planner.oci.assemble import debian_rootfs
+    from planner.builders.roots import debian_rootfs
 
     node, _ = _node({"toolkit": rel})
     out = tmp_path / "out"

@@ -553,7 +553,7 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
     layers the compiled and patched components, nothing it needs blocked by an unlocked input."""
     p = plan(rs, lock, HOST, target="image-core")
     image = p.nodes["image-core"]
-    assert image.preimage["platforms"] == ["linux/amd64"]
+    assert image.preimage.image.platforms == ("linux/amd64",)
     assert all("/linux-amd64/" in mount for mount in image.deps)
     assert {p.nodes[d].recipe for d in image.deps.values()} == {"pins-base", "int4-qat", "sglang", "megatron-lm"}
     assert not set(p.closure(["image-core"])) & set(p.blocked())
