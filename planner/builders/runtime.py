@@ -231,6 +231,8 @@ def wheel_problems(wheel: Path) -> list[str]:
     """Why `wheel` is not a wheel with compiled extension modules (require-extensions)."""
     parts = wheel.name[:-len(".whl")].split("-")
     platform_tag = parts[-1] if len(parts) >= 5 else "any"
+    import zipfile
+
     problems = []
     if platform_tag == "any":
         problems.append(f"{wheel.name} has no platform tag (it is {platform_tag!r})")
