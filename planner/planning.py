@@ -134,10 +134,16 @@ def unlocked_outside(planned: Planned, needed: set[str]) -> list[str]:
             + ", ".join(other)]
 
 
-def stale_outside(planned: Planned, needed: set[str]) -> list[str]:
-    """A LockError for the first stale lock entry that a node this realise builds uses; one
-    warning line naming those nothing it builds uses."""
-    used = {ref.decl for nid in needed for ref in planned.plan.nodes[nid].inputs.values()}
+def stale_outside(planned: Planned, closure: set[str]) -> list[str]:
+    """A LockError for the first stale lock entry that a node of the realised closure uses, cached
+    or not (a cached output of an edited input would be a wrong answer); one warning line naming
+    those nothing in the closure uses."""
+    nodes = planned.plan.nodes
+    used = {ref.decl for nid in closure for ref in nodes[nid].inputs.values()}
+    # A stale pin (an edited local patch, say) may no longer be referenced by the node it belongs
+    # to; the lock id's recipe part still names it.
+    recipes = {nodes[nid].name for nid in closure}
+    used |= {p.id for p in planned.deferred if p.id.split("/", 1)[0] in recipes}
     stale_used = [p for p in planned.deferred if p.id in used]
     if stale_used:
         more = f" (and {len(stale_used) - 1} more; see `planner lock --check`)" if len(stale_used) > 1 else ""

@@ -198,7 +198,7 @@ def decide(planned, store, options: RealiseOptions) -> Decision:
     return Decision(
         planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
         previous=previous_keys(runs_of(store, planned.set_name, limit=20)),
-        warnings=[*unlocked_outside(planned, v.needed), *stale_outside(planned, v.needed)],
+        warnings=[*unlocked_outside(planned, v.needed), *stale_outside(planned, set(v.closure))],
     )
 
 
