@@ -371,19 +371,6 @@ def _refuse_edited_pins(plan, lock, closure, store, rs) -> None:
                                 f"{ref.decl}`", where=str(rs.lockfile.relative_to(rs.root)))
 
 
-def _refuse_unlocked(plan, lock, needed: set[str], set_name: str, rs) -> None:
-    """A LockError naming the first unlocked input that a node this realise must build uses."""
-    bad = sorted({ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values() if not ref.locked})
-    if not bad:
-        return
-    li = lock.inputs[bad[0]]
-    users = sorted(nid for nid in needed if any(r.decl == bad[0] for r in plan.nodes[nid].inputs.values()))
-    more = f" (and {len(bad) - 1} more: {', '.join(bad[1:4])}{', ...' if len(bad) > 4 else ''})" if len(bad) > 1 else ""
-    raise LockError(f"{bad[0]}: unlocked: {li.reason or 'not resolved'}; needed by {users[0]}{more}: "
-                    f"run `planner lock {set_name} --update {bad[0]}` where it can be reached",
-                    where=str(rs.lockfile.relative_to(rs.root)))
-
-
 def _prefetch_apt(resolver, store, plan, todo, decls, lock) -> None:
     """The missing .deb inputs of what will be built that have no pinned URL, in one apt call
     per architecture."""
