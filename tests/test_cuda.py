@@ -227,6 +227,8 @@ def test_assemble_toolkit_layout(tmp_path):
     assert os.readlink(dest / "targets/x86_64-linux/include") == "../../include"
     assert os.readlink(dest / "targets/x86_64-linux/lib") == "../../lib"
     assert os.readlink(dest / "lib/libcudart.so") == "libcudart.so.13"
+    assert os.readlink(dest / "lib64") == "lib"
+    assert not (dest / "lib/stubs").exists()  # no cuda.h in these wheels: no driver API to stub
     assert (dest / "targets/aarch64-linux/lib/libcudart_static.a").read_bytes() == b"arm"
     # identical headers are shared with the host (crt/ and cccl/ come along)
     assert os.readlink(dest / "targets/aarch64-linux/include") == "../../include"
@@ -247,6 +249,22 @@ def _listing(root: Path) -> list[tuple]:
         elif p.is_file():
             out.append((rel, "file", p.stat().st_mode & 0o777, p.read_bytes()))
     return out
+
+
+def test_assemble_toolkit_driver_stub(tmp_path):
+    """With the driver API header, lib64/stubs/libcuda.so for the host and each target's machine."""
+    wheels = _synthetic_wheels(tmp_path)
+    api = _wheel(tmp_path / "api.whl", {"nvidia/cu13/include/cuda.h":
+                                        b"#define cuMemAlloc cuMemAlloc_v2\nCUresult CUDAAPI cuMemAlloc(void);\n"})
+    target = _wheel(tmp_path / "t.whl", {"nvidia/cu13/lib/libcudart_static.a": b"arm"})
+    dest = tmp_path / "tk"
+    assemble_toolkit(wheels + [api], dest, target_runtime_wheels={"aarch64-linux": [target]})
+    assert elf_machine(dest / "lib64/stubs/libcuda.so") == EM_X86_64
+    assert elf_machine(dest / "targets/aarch64-linux/lib/stubs/libcuda.so") == EM_AARCH64
+    assert not os.access(dest / "lib/stubs/libcuda.so", os.X_OK)
+    syms = subprocess.run(["readelf", "-W", "--dyn-syms", str(dest / "lib/stubs/libcuda.so")],
+                          capture_output=True, text=True, check=True).stdout
+    assert " cuMemAlloc_v2" in syms and " cuMemAlloc\n" in syms
 
 
 def test_assemble_toolkit_target_headers_differ(tmp_path):
@@ -416,6 +434,12 @@ def test_toolkit_layout(toolkit):
                 "targets/aarch64-linux/lib/libcudart_static.a", "targets/aarch64-linux/include/crt/host_config.h"):
         assert (toolkit / rel).is_file(), rel
     assert elf_machine(toolkit / "targets/aarch64-linux/lib/libcudart.so.13") == EM_AARCH64
+    # the driver's link stub from the real cuda.h: what torch_memory_saver's setup.py links
+    stub = subprocess.run(["readelf", "-W", "-d", "--dyn-syms", str(toolkit / "lib64/stubs/libcuda.so")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Library soname: [libcuda.so.1]" in stub
+    for name in ("cuMemCreate", "cuMemAddressReserve", "cuMemMap", "cuMemAlloc_v2", "cuGetProcAddress_v2"):
+        assert f" {name}\n" in stub, name
     out = subprocess.run([str(toolkit / "bin/nvcc"), "--version"], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"}, check=True).stdout
     assert "release 13.0, V13.0.88" in out

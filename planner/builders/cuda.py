@@ -10,6 +10,8 @@ Toolkit (what `assemble_toolkit` builds from the wheels `nvidia-cuda-nvcc`, `-cr
     nvvm/bin/cicc nvvm/libdevice/libdevice.10.bc
     include/            cuda_runtime.h ..., include/crt/ (crt wheel), include/cccl/ (cccl wheel)
     lib/                libcudart_static.a libcudadevrt.a libcudart.so.13 (+ libcudart.so link) libnvvm.so.4
+    lib/stubs/libcuda.so  the driver's link stub (soname libcuda.so.1), written from cuda.h (driver_stub.py)
+    lib64 -> lib        where setup.py files look (`-L$CUDA_HOME/lib64 -L$CUDA_HOME/lib64/stubs -lcuda`)
     targets/<host>-linux/{include,lib} -> ../../{include,lib}      (nvcc.profile looks here)
     targets/<cross>/{include,lib}      from target_runtime_wheels   (--target-directory <cross>)
     dist-info/          the wheels' METADATA/licenses, for provenance
@@ -73,6 +75,8 @@ _EM_AARCH64 = 183
 # nvcc's default target directory for a host nvcc of that machine type.
 _HOST_TARGET_DIR = {_EM_X86_64: "x86_64-linux", _EM_AARCH64: "sbsa-linux"}
 _PLATFORM_MACHINE = {"linux/amd64": _EM_X86_64, "linux/arm64": _EM_AARCH64}
+# Machine type of the code in a target directory (`targets/<dir>/lib`).
+_TARGET_MACHINE = {"x86_64-linux": _EM_X86_64, "sbsa-linux": _EM_AARCH64, "aarch64-linux": _EM_AARCH64}
 # Target directory used when cross-compiling *to* a platform from a host of the other kind.
 CROSS_TARGET_DIR = {"linux/arm64": "aarch64-linux", "linux/amd64": "x86_64-linux"}
 _WHEEL_PREFIX = re.compile(r"^nvidia/cu\d+/")
@@ -203,6 +207,18 @@ def _link_unversioned(libdir: Path) -> None:
                 link.symlink_to(p.name)
 
 
+def _driver_stub(tree: _DiskTree, machine: int) -> bytes | None:
+    """`libcuda.so` (soname libcuda.so.1) defining the functions of the merged include/cuda.h and
+    cudaProfiler.h; None when the wheels ship no cuda.h (no driver API to link against)."""
+    from .driver_stub import driver_api_symbols, driver_stub
+
+    if "include/cuda.h" not in tree.origin:
+        return None
+    headers = [tree.tree.read_bytes(name, limit=1 << 24).decode("utf-8", "replace")
+               for name in ("include/cuda.h", "include/cudaProfiler.h") if name in tree.origin]
+    return driver_stub(driver_api_symbols(headers), machine)
+
+
 def assemble_toolkit(
     wheels: Sequence[Path | str],
     dest: Path | str,
@@ -240,6 +256,12 @@ def assemble_toolkit(
     hostdir.mkdir(parents=True)
     (hostdir / "include").symlink_to("../../include")
     (hostdir / "lib").symlink_to("../../lib")
+    # A real toolkit's lib64 (setup.py files link `-L$CUDA_HOME/lib64`), and the driver's link
+    # stub there (`-L$CUDA_HOME/lib64/stubs -lcuda`), written from the driver API header.
+    (dest / "lib64").symlink_to("lib")
+    stub = _driver_stub(tree, _TARGET_MACHINE[host])
+    if stub is not None:
+        tree.add("lib/stubs/libcuda.so", stub, False, "driver API stub")
 
     for target in sorted(target_runtime_wheels or {}):
         if not re.match(r"^[a-z0-9_]+-linux$", target) or target == host:
@@ -261,6 +283,9 @@ def assemble_toolkit(
         tdir.mkdir(parents=True)
         _write_tree(other, tdir)
         _link_unversioned(tdir / "lib")
+        stub = _driver_stub(tree, _TARGET_MACHINE[target]) if target in _TARGET_MACHINE else None
+        if stub is not None:
+            _DiskTree(tdir).add("lib/stubs/libcuda.so", stub, False, "driver API stub")
         if same:
             # The headers are architecture independent (identical bytes): share the host's,
             # which also carry crt/ and cccl/ that nvcc needs under the target's include dir.

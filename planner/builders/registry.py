@@ -55,7 +55,7 @@ BUILDERS: dict[str, Builder] = {b.kind: b for b in (
     Builder("python-wheel", 1),
     Builder("cuda-wheel", 1, host_tools=("base", "cuda"), platform_tools={"linux/arm64": ("cuda-arm64",)}),
     Builder("prebuilt-wheel", 1, builtin=True, run="planner.builders.pinned:prebuilt_wheel"),
-    Builder("cuda-toolkit", 1, builtin=True, run="planner.builders.pinned:cuda_toolkit"),
+    Builder("cuda-toolkit", 2, builtin=True, run="planner.builders.pinned:cuda_toolkit"),
     Builder("debian-rootfs", 1, builtin=True, run="planner.builders.roots:debian_rootfs"),
     Builder("oci-image", 1, builtin=True, covers_variants=True, run="planner.builders.image:build_image",
             preimage_fields="planner.builders.image:preimage_extras"),
