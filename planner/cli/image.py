@@ -1,6 +1,6 @@
 """`planner push` and `planner export`: parse, call `planner.publish`, print.
 
-Standalone click commands; planner/cli.py adds them to its group. They read the project root
+Standalone click commands; planner/cli/__init__.py adds them to its group. They read the project root
 and store from the group's context object (`.root`, `.store`).
 """
 
@@ -11,7 +11,7 @@ from typing import Optional
 
 import click
 
-from .errors import PlannerError
+from ..errors import PlannerError
 
 
 def _obj():
@@ -32,7 +32,7 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
     """Push SET's image to a registry REF (host/name:tag).
 
     REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms."""
-    from .publish import push_image
+    from ..publish import push_image
 
     obj = _obj()
     for v, res in push_image(obj.root, set_name, obj.store_for_write(), ref, variant, plain_http=plain_http):
@@ -51,7 +51,7 @@ def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     """Write SET's image as an OCI archive (oci-archive:).
 
     What `oci-archive:` and `docker load` style tools read."""
-    from .publish import export_image
+    from ..publish import export_image
 
     obj = _obj()
     click.echo(str(export_image(obj.root, set_name, obj.store_for_write(), out, variant)))

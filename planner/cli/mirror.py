@@ -25,11 +25,11 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
 
     Files by sha256 (URL inputs also by origin URL), git repositories by origin URL holding the
     pinned commit."""
-    from . import lock as lockmod
-    from .errors import PlannerError
-    from .mirrors import export_set, load_mirrors
-    from .recipes import load_set
-    from .store import Store
+    from .. import lock as lockmod
+    from ..errors import PlannerError
+    from ..mirrors import export_set, load_mirrors
+    from ..recipes import load_set
+    from ..store import Store
 
     rs = load_set(ctx.root, set_name)
     lock = lockmod.read(rs.lockfile)
@@ -65,7 +65,7 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
     A snapshot that lacks objects of some branches still serves the commits it has: `--rev`."""
     import tempfile
 
-    from .mirrors import add_file, add_git
+    from ..mirrors import add_file, add_git
 
     folder = folder.absolute()
     is_git = (path is not None and path.is_dir()) or (path is None and url.rstrip("/").endswith(".git"))
@@ -74,7 +74,7 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
         click.echo(f"{folder}/{rel}")
         return
     if path is None:
-        from .fetch import url as urlfetch
+        from ..fetch import url as urlfetch
 
         with tempfile.TemporaryDirectory(prefix="planner-mirror-") as tmp:
             got = urlfetch.download(url, Path(tmp) / "download")

@@ -1,0 +1,82 @@
+"""The command line: parse, call, print. Everything here is callable from Python elsewhere.
+
+One module per command group (lock, plan, realise, explain, store, image, mirror); this one
+holds the group, its error handling, and the order of the commands in `--help`. Imports are
+lazy: a no-op `planner realise` must not pay for httpx, networkx or rich.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import PlannerError
+from .common import MIRROR_HELP, ROOT_HELP, STORE_HELP, Context, fail, global_options, mirror_url
+from .explain import diff, log_cmd, show, why, why_depends_cmd
+from .image import export, push
+from .lock import hash_cmd, lock, prefetch
+from .mirror import mirror
+from .plan import plan
+from .realise import realise
+from .store import keys, store
+
+_ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log", "push", "export", "store", "mirror",
+          "prefetch", "hash", "keys")
+
+
+class _Group(click.Group):
+    """Turns typed errors into one line on stderr and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # The top level in the order of the workflow (lock, plan, realise, why, …), not the alphabet.
+        names = list(self.commands)
+        return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlannerError as exc:
+            fail(exc)
+        except KeyboardInterrupt:
+            click.echo("planner: interrupted; the store is consistent", err=True)
+            sys.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as exc:
+            # A file system refusal the typed errors did not foresee: still one line, naming the path.
+            if os.environ.get("PLANNER_DEBUG"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"planner: error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            if os.environ.get("PLANNER_DEBUG"):
+                raise
+            text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            click.echo(f"planner: internal error: {text} (a bug: PLANNER_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(70)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".", help=ROOT_HELP)
+@click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
+              help=STORE_HELP)
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL", help=MIRROR_HELP)
+@click.version_option(package_name="planner", help="Show the version and exit.")
+@click.pass_context
+def main(ctx: click.Context, root: Path, store: Path | None, mirrors: tuple[str, ...]) -> None:
+    """Reproducible builds of GPU machine-learning container images.
+
+    Global options (--root, --store, --mirror) go before or after the command.
+    """
+    ctx.obj = Context(root.absolute(), store.absolute() if store else None, [mirror_url(m) for m in mirrors])
+
+
+for _cmd in (lock, plan, realise, why, diff, why_depends_cmd, show, log_cmd, push, export, store, mirror, prefetch,
+             hash_cmd, keys):
+    main.add_command(_cmd)
+    global_options(_cmd)
+

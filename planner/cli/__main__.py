@@ -1,0 +1,5 @@
+"""`python -m planner.cli`."""
+
+from . import main
+
+main()

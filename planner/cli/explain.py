@@ -1,0 +1,155 @@
+"""`planner why`, `diff`, `why-depends`, `show` and `log`: explaining keys, rebuilds and builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import PlannerError
+from .common import Context, default_set
+
+
+@click.command("log")
+@click.argument("node")
+@click.option("--set", "set_name", default=None, help="The recipe set (default: any set's runs).")
+@click.pass_obj
+def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
+    """Print a node's latest build log (failed builds too)."""
+    from ..store import Store
+
+    store_root = ctx.store_for_read()
+    st = Store(store_root)
+    try:
+        runs = [r for _i, r in st.runs(limit=200) if set_name is None or r.get("set") == set_name]
+    finally:
+        st.close()
+    seen: set[str] = set()
+    for rec in runs:
+        for n in rec.get("nodes", []):
+            seen.update((n["id"], n["name"]))
+            if node not in (n["id"], n["name"], n["key"], n.get("build_key")):
+                continue
+            if n.get("build_key"):
+                path = store_root / "logs" / f"{n['build_key']}.log"
+                if path.exists():
+                    click.echo(path.read_text(errors="replace"), nl=False)
+                    return
+            if n.get("action") == "failed":
+                # Its latest attempt failed before building (a fetch, say): an older log would mislead.
+                raise PlannerError(f"no build log: {n['id']} failed before its build started: "
+                                   f"{n.get('reason') or 'no reason recorded'}")
+    if node in seen:
+        raise PlannerError(f"no build log for {node!r}: it was reused or fetched, not built, in the recorded runs")
+    from ..suggest import unknown
+
+    raise unknown("node", node, {x for x in seen if "[" not in x}, where=f"runs of set {set_name!r}" if set_name else "recorded runs")
+
+
+# -- explanation -----------------------------------------------------------------------------
+
+@click.command()
+@click.argument("what", metavar="[SET|NODE]", required=False)
+@click.option("--dry-run", is_flag=True, help="Explain what the next realise would build.")
+@click.option("--against", "against", type=int, default=None, help="Compare with this run instead of the previous.")
+@click.option("--run", "run_id", type=int, default=None, help="Explain this run instead of the last.")
+@click.option("--set", "set_name", default=None, help="The recipe set, when WHAT is a node.")
+@click.option("--expand", is_flag=True, help="List every rebuilt node under its cause.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable explanation (schema: docs/json.md).")
+@click.pass_obj
+def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_id: int | None,
+        set_name: str | None, expand: bool, as_json: bool) -> None:
+    """Why the last realise rebuilt what it did: root causes.
+
+    With --dry-run: what the next realise would rebuild, and why."""
+    from ..why import explain_next, explain_run, render
+
+    sets = {p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file()}
+    node = None
+    if what and what in sets:
+        set_name = what
+    elif what:
+        node = what
+    name = default_set(ctx, set_name)
+    if dry_run:
+        exp = explain_next(ctx.root, name, ctx.store_for_write(), node=node)
+    else:
+        exp = explain_run(ctx.root, name, ctx.store_for_read(), run_id=run_id, against=against, node=node)
+    if as_json:
+        click.echo(json.dumps(exp.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render(exp, expand=expand, node=node))
+
+
+@click.command()
+@click.argument("a", metavar="NODE|KEY")
+@click.argument("b", metavar="[NODE|KEY]", required=False)
+@click.option("--set", "set_name", default=None, help="The recipe set whose runs name the nodes.")
+@click.pass_obj
+def diff(ctx: Context, a: str, b: str | None, set_name: str | None) -> None:
+    """Field-level diff of two preimages (like nix-diff).
+
+    With one NODE: its last build against its build before."""
+    from ..why import diff_keys, render_diff
+
+    store_root = ctx.store_for_read()
+    pa, pb, changes, (la, lb) = diff_keys(store_root, a, b, set_name)
+    click.echo(render_diff(la, lb, pa, pb, changes, store_root))
+
+
+@click.command("why-depends")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--set", "set_name", default=None, help="The recipe set (default: the only one).")
+@click.pass_obj
+def why_depends_cmd(ctx: Context, a: str, b: str, set_name: str | None) -> None:
+    """Why A depends on B: the shortest path, edge by edge."""
+    from ..why import why_depends
+
+    path = why_depends(ctx.root, default_set(ctx, set_name), a, b)
+    for i, (nid, via) in enumerate(path):
+        click.echo(("  " * i) + nid + (f"  --[{via}]-->" if via else ""))
+
+
+@click.command()
+@click.argument("node", required=False)
+@click.option("--set", "set_name", default=None, help="The recipe set (default: the only one).")
+@click.option("--roots", is_flag=True, help="Instead: the store's gc roots and their closures (store roots).")
+@click.pass_context
+def show(cctx: click.Context, node: str | None, set_name: str | None, roots: bool) -> None:
+    """Print a node's key and preimage (all its key covers)."""
+    ctx = cctx.obj
+    if roots or node is None:
+        if node is not None or not roots:
+            raise click.UsageError("name a NODE, or pass --roots for the gc roots")
+        from .store import store_roots
+
+        cctx.invoke(store_roots)
+        return
+    from .. import planning
+
+    planned = planning.load(ctx.root, default_set(ctx, set_name))
+    p = planned.plan
+    found = [n for n in p.nodes.values() if node in (n.id, n.name, n.key)]
+    if not found:
+        from ..suggest import unknown
+
+        raise unknown("node", node, {n.name for n in p.nodes.values()}, where=f"set {planned.set_name!r}")
+    from ..derivation import BUILD_ROOT_MOUNT
+
+    store = None
+    if any(BUILD_ROOT_MOUNT in n.deps for n in found) and (Path(ctx.store) / "index.sqlite").exists():
+        from ..store import Store
+
+        store = Store(Path(ctx.store))
+    for n in found:
+        click.echo(f"# {n.id}  key {n.key}")
+        if BUILD_ROOT_MOUNT in n.deps:
+            root = p.nodes[n.deps[BUILD_ROOT_MOUNT]]
+            real = store.realisation(root.key) if store is not None else None
+            click.echo(f"# build root {root.id}  key {root.key}  output "
+                       + (real.digest if real is not None else "not built yet (its key pins every .deb)"))
+        click.echo(json.dumps(n.preimage.to_json(), indent=2, sort_keys=True))
+    if store is not None:
+        store.close()

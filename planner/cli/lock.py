@@ -1,0 +1,102 @@
+"""`planner lock`, `planner prefetch` and `planner hash`: pinning inputs by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import PlannerError
+from .common import Context, default_set
+
+
+@click.command()
+@click.argument("set_name", metavar="SET", required=False)
+@click.option("--update", multiple=True, metavar="NAME", help="Re-resolve this input or recipe (repeatable).")
+@click.option("--check", is_flag=True, help="Fail if the lock is stale or incomplete; no network.")
+@click.pass_obj
+def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool) -> None:
+    """Pin every input by content hash (lockfiles/SET.lock)."""
+    from .. import lock as lockmod
+    from ..recipes import load_set
+
+    rs = load_set(ctx.root, default_set(ctx, set_name))
+    if check:
+        problems: list = list(lockmod.check(rs, lockmod.read(rs.lockfile)))
+        for p in problems:
+            click.echo(f"stale: {p.line()}", err=True)
+        if (ctx.store / "index.sqlite").is_file():
+            from ..resolve import lock_store_conflicts
+            from ..store import Store
+
+            try:
+                st = Store(ctx.store)
+            except PlannerError:
+                st = None  # a store this user cannot open: the pins are checked at realise
+            if st is not None:
+                try:
+                    for line in lock_store_conflicts(rs, lockmod.read(rs.lockfile), st):
+                        click.echo(f"edited: {line}", err=True)
+                        problems.append(line)
+                finally:
+                    st.close()
+        if problems:
+            raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)}",
+                               where="lock --check")
+        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date ({len(lockmod.read(rs.lockfile).inputs)} inputs)")
+        return
+    from ..mirrors import load_mirrors
+    from ..resolve import UnresolvedInputs, lock_set
+    from ..store import Store
+
+    store = Store(ctx.store_for_write())
+    try:
+        result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True),
+                                   mirrors=load_mirrors(ctx.root, ctx.mirrors))
+    except UnresolvedInputs as exc:
+        for id_ in exc.changed:
+            click.echo(f"pinned {id_}")
+        for id_, why in exc.failures:
+            click.echo(f"unlocked {id_}: {why}", err=True)
+        raise
+    for id_ in changed:
+        click.echo(f"pinned {id_}")
+    click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({len(result.inputs)} inputs, {len(changed)} changed)")
+
+
+
+
+@click.command("hash")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--sha256", is_flag=True, help="Also print the sha256 of files.")
+def hash_cmd(paths: tuple[Path, ...], sha256: bool) -> None:
+    """Tree hash (v1) of folders and files (nix hash path)."""
+    from ..hashing import file_sha256_and_blake3, tree_digest
+
+    for p in paths:
+        if sha256 and p.is_file():
+            sha, b3 = file_sha256_and_blake3(p)
+            click.echo(f"{b3} sha256:{sha}  {p}")
+        else:
+            click.echo(f"{tree_digest(p)}  {p}")
+
+
+@click.command()
+@click.argument("what", metavar="URL | GIT_URL@REV")
+@click.pass_obj
+def prefetch(ctx: Context, what: str) -> None:
+    """Fetch a URL or git revision once; print its pins."""
+    from ..mirrors import load_mirrors
+    from ..resolve import prefetch as do_prefetch
+    from ..store import Store
+
+    decl, li = do_prefetch(Store(ctx.store_for_write()), what, mirrors=load_mirrors(ctx.root, ctx.mirrors),
+                           log=lambda s: click.echo(s, err=True))
+    pin = li.pins["any"]
+    if pin.commit:
+        click.echo(f"commit {pin.commit}")
+    if pin.sha256:
+        click.echo(f"sha256 {pin.sha256}")
+    if pin.size is not None:
+        click.echo(f"size {pin.size}")
+    click.echo(f"tree {pin.tree}")

@@ -1,0 +1,145 @@
+"""`planner realise`: parse, answer a no-op from the plan cache, else call `planner.realise`, print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import PlannerError
+from .common import Context, default_set
+
+
+@click.command()
+@click.argument("set_name", metavar="SET", required=False)
+@click.option("-j", "--jobs", type=int, default=0, help="Parallel builds (default: number of cores).")
+@click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
+@click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
+@click.option("--keep-going", is_flag=True, help="Continue past failed nodes; report all failures at the end.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (schema: docs/json.md).")
+@click.option("--out-link", type=click.Path(path_type=Path), default=None, help="Symlink to the output (like Nix's result).")
+@click.option("--target", default=None, help="Realise this recipe instead of the set's target.")
+@click.option("--sandbox", type=click.Choice(["on", "off"]), default="on",
+              help="off: build without bubblewrap; outputs are marked impure.")
+@click.option("--executor", envvar="PLANNER_EXECUTOR", default=None, metavar="URL",
+              help="dask://HOST:PORT to build on a Dask cluster (default: the local pool).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the --executor's scheduler to answer.")
+@click.option("--substituter", "substituters", multiple=True, metavar="URL",
+              help="Binary cache to substitute from: oci://HOST/REPO (repeatable; env PLANNER_SUBSTITUTERS).")
+@click.option("--cache-to", "cache_to", multiple=True, metavar="URL", help="Binary cache to push outputs to.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), envvar="PLANNER_SIGNING_KEY",
+              default=None, help="Secret key that signs pushed entries (planner keys generate).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="NAME:KEY",
+              help="Public key whose signatures are trusted (repeatable; env PLANNER_TRUSTED_KEYS).")
+@click.option("--platform", "platform_", default=None, metavar="OS/ARCH",
+              help="Only the targets for this platform (and those without one), e.g. linux/arm64.")
+@click.option("--variant", "variant", default=None, metavar="NAME",
+              help="Only the targets for this CUDA variant of set.toml [cuda] (and those without one).")
+@click.option("--download", type=click.Choice(["toplevel", "all"]), default="toplevel",
+              help="With a remote executor: fetch only the targets' outputs (default) or every output.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "rich"]), default="auto",
+              envvar="PLANNER_PROGRESS", show_default=True,
+              help="plain: a line per node start and end (CI logs); rich: a live bar; auto: rich on a terminal.")
+@click.option("-L", "--print-build-logs", is_flag=True, help="Stream build output, each line prefixed by its node.")
+@click.pass_obj
+def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
+            as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
+            substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
+            trusted_keys: tuple[str, ...], platform_: str | None, variant: str | None, download: str, progress_mode: str,
+            print_build_logs: bool, connect_timeout: float) -> None:
+    """Build what is missing; print the target's store path.
+
+    Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
+    parallel, the critical path first) and prints the target's output and image digest."""
+    name = default_set(ctx, set_name)
+    ctx.store_for_write()
+    # The no-op fast path: the standard library and one sqlite query, nothing else.
+    from ..plancache import fast_path_applies, noop_text, try_noop
+
+    if fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to, platform=platform_,
+                         variant=variant):
+        cache = try_noop(ctx.root.resolve(), name, ctx.store, target, sandbox == "on")
+        if cache is not None:
+            if out_link and cache["output"]:
+                from ..plancache import out_link as make_link
+
+                make_link(out_link, Path(cache["output"]))
+            if as_json:
+                click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True))
+            else:
+                click.echo(noop_text(cache))
+            return
+    from ..mirrors import load_mirrors
+    from ..realise import RealiseOptions, realise as do_realise
+
+    subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
+    trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
+    opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
+                          out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
+                          executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
+                          trusted_keys=trusted, platform=platform_, variant=variant, download=download,
+                          connect_timeout=connect_timeout)
+    progress = None
+    if not as_json and not dry_run:
+        from ..progress import make_progress
+
+        progress = make_progress(progress_mode, print_build_logs=print_build_logs)
+    try:
+        result = do_realise(ctx.root, name, ctx.store, opts, progress=progress)
+    finally:
+        if progress is not None:
+            progress("close", None)
+    if progress is None:  # the live display printed them already
+        for w in result.warnings:
+            click.echo(f"planner: warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    elif dry_run:
+        for step in result.steps:
+            click.echo(step)
+        click.echo(f"{sum(n.action != 'reused' for n in result.nodes)} to build, "
+                   f"{sum(n.action == 'reused' for n in result.nodes)} valid")
+        if result.blocked:
+            raise PlannerError(result.blocked)
+    elif not result.failures:
+        built = sum(n.action == "built" for n in result.nodes)
+        if not result.noop:
+            click.echo(f"{built} built, {sum(n.action == 'reused' for n in result.nodes)} reused", err=True)
+        for c in result.checks:
+            click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}")
+        if result.output:
+            click.echo(result.output)
+        else:
+            for t in result.targets:
+                n = next(x for x in result.nodes if x.id == t)
+                if n.path:
+                    click.echo(n.path)
+        if result.digest:
+            click.echo(result.digest)
+    for f in result.failures:
+        click.echo(f"planner: build failed: {f}", err=True)
+    if result.failures:
+        failed = [n.id for n in result.nodes if n.action == "failed"]
+        if failed:
+            click.echo(f"planner: hint: `planner log {failed[0]!r}` prints its build log; "
+                       f"`planner why {name}` names the failed nodes", err=True)
+        sys.exit(1)
+    if any(not c.ok for c in result.checks):
+        click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
+        sys.exit(1)
+
+
+def _noop_json(set_name: str, cache: dict) -> dict:
+    targets = cache["targets"]
+    return {
+        # "schema" is planner.realise.RESULT_SCHEMA, not imported here: this is the no-op path.
+        "schema": 1, "set": set_name, "target": targets[0] if len(targets) == 1 else targets, "targets": targets,
+        "output": cache["output"], "digest": cache["digest"], "run": None, "failures": [], "checks": [],
+        "nodes": [dict(n, action="reused", reason="valid in the store", seconds=0.0) for n in cache["nodes"]],
+    }
+
+
