@@ -1,0 +1,227 @@
+"""Reading recipe TOML into the model: strict cattrs structuring (unknown keys are errors), kebab-case
+keys, and error locations (file, key and, where it can be found, line)."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Optional
+
+import attrs
+
+from ..errors import RecipeError
+
+
+def line_of(text: str, dotted: str) -> int | None:
+    """Best-effort line number of the last component of a dotted key in TOML text."""
+    leaf = dotted.split(".")[-1].split("[")[0]
+    if not leaf:
+        return None
+    pat = re.compile(rf"^\s*(\[+[^\]]*\b{re.escape(leaf)}\b[^\]]*\]+|\"?{re.escape(leaf)}\"?\s*=)")
+    inline = re.compile(rf"[{{,]\s*\"?{re.escape(leaf)}\"?\s*=")  # a key inside an inline table
+    lines = text.splitlines()
+    for p in (pat, inline):
+        for i, line in enumerate(lines, 1):
+            if p.search(line):
+                return i
+    return None
+
+
+_VERBATIM = ("env", "settings", "labels")  # user-named keys kept as written
+_NAMED = ("inputs", "cuda")  # tables whose keys are user names but whose values are ours
+
+
+def _kebab_to_snake(data: object) -> object:
+    """TOML uses kebab-case keys; attrs fields are snake_case."""
+    if isinstance(data, list):
+        return [_kebab_to_snake(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for k, v in data.items():
+        if k in _VERBATIM:
+            out[k] = v
+        elif k in _NAMED and isinstance(v, dict):
+            out[k] = {name: _kebab_to_snake(x) for name, x in v.items()}
+        else:
+            out[k.replace("-", "_")] = _kebab_to_snake(v)
+    return out
+
+
+_CONVERTER = None
+
+
+def _strict(kind: type, what: str):
+    def hook(value, _type):
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"must be {what}, not {type(value).__name__} {value!r}")
+        return value
+    return hook
+
+
+def _converter():
+    """One converter per process (building one compiles its hooks: milliseconds per class).
+
+    Strict: cattrs' defaults would turn `version = 1` into "1" and `deps = "ab"` into
+    ["a", "b"]; a recipe with the wrong type is an error that names the key instead.
+    """
+    global _CONVERTER
+    if _CONVERTER is not None:
+        return _CONVERTER
+    import typing
+
+    import cattrs
+
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(bool, _strict(bool, "true or false"))
+
+    def is_list(t) -> bool:
+        return typing.get_origin(t) is list
+
+    def structure_list(value, t):
+        if not isinstance(value, list):
+            raise TypeError(f"must be an array, not {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(t)
+        return [conv.structure(v, item) for v in value]
+
+    def is_dict(t) -> bool:
+        return typing.get_origin(t) is dict
+
+    def structure_dict(value, t):
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table, not {type(value).__name__} {value!r}")
+        k, v = typing.get_args(t)
+        return {conv.structure(key, k): conv.structure(val, v) for key, val in value.items()}
+
+    conv.register_structure_hook_func(is_list, structure_list)
+    conv.register_structure_hook_func(is_dict, structure_dict)
+    # Builder settings are free-form JSON data, checked by the builder (and for floats below).
+    conv.register_structure_hook_func(lambda t: t is object, lambda value, _type: value)
+    _CONVERTER = conv
+    return conv
+
+
+def _fields_at(cls: type, keypath: str) -> list[str]:
+    """The keys an attrs class accepts at a cattrs key path (`build`, `patches[0]`)."""
+    import typing
+
+    def unwrap(t: object) -> object:
+        # Optional[X], list[X], dict[str, X]: the attrs class inside, if any.
+        while typing.get_args(t) and not attrs.has(t):
+            t = [a for a in typing.get_args(t) if a is not type(None)][-1]
+        return t
+
+    t: object = cls
+    for part in [x for x in re.split(r"[.\[\]]+", keypath) if x]:
+        if part.isdigit() or part.startswith(("'", '"')):
+            continue  # a list index or a table key: the element type follows
+        if not attrs.has(t):
+            return []
+        try:
+            hints = typing.get_type_hints(t)
+        except Exception:  # an unresolvable annotation: no suggestion rather than a crash
+            return []
+        if part not in hints:
+            return []
+        t = unwrap(hints[part])
+    return [f.name for f in attrs.fields(t)] if attrs.has(t) else []  # type: ignore[arg-type]
+
+
+def _where(path: Path, root: Path, text: str, key: str | None) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        rel = path
+    if not key:
+        return str(rel)
+    line = line_of(text, key)
+    return f"{rel}:{line}: {key}" if line else f"{rel}: {key}"
+
+
+def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
+    import cattrs
+
+    conv = _converter()
+    try:
+        return conv.structure(data, cls)
+    except cattrs.BaseValidationError as exc:
+        msgs = cattrs.transform_error(exc)
+        # A mistyped key explains the required one it leaves missing: report the typo first.
+        first = next((m for m in msgs if m.startswith("extra fields found")), msgs[0] if msgs else str(exc))
+        # cattrs says e.g. "extra fields found (colour) @ $.build"; turn it into a key path.
+        m = re.match(r"(.*) @ \$\.?(.*)$", first)
+        if m:
+            detail, keypath = m.group(1), m.group(2)
+            extra = re.match(r"extra fields found \((.*)\)", detail)
+            if extra:
+                bad = extra.group(1).split(",")[0].strip()
+                from ..suggest import did_you_mean
+
+                valid = [n.replace("_", "-") for n in _fields_at(cls, keypath)]
+                # cattrs drops the table's own name inside a mapping ([inputs.x] bogus = 1 is
+                # reported "@ $.inputs"): find the entry that holds the key, so the error names it.
+                node: object = data
+                for part in filter(None, keypath.split(".")):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and bad not in node:
+                    owner = next((k for k, v in node.items() if isinstance(v, dict) and bad in v), None)
+                    if owner is not None:
+                        keypath = f"{keypath}.{owner}"
+                key = ".".join(p for p in (keypath, bad) if p)
+                raise RecipeError("unknown key" + did_you_mean(bad.replace("_", "-"), valid),
+                                  where=_where(path, root, text, key.replace("_", "-"))) from None
+            raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
+        raise RecipeError(first, where=_where(path, root, text, None)) from None
+
+
+def _read_toml(path: Path, root: Path, where: Optional[str] = None) -> tuple[dict, str]:
+    """Parse one TOML file of the project; `where` (its path relative to `root`) saves the
+    path arithmetic when the caller knows it: 100k recipes make every syscall count."""
+    if where is None:
+        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise RecipeError("a symlink that leaves the project", where=where)
+            st = os.stat(path)
+    except OSError:
+        raise RecipeError("not a regular file", where=where) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RecipeError("not a regular file", where=where)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read((1 << 20) + 1)
+    except OSError as exc:
+        raise RecipeError(f"cannot read: {exc.strerror or exc}", where=where) from None
+    if len(raw) > 1 << 20:
+        raise RecipeError("recipe larger than 1 MiB", where=where)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError("not UTF-8 text", where=where) from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"invalid TOML: {exc}", where=_where(path, root, text, None)) from None
+    except RecursionError:
+        raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None
+
+
+
+class _LazyText(str):
+    """A recipe's text, read only if an error message needs its line numbers."""
+
+    def __new__(cls, path: Path) -> "_LazyText":
+        obj = super().__new__(cls, "")
+        obj._path = path
+        return obj
+
+    def splitlines(self, keepends: bool = False) -> list[str]:
+        return self._path.read_text().splitlines(keepends)
+

@@ -1,0 +1,175 @@
+"""Loading a recipe set: set.toml, every recipe (through a stat-keyed parse cache), aliases, and the
+checks across recipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import attrs
+
+from ..errors import RecipeError
+from ..gcpause import gc_paused
+from .model import PLATFORMS, Recipe, RecipeSet, SetConfig
+from .parse import _kebab_to_snake, _read_toml, _structure, _where
+from .validate import _check_cuda, _check_references, _validate_recipe
+
+
+def load_recipe(path: Path, root: Path, where: Optional[str] = None) -> Recipe:
+    if where is None:
+        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    data, text = _read_toml(path, root, where)
+    data = _kebab_to_snake(data)
+    if not isinstance(data, dict):
+        raise RecipeError("not a table", where=where)
+    data["file"] = where  # where it was read from, whatever the file says
+    recipe = _structure(Recipe, data, path, root, text)
+    _validate_recipe(recipe, path, root, text)
+    return recipe
+
+
+
+@gc_paused()
+def load_set(root: Path, name: str) -> RecipeSet:
+    root = root.resolve()
+    folder = root / "recipes" / name
+    if not folder.is_dir():
+        raise RecipeError(f"no recipe set {name!r} (expected folder {folder.relative_to(root)}/)")
+    cfg_path = folder / "set.toml"
+    if not cfg_path.is_file():
+        raise RecipeError("missing set.toml (target, source-date-epoch, variants)", where=str(cfg_path.relative_to(root)))
+    data, text = _read_toml(cfg_path, root)
+    config = _structure(SetConfig, _kebab_to_snake(data), cfg_path, root, text)
+    for p in config.platforms:
+        if p not in PLATFORMS:
+            raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
+                              where=_where(cfg_path, root, text, "platforms"))
+    _check_cuda(config, lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
+    if config.resolve_as_of is not None:
+        from ..errors import FetchError
+        from ..fetch.simple_index import parse_as_of
+
+        try:
+            parse_as_of(config.resolve_as_of)
+        except FetchError as exc:
+            raise RecipeError(exc.message, where=_where(cfg_path, root, text, "resolve-as-of")) from None
+    recipes: dict[str, Recipe] = {}
+    cache = _ParseCache(root, name)
+    # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.
+    for fname in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".toml")):
+        if fname == "set.toml":
+            continue
+        path = folder / fname
+        sig = cache.signature(path)  # before reading: a file edited meanwhile is parsed again next time
+        r = cache.get(path, sig)
+        if r is None:
+            r = load_recipe(path, root, f"recipes/{name}/{fname}")
+            cache.put(path, sig, r)
+        recipes[r.name] = r
+    cache.save()
+    if config.aliases:
+        recipes = _apply_aliases(config.aliases, recipes,
+                                 lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
+    rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
+    _check_references(rs)
+    return rs
+
+
+def _apply_aliases(aliases: dict[str, str], recipes: dict[str, Recipe], err) -> dict[str, Recipe]:
+    """Every reference to an alias replaced by the recipe it stands for."""
+    for alias, target in sorted(aliases.items()):
+        if not isinstance(target, str) or target not in recipes:
+            raise err("aliases", f"alias {alias!r} names {target!r}, which is not a recipe of this set")
+        if alias in recipes:
+            raise err("aliases", f"alias {alias!r} is also the name of a recipe")
+
+    def sub(names):
+        return [aliases.get(n, n) for n in names]
+
+    out: dict[str, Recipe] = {}
+    for n, r in recipes.items():
+        build = attrs.evolve(r.build, rootfs=aliases.get(r.build.rootfs, r.build.rootfs)) if r.build.rootfs else r.build
+        image = r.image
+        if image is not None:
+            image = attrs.evolve(image, base=aliases.get(image.base, image.base) if image.base else image.base,
+                                 layers=[sub(g) for g in image.layers])
+        out[n] = attrs.evolve(r, deps=sub(r.deps), toolchains=sub(r.toolchains), requires=sub(r.requires),
+                              build=build, image=image)
+    return out
+
+
+
+class _ParseCache:
+    """Parsed recipes keyed by their file's stat signature (like Python's __pycache__), so
+    planning a large set does not re-parse and re-validate TOML that did not change.
+
+    Lives under $PLANNER_CACHE (default ~/.cache/planner); a miss just parses the file.
+    """
+
+    VERSION = 4
+
+    @staticmethod
+    def _schema() -> tuple:
+        """What the pickled classes look like, and what made them: the stat signatures of the
+        recipes package's modules (model, parsing, validation, this one), so a planner with
+        other recipe classes or rules (an upgrade, a checkout in development) never reads them."""
+        from .. import __version__
+
+        sigs = []
+        for st in (p.stat() for p in sorted(Path(__file__).parent.glob("*.py"))):
+            sigs += [st.st_mtime_ns, st.st_size]
+        return (_ParseCache.VERSION, __version__, *sigs)
+
+    def __init__(self, root: Path, set_name: str) -> None:
+        import hashlib
+
+        base = Path(os.environ.get("PLANNER_CACHE") or Path.home() / ".cache" / "planner")
+        key = hashlib.sha256(f"{root}\0{set_name}".encode()).hexdigest()[:24]
+        self.path = base / "recipes" / f"{set_name}-{key}.pickle"
+        self.entries: dict[str, tuple] = {}
+        self.dirty = False
+        try:
+            import pickle
+
+            with open(self.path, "rb") as f:
+                data = pickle.load(f)
+            if data.get("version") == self._schema():
+                self.entries = data["entries"]
+        except Exception:  # a missing, stale or unreadable cache is only a miss
+            self.entries = {}
+
+    @staticmethod
+    def signature(path: Path) -> Optional[tuple[int, int, int, int]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # load_recipe says what is wrong with it
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+    def get(self, path: Path, sig: Optional[tuple]) -> Optional[Recipe]:
+        hit = self.entries.get(str(path))
+        if sig is not None and hit is not None and hit[0] == sig:
+            return hit[1]
+        return None
+
+    def put(self, path: Path, sig: Optional[tuple], recipe: Recipe) -> None:
+        if sig is not None:
+            self.entries[str(path)] = (sig, recipe)
+            self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        import pickle
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            with open(tmp, "wb") as f:
+                pickle.dump({"version": self._schema(), "entries": self.entries}, f,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only home: planning still works, only slower
+

@@ -1,0 +1,247 @@
+"""What a structured recipe or set must satisfy beyond its types: names, versions, paths inside the
+project, URLs, CUDA variants, references between recipes and the absence of cycles."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import RecipeError
+from .model import AXES, BUILDERS, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
+from .parse import _LazyText, _where
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~-]*\Z")
+
+
+def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
+    def err(key: str, msg: str) -> RecipeError:
+        return RecipeError(msg, where=_where(path, root, text, key))
+
+    if not _VERSION.match(r.version):
+        raise err("version", f"invalid version {r.version!r}: letters, digits, '.', '+', '_', '~', '-'")
+    if not _NAME.match(r.name):
+        raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
+    if path.stem != r.name:
+        raise err("name", f"recipe name {r.name!r} must match its file name {path.stem!r}")
+    if r.build.builder not in BUILDERS:
+        raise err("builder", f"unknown builder {r.build.builder!r} (one of {', '.join(BUILDERS)})")
+    for p in r.platforms:
+        if p not in PLATFORMS:
+            raise err("platforms", f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})")
+    for a in r.axes:
+        if a not in AXES:
+            raise err("axes", f"unknown variant axis {a!r} (one of {', '.join(AXES)})")
+    if r.build.builder == "shell" and not r.build.script:
+        raise err("script", "the shell builder needs build.script")
+    if r.build.builder == "oci-image" and r.image is None:
+        raise err("builder", "the oci-image builder needs an [image] table")
+    if r.build.builder == "source-tree":
+        place = r.build.settings.get("path")
+        if not isinstance(place, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*",
+                                                          place) or ".." in place.split("/"):
+            raise err("settings", "the source-tree builder needs settings.path, a relative path inside the image "
+                                  "such as root/slime")
+    for key, value in (("estimate", r.estimate), ("memory", r.resources.memory)):
+        try:
+            parse_duration(value) if key == "estimate" else parse_size(value)
+        except ValueError as exc:
+            raise err(key, str(exc)) from None
+    if isinstance(r.resources.cores, bool) or not 1 <= r.resources.cores <= 1024:
+        raise err("cores", f"cores must be a whole number from 1 to 1024, not {r.resources.cores!r}")
+    for name, src in r.all_sources().items():
+        _validate_source(name, src, err, root)
+    for i, p in enumerate(r.patches):
+        if bool(p.file) == bool(p.url):
+            raise err("patches", f"patch {i + 1}: give exactly one of file or url")
+        if p.url and not p.sha256:
+            raise err("patches", f"patch {p.label}: a fetched patch needs sha256")
+        if p.url:
+            _check_http_url(p.url, err, f"patch {p.label}")
+        if p.name is not None and (not p.name or "/" in p.name or "\0" in p.name or p.name in (".", "..")):
+            raise err("patches", f"patch name {p.name!r} must be a plain file name")
+        if p.file:
+            _check_inside(root, p.file, err, "file")
+    try:
+        if r.build.settings:
+            from ..hashing import canonical_json
+
+            canonical_json(r.build.settings)
+    except TypeError as exc:
+        raise err("settings", f"settings must be JSON without floats ({exc}); write numbers as integers or strings") from None
+    for k in r.build.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise err("env", f"invalid environment variable name {k!r}")
+    from ..buildenv import clashes
+
+    clash = clashes(r.build.builder, r.build.settings, r.build.env)
+    if clash:
+        raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
+                            f"{r.build.builder} build, so a declared value would be overwritten; remove it")
+
+
+def _check_inside(root: Path, rel: str, err, key: str) -> None:
+    if "\0" in rel:
+        raise err(key, f"path {rel!r} contains a NUL byte")
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise err(key, f"path {rel!r} must be relative and inside the project")
+    real = (root / p).resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise err(key, f"path {rel!r} resolves outside the project")
+
+
+def _validate_source(name: str, s: Source, err, root: Path) -> None:
+    need = {"url": ("url",), "git": ("url", "rev"), "pypi": ("name", "version"), "path": ("path",),
+            "apt": ("name",), "image": ("url",)}[s.kind]
+    for field in need:
+        if getattr(s, field) in (None, ""):
+            raise err(name, f"input {name!r} of kind {s.kind} needs {field!r}")
+    if s.kind == "path":
+        _check_inside(root, s.path or "", err, "path")
+        if not (root / (s.path or "")).exists():
+            raise err("path", f"input {name!r}: {s.path} does not exist")
+    if s.sha256 and not re.fullmatch(r"[0-9a-f]{64}", s.sha256):
+        raise err("sha256", f"input {name!r}: sha256 must be 64 lowercase hex digits")
+    if s.tree and not re.fullmatch(r"blake3:[0-9a-f]{64}", s.tree):
+        raise err("tree", f"input {name!r}: tree must be blake3:<64 hex digits>")
+    if s.suite is not None and (s.kind != "apt" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*", s.suite)):
+        raise err("suite", f"input {name!r}: suite is for apt inputs and reads vendor/codename, e.g. ubuntu/jammy")
+    if s.kind == "git" and s.url and s.url.startswith("-"):
+        raise err("url", f"input {name!r}: invalid git url")
+    if s.kind == "url" and s.url:
+        _check_http_url(s.url, err, f"input {name!r}")
+    if s.kind == "git" and s.url:
+        _check_git_url(root, s.url, err, f"input {name!r}")
+    if s.subdir is not None:
+        _check_subdir(s.subdir, err, f"input {name!r}")
+
+
+_REMOTE_GIT = re.compile(r"^(https?|git|ssh|git\+ssh)://[^/\s]+", re.IGNORECASE)
+_SCP_GIT = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!/)")
+
+
+def _check_http_url(url: str, err, what: str) -> None:
+    """Downloads come from http(s) only: a `file://` URL would copy a host file (say
+    /etc/shadow) into the store. Local files reach a build as `path` inputs or through a mirror."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in ("http", "https") or not url[len(scheme):].startswith("://") or "\0" in url:
+        raise err("url", f"{what}: only http:// and https:// URLs are fetched, not {url[:60]!r} "
+                         f"(serve local files through a mirror, or use a path input)")
+
+
+def _check_git_url(root: Path, url: str, err, what: str) -> None:
+    """A git source is remote (https, git, ssh, user@host:path) or a repository inside the
+    project: a local path outside it would copy whatever repository the machine holds."""
+    if _REMOTE_GIT.match(url) or _SCP_GIT.match(url):
+        return
+    local = url[len("file://"):] if url.lower().startswith("file://") else url
+    if "://" in local or not local:
+        raise err("url", f"{what}: git URL {url[:60]!r} is neither remote (https, git, ssh) nor a local path")
+    real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
+    if "\0" in local or not real.is_relative_to(root.resolve()):
+        raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project "
+                         f"(serve it through a mirror, or over git:// or https)")
+
+
+def _check_subdir(subdir: str, err, what: str) -> None:
+    """`subdir` picks a folder of the fetched tree; absolute or climbing out, it once made
+    `planner lock` move that host folder into the store."""
+    parts = subdir.split("/")
+    if (not subdir or subdir.startswith("/") or ".." in parts or "\0" in subdir or "\\" in subdir
+            or all(p in ("", ".") for p in parts)):
+        raise err("subdir", f"{what}: subdir {subdir!r} must be a relative folder inside the source, without '..'")
+
+
+
+def _check_cuda(config: SetConfig, err) -> None:
+    from ..builders.cuda_archs import normalise_archs
+
+    def check_list(name: str, value: object) -> None:
+        if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
+            raise err(name, f"cuda variant {name!r} must be a non-empty array of arch names")
+        try:
+            normalise_archs(value)
+        except ValueError as exc:
+            raise err(name, f"cuda variant {name!r}: {exc}") from None
+
+    for name, value in config.cuda.items():
+        if isinstance(value, dict):
+            for plat, archs in value.items():
+                if plat not in config.platforms:
+                    raise err(name, f"cuda variant {name!r} names platform {plat!r}, which set.toml does not build")
+                check_list(name, archs)
+            missing = [p for p in config.platforms if p not in value]
+            if missing:
+                raise err(name, f"cuda variant {name!r} has no arch list for {', '.join(missing)}")
+        else:
+            check_list(name, value)
+
+
+
+def _check_references(rs: RecipeSet) -> None:
+    if rs.config.target not in rs.recipes:
+        raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
+                          where=f"recipes/{rs.name}/set.toml: target")
+    br = rs.config.build_root
+    if br is not None:
+        if br not in rs.recipes:
+            raise RecipeError(f"build-root names {br!r}, which is not a recipe of this set",
+                              where=f"recipes/{rs.name}/set.toml: build-root")
+        b = rs.recipes[br]
+        if b.build.builder != "debian-rootfs" or b.axes != ["host"]:
+            raise RecipeError(f"build-root {br!r} must be a debian-rootfs recipe with axes = [\"host\"] "
+                              "(one root filesystem per build platform)", where=f"recipes/{rs.name}/set.toml: build-root")
+    def where(r: Recipe, key: str) -> str:  # only on an error: the text is read then
+        return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
+
+    for r in rs.recipes.values():
+        if r.build.rootfs and r.build.rootfs not in rs.recipes:
+            raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
+                              where=where(r, "rootfs"))
+        for field in ("deps", "toolchains", "requires"):
+            for dep in getattr(r, field):
+                if dep not in rs.recipes:
+                    raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                      where=where(r, field))
+        if r.image:
+            for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
+                if dep not in rs.recipes:
+                    raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                      where=where(r, "layers"))
+    cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
+    if cycle:
+        first = rs.recipes[cycle[0]]
+        text = (rs.root / first.file).read_text()
+        raise RecipeError("dependency cycle: " + " -> ".join(cycle),
+                          where=_where(rs.root / first.file, rs.root, text, "deps"))
+
+
+def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    """A cycle in a name → dependencies map, as a closed path, or None. Iterative DFS."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    color = {n: WHITE for n in edges}
+    edges = {n: sorted(cs) for n, cs in edges.items()}  # once, not at every visit
+    for start in sorted(edges):
+        if color[start] != WHITE:
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                color[node] = GREY
+                path.append(node)
+            children = edges.get(node, ())
+            if i < len(children):
+                stack.append((node, i + 1))
+                child = children[i]
+                if color.get(child, BLACK) == GREY:
+                    return path[path.index(child):] + [child]
+                if color.get(child) == WHITE:
+                    stack.append((child, 0))
+            else:
+                color[node] = BLACK
+                path.pop()
+    return None
