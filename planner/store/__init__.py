@@ -12,6 +12,10 @@ Layout (`store/` by default):
 An entry becomes valid in two steps: its complete, normalised, hashed tree is renamed into
 place, then its row is committed. A crash between the two leaves a directory without a row,
 which is treated as absent and replaced by the next build under the key's lock.
+
+This module holds the `Store` (entries, preimages, realisations, runs, gc roots, locks);
+`entries` the entry records and read-only trees; `index` the sqlite schema, transactions and
+repair.
 """
 
 from __future__ import annotations
@@ -20,225 +24,15 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import sqlite3
-import stat
 import tempfile
 import threading
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-import attrs
-
-from .errors import StoreError
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    path TEXT PRIMARY KEY,      -- basename under the store
-    key TEXT NOT NULL UNIQUE,   -- build key (or fixed-output key)
-    digest TEXT NOT NULL,       -- tree hash of the content
-    kind TEXT NOT NULL,         -- 'fixed' | 'build'
-    name TEXT NOT NULL,
-    impure INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS preimages (key TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS realisations (
-    input_key TEXT PRIMARY KEY,
-    build_key TEXT NOT NULL,
-    digest TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, seconds REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS origins (key TEXT NOT NULL, origin TEXT NOT NULL, PRIMARY KEY (key, origin));
-"""
-
-
-@attrs.frozen
-class Entry:
-    path: Path
-    key: str
-    digest: str
-    kind: str
-    name: str
-    impure: bool = False
-
-
-@attrs.frozen
-class RemoteEntry:
-    """An output known by key and digest that lives in a binary cache, not in this store.
-
-    Bazel's "build without the bytes": a remote build's intermediate output stays in the cache
-    its worker pushed it to; dependants need only its digest (for their build keys) and its
-    key (for the next worker to fetch it). `path` is None: nothing local may read it."""
-
-    key: str
-    digest: str
-    name: str
-    cache: str  # the binary cache holding it (oci://HOST/REPO)
-    kind: str = "build"
-    impure: bool = False
-    path: None = None
-
-
-@attrs.frozen
-class Realisation:
-    input_key: str
-    build_key: str
-    digest: str
-
-
-def _make_writable(path: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(path):
-        os.chmod(dirpath, 0o755)
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                os.chmod(p, 0o755)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a (possibly read-only) tree or file."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    if not path.exists():
-        return
-    _make_writable(path)
-    shutil.rmtree(path)
-
-
-def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
-    """Normalise permissions and make an entry read-only: 0555 dirs and executables, 0444 files.
-
-    With `keep_top_writable` the top directory stays 0755: renaming a directory into another
-    parent rewrites its `..`, which needs write permission on it (only root bypasses that), so
-    the store makes the top read-only after the rename."""
-    if path.is_symlink():
-        return
-    if path.is_file():
-        mode = os.lstat(path).st_mode
-        os.chmod(path, 0o555 if mode & stat.S_IXUSR else 0o444)
-        return
-    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"output holds something that is not a file, dir or link: {p}")
-            os.chmod(p, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
-        os.chmod(dirpath, 0o755 if keep_top_writable and dirpath == str(path) else 0o555)
-
-
-_ENTRY_NAME = __import__("re").compile(r"^([0-9a-z]{32})-(.+)$")
-_SQLITE_MAGIC = b"SQLite format 3\0"
-
-
-def _entry_dirs(root: Path) -> list[str]:
-    """Names under the store root that look like entries (`<32 base32 key>-<name>`)."""
-    try:
-        return sorted(n for n in os.listdir(root) if _ENTRY_NAME.match(n))
-    except OSError:
-        return []
-
-
-def _refuse_damaged_index(root: Path) -> None:
-    """An index that is missing, empty or not a SQLite file beside entries was truncated or
-    lost: opening it would silently start a new one and drop history, realisations and `why`."""
-    index = root / "index.sqlite"
-    try:
-        with open(index, "rb") as f:
-            head = f.read(100)
-    except FileNotFoundError:
-        head = None
-    except OSError:
-        return  # unreadable: sqlite says why
-    if head is not None and len(head) == 100 and head.startswith(_SQLITE_MAGIC):
-        return
-    entries = _entry_dirs(root)
-    if not entries:
-        return  # a new store
-    what = "missing" if head is None else "empty" if not head else "truncated or not a SQLite file"
-    raise StoreError(f"the store index is {what} but the store holds {len(entries)} entries: "
-                     f"run `planner store repair` to rebuild it from them", where=str(index))
-
-
-def repair_index(root: Path) -> tuple[int, int, Path | None]:
-    """Rebuild `index.sqlite` of the store at `root`: rows that can still be read from the old
-    index are kept (entries, realisations, preimages, runs, roots, origins), every entry on disk
-    without a row is registered again with its digest recomputed. Returns (rows salvaged,
-    entries re-registered, where the old index was moved)."""
-    from .hashing import tree_digest
-
-    root = Path(root).absolute()
-    index = root / "index.sqlite"
-    moved: Path | None = None
-    lock_fd = os.open(root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # no realise or gc while the index is replaced
-    try:
-        return _repair_locked(root, index)
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
-
-
-def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
-    from .hashing import tree_digest
-
-    moved: Path | None = None
-    salvaged: dict[str, list[tuple]] = {}
-    if os.path.lexists(index):
-        moved = root / f"index.sqlite.damaged-{os.getpid()}"
-        os.replace(index, moved)
-        for side in ("-wal", "-shm"):
-            if os.path.lexists(str(index) + side):
-                os.replace(str(index) + side, str(moved) + side)
-        try:
-            old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
-            for table in ("entries", "preimages", "realisations", "runs", "durations", "roots", "origins"):
-                try:
-                    salvaged[table] = old.execute(f"SELECT * FROM {table}").fetchall()
-                except sqlite3.Error:
-                    salvaged[table] = []
-            old.close()
-        except sqlite3.Error:
-            pass
-    st = Store.__new__(Store)
-    st.root = root
-    st._lock = threading.RLock()
-    st._db = sqlite3.connect(index, timeout=60, check_same_thread=False, isolation_level=None)
-    st._db.execute("PRAGMA journal_mode=WAL")
-    st._db.executescript(_SCHEMA)
-    st._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    kept = 0
-    with st._tx() as db:
-        for table, rows in salvaged.items():
-            for row in rows:
-                try:
-                    db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * len(row))})", row)
-                    kept += 1
-                except sqlite3.Error:
-                    pass
-    registered = {p for (p,) in st._db.execute("SELECT path FROM entries").fetchall()}
-    added = 0
-    for name in _entry_dirs(root):
-        path = root / name
-        if name in registered:
-            continue
-        key, rest = _ENTRY_NAME.match(name).groups()  # type: ignore[union-attr]
-        with st._tx() as db:
-            db.execute("INSERT OR IGNORE INTO entries VALUES (?,?,?,?,?,?)",
-                       (name, key, tree_digest(path), "build", rest, 0))
-        added += 1
-    st._db.close()
-    return kept, added, moved
+from ..errors import StoreError
+from .entries import ENTRY_NAME, Entry, Realisation, RemoteEntry, entry_dirs, make_read_only, remove_tree  # noqa: F401
+from .index import SCHEMA, SCHEMA_VERSION, refuse_damaged_index, repair_index, transaction  # noqa: F401
 
 
 class Store:
@@ -255,7 +49,7 @@ class Store:
                              f"read it (store verify, store roots, a no-op realise) still work", where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        _refuse_damaged_index(self.root)
+        refuse_damaged_index(self.root)
         try:
             self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
                                        isolation_level=None)
@@ -263,7 +57,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=60000")
             with self._lock:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
             row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
             if row is None:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -275,7 +69,7 @@ class Store:
 
     def _open_read_only(self) -> None:
         """For commands that only read (verify): works on a store this user cannot write."""
-        _refuse_damaged_index(self.root)
+        refuse_damaged_index(self.root)
         index = self.root / "index.sqlite"
         try:
             # immutable=1: no -shm/-wal files to create beside a read-only index.
@@ -292,25 +86,8 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                try:
-                    self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._db.execute("ROLLBACK")
-                    raise StoreError(f"store index: {exc}", where=str(self.root / "index.sqlite")) from None
+        with self._lock, transaction(self._db, self.root / "index.sqlite") as db:
+            yield db
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -370,7 +147,7 @@ class Store:
         The caller holds `key_lock(key)`. `content` must be on the store's file system (under
         `tmp/`) so the final rename is atomic.
         """
-        from .hashing import tree_digest
+        from ..hashing import tree_digest
 
         make_read_only(content, keep_top_writable=True)
         actual = tree_digest(content)
@@ -414,13 +191,13 @@ class Store:
     # -- preimages and realisations -----------------------------------------------------
 
     def put_preimage(self, key: str, preimage: object) -> None:
-        from .hashing import canonical_json
+        from ..hashing import canonical_json
 
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO preimages VALUES (?,?)", (key, canonical_json(preimage).decode()))
 
     def put_preimages(self, preimages: dict[str, object]) -> None:
-        from .hashing import canonical_json
+        from ..hashing import canonical_json
 
         with self._tx() as db:
             db.executemany("INSERT OR IGNORE INTO preimages VALUES (?,?)",
@@ -484,7 +261,7 @@ class Store:
 
     def verify(self) -> list[tuple[Entry, str]]:
         """Re-hash every entry; returns (entry, problem) for each that does not match."""
-        from .hashing import tree_digest
+        from ..hashing import tree_digest
 
         bad = []
         for e in self.entries():

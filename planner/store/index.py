@@ -1,0 +1,155 @@
+"""The store's sqlite index: its schema, its transactions, a damaged index refused, and its
+repair from what is on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import StoreError
+from .entries import ENTRY_NAME, entry_dirs
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    path TEXT PRIMARY KEY,      -- basename under the store
+    key TEXT NOT NULL UNIQUE,   -- build key (or fixed-output key)
+    digest TEXT NOT NULL,       -- tree hash of the content
+    kind TEXT NOT NULL,         -- 'fixed' | 'build'
+    name TEXT NOT NULL,
+    impure INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS preimages (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS realisations (
+    input_key TEXT PRIMARY KEY,
+    build_key TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS durations (name TEXT PRIMARY KEY, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS origins (key TEXT NOT NULL, origin TEXT NOT NULL, PRIMARY KEY (key, origin));
+"""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\0"
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection, index: Path) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error; sqlite's errors become StoreError
+    naming the index. The caller holds whatever thread lock guards `db`."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StoreError(f"store index: {exc}", where=str(index)) from None
+    try:
+        yield db
+    except sqlite3.Error as exc:
+        db.execute("ROLLBACK")
+        raise StoreError(f"store index: {exc}", where=str(index)) from None
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"store index: {exc}", where=str(index)) from None
+
+
+def refuse_damaged_index(root: Path) -> None:
+    """An index that is missing, empty or not a SQLite file beside entries was truncated or
+    lost: opening it would silently start a new one and drop history, realisations and `why`."""
+    index = root / "index.sqlite"
+    try:
+        with open(index, "rb") as f:
+            head = f.read(100)
+    except FileNotFoundError:
+        head = None
+    except OSError:
+        return  # unreadable: sqlite says why
+    if head is not None and len(head) == 100 and head.startswith(_SQLITE_MAGIC):
+        return
+    entries = entry_dirs(root)
+    if not entries:
+        return  # a new store
+    what = "missing" if head is None else "empty" if not head else "truncated or not a SQLite file"
+    raise StoreError(f"the store index is {what} but the store holds {len(entries)} entries: "
+                     f"run `planner store repair` to rebuild it from them", where=str(index))
+
+
+def repair_index(root: Path) -> tuple[int, int, Path | None]:
+    """Rebuild `index.sqlite` of the store at `root`: rows that can still be read from the old
+    index are kept (entries, realisations, preimages, runs, roots, origins), every entry on disk
+    without a row is registered again with its digest recomputed. Returns (rows salvaged,
+    entries re-registered, where the old index was moved)."""
+    root = Path(root).absolute()
+    index = root / "index.sqlite"
+    lock_fd = os.open(root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # no realise or gc while the index is replaced
+    try:
+        return _repair_locked(root, index)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
+    from ..hashing import tree_digest
+
+    moved: Path | None = None
+    salvaged: dict[str, list[tuple]] = {}
+    if os.path.lexists(index):
+        moved = root / f"index.sqlite.damaged-{os.getpid()}"
+        os.replace(index, moved)
+        for side in ("-wal", "-shm"):
+            if os.path.lexists(str(index) + side):
+                os.replace(str(index) + side, str(moved) + side)
+        try:
+            old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
+            for table in ("entries", "preimages", "realisations", "runs", "durations", "roots", "origins"):
+                try:
+                    salvaged[table] = old.execute(f"SELECT * FROM {table}").fetchall()
+                except sqlite3.Error:
+                    salvaged[table] = []
+            old.close()
+        except sqlite3.Error:
+            pass
+    db = sqlite3.connect(index, timeout=60, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA)
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    kept = 0
+    with transaction(db, index):
+        for table, rows in salvaged.items():
+            for row in rows:
+                try:
+                    db.execute(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * len(row))})", row)
+                    kept += 1
+                except sqlite3.Error:
+                    pass
+    registered = {p for (p,) in db.execute("SELECT path FROM entries").fetchall()}
+    added = 0
+    for name in entry_dirs(root):
+        path = root / name
+        if name in registered:
+            continue
+        key, rest = ENTRY_NAME.match(name).groups()  # type: ignore[union-attr]
+        with transaction(db, index):
+            db.execute("INSERT OR IGNORE INTO entries VALUES (?,?,?,?,?,?)",
+                       (name, key, tree_digest(path), "build", rest, 0))
+        added += 1
+    db.close()
+    return kept, added, moved
+
+
