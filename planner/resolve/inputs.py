@@ -1,4 +1,4 @@
-"""Resolving inputs to pins (`planner lock`) and materialising pinned inputs in the store.
+"""Resolving one input to pins and materialising pinned inputs in the store (the `Resolver`).
 
 Fetched content enters the store as fixed-output entries keyed by its tree hash, so a second
 lock or a realise never downloads it again, and a re-compressed tarball with the same content
@@ -16,13 +16,13 @@ from typing import Callable, Optional
 
 import attrs
 
-from .archive import open_deb_control
-from .errors import FetchError, HashMismatch, LockError
-from .derivation import fixed_key  # noqa: F401  (re-exported)
-from .mirrors import load_mirrors, mirror_candidates  # noqa: F401  (re-exported)
-from .lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, local_pin, recipes_digest
-from .recipes import RecipeSet
-from .store import Entry, Store, remove_tree
+from ..archive import open_deb_control
+from ..errors import FetchError, HashMismatch, LockError
+from ..derivation import fixed_key
+from ..mirrors import mirror_candidates
+from ..lock import ANY, InputDecl, LockedInput, Pin, local_pin
+from ..recipes import RecipeSet
+from ..store import Entry, Store, remove_tree
 
 
 def _entry_name(decl: InputDecl, pin: Pin) -> str:
@@ -51,8 +51,8 @@ def _take_subdir(dest: Path, subdir: str, tmp: Path, where: str, shown: str) -> 
 
     Walked without following links: a `subdir` through a link (`a -> /home`, subdir `a/b`)
     would otherwise move a host folder into the store."""
-    from .errors import UnsafeTree
-    from .safetree import Tree, checked_rel
+    from ..errors import UnsafeTree
+    from ..safetree import Tree, checked_rel
 
     try:
         parts = checked_rel(subdir, where=where, what="subdir")
@@ -89,7 +89,7 @@ class Resolver:
     def prefetch_apt(self, wanted: list[tuple[InputDecl, str, Optional[str]]]) -> None:
         """Download many apt inputs (decl, platform, version or None) in one apt call per
         architecture; `_fetch` then takes them from here and verifies them as usual."""
-        from .fetch import apt
+        from ..fetch import apt
 
         by_arch: dict[str, list[tuple[str, Optional[str]]]] = {}
         for decl, platform, version in wanted:
@@ -124,14 +124,14 @@ class Resolver:
             except FetchError as exc:
                 errors.append(exc)
                 if cand != candidates[-1]:
-                    from .fetch.url import _redact
+                    from ..fetch.url import _redact
 
                     self.log(f"{what}: {_redact(cand)} failed ({exc.line()}), trying the next source")
         if len(errors) == 1:
             raise errors[0]
         # Every mirror and the origin failed: each one's own reason (git's, HTTP's) matters, the
         # mirror's most of all on an air-gapped site where the origin is expected to fail.
-        from .fetch.url import _redact
+        from ..fetch.url import _redact
 
         raise FetchError("every source failed: " + "; ".join(
             f"{_redact(c)}: {e.message if e.where in (None, c) else e.line()}" for c, e in zip(candidates, errors)),
@@ -149,7 +149,7 @@ class Resolver:
             raise
 
     def _fetch_into(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
-        from .hashing import file_sha256_and_blake3
+        from ..hashing import file_sha256_and_blake3
 
         src, patch = decl.source, decl.patch
         if decl.local:
@@ -165,7 +165,7 @@ class Resolver:
             return Fetched(dest, got)
 
         if src is not None and src.kind == "git":
-            from .fetch import git
+            from ..fetch import git
 
             url = str(src.url)
             if self.rs is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/]+@[^/]+:", url) \
@@ -195,9 +195,9 @@ class Resolver:
                 return self._maybe_unpack(decl, got_path, found, tmp) if src.kind == "pypi" else Fetched(got_path, found)
 
         if src is not None and src.kind == "pypi":
-            from .fetch import pypi
+            from ..fetch import pypi
 
-            from .fetch.simple_index import parse_as_of
+            from ..fetch.simple_index import parse_as_of
 
             path = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=tmp,
                                  platform=src.platform or (None if platform == ANY else platform),
@@ -211,7 +211,7 @@ class Resolver:
             return self._maybe_unpack(decl, path, got, tmp)
 
         if src is not None and src.kind == "apt":
-            from .fetch import apt
+            from ..fetch import apt
 
             version = pin.version if pin and pin.version else src.version
             # Not popped: two recipes may pin the same package (base and the build root do).
@@ -227,7 +227,7 @@ class Resolver:
             elif pin and pin.url and pin.sha256 and pin.filename:
                 # A .deb pinned with its URL comes by hash from there (or a mirror): a host of
                 # another distribution, whose apt knows nothing of this one, fetches it too.
-                from .fetch import url as urlfetch
+                from ..fetch import url as urlfetch
 
                 name = re.sub(r"[^A-Za-z0-9._+~-]", "_", pin.filename)
                 try:
@@ -255,7 +255,7 @@ class Resolver:
                                          version=pkg.version, tree=b3, url=pkg.url or (pin.url if pin else None)))
 
         if (src is not None and src.kind == "url") or (patch is not None and patch.url):
-            from .fetch import url as urlfetch
+            from ..fetch import url as urlfetch
 
             url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
             expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
@@ -279,7 +279,7 @@ class Resolver:
         name = pin.filename
         if not re.fullmatch(r"[A-Za-z0-9_+~-][A-Za-z0-9._+~-]*", name) or len(name) > 255:
             raise LockError(f"file name {name!r} in the lock is not a plain file name", where=decl.id)
-        from .fetch import url as urlfetch
+        from ..fetch import url as urlfetch
 
         for m in self.mirrors:
             cand = f"{m.rstrip('/')}/sha256/{pin.sha256}"
@@ -297,8 +297,8 @@ class Resolver:
         blobs as an OCI layout-like folder (`manifest.json`, `blobs/sha256/…`)."""
         import json
 
-        from .errors import OciError
-        from .oci.registry import Reference, client_for
+        from ..errors import OciError
+        from ..oci.registry import Reference, client_for
 
         src = decl.source
         assert src is not None
@@ -336,7 +336,7 @@ class Resolver:
         """`submodules = true`: every gitlink of the commit must be declared as an input
         `source/sub/<path>` of the recipe, pinned to the gitlink's commit, and nothing else.
         Submodules are separate inputs with their own tree hashes (tree hash v1)."""
-        from .fetch import git
+        from ..fetch import git
 
         recipe = self.rs.recipes[decl.recipe]
         declared = {name[len("source/sub/"):]: s for name, s in recipe.inputs.items() if name.startswith("source/sub/")}
@@ -356,7 +356,7 @@ class Resolver:
     def _maybe_unpack(self, decl: InputDecl, path: Path, pin: Pin, tmp: Path) -> Fetched:
         if not decl.unpacks:
             return Fetched(path, pin)
-        from .archive import safe_extract
+        from ..archive import safe_extract
 
         dest = tmp / "unpacked"
         try:
@@ -373,7 +373,7 @@ class Resolver:
         return Fetched(dest, pin)
 
     def _store(self, decl: InputDecl, fetched: Fetched, expected_tree: Optional[str]) -> tuple[Entry, Pin]:
-        from .hashing import tree_digest
+        from ..hashing import tree_digest
 
         tree = tree_digest(fetched.content)
         if expected_tree is not None and tree != expected_tree:
@@ -450,168 +450,3 @@ def pin_conflict(store: Store, pin: Pin, unpacks: bool) -> Optional[str]:
             return (f"tree {pin.tree[:19]}… is held in the store for {kind} {sorted(same_kind)[0].split(':', 1)[1][:16]}…, "
                     f"the lock says {o.split(':', 1)[1][:16]}…")
     return None
-
-
-def lock_store_conflicts(rs: RecipeSet, lock: Lock, store: Store) -> list[str]:
-    """`lock --check` against what the store holds: pins whose tree the store knows as other bytes."""
-    from .lock import declarations
-
-    out = []
-    for decl_id, decl in sorted(declarations(rs).items()):
-        li = lock.inputs.get(decl_id)
-        if li is None or li.status != "locked":
-            continue
-        for plat, pin in sorted(li.pins.items()):
-            problem = pin_conflict(store, pin, decl.unpacks)
-            if problem:
-                out.append(f"{decl_id}{'' if plat == ANY else f' [{plat}]'}: {problem}")
-    return out
-
-
-def prefetch(store: Store, what: str, *, mirrors: list[str] = (), log: Callable[[str], None] = lambda s: None
-             ) -> tuple[InputDecl, LockedInput]:
-    """`planner prefetch`: fetch a URL or `GIT_URL@REV` once into the store and pin it, like
-    nix-prefetch-url / nix-prefetch-git. Prints what a recipe or lock needs."""
-    from .recipes import Source
-
-    is_git = what.startswith(("git+", "git://")) or re.search(r"\.git(@[^/]*)?$", what) is not None
-    if is_git:
-        spec = what[4:] if what.startswith("git+") else what
-        url, at, rev = spec.rpartition("@") if "@" in spec.rsplit("/", 1)[-1] else (spec, "", "")
-        source = Source(kind="git", url=url, rev=rev or "HEAD")
-    else:
-        source = Source(kind="url", url=what)
-    decl = InputDecl(id=f"prefetch/{source.kind}", recipe="prefetch", name="source", source=source)
-    resolver = Resolver(None, store, log=log, mirrors=list(mirrors))  # type: ignore[arg-type]
-    with store.gc_lock(exclusive=False):
-        return decl, resolver.resolve(decl)
-
-
-def declared_pins(decl: InputDecl) -> Optional[dict[str, Pin]]:
-    """Pins a recipe states up front (a full git commit, a sha256, a tree hash): what a
-    machine without network records, and what a machine with network must then find."""
-    src, patch = decl.source, decl.patch
-    tree = src.tree if src is not None else patch.tree if patch is not None else None
-    sha = src.sha256 if src is not None else patch.sha256 if patch is not None else None
-    commit = src.rev if src is not None and src.kind == "git" and re.fullmatch(r"[0-9a-f]{40}", src.rev or "") else None
-    if decl.platforms != (ANY,) or not (tree or sha or commit):
-        return None
-    url = src.url if src is not None and src.kind in ("git", "url") else patch.url if patch is not None else None
-    filename = url.rsplit("/", 1)[-1] if patch is not None and url else None
-    return {ANY: Pin(tree=tree, sha256=sha, commit=commit, url=url, filename=filename)}
-
-
-def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(),
-             log: Callable[[str], None] = lambda s: None, mirrors: list[str] = ()) -> tuple[Lock, list[str]]:
-    """Resolve every input not already pinned (or named in `update`). Returns the lock and the
-    ids that changed. Local inputs are always re-hashed. An input that cannot be reached is
-    written as `unlocked` with the reason (keeping any prefetched pins), and the others are
-    still pinned; `UnresolvedInputs` is raised after the lock is written."""
-    from . import lock as lockmod
-
-    old: Optional[Lock] = None
-    if rs.lockfile.exists():
-        try:
-            old = lockmod.read(rs.lockfile)
-        except LockError as exc:
-            log(f"ignoring unreadable lock: {exc.line()}")
-    resolver = Resolver(rs, store, log=log, mirrors=list(mirrors))
-    decls = declarations(rs)
-    unknown = [u for u in update if u not in decls and u not in rs.recipes]
-    if unknown:
-        raise LockError(f"--update {unknown[0]!r} names no input or recipe of set {rs.name!r}")
-    with store.gc_lock(exclusive=False):  # gc must not empty tmp/ under our downloads
-        try:
-            resolver.prefetch_apt(_apt_to_resolve(decls, old, update))
-            inputs, changed, failures = _resolve_all(decls, old, update, resolver)
-        finally:
-            resolver.discard_prefetched()
-    lock = Lock(set=rs.name, recipes=recipes_digest(rs), source_date_epoch=rs.config.source_date_epoch,
-                inputs=inputs)
-    lockmod.write_atomic(rs.lockfile, lockmod.to_toml(lock))
-    if failures:
-        raise UnresolvedInputs(failures, changed)
-    return lock, changed
-
-
-def _apt_to_resolve(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str]
-                    ) -> list[tuple[InputDecl, str, Optional[str]]]:
-    out = []
-    for id_, decl in decls.items():
-        prev = old.inputs.get(id_) if old else None
-        if decl.kind != "apt" or (prev is not None and id_ not in update and decl.recipe not in update
-                                  and prev.status == "locked" and prev.spec == decl.spec()):
-            continue
-        out.extend((decl, platform, decl.source.version if decl.source else None) for platform in decl.platforms)
-    return out
-
-
-def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str], resolver: Resolver
-                 ) -> tuple[dict[str, LockedInput], list[str], list[tuple[str, str]]]:
-    inputs: dict[str, LockedInput] = {}
-    changed: list[str] = []
-    failures: list[tuple[str, str]] = []
-    for id_, decl in decls.items():
-        prev = old.inputs.get(id_) if old else None
-        wanted = id_ in update or decl.recipe in update
-        if (prev is not None and not wanted and not decl.local and prev.status == "locked"
-                and prev.spec == decl.spec()):
-            inputs[id_] = prev
-            continue
-        kept = _pins_kept_for_new_platforms(decl, prev) if not wanted else None
-        if kept is not None:
-            # Only platforms were added (a recipe or set now builds for arm64 too): the pins of
-            # the old ones stay, and only the new ones are fetched.
-            missing = attrs.evolve(decl, platforms=tuple(p for p in decl.platforms if p not in kept))
-            try:
-                new = resolver.resolve(missing)
-            except HashMismatch:
-                raise
-            except (FetchError, LockError) as exc:
-                failures.append((id_, exc.line()))
-                inputs[id_] = prev
-                continue
-            inputs[id_] = attrs.evolve(new, spec=decl.spec(), pins={**kept, **new.pins})
-            changed.append(id_)
-            continue
-        expected = prev.pins if prev is not None and prev.status == "unlocked" and prev.spec == decl.spec() else None
-        expected = expected or declared_pins(decl)
-        try:
-            new = resolver.resolve(decl, expected)
-        except HashMismatch:
-            raise
-        except (FetchError, LockError) as exc:
-            failures.append((id_, exc.line()))
-            if prev is not None and prev.status == "locked" and prev.spec == decl.spec():
-                inputs[id_] = prev  # an --update that cannot reach upstream keeps the old pin
-                continue
-            new = LockedInput(id=id_, kind=decl.kind, origin=decl.origin, spec=decl.spec(),
-                              pins=dict(expected or {}), status="unlocked", reason=exc.line())
-        inputs[id_] = new
-        if prev is None or prev.pins != new.pins or prev.spec != new.spec or prev.status != new.status:
-            changed.append(id_)
-    return inputs, changed, failures
-
-
-def _pins_kept_for_new_platforms(decl: InputDecl, prev: Optional[LockedInput]) -> Optional[dict[str, Pin]]:
-    """The previous pins, when `decl` differs from what was locked only by added platforms."""
-    if prev is None or prev.status != "locked" or prev.spec == decl.spec() or ANY in decl.platforms:
-        return None
-    old = tuple(p for p in decl.platforms if p in prev.pins)
-    if not old or len(old) == len(decl.platforms):
-        return None
-    if attrs.evolve(decl, platforms=old).spec() != prev.spec:
-        return None
-    return {p: prev.pins[p] for p in old}
-
-
-class UnresolvedInputs(LockError):
-    """Some inputs could not be resolved; the lock was written with them marked unlocked."""
-
-    def __init__(self, failures: list[tuple[str, str]], changed: list[str]) -> None:
-        self.failures = failures
-        self.changed = changed
-        first_id, first = failures[0]
-        more = f" (and {len(failures) - 1} more, marked unlocked in the lock)" if len(failures) > 1 else \
-            " (marked unlocked in the lock)"
-        super().__init__(f"could not resolve {first_id}: {first}{more}")
