@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 import attrs
 
+from .dag import Dag, critical_path  # noqa: F401  (critical_path: for callers of this module)
 from .errors import GraphError, LockError
 from .builders.registry import builder
 from .builders.registry import BUILTIN_BUILDERS
@@ -33,45 +34,14 @@ def uses_build_root(builder_kind: str, rootfs: Optional[str]) -> bool:
 
 
 @attrs.frozen
-class Plan:
+class Plan(Dag):
+    """Closures, needed nodes and dependents come from `planner.dag`."""
+
     set: str
     nodes: dict[str, Node]  # in topological order: dependencies first
     targets: tuple[str, ...]
     source_date_epoch: int
     roots: tuple[str, ...] = ()  # targets and their run-time closures, for every variant
-
-    def dependents(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {n: [] for n in self.nodes}
-        for node in self.nodes.values():
-            for dep in node.deps.values():
-                out[dep].append(node.id)
-        return out
-
-    def closure(self, ids: Iterable[str]) -> list[str]:
-        """Ids of the given nodes and everything they need, in topological order."""
-        want: set[str] = set()
-        stack = list(ids)
-        while stack:
-            n = stack.pop()
-            if n in want:
-                continue
-            want.add(n)
-            stack.extend(self.nodes[n].deps.values())
-        return [n for n in self.nodes if n in want]
-
-    def needed(self, roots: Iterable[str], valid: Iterable[str]) -> set[str]:
-        """What realising `roots` has to build or fetch: every node reached from them without
-        passing through a valid one. Below a valid output nothing has to be present (an output
-        is self-contained; run-time needs are roots of their own)."""
-        done, want = set(valid), set()
-        stack = list(roots)
-        while stack:
-            n = stack.pop()
-            if n in want or n in done:
-                continue
-            want.add(n)
-            stack.extend(self.nodes[n].deps.values())
-        return want
 
     def blocked(self) -> dict[str, tuple[str, str]]:
         """Node id -> (the unlocked input that keeps it from being built, the node that uses
@@ -374,17 +344,6 @@ def unbuildable_here(plan: Plan, ids: Iterable[str], build_platform: str) -> lis
     builder that only builds natively: refused before anything runs, never built wrong."""
     return [plan.nodes[n] for n in ids
             if builds_natively(plan.nodes[n]) and plan.nodes[n].variant.platform not in (None, build_platform)]
-
-
-def critical_path(plan: Plan, durations: dict[str, float]) -> dict[str, float]:
-    """For each node, the longest expected time from its start to the end of the build."""
-    dependents = plan.dependents()
-    remaining: dict[str, float] = {}
-    for nid in reversed(list(plan.nodes)):
-        node = plan.nodes[nid]
-        own = durations.get(nid, node.estimate)
-        remaining[nid] = own + max((remaining[d] for d in dependents[nid]), default=0.0)
-    return remaining
 
 
 def cuda_variant_name(rs: RecipeSet, archs: Optional[tuple[str, ...]]) -> Optional[str]:

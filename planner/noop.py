@@ -28,6 +28,22 @@ def stat_sig(p) -> tuple[int, int, int, int]:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
 
+def files_unchanged(files: dict) -> bool:
+    """Whether every file (or folder) still has the signature recorded (`stat_sig`); a missing
+    one must have been missing. The one rule for every cache of planning's inputs."""
+    stat = os.stat
+    for f, sig in files.items():
+        try:
+            st = stat(f)
+        except OSError:
+            if sig != _MISSING:
+                return False
+            continue
+        if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != sig:
+            return False
+    return True
+
+
 def _index_sigs(store_root: str) -> tuple:
     """What changes with every commit to the store's index: a commit appends to the write-ahead
     log (it grows), or restarts the log (its header's salts change), and a checkpoint writes the
@@ -86,19 +102,11 @@ def try_noop(root, set_name: str, store_root, target: str | None, sandboxed: boo
     store_root = os.fspath(store_root)
     try:
         with open(plan_cache_path(store_root, root, set_name, target), "rb") as f:
-            cache = marshal.load(f)
+            cache = marshal.loads(f.read())  # load(f) reads the file a few bytes at a time
         if cache["identity"] != _identity(root, set_name, target, sandboxed):
             return None
-        stat = os.stat
-        for f, sig in cache["files"].items():
-            try:
-                st = stat(f)
-            except OSError:
-                if sig != _MISSING:
-                    return None
-                continue
-            if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != sig:
-                return None
+        if not files_unchanged(cache["files"]):
+            return None
         for p in cache.get("absent", ()):
             if os.path.lexists(p):
                 return None

@@ -29,7 +29,8 @@ def watched_files(rs, lock_path: Path) -> list[Path]:
     """Every file (and folder) planning read: a change to any of them invalidates the cache."""
     # Folders too (their own stat changes when an entry is added, removed or renamed): a new
     # recipe or a new file in a path source changes the plan without touching any listed file.
-    files = [rs.folder, *sorted(rs.folder.rglob("*"))]
+    # Sorted by string: comparing Path objects costs more than the rest for 10,000 recipes.
+    files = [rs.folder, *sorted(rs.folder.rglob("*"), key=os.fspath)]
     files.append(lock_path)
     for r in rs.recipes.values():
         for p in r.patches:
@@ -38,9 +39,9 @@ def watched_files(rs, lock_path: Path) -> list[Path]:
         for s in r.all_sources().values():
             if s.kind == "path" and s.path:
                 base = rs.root / s.path
-                files.extend([base, *sorted(base.rglob("*"))] if base.is_dir() else [base])
+                files.extend([base, *sorted(base.rglob("*"), key=os.fspath)] if base.is_dir() else [base])
     pkg = Path(__file__).resolve().parent
-    files.extend(sorted(pkg.rglob("*.py")))
+    files.extend(sorted(pkg.rglob("*.py"), key=os.fspath))
     files.append(Path("/var/lib/dpkg/status"))
     return [f for f in dict.fromkeys(files)]
 

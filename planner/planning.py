@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import attrs
 
 from .errors import LockError, PlannerError
-from .graph import Plan, plan as make_plan
-from .host import HostInfo, detect_host
+from .host import HostInfo
 
 if TYPE_CHECKING:
+    from .dag import Dag
+    from .graph import Plan
     from .lock import Lock
     from .recipes import RecipeSet
     from .store import Store
@@ -30,7 +31,7 @@ class Planned:
     rs: "RecipeSet"
     lock: "Lock"
     host: HostInfo
-    plan: Plan
+    plan: "Plan"
     # Stale or missing lock entries of single inputs (realise): refused only where a realise
     # builds with them, a warning elsewhere (`stale_outside`).
     deferred: tuple = ()
@@ -47,6 +48,8 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
     `check_lock`: refuse a stale lock (realise). Unlocked inputs are not refused here: they
     matter only where a realise builds (`refuse_unlocked`, once the needed nodes are known)."""
     from . import lock as lockmod
+    from .graph import plan as make_plan
+    from .host import detect_host
     from .recipes import load_set
 
     rs = load_set(root, set_name)
@@ -106,9 +109,10 @@ class Validity:
         return [nid for nid in self.closure if nid in self.needed]
 
 
-def validity(plan: Plan, store: "Store", roots: Iterable[str], *, rebuild: bool = False) -> Validity:
+def validity(plan: "Dag", store: "Store", roots: Iterable[str], *, rebuild: bool = False) -> Validity:
     """Valid: a realisation for the input key whose entry is present (none with `rebuild`,
-    as --check wants). Needed: `Plan.needed`, so nothing below a valid output is rebuilt."""
+    as --check wants). Needed: `Dag.needed`, so nothing below a valid output is rebuilt.
+    `plan`: a `graph.Plan`, or the cached table of `planner plan`."""
     roots = list(roots)
     closure = plan.closure(roots)
     by_key = store.realisations([plan.nodes[n].key for n in closure])

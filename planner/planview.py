@@ -33,6 +33,7 @@ import attrs
 from .durations import format_duration
 
 from .errors import PlannerError
+from .gcpause import gc_paused
 
 SCHEMA_VERSION = 1
 
@@ -186,63 +187,40 @@ class PlanView:
 _dur = format_duration
 
 
-def runtime_edges(p) -> dict[str, list[str]]:
-    """For each node, the nodes its `requires` name, resolved for its platform and CUDA variant
-    (a node without that axis serves every consumer)."""
-    by_name: dict[str, list] = {}
-    for n in p.nodes.values():
-        by_name.setdefault(n.name, []).append(n)
-    out: dict[str, list[str]] = {}
-    for n in p.nodes.values():
-        found = []
-        for req in n.requires:
-            for other in by_name.get(req, []):
-                v, w = n.variant, other.variant
-                if w.platform not in (None, v.platform) and v.platform is not None:
-                    continue
-                if w.cuda is not None and v.cuda is not None and w.cuda != v.cuda:
-                    continue
-                found.append(other.id)
-        out[n.id] = sorted(set(found))
-    return out
-
-
+@gc_paused()
 def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[str] = None,
               sandbox: bool = True) -> PlanView:
-    from . import lock as lockmod
-    from . import planning
-    from .graph import critical_path
-    from .store import Store
+    from . import planning, plantable
 
-    planned = planning.load(root, set_name, sandboxed=sandbox, target=target)
-    rs, lk, p = planned.rs, planned.lock, planned.plan
-    warnings = []
-    stale = [pr for pr in lockmod.check(rs, lk, deep=False) if not pr.message.startswith("unlocked")]
-    if stale:
-        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
-        warnings.append(f"{rs.lockfile.relative_to(rs.root)} is stale: {stale[0].line()}{more}; the keys shown "
-                        f"are the old lock's until `planner lock {set_name}`")
+    table = plantable.cached(root, set_name, target, sandbox)
+    if table is None:
+        started = plantable.now_ns()
+        planned = planning.load(root, set_name, sandboxed=sandbox, target=target)
+        table = plantable.from_planned(planned)
+        plantable.save(table, planned, started, target, sandbox)
     settled: set[str] = set()  # valid, or below a valid node: what a realise would not build
     durations: dict = {}
     if (store_root / "index.sqlite").exists():
+        from .store import Store
+
         st = Store(store_root)
         durations = st.durations(set_name)
-        v = planning.validity(p, st, p.roots)
+        v = planning.validity(table, st, table.roots)
         settled = set(v.closure) - v.needed
         st.close()
-    cp = critical_path(p, durations)
-    requires = runtime_edges(p)
-    blocked = p.blocked()
     nodes = []
-    for nid, node in p.nodes.items():  # dependencies first
-        unlocked = sorted({ref.decl for ref in node.inputs.values() if not ref.locked})
-        by, via = blocked.get(nid, (None, None))
-        action = "reuse" if nid in settled else ("blocked" if by else "build")
-        nodes.append(PlannedNode(nid, node.name, node.variant.label(), node.variant.platform, node.key, node.builder,
-                                 action, durations.get(nid, node.estimate), sorted(set(node.deps.values())),
-                                 requires[nid], node.impure, unlocked, by, via))
-    gens, chain = _shape({n.id: n.deps for n in nodes}, {n.id: n.estimate for n in nodes})
-    return PlanView(set_name, list(p.targets), nodes, max(cp.values(), default=0.0), chain, gens, warnings)
+    for nid, n in table.nodes.items():  # dependencies first
+        action = "reuse" if nid in settled else ("blocked" if n.blocked_by else "build")
+        nodes.append(PlannedNode(nid, n.name, n.variant, n.platform, n.key, n.builder, action,
+                                 durations.get(nid, n.estimate), sorted(set(n.deps.values())), n.requires,
+                                 n.impure, n.unlocked, n.blocked_by, n.blocked_via))
+    seconds = {n.id: n.estimate for n in nodes}
+    gens, chain = _shape({n.id: n.deps for n in nodes}, seconds)
+    # The chain is the longest path; summed from its end, as `dag.critical_path` sums it.
+    total = 0.0
+    for nid in reversed(chain):
+        total = seconds[nid] + total
+    return PlanView(set_name, list(table.targets), nodes, total, chain, gens, list(table.warnings))
 
 
 def _shape(deps: dict[str, list[str]], seconds: dict[str, float]) -> tuple[list[list[str]], list[str]]:
