@@ -42,8 +42,12 @@ class Planned:
 
 
 def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[str] = None,
-         check_lock: bool = False) -> Planned:
+         check_lock: bool = False, platform: Optional[str] = None, variant: Optional[str] = None) -> Planned:
     """Load the set and its lock and plan it for this host.
+
+    `platform`/`variant`: plan the set as if set.toml listed only that platform and CUDA variant,
+    so an image (which covers every platform and variant of its set) is made for those alone;
+    every other node keeps its key, which depends on its own platform and arch list only.
 
     `check_lock`: refuse a stale lock (realise). Unlocked inputs are not refused here: they
     matter only where a realise builds (`refuse_unlocked`, once the needed nodes are known)."""
@@ -67,7 +71,26 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
             raise LockError(f"{problems[0].line()}{more}; `planner lock {rs.name}` re-pins it",
                             where=str(rs.lockfile.relative_to(root)))
     host = detect_host(sandboxed)
+    rs = restrict(rs, platform, variant)  # after the lock check, which is about the whole set
     return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target), deferred)
+
+
+def restrict(rs, platform: Optional[str], variant: Optional[str]):
+    """The set with set.toml's platforms and CUDA variants narrowed to these (None: all)."""
+    if platform is None and variant is None:
+        return rs
+    config = rs.config
+    if platform is not None:
+        if platform not in config.platforms:
+            raise PlannerError(f"platform {platform} is not one of the set's platforms "
+                               f"({', '.join(config.platforms)})", where=str(rs.folder / "set.toml"))
+        config = attrs.evolve(config, platforms=[platform])
+    if variant is not None:
+        if variant not in config.cuda:
+            raise PlannerError(f"CUDA variant {variant!r} is not one of the set's "
+                               f"({', '.join(config.cuda) or 'none'})", where=str(rs.folder / "set.toml"))
+        config = attrs.evolve(config, cuda={variant: config.cuda[variant]})
+    return attrs.evolve(rs, config=config)
 
 
 def roots_for(planned: Planned, platform: Optional[str], variant: Optional[str] = None) -> list[str]:

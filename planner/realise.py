@@ -101,7 +101,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     from . import planning
     from .store import Store
 
-    planned = planning.load(root, set_name, sandboxed=options.sandbox, target=options.target, check_lock=True)
+    planned = planning.load(root, set_name, sandboxed=options.sandbox, target=options.target, check_lock=True,
+                            platform=options.platform, variant=options.variant)
     if options.sandbox:
         from .sandbox import require_bwrap
 

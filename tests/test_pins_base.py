@@ -149,3 +149,77 @@ def test_realise_one_cuda_variant(tmp_path: Path) -> None:
     assert kern == ["kern[linux/amd64,small]"] or (len(kern) == 1 and "sm_100a" in kern[0] and "sm_90a" not in kern[0]), kern
     bad = run_planner("--root", str(root), "--store", str(store), "realise", "al", "--variant", "nope", check=False)
     assert bad.returncode != 0 and "CUDA variant 'nope'" in bad.stderr
+
+
+def _profiled(root: Path, profile: str, *, extra: str = "") -> None:
+    """A set whose one `profile` line picks the base and whether `kern` is in the image."""
+    folder = root / "recipes/pr"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "set.toml").write_text(
+        'target = "img"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+        f'profile = "{profile}"\n'
+        '[profiles.slim]\nbase = "one"\nkern = ""\n'
+        '[profiles.full]\nbase = "two"\n' + extra +
+        '[cuda]\nsmall = ["sm_100a"]\nwide = ["sm_90a", "sm_100a"]\n')
+    for name in ("one", "two"):
+        (folder / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n[build]\nbuilder = "shell"\n'
+                                             f'script = "mkdir -p $out/opt && echo {name} > $out/opt/which"\n')
+    (folder / "kern.toml").write_text('name = "kern"\nversion = "1"\naxes = ["platform", "cuda"]\n'
+                                      '[build]\nbuilder = "shell"\nscript = "mkdir -p $out/opt && echo k > $out/opt/k"\n')
+    (folder / "top.toml").write_text('name = "top"\nversion = "1"\ndeps = ["base"]\nrequires = ["kern"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "mkdir -p $out/opt && cp /deps/*/opt/which $out/opt/top"\n')
+    (folder / "img.toml").write_text('name = "img"\nversion = "1"\n[build]\nbuilder = "oci-image"\n'
+                                     '[image]\nlayers = [["base"], ["kern", "top"]]\n')
+
+
+def _plan_ids(root: Path, store: Path, *extra: str) -> set[str]:
+    out = run_planner("--root", str(root), "--store", str(store), "plan", "pr", "--json", *extra).stdout
+    return {n["id"] for n in json.loads(out)["nodes"]}
+
+
+def test_one_profile_line_chooses_base_and_what_is_left_out(tmp_path: Path) -> None:
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _profiled(root, "slim")
+    run_planner("--root", str(root), "--store", str(store), "lock", "pr")
+    slim = {i.split("[")[0] for i in _plan_ids(root, store)}
+    assert slim == {"img", "one", "top"}  # kern left out of the layers and of top's requires
+    _profiled(root, "full")
+    run_planner("--root", str(root), "--store", str(store), "lock", "pr")
+    assert {i.split("[")[0] for i in _plan_ids(root, store)} == {"img", "two", "top", "kern"}
+
+
+@pytest.mark.parametrize("profile, extra, message", [
+    ("nope", "", "profile 'nope' is not one of [profiles]"),
+    ("slim", '[profiles.bad]\nbase = "missing"\n', "profile 'bad': 'base' names 'missing'"),
+    ("drop", '[profiles.drop]\nbase = ""\n', "leaves out 'base', which recipe 'top' builds with (deps)"),
+])
+def test_a_bad_profile_is_one_error_line(tmp_path: Path, profile: str, extra: str, message: str) -> None:
+    root = tmp_path / "proj"
+    _profiled(root, profile, extra=extra)
+    proc = run_planner("--root", str(root), "--store", str(tmp_path / "s"), "plan", "pr", check=False)
+    assert proc.returncode != 0
+    assert [l for l in proc.stderr.splitlines() if "error" in l] == proc.stderr.splitlines()[-1:]
+    assert message in proc.stderr and "set.toml" in proc.stderr
+
+
+def test_realise_platform_and_variant_restrict_the_image(tmp_path: Path) -> None:
+    """An image covers every platform and CUDA variant of its set; --platform/--variant make it
+    for those alone (no copy of the set), and every other node keeps its key."""
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _profiled(root, "full")
+    run_planner("--root", str(root), "--store", str(store), "lock", "pr")
+    whole = json.loads(run_planner("--root", str(root), "--store", str(store), "plan", "pr", "--json").stdout)
+    keys = {n["id"]: n["key"] for n in whole["nodes"]}
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "pr",
+                                 "--platform", "linux/amd64", "--variant", "small", "--json").stdout)
+    built = {n["id"]: n for n in out["nodes"]}
+    assert {i.split("[")[0] for i in built} == {"img", "two", "top", "kern"}
+    assert all("arm64" not in i for i in built)
+    for nid, n in built.items():
+        if nid != "img":
+            assert n["key"] == keys[nid], nid  # the same nodes as in the whole set's plan
+    assert built["img"]["key"] != keys["img"]
+    index = json.loads((Path(built["img"]["path"]) / "index.json").read_text())
+    variants = {m["annotations"]["dev.planner.cuda.variant"] for m in index["manifests"]}
+    platforms = [m["platform"]["architecture"] for m in index["manifests"] if "platform" in m]
+    assert variants == {"small"} and platforms == ["amd64"]

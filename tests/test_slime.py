@@ -35,34 +35,30 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = HostInfo(platform="linux/amd64", packages={})
 PLATFORMS = ("linux/amd64", "linux/arm64")
 
-# Nodes per recipe when the image is planned for 2 platforms x 2 CUDA variants.
+# Nodes per recipe when the image is planned for 2 platforms x 2 CUDA variants, with set.toml's
+# profile "pins" (the base built from pins; amd64 only so far, so its arm64 nodes are blocked
+# placeholders). The profile leaves out what does not fit that base or has no source here.
 EXPECTED_NODES = {
-    # set.toml's `aliases.base` picks the base: pins-base (built here from pins; amd64 only so far,
-    # so its arm64 node is a blocked placeholder) with its toolkit, or sglang-base (the registry).
     "pins-base": 2,
     "pins-cuda": 2,
-    "apt-tools": 2,
-    "transformer-engine": 2,  # the core wheel differs per platform
+    "transformer-engine-cu13": 2,  # the core wheel differs per platform
     "transformer-engine-torch": 2,  # built in the rootfs: per platform, no CUDA axis
     "apex": 4,  # platform x CUDA variant
     "int4-qat": 4,  # platform x CUDA variant
     "sglang": 1,  # pure Python: shared by both platforms
     "megatron-lm": 2,  # pybind11 helper compiled in the rootfs
-    "mbridge": 1,
-    "megatron-bridge": 1,
     "flash-linear-attention": 1,
     "nvidia-modelopt": 1,
     "tilelang": 2,
-    "nvidia-cudnn-cu12": 2,
-    "numpy": 2,
     "torch-memory-saver": 2,
-    "slime-requirements": 1,  # pure-Python closure: one node, one shared layer blob
-    "slime-requirements-native": 2,
     "slime": 2,
     "slime-source": 1,  # the checkouts users run scripts from, as file trees
     "megatron-lm-source": 1,
     "image": 1,
 }
+# What profile "pins" leaves out (set.toml says why, line by line) and "registry" keeps.
+LEFT_OUT = {"apt-tools": 2, "transformer-engine": 2, "mbridge": 1, "megatron-bridge": 1, "nvidia-cudnn-cu12": 2,
+            "numpy": 2, "slime-requirements": 1, "slime-requirements-native": 2}
 TOTAL_NODES = sum(EXPECTED_NODES.values())
 CUDA_RECIPES = ("apex", "int4-qat")
 ROOTFS_RECIPES = ("transformer-engine-torch", "apex", "int4-qat", "megatron-lm", "torch-memory-saver", "slime")
@@ -85,6 +81,12 @@ def the_plan(rs, lock):
     return plan(rs, lock, HOST)
 
 
+@pytest.fixture(scope="module")
+def seed_plan(lock):
+    """The seed's image: profile "registry" (the registry base, every component)."""
+    return plan(load_set(REPO, "slime", profile="registry"), lock, HOST)
+
+
 # -- loading and expansion ---------------------------------------------------------------------
 
 
@@ -98,7 +100,8 @@ def test_set_loads_with_the_reference_pins(rs):
                                                                     "sm_120+PTX"]
     assert normalise_archs(cfg.archs("default", "linux/arm64")) == ["sm_90", "sm_90a", "sm_100", "sm_120+PTX"]
     assert normalise_archs(cfg.archs("sm100a", "linux/arm64")) == ["sm_100a"]
-    assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, "sglang-base", "image-core"])
+    assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, *LEFT_OUT, "sglang-base", "image-core"])
+    assert cfg.profile == "pins" and set(cfg.profiles) == {"pins", "registry"}
     pins = {
         "apex": "10417aceddd7d5d05d7cbf7b0fc2daad1105f8b4",
         "int4-qat": "7014942c17625732dbe9239c0aa9d8e7d7265ccc",
@@ -159,8 +162,31 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 41
+    assert len(the_plan.nodes) == TOTAL_NODES == 30
     assert the_plan.targets == ("image",)
+
+
+def test_profile_registry_plans_the_seeds_image(seed_plan):
+    """One line of set.toml (`profile`) switches base and components: the registry profile's
+    image has every component of the seed, on sglang-base, and the CUDA 12 TE core."""
+    counts = Counter(n.recipe for n in seed_plan.nodes.values())
+    want = {**EXPECTED_NODES, **LEFT_OUT, "sglang-base": 2}
+    del want["pins-base"], want["pins-cuda"], want["transformer-engine-cu13"]
+    assert dict(counts) == want
+    for n in seed_plan.nodes.values():
+        if n.recipe in ROOTFS_RECIPES:
+            assert n.deps["rootfs"] == f"sglang-base[{n.variant.platform}]", n.id
+    te_torch = [n for n in seed_plan.nodes.values() if n.recipe == "transformer-engine-torch"]
+    assert {r for n in te_torch for r in n.requires} == {"transformer-engine"}
+
+
+def test_profile_pins_leaves_out_only_requires_and_layers(rs):
+    image = rs.get("image")
+    layered = {name for group in image.image.layers for name in group}
+    assert not layered & set(LEFT_OUT)
+    assert "transformer-engine-cu13" in layered and image.image.base == "pins-base"
+    assert not set(rs.get("slime").requires) & set(LEFT_OUT)
+    assert rs.get("transformer-engine-torch").requires == ["transformer-engine-cu13"]
 
 
 def test_cuda_nodes_per_platform_and_arch_list(rs, the_plan):
@@ -173,13 +199,15 @@ def test_cuda_nodes_per_platform_and_arch_list(rs, the_plan):
     assert others == []
 
 
-def test_te_core_is_one_prebuilt_input_per_platform(rs, lock, the_plan):
-    li = lock.inputs["transformer-engine/core"]
+@pytest.mark.parametrize("recipe", ["transformer-engine", "transformer-engine-cu13"])
+def test_te_core_is_one_prebuilt_input_per_platform(rs, lock, the_plan, seed_plan, recipe):
+    li = lock.inputs[f"{recipe}/core"]
     assert li.status == "locked" and set(li.pins) == set(PLATFORMS)
     names = {p: li.pins[p].filename for p in PLATFORMS}
-    assert names["linux/amd64"].endswith("manylinux_2_28_x86_64.whl")
-    assert names["linux/arm64"].endswith("manylinux_2_28_aarch64.whl")
-    nodes = [n for n in the_plan.nodes.values() if n.recipe == "transformer-engine"]
+    cuda = "cu13" if recipe.endswith("cu13") else "cu12"
+    assert names["linux/amd64"] == f"transformer_engine_{cuda}-2.10.0-py3-none-manylinux_2_28_x86_64.whl"
+    assert names["linux/arm64"] == f"transformer_engine_{cuda}-2.10.0-py3-none-manylinux_2_28_aarch64.whl"
+    nodes = [n for n in (the_plan if cuda == "cu13" else seed_plan).nodes.values() if n.recipe == recipe]
     assert {n.variant.platform for n in nodes} == set(PLATFORMS)
     for n in nodes:
         assert n.builder == "prebuilt-wheel"
@@ -189,10 +217,10 @@ def test_te_core_is_one_prebuilt_input_per_platform(rs, lock, the_plan):
     assert all(n.preimage.env["NVTE_PYTORCH_FORCE_BUILD"] == "TRUE" for n in te_torch)
 
 
-def test_pure_python_wheels_are_shared_across_platforms(rs, lock, the_plan):
+def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan):
     for name in ("slime-requirements", "sglang", "mbridge", "megatron-bridge", "flash-linear-attention",
                  "nvidia-modelopt"):
-        (node,) = [n for n in the_plan.nodes.values() if n.recipe == name]
+        (node,) = [n for n in seed_plan.nodes.values() if n.recipe == name]
         assert node.variant.platform is None and node.variant.cuda is None, name
     pure = rs.get("slime-requirements")
     for name in pure.inputs:
@@ -204,14 +232,14 @@ def test_pure_python_wheels_are_shared_across_platforms(rs, lock, the_plan):
         li = lock.inputs[f"slime-requirements-native/{name}"]
         assert set(li.pins) == set(PLATFORMS), name
     # The pure group is one layer blob for every manifest: same node in every image dependency.
-    image = the_plan.nodes["image"]
+    image = seed_plan.nodes["image"]
     shared = {dep for mount, dep in image.deps.items() if mount.endswith("/slime-requirements")}
     assert shared == {"slime-requirements"}
 
 
 def test_rootfs_builds_use_the_base_image(rs, the_plan):
     for name in ROOTFS_RECIPES:
-        assert rs.get(name).build.rootfs == "pins-base", name  # set.toml: aliases.base
+        assert rs.get(name).build.rootfs == "pins-base", name  # set.toml: profile "pins"
         for n in (n for n in the_plan.nodes.values() if n.recipe == name):
             if n.variant.platform == "linux/arm64":  # pins-base is amd64-only so far: blocked
                 assert n.id in the_plan.blocked()
@@ -463,19 +491,24 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     slime = nodes["slime[linux/amd64]"]
     assert slime["action"] == "build"
     assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
-    assert nodes["mbridge"]["action"] == "blocked" and nodes["mbridge"]["unlocked"] == ["mbridge/source"]
-    assert nodes["slime-requirements"]["action"] == "build" and nodes["slime-requirements"]["unlocked"] == []
-    assert nodes["numpy[linux/arm64]"]["action"] == "build"
+    assert nodes["image"]["blocked_by"] == "pins-base is built only for linux/amd64"
+    # What profile "pins" leaves out is not planned, and with it every input that is unlocked
+    # here (GitHub-only mbridge and Megatron-Bridge, Ubuntu's apt-tools, the registry base).
+    assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
-    marked = {u for n in nodes.values() for u in n["unlocked"]}
-    # The registry base is not in the plan while set.toml chooses the base built from pins.
-    assert marked == unlocked_ids - {"sglang-base/source"}
+    assert unlocked_ids and {i.split("/")[0] for i in unlocked_ids} <= {*LEFT_OUT, "sglang-base"}
+    assert not {u for n in nodes.values() for u in n["unlocked"]}
+    # The same set with --target mbridge: its node is blocked by the unlocked source.
+    proc = _planner_offline("plan", "slime", "--target", "mbridge", "--json", store=tmp_path / "store")
+    assert proc.returncode == 0, proc.stderr
+    mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["mbridge"]
+    assert mb["action"] == "blocked" and mb["unlocked"] == ["mbridge/source"]
     text = _planner_offline("plan", "slime", store=tmp_path / "store")
-    assert text.returncode == 0 and "unlocked: mbridge/source" in text.stdout
+    assert text.returncode == 0 and "blocked by pins-base is built only for linux/amd64" in text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):
-    proc = _planner_offline("realise", "slime", "--dry-run", store=tmp_path / "store")
+    proc = _planner_offline("realise", "slime", "--target", "mbridge", "--dry-run", store=tmp_path / "store")
     assert proc.returncode != 0
     m = re.search(r"stops before (\S+): input (\S+) is unlocked \((.+)\); run `planner lock slime --update (\S+)`",
                   proc.stderr)

@@ -167,6 +167,12 @@ class SetConfig:
     # name -> recipe: a name that recipes use in deps, toolchains, requires, rootfs and image
     # base/layers, standing for the recipe set.toml chooses (one line picks slime's base).
     aliases: dict[str, str] = attrs.field(factory=dict)
+    # `profile = "NAME"` picks `[profiles.NAME]`: what differs between, say, two bases, chosen by
+    # one line. A profile maps a name to the recipe that stands for it wherever recipes refer to
+    # it: an alias (a name no recipe has), a recipe replaced by another, or a recipe left out
+    # ("" : dropped from requires and image layers; a build dependency on it is an error).
+    profile: Optional[str] = None
+    profiles: dict[str, dict[str, str]] = attrs.field(factory=dict)
 
     def archs(self, variant: str, platform: Optional[str]) -> list[str]:
         value = self.cuda[variant]

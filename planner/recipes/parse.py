@@ -30,7 +30,7 @@ def line_of(text: str, dotted: str) -> int | None:
     return None
 
 
-_VERBATIM = ("env", "settings", "labels")  # user-named keys kept as written
+_VERBATIM = ("env", "settings", "labels", "aliases", "profiles")  # user-named keys kept as written
 _NAMED = ("inputs", "cuda")  # tables whose keys are user names but whose values are ours
 
 

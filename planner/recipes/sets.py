@@ -31,7 +31,8 @@ def load_recipe(path: Path, root: Path, where: Optional[str] = None) -> Recipe:
 
 
 @gc_paused()
-def load_set(root: Path, name: str) -> RecipeSet:
+def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeSet:
+    """The recipe set; `profile` chooses another of set.toml's [profiles] than its own line."""
     root = root.resolve()
     folder = root / "recipes" / name
     if not folder.is_dir():
@@ -41,6 +42,8 @@ def load_set(root: Path, name: str) -> RecipeSet:
         raise RecipeError("missing set.toml (target, source-date-epoch, variants)", where=str(cfg_path.relative_to(root)))
     data, text = _read_toml(cfg_path, root)
     config = _structure(SetConfig, _kebab_to_snake(data), cfg_path, root, text)
+    if profile is not None:
+        config = attrs.evolve(config, profile=profile)
     for p in config.platforms:
         if p not in PLATFORMS:
             raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
@@ -68,9 +71,13 @@ def load_set(root: Path, name: str) -> RecipeSet:
             cache.put(path, sig, r)
         recipes[r.name] = r
     cache.save()
+    def cfg_err(key, msg):
+        return RecipeError(msg, where=_where(cfg_path, root, text, key))
+
     if config.aliases:
-        recipes = _apply_aliases(config.aliases, recipes,
-                                 lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
+        recipes = _apply_aliases(config.aliases, recipes, cfg_err)
+    if config.profile is not None or config.profiles:
+        recipes = _apply_profile(config, recipes, cfg_err)
     rs = RecipeSet(name=name, root=root, config=config, recipes=recipes)
     _check_references(rs)
     return rs
@@ -173,3 +180,42 @@ class _ParseCache:
         except OSError:
             pass  # a read-only home: planning still works, only slower
 
+
+def _apply_profile(config: SetConfig, recipes: dict[str, Recipe], err) -> dict[str, Recipe]:
+    """The chosen profile's substitutions applied to every reference (see SetConfig.profile)."""
+    for name, table in sorted(config.profiles.items()):
+        for key, target in sorted(table.items()):
+            if not isinstance(target, str) or (target and target not in recipes):
+                raise err("profiles", f"profile {name!r}: {key!r} names {target!r}, which is not a recipe "
+                          "of this set (\"\" leaves it out)")
+    if config.profile is None:
+        raise err("profiles", f"[profiles] given but no `profile = ...` chooses one of {sorted(config.profiles)}")
+    if config.profile not in config.profiles:
+        raise err("profile", f"profile {config.profile!r} is not one of [profiles]: {sorted(config.profiles)}")
+    subst = config.profiles[config.profile]
+    clash = sorted(set(subst) & set(config.aliases))
+    if clash:
+        raise err("profile", f"{clash[0]!r} is both an alias and in profile {config.profile!r}")
+    left_out = {k for k, v in subst.items() if v == ""}
+
+    def sub(names: list[str]) -> list[str]:
+        return [subst.get(n, n) for n in names if n not in left_out]
+
+    out: dict[str, Recipe] = {}
+    for n, r in recipes.items():
+        needs = [("deps", d) for d in r.deps] + [("toolchains", t) for t in r.toolchains]
+        needs += [("rootfs", r.build.rootfs)] if r.build.rootfs else []
+        needs += [("image base", r.image.base)] if r.image is not None and r.image.base else []
+        for field, dep in needs:
+            if dep in left_out:
+                raise err("profile", f"profile {config.profile!r} leaves out {dep!r}, which recipe {n!r} "
+                          f"builds with ({field}); only requires and image layers can lose a recipe")
+        build = attrs.evolve(r.build, rootfs=subst.get(r.build.rootfs, r.build.rootfs)) if r.build.rootfs else r.build
+        image = r.image
+        if image is not None:
+            layers = [g for g in (sub(g) for g in image.layers) if g]
+            image = attrs.evolve(image, base=subst.get(image.base, image.base) if image.base else image.base,
+                                 layers=layers)
+        out[n] = attrs.evolve(r, deps=sub(r.deps), toolchains=sub(r.toolchains), requires=sub(r.requires),
+                              build=build, image=image)
+    return out
