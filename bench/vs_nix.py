@@ -20,8 +20,9 @@ shared. Measures:
   noop    `planner realise` vs `nix-build` with all 201 nodes valid, fresh process each
   build   cold sandboxed build of a new-salt DAG, -j 2: wall per node (N + 1 nodes)
   plan    plan/instantiate 10k nodes (WIDTH 100): cold (new salt: no parse cache, no .drv
-          files yet) and warm (the same files again); `planner plan` vs `nix-instantiate`;
-          then planner alone up to the largest --plan-sizes with peak RSS (linearity)
+          files yet), warm (the same files again) and one edited (one leaf node's script
+          changed); `planner plan` vs `nix-instantiate`; then planner alone up to the largest
+          --plan-sizes with peak RSS (linearity)
   verify  `planner store verify` vs `nix-store --verify --check-contents`, on stores with the
           same number of entries (the planner store is built to Nix's path count)
   hash    `planner hash DIR` vs `nix-hash --type sha256 DIR`, 1 GiB in 80 files
@@ -101,6 +102,15 @@ class Nix:
         self.tops.append(top)
         return f
 
+    def edit(self, f: Path, node: int) -> None:
+        """Change one node (its index, which its output records): it and all above it change."""
+        text = f.read_text()
+        old = f'mk "anchor-n{node}" {node} ['
+        assert old in text, old
+        f.write_text(text.replace(old, f'mk "anchor-n{node}" {node + 1_000_000} [', 1))
+        top = run(["nix-instantiate", *self.opts, "--readonly-mode", str(f)], env=self.env).out.strip()
+        self.tops.append(top)
+
     def build(self, f: Path, jobs: int = 2) -> Sample:
         return run(["nix-build", *self.opts, f"-j{jobs}", "--no-out-link", str(f)], env=self.env)
 
@@ -136,12 +146,20 @@ class Nix:
 
 
 class Planner:
-    def __init__(self, anchors: Path, tmp: Path) -> None:
+    def __init__(self, anchors: Path, tmp: Path, tree: Path | None = None) -> None:
         self.gen = anchors / "gen_planner.py"
         exe = Path(sys.executable).parent / "planner"
-        self.argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "planner.cli"]
+        self.argv = [str(exe)] if exe.exists() and tree is None else [sys.executable, "-m", "planner.entry"]
         self.env = dict(os.environ, PLANNER_CACHE=str(tmp / "parse-cache"))
         self.env.pop("PLANNER_STORE", None)
+        self.tree = tree or REPO
+        if tree is not None:  # another checkout (say, main before a change), same interpreter
+            self.env["PYTHONPATH"] = str(tree)
+        # As installed: with bytecode. An environment that forbids writing it (some shells set
+        # PYTHONDONTWRITEBYTECODE) makes every run compile every module it imports.
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(self.tree / "planner")], check=False,
+                       stdout=subprocess.DEVNULL, env=self.env)
         self.tmp = tmp
 
     def dag(self, n: int, width: int, salt: str) -> Path:
@@ -151,17 +169,20 @@ class Planner:
         self.lock(root)
         return root
 
-    @staticmethod
-    def lock(root: Path) -> None:
+    LOCK = """
+import sys, types
+from pathlib import Path
+from planner import lock as lockmod
+root = Path(sys.argv[1])
+rs = types.SimpleNamespace(name="synth", root=root, folder=root / "recipes" / "synth", recipes={})
+lk = lockmod.Lock(set="synth", recipes=lockmod.recipes_digest(rs), source_date_epoch=1700000000, inputs={})
+lockmod.write_atomic(root / "lockfiles" / "synth.lock", lockmod.to_toml(lk))
+"""
+
+    def lock(self, root: Path) -> None:
         """The lockfile (no sources: only the recipes checksum), written without loading the
-        set, so that no parse cache is filled before a cold measurement."""
-        import types
-
-        from planner import lock as lockmod
-
-        rs = types.SimpleNamespace(name="synth", root=root, folder=root / "recipes" / "synth", recipes={})
-        lk = lockmod.Lock(set="synth", recipes=lockmod.recipes_digest(rs), source_date_epoch=1700000000, inputs={})
-        lockmod.write_atomic(root / "lockfiles" / "synth.lock", lockmod.to_toml(lk))
+        set, so that no parse cache is filled before a cold measurement; by the planner measured."""
+        subprocess.run([sys.executable, "-c", self.LOCK, str(root)], check=True, env=self.env)
 
     def cli(self, root: Path, store: Path, *args: str, check: bool = True) -> Sample:
         return run([*self.argv, "--root", str(root), "--store", str(store), *args], env=self.env, cwd=root,
@@ -172,6 +193,15 @@ class Planner:
 
     def plan(self, root: Path, store: Path) -> Sample:
         return self.cli(root, store, "plan", "synth")
+
+    @staticmethod
+    def edit(root: Path, node: int) -> None:
+        """The same change as `Nix.edit`: the node's index in the line its script writes."""
+        f = root / "recipes" / "synth" / f"n{node}.toml"
+        text = f.read_text()
+        old = f'node {node} salt'
+        assert old in text, old
+        f.write_text(text.replace(old, f'node {node + 1_000_000} salt', 1))
 
 
 # -- reporting -------------------------------------------------------------------------------
@@ -280,6 +310,7 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
     for n in sizes:
         cold, warm, c_cold, c_warm, rss = [], [], [], [], []
         ncold, nwarm, nro, c_ncold, c_nwarm = [], [], [], [], []
+        edited, c_edited, nedited, c_nedited = [], [], [], []
         with_nix = nix is not None and n <= nix_max
         k = runs if n <= 10000 else 1
         for r in range(k):
@@ -291,6 +322,11 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
                 cold.append(s.wall), c_cold.append(s.cpu), rss.append(s.maxrss_mib)
                 s = pl.plan(root, store)
                 warm.append(s.wall), c_warm.append(s.cpu), rss.append(s.maxrss_mib)
+                # One recipe edited: its recipe parsed again, every node planned again.
+                pl.edit(root, 5)
+                time.sleep(0.2)
+                s = pl.plan(root, store)
+                edited.append(s.wall), c_edited.append(s.cpu), rss.append(s.maxrss_mib)
 
             def x() -> None:
                 nro.append(nix.instantiate(f, readonly=True).wall)
@@ -299,6 +335,9 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
                 ncold.append(s.wall), c_ncold.append(s.cpu)
                 s = nix.instantiate(f)
                 nwarm.append(s.wall), c_nwarm.append(s.cpu)
+                nix.edit(f, 5)
+                s = nix.instantiate(f)
+                nedited.append(s.wall), c_nedited.append(s.cpu)
 
             subprocess.run(["sync"])
             for g in ((p, x) if r % 2 == 0 else (x, p)) if with_nix else (p,):
@@ -308,10 +347,14 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
                note=f"peak RSS {max(rss):.0f} MiB" + (f"; Nix read-only eval {statistics.median(nro):.3f} s"
                                                       if nro else ""))
         report(f"{label} warm", warm, nwarm or None, "s", cpu=(c_warm, c_nwarm or None),
-               note=f"{statistics.median(warm) / (n + 1) * 1e6:.1f} us/node")
+               note=f"{statistics.median(warm) / (n + 1) * 1e6:.1f} us/node; planner: the cached plan table")
+        report(f"{label} one edited", edited, nedited or None, "s", cpu=(c_edited, c_nedited or None),
+               note="one leaf recipe changed: planner re-plans every node (recipes from the parse cache)")
 
 
 def measure_verify(pl: Planner, nix: Nix | None, runs: int, salt: str) -> None:
+    if nix and nix.store_paths() < 402:  # run alone (--only verify): give Nix's store the noop DAG's paths
+        nix.build(nix.dag(200, 20, f"{salt}-vn"))
     count = nix.store_paths() if nix else 402
     root = pl.dag(count - 1, 20, f"{salt}-v")  # count - 1 nodes + top = count entries
     store = pl.tmp / "store-verify"
@@ -389,13 +432,14 @@ def main() -> None:
     ap.add_argument("--plan-sizes", default="10000,100000")
     ap.add_argument("--nix-plan-max", type=int, default=10000, help="largest plan size Nix also runs")
     ap.add_argument("--hash-mib", type=int, default=1024)
+    ap.add_argument("--planner-tree", default=None, help="measure the planner of this checkout (e.g. a "
+                    "`git archive` of an older commit) with this interpreter, instead of the installed one")
     a = ap.parse_args()
     only = set(a.only.split(","))
     anchors = find_anchors(a.anchors)
     why = Nix.missing()
-    import planner
-
-    print(f"bench/vs_nix.py: planner {Path(planner.__file__).parent} ({sys.executable}) vs Nix, anchors {anchors}; "
+    where = Path(a.planner_tree).resolve() / "planner" if a.planner_tree else Path(__import__("planner").__file__).parent
+    print(f"bench/vs_nix.py: planner {where} ({sys.executable}) vs Nix, anchors {anchors}; "
           f"{os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f} at start")
     if why:
@@ -409,7 +453,7 @@ def main() -> None:
     salt = f"vs{os.getpid()}{random.randrange(1 << 20)}"
     tmp = Path(tempfile.mkdtemp(prefix="vs-nix-"))
     nix = None if why else Nix(anchors, tmp)
-    pl = Planner(anchors, tmp)
+    pl = Planner(anchors, tmp, Path(a.planner_tree).resolve() if a.planner_tree else None)
     try:
         if "noop" in only or "build" in only:
             root, store = measure_noop(pl, nix, fast, salt)
