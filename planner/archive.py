@@ -36,6 +36,7 @@ from typing import BinaryIO, Callable, Iterator
 import attrs
 
 from .errors import FetchError, UnsafeArchive
+from .safetree import read_limited
 
 __all__ = ["safe_extract", "open_deb_control", "ArMember", "read_ar"]
 
@@ -170,7 +171,8 @@ def open_deb_control(deb: Path) -> dict[str, str]:
                 if _normalise_name(info.name) == "control" and info.isreg():
                     data = tar.extractfile(info)
                     assert data is not None
-                    return parse_deb822(data.read().decode("utf-8", "replace"))
+                    raw = read_limited(data, what="control file", where=where)  # a small .deb may inflate
+                    return parse_deb822(raw.decode("utf-8", "replace"))
     raise FetchError("no control file in control.tar", where=where)
 
 

@@ -11,15 +11,18 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import limits as limits_mod
 from . import sandbox
 from .errors import BuildError, PlannerError, UnsafeTree
 from .builders.registry import builder
 from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
 from .host import host_platform
+from .limits import Limits
 from .store import Entry, Store, remove_tree
 
 PLANNER_PKG = Path(__file__).resolve().parent
 LOG_TAIL_LINES = 20
+DEFAULT_MEMORY = 1 << 30  # a node without limits (from an older worker request): the recipe default
 
 
 def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
@@ -168,6 +171,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     direct = (node.builder == "shell" and not (spec["source"] or spec["submodules"] or spec["patches"])
               and bool(env.get("LC_ALL", sandbox.BASE_ENV["LC_ALL"])))
     log_head = b""
+    limits = node.limits if node.limits is not None else Limits(memory=node.memory or DEFAULT_MEMORY)
     if req.sandboxed:
         rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
         build_root = req.deps[BUILD_ROOT_MOUNT].path if BUILD_ROOT_MOUNT in req.deps else None
@@ -184,13 +188,15 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
                                                f"{host_platform()} host: use a native worker (--executor)")
         if direct:
             env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
-            inner, log_head = _shell_argv(spec["script"])
+            inner, log_head = _shell_argv(spec["script"], limits)
         else:
             _ensure_runtime_bytecode()
+            spec["limits"] = limits.to_json()  # the runtime sets them on itself, first thing inside
             (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
             inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
         argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs,
-                               build_root=build_root if rootfs is None else None, cores=node.cores)
+                               build_root=build_root if rootfs is None else None, cores=node.cores,
+                               tmp_size=limits.tmp)
         proc_env = None
     else:
         # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
@@ -200,7 +206,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
         if direct:
             proc_env.update(out=str(build_dir / "out"), src=str(build_dir / "src"))
-            argv, log_head = _shell_argv(spec["script"])
+            argv, log_head = _shell_argv(spec["script"], None)
         else:
             spec_path = build_dir / "spec.json"
             spec_path.write_text(json.dumps(spec, sort_keys=True))
@@ -219,38 +225,120 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
             os.close(args_fd)
             raise
         argv = [argv[0], "--args", str(args_fd)] + argv[split:]
-    with open(log_path, "wb") as log:
-        log.write(log_head)
-        log.flush()
+    group = None
+    if req.sandboxed and limits_mod.enforcement().cgroup is not None:
         try:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
-                                    cwd=build_dir / "src" if direct and not req.sandboxed else build_dir,
-                                    start_new_session=True,
-                                    pass_fds=(args_fd,) if args_fd is not None else ())
-        finally:
-            if args_fd is not None:
-                os.close(args_fd)
-        running.add(proc)
-        try:
-            rc = proc.wait()
-        finally:
-            running.remove(proc)
-    if rc != 0:
-        tail = _tail(log_path)
-        last = next((l for l in reversed(tail.splitlines()) if l.startswith("planner: build failed: ")), None)
-        reason = (last[len("planner: build failed: "):] if last else f"bash exited with status {rc}" if direct
-                  else f"builder exited with status {rc}")
-        raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
+            group = limits_mod.BuildCgroup(f"planner-{build_dir.name}", limits)
+        except OSError as exc:
+            raise BuildError(node.label(), f"cannot make the build's cgroup: {exc.strerror}") from None
+        argv = group.wrap(argv)
+    timed_out = False
+    try:
+        with open(log_path, "wb") as log:
+            log.write(log_head)
+            log.flush()
+            # A sandboxed build writes into a pipe that the planner copies to the log: its
+            # /proc/self/fd/1 then names no host path.
+            pipe_r, pipe_w = os.pipe() if req.sandboxed else (None, None)
+            try:
+                proc = subprocess.Popen(argv, stdout=pipe_w if pipe_w is not None else log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL,
+                                        env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
+                                        cwd=build_dir / "src" if direct and not req.sandboxed else build_dir,
+                                        start_new_session=True,
+                                        pass_fds=(args_fd,) if args_fd is not None else ())
+            except BaseException:
+                if pipe_r is not None:
+                    os.close(pipe_r)
+                raise
+            finally:
+                if args_fd is not None:
+                    os.close(args_fd)
+                if pipe_w is not None:
+                    os.close(pipe_w)
+            copier = None
+            if pipe_r is not None:
+                copier = threading.Thread(target=_copy_log, args=(pipe_r, log), daemon=True)
+                copier.start()
+            running.add(proc)
+            try:
+                try:
+                    rc = proc.wait(timeout=limits.timeout or None)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    Running._kill(proc)  # the sandbox's pid namespace dies with bubblewrap
+                    if group is not None:
+                        group.kill_all()
+                    rc = proc.wait()
+            finally:
+                running.remove(proc)
+                if copier is not None:
+                    copier.join(10)
+        if rc != 0:
+            tail = _tail(log_path)
+            if timed_out:
+                raise BuildError(node.label(), f"timed out after {limits_mod.format_seconds(limits.timeout)} "
+                                               "([resources] timeout)", log=str(log_path), tail=tail)
+            last = next((l for l in reversed(tail.splitlines()) if l.startswith("planner: build failed: ")), None)
+            reason = (last[len("planner: build failed: "):] if last else f"bash exited with status {rc}" if direct
+                      else f"builder exited with status {rc}")
+            hit = _limit_hit(limits, group, tail) if req.sandboxed else None
+            if hit:
+                reason = f"{reason} ({hit})"
+            raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
+    finally:
+        if group is not None:
+            group.remove()
     return build_dir / "out"
 
 
-def _shell_argv(script: str) -> tuple[list[str], bytes]:
+def _copy_log(fd: int, log) -> None:
+    try:
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return
+            log.write(data)
+    except (OSError, ValueError):  # the log closed under a build's stray writer, or a full disk
+        pass
+    finally:
+        os.close(fd)
+
+
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory", "Out of memory",
+                 "memory exhausted")
+_FORK_SIGNS = ("fork: retry", "fork: Resource temporarily unavailable", "can't fork", "Cannot fork",
+               "BlockingIOError: [Errno 11]", "Resource temporarily unavailable")
+
+
+def _limit_hit(limits: Limits, group: Optional["limits_mod.BuildCgroup"], tail: str) -> Optional[str]:
+    """Which limit a failed build ran into, as far as can be told: the cgroup's counters, else the
+    log's last lines (an rlimit makes an allocation or a fork fail; the build reports it)."""
+    mem = f"it ran out of its [resources] memory = {limits_mod.format_size(limits.memory)}"
+    procs = f"it reached its [resources] processes = {limits.processes}"
+    if group is not None and group.oom_killed():
+        return mem + " (the whole build, a cgroup limit)"
+    if group is not None and group.pids_refused():
+        return procs
+    if "No space left on device" in tail and ("/tmp/" in tail or "/dev/shm/" in tail):
+        return f"its /tmp and /dev/shm hold [resources] tmp = {limits_mod.format_size(limits.tmp)} each"
+    if any(s in tail for s in _MEMORY_SIGNS):
+        return mem + " (per process, RLIMIT_DATA)"
+    if any(s in tail for s in _FORK_SIGNS):
+        return procs
+    return None
+
+
+def _shell_argv(script: str, limits: Optional[Limits]) -> tuple[list[str], bytes]:
     """The `shell` builder without the runtime: `bash -euo pipefail -c SCRIPT`, started by a shell
     that waits for it, so bash keeps the pid it had under the runtime (tools that embed their
-    pid write the same bytes); and the runtime's first log line."""
-    return (["/bin/sh", "-c", 'bash -euo pipefail -c "$1"; exit $?', "sh", script],
-            ("+ " + " ".join(["bash", "-euo", "pipefail", "-c", script]) + "\n").encode())
+    pid write the same bytes); and the runtime's first log line. With `limits`, a bash sets
+    them on itself and execs the step (dash's ulimit has no process count): the same pid."""
+    head = ("+ " + " ".join(["bash", "-euo", "pipefail", "-c", script]) + "\n").encode()
+    if limits is None:
+        return ["/bin/sh", "-c", 'bash -euo pipefail -c "$1"; exit $?', "sh", script], head
+    inner = limits_mod.shell_prefix(limits) + ' || exit 125; exec bash -euo pipefail -c "$1"'
+    return ["/bin/sh", "-c", 'bash -c "$2" bash "$1"; exit $?', "sh", script, inner], head
 
 
 _RUNTIME_MODULES = ("__init__.py", "builders/__init__.py", "builders/runtime.py", "builders/wheelfile.py",

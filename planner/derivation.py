@@ -21,6 +21,7 @@ import attrs
 from .hashing import key_of
 
 if TYPE_CHECKING:
+    from .limits import Limits
     from .store import Entry, RemoteEntry, Store
 
 # v2: sandboxed builds carry `resources.cores` (their environment's NIX_BUILD_CORES and CPU count).
@@ -251,6 +252,7 @@ class Node:
     cores: int
     impure: bool = False
     unavailable: Optional[str] = None  # why it cannot be built for this variant (then it has no inputs)
+    limits: Optional["Limits"] = None  # [resources] a sandboxed build is held to; never part of a key
 
     def label(self) -> str:
         v = self.variant.label()

@@ -242,7 +242,7 @@ class _Planner:
             id=nid, recipe=r.name, name=r.name, version=r.version, variant=variant, key=pre.key(),
             preimage=pre, builder=r.build.builder, deps=deps, requires=requires, inputs=inputs,
             estimate=r.estimate_seconds, memory=r.resources.memory_bytes, cores=r.resources.cores,
-            impure=impure,
+            impure=impure, limits=None if b.builtin else r.resources.limits(),
         )
         self.nodes[nid] = node
         return nid

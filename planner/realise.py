@@ -71,7 +71,10 @@ def image_digest(output: Path) -> Optional[str]:
     index = output / "index.json"
     if not index.is_file():
         return None
-    data = json.loads(index.read_text())
+    from .safetree import read_limited
+
+    with open(index, "rb") as f:  # a build's output: read whole, so capped
+        data = json.loads(read_limited(f, what="index.json", where=str(output.name)))
     for m in data.get("manifests", []):
         if m.get("mediaType") == "application/vnd.oci.image.index.v1+json":
             return m["digest"]

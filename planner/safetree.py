@@ -33,6 +33,28 @@ MAX_METADATA = 16 << 20
 _HEX = frozenset("0123456789abcdef")
 
 
+def read_limited(f, *, what: str, where: str, limit: int = MAX_METADATA) -> bytes:
+    """At most `limit` bytes from a file object or an iterable of chunks (a streamed HTTP body);
+    one clear error when there is more: what the planner reads whole must not be unbounded."""
+    if hasattr(f, "read"):
+        data = f.read(limit + 1)
+    else:
+        parts, n = [], 0
+        for chunk in f:
+            parts.append(chunk)
+            n += len(chunk)
+            if n > limit:
+                break
+        data = b"".join(parts)
+    if len(data) > limit:
+        raise UnsafeTree(f"{what} is larger than {_size(limit)}, refused", where=where)
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
 def checked_rel(rel: str, *, where: str, what: str = "path") -> list[str]:
     """The components of a relative '/'-separated path; refuses absolute paths, '..' and NUL."""
     if "\0" in rel:

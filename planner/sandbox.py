@@ -120,10 +120,11 @@ def cores_env(cores: int) -> dict[str, str]:
 
 def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[str, str],
             rootfs: Optional[Path] = None, build_root: Optional[Path] = None, cwd: str = f"{BUILD_DIR}/src",
-            cores: int = 1) -> list[str]:
+            cores: int = 1, tmp_size: int = 1 << 30) -> list[str]:
     """The bwrap argv that runs `argv` sandboxed. Paths inside are fixed; only sources vary.
     `rootfs`: a target root filesystem (a pulled image) whole; `build_root`: the set's build
-    root; neither: the host's /usr."""
+    root; neither: the host's /usr. `tmp_size`: bytes of /tmp and of /dev/shm, each a tmpfs
+    (unbounded, a tmpfs may take half the machine's memory)."""
     bwrap = require_bwrap()
     etc = etc_dir(build_dir)
     cpus = cpus_file(build_dir, cores)
@@ -171,7 +172,9 @@ def command(argv: list[str], *, build_dir: Path, mounts: list[Mount], env: dict[
                 cmd += ["--ro-bind", os.path.join(base, "etc", keep), f"/etc/{keep}"]
     for name in generated_etc:
         cmd += ["--ro-bind", str(etc / name), f"/etc/{name}"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    size = str(tmp_size)
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp",
+            "--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
     # No real /sys: only the CPU count the recipe declares (sysconf(_SC_NPROCESSORS_*) reads it).
     cmd += ["--dir", "/sys/devices/system/cpu"]
     for name in ("online", "possible", "present"):

@@ -24,6 +24,7 @@ from .builders.registry import BUILTIN_BUILDERS
 from .derivation import BuildRequest, InputRef, Node, Preimage, digests, resolve
 from .errors import BuildError, PlannerError
 from .hashing import key_of
+from .limits import Limits
 from .host import host_packages, host_platform
 from .store import Entry, Store
 
@@ -66,12 +67,13 @@ class WorkRequest:
     filenames: dict[str, Optional[str]]  # input name -> file name inside its store entry
     cores: int
     impure: bool
+    limits: Optional[dict[str, float]] = None  # the node's [resources] limits (planner/limits.py)
 
     @classmethod
     def of(cls, node: Node, build_key: str) -> "WorkRequest":
         return cls(id=node.id, input_key=node.key, build_key=build_key, preimage=node.preimage.to_json(),
                    filenames={n: ref.filename for n, ref in sorted(node.inputs.items())}, cores=node.cores,
-                   impure=node.impure)
+                   impure=node.impure, limits=node.limits.to_json() if node.limits is not None else None)
 
     def to_json(self) -> dict:
         return attrs.asdict(self)
@@ -80,7 +82,7 @@ class WorkRequest:
     def from_json(cls, data: dict) -> "WorkRequest":
         return cls(id=str(data["id"]), input_key=str(data["input_key"]), build_key=str(data["build_key"]),
                    preimage=dict(data["preimage"]), filenames=dict(data["filenames"]), cores=int(data["cores"]),
-                   impure=bool(data["impure"]))
+                   impure=bool(data["impure"]), limits=data.get("limits"))
 
     def node(self) -> Node:
         """The node this request builds, as far as a build needs one (no plan, no run-time
@@ -94,7 +96,15 @@ class WorkRequest:
                               unpacks=pins.get(n, ("", False))[1], filename=fn) for n, fn in self.filenames.items()}
         return Node(id=self.id, recipe=pre.name, name=pre.name, version=pre.version, variant=pre.variant,
                     key=self.input_key, preimage=pre, builder=pre.builder.kind, deps={m: m for m in pre.deps},
-                    requires=(), inputs=inputs, estimate=0.0, memory=0, cores=self.cores, impure=self.impure)
+                    requires=(), inputs=inputs, estimate=0.0, memory=0, cores=self.cores, impure=self.impure,
+                    limits=_limits(self.limits))
+
+
+def _limits(data: Optional[dict]) -> Optional[Limits]:
+    if data is None:
+        return None
+    return Limits(memory=int(data["memory"]), tmp=int(data["tmp"]), processes=int(data["processes"]),
+                  timeout=float(data["timeout"]))
 
 
 _worker_lock = threading.Lock()

@@ -358,6 +358,14 @@ BUILDERS = {
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
+    if spec.get("limits"):
+        # First thing inside the sandbox: after its user namespace exists, so RLIMIT_NPROC counts
+        # this build's processes only (planner/limits.py says why it is set here). Hard and soft:
+        # the build cannot raise them. The runtime imports only the standard library.
+        import resource
+
+        for which, key in ((resource.RLIMIT_DATA, "memory"), (resource.RLIMIT_NPROC, "processes")):
+            resource.setrlimit(which, (int(spec["limits"][key]),) * 2)
     out = BUILD / "out"
     out.mkdir(exist_ok=True)
     try:

@@ -87,13 +87,13 @@ class BinaryCache:
         import hashlib
 
         resp = self.client._send("GET", self.client._url(f"manifests/{ref}"),
-                                 headers={"Accept": MEDIA_MANIFEST}, what=f":{ref}")
+                                 headers={"Accept": MEDIA_MANIFEST}, what=f":{ref}", stream=True)
         try:
             if resp.status_code == 404:
                 return None
             if resp.status_code != 200:
                 raise self.client._fail(resp, "manifest GET", f":{ref}")
-            data = resp.read()
+            data = self.client.read_small(resp, "manifest", f":{ref}")
         finally:
             resp.close()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -112,13 +112,13 @@ class BinaryCache:
         out: list[str] = []
         url = self.client._url("tags/list?n=1000")
         for _page in range(10000):
-            resp = self.client._send("GET", url, what=":tags")
+            resp = self.client._send("GET", url, what=":tags", stream=True)
             try:
                 if resp.status_code == 404:
                     return out  # the repository does not exist yet
                 if resp.status_code != 200:
                     raise self.client._fail(resp, "tags GET", ":tags")
-                doc = json.loads(resp.read())
+                doc = json.loads(self.client.read_small(resp, "tag list", ":tags"))
                 link = resp.headers.get("link", "")
             finally:
                 resp.close()

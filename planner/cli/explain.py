@@ -150,6 +150,10 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
             real = store.realisation(root.key) if store is not None else None
             click.echo(f"# build root {root.id}  key {root.key}  output "
                        + (real.digest if real is not None else "not built yet (its key pins every .deb)"))
+        if n.limits is not None:
+            from ..limits import describe_limits
+
+            click.echo(f"# {describe_limits(n.limits)}")
         click.echo(json.dumps(n.preimage.to_json(), indent=2, sort_keys=True))
     if store is not None:
         store.close()

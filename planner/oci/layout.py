@@ -70,6 +70,11 @@ class Layout:
     def read_blob(self, desc: Descriptor) -> bytes:
         """A small blob's bytes, checked against the descriptor's size and digest."""
         path = self.blob_path(desc.digest)
+        from ..safetree import MAX_METADATA
+
+        if desc.size > MAX_METADATA:  # manifests, indexes and configs are read whole in-process
+            raise OciError(f"blob of {desc.size} bytes is larger than {MAX_METADATA >> 20} MiB, refused",
+                           where=str(path))
         try:
             data = path.read_bytes()
         except FileNotFoundError:

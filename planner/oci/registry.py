@@ -276,11 +276,29 @@ class RegistryClient:
             self._authenticate(challenge, push=push)
         raise AssertionError("unreachable")
 
+    def read_small(self, resp: httpx.Response, what: str, where: str) -> bytes:
+        """A manifest's, index's or listing's body, read whole in-process: capped, streamed."""
+        from ..errors import UnsafeTree
+        from ..safetree import read_limited
+
+        try:
+            return read_limited(resp.iter_bytes(_CHUNK), what=what, where=self._where(where))
+        except UnsafeTree as e:
+            raise OciError(e.message, where=self._where(where)) from None
+        except httpx.HTTPError as e:
+            raise OciError(f"GET failed: {reason(e)}", where=self._where(where)) from None
+        finally:
+            resp.close()
+
     def _fail(self, resp: httpx.Response, action: str, what: str) -> OciError:
         detail = ""
         try:
-            resp.read()
-            errors = resp.json().get("errors") or []
+            body = b""
+            for chunk in resp.iter_bytes(_CHUNK):  # an error body is read for its message only
+                body += chunk
+                if len(body) > 1 << 16:
+                    raise ValueError("error body too long")
+            errors = json.loads(body).get("errors") or []
             if errors and isinstance(errors[0], dict):
                 detail = f" {errors[0].get('code', '')}: {str(errors[0].get('message', ''))[:200]}"
         except Exception:  # noqa: BLE001 - an unreadable error body just gives a shorter message
@@ -393,11 +411,12 @@ class RegistryClient:
         by_digest = ref_or_digest.startswith("sha256:")
         what = f"@{ref_or_digest}" if by_digest else f":{ref_or_digest}"
         resp = self._send(
-            "GET", self._url(f"manifests/{ref_or_digest}"), headers={"Accept": _MANIFEST_ACCEPT}, what=what
+            "GET", self._url(f"manifests/{ref_or_digest}"), headers={"Accept": _MANIFEST_ACCEPT}, what=what,
+            stream=True,
         )
         if resp.status_code != 200:
             raise self._fail(resp, "manifest GET", what)
-        data = resp.content
+        data = self.read_small(resp, "manifest", what)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = ref_or_digest if by_digest else resp.headers.get("docker-content-digest")
         if expected and expected != digest:

@@ -456,7 +456,11 @@ def install_wheel(
             install(source, dest, {"INSTALLER": INSTALLER_NAME})
             record_path = f"{site_packages}/{source.dist_info_dir}/RECORD"
     except (InstallerError, zipfile.BadZipFile, ValueError, FileExistsError) as e:
-        raise OciError(f"cannot install wheel: {' '.join(str(e).split())}", where=str(wheel)) from None
+        issues = [str(i) for i in getattr(e, "issues", ())]  # installer's RECORD validation: a list
+        text = (issues[0] + (f" (and {len(issues) - 1} more)" if len(issues) > 1 else "")) if issues else str(e)
+        # Name the wheel, not its path in the store (a temporary or store path helps nobody).
+        text = " ".join(text.replace(f"In {wheel}, ", "").replace(str(wheel), wheel.name).split())
+        raise OciError(f"cannot install wheel: {text}", where=wheel.name) from None
     files = _normalise_record_modes(root, record_path)
     return InstalledWheel(distribution=dist, version=version, files=files)
 

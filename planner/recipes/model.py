@@ -6,12 +6,15 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import attrs
 
 from ..builders.registry import BUILDERS as _REGISTRY
 from ..errors import RecipeError
+
+if TYPE_CHECKING:
+    from ..limits import Limits
 
 
 AXES = ("platform", "cuda", "host")
@@ -76,12 +79,24 @@ class Patch:
 
 @attrs.frozen
 class Resources:
+    """What a build may use. Enforced in the sandbox (planner/limits.py); none of it enters a key
+    except `cores`, which a build sees (its environment's job count and CPU list)."""
+
     memory: str = "1GiB"
     cores: int = 1
+    tmp: str = "1GiB"  # the sandbox's /tmp and /dev/shm, each a tmpfs of this size
+    processes: int = 4096  # processes and threads at once
+    timeout: Optional[str] = None  # wall-clock time, e.g. "2h"; none by default
 
     @property
     def memory_bytes(self) -> int:
         return parse_size(self.memory)
+
+    def limits(self) -> "Limits":
+        from ..limits import Limits
+
+        return Limits(memory=parse_size(self.memory), tmp=parse_size(self.tmp), processes=self.processes,
+                      timeout=parse_duration(self.timeout) if self.timeout is not None else 0.0)
 
 
 @attrs.frozen

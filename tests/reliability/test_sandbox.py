@@ -211,3 +211,28 @@ def test_build_cannot_learn_the_store_location(tmp_path: Path, figure: dict) -> 
     # docs/reliability.md (Limits), and caught by realising into two stores and comparing.
     if where["mountinfo"]:
         pytest.xfail("known limit: /proc/self/mountinfo names bind-mount sources (docs/reliability.md, Limits)")
+
+
+@pytest.mark.parametrize("runtime", [False, True], ids=["shell-step", "under-the-runtime"])
+def test_build_output_streams_name_no_host_path(tmp_path: Path, runtime: bool, figure: dict) -> None:
+    """A build's stdout and stderr (its /proc/$$/fd/1 and 2, and those of the sandbox's pid 1) name no host path: a pipe the planner copies into the log."""
+    proj = Project.empty(tmp_path, target="peek")
+    # $$: the build's own shell (inside $(...), /proc/self would be readlink's substitution pipe).
+    script = ("for f in /proc/$$/fd/1 /proc/$$/fd/2 /proc/1/fd/1 /proc/1/fd/2; do "
+              "echo \"$f $(readlink $f 2>&1)\" >> $out/fds; done")
+    if runtime:
+        proj.source_file("src/peek/README", "x\n")
+    proj.recipe("peek", script=script, source="src/peek" if runtime else None)
+    proj.lock()
+    res = cli(proj, "realise", proj.set, "--json", "-j", "1")
+    assert res.returncode == 0, res.stderr
+    fds = (Path(res.json()["output"]) / "fds").read_text()
+    assert str(proj.store) not in fds and str(tmp_path) not in fds, fds
+    links = [l.split(" ", 1)[1] for l in fds.splitlines()]
+    assert all(l.startswith("pipe:[") or "Permission denied" in l or "No such file" in l for l in links), fds
+    assert links[0].startswith("pipe:["), fds
+    # The log still gets every line the build wrote.
+    log = cli(proj, "log", "peek", "--set", proj.set)
+    assert "+ bash" in log.stdout or "peek" in log.stdout, log.stdout
+    figure.update(trials=1, faults="a build reading the links of its own and pid 1's stdout and stderr",
+                  outcomes="; ".join(l.replace(str(tmp_path), "<tmp>") for l in fds.splitlines()))
