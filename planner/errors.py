@@ -38,6 +38,11 @@ class HashMismatch(FetchError):
         super().__init__(f"hash mismatch: expected {expected}, got {actual}", where=what)
 
 
+class InputError(FetchError):
+    """A pinned input of a node could not be fetched or verified when a realise needed it: named by
+    the input (`recipe/input`) and its file, never as a build failure."""
+
+
 class UnsafeArchive(FetchError):
     """An archive member would escape the destination or is not a plain file, dir or link."""
 

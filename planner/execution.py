@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .errors import BuildError, PlannerError
+from .errors import BuildError, InputError, PlannerError
 from .runs import CheckResult, MissNote, NodeResult
 
 
@@ -61,9 +61,16 @@ class Execution:
                                      else f"{type(exc).__name__}: {exc}"})
 
     def inputs_of(self, nid: str) -> dict:
+        from .resolve import input_failure
+
         lock = self.d.planned.lock
-        got = {name: self.resolver.materialise(self.decls[ref.decl], lock.inputs[ref.decl], ref.platform)
-               for name, ref in self.plan.nodes[nid].inputs.items()}
+        got = {}
+        for name, ref in self.plan.nodes[nid].inputs.items():
+            decl = self.decls[ref.decl]
+            try:
+                got[name] = self.resolver.materialise(decl, lock.inputs[ref.decl], ref.platform)
+            except PlannerError as exc:
+                raise input_failure(decl, ref.filename, self.plan.nodes[nid].label(), exc) from None
         self.used_inputs.update(str(e.path) for e in got.values())
         return got
 
@@ -195,7 +202,9 @@ class Execution:
     def failures(self, outcome) -> list[str]:
         out = []
         for nid, exc in outcome.failed.items():
-            if isinstance(exc, BuildError):
+            if isinstance(exc, InputError):  # not a build failure: the CLI prints it as an error
+                out.append(f"error: {exc.line()}")
+            elif isinstance(exc, BuildError):
                 out.append(exc.line() + (f"\n  log: {exc.log}\n" + "\n".join("  | " + l for l in exc.tail.splitlines()[-10:])
                                          if exc.log else ""))
             elif isinstance(exc, PlannerError):

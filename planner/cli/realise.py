@@ -121,7 +121,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
         if result.digest:
             click.echo(result.digest)
     for f in result.failures:
-        click.echo(f"planner: build failed: {f}", err=True)
+        click.echo(f"planner: {f}" if f.startswith("error: ") else f"planner: build failed: {f}", err=True)
     if result.failures:
         failed = [n.id for n in result.nodes if n.action == "failed"]
         if failed:

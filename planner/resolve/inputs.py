@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import attrs
 
 from ..archive import open_deb_control
-from ..errors import FetchError, HashMismatch, LockError
+from ..errors import FetchError, HashMismatch, InputError, LockError, PlannerError
 from ..derivation import fixed_key
 from ..mirrors import mirror_candidates
 from ..lock import ANY, InputDecl, LockedInput, Pin, local_pin
@@ -421,6 +421,25 @@ class Resolver:
         fetched = self._fetch(decl, platform or ANY, pin)
         entry, _ = self._store(decl, fetched, pin.tree)
         return entry
+
+
+def input_failure(decl: InputDecl, filename: Optional[str], needed_by: str, exc: PlannerError) -> InputError:
+    """A fetch or verification failure of a pinned input, worded the same whatever raised it: the
+    input (`recipe/input`) and its file first, what went wrong, where the bytes came from last."""
+    from ..fetch.url import _redact
+
+    if isinstance(exc, InputError):
+        return exc
+    src = decl.source
+    url = str(src.url) if src is not None and src.url else None
+    file = filename or (url.rstrip("/").rsplit("/", 1)[-1] if url else None) or decl.id.rsplit("/", 1)[-1]
+    where = exc.where or ""
+    suffix = ""
+    if where.startswith(decl.id):  # "x/blob (tree)": keep what part of the pin it was
+        suffix, where = where[len(decl.id):].strip(), ""
+    origin = f" (from {_redact(where)})" if where and where not in (file,) else ""
+    return InputError(f"{file}{' ' + suffix if suffix else ''}: {exc.message}{origin}; needed by {needed_by}",
+                      where=decl.id)
 
 
 def pin_origins(pin: Pin) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.http_server import LoopbackServer
+from tests.support.http_server import Fault, LoopbackServer
 from tests.support.project import Project
 from tests.support.users import chown_tree, prefix, python_for, require_unprivileged, scratch
 
@@ -83,3 +83,53 @@ def test_read_only_store(tmp_path: Path, figure: dict) -> None:
                       outcomes=f"verify ok, no-op ok, build refused: {lines[0][-90:]}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+_FETCH_FAULTS = ["sha256-edited", "tree-edited", "upstream-republished", "upstream-404", "upstream-gone",
+                 "archive-source-edited"]
+
+
+@pytest.mark.parametrize("fault", _FETCH_FAULTS)
+def test_input_fetch_failures_name_the_input(tmp_path: Path, fault: str, figure: dict) -> None:
+    """An input that cannot be fetched or verified at realise time (hand-edited pin, upstream changed, gone or 404): one `planner: error:` line naming recipe/input and its file first, the URL after; never "build failed"; nothing stored."""
+    if shutil.which("bwrap") is None:
+        pytest.skip("needs bubblewrap")
+    import re
+
+    from tests.reliability.support import deterministic_bytes
+
+    blob = deterministic_bytes(40_000, seed=7)
+    srv = LoopbackServer().__enter__()
+    try:
+        archive = fault.startswith("archive")
+        data = tarball([("top/f", "file", "x")]) if archive else blob
+        fname = "src.tar.gz" if archive else "blob.bin"
+        route = srv.add(f"/{fname}", data, times=0)
+        proj = Project.empty(tmp_path, target="x")
+        inp = {"kind": "url", "url": srv.url(f"/{fname}")}
+        proj.write_raw("x", shell_recipe("x", "ls /inputs > $out/l", inputs={"blob": inp}))
+        proj.lock()
+        text = proj.lockfile.read_text()
+        if fault in ("sha256-edited", "tree-edited", "archive-source-edited"):
+            field = "tree" if fault == "tree-edited" else "sha256"
+            m = re.search(rf'^{field} = "(?:blake3:)?([0-9a-f]+)"$', text, re.M)
+            assert m, text
+            proj.lockfile.write_text(text.replace(m.group(1), "ab" * (len(m.group(1)) // 2), 1))
+        elif fault == "upstream-republished":
+            route.body = bytes(b ^ 1 for b in blob)
+        elif fault == "upstream-404":
+            srv.add(f"/{fname}", b"", fault=Fault.NOT_FOUND)
+        shutil.rmtree(proj.store)  # nothing cached: the realise must fetch
+        if fault == "upstream-gone":
+            srv.__exit__(None, None, None)
+        run = proj.cli("realise")
+        line = assert_clean_error(run, names=["x/blob", fname])
+        assert "build failed" not in run.stderr, run.stderr
+        # The input first: the URL (if named at all) comes after it.
+        assert line.index("x/blob") < (line.index("http://") if "http://" in line else len(line)), line
+        assert not list(proj.store.glob("*-x-1.0")), "a build ran"
+    finally:
+        if fault != "upstream-gone":
+            srv.__exit__(None, None, None)
+    figure.update(trials=1, faults=f"{fault} ({fname}), store emptied, then realise",
+                  outcomes=f"one line: {line[len('planner: error: '):][:120]}")
