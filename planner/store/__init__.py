@@ -288,7 +288,10 @@ class Store:
         """Basenames reachable from the roots: each root names a store path, and the run that
         produced it lists its closure's paths."""
         live = {p.name for p in self.live_roots().values()}
-        for _id, rec in self.runs(limit=1000):
+        # Every run record, however old: a root's closure must not depend on how many runs came
+        # after the one that made it (a window of the latest 1000 let gc delete rooted closures).
+        for (text,) in self._query("SELECT json FROM runs ORDER BY id DESC"):
+            rec = json.loads(text)
             if rec.get("output") and Path(rec["output"]).name in live:
                 live.update(Path(n["path"]).name for n in rec.get("nodes", []) if n.get("path"))
                 live.update(Path(p).name for p in rec.get("inputs", []))

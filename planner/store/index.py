@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS entries (
     path TEXT PRIMARY KEY,      -- basename under the store
     key TEXT NOT NULL UNIQUE,   -- build key (or fixed-output key)
     digest TEXT NOT NULL,       -- tree hash of the content
-    kind TEXT NOT NULL,         -- 'fixed' | 'build'
+    kind TEXT NOT NULL,         -- 'fixed' | 'build' | 'recovered' (registered again by `store repair`)
     name TEXT NOT NULL,
     impure INTEGER NOT NULL DEFAULT 0
 );
@@ -145,9 +145,16 @@ def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
         if name in registered:
             continue
         key, rest = ENTRY_NAME.match(name).groups()  # type: ignore[union-attr]
+        digest = tree_digest(path)
+        # A fetched input's key is its content's: recognisable. Anything else was not built now
+        # and how it was made is not recorded anywhere else: 'recovered', never 'build'.
+        from ..hashing import key_of  # derivation.fixed_key's formula (derivation imports the store)
+
+        fixed = {key_of({"fixed": digest, "unpacked": u}) for u in (False, True)}
+        kind = "fixed" if key in fixed else "recovered"
         with transaction(db, index):
             db.execute("INSERT OR IGNORE INTO entries VALUES (?,?,?,?,?,?)",
-                       (name, key, tree_digest(path), "build", rest, 0))
+                       (name, key, digest, kind, rest, 0))
         added += 1
     db.close()
     return kept, added, moved

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.support.project import Project
 
-from .support import assert_clean_error, assert_store_sound, cli
+from .support import assert_clean_error, assert_store_sound, cli, entries
 
 ROW = "13. No wrong answers"
 
@@ -125,6 +125,7 @@ def test_truncated_index_is_refused_and_repaired(tmp_path: Path, figure: dict) -
         proj = _collecting(tmp_path / name)
         proj.lock()
         first = cli(proj, "realise", proj.set, "--json").json()
+        before = {e[0]: e[3] for e in entries(proj.store)}
         index = proj.store / "index.sqlite"
         for side in ("-wal", "-shm"):
             Path(str(index) + side).unlink(missing_ok=True)
@@ -134,10 +135,42 @@ def test_truncated_index_is_refused_and_repaired(tmp_path: Path, figure: dict) -
             assert_clean_error(run, names=["index", "planner store repair"])
         repair = proj.cli("store", "repair", set_arg=False)
         assert repair.returncode == 0, repair.stderr
+        # Nothing was built by the repair: fetched inputs are known by their key, the rest is
+        # 'recovered', never 'build'.
+        kinds = {e[0]: e[3] for e in entries(proj.store)}
+        assert "build" not in kinds.values() and set(kinds.values()) <= {"fixed", "recovered"}, kinds
+        assert {k for k, v in kinds.items() if v == "fixed"} == {k for k, v in before.items() if v == "fixed"}, \
+            (before, kinds)
         assert proj.cli("store", "verify", set_arg=False).returncode == 0
         again = cli(proj, "realise", proj.set, "--json").json()
         assert again["digest"] == first["digest"]
         outcomes.append(f"{name}: refused by realise, verify, gc; repaired: {repair.stdout.strip().splitlines()[-1]}")
     figure.update(trials=3, faults="index.sqlite emptied, cut to 50 bytes, deleted",
-                  outcomes="3/3 refused in one line by realise, store verify, store gc; repair rebuilt it; "
-                           "same digests after")
+                  outcomes="3/3 refused in one line by realise, store verify, store gc; repair rebuilt it, "
+                           "registering entries as fixed or recovered (never built); same digests after")
+
+
+def test_gc_roots_do_not_depend_on_a_window_of_runs(tmp_path: Path, figure: dict) -> None:
+    """A rooted target, then 1500 later run records (other sets' runs, no-ops): gc still keeps the root's whole closure."""
+    from planner.store import Store
+
+    proj = _collecting(tmp_path)
+    proj.lock()
+    first = cli(proj, "realise", proj.set, "--json").json()
+    paths = {Path(n["path"]).name for n in first["nodes"]}
+    st = Store(proj.store)
+    try:
+        for i in range(1500):  # what 1500 realises of other sets would leave
+            st.add_run({"set": f"other-{i}", "output": None, "nodes": [], "inputs": []})
+    finally:
+        st.close()
+    dry = cli(proj, "store", "gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    gc = cli(proj, "store", "gc")
+    assert gc.returncode == 0, gc.stderr
+    kept = {p.name for p in proj.store.iterdir()}
+    assert paths <= kept, paths - kept
+    again = cli(proj, "realise", proj.set, "--json").json()
+    assert {n["action"] for n in again["nodes"]} == {"reused"}, again["nodes"]
+    figure.update(trials=1, faults="1500 run records after the one that rooted the target, then store gc",
+                  outcomes=f"{len(paths)}/{len(paths)} closure entries kept; the next realise reused all")
