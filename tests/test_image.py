@@ -24,7 +24,7 @@ from planner.builders.image import preimage_extras, requires_problems
 from planner.oci.descriptor import INDEX_TYPES, MANIFEST_TYPES, MEDIA_INDEX
 from planner.oci.layer import LayerSource, write_layer
 from planner.oci.layout import read_layout
-from planner.oci.rootfs import install_wheel
+from planner.oci.wheels import install_wheel
 from tests.support.registry import registry  # noqa: F401  (session fixture)
 
 from .conftest import REPO, run_planner

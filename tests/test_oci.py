@@ -40,7 +40,8 @@ from planner.oci.image import (
 from planner.oci.layer import LayerSource, compressor_id, gzip_reference, write_layer
 from planner.oci.layout import LayoutImage, export_oci_archive, read_layout, write_layout
 from planner.oci.registry import RegistryClient, push_layout
-from planner.oci.rootfs import assemble_rootfs, install_wheel
+from planner.oci.rootfs import assemble_rootfs
+from planner.oci.wheels import install_wheel
 from tests.support.registry import free_port, registry  # noqa: F401  (session fixture)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -42,7 +42,7 @@ from ..oci.facts import BuildFacts, DependencyFacts, ImageFacts, ManifestFacts, 
 from ..oci.image import ImageConfig, cuda_annotations, write_image, write_index
 from ..oci.layer import Layer, LayerSource, compressor_id, write_layer
 from ..oci.layout import LayoutImage, write_layout
-from ..oci.rootfs import install_wheel
+from ..oci.wheels import install_wheel
 from ..safetree import MAX_METADATA, Tree
 
 if TYPE_CHECKING:

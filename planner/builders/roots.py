@@ -85,7 +85,7 @@ def _install_into_rootfs(node: Node, req: BuildRequest, out: Path, wheels: list[
     import shutil
     import tempfile
 
-    from ..oci.rootfs import install_wheel
+    from ..oci.wheels import install_wheel
 
     settings = node.preimage.builder.settings
     site = str(settings.get("site-packages", "/usr/local/lib/python3.11/dist-packages"))
