@@ -21,7 +21,7 @@ from ..errors import FetchError, HashMismatch, InputError, LockError, PlannerErr
 from ..derivation import fixed_key
 from ..mirrors import mirror_candidates
 from ..lock import ANY, InputDecl, LockedInput, Pin, local_pin
-from ..recipes import RecipeSet
+from ..recipes import RecipeSet, Source
 from ..store import Entry, Store, remove_tree
 
 
@@ -149,129 +149,146 @@ class Resolver:
             raise
 
     def _fetch_into(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
-        from ..hashing import file_sha256_and_blake3
-
         src, patch = decl.source, decl.patch
         if decl.local:
-            rel = src.path if src is not None else patch.file  # type: ignore[union-attr]
-            origin = self.rs.root / str(rel)
-            dest = tmp / origin.name
-            if origin.is_dir():
-                _refuse_special_files(origin, self.rs.root, decl.id)
-                shutil.copytree(origin, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
-            else:
-                shutil.copyfile(origin, dest)
-            got = local_pin(self.rs, decl)
-            return Fetched(dest, got)
-
+            return self._fetch_local(decl, tmp)
         if src is not None and src.kind == "git":
-            from ..fetch import git
-
-            url = str(src.url)
-            if self.rs is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/]+@[^/]+:", url) \
-                    and not url.startswith("/"):
-                url = str(self.rs.root / url)  # a repository inside the project, not the cwd's
-            cands = mirror_candidates(url, self.mirrors, git=True)
-            if pin and pin.commit:
-                commit = pin.commit
-            else:
-                _, commit = self._first_that_works(cands, lambda u: git.resolve(u, str(src.rev)), decl.id)
-            dest = tmp / "checkout"
-            used, _ = self._first_that_works(
-                cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache"), decl.id)
-            if src.submodules and self.rs is not None:
-                self._check_submodules(decl, used, commit)
-            if src.subdir:
-                dest = _take_subdir(dest, src.subdir, tmp, decl.id, f"at {commit}")
-            return Fetched(dest, Pin(commit=commit, url=src.url))
-
+            return self._fetch_git(decl, src, pin, tmp)
         if src is not None and src.kind in ("pypi", "apt") and pin is not None and pin.sha256:
             # A pinned file is the same bytes wherever it comes from: a mirror has it by hash
             # (`planner mirror export`), so an air-gapped site needs no index or apt archive.
-            got_path = self._from_mirror_by_hash(decl, pin, tmp)
-            if got_path is not None:
-                sha, b3 = file_sha256_and_blake3(got_path)
-                found = attrs.evolve(pin, sha256=sha, size=got_path.stat().st_size, filename=got_path.name, tree=b3)
-                return self._maybe_unpack(decl, got_path, found, tmp) if src.kind == "pypi" else Fetched(got_path, found)
-
+            got = self._pinned_file_from_mirror(decl, src, pin, tmp)
+            if got is not None:
+                return got
         if src is not None and src.kind == "pypi":
-            from ..fetch import pypi
-
-            from ..fetch.simple_index import parse_as_of
-
-            path = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=tmp,
-                                 platform=src.platform or (None if platform == ANY else platform),
-                                 python_version=src.python,
-                                 as_of=parse_as_of(decl.as_of) if decl.as_of is not None else None)
-            sha, b3 = file_sha256_and_blake3(path)
-            for expected in (pin.sha256 if pin else None, src.sha256):  # the lock's, the recipe's
-                if expected and expected != sha:
-                    raise HashMismatch(f"{decl.id} ({path.name})", expected, sha)
-            got = Pin(sha256=sha, size=path.stat().st_size, filename=path.name, version=src.version, tree=b3)
-            return self._maybe_unpack(decl, path, got, tmp)
-
+            return self._fetch_pypi(decl, src, platform, pin, tmp)
         if src is not None and src.kind == "apt":
-            from ..fetch import apt
-
-            version = pin.version if pin and pin.version else src.version
-            # Not popped: two recipes may pin the same package (base and the build root do).
-            ready = self._apt_ready.get((apt.debian_arch(platform), str(src.name), version)) \
-                if platform != ANY else None
-            pkg = None
-            if ready is not None and ready[0].exists():
-                dest = tmp / ready[0].name
-                shutil.copyfile(ready[0], dest)
-                control = open_deb_control(dest)
-                pkg = apt.AptPackage(path=dest, package=control.get("Package", ""), version=control.get("Version", ""),
-                                     arch=control.get("Architecture", ""), url=ready[1])
-            elif pin and pin.url and pin.sha256 and pin.filename:
-                # A .deb pinned with its URL comes by hash from there (or a mirror): a host of
-                # another distribution, whose apt knows nothing of this one, fetches it too.
-                from ..fetch import url as urlfetch
-
-                name = re.sub(r"[^A-Za-z0-9._+~-]", "_", pin.filename)
-                try:
-                    _, got = self._first_that_works(
-                        mirror_candidates(pin.url, self.mirrors, sha256=pin.sha256),
-                        lambda u: urlfetch.download(u, tmp / name, sha256=pin.sha256), decl.id)
-                    control = open_deb_control(got.path)
-                    pkg = apt.AptPackage(path=got.path, package=control.get("Package", ""),
-                                         version=control.get("Version", ""), arch=control.get("Architecture", ""),
-                                         url=pin.url)
-                except HashMismatch:
-                    raise
-                except FetchError as exc:
-                    self.log(f"{decl.id}: {exc.line()}; trying apt")
-            try:
-                pkg = pkg or apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
-                                   suite=src.suite)
-            except FetchError as exc:
-                raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
-                                 where=decl.id) from None
-            sha, b3 = file_sha256_and_blake3(pkg.path)
-            if pin and pin.sha256 and pin.sha256 != sha:
-                raise HashMismatch(f"{decl.id} ({pkg.path.name})", pin.sha256, sha)
-            return Fetched(pkg.path, Pin(sha256=sha, size=pkg.path.stat().st_size, filename=pkg.path.name,
-                                         version=pkg.version, tree=b3, url=pkg.url or (pin.url if pin else None)))
-
+            return self._fetch_apt(decl, src, platform, pin, tmp)
         if (src is not None and src.kind == "url") or (patch is not None and patch.url):
-            from ..fetch import url as urlfetch
-
-            url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
-            expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
-            filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1]
-            if filename in ("", ".", "..") or "\0" in filename or "\\" in filename:
-                filename = "download"  # the URL's last segment becomes a file name: never a path
-            _, got = self._first_that_works(
-                mirror_candidates(url, self.mirrors, sha256=expected),
-                lambda u: urlfetch.download(u, tmp / filename, sha256=expected), decl.id)
-            p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
-            return self._maybe_unpack(decl, got.path, p, tmp)
-
+            return self._fetch_url(decl, pin, tmp)
         if src is not None and src.kind == "image":
             return self._fetch_image(decl, platform, pin, tmp)
-
         raise LockError(f"inputs of kind {decl.kind} cannot be fetched by this planner yet", where=decl.id)
+
+    def _fetch_local(self, decl: InputDecl, tmp: Path) -> Fetched:
+        src, patch = decl.source, decl.patch
+        rel = src.path if src is not None else patch.file  # type: ignore[union-attr]
+        origin = self.rs.root / str(rel)
+        dest = tmp / origin.name
+        if origin.is_dir():
+            _refuse_special_files(origin, self.rs.root, decl.id)
+            shutil.copytree(origin, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        else:
+            shutil.copyfile(origin, dest)
+        got = local_pin(self.rs, decl)
+        return Fetched(dest, got)
+
+    def _fetch_git(self, decl: InputDecl, src: Source, pin: Optional[Pin], tmp: Path) -> Fetched:
+        from ..fetch import git
+
+        url = str(src.url)
+        if self.rs is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/]+@[^/]+:", url) \
+                and not url.startswith("/"):
+            url = str(self.rs.root / url)  # a repository inside the project, not the cwd's
+        cands = mirror_candidates(url, self.mirrors, git=True)
+        if pin and pin.commit:
+            commit = pin.commit
+        else:
+            _, commit = self._first_that_works(cands, lambda u: git.resolve(u, str(src.rev)), decl.id)
+        dest = tmp / "checkout"
+        used, _ = self._first_that_works(
+            cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache"), decl.id)
+        if src.submodules and self.rs is not None:
+            self._check_submodules(decl, used, commit)
+        if src.subdir:
+            dest = _take_subdir(dest, src.subdir, tmp, decl.id, f"at {commit}")
+        return Fetched(dest, Pin(commit=commit, url=src.url))
+
+    def _pinned_file_from_mirror(self, decl: InputDecl, src: Source, pin: Pin, tmp: Path) -> Optional[Fetched]:
+        from ..hashing import file_sha256_and_blake3
+
+        got_path = self._from_mirror_by_hash(decl, pin, tmp)
+        if got_path is not None:
+            sha, b3 = file_sha256_and_blake3(got_path)
+            found = attrs.evolve(pin, sha256=sha, size=got_path.stat().st_size, filename=got_path.name, tree=b3)
+            return self._maybe_unpack(decl, got_path, found, tmp) if src.kind == "pypi" else Fetched(got_path, found)
+        return None
+
+    def _fetch_pypi(self, decl: InputDecl, src: Source, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
+        from ..fetch import pypi
+        from ..fetch.simple_index import parse_as_of
+        from ..hashing import file_sha256_and_blake3
+
+        path = pypi.download(str(src.name), str(src.version), dist=src.dist, dest_dir=tmp,
+                             platform=src.platform or (None if platform == ANY else platform),
+                             python_version=src.python,
+                             as_of=parse_as_of(decl.as_of) if decl.as_of is not None else None)
+        sha, b3 = file_sha256_and_blake3(path)
+        for expected in (pin.sha256 if pin else None, src.sha256):  # the lock's, the recipe's
+            if expected and expected != sha:
+                raise HashMismatch(f"{decl.id} ({path.name})", expected, sha)
+        got = Pin(sha256=sha, size=path.stat().st_size, filename=path.name, version=src.version, tree=b3)
+        return self._maybe_unpack(decl, path, got, tmp)
+
+    def _fetch_apt(self, decl: InputDecl, src: Source, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
+        from ..fetch import apt
+        from ..hashing import file_sha256_and_blake3
+
+        version = pin.version if pin and pin.version else src.version
+        # Not popped: two recipes may pin the same package (base and the build root do).
+        ready = self._apt_ready.get((apt.debian_arch(platform), str(src.name), version)) \
+            if platform != ANY else None
+        pkg = None
+        if ready is not None and ready[0].exists():
+            dest = tmp / ready[0].name
+            shutil.copyfile(ready[0], dest)
+            control = open_deb_control(dest)
+            pkg = apt.AptPackage(path=dest, package=control.get("Package", ""), version=control.get("Version", ""),
+                                 arch=control.get("Architecture", ""), url=ready[1])
+        elif pin and pin.url and pin.sha256 and pin.filename:
+            # A .deb pinned with its URL comes by hash from there (or a mirror): a host of
+            # another distribution, whose apt knows nothing of this one, fetches it too.
+            from ..fetch import url as urlfetch
+
+            name = re.sub(r"[^A-Za-z0-9._+~-]", "_", pin.filename)
+            try:
+                _, got = self._first_that_works(
+                    mirror_candidates(pin.url, self.mirrors, sha256=pin.sha256),
+                    lambda u: urlfetch.download(u, tmp / name, sha256=pin.sha256), decl.id)
+                control = open_deb_control(got.path)
+                pkg = apt.AptPackage(path=got.path, package=control.get("Package", ""),
+                                     version=control.get("Version", ""), arch=control.get("Architecture", ""),
+                                     url=pin.url)
+            except HashMismatch:
+                raise
+            except FetchError as exc:
+                self.log(f"{decl.id}: {exc.line()}; trying apt")
+        try:
+            pkg = pkg or apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
+                               suite=src.suite)
+        except FetchError as exc:
+            raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
+                             where=decl.id) from None
+        sha, b3 = file_sha256_and_blake3(pkg.path)
+        if pin and pin.sha256 and pin.sha256 != sha:
+            raise HashMismatch(f"{decl.id} ({pkg.path.name})", pin.sha256, sha)
+        return Fetched(pkg.path, Pin(sha256=sha, size=pkg.path.stat().st_size, filename=pkg.path.name,
+                                     version=pkg.version, tree=b3, url=pkg.url or (pin.url if pin else None)))
+
+    def _fetch_url(self, decl: InputDecl, pin: Optional[Pin], tmp: Path) -> Fetched:
+        from ..fetch import url as urlfetch
+
+        src, patch = decl.source, decl.patch
+        url = str(src.url if src is not None else patch.url)  # type: ignore[union-attr]
+        expected = (pin.sha256 if pin else None) or (src.sha256 if src is not None else patch.sha256)  # type: ignore[union-attr]
+        filename = re.sub(r"[?#].*$", "", url).rstrip("/").rsplit("/", 1)[-1]
+        if filename in ("", ".", "..") or "\0" in filename or "\\" in filename:
+            filename = "download"  # the URL's last segment becomes a file name: never a path
+        _, got = self._first_that_works(
+            mirror_candidates(url, self.mirrors, sha256=expected),
+            lambda u: urlfetch.download(u, tmp / filename, sha256=expected), decl.id)
+        p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
+        return self._maybe_unpack(decl, got.path, p, tmp)
 
     def _from_mirror_by_hash(self, decl: InputDecl, pin: Pin, tmp: Path) -> Optional[Path]:
         if not self.mirrors or not pin.filename:

@@ -11,7 +11,7 @@ import attrs
 
 from ..errors import FetchError, HashMismatch, LockError
 from ..lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, recipes_digest
-from ..recipes import RecipeSet
+from ..recipes import RecipeSet, Source
 from ..store import Store
 from .inputs import Resolver, pin_conflict
 
@@ -34,8 +34,6 @@ def prefetch(store: Store, what: str, *, mirrors: list[str] = (), log: Callable[
              ) -> tuple[InputDecl, LockedInput]:
     """`planner prefetch`: fetch a URL or `GIT_URL@REV` once into the store and pin it, like
     nix-prefetch-url / nix-prefetch-git. Prints what a recipe or lock needs."""
-    from ..recipes import Source
-
     is_git = what.startswith(("git+", "git://")) or re.search(r"\.git(@[^/]*)?$", what) is not None
     if is_git:
         spec = what[4:] if what.startswith("git+") else what
