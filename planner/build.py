@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,54 +12,14 @@ from . import limits as limits_mod
 from . import sandbox
 from .errors import BuildError, PlannerError, UnsafeTree
 from .builders.registry import builder
+from .buildrun import Running, limit_hit, run_logged, shell_argv, tail_of  # noqa: F401  (Running: re-exported)
 from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
 from .host import host_platform
 from .limits import Limits
 from .store import Entry, Store, remove_tree
 
 PLANNER_PKG = Path(__file__).resolve().parent
-LOG_TAIL_LINES = 20
 DEFAULT_MEMORY = 1 << 30  # a node without limits (from an older worker request): the recipe default
-
-
-def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-class Running:
-    """Processes of builds in flight, so Ctrl-C can stop them all cleanly."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen] = set()
-        self.cancelled = False
-
-    def add(self, p: subprocess.Popen) -> None:
-        with self._lock:
-            self._procs.add(p)
-            if self.cancelled:
-                self._kill(p)
-
-    def remove(self, p: subprocess.Popen) -> None:
-        with self._lock:
-            self._procs.discard(p)
-
-    @staticmethod
-    def _kill(p: subprocess.Popen) -> None:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def cancel(self) -> None:
-        with self._lock:
-            self.cancelled = True
-            for p in self._procs:
-                self._kill(p)
 
 
 def _mount_path(mount: str) -> str:
@@ -150,18 +107,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     for sub in ("src", "out", "home", "tmp"):
         (build_dir / sub).mkdir(exist_ok=True)
     if builder(node.builder).builtin:
-        with open(log_path, "w") as log:
-            try:
-                builder(node.builder).runner()(node, req, build_dir / "out", log)
-            except UnsafeTree as exc:  # name the node as well as the input and the path
-                log.write(f"planner: build failed: {exc.line()}\n")
-                raise BuildError(node.label(), f"refused: {exc.line()}", log=str(log_path)) from None
-            except PlannerError:
-                raise
-            except Exception as exc:  # a builtin builder's bug or bad input: keep the node's name on it
-                log.write(f"planner: build failed: {exc!r}\n")
-                raise BuildError(node.label(), f"{node.builder} failed: {exc}", log=str(log_path),
-                                 tail=_tail(log_path)) from exc
+        _run_builtin(req, build_dir, log_path)
         return build_dir / "out"
     spec, mounts = sandbox_spec(req)
     env = _declared_env(node)
@@ -170,119 +116,31 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     # (Unless LC_ALL is empty: then Python would have coerced the locale and exported LC_CTYPE.)
     direct = (node.builder == "shell" and not (spec["source"] or spec["submodules"] or spec["patches"])
               and bool(env.get("LC_ALL", sandbox.BASE_ENV["LC_ALL"])))
-    log_head = b""
     limits = node.limits if node.limits is not None else Limits(memory=node.memory or DEFAULT_MEMORY)
     if req.sandboxed:
-        rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
-        build_root = req.deps[BUILD_ROOT_MOUNT].path if BUILD_ROOT_MOUNT in req.deps else None
-        if build_root is not None:
-            # The set's build root: the same pinned tools on every machine of this platform.
-            if not (build_root / "usr/bin/python3").exists() and not (build_root / "usr/bin/python3").is_symlink():
-                raise BuildError(node.label(), f"the build root has no /usr/bin/python3 ({build_root.name})")
-        if rootfs is not None:
-            mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
-            if not direct and not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
-                raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
-            if node.variant.platform not in (None, host_platform()):
-                raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
-                                               f"{host_platform()} host: use a native worker (--executor)")
-        if direct:
-            env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
-            inner, log_head = _shell_argv(spec["script"], limits)
-        else:
-            _ensure_runtime_bytecode()
-            spec["limits"] = limits.to_json()  # the runtime sets them on itself, first thing inside
-            (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
-            inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
-        argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs,
-                               build_root=build_root if rootfs is None else None, cores=node.cores,
-                               tmp_size=limits.tmp)
+        argv, log_head = _sandboxed_argv(req, spec, mounts, env, direct, build_dir, limits)
         proc_env = None
     else:
-        # --sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
-        spec = _rewrite_paths(spec, mounts, build_dir)
-        proc_env = sandbox.unsandboxed_env(env, build_dir)
-        proc_env["PYTHONPATH"] = str(PLANNER_PKG.parent)
-        proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
-        if direct:
-            proc_env.update(out=str(build_dir / "out"), src=str(build_dir / "src"))
-            argv, log_head = _shell_argv(spec["script"], None)
-        else:
-            spec_path = build_dir / "spec.json"
-            spec_path.write_text(json.dumps(spec, sort_keys=True))
-            argv = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", str(spec_path)]
-    args_fd = None
-    if req.sandboxed:
-        # bwrap reads its arguments from a file descriptor, so the real paths of the store and
-        # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
-        # An anonymous memory file: nothing to write to disk and remove again for each node.
-        split = argv.index("--")
-        args_fd = os.memfd_create("bwrap-args", 0)
-        try:
-            os.write(args_fd, b"".join(a.encode() + b"\0" for a in argv[1:split]))
-            os.lseek(args_fd, 0, os.SEEK_SET)
-        except BaseException:
-            os.close(args_fd)
-            raise
-        argv = [argv[0], "--args", str(args_fd)] + argv[split:]
+        argv, proc_env, log_head = _unsandboxed_argv(spec, mounts, env, direct, build_dir)
     group = None
     if req.sandboxed and limits_mod.enforcement().cgroup is not None:
         try:
             group = limits_mod.BuildCgroup(f"planner-{build_dir.name}", limits)
         except OSError as exc:
             raise BuildError(node.label(), f"cannot make the build's cgroup: {exc.strerror}") from None
-        argv = group.wrap(argv)
-    timed_out = False
     try:
-        with open(log_path, "wb") as log:
-            log.write(log_head)
-            log.flush()
-            # A sandboxed build writes into a pipe that the planner copies to the log: its
-            # /proc/self/fd/1 then names no host path.
-            pipe_r, pipe_w = os.pipe() if req.sandboxed else (None, None)
-            try:
-                proc = subprocess.Popen(argv, stdout=pipe_w if pipe_w is not None else log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL,
-                                        env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
-                                        cwd=build_dir / "src" if direct and not req.sandboxed else build_dir,
-                                        start_new_session=True,
-                                        pass_fds=(args_fd,) if args_fd is not None else ())
-            except BaseException:
-                if pipe_r is not None:
-                    os.close(pipe_r)
-                raise
-            finally:
-                if args_fd is not None:
-                    os.close(args_fd)
-                if pipe_w is not None:
-                    os.close(pipe_w)
-            copier = None
-            if pipe_r is not None:
-                copier = threading.Thread(target=_copy_log, args=(pipe_r, log), daemon=True)
-                copier.start()
-            running.add(proc)
-            try:
-                try:
-                    rc = proc.wait(timeout=limits.timeout or None)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    Running._kill(proc)  # the sandbox's pid namespace dies with bubblewrap
-                    if group is not None:
-                        group.kill_all()
-                    rc = proc.wait()
-            finally:
-                running.remove(proc)
-                if copier is not None:
-                    copier.join(10)
+        rc, timed_out = run_logged(argv, proc_env, build_dir / "src" if direct and not req.sandboxed else build_dir,
+                                    log_path, log_head, running, sandboxed=req.sandboxed, group=group,
+                                    timeout=limits.timeout)
         if rc != 0:
-            tail = _tail(log_path)
+            tail = tail_of(log_path)
             if timed_out:
                 raise BuildError(node.label(), f"timed out after {limits_mod.format_seconds(limits.timeout)} "
                                                "([resources] timeout)", log=str(log_path), tail=tail)
             last = next((l for l in reversed(tail.splitlines()) if l.startswith("planner: build failed: ")), None)
             reason = (last[len("planner: build failed: "):] if last else f"bash exited with status {rc}" if direct
                       else f"builder exited with status {rc}")
-            hit = _limit_hit(limits, group, tail) if req.sandboxed else None
+            hit = limit_hit(limits, group, tail) if req.sandboxed else None
             if hit:
                 reason = f"{reason} ({hit})"
             raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
@@ -292,53 +150,72 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     return build_dir / "out"
 
 
-def _copy_log(fd: int, log) -> None:
-    try:
-        while True:
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return
-            log.write(data)
-    except (OSError, ValueError):  # the log closed under a build's stray writer, or a full disk
-        pass
-    finally:
-        os.close(fd)
+def _run_builtin(req: BuildRequest, build_dir: Path, log_path: Path) -> None:
+    """A builder that runs in the planner process (no sandbox): its errors keep the node's name."""
+    node = req.node
+    with open(log_path, "w") as log:
+        try:
+            builder(node.builder).runner()(node, req, build_dir / "out", log)
+        except UnsafeTree as exc:  # name the node as well as the input and the path
+            log.write(f"planner: build failed: {exc.line()}\n")
+            raise BuildError(node.label(), f"refused: {exc.line()}", log=str(log_path)) from None
+        except PlannerError:
+            raise
+        except Exception as exc:  # a builtin builder's bug or bad input: keep the node's name on it
+            log.write(f"planner: build failed: {exc!r}\n")
+            raise BuildError(node.label(), f"{node.builder} failed: {exc}", log=str(log_path),
+                             tail=tail_of(log_path)) from exc
 
 
-_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory", "Out of memory",
-                 "memory exhausted")
-_FORK_SIGNS = ("fork: retry", "fork: Resource temporarily unavailable", "can't fork", "Cannot fork",
-               "BlockingIOError: [Errno 11]", "Resource temporarily unavailable")
+def _sandboxed_argv(req: BuildRequest, spec: dict, mounts: list, env: dict[str, str], direct: bool,
+                    build_dir: Path, limits: Limits) -> tuple[list[str], bytes]:
+    """The bubblewrap command line of a sandboxed build, and what its log starts with."""
+    node = req.node
+    log_head = b""
+    rootfs = req.deps["rootfs"].path if "rootfs" in req.deps else None
+    build_root = req.deps[BUILD_ROOT_MOUNT].path if BUILD_ROOT_MOUNT in req.deps else None
+    if build_root is not None:
+        # The set's build root: the same pinned tools on every machine of this platform.
+        if not (build_root / "usr/bin/python3").exists() and not (build_root / "usr/bin/python3").is_symlink():
+            raise BuildError(node.label(), f"the build root has no /usr/bin/python3 ({build_root.name})")
+    if rootfs is not None:
+        mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
+        if not direct and not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
+            raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
+        if node.variant.platform not in (None, host_platform()):
+            raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
+                                           f"{host_platform()} host: use a native worker (--executor)")
+    if direct:
+        env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
+        inner, log_head = shell_argv(spec["script"], limits)
+    else:
+        _ensure_runtime_bytecode()
+        spec["limits"] = limits.to_json()  # the runtime sets them on itself, first thing inside
+        (build_dir / "spec.json").write_text(json.dumps(spec, sort_keys=True))
+        inner = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", "/build/spec.json"]
+    argv = sandbox.command(inner, build_dir=build_dir, mounts=mounts, env=env, rootfs=rootfs,
+                           build_root=build_root if rootfs is None else None, cores=node.cores,
+                           tmp_size=limits.tmp)
+    return argv, log_head
 
 
-def _limit_hit(limits: Limits, group: Optional["limits_mod.BuildCgroup"], tail: str) -> Optional[str]:
-    """Which limit a failed build ran into, as far as can be told: the cgroup's counters, else the
-    log's last lines (an rlimit makes an allocation or a fork fail; the build reports it)."""
-    mem = f"it ran out of its [resources] memory = {limits_mod.format_size(limits.memory)}"
-    procs = f"it reached its [resources] processes = {limits.processes}"
-    if group is not None and group.oom_killed():
-        return mem + " (the whole build, a cgroup limit)"
-    if group is not None and group.pids_refused():
-        return procs
-    if "No space left on device" in tail and ("/tmp/" in tail or "/dev/shm/" in tail):
-        return f"its /tmp and /dev/shm hold [resources] tmp = {limits_mod.format_size(limits.tmp)} each"
-    if any(s in tail for s in _MEMORY_SIGNS):
-        return mem + " (per process, RLIMIT_DATA)"
-    if any(s in tail for s in _FORK_SIGNS):
-        return procs
-    return None
-
-
-def _shell_argv(script: str, limits: Optional[Limits]) -> tuple[list[str], bytes]:
-    """The `shell` builder without the runtime: `bash -euo pipefail -c SCRIPT`, started by a shell
-    that waits for it, so bash keeps the pid it had under the runtime (tools that embed their
-    pid write the same bytes); and the runtime's first log line. With `limits`, a bash sets
-    them on itself and execs the step (dash's ulimit has no process count): the same pid."""
-    head = ("+ " + " ".join(["bash", "-euo", "pipefail", "-c", script]) + "\n").encode()
-    if limits is None:
-        return ["/bin/sh", "-c", 'bash -euo pipefail -c "$1"; exit $?', "sh", script], head
-    inner = limits_mod.shell_prefix(limits) + ' || exit 125; exec bash -euo pipefail -c "$1"'
-    return ["/bin/sh", "-c", 'bash -c "$2" bash "$1"; exit $?', "sh", script, inner], head
+def _unsandboxed_argv(spec: dict, mounts: list, env: dict[str, str], direct: bool, build_dir: Path
+                      ) -> tuple[list[str], dict[str, str], bytes]:
+    """--sandbox=off: same runtime, real paths rewritten into the spec. Marked impure.
+    Returns the command, its environment and what its log starts with."""
+    log_head = b""
+    spec = _rewrite_paths(spec, mounts, build_dir)
+    proc_env = sandbox.unsandboxed_env(env, build_dir)
+    proc_env["PYTHONPATH"] = str(PLANNER_PKG.parent)
+    proc_env["PLANNER_BUILD_DIR"] = str(build_dir)
+    if direct:
+        proc_env.update(out=str(build_dir / "out"), src=str(build_dir / "src"))
+        argv, log_head = shell_argv(spec["script"], None)
+    else:
+        spec_path = build_dir / "spec.json"
+        spec_path.write_text(json.dumps(spec, sort_keys=True))
+        argv = ["/usr/bin/python3", "-s", "-m", "planner.builders.runtime", str(spec_path)]
+    return argv, proc_env, log_head
 
 
 _RUNTIME_MODULES = ("__init__.py", "builders/__init__.py", "builders/runtime.py", "builders/wheelfile.py",

@@ -1,0 +1,168 @@
+"""One build command run: its output copied to the log, its timeout, the processes of running
+builds (to cancel them), and which [resources] limit a failed build ran into."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Optional
+
+from . import limits as limits_mod
+from .limits import Limits
+
+LOG_TAIL_LINES = 20
+
+
+def tail_of(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+class Running:
+    """Processes of builds in flight, so Ctrl-C can stop them all cleanly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.cancelled = False
+
+    def add(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(p)
+            if self.cancelled:
+                self._kill(p)
+
+    def remove(self, p: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(p)
+
+    @staticmethod
+    def _kill(p: subprocess.Popen) -> None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for p in self._procs:
+                self._kill(p)
+
+
+def run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, log_path: Path, log_head: bytes,
+                running: Running, *, sandboxed: bool, group: Optional["limits_mod.BuildCgroup"],
+                timeout: Optional[float]) -> tuple[int, bool]:
+    """Run the build's command with its output in the log: (exit status, whether it timed out)."""
+    args_fd = None
+    if sandboxed:
+        # bwrap reads its arguments from a file descriptor, so the real paths of the store and
+        # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
+        # An anonymous memory file: nothing to write to disk and remove again for each node.
+        split = argv.index("--")
+        args_fd = os.memfd_create("bwrap-args", 0)
+        try:
+            os.write(args_fd, b"".join(a.encode() + b"\0" for a in argv[1:split]))
+            os.lseek(args_fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(args_fd)
+            raise
+        argv = [argv[0], "--args", str(args_fd)] + argv[split:]
+    if group is not None:
+        argv = group.wrap(argv)
+    timed_out = False
+    with open(log_path, "wb") as log:
+        log.write(log_head)
+        log.flush()
+        # A sandboxed build writes into a pipe that the planner copies to the log: its
+        # /proc/self/fd/1 then names no host path.
+        pipe_r, pipe_w = os.pipe() if sandboxed else (None, None)
+        try:
+            proc = subprocess.Popen(argv, stdout=pipe_w if pipe_w is not None else log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
+                                    cwd=cwd, start_new_session=True,
+                                    pass_fds=(args_fd,) if args_fd is not None else ())
+        except BaseException:
+            if pipe_r is not None:
+                os.close(pipe_r)
+            raise
+        finally:
+            if args_fd is not None:
+                os.close(args_fd)
+            if pipe_w is not None:
+                os.close(pipe_w)
+        copier = None
+        if pipe_r is not None:
+            copier = threading.Thread(target=_copy_log, args=(pipe_r, log), daemon=True)
+            copier.start()
+        running.add(proc)
+        try:
+            try:
+                rc = proc.wait(timeout=timeout or None)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                Running._kill(proc)  # the sandbox's pid namespace dies with bubblewrap
+                if group is not None:
+                    group.kill_all()
+                rc = proc.wait()
+        finally:
+            running.remove(proc)
+            if copier is not None:
+                copier.join(10)
+    return rc, timed_out
+
+
+def _copy_log(fd: int, log) -> None:
+    try:
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return
+            log.write(data)
+    except (OSError, ValueError):  # the log closed under a build's stray writer, or a full disk
+        pass
+    finally:
+        os.close(fd)
+
+
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory", "Out of memory",
+                 "memory exhausted")
+_FORK_SIGNS = ("fork: retry", "fork: Resource temporarily unavailable", "can't fork", "Cannot fork",
+               "BlockingIOError: [Errno 11]", "Resource temporarily unavailable")
+
+
+def limit_hit(limits: Limits, group: Optional["limits_mod.BuildCgroup"], tail: str) -> Optional[str]:
+    """Which limit a failed build ran into, as far as can be told: the cgroup's counters, else the
+    log's last lines (an rlimit makes an allocation or a fork fail; the build reports it)."""
+    mem = f"it ran out of its [resources] memory = {limits_mod.format_size(limits.memory)}"
+    procs = f"it reached its [resources] processes = {limits.processes}"
+    if group is not None and group.oom_killed():
+        return mem + " (the whole build, a cgroup limit)"
+    if group is not None and group.pids_refused():
+        return procs
+    if "No space left on device" in tail and ("/tmp/" in tail or "/dev/shm/" in tail):
+        return f"its /tmp and /dev/shm hold [resources] tmp = {limits_mod.format_size(limits.tmp)} each"
+    if any(s in tail for s in _MEMORY_SIGNS):
+        return mem + " (per process, RLIMIT_DATA)"
+    if any(s in tail for s in _FORK_SIGNS):
+        return procs
+    return None
+
+
+def shell_argv(script: str, limits: Optional[Limits]) -> tuple[list[str], bytes]:
+    """The `shell` builder without the runtime: `bash -euo pipefail -c SCRIPT`, started by a shell
+    that waits for it, so bash keeps the pid it had under the runtime (tools that embed their
+    pid write the same bytes); and the runtime's first log line. With `limits`, a bash sets
+    them on itself and execs the step (dash's ulimit has no process count): the same pid."""
+    head = ("+ " + " ".join(["bash", "-euo", "pipefail", "-c", script]) + "\n").encode()
+    if limits is None:
+        return ["/bin/sh", "-c", 'bash -euo pipefail -c "$1"; exit $?', "sh", script], head
+    inner = limits_mod.shell_prefix(limits) + ' || exit 125; exec bash -euo pipefail -c "$1"'
+    return ["/bin/sh", "-c", 'bash -c "$2" bash "$1"; exit $?', "sh", script, inner], head
