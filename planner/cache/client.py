@@ -222,8 +222,8 @@ class BinaryCache:
             with tempfile.TemporaryDirectory(prefix="planner-cache-") as tmp:
                 p = Path(tmp) / "config"
                 self.client.pull_blob(doc["config"]["digest"], p)
-                theirs = json.loads(p.read_bytes())
-        except (OciError, KeyError, ValueError):
+                theirs = json.loads(_read_small(p, f"{self.ref} config"))
+        except (OciError, KeyError, ValueError, CacheError):
             return []
         out: list[str] = []
         for k in sorted(set(theirs) | set(preimage)):
@@ -251,7 +251,7 @@ class BinaryCache:
                 cfg = work / "config.json"
                 self.client.pull_blob(hit.config_digest, cfg)
                 try:
-                    preimage = json.loads(cfg.read_bytes())
+                    preimage = json.loads(_read_small(cfg, f"{self.ref}:{hit.key}"))
                 except ValueError:
                     raise CacheError("preimage is not JSON", where=f"{self.ref}:{hit.key}") from None
                 if key_of(preimage) != hit.key:
@@ -394,3 +394,15 @@ def _entry_version(entry: Entry) -> Optional[str]:
     if base.startswith(stem + "-"):
         return base[len(stem) + 1:]
     return None
+
+
+def _read_small(path: Path, where: str) -> bytes:
+    """A cache's config blob (a preimage: small), read whole, so capped."""
+    from ..errors import UnsafeTree
+    from ..safetree import read_limited
+
+    try:
+        with open(path, "rb") as f:
+            return read_limited(f, what="config blob", where=where)
+    except UnsafeTree as e:
+        raise CacheError(e.message, where=where) from None
