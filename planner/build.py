@@ -125,7 +125,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     group = None
     if req.sandboxed and limits_mod.enforcement().cgroup is not None:
         try:
-            group = limits_mod.BuildCgroup(f"planner-{build_dir.name}", limits)
+            group = limits_mod.BuildCgroup(f"planner-{os.getpid()}-{build_dir.name}", limits)
         except OSError as exc:
             raise BuildError(node.label(), f"cannot make the build's cgroup: {exc.strerror}") from None
     try:

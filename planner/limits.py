@@ -143,6 +143,32 @@ def _probe() -> tuple[Enforcement, dict[str, Path]]:
     return Enforcement(None, "; ".join(reasons)), {}
 
 
+def _remove_orphans(parent: Path) -> None:
+    """Empty cgroups of planners that were killed before they could remove them
+    (`planner-<pid>-<build>`, the pid gone). Their builds died with them (--die-with-parent)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        if not n.startswith("planner-"):
+            continue
+        pid = n.split("-")[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its planner still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.rmdir(parent / n)
+        except OSError:
+            pass  # not empty after all, or gone
+
+
 class BuildCgroup:
     """One build's cgroup(s): made before it starts, emptied and removed after."""
 
@@ -151,6 +177,7 @@ class BuildCgroup:
         self.version = enf.cgroup
         self.dirs: dict[str, Path] = {}
         for c, parent in parents.items():
+            _remove_orphans(parent)
             d = parent / name
             d.mkdir(exist_ok=True)
             self.dirs[c] = d
@@ -217,9 +244,17 @@ class BuildCgroup:
             time.sleep(0.01)
 
     def remove(self) -> None:
+        import time
+
         self.kill_all()
+        # A pid namespace is torn down after its first process is reaped: the cgroup stays busy
+        # for a moment. What is still left then goes at the next build (_remove_orphans).
         for d in self.dirs.values():
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+            for _ in range(200):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
