@@ -294,7 +294,8 @@ class Resolver:
         if not self.mirrors or not pin.filename:
             return None
         name = pin.filename
-        if not re.fullmatch(r"[A-Za-z0-9_+~-][A-Za-z0-9._+~-]*", name) or len(name) > 255:
+        # Debian writes a version's epoch as %3a in file names (cpp_4%3a12.2.0-3_amd64.deb).
+        if not re.fullmatch(r"[A-Za-z0-9_+~-][A-Za-z0-9._+~%-]*", name) or len(name) > 255:
             raise LockError(f"file name {name!r} in the lock is not a plain file name", where=decl.id)
         from ..fetch import url as urlfetch
 
