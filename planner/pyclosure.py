@@ -150,7 +150,9 @@ def marker_environment(platform: str, python: str) -> dict[str, str]:
 # pip, run with nothing installed but the base (python -S: no site-packages; sys.path is pip's
 # own copy and the stub dist-infos) and the target's marker environment. pip 23 allows --platform
 # only with --target, which ignores what is installed: a dry run installs nothing anywhere, so
-# that restriction is lifted here.
+# that restriction is lifted here. pip 23.2 also downloads every resolved wheel after resolving,
+# dry run or not, only to read metadata it already has from the index (PEP 658): a dry run here
+# keeps that metadata and downloads nothing (a closure of 300 wheels was 500 MB per platform).
 _BOOT = """
 import json, sys
 cfg = json.loads(sys.argv[1])
@@ -159,6 +161,32 @@ import pip._vendor.packaging.markers as markers
 markers.default_environment = lambda: dict(cfg["env"])
 import pip._internal.cli.cmdoptions as cmdoptions
 cmdoptions.check_dist_restriction = lambda options, check_target=False: None
+import pip._internal.operations.prepare as prepare
+from pip._internal.req.req_install import InstallRequirement
+from pip._internal.utils.direct_url_helpers import direct_url_from_link
+_prepare = prepare.RequirementPreparer.prepare_linked_requirement
+def prepare_linked_requirement(self, req, parallel_builds=False):
+    dist = _prepare(self, req, parallel_builds)
+    if req.needs_more_preparation:
+        req.planner_metadata_dist = dist
+    return dist
+_more = prepare.RequirementPreparer.prepare_linked_requirements_more
+def prepare_linked_requirements_more(self, reqs, parallel_builds=False):
+    reqs = list(reqs)
+    for req in reqs:
+        if req.needs_more_preparation and getattr(req, "planner_metadata_dist", None) is not None:
+            req.download_info = direct_url_from_link(req.link)
+            req.needs_more_preparation = False
+    _more(self, reqs, parallel_builds)
+_get_dist = InstallRequirement.get_dist
+def get_dist(self):
+    dist = getattr(self, "planner_metadata_dist", None)
+    if dist is not None and not self.metadata_directory and not self.local_file_path:
+        return dist
+    return _get_dist(self)
+prepare.RequirementPreparer.prepare_linked_requirement = prepare_linked_requirement
+prepare.RequirementPreparer.prepare_linked_requirements_more = prepare_linked_requirements_more
+InstallRequirement.get_dist = get_dist
 from pip._internal.cli.main import main
 sys.exit(main(cfg["args"]))
 """
@@ -166,7 +194,7 @@ sys.exit(main(cfg["args"]))
 
 def resolve_layer(requirements: list[str], base: BaseView, *, platform: str, python: str,
                   as_of: Optional[datetime.datetime] = None, constraints: list[str] = (),
-                  sdists: tuple[str, ...] = ()) -> list[Resolved]:
+                  sdists: tuple[str, ...] = (), metadata_cache: Optional[Path] = None) -> list[Resolved]:
     """pip's resolution of `requirements` for `platform` and CPython `python` (e.g. 3.10.12)
     on top of `base`, as `pip install -r` would do it there: the files the layer adds. A
     distribution of the base is in it only where no version the base has satisfies a
@@ -177,6 +205,10 @@ def resolve_layer(requirements: list[str], base: BaseView, *, platform: str, pyt
 
     pip 23's `--python-version` does not apply a candidate's Requires-Python where the index
     omits it; violators are excluded and the resolution repeated.
+
+    With a date, pip reads the index through a `DatedIndex` that serves each wheel's METADATA
+    (kept by the wheel's sha256 in `metadata_cache`, default `fetch.metadata.default_cache_dir()`)
+    and fetches ahead of pip in parallel (`fetch.prefetch`): pip itself downloads no wheel.
     """
     import pip as _pip
 
@@ -193,7 +225,8 @@ def resolve_layer(requirements: list[str], base: BaseView, *, platform: str, pyt
             _stub_dist_info(installed, d.name, d.version)
         excluded: list[str] = []
         for _attempt in range(20):
-            items = _resolve_once(requirements, list(constraints) + excluded, work, platform, full, as_of, sdists)
+            items = _resolve_once(requirements, list(constraints) + excluded, work, platform, full, as_of, sdists,
+                                  metadata_cache)
             bad = [f"{r.name}!={r.version}" for r in items if not _python_ok(r.requires_python, full)]
             if not bad:
                 return [attrs.evolve(r, replaces=base.version(r.name)) for r in items]
@@ -203,7 +236,8 @@ def resolve_layer(requirements: list[str], base: BaseView, *, platform: str, pyt
 
 
 def _resolve_once(requirements: list[str], constraints: list[str], work: Path, platform: str, python: str,
-                  as_of: Optional[datetime.datetime], sdists: tuple[str, ...]) -> list[Resolved]:
+                  as_of: Optional[datetime.datetime], sdists: tuple[str, ...],
+                  metadata_cache: Optional[Path]) -> list[Resolved]:
     from .fetch.pypi import platform_tags
     from .fetch.simple_index import DatedIndex, pip_index_args
 
@@ -226,12 +260,23 @@ def _resolve_once(requirements: list[str], constraints: list[str], work: Path, p
         return subprocess.run([sys.executable, "-S", "-c", _BOOT, json.dumps(cfg)], capture_output=True, text=True,
                               env=env, stdin=subprocess.DEVNULL)
 
+    errors: list[str] = []
     if as_of is None:
         proc = run([])
     else:
-        with DatedIndex(as_of) as view:
+        from .fetch.metadata import MetadataCache, default_cache_dir
+        from .fetch.prefetch import Prefetcher
+
+        cache = MetadataCache(metadata_cache if metadata_cache is not None else default_cache_dir())
+        watcher = Prefetcher(platform, python, marker_environment(platform, python))
+        wanted = frozenset(normalise(n) for n in sdists)
+        with DatedIndex(as_of, metadata=cache, watcher=watcher, keep=lambda f: watcher.usable(f, wanted)) as view:
+            watcher.attach(view)
             proc = run(pip_index_args(view.url))
+        errors = view.errors
     if proc.returncode != 0:
+        if errors:  # what the index view could not fetch: pip only saw an HTTP 502
+            raise FetchError(f"pip cannot resolve the layer: {errors[-1]}", where="closure")
         last = [line.strip() for line in proc.stderr.splitlines() if line.strip() and "ERROR" in line]
         raise FetchError(f"pip cannot resolve the layer: {last[-1] if last else proc.stderr.strip()[-300:]}",
                          where="closure")

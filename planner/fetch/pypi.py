@@ -182,10 +182,10 @@ def download(
 # -- wheels as of a date, chosen as pip chooses -------------------------------------------------
 
 def _packaging():
-    try:
-        from packaging import specifiers, tags, utils, version
-    except ImportError:  # pragma: no cover - pip always vendors it
-        from pip._vendor.packaging import specifiers, tags, utils, version  # type: ignore
+    # pip's own copy: the supported tags come from pip (`supported_tags`), and a Tag of another
+    # copy of packaging never compares equal to one of pip's (every wheel would look unsupported).
+    from pip._vendor.packaging import specifiers, tags, utils, version  # type: ignore
+
     return specifiers, tags, utils, version
 
 

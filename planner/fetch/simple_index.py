@@ -23,7 +23,10 @@ import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 from ..errors import FetchError
 
@@ -32,6 +35,7 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 _ACCEPT = f"{JSON_TYPE}, text/html;q=0.1"
 _ANCHOR = re.compile(r"<a\s[^>]*?href\s*=\s*[\"']([^\"']+)[\"'][^>]*>\s*([^<]+?)\s*</a>", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class IndexFile(NamedTuple):
@@ -207,9 +211,31 @@ def project_files(index: str, name: str, client) -> Optional[list[IndexFile]]:
 # -- a dated view for pip ----------------------------------------------------------------------
 
 # Project pages fetched in this process, by (index, project): one resolution asks for the same
-# pages again and again (pip's backtracking, a repeated resolution), and the dated view filters
-# them anyway. A process is short-lived (one lock, one resolution script).
-_PAGES: dict[tuple[str, str], Optional[list[IndexFile]]] = {}
+# pages again and again (pip's backtracking, a repeated resolution, the prefetcher ahead of pip),
+# and the dated view filters them anyway. A process is short-lived (one lock, one resolution).
+# Each page is fetched once: a second asker waits for the first one's answer.
+_PAGES: dict[tuple[str, str], "Future[Optional[list[IndexFile]]]"] = {}
+_PAGES_LOCK = threading.Lock()
+
+
+def _cached_page(index: str, name: str, client) -> Optional[list[IndexFile]]:
+    from concurrent.futures import Future
+
+    key = (index, normalise_name(name))
+    with _PAGES_LOCK:
+        fut = _PAGES.get(key)
+        mine = fut is None
+        if mine:
+            fut = _PAGES[key] = Future()
+    if mine:
+        try:
+            fut.set_result(project_files(index, name, client))
+        except BaseException as exc:
+            with _PAGES_LOCK:
+                _PAGES.pop(key, None)  # an error is not kept: the next asker tries again
+            fut.set_exception(exc)
+    return fut.result()
+
 
 def page_json(name: str, files: list[IndexFile]) -> bytes:
     """A PEP 691 project page (with PEP 700 upload times) of `files`; URLs stay absolute."""
@@ -231,22 +257,40 @@ def page_json(name: str, files: list[IndexFile]) -> bytes:
     return json.dumps(doc, sort_keys=True).encode()
 
 
+_FILE_PATH = re.compile(r"/files/([0-9a-f]{64})/([A-Za-z0-9][A-Za-z0-9._+!-]*\.whl)(\.metadata)?")
+
+
 class DatedIndex:
     """A loopback PEP 691 index serving the configured indexes' files uploaded by `cutoff`.
 
     Used as a context manager; `url` is the index URL to give pip (`--index-url`). A project is
     merged over the upstream indexes in order (the first index listing a file name wins), as
     pip merges candidates from an index and its extra indexes.
+
+    With a `metadata` cache, every remote wheel the index gives a sha256 for is served with PEP 658
+    metadata from here (`planner.fetch.metadata`: read once, kept by sha256), so pip reads a few KB
+    where it would download the wheel; the wheel itself is a redirect to the index's URL. `watcher`
+    is told of every page and METADATA served (`page(name, files)`, `metadata(file, bytes)`), so it
+    can fetch what pip will ask for next while pip is busy (`planner.fetch.prefetch`). `keep`, a
+    predicate on a file, leaves out of the pages what pip would reject anyway (wheels for other
+    platforms and Pythons): pip spends seconds of CPU per page on projects with thousands of files.
     """
 
-    def __init__(self, cutoff: _dt.datetime, indexes: Optional[list[str]] = None) -> None:
+    def __init__(self, cutoff: _dt.datetime, indexes: Optional[list[str]] = None, *,
+                 metadata=None, watcher=None, keep=None) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.cutoff = cutoff
         self.indexes = list(indexes) if indexes is not None else index_urls()
         self.errors: list[str] = []
+        self.metadata_cache = metadata
+        self.watcher = watcher
+        self.keep = keep
         self._client = http_client()
         self._lock = threading.Lock()
+        self._by_sha: dict[str, IndexFile] = {}
+        self._meta: dict[str, "Future[bytes]"] = {}
+        self.counts = {"pages": 0, "metadata": 0, "metadata_fetched": 0, "redirects": 0}
         view = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -256,9 +300,11 @@ class DatedIndex:
                 pass
 
             def do_GET(self) -> None:
-                status, body, ctype = view._answer(self.path)
+                status, body, ctype, location = view._answer(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -277,16 +323,17 @@ class DatedIndex:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/simple/"
 
+    @property
+    def client(self):
+        """The view's HTTP client (thread-safe: the prefetcher shares it)."""
+        return self._client
+
     def files(self, name: str) -> Optional[list[IndexFile]]:
         """The project's files on the upstream indexes uploaded by the cutoff (None: unknown)."""
         merged: dict[str, IndexFile] = {}
         known = False
         for index in self.indexes:
-            key = (index, normalise_name(name))
-            with self._lock:  # one upstream request at a time: the client is shared
-                listed = _PAGES.get(key)
-                if key not in _PAGES:
-                    listed = _PAGES[key] = project_files(index, name, self._client)
+            listed = _cached_page(index, name, self._client)
             if listed is None:
                 continue
             known = True
@@ -294,24 +341,92 @@ class DatedIndex:
                 merged.setdefault(f.filename, f)
         return list(merged.values()) if known else None
 
-    def _answer(self, path: str) -> tuple[int, bytes, str]:
-        parts = urllib.parse.urlsplit(path).path.strip("/").split("/")
+    def _servable(self, f: IndexFile) -> bool:
+        return (self.metadata_cache is not None and f.filename.endswith(".whl") and bool(f.sha256)
+                and _SHA256_HEX.fullmatch(f.sha256 or "") is not None and f.url.startswith(("http://", "https://")))
+
+    def served(self, files: list[IndexFile]) -> list[IndexFile]:
+        """`files` as pip sees them here: remote wheels pointed at this server, with metadata."""
+        if self.metadata_cache is None:
+            return files
+        root = self.url[: -len("simple/")]
+        out = []
+        with self._lock:
+            for f in files:
+                if self._servable(f):
+                    self._by_sha.setdefault(f.sha256, f)
+                    f = f._replace(url=f"{root}files/{f.sha256}/{f.filename}", metadata_sha256="")
+                out.append(f)
+        return out
+
+    def metadata(self, f: IndexFile) -> bytes:
+        """The METADATA of wheel `f`, fetched once per file (a second asker waits for the first)."""
+        from concurrent.futures import Future
+
+        from .metadata import wheel_metadata
+
+        with self._lock:
+            fut = self._meta.get(f.sha256)
+            mine = fut is None
+            if mine:
+                fut = self._meta[f.sha256] = Future()
+        if mine:
+            try:
+                hit = self.metadata_cache.get(f.sha256)
+                if hit is None:
+                    self.counts["metadata_fetched"] += 1
+                    hit = wheel_metadata(f, self._client, self.metadata_cache)
+                fut.set_result(hit)
+            except BaseException as exc:
+                with self._lock:
+                    self._meta.pop(f.sha256, None)
+                fut.set_exception(exc)
+            else:
+                if self.watcher is not None:
+                    self.watcher.metadata(f, hit)
+        return fut.result()
+
+    def _answer(self, path: str) -> tuple[int, bytes, str, Optional[str]]:
+        target = urllib.parse.urlsplit(path).path
+        m = _FILE_PATH.fullmatch(target)
+        if m:
+            with self._lock:
+                f = self._by_sha.get(m.group(1))
+            if f is None or f.filename != m.group(2):
+                return 404, b"not found\n", "text/plain", None
+            if not m.group(3):
+                self.counts["redirects"] += 1
+                return 302, b"", "text/plain", f.url
+            try:
+                self.counts["metadata"] += 1
+                return 200, self.metadata(f), "application/octet-stream", None
+            except FetchError as exc:
+                self.errors.append(exc.line() if hasattr(exc, "line") else str(exc))
+                return 502, str(exc).encode() + b"\n", "text/plain", None
+        parts = target.strip("/").split("/")
         if len(parts) != 2 or parts[0] != "simple" or not _NAME.fullmatch(parts[1]):
-            return 404, b"not found\n", "text/plain"
+            return 404, b"not found\n", "text/plain", None
         try:
             files = self.files(parts[1])
         except FetchError as exc:
             self.errors.append(exc.line() if hasattr(exc, "line") else str(exc))
-            return 502, str(exc).encode() + b"\n", "text/plain"
+            return 502, str(exc).encode() + b"\n", "text/plain", None
         if files is None:
-            return 404, b"not found\n", "text/plain"
-        return 200, page_json(parts[1], files), JSON_TYPE
+            return 404, b"not found\n", "text/plain", None
+        self.counts["pages"] += 1
+        if self.watcher is not None:
+            self.watcher.page(parts[1], files)
+        if self.keep is not None:
+            files = [f for f in files if self.keep(f)]
+        return 200, page_json(parts[1], self.served(files)), JSON_TYPE, None
 
     def __enter__(self) -> "DatedIndex":
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)

@@ -139,16 +139,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _serve(self, route: Route, body: bytes) -> None:
-        start = 0
-        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        # RFC 9110 single ranges: `bytes=N-`, `bytes=N-M` and the suffix form `bytes=-N`.
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
         if_range = self.headers.get("If-Range")
-        if route.ranges and m and (if_range is None or if_range == route.etag) and int(m.group(1)) < len(body):
-            start = int(m.group(1))
-            self._headers(route, 206, len(body) - start,
-                          {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+        span = None
+        if route.ranges and m and (m.group(1) or m.group(2)) and (if_range is None or if_range == route.etag):
+            if m.group(1):
+                first = int(m.group(1))
+                last = min(int(m.group(2)), len(body) - 1) if m.group(2) else len(body) - 1
+            else:
+                first, last = max(0, len(body) - int(m.group(2))), len(body) - 1
+            if first <= last and first < len(body):
+                span = (first, last)
+        if span is not None:
+            first, last = span
+            self._headers(route, 206, last - first + 1, {"Content-Range": f"bytes {first}-{last}/{len(body)}"})
+            self.wfile.write(body[first:last + 1])
         else:
             self._headers(route, 200, len(body), {})
-        self.wfile.write(body[start:])
+            self.wfile.write(body)
 
 
 class LoopbackServer:
