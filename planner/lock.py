@@ -133,7 +133,7 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
             # the build platforms it is made for).
             plats = (tuple(p for p in rs.config.platforms if not r.platforms or p in r.platforms)
                      if src.platform_dependent() else (ANY,))
-            as_of = rs.config.resolve_as_of if src.kind == "pypi" else None
+            as_of = (r.resolve_as_of or rs.config.resolve_as_of) if src.kind == "pypi" else None
             d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats, as_of=as_of)
             out[d.id] = d
         for p in r.patches:

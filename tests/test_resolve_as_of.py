@@ -154,3 +154,26 @@ def test_the_dated_choice_is_pips_choice(index: LocalIndex, tmp_path: Path, plat
     dated = download("tagged", "2.0", dist="wheel", dest_dir=tmp_path / "dated", platform=platform,
                      python_version="3.10", as_of=parse_as_of("2026-03-05"))
     assert dated.name == by_pip.name
+
+
+def test_a_recipe_can_take_its_pypi_inputs_as_of_its_own_date(index: LocalIndex, tmp_path: Path) -> None:
+    """A recipe pinned to releases made after the set's date (a base built from newer pins) says
+    so with its own `resolve-as-of`; its inputs are dated by it, the others by set.toml's."""
+    from planner.recipes import load_set
+
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _project(root, "2026-03-05")
+    recipe = root / "recipes" / "t" / "pkg.toml"
+    text = recipe.read_text().replace('version = "1.0"\n\n[inputs', 'version = "1.0"\nresolve-as-of = "2026-03-07"\n\n[inputs', 1)
+    recipe.write_text(text.replace('name = "datedpkg"\nversion = "1.0"', 'name = "datedpkg"\nversion = "1.1"'))
+    assert _lock(root, store).returncode == 0
+    assert "datedpkg-1.1-py3-none-any.whl" in (root / "lockfiles" / "t.lock").read_text()  # uploaded 2026-03-06
+    assert _lock(root, store, "--check").returncode == 0
+    # Without its own date the set's applies, and 1.1 was not on the index by then.
+    recipe.write_text(recipe.read_text().replace('resolve-as-of = "2026-03-07"\n', ""))
+    run = _lock(root, store, "--update", "pkg")
+    assert run.returncode != 0 and "datedpkg==1.1" in run.stdout + run.stderr
+    recipe.write_text(recipe.read_text().replace('version = "1.0"\n\n[inputs', 'version = "1.0"\nresolve-as-of = "soon"\n\n[inputs', 1))
+    with pytest.raises(RecipeError) as e:
+        load_set(root, "t")
+    assert e.value.line().startswith("recipes/t/pkg.toml") and "resolve-as-of" in e.value.line()

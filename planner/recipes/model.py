@@ -139,6 +139,9 @@ class Recipe:
     estimate: str = "10s"
     image: Optional[ImageSpec] = None
     platforms: list[str] = attrs.field(factory=list)  # only these platforms (empty: all)
+    # This recipe's PyPI inputs as of another date than set.toml's `resolve-as-of` (a recipe pinned
+    # to releases made after the set's date, such as a base built from newer pins).
+    resolve_as_of: Optional[str] = None
     file: str = ""  # where it was loaded from (not part of the TOML)
 
     @property

@@ -33,6 +33,14 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
     for a in r.axes:
         if a not in AXES:
             raise err("axes", f"unknown variant axis {a!r} (one of {', '.join(AXES)})")
+    if r.resolve_as_of is not None:
+        from ..errors import FetchError
+        from ..fetch.simple_index import parse_as_of
+
+        try:
+            parse_as_of(r.resolve_as_of)
+        except FetchError as exc:
+            raise err("resolve-as-of", exc.message) from None
     if r.build.builder == "shell" and not r.build.script:
         raise err("script", "the shell builder needs build.script")
     if r.build.builder == "oci-image" and r.image is None:
