@@ -75,7 +75,7 @@ def store_roots(ctx: Context) -> None:
     from ..sizes import human, node_sizes
     from ..store import Store
 
-    st = Store(ctx.store_for_read())
+    st = Store.for_reading(ctx.store_for_read())
     try:
         roots = st.live_roots()
         runs = st.runs(limit=1000)
@@ -108,7 +108,7 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
     from ..store import Store
 
     name = default_set(ctx, set_name)
-    st = Store(ctx.store_for_read())
+    st = Store.for_reading(ctx.store_for_read())
     try:
         rec = next((r for _i, r in st.runs(limit=1000) if r.get("set") == name), None)
     finally:

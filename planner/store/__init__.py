@@ -46,7 +46,7 @@ class Store:
             return
         if self.root.is_dir() and not os.access(self.root, os.W_OK):
             raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}); commands that only "
-                             f"read it (store verify, store roots, a no-op realise) still work", where=str(self.root))
+                             f"read it (store verify, store roots, store size, show, a no-op realise) still work", where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         refuse_damaged_index(self.root)
@@ -66,6 +66,11 @@ class Store:
             raise StoreError(f"cannot open the store index: {exc}{hint}", where=str(self.root / "index.sqlite")) from None
         if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
+
+    @classmethod
+    def for_reading(cls, root: Path) -> "Store":
+        """A command that only reads: read-only when this user cannot write the store."""
+        return cls(root, read_only=Path(root).is_dir() and not os.access(root, os.W_OK))
 
     def _open_read_only(self) -> None:
         """For commands that only read (verify): works on a store this user cannot write."""
