@@ -45,12 +45,18 @@ def write_wheel(members: dict[str, tuple[bytes, bool]], out: Path, *, source_dat
             raise ValueError(f"wheel needs exactly one .dist-info directory, found {dist_info}")
         record_name = f"{dist_info[0]}/RECORD"
     members = {n: v for n, v in members.items() if n != record_name}
-    lines = []
+    # RECORD is CSV (PEP 376): a member name with a comma or a quote is quoted (SGLang ships
+    # `…/E=1,N=14336,device_name=…,dtype=int8_w8a16.json`); other names are written as they are.
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
     for name in sorted(members, key=_order):
         data, _ = members[name]
-        lines.append(f"{name},{_record_hash(data)},{len(data)}")
-    lines.append(f"{record_name},,")
-    members[record_name] = (("\n".join(lines) + "\n").encode(), False)
+        writer.writerow([name, _record_hash(data), len(data)])
+    writer.writerow([record_name, "", ""])
+    members[record_name] = (buf.getvalue().encode(), False)
     date_time = zip_time(source_date_epoch)
     tmp = out.with_name(out.name + ".tmp")
     with zipfile.ZipFile(tmp, "w") as zf:
