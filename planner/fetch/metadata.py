@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import FetchError
-from .simple_index import IndexFile
+from .indexfile import IndexFile
 
 # METADATA of the largest wheels is tens of KB; more is not metadata.
 MAX_METADATA = 16 << 20

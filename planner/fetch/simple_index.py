@@ -23,12 +23,13 @@ import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
 from ..errors import FetchError
+from .indexfile import IndexFile
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
@@ -36,16 +37,6 @@ _ACCEPT = f"{JSON_TYPE}, text/html;q=0.1"
 _ANCHOR = re.compile(r"<a\s[^>]*?href\s*=\s*[\"']([^\"']+)[\"'][^>]*>\s*([^<]+?)\s*</a>", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-class IndexFile(NamedTuple):
-    filename: str
-    url: str
-    sha256: Optional[str]  # None where the index gives no sha256 (then only the lock pins it)
-    upload_time: Optional[str] = None  # PEP 700, as the index wrote it
-    requires_python: Optional[str] = None
-    yanked: bool | str = False  # PEP 592: False, True or the reason
-    metadata_sha256: Optional[str] = None  # PEP 714 core metadata beside the file ("" = present, no hash)
 
 
 def normalise_name(name: str) -> str:
