@@ -33,12 +33,15 @@ def planner(proj: Project, *args: str, env: dict | None = None) -> subprocess.Co
                           cwd=proj.root, timeout=120)
 
 
+# Only what answering imported counts: an interpreter's start-up may already hold some of these
+# (a finder-style editable install's .pth imports pathlib before any planner code runs).
 PROBE = """
 import sys
+started = set(sys.modules)
 from planner.entry import answer_noop
 hit = answer_noop(sys.argv[1:])
 heavy = sorted(m for m in ("click", "planner.cli", "attrs", "planner.recipes", "planner.realise", "sqlite3",
-                           "pathlib", "json", "hashlib") if m in sys.modules)
+                           "pathlib", "json", "hashlib") if m in sys.modules and m not in started)
 print("HIT" if hit else "MISS", ",".join(heavy), file=sys.stderr)
 """
 
