@@ -96,7 +96,7 @@ def write_set(root: Path, n: int, seed: int) -> int:
     (folder / "top.toml").write_text(
         'name = "top"\nversion = "1.0"\ndeps = [' + ", ".join(f'"n{i:06d}"' for i in sinks) + ']\n\n'
         '[build]\nbuilder = "shell"\nscript = "true"\n')
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\nbuild-root = "host"\n')
     return 1 + max(depth)
 
 

@@ -99,7 +99,7 @@ class Cause:
             "script": f"build script of {self.recipe}",
             "builder": f"builder of {self.recipe} ({self.field})",
             "variant": f"variant axis {self.field} of {self.recipe}",
-            "host-package": f"host package {self.field} (used by {self.recipe})",
+            "host-package": f"host package {self.field} (used by {self.recipe}; build-root = \"host\": NOT HERMETIC)",
             "epoch": "SOURCE_DATE_EPOCH",
             "version": f"version of {self.recipe}",
             "deps": f"dependencies of {self.recipe} ({self.field})",

@@ -149,10 +149,18 @@ class _Planner:
         """The set's build root for this build platform, for every node that runs a sandboxed
         build on the build machine's side (and the image, whose compressor comes from it).
         Its digest is in the key through `deps`; its host axis is not one of the node's."""
-        br = self.rs.config.build_root
-        if br is None or not uses_build_root(r.build.builder, r.build.rootfs):
+        if not uses_build_root(r.build.builder, r.build.rootfs):
             return []
-        return [(BUILD_ROOT_MOUNT, br, Variant(host=full.host))]
+        cfg = self.rs.config
+        if cfg.build_root is None:
+            # As Nix's sandbox: no silent fallback to the machine's own tools.
+            raise GraphError(f"{r.name} is a sandboxed {r.build.builder} build and the set names no build root: "
+                             "set build-root to a debian-rootfs recipe of pinned .debs (axes = [\"host\"]), or "
+                             "build-root = \"host\" to build with this machine's /usr (not hermetic: keys then "
+                             "carry its package versions)", where=f"recipes/{self.rs.name}/set.toml: build-root")
+        if cfg.root_recipe is None:
+            return []  # build-root = "host": the host packages go into the key instead
+        return [(BUILD_ROOT_MOUNT, cfg.root_recipe, Variant(host=full.host))]
 
     def _id(self, name: str, full: Variant) -> str:
         key = (name, full)

@@ -150,6 +150,14 @@ def validity(plan: "Dag", store: "Store", roots: Iterable[str], *, rebuild: bool
                     known=known, valid=valid, needed=plan.needed(roots, valid))
 
 
+def host_root_warning(planned: Planned) -> list[str]:
+    """The loud line for a set that opted out of a pinned build root."""
+    if not planned.rs.config.on_host:
+        return []
+    return [f"set {planned.set_name!r} builds with this machine's /usr (recipes/{planned.set_name}/set.toml: "
+            "build-root = \"host\"): NOT HERMETIC, its keys carry this host's package versions"]
+
+
 def unlocked_outside(planned: Planned, needed: set[str]) -> list[str]:
     """One warning line naming the unlocked inputs that nothing this realise builds uses."""
     unlocked_ids = {id_ for id_, li in planned.lock.inputs.items() if li.status != "locked"}

@@ -73,7 +73,10 @@ def from_planned(planned) -> PlanTable:
         nodes[nid] = TableNode(nid, node.name, node.variant.label(), node.variant.platform, node.key, node.builder,
                                node.estimate, dict(node.deps), requires[nid], node.impure,
                                sorted({ref.decl for ref in node.inputs.values() if not ref.locked}), by, via)
-    return PlanTable(p.set, nodes, tuple(p.targets), tuple(p.roots), tuple(stale_warnings(planned)))
+    from .planning import host_root_warning
+
+    return PlanTable(p.set, nodes, tuple(p.targets), tuple(p.roots),
+                     tuple(host_root_warning(planned) + stale_warnings(planned)))
 
 
 def runtime_edges(p) -> dict[str, list[str]]:

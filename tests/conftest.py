@@ -50,3 +50,24 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     umask=0o077, prefix=prefix)
     return {"a": json.loads(a.stdout), "b": json.loads(b.stdout), "store_a": store_a, "store_b": store_b,
             "faketime": bool(prefix)}
+
+
+@pytest.fixture(scope="session")
+def build_root_project(tmp_path_factory: pytest.TempPathFactory):
+    """A test set whose shell and unpack nodes build in a real build root (tests/support/buildroot.py:
+    52 pinned Debian 12 .debs), realised once per test session. Returns (project, realise JSON)."""
+    from .support.buildroot import add_build_root
+    from .support.project import Project
+
+    proj = Project.empty(tmp_path_factory.mktemp("buildroot"), target="b")
+    proj.source_file("src/a/data.txt", "alpha\n")
+    proj.recipe("a", source="src/a", script="cat data.txt > $out/a.txt")
+    # What the sandbox sees as /usr: the build root's, not this machine's (which has bwrap).
+    proj.recipe("b", deps=["a"], script="test ! -e /usr/bin/bwrap && echo pinned-usr > $out/where.txt\n"
+                                         "python3 -c 'import sys; print(sys.version.split()[0])' > $out/python.txt\n"
+                                         "cat /deps/a/a.txt > $out/a.txt")
+    add_build_root(proj, target="b")
+    proj.lock()
+    res = proj.cli("realise", "--json")
+    assert res.returncode == 0, res.stderr
+    return proj, res.json()

@@ -213,7 +213,7 @@ def _svg(stdout: str) -> ET.Element:
 
 def test_plan_svg_top_to_bottom_with_legend_platforms_and_dashed_requires(tmp_path: Path) -> None:
     proj = Project.empty(tmp_path, target="app")
-    (proj.folder / "set.toml").write_text('target = "app"\nsource-date-epoch = 1700000000\n'
+    (proj.folder / "set.toml").write_text('target = "app"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
                                           'platforms = ["linux/amd64", "linux/arm64"]\n')
     proj.recipe("lib", extra='axes = ["platform"]')
     proj.recipe("tool")

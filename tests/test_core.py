@@ -29,7 +29,7 @@ def _variant_project(tmp_path: Path) -> Project:
     """k (platform x cuda) <- w (pure, no axes) <- top (requires both), for 2 platforms x 2 CUDA sets."""
     proj = Project.empty(tmp_path, target="top")
     (proj.folder / "set.toml").write_text(
-        'target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+        'target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64", "linux/arm64"]\n'
         '[cuda]\ndefault = ["sm_90a", "sm_100a"]\nsm100a = ["sm_100a"]\n')
     proj.recipe("k", extra='axes = ["platform", "cuda"]')
     proj.recipe("w", deps=["k"])

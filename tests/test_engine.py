@@ -722,7 +722,7 @@ def test_plan_handles_a_deep_chain() -> None:
     recipes = {f"n{i}": Recipe(name=f"n{i}", version="1", build=Build(builder="shell", script="true"),
                                deps=[f"n{i - 1}"] if i else []) for i in range(n)}
     rs = RecipeSet(name="t", root=Path("/nonexistent"),
-                   config=SetConfig(target=f"n{n - 1}", source_date_epoch=1, platforms=["linux/amd64"]),
+                   config=SetConfig(target=f"n{n - 1}", source_date_epoch=1, platforms=["linux/amd64"], build_root="host"),
                    recipes=recipes)
     p = plan(rs, Lock(set="t", recipes="x", source_date_epoch=1), H(platform="linux/amd64"))
     assert len(p.nodes) == n

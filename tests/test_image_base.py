@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def _project(root: Path, ref: str) -> None:
     folder = root / "recipes/onbase"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "probe"\nsource-date-epoch = 1700000000\n'
+    (folder / "set.toml").write_text('target = "probe"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
                                      'platforms = ["linux/amd64", "linux/arm64"]\n')
     (folder / "pulled.toml").write_text(
         f'name = "pulled"\nversion = "1"\n[source]\nkind = "image"\nurl = "{ref}"\n'

@@ -12,7 +12,7 @@ from .support.gitrepo import GitRepo
 def _project(root: Path, url: str) -> None:
     folder = root / "recipes/g"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "x"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "x"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     (folder / "x.toml").write_text(f'name = "x"\nversion = "1"\n[source]\nkind = "git"\nurl = "{url}"\nrev = "v1"\n'
                                    '[build]\nbuilder = "shell"\nscript = "cp VERSION $out/"\n')
 

@@ -31,7 +31,7 @@ def _tarball(text: bytes) -> bytes:
 def _project(root: Path, *, sha256: str | None) -> None:
     folder = root / "recipes/air"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     (folder / "apex.toml").write_text(
         f'name = "apex"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{APEX}"\nrev = "main"\n'
         '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')

@@ -79,7 +79,7 @@ def test_add_writes_no_file_through_a_planted_symlink(tmp_path: Path) -> None:
 def _air_project(root: Path, sha256: str) -> None:
     folder = root / "recipes/air"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     (folder / "apex.toml").write_text(
         f'name = "apex"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{APEX}"\nrev = "main"\n'
         '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
@@ -119,7 +119,7 @@ def test_add_local_repository_and_file_then_lock_and_realise_over_http(tmp_path:
 def _export_project(root: Path, git_url: str, file_url: str, sha: str) -> None:
     folder = root / "recipes/ex"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n'
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n'
                                      'resolve-as-of = "2026-03-05"\n')
     (folder / "lib.toml").write_text(
         f'name = "lib"\nversion = "0.1"\n[source]\nkind = "git"\nurl = "{git_url}"\nrev = "main"\n'

@@ -19,7 +19,7 @@ def _project(root: Path, missing_repo: Path) -> None:
     folder.mkdir(parents=True)
     (root / "src").mkdir()
     (root / "src/hello.txt").write_text("hello\n")
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\n'
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
                                      'platforms = ["linux/amd64", "linux/arm64"]\n')
     (folder / "fetched.toml").write_text(
         f'name = "fetched"\nversion = "1"\n[source]\nkind = "git"\nurl = "{missing_repo.as_uri()}"\n'
@@ -119,7 +119,7 @@ def test_adding_a_platform_keeps_the_pins_of_the_others(tmp_path: Path) -> None:
     root, store = tmp_path / "proj", tmp_path / "store"
     folder = root / "recipes/grow"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "w"\nsource-date-epoch = 1700000000\n'
+    (folder / "set.toml").write_text('target = "w"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
                                      'platforms = ["linux/amd64", "linux/arm64"]\n')
     recipe = ('name = "w"\nversion = "1"\n{plat}[inputs.six]\nkind = "pypi"\nname = "six"\nversion = "1.17.0"\n'
               'dist = "wheel"\nper-platform = true\n[build]\nbuilder = "prebuilt-wheel"\n')

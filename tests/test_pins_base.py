@@ -103,7 +103,7 @@ def test_place_outside_the_rootfs_is_refused(tmp_path: Path, rel: str) -> None:
 def _aliased(root: Path, alias_to: str, *, bad: str = "") -> None:
     folder = root / "recipes/al"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n'
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n'
                                      f'aliases = {{ base = "{alias_to}" }}\n{bad}'
                                      '[cuda]\nsmall = ["sm_100a"]\nwide = ["sm_90a", "sm_100a"]\n')
     for name, text in (("one", "one\n"), ("two", "two\n")):

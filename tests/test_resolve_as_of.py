@@ -100,7 +100,7 @@ def _project(root: Path, as_of: str | None) -> None:
     (root / "recipes" / "t").mkdir(parents=True, exist_ok=True)
     line = f'resolve-as-of = "{as_of}"\n' if as_of else ""
     (root / "recipes" / "t" / "set.toml").write_text(
-        f'target = "pkg"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n{line}')
+        f'target = "pkg"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n{line}')
     (root / "recipes" / "t" / "pkg.toml").write_text(
         'name = "pkg"\nversion = "1.0"\n\n[inputs.datedpkg]\nkind = "pypi"\nname = "datedpkg"\nversion = "1.0"\n'
         'dist = "wheel"\npython = "3.10"\nper-platform = true\n\n[build]\nbuilder = "prebuilt-wheel"\n')

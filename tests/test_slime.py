@@ -55,6 +55,7 @@ EXPECTED_NODES = {
     "slime-source": 1,  # the checkouts users run scripts from, as file trees
     "megatron-lm-source": 1,
     "image": 1,
+    "buildroot": 1,  # set.toml's build-root: once per build platform (this machine's)
 }
 # What profile "pins" leaves out (set.toml says why, line by line) and "registry" keeps.
 LEFT_OUT = {"apt-tools": 2, "transformer-engine": 2, "mbridge": 1, "megatron-bridge": 1, "nvidia-cudnn-cu12": 2,
@@ -102,6 +103,7 @@ def test_set_loads_with_the_reference_pins(rs):
     assert normalise_archs(cfg.archs("sm100a", "linux/arm64")) == ["sm_100a"]
     assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, *LEFT_OUT, "sglang-base", "image-core"])
     assert cfg.profile == "pins" and set(cfg.profiles) == {"pins", "registry"}
+    assert rs.config.build_root == "buildroot"
     pins = {
         "apex": "10417aceddd7d5d05d7cbf7b0fc2daad1105f8b4",
         "int4-qat": "7014942c17625732dbe9239c0aa9d8e7d7265ccc",
@@ -162,7 +164,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 30
+    assert len(the_plan.nodes) == TOTAL_NODES == 31
     assert the_plan.targets == ("image",)
 
 

@@ -26,7 +26,7 @@ Say hello properly.
 def _project(root: Path, place: str) -> None:
     folder = root / "recipes/trees"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "img"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "img"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     src = root / "src/proj"
     (src / "tools").mkdir(parents=True)
     (src / "train.py").write_text('print("helo")\n')

@@ -25,7 +25,7 @@ def served(tmp_path: Path):
 def _project(root: Path, parent: str, sub: str, sub_rev: str | None) -> None:
     folder = root / "recipes/sm"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "top"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     subsection = (f'[inputs."source/sub/third_party/lib"]\nkind = "git"\nurl = "{sub}"\nrev = "{sub_rev}"\n'
                   if sub_rev else "")
     (folder / "top.toml").write_text(

@@ -128,7 +128,7 @@ def _tarball(files: dict[str, bytes], compress: str) -> bytes:
 def _shell_set(root: Path, url: str, script_b: str = "cat /deps/a/a.txt > $out/b.txt") -> None:
     folder = root / "recipes/small"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "set.toml").write_text('target = "b"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "b"\nsource-date-epoch = 1700000000\nbuild-root = "host"\nplatforms = ["linux/amd64"]\n')
     (folder / "a.toml").write_text(f'name = "a"\nversion = "1.0"\n[source]\nkind = "url"\nurl = "{url}"\n'
                                    '[build]\nbuilder = "shell"\nscript = "cat data.txt > $out/a.txt"\n')
     (folder / "b.toml").write_text('name = "b"\nversion = "1"\ndeps = ["a"]\n[build]\nbuilder = "shell"\n'

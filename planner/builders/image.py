@@ -195,7 +195,7 @@ def preimage_extras(rs: "RecipeSet", lock: "Lock", recipe: "Recipe") -> dict[str
         queue.extend(rs.recipes[name].deps + rs.recipes[name].toolchains + rs.recipes[name].requires)
     return {
         "requires": dict(sorted(requires.items())),
-        "compressor": compressor_id(recipe.image.compression, build_root=rs.config.build_root is not None),
+        "compressor": compressor_id(recipe.image.compression, build_root=rs.config.root_recipe is not None),
         "attest": {
             "planner": __version__,
             "lock": lock_summary(lock, [d for d in declarations(rs).values() if d.recipe in built]),

@@ -150,6 +150,9 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
             real = store.realisation(root.key) if store is not None else None
             click.echo(f"# build root {root.id}  key {root.key}  output "
                        + (real.digest if real is not None else "not built yet (its key pins every .deb)"))
+        elif n.preimage.host is not None:
+            click.echo("# build root: HOST /usr (set.toml build-root = \"host\"): NOT HERMETIC, the key "
+                       "carries this machine's package versions")
         if n.limits is not None:
             from ..limits import describe_limits
 

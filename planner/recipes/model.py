@@ -168,6 +168,10 @@ class Recipe:
         return out
 
 
+# `build-root = "host"`: the opt-out from a pinned build root (not a recipe name).
+HOST_ROOT = "host"
+
+
 @attrs.frozen
 class SetConfig:
     target: str
@@ -180,7 +184,9 @@ class SetConfig:
     # so re-locking later gives the same files (fetch/simple_index.py says how it is read).
     resolve_as_of: Optional[str] = None
     # The recipe (a debian-rootfs with the host axis) whose root filesystem every sandboxed
-    # build of the set runs in instead of the host's /usr: one per build platform.
+    # build of the set runs in instead of the host's /usr: one per build platform. HOST_ROOT
+    # ("host") is the explicit opt-out: the host's /usr, keys carry host package versions, and
+    # `planner plan`/`show`/`why` say so. A set with sandboxed builds must choose one.
     build_root: Optional[str] = None
     # name -> recipe: a name that recipes use in deps, toolchains, requires, rootfs and image
     # base/layers, standing for the recipe set.toml chooses (one line picks slime's base).
@@ -191,6 +197,15 @@ class SetConfig:
     # ("" : dropped from requires and image layers; a build dependency on it is an error).
     profile: Optional[str] = None
     profiles: dict[str, dict[str, str]] = attrs.field(factory=dict)
+
+    @property
+    def root_recipe(self) -> Optional[str]:
+        """The build root recipe, None when the set has none or opts out to the host's /usr."""
+        return None if self.build_root in (None, HOST_ROOT) else self.build_root
+
+    @property
+    def on_host(self) -> bool:
+        return self.build_root == HOST_ROOT
 
     def archs(self, variant: str, platform: Optional[str]) -> list[str]:
         value = self.cuda[variant]

@@ -201,7 +201,7 @@ def _check_references(rs: RecipeSet) -> None:
     if rs.config.target not in rs.recipes:
         raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
                           where=f"recipes/{rs.name}/set.toml: target")
-    br = rs.config.build_root
+    br = rs.config.root_recipe
     if br is not None:
         if br not in rs.recipes:
             raise RecipeError(f"build-root names {br!r}, which is not a recipe of this set",

@@ -33,7 +33,7 @@ from .support import (assert_clean_error, cli, clean_env, entries, error_lines, 
 
 ROW = "6. Hostile input"
 
-SET_TOML = f'target = "x"\nsource-date-epoch = {EPOCH}\nplatforms = ["linux/amd64"]\n'
+SET_TOML = f'target = "x"\nsource-date-epoch = {EPOCH}\nplatforms = ["linux/amd64"]\nbuild-root = "host"\n'
 
 
 def _canary() -> str:

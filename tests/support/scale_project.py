@@ -22,7 +22,7 @@ from .project import EPOCH, Project, _toml_str
 def write_set_toml(proj: Project, *, target: str, platforms: tuple[str, ...] = ("linux/amd64",)) -> None:
     plats = ", ".join(_toml_str(p) for p in platforms)
     (proj.folder / "set.toml").write_text(
-        f"target = {_toml_str(target)}\nsource-date-epoch = {EPOCH}\nplatforms = [{plats}]\n")
+        f"target = {_toml_str(target)}\nsource-date-epoch = {EPOCH}\nplatforms = [{plats}]\nbuild-root = \"host\"\n")
 
 
 def scale_set(tmp_path: Path, *, slow_seconds: float = 3.0) -> Project:
