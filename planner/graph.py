@@ -285,6 +285,8 @@ class _Planner:
             if li is None:
                 raise LockError(f"not in the lock: run `planner lock {self.rs.name}`", where=decl.id)
             platform = None if decl.platforms == (ANY,) else (variant.platform or variant.host)
+            if decl.source is not None and not decl.source.for_platform(platform):
+                continue  # an apt input whose per-platform names leave this platform out
             if li.status != "locked":
                 # A prefetched tree hash keys the node as the real content will; without one,
                 # the key names the input, not the error text of the machine that tried.

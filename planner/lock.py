@@ -95,7 +95,9 @@ class InputDecl:
         if s.kind == "pypi":
             return f"{s.name}=={s.version} ({s.dist})"
         if s.kind == "apt":
-            return f"{s.name}={s.version}" if s.version else str(s.name)
+            name = (", ".join(f"{p}: {n}" for p, n in sorted(s.names.items())) if s.names is not None
+                    else str(s.name))
+            return f"{name}={s.version}" if s.version else name
         if s.kind == "path":
             return str(s.path)
         return str(s.url)
@@ -131,7 +133,8 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
         for name, src in r.all_sources().items():
             # A recipe built for some platforms only needs pins for those (for a host-axis recipe,
             # the build platforms it is made for).
-            plats = (tuple(p for p in rs.config.platforms if not r.platforms or p in r.platforms)
+            plats = (tuple(p for p in rs.config.platforms if (not r.platforms or p in r.platforms)
+                           and src.for_platform(p))
                      if src.platform_dependent() else (ANY,))
             as_of = (r.resolve_as_of or rs.config.resolve_as_of) if src.kind == "pypi" else None
             d = InputDecl(id=f"{r.name}/{name}", recipe=r.name, name=name, source=src, platforms=plats, as_of=as_of)

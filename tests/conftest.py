@@ -55,7 +55,7 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def build_root_project(tmp_path_factory: pytest.TempPathFactory):
     """A test set whose shell and unpack nodes build in a real build root (tests/support/buildroot.py:
-    52 pinned Debian 12 .debs), realised once per test session. Returns (project, realise JSON)."""
+    54 pinned Debian 12 .debs), realised once per test session. Returns (project, realise JSON)."""
     from .support.buildroot import add_build_root
     from .support.project import Project
 

@@ -308,6 +308,11 @@ class _ImageBuild:
 
         self.zpin = (load_zlib(req.deps[BUILD_ROOT_MOUNT].path)
                      if BUILD_ROOT_MOUNT in req.deps and self.compression == "gzip" else None)
+        # zstd likewise: the build root's binary through its own loader, not the host's zstd.
+        from ..oci.zstdpin import load as load_zstd
+
+        self.zstdpin = (load_zstd(req.deps[BUILD_ROOT_MOUNT].path)
+                        if BUILD_ROOT_MOUNT in req.deps and self.compression == "zstd" else None)
         self.base_images = {name.split("/", 1)[1]: e for name, e in req.inputs.items()
                             if name.startswith("base-image/")}
 
@@ -348,7 +353,8 @@ class _ImageBuild:
                 facts.extend(self._install(recipe, entry, layer_tree, stage))
             layer_tree.close()
             layer = write_layer([LayerSource(root)], self.blobs, source_date_epoch=self.sde,
-                                compression=self.compression, zlib_pin=self.zpin)
+                                compression=self.compression, zlib_pin=self.zpin,
+                                zstd_pin=self.zstdpin)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         what = "planner: install " + ", ".join([f"{f.distribution} {f.version}" for f in facts]
@@ -403,7 +409,8 @@ class _ImageBuild:
         key = ("base", entry.digest)
         if key not in self.layer_cache:
             layer = write_layer([LayerSource(entry.path)], self.blobs, source_date_epoch=self.sde,
-                                compression=self.compression, zlib_pin=self.zpin)
+                                compression=self.compression, zlib_pin=self.zpin,
+                                zstd_pin=self.zstdpin)
             self.layer_cache[key] = (layer, f"planner: base {self.base}", ())
             self.log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): "
                            f"base {self.base} [{platform}]\n")
@@ -447,7 +454,8 @@ class _ImageBuild:
         from ..oci.attest import write_attestations
 
         facts = ImageFacts(name=self.node.name, version=self.node.version, indexes=indexes,
-                           manifests=tuple(manifests), compressor=compressor_id(self.compression, zlib_pin=self.zpin))
+                           manifests=tuple(manifests), compressor=compressor_id(self.compression, zlib_pin=self.zpin,
+                                                                  zstd_pin=self.zstdpin))
         write_attestations(self.out / ATTESTATIONS_DIR, facts, build_facts(self.node, self.req))
         self.log.write(f"attestations in {ATTESTATIONS_DIR}/\n")
 

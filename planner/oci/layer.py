@@ -42,6 +42,7 @@ from .descriptor import MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, AtomicBlob, Descript
 
 if TYPE_CHECKING:
     from .zlibpin import PinnedZlib
+    from .zstdpin import PinnedZstd
 
 Compression = Literal["gzip", "zstd"]
 
@@ -231,12 +232,14 @@ def _zstd_version() -> str:
 
 
 def compressor_id(compression: Compression, level: int | None = None, *, zlib_pin: "PinnedZlib | None" = None,
-                  build_root: bool = False) -> str:
+                  zstd_pin: "PinnedZstd | None" = None, build_root: bool = False) -> str:
     """Identity of the exact compressor, to put in a layer's preimage.
 
     gzip: `gzip:zlib-<runtime version>:<level>:hdr1` ("hdr1" names our fixed gzip header);
     zstd: `zstd:cli-<version>:<level>:mt` (the CLI's multithreaded mode gives the same bytes for
     any thread count, measured with 1.5.4, but differs from --single-thread).
+    With a build root both come from it (`-build-root`), and at plan time (`build_root`) its digest
+    in the key stands for the version: no host tool is asked.
     """
     if compression == "gzip":
         level = GZIP_LEVEL if level is None else level
@@ -246,7 +249,12 @@ def compressor_id(compression: Compression, level: int | None = None, *, zlib_pi
             return f"gzip:zlib-build-root:{level}:hdr1"
         return f"gzip:zlib-{zlib.ZLIB_RUNTIME_VERSION}:{level}:hdr1"
     if compression == "zstd":
-        return f"zstd:cli-{_zstd_version()}:{ZSTD_LEVEL if level is None else level}:mt"
+        level = ZSTD_LEVEL if level is None else level
+        if zstd_pin is not None:
+            return f"zstd:cli-{zstd_pin.version}-build-root:{level}:mt"
+        if build_root:
+            return f"zstd:build-root:{level}:mt"
+        return f"zstd:cli-{_zstd_version()}:{level}:mt"
     raise OciError(f"unknown layer compression: {compression!r}")
 
 
@@ -304,12 +312,14 @@ class _PinnedGzipStream:
 
 
 class _ZstdStream:
-    """The zstd CLI as a filter; a thread drains its stdout so neither side blocks."""
+    """The zstd CLI as a filter (the build root's, or the host's in a set without one); a thread
+    drains its stdout so neither side blocks."""
 
-    def __init__(self, out: Callable[[bytes], object], level: int) -> None:
-        _zstd_version()
+    def __init__(self, out: Callable[[bytes], object], level: int, pin: "PinnedZstd | None" = None) -> None:
+        if pin is None:
+            _zstd_version()
         self._proc = subprocess.Popen(
-            ["zstd", "-q", f"-{level}", "-T0", "-c", "-"],
+            [*(pin.argv if pin is not None else ("zstd",)), "-q", f"-{level}", "-T0", "-c", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -372,6 +382,7 @@ def write_layer(
     compression: Compression = "gzip",
     level: int | None = None,
     zlib_pin: "PinnedZlib | None" = None,
+    zstd_pin: "PinnedZstd | None" = None,
 ) -> Layer:
     """Write one layer blob under blobs_dir/sha256/ and return its descriptor and diff_id.
 
@@ -380,7 +391,7 @@ def write_layer(
     """
     if isinstance(source_date_epoch, bool) or not isinstance(source_date_epoch, int) or source_date_epoch < 0:
         raise OciError(f"source_date_epoch must be a non-negative int, got {source_date_epoch!r}")
-    ident = compressor_id(compression, level, zlib_pin=zlib_pin)
+    ident = compressor_id(compression, level, zlib_pin=zlib_pin, zstd_pin=zstd_pin)
     entries = collect_entries(sources)
     media_type = MEDIA_LAYER_GZIP if compression == "gzip" else MEDIA_LAYER_ZSTD
     with AtomicBlob(blobs_dir) as blob:
@@ -390,7 +401,7 @@ def write_layer(
         elif compression == "gzip":
             stream = _GzipStream(blob.write, GZIP_LEVEL if level is None else level)
         else:
-            stream = _ZstdStream(blob.write, ZSTD_LEVEL if level is None else level)
+            stream = _ZstdStream(blob.write, ZSTD_LEVEL if level is None else level, zstd_pin)
         writer = _LayerWriter(stream)
         try:
             write_tar_entries(entries, writer, mtime=source_date_epoch)

@@ -43,6 +43,20 @@ class Source:
     platform: Optional[str] = None  # pypi wheels: always this platform (a cross target's runtime)
     tree: Optional[str] = None  # expected tree hash (a prefetched pin, checked when fetched)
     suite: Optional[str] = None  # apt: the distribution it must come from, e.g. "ubuntu/jammy"
+    # apt: the package's name per platform, instead of `name`, where Debian spells it per
+    # architecture (binutils-x86-64-linux-gnu / binutils-aarch64-linux-gnu); a platform absent
+    # from the table has no such input (libquadmath0 exists for amd64 only).
+    names: Optional[dict[str, str]] = None
+
+    def apt_name(self, platform: Optional[str]) -> str:
+        """The Debian package this apt input stands for on `platform`."""
+        if self.names is not None:
+            return self.names[str(platform)]
+        return str(self.name)
+
+    def for_platform(self, platform: Optional[str]) -> bool:
+        """Whether the input exists on `platform` (per-platform apt names may leave some out)."""
+        return self.names is None or platform in self.names
 
     def unpacks(self) -> bool:
         if self.unpack is not None:

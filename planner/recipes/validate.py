@@ -111,7 +111,9 @@ def _check_inside(root: Path, rel: str, err, key: str) -> None:
 
 def _validate_source(name: str, s: Source, err, root: Path) -> None:
     need = {"url": ("url",), "git": ("url", "rev"), "pypi": ("name", "version"), "path": ("path",),
-            "apt": ("name",), "image": ("url",)}[s.kind]
+            "apt": () if s.names is not None else ("name",), "image": ("url",)}[s.kind]
+    if s.names is not None:
+        _check_apt_names(name, s, err)
     for field in need:
         if getattr(s, field) in (None, ""):
             raise err(name, f"input {name!r} of kind {s.kind} needs {field!r}")
@@ -133,6 +135,24 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
         _check_git_url(root, s.url, err, f"input {name!r}")
     if s.subdir is not None:
         _check_subdir(s.subdir, err, f"input {name!r}")
+
+
+_DEB_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+_PLATFORM = re.compile(r"linux/[a-z0-9]+(/v[0-9]+)?")
+
+
+def _check_apt_names(name: str, s: Source, err) -> None:
+    if s.kind != "apt":
+        raise err("names", f"input {name!r}: names (a package name per platform) is for apt inputs")
+    if s.name is not None:
+        raise err("names", f"input {name!r}: give either name or names (per platform), not both")
+    if not s.names:
+        raise err("names", f"input {name!r}: names is empty; list at least one platform = package")
+    for plat, pkg in s.names.items():
+        if not _PLATFORM.fullmatch(plat):
+            raise err("names", f"input {name!r}: names key {plat[:60]!r} is not a platform such as linux/arm64")
+        if not _DEB_PACKAGE.fullmatch(pkg):
+            raise err("names", f"input {name!r}: names.{plat} = {pkg[:60]!r} is not a Debian package name")
 
 
 _REMOTE_GIT = re.compile(r"^(https?|git|ssh|git\+ssh)://[^/\s]+", re.IGNORECASE)
@@ -214,6 +234,16 @@ def _check_references(rs: RecipeSet) -> None:
         return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
 
     for r in rs.recipes.values():
+        for iname, src in r.all_sources().items():
+            if src.names is None:
+                continue
+            other = sorted(set(src.names) - set(rs.config.platforms))
+            if other:
+                raise RecipeError(f"input {iname!r}: names.{other[0]} is not one of the set's platforms "
+                                  f"({', '.join(rs.config.platforms)})", where=where(r, "names"))
+            if r.platforms and not set(src.names) & set(r.platforms):
+                raise RecipeError(f"input {iname!r}: names covers none of the platforms {r.name} is built for "
+                                  f"({', '.join(r.platforms)})", where=where(r, "names"))
         if r.build.rootfs and r.build.rootfs not in rs.recipes:
             raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
                               where=where(r, "rootfs"))

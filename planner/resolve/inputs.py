@@ -96,7 +96,7 @@ class Resolver:
             src = decl.source
             if src is None or src.kind != "apt" or src.suite or platform == ANY:
                 continue  # a suite is checked package by package
-            by_arch.setdefault(apt.debian_arch(platform), []).append((str(src.name), version))
+            by_arch.setdefault(apt.debian_arch(platform), []).append((src.apt_name(platform), version))
         for arch, items in sorted(by_arch.items()):
             if len(items) < 2:
                 continue
@@ -236,7 +236,7 @@ class Resolver:
 
         version = pin.version if pin and pin.version else src.version
         # Not popped: two recipes may pin the same package (base and the build root do).
-        ready = self._apt_ready.get((apt.debian_arch(platform), str(src.name), version)) \
+        ready = self._apt_ready.get((apt.debian_arch(platform), src.apt_name(platform), version)) \
             if platform != ANY else None
         pkg = None
         if ready is not None and ready[0].exists():
@@ -264,10 +264,10 @@ class Resolver:
             except FetchError as exc:
                 self.log(f"{decl.id}: {exc.line()}; trying apt")
         try:
-            pkg = pkg or apt.download(str(src.name), version, platform, tmp, state_dir=self.store.root / "apt-state",
-                               suite=src.suite)
+            pkg = pkg or apt.download(src.apt_name(platform), version, platform, tmp,
+                                      state_dir=self.store.root / "apt-state", suite=src.suite)
         except FetchError as exc:
-            raise FetchError(exc.message.replace(f"--update {src.name}", f"--update {decl.id}"),
+            raise FetchError(exc.message.replace(f"--update {src.apt_name(platform)}", f"--update {decl.id}"),
                              where=decl.id) from None
         sha, b3 = file_sha256_and_blake3(pkg.path)
         if pin and pin.sha256 and pin.sha256 != sha:

@@ -102,7 +102,9 @@ def _apt_to_resolve(decls: dict[str, InputDecl], old: Optional[Lock], update: fr
         if decl.kind != "apt" or (prev is not None and id_ not in update and decl.recipe not in update
                                   and prev.status == "locked" and prev.spec == decl.spec()):
             continue
-        out.extend((decl, platform, decl.source.version if decl.source else None) for platform in decl.platforms)
+        kept = _pins_kept_for_new_platforms(decl, prev) if id_ not in update and decl.recipe not in update else None
+        out.extend((decl, platform, decl.source.version if decl.source else None) for platform in decl.platforms
+                   if not kept or platform not in kept)  # only the platforms that were added
     return out
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import attrs
+
 from planner import lock as lockmod
 from planner.lock import Lock
+from planner.recipes import load_set
 
 from .project import Project
 
@@ -27,7 +30,7 @@ PACKAGES = (
     "libpython3.11-minimal libexpat1 zlib1g libpython3.11-stdlib libffi8 libbz2-1.0 liblzma5 libncursesw6 "
     "libreadline8 readline-common libsqlite3-0 libuuid1 libdb5.3 libnsl2 libtirpc3 libtirpc-common libcrypt1 "
     "libssl3 media-types libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2 libkeyutils1 "
-    "libzstd1 python3-minimal python3 libpython3-stdlib").split()
+    "libzstd1 python3-minimal python3 libpython3-stdlib zstd liblz4-1").split()
 
 
 def _toml_key(name: str) -> str:
@@ -49,7 +52,12 @@ def add_build_root(proj: Project, *, target: str, name: str = "buildroot") -> No
     (proj.folder / "set.toml").write_text(text + f'build-root = "{name}"\n')
     proj.write_raw(name, build_root_toml(name))
     demo = lockmod.read(DEMO_LOCK)
-    inputs = {f"{name}/{pkg}": demo.inputs[f"buildroot/{pkg}"] for pkg in PACKAGES}
+    decls = lockmod.declarations(load_set(proj.root, proj.set))
+    inputs = {}
+    for pkg in PACKAGES:  # the demo's amd64 pin, under this recipe's declaration
+        id_ = f"{name}/{pkg}"
+        inputs[id_] = attrs.evolve(demo.inputs[f"buildroot/{pkg}"], id=id_, spec=decls[id_].spec(),
+                                   pins={"linux/amd64": demo.inputs[f"buildroot/{pkg}"].pins["linux/amd64"]})
     epoch = tomllib.loads(text)["source-date-epoch"]
     seed = Lock(set=proj.set, recipes="", source_date_epoch=epoch, inputs=inputs)
     proj.lockfile.parent.mkdir(parents=True, exist_ok=True)
