@@ -200,7 +200,8 @@ def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
     mb = run_planner("--root", str(proj), "--store", str(tmp_path / "fresh"), "--mirror", str(mirror), "realise",
                      "slime", "--dry-run", "--target", "mbridge").stdout.splitlines()
     assert any(line.startswith("fetch mbridge/source") and "github.com/ISEEKYAN/mbridge.git" in line for line in mb), mb
-    assert [line.split()[1] for line in mb if line.startswith("build")] == ["mbridge"], mb
+    # mbridge and the build root it builds in (set.toml build-root), nothing else.
+    assert [line.split()[1].split("[")[0] for line in mb if line.startswith("build")] == ["buildroot", "mbridge"], mb
 
 
 def test_debian_file_names_with_an_epoch_come_from_a_mirror_by_hash(tmp_path: Path) -> None:
@@ -216,7 +217,8 @@ def test_debian_file_names_with_an_epoch_come_from_a_mirror_by_hash(tmp_path: Pa
     root, store = tmp_path / "proj", tmp_path / "store"
     folder = root / "recipes/deb"
     folder.mkdir(parents=True)
-    (folder / "set.toml").write_text('target = "tool"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n')
+    (folder / "set.toml").write_text('target = "tool"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64"]\n'
+                                     'build-root = "host"\n')
     (folder / "tool.toml").write_text('name = "tool"\nversion = "1"\n[inputs.cpp]\nkind = "apt"\nname = "cpp"\n'
                                       '[build]\nbuilder = "shell"\nscript = "ls /inputs/cpp > $out/name"\n')
     run_planner("--root", str(root), "--store", str(store), "lock", "deb")
