@@ -157,6 +157,7 @@ def _profiled(root: Path, profile: str, *, extra: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "set.toml").write_text(
         'target = "img"\nsource-date-epoch = 1700000000\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+        'build-root = "host"\n'
         f'profile = "{profile}"\n'
         '[profiles.slim]\nbase = "one"\nkern = ""\n'
         '[profiles.full]\nbase = "two"\n' + extra +
