@@ -592,6 +592,8 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
     assert image.preimage.image.platforms == ("linux/amd64",)
     layers = {m: d for m, d in image.deps.items() if m != BUILD_ROOT_MOUNT}
     assert all("/linux-amd64/" in mount for mount in layers)
-    assert {p.nodes[d].recipe for d in layers.values()} == {"pins-base", "int4-qat", "sglang", "megatron-lm"}
+    assert {p.nodes[d].recipe for d in layers.values()} == {
+        "pins-base", "int4-qat", "torch-memory-saver", "tilelang", "flash-linear-attention", "nvidia-modelopt",
+        "sglang", "megatron-lm", "megatron-lm-source", "slime-source"}
     assert p.nodes[image.deps[BUILD_ROOT_MOUNT]].recipe == "buildroot"  # its zlib compresses the layers
     assert not set(p.closure(["image-core"])) & set(p.blocked())
