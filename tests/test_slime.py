@@ -52,7 +52,13 @@ EXPECTED_NODES = {
     "nvidia-modelopt": 1,
     "tilelang": 2,
     "torch-memory-saver": 2,
+    # set.toml's profile picks the PyPI closure resolved for the chosen base: with pins-base,
+    # the CPython 3.11 one (amd64 only, as the base: its arm64 node is a blocked placeholder).
+    "slime-requirements-cp311": 1,  # pure-Python closure: one node, one shared layer blob
+    "slime-requirements-native-cp311": 2,
     "slime": 2,
+    "antlr4-python3-runtime": 1,  # pure Python, built from PyPI's only file, an sdist
+    "pylatexenc": 1,  # pure Python, built from its newest final release, an sdist
     "slime-source": 1,  # the checkouts users run scripts from, as file trees
     "megatron-lm-source": 1,
     "image": 1,
@@ -131,7 +137,7 @@ def test_set_loads_with_the_reference_pins(rs):
                 assert re.fullmatch(r"[0-9a-f]{40}", src.rev or ""), f"{r.name}/{name}: {src.rev}"
     versions = {(s.name, s.version) for r in rs.recipes.values() for s in r.all_sources().values() if s.kind == "pypi"}
     for want in [("transformer_engine_cu12", "2.10.0"), ("flash-linear-attention", "0.4.1"), ("tilelang", "0.1.8"),
-                 ("nvidia-cudnn-cu12", "9.16.0.29"), ("numpy", "1.26.4"), ("nvidia-modelopt", "0.47.0")]:
+                 ("nvidia-cudnn-cu12", "9.16.0.29"), ("numpy", "1.26.4"), ("nvidia-modelopt", "0.41.0")]:
         assert want in versions
     assert rs.get("transformer-engine-torch").source.sha256 == (
         "71faff8e3def742553ad74b4e32d2d12e91be9acfb13d1699c89e1e18dd4ecd6")
@@ -165,7 +171,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 31
+    assert len(the_plan.nodes) == TOTAL_NODES == 36
     assert the_plan.targets == ("image",)
 
 
@@ -174,7 +180,9 @@ def test_profile_registry_plans_the_seeds_image(seed_plan):
     image has every component of the seed, on sglang-base, and the CUDA 12 TE core."""
     counts = Counter(n.recipe for n in seed_plan.nodes.values())
     want = {**EXPECTED_NODES, **LEFT_OUT, "sglang-base": 2}
-    del want["pins-base"], want["pins-cuda"], want["transformer-engine-cu13"]
+    for pins_only in ("pins-base", "pins-cuda", "transformer-engine-cu13", "slime-requirements-cp311",
+                      "slime-requirements-native-cp311"):
+        del want[pins_only]
     assert dict(counts) == want
     for n in seed_plan.nodes.values():
         if n.recipe in ROOTFS_RECIPES:
@@ -220,24 +228,26 @@ def test_te_core_is_one_prebuilt_input_per_platform(rs, lock, the_plan, seed_pla
     assert all(n.preimage.env["NVTE_PYTORCH_FORCE_BUILD"] == "TRUE" for n in te_torch)
 
 
-def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan):
+def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan, the_plan):
     for name in ("slime-requirements", "sglang", "mbridge", "megatron-bridge", "flash-linear-attention",
                  "nvidia-modelopt"):
         (node,) = [n for n in seed_plan.nodes.values() if n.recipe == name]
         assert node.variant.platform is None and node.variant.cuda is None, name
-    pure = rs.get("slime-requirements")
-    for name in pure.inputs:
-        li = lock.inputs[f"slime-requirements/{name}"]
-        assert set(li.pins) == {ANY}, name
-        assert li.pins[ANY].filename.endswith("-none-any.whl"), li.pins[ANY].filename
-    native = rs.get("slime-requirements-native")
-    for name in native.inputs:
-        li = lock.inputs[f"slime-requirements-native/{name}"]
-        assert set(li.pins) == set(PLATFORMS), name
+    for suffix, platforms in (("", set(PLATFORMS)), ("-cp311", {"linux/amd64"})):
+        pure = rs.get("slime-requirements" + suffix)
+        for name in pure.inputs:
+            li = lock.inputs[f"slime-requirements{suffix}/{name}"]
+            assert set(li.pins) == {ANY}, name
+            assert li.pins[ANY].filename.endswith("-none-any.whl"), li.pins[ANY].filename
+        native = rs.get("slime-requirements-native" + suffix)
+        for name in native.inputs:
+            li = lock.inputs[f"slime-requirements-native{suffix}/{name}"]
+            assert set(li.pins) == platforms, name
     # The pure group is one layer blob for every manifest: same node in every image dependency.
-    image = seed_plan.nodes["image"]
-    shared = {dep for mount, dep in image.deps.items() if mount.endswith("/slime-requirements")}
-    assert shared == {"slime-requirements"}
+    for plan_, name in ((seed_plan, "slime-requirements"), (the_plan, "slime-requirements-cp311")):
+        image = plan_.nodes["image"]
+        shared = {dep for mount, dep in image.deps.items() if mount.endswith("/" + name)}
+        assert shared == {name}
 
 
 def test_rootfs_builds_use_the_base_image(rs, the_plan):
@@ -364,8 +374,10 @@ def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
                    "nvidia-modelopt", "flash-linear-attention", "transformer-engine"):
         for name, src in rs.get(recipe).inputs.items():
             by_name[re.sub(r"[-_.]+", "-", src.name).lower()] = (f"{recipe}/{name}", src)
+    for own in ("antlr4-python3-runtime", "pylatexenc"):
+        by_name[own] = (f"{own}/source", rs.get(own).source)
     for plat in PLATFORMS:
-        for dist, entry in resolution[plat].items():
+        for dist, entry in resolution["layer"][plat].items():
             id_, src = by_name[dist]
             assert src.version == entry["version"], id_
             pin = lock.inputs[id_].pin(plat)
@@ -373,9 +385,34 @@ def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
     pure = {s.name for s in rs.get("slime-requirements").inputs.values()}
     native = {s.name for s in rs.get("slime-requirements-native").inputs.values()}
     assert not pure & native
-    assert {"transformers", "accelerate", "datasets", "wandb", "ray", "memray", "sglang-router"} <= pure | native
+    assert {"accelerate", "wandb", "ray", "memray", "sglang-router", "hydra-core", "nvidia-resiliency-ext",
+            "mlflow"} <= pure | native
+    # SGLang's own dependencies in the seed's base satisfy these: they stay the base's.
+    assert not {"transformers", "datasets", "fastapi", "apache-tvm-ffi"} & (pure | native)
     # The base image's from-source builds are not in the closure.
     assert not {"torch", "torchvision", "torchaudio", "triton"} & (pure | native)
+    # The CPython 3.11 closure for the base built from pins: its two recipes and the component
+    # recipes whose wheels fit any CPython 3 (pure, abi3, TE's CUDA 13 core), every file as pip chose it.
+    cp311 = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
+    assert cp311["python"] == "3.11.2" and set(cp311["layer"]) == {"linux/amd64"}
+    by_name = {}
+    for recipe in ("slime-requirements-cp311", "slime-requirements-native-cp311", "tilelang", "nvidia-modelopt",
+                   "flash-linear-attention", "transformer-engine-cu13"):
+        for name, src in rs.get(recipe).inputs.items():
+            assert src.python == "3.11" or not recipe.startswith("slime-"), name
+            by_name[re.sub(r"[-_.]+", "-", src.name).lower()] = (f"{recipe}/{name}", src)
+    for own in ("antlr4-python3-runtime", "pylatexenc"):
+        by_name[own] = (f"{own}/source", rs.get(own).source)
+    assert set(by_name) == set(cp311["layer"]["linux/amd64"])
+    for dist, entry in cp311["layer"]["linux/amd64"].items():
+        id_, src = by_name[dist]
+        assert src.version == entry["version"], id_
+        pin = lock.inputs[id_].pin("linux/amd64")
+        assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), id_
+        assert "cp310" not in entry["filename"], entry["filename"]
+    # CUDA 13 counterparts where PyPI has them; nothing for CUDA 12 on a CUDA 13 base.
+    assert {"numpy", "tilelang", "nvidia-modelopt", "transformer-engine-cu13"} <= set(by_name)
+    assert not {"transformer-engine-cu12", "nvidia-cudnn-cu12", "torch"} & set(by_name)
 
 
 @pytest.mark.slow
@@ -498,6 +535,10 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     # What profile "pins" leaves out is not planned, and with it every input that is unlocked
     # here (GitHub-only mbridge and Megatron-Bridge, Ubuntu's apt-tools, the registry base).
     assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
+    # The CPython 3.11 closure stands for slime-requirements(-native) there: amd64 only, as the base.
+    assert nodes["slime-requirements-cp311"]["action"] == "build" and nodes["slime-requirements-cp311"]["unlocked"] == []
+    assert nodes["slime-requirements-native-cp311[linux/amd64]"]["action"] == "build"
+    assert nodes["slime-requirements-native-cp311[linux/arm64]"]["action"] == "blocked"
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
     assert unlocked_ids and {i.split("/")[0] for i in unlocked_ids} <= {*LEFT_OUT, "sglang-base"}
     assert not {u for n in nodes.values() for u in n["unlocked"]}
@@ -538,7 +579,7 @@ def test_lock_update_fills_one_entry_without_touching_the_rest(tmp_path, monkeyp
         shutil.copytree(REPO / rel, root / rel)
     (root / "lockfiles").mkdir()
     original = (REPO / "lockfiles/slime.lock").read_text()
-    victim = "slime-requirements/six"
+    victim = "slime-requirements/absl-py"
     full = lockmod.parse(original, "slime.lock")
     assert full.inputs[victim].status == "locked"
     holed = attrs.evolve(full, inputs={k: v for k, v in full.inputs.items() if k != victim})
@@ -597,3 +638,43 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
         "sglang", "megatron-lm", "megatron-lm-source", "slime-source"}
     assert p.nodes[image.deps[BUILD_ROOT_MOUNT]].recipe == "buildroot"  # its zlib compresses the layers
     assert not set(p.closure(["image-core"])) & set(p.blocked())
+
+
+def test_closure_is_resolved_as_of_the_seeds_builds_against_the_frozen_base(rs):
+    """resolution.json is the closure as of set.toml's date, against the frozen view of the base:
+    no input of the generated recipes is a distribution the base has, unless no version the base
+    has satisfies the layer (then pip replaces it too, and the resolution says so)."""
+    data = json.loads((REPO / "recipes/slime/resolution.json").read_text())
+    assert rs.config.resolve_as_of == data["as-of"] == "2026-03-05"
+    for platform in PLATFORMS:
+        base = data["base"][platform]
+        assert base["torch"] == "2.10.0" and base["sglang"] == "0.5.9" and base["flashinfer-python"] == "0.6.3"
+        layer = data["layer"][platform]
+        for name, entry in layer.items():
+            if name in base:
+                assert entry.get("replaces") == base[name] and entry["version"] != base[name], name
+        for recipe in ("slime-requirements", "slime-requirements-native"):
+            for src in rs.get(recipe).inputs.values():
+                name = re.sub(r"[-_.]+", "-", src.name).lower()
+                if name not in layer:
+                    # In another platform's layer only, and this platform's base has that version
+                    # (an input cannot be restricted to some platforms; the header says so).
+                    assert base.get(name) == src.version, f"{name} [{platform}]"
+                    assert any(name in data["layer"][p] for p in PLATFORMS if p != platform), name
+                    assert f"{name} {src.version} (the same version again on {platform}" in \
+                        " ".join((REPO / "recipes/slime/slime-requirements.toml").read_text().replace("#", "").split()), name
+                    continue
+                assert name not in base or layer[name].get("replaces"), f"{name} is the base's {base.get(name)}"
+    # The base's FlashInfer is compiled against its own tvm-ffi: the layer leaves it alone.
+    for name in ("apache-tvm-ffi", "fastapi", "grpcio", "packaging", "setuptools"):
+        assert name not in rs.get("slime-requirements").inputs and name not in rs.get("slime-requirements-native").inputs
+    # The base built from pins: its frozen view is pins-base.toml's own PyPI inputs.
+    cp311 = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
+    assert cp311["as-of"] == rs.config.resolve_as_of
+    base = cp311["base"]["linux/amd64"]
+    pins = {re.sub(r"[-_.]+", "-", s.name).lower(): s.version for s in rs.get("pins-base").inputs.values()
+            if s.kind == "pypi"}
+    assert base == pins and base["torch"] == "2.11.0"
+    for name, entry in cp311["layer"]["linux/amd64"].items():
+        if name in base:
+            assert entry.get("replaces") == base[name] and entry["version"] != base[name], name

@@ -1,77 +1,104 @@
 #!/usr/bin/env python3
-"""Regenerate slime-requirements.toml and slime-requirements-native.toml.
+"""Regenerate slime-requirements(-native).toml and slime-requirements(-native)-cp311.toml.
 
 Fixes "pip without hashes or a lock" (item 5 of docs/slime.md): slime's 17 requirements, and
-the PyPI components installed beside them, are resolved ONCE here with pip's own resolver, for
-Python 3.10 (Ubuntu 22.04's system python in the base image) and for each platform, and every
+the PyPI components the seed installs beside them, are resolved ONCE here with pip's own
+resolver, for the base image's Python (Ubuntu 22.04's 3.10.12) and for each platform, and every
 file of the resulting closure becomes its own exact `pypi` input. `planner lock slime` then pins
 each one by sha256 and tree hash, per platform where the bytes differ.
 
-    python3 recipes/slime/gen_requirements.py            # resolve with pip; rewrite resolution.json
-                                                         # and both recipes
-    python3 recipes/slime/gen_requirements.py --offline  # re-render from resolution.json, no pip
+    python3 recipes/slime/gen_requirements.py            # resolve with pip for both bases; rewrite
+                                                         # resolution*.json and the recipes
+    python3 recipes/slime/gen_requirements.py --base pins-base   # one base only
+    python3 recipes/slime/gen_requirements.py --offline  # re-render from resolution*.json, no pip
     python3 recipes/slime/gen_requirements.py --offline --check   # fail if the recipes differ
-    python3 recipes/slime/gen_requirements.py --base-freeze FREEZE.txt
-        # FREEZE.txt = `pip freeze` of the unpacked sglang-base image: everything in it is
-        # treated as provided by the base, so the closure holds only what the slime layer adds
+    python3 recipes/slime/gen_requirements.py --base sglang-base --base-freeze FREEZE.txt
+        # FREEZE.txt = `pip freeze` of the unpacked sglang-base image: the frozen view of the
+        # base is then the image's own, instead of the one resolved here
 
-How the closure is cut:
-- packages the base image builds from source (torch 2.10.0, torchvision 0.25.0, torchaudio
-  2.10.0, and the triton that goes with torch 2.10) are replaced by metadata-only stub wheels
-  with a `+slimebase` local version, which pip prefers over PyPI's builds of the same version;
-  they satisfy `torch>=2.x` requirements and are dropped from the result;
+One closure per base (set.toml's `profile` line chooses the base and, with it, its closure):
+- `sglang-base`, the seed's image (CPython 3.10.12, amd64 and arm64): slime-requirements.toml and
+  slime-requirements-native.toml, resolution.json; the distributions with a recipe of their own
+  (COMPONENTS) are left to those recipes.
+- `pins-base`, the base built here from pins (Debian 12's CPython 3.11.2, amd64 only, torch 2.11.0
+  on CUDA 13.0): slime-requirements-cp311.toml and slime-requirements-native-cp311.toml,
+  resolution-cp311.json. Its frozen view is pins-base.toml's own PyPI inputs (what the recipe
+  installs). Component recipes whose wheels fit any CPython 3 keep their distributions, TE's is
+  transformer-engine-cu13; numpy's recipe is a cp310 wheel, so this closure holds numpy; what
+  PyPI has only for CUDA 12 is replaced or left out (CUDA12_ONLY; docs/slime.md says why).
+- Pre-releases: a project whose final releases are sdists only would resolve to a pre-release
+  wheel (pylatexenc 3.0a33 instead of 2.10); such projects are SDIST_ONLY and built by their own
+  recipe, and a resolution that still takes a pre-release where a final release exists fails.
+
+How the closure is cut (planner/pyclosure.py):
+- AS OF the date in set.toml (`resolve-as-of`, the seed's last builds): files uploaded later are
+  not candidates, so re-running this script a month later gives the same resolution.
+- Against a FROZEN VIEW OF THE BASE: the distributions the sglang image has installed are shown
+  to pip as installed, and pip resolves as the seed's `pip install -r` does on that image: what
+  the base already satisfies stays the base's and is not in the closure (FlashInfer in the base
+  is compiled against the base's own apache-tvm-ffi; fastapi, grpcio, packaging, setuptools stay
+  the base's). A base package is in the closure only where no version the base has satisfies a
+  requirement of the layer (numpy<2, say); the recipes' comments list each such replacement.
+  Without `--base-freeze`, the view is resolved here the same way: what the sglang image builds
+  from source (BASE_BUILT) plus SGLang v0.5.9's declared dependencies (its wheel's METADATA, less
+  the torch pins the base does not keep), torch's and FlashInfer's run-time requirements.
+- The target's PEP 508 markers (platform_machine, python_version) are used, not this machine's.
 - distributions that have their own recipe (COMPONENTS below) are resolved together with the
   rest, so all versions are mutually consistent, but are recorded only in their own recipe;
 - what is left is split: pure-Python wheels (`*-none-any.whl`, same file on both platforms)
   go to `slime-requirements` (one node, one layer blob shared by every manifest); binary
   wheels go to `slime-requirements-native` as per-platform inputs (one node per platform).
-
-Only the standard library and pip are used; the platform tags come from planner.fetch.pypi so
-that the resolution picks exactly the files `planner lock` downloads later.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-# What pip resolved, per platform: name, version, file name and the index's sha256 of each file.
+# What pip resolved: the as-of date, the frozen base view and the layer, per platform, with the
+# index's sha256 of every file.
 RESOLUTION = HERE / "resolution.json"
 sys.path.insert(0, str(ROOT))
 
-from planner.fetch.pypi import platform_tags  # noqa: E402
-
-PYTHON = "3.10"
+PYTHON = "3.10"  # the recipes' `python`: wheel tags (cp310)
+PYTHON_FULL = "3.10.12"  # Ubuntu 22.04's python3.10 (jammy-updates): markers, Requires-Python
 PLATFORMS = ("linux/amd64", "linux/arm64")
 
-# slime 7014942c's requirements.txt: 17 packages, lower bounds only (reference table).
+# slime 7014942c's requirements.txt (lines 1-17): lower bounds only.
 SLIME_REQUIREMENTS = [
     "accelerate", "blobfile", "datasets", "httpx[http2]", "mcp[cli]", "memray", "omegaconf",
     "pillow", "pylatexenc", "pyyaml", "qwen_vl_utils", "ray[default]", "ring_flash_attn",
-    "sglang-router", "tensorboard", "transformers", "wandb",
+    "sglang-router>=0.2.3", "tensorboard", "transformers", "wandb",
 ]
-# The PyPI components of the slime layer, at their pinned versions (each has its own recipe).
+# The other `pip install`s of the seed's final stage, with the seed's own specifiers.
 COMPONENT_REQUIREMENTS = [
-    "numpy==1.26.4",
+    "numpy<2",  # `pip install "numpy<2"`, the seed's last install
     "flash-linear-attention==0.4.1",
-    "nvidia-modelopt==0.47.0",  # >=0.37.0 in the seed; newest pip finds; no [torch] extra since 0.4x
+    "nvidia-modelopt[torch]>=0.37.0",  # unpinned lower bound in the seed: newest as of the date
     "nvidia-cudnn-cu12==9.16.0.29",
-    "tilelang==0.1.8",
+    "tilelang",  # the seed: nightly find-links page; here the newest PyPI release as of the date
     "transformer_engine==2.10.0",
     "transformer_engine_cu12==2.10.0",
     # transformer_engine_torch's own run-time requirements (its wheel is built from the sdist)
     "einops", "onnx", "onnxscript",
+    # megatron-core 3714d81d pyproject.toml line 23 (torch is the base's)
+    "packaging>=24.2",
+]
+# Megatron-Bridge (fork) is installed WITH its dependencies (no --no-deps). 35b4ebfc's own
+# pyproject could not be read here; these are the fork's [project] dependencies as stored at its
+# commit 1f8651fe (the same list the issue quotes: hydra-core, nvidia-resiliency-ext ~=0.4.1,
+# mlflow >=3.5.0, ...). megatron-core, TE and friends are commented out there, as here.
+MEGATRON_BRIDGE_REQUIREMENTS = [
+    "transformers<5.0.0", "datasets>=2.20.0", "accelerate", "omegaconf>=2.3.0", "tensorboard>=2.19.0",
+    "typing-extensions", "rich", "wandb>=0.19.10", "six>=1.17.0", "regex>=2024.11.6", "pyyaml>=6.0.2",
+    "tqdm>=4.67.1", "hydra-core>1.3,<=1.3.2", "nvidia-resiliency-ext~=0.4.1", "mlflow>=3.5.0",
 ]
 # Distribution (normalised name) -> the recipe that owns it.
 COMPONENTS = {
@@ -83,112 +110,95 @@ COMPONENTS = {
     "tilelang": "tilelang",
     "transformer-engine": "transformer-engine",
     "transformer-engine-cu12": "transformer-engine",
+    "antlr4-python3-runtime": "antlr4-python3-runtime",
+    "pylatexenc": "pylatexenc",
 }
-# Built from source in the torch base image (reference: image lineage); stubbed.
-BASE_PROVIDED = {
-    "torch": "2.10.0",
-    "torchvision": "0.25.0",
-    "torchaudio": "2.10.0",
-    "triton": "3.6.0",  # the release torch 2.10 pins; confirm against the base's `pip freeze`
+# Pure-Python distributions of the closure that PyPI has only as an sdist (omegaconf 2.3 and
+# hydra-core pin antlr4-python3-runtime==4.9.*): each is built into a wheel by its own recipe,
+# as the seed's pip builds it.
+# pylatexenc (slime's requirement): its newest final release as of the date, 2.10, is an sdist;
+# its only wheels are 3.0 alphas, which a wheels-only resolution would take (pip admits a
+# pre-release where no final release is a candidate) and the seed's pip does not.
+SDIST_ONLY = ("antlr4-python3-runtime", "pylatexenc")
+# Built from source in the lineage below the slime layer (shared/reference/slime-stack.md, image
+# lineage): torch image (torch, torchvision, torchaudio; triton as torch 2.10 pins it), sglang
+# image (SGLang v0.5.9, sgl-kernel 0.3.21, FlashInfer v0.6.3).
+BASE_BUILT = {
+    "torch": "2.10.0", "torchvision": "0.25.0", "torchaudio": "2.10.0", "triton": "3.6.0",
+    "sglang": "0.5.9", "sgl-kernel": "0.3.21", "flashinfer-python": "0.6.3",
+    # Ubuntu 22.04's python3-pip, python3-setuptools, python3-wheel (jammy), which the system
+    # Python of every image in the lineage has; `--base-freeze` gives the image's real versions.
+    "pip": "22.0.2", "setuptools": "59.6.0", "wheel": "0.37.1",
+    # SGLang 0.5.9 requires torch_memory_saver==0.0.9, which has no aarch64 wheel: pip builds it
+    # from its sdist in the arm64 image. Installed in the base either way (the slime layer then
+    # replaces it with its own build of dc687690, the torch-memory-saver recipe).
+    "torch-memory-saver": "0.0.9",
 }
-STUB_LOCAL = "slimebase"
-# SGLang v0.5.9's exact pins (python/pyproject.toml, less the torch pins that
-# patches/slime/sglang-drop-torch-pins.patch removes). SGLang and its dependencies are installed
-# in the base image; pip in today's build keeps a satisfied installed version, so the slime
-# layer must not move these: they constrain the resolution (only those in the closure matter,
-# e.g. blobfile and transformers).
-SGLANG_PINS = [
-    "blobfile==3.0.0", "cuda-python==12.9", "openai-harmony==0.0.4", "openai==2.6.1",
-    "outlines==0.1.11", "quack-kernels==0.2.4", "soundfile==0.13.1", "timm==1.0.16",
-    "torchao==0.9.0", "transformers==4.57.1", "xgrammar==0.1.27",
+# Their run-time requirements, which pip installed beside them (torch 2.10.0's and
+# flashinfer-python 0.6.3's wheel METADATA on PyPI; torch's CUDA wheels are not used by a
+# source build against the image's CUDA 12.9).
+BASE_RUNTIME = [
+    "filelock", "typing-extensions>=4.10.0", "sympy>=1.13.3", "networkx>=2.5.1", "jinja2", "fsspec>=0.8.5",
+    "apache-tvm-ffi!=0.1.8,!=0.1.8.post0,<0.2,>=0.1.6", "click", "einops", "ninja", "numpy",
+    "nvidia-cudnn-frontend>=1.13.0", "nvidia-cutlass-dsl>=4.3.4", "nvidia-ml-py", "packaging>=24.2",
+    "requests", "tabulate", "tqdm",
 ]
+
+
+# The base built from pins (recipes/slime/pins-base.toml): Debian 12's python3.11 (3.11.2-6+deb12u9),
+# linux/amd64 only (as pins-base), CUDA 13.0. PyPI has these requirements of the seed only for
+# CUDA 12, and the base's CUDA 13 makes them the wrong thing to install: each is replaced by its
+# CUDA 13 counterpart where PyPI has one, else left out (docs/slime.md, "The closure for the base
+# built from pins").
+PINS_PYTHON = "3.11"
+PINS_PYTHON_FULL = "3.11.2"
+PINS_PLATFORMS = ("linux/amd64",)
+CUDA12_ONLY = {
+    # cuDNN for CUDA 12, installed by the seed beside the image's apt cuDNN; the base's torch
+    # 2.11.0 brings nvidia-cudnn-cu13 9.19.0.56 (pins-base.toml), which is the one it loads.
+    "nvidia-cudnn-cu12==9.16.0.29": None,
+    # TransformerEngine's core library is published per CUDA major: the same 2.10.0 for CUDA 13.
+    "transformer_engine_cu12==2.10.0": "transformer_engine_cu13==2.10.0",
+}
 
 
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def make_stub(folder: Path, name: str, version: str) -> Path:
-    """A metadata-only wheel: enough for pip's resolver, nothing to install."""
-    dist = re.sub(r"[-.]+", "_", name)
-    full = f"{version}+{STUB_LOCAL}"
-    info = f"{dist}-{full}.dist-info"
-    files = {
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {full}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: gen_requirements\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for n, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{n},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    path = folder / f"{dist}-{full}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, data in files.items():
-            zf.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), data)
-    return path
+def set_as_of() -> str:
+    data = tomllib.loads((HERE / "set.toml").read_text())
+    if "resolve-as-of" not in data:
+        raise SystemExit("recipes/slime/set.toml has no resolve-as-of: the resolution would depend on the day")
+    return data["resolve-as-of"]
 
 
-def resolve(platform: str, requirements: list[str], constraints: list[str], stubs: Path,
-            work: Path) -> list[dict]:
-    """pip's resolution for one platform: a list of {name, version, filename, sha256}.
+def sglang_requirements(as_of) -> list[str]:
+    """SGLang v0.5.9's declared dependencies (its wheel's METADATA, no extras), less what the
+    base builds from source: the seed's sglang image installs SGLang WITH them."""
+    import tempfile
 
-    pip 23's `install --dry-run --python-version X` does not apply the Requires-Python of
-    candidates whose index entry lacks `data-requires-python` (it checks the running
-    interpreter instead): markdown 3.11 (>=3.11) got picked for 3.10. Every resolved candidate's
-    Requires-Python is therefore checked here, and a violating version is excluded and the
-    resolution repeated. (`planner lock`, which downloads each file with `--python-version`,
-    would catch the same thing later.)
-    """
-    excluded: list[str] = []
-    for _attempt in range(20):
-        items, bad = _resolve_once(platform, requirements, constraints + excluded, stubs, work)
-        if not bad:
-            return items
-        excluded += [f"{name}!={version}" for name, version in bad]
-    raise SystemExit(f"{platform}: still resolving to versions that exclude Python {PYTHON}: {excluded}")
+    from planner.fetch import url as urlfetch
+    from planner.fetch.simple_index import DatedIndex
 
-
-def _python_ok(requires_python: str | None) -> bool:
-    if not requires_python:
-        return True
-    try:
-        from packaging.specifiers import SpecifierSet
-    except ImportError:  # pragma: no cover
-        from pip._vendor.packaging.specifiers import SpecifierSet
-    return SpecifierSet(requires_python).contains(PYTHON + ".0", prereleases=True)
-
-
-def _resolve_once(platform: str, requirements: list[str], constraints: list[str], stubs: Path,
-                  work: Path) -> tuple[list[dict], list[tuple[str, str]]]:
-    report = work / f"report-{platform.replace('/', '-')}.json"
-    cfile = work / "constraints.txt"
-    cfile.write_text("".join(c + "\n" for c in constraints))
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-           "--report", str(report), "--target", str(work / "target"),
-           "--only-binary", ":all:", "--python-version", PYTHON, "--implementation", "cp",
-           "--abi", "cp" + PYTHON.replace(".", ""), "--find-links", str(stubs), "-c", str(cfile)]
-    for tag in platform_tags(platform):
-        cmd += ["--platform", tag]
-    cmd += requirements
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"pip could not resolve the closure for {platform}")
-    data = json.loads(report.read_text())
-    out, bad = [], []
-    for item in data["install"]:
-        meta = item["metadata"]
-        info = item["download_info"]
-        url = info["url"]
-        hashes = info.get("archive_info", {}).get("hashes", {})
-        if not _python_ok(meta.get("requires_python")):
-            bad.append((normalise(meta["name"]), meta["version"]))
-        out.append({"name": normalise(meta["name"]), "version": meta["version"],
-                    "filename": url.rsplit("/", 1)[-1].split("#")[0], "sha256": hashes.get("sha256")})
-    return out, bad
+    with DatedIndex(as_of) as view:
+        files = [f for f in view.files("sglang") or [] if f.filename == "sglang-0.5.9-py3-none-any.whl"]
+    if not files:
+        raise SystemExit("sglang-0.5.9-py3-none-any.whl is not on the index as of the date")
+    with tempfile.TemporaryDirectory() as tmp:
+        got = urlfetch.download(files[0].url, Path(tmp) / files[0].filename, sha256=files[0].sha256)
+        with zipfile.ZipFile(got.path) as zf:
+            meta = zf.read("sglang-0.5.9.dist-info/METADATA").decode()
+    out = []
+    for line in meta.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = line.split(":", 1)[1].strip()
+        name = normalise(re.match(r"[A-Za-z0-9._-]+", req).group(0))
+        if "extra ==" in req or name in BASE_BUILT:
+            continue
+        out.append(req)
+    return out
 
 
 def toml_key(name: str) -> str:
@@ -200,18 +210,17 @@ PURE_HEADER = """\
 # Fixes item 5 (pip without hashes or a lock) and item 6 (wheel-set pollution cleaned by a
 # deny-list): slime's 17 requirements
 {reqs}
-# and the PyPI components beside them, resolved once with pip's resolver for CPython {py} on
-# linux/amd64 and linux/arm64; every file of the closure is an exact input, pinned by sha256 and
+# and the PyPI components beside them (Megatron-Bridge's dependencies included), resolved once
+# with pip's resolver for CPython {py} on {platforms}, as of {as_of}
+# (set.toml resolve-as-of); every file of the closure is an exact input, pinned by sha256 and
 # tree hash in lockfiles/slime.lock. This recipe holds the pure-Python wheels (the same file on
-# both platforms): one node, one layer blob shared by every image manifest. Binary wheels are in
-# slime-requirements-native.
-# Left out on purpose: what the base image builds from source (stubbed during resolution)
-{base}
-# and the distributions that have their own recipe
+# every platform): one node, one layer blob shared by every image manifest. Binary wheels are in
+# {native}.
+# The closure for {base}: set.toml's `profile` line chooses it with the base.
+{frozen}
+{replaced}
 {components}
-# SGLang v0.5.9's exact pins constrain the resolution (SGLang and its dependencies are in the
-# base image), hence transformers 4.57.1 and blobfile 3.0.0.
-name = "slime-requirements"
+name = "{name}"
 version = "7014942c"
 estimate = "30s"
 
@@ -222,16 +231,64 @@ builder = "prebuilt-wheel"
 NATIVE_HEADER = """\
 # GENERATED by recipes/slime/gen_requirements.py; do not edit by hand: re-run the script.
 # Fixes item 5 (pip without hashes or a lock): the binary wheels of the closure of slime's
-# requirements (see slime-requirements.toml), exact version per distribution, one input per
-# distribution with a per-platform pin (manylinux x86_64 / aarch64, CPython {py}). One node per
-# platform; the amd64 and arm64 files are locked separately by `planner lock`.
-name = "slime-requirements-native"
+# requirements (see {pure}), exact version per distribution, one input per
+# distribution with a per-platform pin (manylinux {arches}, CPython {py}). One node per
+# platform; each platform's files are locked separately by `planner lock`.
+# The closure for {base}: set.toml's `profile` line chooses it with the base.
+name = "{name}"
 version = "7014942c"
-estimate = "30s"
+{platforms}estimate = "30s"
 
 [build]
 builder = "prebuilt-wheel"
 """
+
+
+class Target:
+    """One base and the closure resolved for it."""
+
+    def __init__(self, base: str, python: str, python_full: str, platforms: tuple[str, ...], suffix: str,
+                 components: dict[str, str], requirements: list[str]) -> None:
+        self.base, self.python, self.python_full, self.platforms = base, python, python_full, platforms
+        self.pure = "slime-requirements" + suffix
+        self.native = "slime-requirements-native" + suffix
+        self.resolution = HERE / f"resolution{suffix}.json"
+        self.components = components
+        self.requirements = requirements
+
+
+def _pins_requirements() -> list[str]:
+    out = []
+    for req in SLIME_REQUIREMENTS + COMPONENT_REQUIREMENTS + MEGATRON_BRIDGE_REQUIREMENTS:
+        swap = CUDA12_ONLY.get(req, req)
+        if swap is not None:
+            out.append(swap)
+    return out
+
+
+TARGETS = {
+    "sglang-base": Target("sglang-base", PYTHON, PYTHON_FULL, PLATFORMS, "", COMPONENTS,
+                          SLIME_REQUIREMENTS + COMPONENT_REQUIREMENTS + MEGATRON_BRIDGE_REQUIREMENTS),
+    # The component recipes whose wheels fit any CPython 3 (pure, abi3, sdist-built) keep their
+    # distributions, and TransformerEngine's is its CUDA 13 recipe; numpy's is a cp310 wheel, so
+    # the closure holds numpy (set.toml's pins profile leaves the numpy recipe out).
+    "pins-base": Target("pins-base", PINS_PYTHON, PINS_PYTHON_FULL, PINS_PLATFORMS, "-cp311",
+                        {**{n: r for n, r in COMPONENTS.items()
+                            if r not in ("numpy", "nvidia-cudnn-cu12", "transformer-engine")},
+                         "transformer-engine": "transformer-engine-cu13",
+                         "transformer-engine-cu13": "transformer-engine-cu13"},
+                        _pins_requirements()),
+}
+
+
+def pins_base_view():
+    """The frozen view of the base built from pins: the PyPI distributions pins-base.toml installs
+    (Debian 12's python3.11 packages bring none: no python3-pip, python3-setuptools)."""
+    from planner.pyclosure import view_of
+
+    data = tomllib.loads((HERE / "pins-base.toml").read_text())
+    pairs = {decl["name"]: decl["version"] for decl in data.get("inputs", {}).values() if decl.get("kind") == "pypi"}
+    return view_of(pairs, "recipes/slime/pins-base.toml's PyPI inputs (torch 2.11.0 with its CUDA 13.0 wheels)")
 
 
 def _comment_wrap(text: str, prefix: str, width: int = 96) -> str:
@@ -245,7 +302,7 @@ def _comment_wrap(text: str, prefix: str, width: int = 96) -> str:
     return "\n".join(lines)
 
 
-def render(header: str, entries: list[dict], per_platform: bool) -> str:
+def render(header: str, entries: list[dict], per_platform: bool, python: str) -> str:
     lines = [header]
     for e in sorted(entries, key=lambda e: e["name"]):
         lines.append(f"[inputs.{toml_key(e['name'])}]")
@@ -253,7 +310,7 @@ def render(header: str, entries: list[dict], per_platform: bool) -> str:
         lines.append(f'name = "{e["name"]}"')
         lines.append(f'version = "{e["version"]}"')
         lines.append('dist = "wheel"')
-        lines.append(f'python = "{PYTHON}"')
+        lines.append(f'python = "{python}"')
         if per_platform:
             lines.append("per-platform = true")
         if e.get("platform"):
@@ -266,62 +323,147 @@ def render(header: str, entries: list[dict], per_platform: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="fail if the committed recipes differ")
-    ap.add_argument("--base-freeze", type=Path, help="`pip freeze` of the base image: all treated as provided")
+    ap.add_argument("--base", choices=sorted(TARGETS), action="append",
+                    help="resolve for this base only (repeatable; default: every base)")
+    ap.add_argument("--base-freeze", type=Path, help="`pip freeze` of the sglang-base image: its frozen view")
     ap.add_argument("--offline", action="store_true",
-                    help="render from the recorded resolution.json instead of running pip")
+                    help="render from the recorded resolution*.json instead of running pip")
     args = ap.parse_args(argv)
 
-    base = dict(BASE_PROVIDED)
-    if args.base_freeze:
-        for line in args.base_freeze.read_text().splitlines():
-            m = re.match(r"^([A-Za-z0-9_.-]+)==([^\s;]+)", line.strip())
-            if m and normalise(m.group(1)) not in COMPONENTS:
-                base[normalise(m.group(1))] = m.group(2).split("+")[0]
-    requirements = SLIME_REQUIREMENTS + COMPONENT_REQUIREMENTS
-    if args.offline:
-        per = json.loads(RESOLUTION.read_text())
-    else:
-        per = _resolve_all(base, requirements)
-        text = json.dumps(per, indent=1, sort_keys=True) + "\n"
-        if args.check:
-            if not RESOLUTION.exists() or RESOLUTION.read_text() != text:
-                print(f"stale: {RESOLUTION.name} (pip resolves differently today)", file=sys.stderr)
-                return 1
+    rc = 0
+    for key in args.base or sorted(TARGETS):
+        target = TARGETS[key]
+        if args.offline:
+            data = json.loads(target.resolution.read_text())
         else:
-            RESOLUTION.write_text(text)
-    return _write(per, args.check)
+            data = _resolve_all(target, args.base_freeze if key == "sglang-base" else None)
+            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+            if args.check:
+                if not target.resolution.exists() or target.resolution.read_text() != text:
+                    print(f"stale: {target.resolution.name} (pip resolves differently)", file=sys.stderr)
+                    rc = 1
+                    continue
+            else:
+                target.resolution.write_text(text)
+        rc = _write(target, data, args.check) or rc
+    return rc
 
 
-def _resolve_all(base: dict[str, str], requirements: list[str]) -> dict[str, dict[str, dict]]:
-    with tempfile.TemporaryDirectory(prefix="slime-resolve-") as tmp:
-        work = Path(tmp)
-        stubs = work / "stubs"
-        stubs.mkdir()
-        for name, version in sorted(base.items()):
-            make_stub(stubs, name, version)
-        # `==X` admits the stub `X+slimebase`, which pip prefers to PyPI's X (a local version
-        # sorts after its public one); without the pin pip would take a newer torch from PyPI.
-        constraints = SGLANG_PINS + [f"{n}=={v}" for n, v in sorted(base.items())]
-        per: dict[str, dict[str, dict]] = {}
-        for platform in PLATFORMS:
-            got = resolve(platform, requirements, constraints, stubs, work)
-            per[platform] = {e["name"]: e for e in got if STUB_LOCAL not in e["version"]}
-    return per
+def _resolve_all(target: Target, base_freeze: Path | None) -> dict:
+    from planner.fetch.simple_index import parse_as_of
+    from planner.pyclosure import parse_freeze, resolve_layer, view_of
+
+    as_of_text = set_as_of()
+    as_of = parse_as_of(as_of_text)
+    out: dict = {"as-of": as_of_text, "python": target.python_full, "requirements": target.requirements,
+                 "base": {}, "layer": {}}
+    sglang = None if base_freeze or target.base != "sglang-base" else sglang_requirements(as_of)
+
+    def one(platform: str):
+        if target.base == "pins-base":
+            base = pins_base_view()
+        elif base_freeze:
+            base = parse_freeze(base_freeze.read_text(), str(base_freeze))
+        else:
+            built = view_of(BASE_BUILT, "built from source")
+            below = resolve_layer(sglang + BASE_RUNTIME, built, platform=platform, python=target.python_full,
+                                  as_of=as_of, sdists=SDIST_ONLY)
+            base = view_of({**BASE_BUILT, **{r.name: r.version for r in below}},
+                           "BASE_BUILT + SGLang 0.5.9's dependencies resolved as of the date")
+        layer = resolve_layer(target.requirements, base, platform=platform, python=target.python_full, as_of=as_of,
+                              sdists=SDIST_ONLY)
+        return base, layer
+
+    # The platforms are independent (each waits on the index more than on the CPU).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(target.platforms)) as pool:
+        results = dict(zip(target.platforms, pool.map(one, target.platforms)))
+    _refuse_wheel_only_prereleases({r.name: r.version for _, layer in results.values() for r in layer}, as_of)
+    for platform, (base, layer) in results.items():
+        out["base"]["origin"] = base.origin
+        out["base"][platform] = {d.name: d.version for d in base.dists}
+        out["layer"][platform] = {r.name: {"name": r.name, "version": r.version, "filename": r.filename,
+                                           "sha256": r.sha256, **({"replaces": r.replaces} if r.replaces else {})}
+                                  for r in layer}
+    return out
 
 
-def _write(per: dict[str, dict[str, dict]], check: bool) -> int:
+def _refuse_wheel_only_prereleases(resolved: dict[str, str], as_of) -> None:
+    """pip takes a pre-release only where no final release is a candidate. With wheels only, a
+    project that HAS final releases (as of the date) but gets a pre-release is one whose finals
+    are sdists: the seed's pip would build the newest final one (pylatexenc 2.10 vs 3.0a33).
+    Projects that publish pre-releases only (opentelemetry's 0.61b0 exporters) are what pip takes
+    anyway."""
+    from pip._vendor.packaging.utils import parse_sdist_filename, parse_wheel_filename
+    from pip._vendor.packaging.version import InvalidVersion, Version
+
+    from planner.fetch.simple_index import DatedIndex
+
+    pre = {n: v for n, v in resolved.items() if Version(v).is_prerelease}
+    if not pre:
+        return
+    bad = []
+    with DatedIndex(as_of) as view:
+        for name, version in sorted(pre.items()):
+            finals = set()
+            for f in view.files(name) or []:
+                try:
+                    v = (parse_wheel_filename(f.filename)[1] if f.filename.endswith(".whl")
+                         else parse_sdist_filename(f.filename)[1])
+                except (ValueError, InvalidVersion):
+                    continue
+                if not v.is_prerelease:
+                    finals.add(v)
+            if finals:
+                bad.append(f"{name} {version} (final releases up to {max(finals)})")
+    if bad:
+        raise SystemExit(f"pre-releases in the closure where final releases exist: {', '.join(bad)}; their finals are "
+                         "probably sdists only: add each to SDIST_ONLY with a recipe that builds it")
+
+
+def _component_versions(components: dict[str, str]) -> dict[str, str]:
+    """name -> version of every pypi input (and pypi source) of the component recipes."""
+    out = {}
+    for recipe in sorted(set(components.values())):
+        data = tomllib.loads((HERE / f"{recipe}.toml").read_text())
+        decls = list(data.get("inputs", {}).values()) + [data.get("source", {})]
+        for decl in decls:
+            if decl.get("kind") == "pypi":
+                out[normalise(decl["name"])] = decl["version"]
+    return out
+
+
+def _write(target: Target, data: dict, check: bool) -> int:
+    per: dict[str, dict[str, dict]] = data["layer"]
+    platforms = target.platforms
+
     pure: list[dict] = []
     native: list[dict] = []
     problems: list[str] = []
-    names = sorted(set().union(*(set(p) for p in per.values())))
+    names = sorted(set().union(*(set(per[pl]) for pl in platforms)))
+    pinned = _component_versions(target.components)
     for name in names:
-        if name in COMPONENTS:
-            continue
-        have = {pl: per[pl].get(name) for pl in PLATFORMS}
+        have = {pl: per[pl].get(name) for pl in platforms}
         present = {pl: e for pl, e in have.items() if e is not None}
         versions = {e["version"] for e in present.values()}
+        if name in target.components:
+            if versions != {pinned.get(name)}:
+                problems.append(f"{name}: resolved {sorted(versions)}, recipes/slime/{target.components[name]}.toml "
+                                f"pins {pinned.get(name)}")
+            continue
         files = sorted({e["filename"] for e in present.values()})
-        if len(present) != len(PLATFORMS) or len(versions) != 1:
+        # In the layer on some platforms only, because the other platforms' bases already have
+        # the same version (SGLang installs av on arm64, torchcodec on x86_64): an input cannot be
+        # restricted to some platforms yet, so those platforms get the same version again, the
+        # base's own release (the header lists each such case).
+        again = {pl: data["base"][pl].get(name) for pl in platforms if pl not in present}
+        if present and again and len(versions) == 1 and set(again.values()) == versions:
+            entry = {"name": name, "version": next(iter(versions)), "files": " | ".join(files),
+                     "again": sorted(again)}
+            native.append(entry)
+            continue
+        if len(present) != len(platforms) or len(versions) != 1:
             # Not the same version everywhere: the set has one image layer per group for every
             # platform, so a platform-only distribution needs a planner change (see docs/slime.md).
             problems.append(f"{name}: " + ", ".join(f"{pl}={e['version'] if e else 'absent'}" for pl, e in have.items()))
@@ -332,18 +474,39 @@ def _write(per: dict[str, dict[str, dict]], check: bool) -> int:
         else:
             native.append(entry)
     if problems:
-        sys.stderr.write("distributions that differ between platforms:\n  " + "\n  ".join(problems) + "\n")
+        sys.stderr.write(f"problems ({target.base}):\n  " + "\n  ".join(problems) + "\n")
         return 1
 
-    comps = ", ".join(sorted(COMPONENTS))
+    replaced = sorted({f"{e['name']} {e['replaces']} -> {e['version']}" for pl in platforms for e in per[pl].values()
+                       if e.get("replaces")})
+    replaced += [f"{e['name']} {e['version']} (the same version again on {', '.join(e['again'])}, whose base has it)"
+                 for e in native if e.get("again")]
+    left_out = "the distributions that have their own recipe, " + ", ".join(sorted(target.components))
+    if target.base == "pins-base":
+        left_out += ("; for CUDA 12 only (the base is CUDA 13.0): "
+                     + ", ".join(f"{k} ({'replaced by ' + v if v else 'the base has nvidia-cudnn-cu13'})"
+                                 for k, v in CUDA12_ONLY.items()))
     reqs_block = _comment_wrap(", ".join(SLIME_REQUIREMENTS), "#   ")
-    base_text = ", ".join(f"{n} {v}" for n, v in sorted(BASE_PROVIDED.items()))
+    base = data["base"]
+    arches = " / ".join(p.split("/")[1].replace("amd64", "x86_64").replace("arm64", "aarch64") for p in platforms)
+    plat_line = "" if platforms == PLATFORMS else "platforms = [" + ", ".join(f'"{p}"' for p in platforms) + "]\n"
     outputs = {
-        HERE / "slime-requirements.toml": render(
-            PURE_HEADER.format(reqs=reqs_block, py=PYTHON, base=_comment_wrap(base_text, "#   "),
-                               components=_comment_wrap(comps, "#   ")),
-            pure, False),
-        HERE / "slime-requirements-native.toml": render(NATIVE_HEADER.format(py=PYTHON), native, True),
+        HERE / f"{target.pure}.toml": render(
+            PURE_HEADER.format(reqs=reqs_block, py=data["python"], as_of=data["as-of"], name=target.pure,
+                               platforms=" and ".join(platforms), native=target.native, base=target.base,
+                               frozen=_comment_wrap(
+                                   f"Resolved against a frozen view of the base "
+                                   f"({' / '.join(str(len(base[pl])) for pl in platforms)} distributions: "
+                                   f"{base['origin']}), as the seed's `pip install -r` runs on its base: nothing the "
+                                   "base already satisfies is here. Base packages that no version the base has "
+                                   "satisfies, and which the layer therefore replaces (as pip would):", "# "),
+                               replaced=_comment_wrap(", ".join(replaced) or "none", "#   "),
+                               components=_comment_wrap("Left out: " + left_out, "# ")),
+            pure, False, target.python),
+        HERE / f"{target.native}.toml": render(
+            NATIVE_HEADER.format(py=target.python, name=target.native, pure=f"{target.pure}.toml", arches=arches,
+                                 base=target.base, platforms=plat_line),
+            native, True, target.python),
     }
     stale = []
     for path, text in outputs.items():
@@ -356,7 +519,7 @@ def _write(per: dict[str, dict[str, dict]], check: bool) -> int:
     if stale:
         print(f"stale: {', '.join(stale)} (re-run recipes/slime/gen_requirements.py)", file=sys.stderr)
         return 1
-    print(f"{len(pure)} pure-Python wheels, {len(native)} binary wheels per platform")
+    print(f"{target.base}: {len(pure)} pure-Python wheels, {len(native)} binary wheels per platform")
     return 0
 
 
