@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import sys
 
-# realise's options that leave a no-op a no-op, with a value (and the values allowed) or without.
+# realise's options this parser reads, with a value (and the values allowed) or without. Which
+# of them rule a no-op out is not decided here but by `plancache.fast_path_applies`; any other
+# option (--json, --out-link, --help, ...) goes to the full command line, which prints those.
 _VALUED = {"-j": None, "--jobs": None, "--target": None, "--sandbox": ("on", "off"), "--substituter": None,
-           "--trusted-key": None, "--signing-key": None, "--download": ("toplevel", "all")}
-_FLAGS = {"--keep-going"}
+           "--trusted-key": None, "--signing-key": None, "--download": ("toplevel", "all"), "--executor": None,
+           "--cache-to": None, "--platform": None, "--variant": None}
+_FLAGS = {"--keep-going", "--dry-run", "--check"}
 
 
 def _global_options(args: list[str]):
@@ -44,10 +47,10 @@ def _global_options(args: list[str]):
 
 
 def _realise_args(root: str, store: str, args: list[str]):
-    """(root, store, set name, target, sandboxed) of a plain `realise`, else None."""
+    """(root, store, set name, the options by name) of a `realise` this parser reads, else None."""
     if args[:1] != ["realise"]:
         return None
-    set_name, target, sandbox, jobs = None, None, "on", None
+    set_name, opts = None, {}
     rest = args[1:]
     i = 0
     while i < len(rest):
@@ -59,6 +62,7 @@ def _realise_args(root: str, store: str, args: list[str]):
             i += 1
             continue
         if a in _FLAGS:
+            opts[a] = True
             i += 1
             continue
         if a.startswith("-j") and not a.startswith("--") and len(a) > 2:
@@ -66,7 +70,7 @@ def _realise_args(root: str, store: str, args: list[str]):
         else:
             name, eq, value = a.partition("=")
             if name not in _VALUED:
-                return None  # --dry-run, --check, --out-link, --help, ...: the full command
+                return None  # --json, --out-link, --help, ...: the full command
             if not eq:
                 if i + 1 >= len(rest):
                     return None
@@ -75,13 +79,8 @@ def _realise_args(root: str, store: str, args: list[str]):
         allowed = _VALUED[name]
         if (allowed is not None and value not in allowed) or (name in ("-j", "--jobs") and not value.isdigit()):
             return None
-        if name == "--target":
-            target = value
-        elif name == "--sandbox":
-            sandbox = value
+        opts[name] = value
         i += 1
-    if os.environ.get("PLANNER_EXECUTOR"):
-        return None
     if set_name is None:
         try:
             sets = [e for e in os.listdir(os.path.join(root, "recipes"))
@@ -93,7 +92,7 @@ def _realise_args(root: str, store: str, args: list[str]):
         set_name = sets[0]
     if "/" in set_name or "\0" in set_name or set_name.startswith("."):
         return None
-    return os.path.realpath(root), store, set_name, target, sandbox == "on"
+    return os.path.realpath(root), store, set_name, opts
 
 
 def answer_noop(args: list[str]) -> bool:
@@ -102,10 +101,13 @@ def answer_noop(args: list[str]) -> bool:
     parsed = opts and _realise_args(*opts)
     if not parsed:
         return False
-    root, store, set_name, target, sandboxed = parsed
-    from .noop import noop_text, try_noop
+    root, store, set_name, o = parsed
+    from .plancache import answer_noop as cached_answer, noop_text
 
-    cache = try_noop(root, set_name, store, target, sandboxed)
+    cache = cached_answer(root, set_name, store, target=o.get("--target"), sandboxed=o.get("--sandbox", "on") == "on",
+                          dry_run="--dry-run" in o, check="--check" in o,
+                          executor=o.get("--executor") or os.environ.get("PLANNER_EXECUTOR"),
+                          cache_to=o.get("--cache-to"), platform=o.get("--platform"), variant=o.get("--variant"))
     if cache is None:
         return False
     sys.stdout.write(noop_text(cache) + "\n")

@@ -1,32 +1,197 @@
-"""The plan cache around a realise: whether the no-op fast path applies, what a complete
-realise records for the next one, and the out-link. Standard library only.
+"""The plan cache and the no-op answer of `planner realise`: one owner for both.
 
-The cache itself (its format, and answering a no-op from it with os, marshal and zlib) is
-`planner.noop`, which `planner.entry` calls before anything else is imported. Whether a realise
-may take the fast path at all is decided here, once (`fast_path_applies`): the command line asks
-before importing the planner, and `realise()` asks the same question.
+A successful realise leaves a plan cache: the stat signature of every file planning read, and
+the nodes' keys and digests. If none of those files changed and the store still holds every
+output, the answer comes from the cache, without loading a recipe.
+
+Whether a realise may take the fast path at all is decided here, once (`fast_path_applies`,
+asked by `answer_noop`): `planner.entry` asks before anything else is imported, the command
+line asks before importing the planner, and `realise()` asks the same question.
+
+This module is the whole cost of a no-op, so at import it keeps to what the interpreter has
+built in: os, marshal and zlib; sqlite3 only when the store's index changed since the cache was
+written; pathlib only in what a realise that did work calls. No json or hashlib: each costs
+more to import than the answer takes.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
-from pathlib import Path
-from typing import Optional
+import zlib
 
-from .noop import noop_text, try_noop  # noqa: F401  (the answer, for callers of this module)
+PLAN_CACHE_VERSION = 2
+_MISSING = (0, 0, 0, 0)
 
 
 def fast_path_applies(*, dry_run: bool = False, check: bool = False, executor: object = None,
-                      cache_to: object = (), platform: Optional[str] = None, use_plan_cache: bool = True,
-                      variant: Optional[str] = None) -> bool:
+                      cache_to: object = (), platform: str | None = None, use_plan_cache: bool = True,
+                      variant: str | None = None) -> bool:
     """A no-op answer is possible only for a plain realise of everything into the local store:
     a dry run, a --check rebuild, a remote executor, a cache to push to or one platform of the
     set (or one CUDA variant) all need the plan."""
     return use_plan_cache and not (dry_run or check or executor or cache_to or platform or variant)
 
 
-def watched_files(rs, lock_path: Path) -> list[Path]:
+def answer_noop(root, set_name: str, store_root, *, target: str | None = None, sandboxed: bool = True,
+                dry_run: bool = False, check: bool = False, executor: object = None, cache_to: object = (),
+                platform: str | None = None, variant: str | None = None, use_plan_cache: bool = True
+                ) -> dict | None:
+    """The cached answer of a realise with these options when it is a no-op, else None: the
+    one decision every caller (entry point, command line, `realise()`) asks."""
+    if not fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to,
+                             platform=platform, variant=variant, use_plan_cache=use_plan_cache):
+        return None
+    return try_noop(root, set_name, store_root, target, sandboxed)
+
+
+def stat_sig(p) -> tuple[int, int, int, int]:
+    try:
+        st = os.stat(p)
+    except OSError:
+        return _MISSING
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def files_unchanged(files: dict) -> bool:
+    """Whether every file (or folder) still has the signature recorded (`stat_sig`); a missing
+    one must have been missing. The one rule for every cache of planning's inputs."""
+    stat = os.stat
+    for f, sig in files.items():
+        try:
+            st = stat(f)
+        except OSError:
+            if sig != _MISSING:
+                return False
+            continue
+        if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != sig:
+            return False
+    return True
+
+
+def _index_sigs(store_root: str) -> tuple:
+    """What changes with every commit to the store's index: a commit appends to the write-ahead
+    log (it grows), or restarts the log (its header's salts change), and a checkpoint writes the
+    database file. Reading 32 bytes is cheaper than loading sqlite to ask."""
+    index = os.path.join(store_root, "index.sqlite")
+    try:
+        with open(index + "-wal", "rb") as f:
+            wal = (os.fstat(f.fileno()).st_size, f.read(32))
+    except OSError:
+        wal = None
+    return (stat_sig(index), wal)
+
+
+def plan_cache_path(store_root, root, set_name: str, target: str | None) -> str:
+    """Where the plan cache of (project root, set, target) lives. The name only spreads caches
+    over files; the cache itself records whose it is (`identity`), so a clash is a miss."""
+    ident = f"{os.fspath(root)}\0{set_name}\0{target or ''}".encode()
+    return os.path.join(os.fspath(store_root), "plans",
+                        f"{set_name}-{zlib.crc32(ident):08x}{zlib.adler32(ident):08x}.plan")
+
+
+def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple:
+    from . import __version__
+
+    return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target or "", bool(sandboxed))
+
+
+def _write(store_root, root, set_name: str, target: str | None, sandboxed: bool, files: list,
+           nodes: list[dict], targets: list[str], output: str | None, digest: str | None) -> None:
+    """Record a complete realise. Written after the run's last commit to the index, so that the
+    index's own signature tells a later no-op whether anything was committed since."""
+    store_root = os.fspath(store_root)
+    cache = {
+        "identity": _identity(root, set_name, target, sandboxed),
+        "files": {os.fspath(f): stat_sig(f) for f in files},
+        "index": _index_sigs(store_root),
+        "nodes": nodes,
+        "targets": list(targets),
+        "output": output,
+        "digest": digest,
+    }
+    _save(plan_cache_path(store_root, root, set_name, target), cache)
+
+
+def _save(path: str, cache: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        marshal.dump(cache, f)
+    os.replace(tmp, path)
+
+
+def try_noop(root, set_name: str, store_root, target: str | None, sandboxed: bool) -> dict | None:
+    """If nothing changed since the last complete realise, the cached answer; else None."""
+    store_root = os.fspath(store_root)
+    try:
+        with open(plan_cache_path(store_root, root, set_name, target), "rb") as f:
+            cache = marshal.loads(f.read())  # load(f) reads the file a few bytes at a time
+        if cache["identity"] != _identity(root, set_name, target, sandboxed):
+            return None
+        if not files_unchanged(cache["files"]):
+            return None
+        for p in cache.get("absent", ()):
+            if os.path.lexists(p):
+                return None
+        # Nodes without a local path (left in a binary cache, or not needed below a valid output)
+        # are not checked: only what the run put in this store has to still be there.
+        local = [n for n in cache["nodes"] if n.get("path")]
+        lexists = os.path.lexists
+        for n in local:
+            if not lexists(os.path.join(store_root, n["path"])):
+                return None
+    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
+        return None  # no cache, or one this planner cannot read: plan as usual
+    index = _index_sigs(store_root)
+    if cache["index"] != index:
+        if not _index_agrees(store_root, local):
+            return None
+        # Still valid: remember the index as it is now, so the next no-op need not ask it.
+        cache["index"] = _index_sigs(store_root)
+        try:
+            _save(plan_cache_path(store_root, root, set_name, target), cache)
+        except OSError:
+            pass
+    return cache
+
+
+def _index_agrees(store_root: str, local: list[dict]) -> bool:
+    """Something was committed to the index since: do the nodes' realisations still hold?"""
+    import sqlite3
+
+    keys = [n["key"] for n in local]
+    found = {}
+    try:
+        # A store this user cannot write (another user's): immutable, so sqlite needs no -shm file.
+        mode = "ro" if os.access(store_root, os.W_OK) else "ro&immutable=1"
+        db = sqlite3.connect(f"file:{os.path.join(store_root, 'index.sqlite')}?mode={mode}", uri=True, timeout=30)
+        try:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = ("SELECT r.input_key, e.path, e.digest FROM realisations r JOIN entries e "
+                     f"ON e.key = r.build_key WHERE r.input_key IN ({','.join('?' * len(chunk))})")
+                for ik, p, d in db.execute(q, chunk):
+                    found[ik] = (p, d)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return all(found.get(n["key"]) == (os.path.basename(n["path"]), n["digest"]) for n in local)
+
+
+def noop_text(cache: dict) -> str:
+    """What `planner realise` prints when there is nothing to do: the output, then its digest."""
+    lines = [cache["output"] or "\n".join(n["path"] for n in cache["nodes"] if n["id"] in cache["targets"])]
+    if cache.get("digest"):
+        lines.append(cache["digest"])
+    return "\n".join(lines)
+
+
+def watched_files(rs, lock_path: os.PathLike) -> list:
     """Every file (and folder) planning read: a change to any of them invalidates the cache."""
+    from pathlib import Path
+
     # Folders too (their own stat changes when an entry is added, removed or renamed): a new
     # recipe or a new file in a path source changes the plan without touching any listed file.
     # Sorted by string: comparing Path objects costs more than the rest for 10,000 recipes.
@@ -46,19 +211,20 @@ def watched_files(rs, lock_path: Path) -> list[Path]:
     return [f for f in dict.fromkeys(files)]
 
 
-def write_plan_cache(rs, lock_path: Path, store_root: Path, target: Optional[str], sandboxed: bool, result) -> None:
+def write_plan_cache(rs, lock_path: os.PathLike, store_root: os.PathLike, target: str | None, sandboxed: bool,
+                     result) -> None:
     """After a complete realise (and after its last commit to the store's index): what the next
     one needs to answer without planning."""
-    from .noop import write_plan_cache as write
-
-    write(store_root, rs.root, rs.name, target, sandboxed, watched_files(rs, lock_path),
+    _write(store_root, rs.root, rs.name, target, sandboxed, watched_files(rs, lock_path),
           [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
             "digest": n.digest, "path": n.path} for n in result.nodes],
           result.targets, result.output, result.digest)
 
 
-def out_link(link: Path, target: Path, store=None) -> None:
+def out_link(link: os.PathLike, target: os.PathLike, store=None) -> None:
     """Point `link` at `target` atomically; with a store, the link is a gc root too."""
+    from pathlib import Path
+
     link = Path(link).absolute()
     tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
     if os.path.lexists(tmp):

@@ -6,7 +6,7 @@ costs a third of that. What the view needs of a plan is small and store-independ
 node's id, key, builder, dependencies, run-time edges and whether it is blocked, plus the
 stale-lock warning. That table is cached under `$PLANNER_CACHE/plans/`, marshalled, under the
 stat signature of every file planning read: the same list, and the same comparison, as the
-no-op cache of `planner realise` (`plancache.watched_files`, `noop.files_unchanged`), so any
+no-op cache of `planner realise` (`plancache.watched_files`, `plancache.files_unchanged`), so any
 change that could move a key is a miss. What depends on the store (valid outputs, recorded
 durations) is asked of the store on every plan.
 """
@@ -146,7 +146,7 @@ def _identity(root: str, set_name: str, target: Optional[str], sandboxed: bool) 
 
 def cached(root: Path, set_name: str, target: Optional[str], sandboxed: bool) -> Optional[PlanTable]:
     """The cached table, if no file planning read has changed since it was written."""
-    from .noop import files_unchanged
+    from .plancache import files_unchanged
 
     root_s = os.path.realpath(root)
     try:
@@ -163,7 +163,7 @@ def save(table: PlanTable, planned, started_ns: int, target: Optional[str], sand
     """Cache `table`, planned from files read after `started_ns` (time.time_ns()). Not cached
     when any of them changed since shortly before that: the plan may hold the old content under
     the new signature."""
-    from .noop import stat_sig
+    from .plancache import stat_sig
     from .plancache import watched_files
 
     rs = planned.rs

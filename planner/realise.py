@@ -5,7 +5,7 @@ Callable from Python: `realise(project_root, set_name, store, RealiseOptions(...
 Three steps: `decide` what is valid and what is needed (the question `why --dry-run` and `plan`
 ask too, through `planner.planning`), then either list a `dry_run` or `execute`: substitute or
 build each needed node on the executor, record the run, write the plan cache. Whether the no-op
-fast path applies is decided by `planner.plancache.fast_path_applies`, as on the command line.
+fast path applies is decided by `planner.plancache.answer_noop`, as on the command line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import attrs
 
 from .errors import LockError, PlannerError
-from .plancache import fast_path_applies, out_link, try_noop, write_plan_cache
+from .plancache import answer_noop, out_link, write_plan_cache
 from .runs import RESULT_SCHEMA, NodeResult, RealiseResult, RunRecord, lock_pins, previous_keys, runs_of  # noqa: F401
 
 Emit = Callable[[str, object], None]
@@ -94,12 +94,13 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     root = Path(root).resolve()
     store_root = Path(store_root).absolute()
     emit: Emit = progress or (lambda kind, data: None)
-    if fast_path_applies(dry_run=options.dry_run, check=options.check, executor=options.executor or executor,
-                         cache_to=options.cache_to or tuple(cache_to), platform=options.platform,
-                         use_plan_cache=options.use_plan_cache, variant=options.variant) and store_root.exists():
-        noop = _noop(root, set_name, store_root, options)
-        if noop is not None:
-            return noop
+    if store_root.exists():
+        cache = answer_noop(root, set_name, store_root, target=options.target, sandboxed=options.sandbox,
+                            dry_run=options.dry_run, check=options.check, executor=options.executor or executor,
+                            cache_to=options.cache_to or tuple(cache_to), platform=options.platform,
+                            variant=options.variant, use_plan_cache=options.use_plan_cache)
+        if cache is not None:
+            return _noop(cache, set_name, store_root, options)
 
     from . import planning
     from .store import Store
@@ -132,10 +133,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         return execute(run)
 
 
-def _noop(root: Path, set_name: str, store_root: Path, options: RealiseOptions) -> Optional[RealiseResult]:
-    cache = try_noop(root, set_name, store_root, options.target, options.sandbox)
-    if cache is None:
-        return None
+def _noop(cache: dict, set_name: str, store_root: Path, options: RealiseOptions) -> RealiseResult:
+    """The result of a no-op from the plan cache's answer (and a new out-link made a gc root)."""
     nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
                         reason="valid in the store", build_key=n["build_key"], digest=n["digest"],
                         path=n["path"]) for n in cache["nodes"]]

@@ -57,22 +57,16 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     parallel, the critical path first) and prints the target's output and image digest."""
     name = default_set(ctx, set_name)
     ctx.store_for_write()
-    # The no-op fast path: the standard library and one sqlite query, nothing else.
-    from ..plancache import fast_path_applies, noop_text, try_noop
+    # The no-op fast path: the standard library and one sqlite query, nothing else. With an
+    # --out-link, realise() answers it: the new link must become a gc root in the store.
+    from ..plancache import answer_noop, noop_text
 
-    if fast_path_applies(dry_run=dry_run, check=check, executor=executor, cache_to=cache_to, platform=platform_,
-                         variant=variant):
-        cache = try_noop(ctx.root.resolve(), name, ctx.store, target, sandbox == "on")
-        if cache is not None:
-            if out_link and cache["output"]:
-                from ..plancache import out_link as make_link
-
-                make_link(out_link, Path(cache["output"]))
-            if as_json:
-                click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True))
-            else:
-                click.echo(noop_text(cache))
-            return
+    cache = None if out_link else answer_noop(
+        ctx.root.resolve(), name, ctx.store, target=target, sandboxed=sandbox == "on", dry_run=dry_run, check=check,
+        executor=executor, cache_to=cache_to, platform=platform_, variant=variant)
+    if cache is not None:
+        click.echo(json.dumps(_noop_json(name, cache), indent=2, sort_keys=True) if as_json else noop_text(cache))
+        return
     from ..mirrors import load_mirrors
     from ..realise import RealiseOptions, realise as do_realise
 
@@ -93,7 +87,12 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     finally:
         if progress is not None:
             progress("close", None)
-    if progress is None:  # the live display printed them already
+    _report(result, name, as_json=as_json, dry_run=dry_run, live=progress is not None)
+
+
+def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) -> None:
+    """Print a realise's result (or its JSON); exit non-zero on failures or a differing --check."""
+    if not live:  # the live display printed them already
         for w in result.warnings:
             click.echo(f"planner: warning: {w}", err=True)
     if as_json:
@@ -126,7 +125,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
         failed = [n.id for n in result.nodes if n.action == "failed"]
         if failed:
             click.echo(f"planner: hint: `planner log {failed[0]!r}` prints its build log; "
-                       f"`planner why {name}` names the failed nodes", err=True)
+                       f"`planner why {set_name}` names the failed nodes", err=True)
         sys.exit(1)
     if any(not c.ok for c in result.checks):
         click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
