@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 import attrs
 
+from .runs import RunRecord
+
 
 @attrs.frozen
 class NodeSize:
@@ -61,10 +63,10 @@ def closure_of(node: str, deps: dict[str, Iterable[str]]) -> list[str]:
     return out
 
 
-def node_sizes(record: dict, measure: Callable[[Path], int] = path_size) -> list[NodeSize]:
+def node_sizes(record: RunRecord, measure: Callable[[Path], int] = path_size) -> list[NodeSize]:
     """Per node of a run record with an output in the store: its size and closure size."""
-    paths = {n["id"]: n["path"] for n in record.get("nodes", []) if n.get("path")}
-    deps = {nid: list(d.values()) if isinstance(d, dict) else list(d) for nid, d in record.get("deps", {}).items()}
+    paths = {n.id: n.path for n in record.nodes if n.path}
+    deps = {nid: list(d.values()) for nid, d in record.deps.items()}
     own = {nid: measure(Path(p)) for nid, p in paths.items()}
     out = []
     for nid, p in paths.items():

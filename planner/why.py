@@ -182,16 +182,13 @@ def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optio
 
     store = Store(store_root)
     try:
-        runs = [(i, r) for i, r in store.runs(limit=200) if set_name is None or r.get("set") == set_name]
+        runs = runs_of(store, set_name)
 
-        def find(name: str, rec: dict) -> Optional[str]:
-            for n in rec.get("nodes", []):
-                if name in (n["id"], n["name"]):
-                    return n["key"]
-            return None
+        def find(name: str, rec: RunRecord) -> Optional[str]:
+            return next((n.key for n in rec.nodes if name in (n.id, n.name)), None)
 
         def names() -> set[str]:
-            return {x for _i, r in runs for n in r.get("nodes", []) for x in (n["id"], n["name"])}
+            return {x for _i, r in runs for n in r.nodes for x in (n.id, n.name)}
 
         if b is None:
             history = [(i, k) for i, r in runs if (k := find(a, r))]

@@ -17,29 +17,30 @@ from .common import Context, default_set
 @click.pass_obj
 def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
     """Print a node's latest build log (failed builds too)."""
+    from ..runs import runs_of
     from ..store import Store
 
     store_root = ctx.store_for_read()
     st = Store(store_root)
     try:
-        runs = [r for _i, r in st.runs(limit=200) if set_name is None or r.get("set") == set_name]
+        runs = [r for _i, r in runs_of(st, set_name)]
     finally:
         st.close()
     seen: set[str] = set()
     for rec in runs:
-        for n in rec.get("nodes", []):
-            seen.update((n["id"], n["name"]))
-            if node not in (n["id"], n["name"], n["key"], n.get("build_key")):
+        for n in rec.nodes:
+            seen.update((n.id, n.name))
+            if node not in (n.id, n.name, n.key, n.build_key):
                 continue
-            if n.get("build_key"):
-                path = store_root / "logs" / f"{n['build_key']}.log"
+            if n.build_key:
+                path = store_root / "logs" / f"{n.build_key}.log"
                 if path.exists():
                     click.echo(path.read_text(errors="replace"), nl=False)
                     return
-            if n.get("action") == "failed":
+            if n.action == "failed":
                 # Its latest attempt failed before building (a fetch, say): an older log would mislead.
-                raise PlannerError(f"no build log: {n['id']} failed before its build started: "
-                                   f"{n.get('reason') or 'no reason recorded'}")
+                raise PlannerError(f"no build log: {n.id} failed before its build started: "
+                                   f"{n.reason or 'no reason recorded'}")
     if node in seen:
         raise PlannerError(f"no build log for {node!r}: it was reused or fetched, not built, in the recorded runs")
     from ..suggest import unknown

@@ -72,22 +72,23 @@ def store_gc(ctx: Context, dry_run: bool) -> None:
 @click.pass_obj
 def store_roots(ctx: Context) -> None:
     """List the gc roots and the closure each keeps alive."""
+    from ..runs import runs_of
     from ..sizes import human, node_sizes
     from ..store import Store
 
     st = Store.for_reading(ctx.store_for_read())
     try:
         roots = st.live_roots()
-        runs = st.runs(limit=1000)
+        runs = runs_of(st, None, limit=1000)
     finally:
         st.close()
     if not roots:
         click.echo("no roots: `planner store gc` would remove everything")
     for name, path in roots.items():
-        rec = next((r for _i, r in runs if r.get("output") and Path(r["output"]).name == path.name), None)
+        rec = next((r for _i, r in runs if r.output and Path(r.output).name == path.name), None)
         closure = ""
         if rec is not None:
-            top = next((n for n in node_sizes(rec) if n.path == rec["output"]), None)
+            top = next((n for n in node_sizes(rec) if n.path == rec.output), None)
             if top is not None:
                 closure = f"  closure {human(top.closure)}"
         click.echo(f"{name} -> {path}{closure}")
@@ -104,13 +105,14 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
     output it was built from); the target's closure is the whole image."""
     import attrs
 
+    from ..runs import runs_of
     from ..sizes import human, node_sizes
     from ..store import Store
 
     name = default_set(ctx, set_name)
     st = Store.for_reading(ctx.store_for_read())
     try:
-        rec = next((r for _i, r in st.runs(limit=1000) if r.get("set") == name), None)
+        rec = next((r for _i, r in runs_of(st, name, limit=1000)), None)
     finally:
         st.close()
     if rec is None:
@@ -125,7 +127,7 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
     click.echo(f"{'node':<{width}}  {'size':>10}  {'closure':>10}")
     for n in sizes:
         click.echo(f"{n.id:<{width}}  {human(n.size):>10}  {human(n.closure):>10}")
-    for t in rec.get("targets", []):
+    for t in rec.targets:
         top = next((n for n in sizes if n.id == t), None)
         if top is not None:
             click.echo(f"closure of {t}: {human(top.closure)} in {top.closure_paths} outputs")
