@@ -68,25 +68,18 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def driver_stub(symbols: Iterable[str], machine: int) -> bytes:
-    """An ELF64 little-endian shared object named `libcuda.so.1` defining `symbols` as functions."""
-    if machine not in _BODY:
-        raise ValueError(f"no driver stub for ELF machine {machine}")
-    names = sorted(set(symbols))
-    if not names or any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names):
-        raise ValueError("driver stub symbols must be C identifiers (and at least one)")
-
-    dynstr = bytearray(b"\0")
+def _string_table(names: Iterable[str]) -> tuple[bytearray, dict[str, int]]:
+    """A NUL-separated string table (leading NUL) and each name's offset in it."""
+    table = bytearray(b"\0")
     offsets: dict[str, int] = {}
-    for n in [SONAME, *names]:
-        offsets[n] = len(dynstr)
-        dynstr += n.encode() + b"\0"
-    shstr = bytearray(b"\0")
-    shnames: dict[str, int] = {}
-    for n in (".hash", ".dynsym", ".dynstr", ".text", ".dynamic", ".shstrtab"):
-        shnames[n] = len(shstr)
-        shstr += n.encode() + b"\0"
+    for n in names:
+        offsets[n] = len(table)
+        table += n.encode() + b"\0"
+    return table, offsets
 
+
+def _hash_section(names: list[str]) -> bytes:
+    """The SysV .hash table of the dynamic symbols (index 0 is the null symbol)."""
     nsyms = len(names) + 1
     nbucket = max(1, nsyms // 2)
     buckets = [0] * nbucket
@@ -95,7 +88,33 @@ def driver_stub(symbols: Iterable[str], machine: int) -> bytes:
         b = _sysv_hash(n.encode()) % nbucket
         chains[i] = buckets[b]
         buckets[b] = i
-    hash_ = struct.pack(f"<II{nbucket}I{nsyms}I", nbucket, nsyms, *buckets, *chains)
+    return struct.pack(f"<II{nbucket}I{nsyms}I", nbucket, nsyms, *buckets, *chains)
+
+
+def _program_headers(off_dynamic: int, vaddr_dynamic: int, dynamic_size: int) -> bytes:
+    def phdr(kind: int, flags: int, off: int, vaddr: int, size: int, align: int) -> bytes:
+        return struct.pack("<IIQQQQQQ", kind, flags, off, vaddr, vaddr, size, size, align)
+
+    return (
+        phdr(1, 5, 0, 0, off_dynamic, _PAGE)                                    # PT_LOAD R+X
+        + phdr(1, 6, off_dynamic, vaddr_dynamic, dynamic_size, _PAGE)           # PT_LOAD R+W
+        + phdr(2, 6, off_dynamic, vaddr_dynamic, dynamic_size, 8)               # PT_DYNAMIC
+        + phdr(0x6474E551, 6, 0, 0, 0, 16)  # PT_GNU_STACK RW: no executable stack (glibc refuses it)
+    )
+
+
+def driver_stub(symbols: Iterable[str], machine: int) -> bytes:
+    """An ELF64 little-endian shared object named `libcuda.so.1` defining `symbols` as functions."""
+    if machine not in _BODY:
+        raise ValueError(f"no driver stub for ELF machine {machine}")
+    names = sorted(set(symbols))
+    if not names or any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n) for n in names):
+        raise ValueError("driver stub symbols must be C identifiers (and at least one)")
+
+    dynstr, offsets = _string_table([SONAME, *names])
+    shstr, shnames = _string_table((".hash", ".dynsym", ".dynstr", ".text", ".dynamic", ".shstrtab"))
+    nsyms = len(names) + 1
+    hash_ = _hash_section(names)
 
     body = _BODY[machine]
     phnum, ehsize, phsize = 4, 64, 56
@@ -125,15 +144,7 @@ def driver_stub(symbols: Iterable[str], machine: int) -> bytes:
         0, 0,                  # DT_NULL
     )
 
-    def phdr(kind: int, flags: int, off: int, vaddr: int, size: int, align: int) -> bytes:
-        return struct.pack("<IIQQQQQQ", kind, flags, off, vaddr, vaddr, size, size, align)
-
-    phdrs = (
-        phdr(1, 5, 0, 0, off_dynamic, _PAGE)                                    # PT_LOAD R+X
-        + phdr(1, 6, off_dynamic, vaddr_dynamic, len(dynamic), _PAGE)           # PT_LOAD R+W
-        + phdr(2, 6, off_dynamic, vaddr_dynamic, len(dynamic), 8)               # PT_DYNAMIC
-        + phdr(0x6474E551, 6, 0, 0, 0, 16)  # PT_GNU_STACK RW: no executable stack (glibc refuses it)
-    )
+    phdrs = _program_headers(off_dynamic, vaddr_dynamic, len(dynamic))
 
     def shdr(name: str, kind: int, flags: int, addr: int, off: int, size: int, link: int = 0,
              info: int = 0, align: int = 1, entsize: int = 0) -> bytes:
