@@ -90,6 +90,20 @@ def test_anything_but_a_plain_cached_realise_goes_to_the_command_line(built, arg
     assert not probe(proj, *args)[0]
 
 
+def test_a_noop_with_an_out_link_makes_it_a_gc_root(built) -> None:
+    """The command line leaves an --out-link no-op to realise(), which registers the link as a
+    gc root (the entry point's and the command line's fast paths would only make the link)."""
+    proj, first = built
+    link = proj.root / "result"
+    again = planner(proj, "realise", "t", "--out-link", str(link))
+    assert again.returncode == 0, again.stderr
+    assert "built" not in again.stderr
+    assert again.stdout == first.stdout.splitlines(keepends=True)[-1]
+    assert link.is_symlink() and os.readlink(link) == first.stdout.splitlines()[-1]
+    roots = planner(proj, "store", "roots")
+    assert f"link:{link} -> " in roots.stdout, roots.stdout
+
+
 def test_executor_from_the_environment_is_not_a_noop(built) -> None:
     proj, _ = built
     p = subprocess.run([sys.executable, "-c", PROBE, "--root", str(proj.root), "--store", str(proj.store),
