@@ -51,22 +51,7 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
                                                           place) or ".." in place.split("/"):
             raise err("settings", "the source-tree builder needs settings.path, a relative path inside the image "
                                   "such as root/slime")
-    for key, value in (("estimate", r.estimate), ("memory", r.resources.memory), ("tmp", r.resources.tmp),
-                       ("timeout", r.resources.timeout)):
-        if value is None:
-            continue
-        try:
-            amount = parse_duration(value) if key in ("estimate", "timeout") else parse_size(value)
-        except ValueError as exc:
-            raise err(key, str(exc)) from None
-        if key in ("memory", "tmp") and not 1 << 20 <= amount <= 1 << 50:
-            raise err(key, f"{key} must be from 1MiB to 1024TiB, not {value!r}")
-        if key == "timeout" and not 0 < amount <= 1e7:
-            raise err(key, f"timeout must be from 1s to 10000000s, not {value!r}")
-    if isinstance(r.resources.processes, bool) or not 1 <= r.resources.processes <= 1 << 22:
-        raise err("processes", f"processes must be a whole number from 1 to {1 << 22}, not {r.resources.processes!r}")
-    if isinstance(r.resources.cores, bool) or not 1 <= r.resources.cores <= 1024:
-        raise err("cores", f"cores must be a whole number from 1 to 1024, not {r.resources.cores!r}")
+    _validate_resources(r, err)
     for name, src in r.all_sources().items():
         _validate_source(name, src, err, root)
     for i, p in enumerate(r.patches):
@@ -96,6 +81,26 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
     if clash:
         raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
                             f"{r.build.builder} build, so a declared value would be overwritten; remove it")
+
+
+def _validate_resources(r: Recipe, err) -> None:
+    """The estimate and [resources]: sizes, durations and counts within their bounds."""
+    for key, value in (("estimate", r.estimate), ("memory", r.resources.memory), ("tmp", r.resources.tmp),
+                       ("timeout", r.resources.timeout)):
+        if value is None:
+            continue
+        try:
+            amount = parse_duration(value) if key in ("estimate", "timeout") else parse_size(value)
+        except ValueError as exc:
+            raise err(key, str(exc)) from None
+        if key in ("memory", "tmp") and not 1 << 20 <= amount <= 1 << 50:
+            raise err(key, f"{key} must be from 1MiB to 1024TiB, not {value!r}")
+        if key == "timeout" and not 0 < amount <= 1e7:
+            raise err(key, f"timeout must be from 1s to 10000000s, not {value!r}")
+    if isinstance(r.resources.processes, bool) or not 1 <= r.resources.processes <= 1 << 22:
+        raise err("processes", f"processes must be a whole number from 1 to {1 << 22}, not {r.resources.processes!r}")
+    if isinstance(r.resources.cores, bool) or not 1 <= r.resources.cores <= 1024:
+        raise err("cores", f"cores must be a whole number from 1 to 1024, not {r.resources.cores!r}")
 
 
 def _check_inside(root: Path, rel: str, err, key: str) -> None:
