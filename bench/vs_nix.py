@@ -135,8 +135,12 @@ class Nix:
         tops = self.valid_tops()
         if not tops:
             return 0
-        drvs = list(dict.fromkeys(run(["nix-store", "-qR", *tops], env=self.env).out.split()))
-        outs = [p for p in dict.fromkeys(run(["nix-store", "-q", "--outputs", *drvs], env=self.env).out.split())
+        # In chunks: an edited 10k DAG's .drv files overflow one command line.
+        drvs = list(dict.fromkeys(p for i in range(0, len(tops), 500)
+                                  for p in run(["nix-store", "-qR", *tops[i:i + 500]], env=self.env).out.split()))
+        outs = [p for p in dict.fromkeys(q for i in range(0, len(drvs), 2000)
+                                         for q in run(["nix-store", "-q", "--outputs", *drvs[i:i + 2000]],
+                                                      env=self.env).out.split())
                 if os.path.exists(p)]
         doomed = outs[::-1] + drvs[::-1]
         for i in range(0, len(doomed), 2000):
