@@ -170,6 +170,12 @@ class Planner:
         root = self.tmp / f"planner-{n}-{salt}"
         subprocess.run([sys.executable, str(self.gen), str(n), str(width), str(root), "--salt", salt],
                        check=True, stdout=subprocess.DEVNULL)
+        # Nix builds these with the host's /bin/sh; planner likewise with the host's /usr (a set
+        # without a build root must say so since every set has one by default).
+        set_toml = root / "recipes" / "synth" / "set.toml"
+        if "build-root" not in set_toml.read_text():
+            with open(set_toml, "a") as f:
+                f.write('build-root = "host"\n')
         self.lock(root)
         return root
 
