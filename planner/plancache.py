@@ -96,14 +96,39 @@ def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple
     return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target or "", bool(sandboxed))
 
 
+# A file changed this close to the start of the work (or during it) may have been read before
+# or after the change, so no cache is written from it. The kernel stamps ctime from a clock that
+# lags the precise one by at most a tick (1-10 ms).
+RACY_NS = 20_000_000
+
+
+def signatures(files, started_ns: int | None) -> dict | None:
+    """Each file's `stat_sig`, or None when any of them changed (its ctime) since shortly
+    before `started_ns` (time.time_ns() before the first of them was read): a cache written
+    from it could hold the old content under the new signature. The one rule for every cache of
+    planning's inputs (the no-op cache here, the plan table of `planner plan`)."""
+    out = {}
+    limit = None if started_ns is None else started_ns - RACY_NS
+    for f in files:
+        sig = out[os.fspath(f)] = stat_sig(f)
+        if limit is not None and sig[1] >= limit:
+            return None
+    return out
+
+
 def _write(store_root, root, set_name: str, target: str | None, sandboxed: bool, files: list,
-           nodes: list[dict], targets: list[str], output: str | None, digest: str | None) -> None:
+           nodes: list[dict], targets: list[str], output: str | None, digest: str | None,
+           started_ns: int | None = None) -> None:
     """Record a complete realise. Written after the run's last commit to the index, so that the
-    index's own signature tells a later no-op whether anything was committed since."""
+    index's own signature tells a later no-op whether anything was committed since; not written
+    when a file changed during the run (`signatures`)."""
     store_root = os.fspath(store_root)
+    sigs = signatures(files, started_ns)
+    if sigs is None:
+        return
     cache = {
         "identity": _identity(root, set_name, target, sandboxed),
-        "files": {os.fspath(f): stat_sig(f) for f in files},
+        "files": sigs,
         "index": _index_sigs(store_root),
         "nodes": nodes,
         "targets": list(targets),
@@ -212,13 +237,14 @@ def watched_files(rs, lock_path: os.PathLike) -> list:
 
 
 def write_plan_cache(rs, lock_path: os.PathLike, store_root: os.PathLike, target: str | None, sandboxed: bool,
-                     result) -> None:
+                     result, started_ns: int | None = None) -> None:
     """After a complete realise (and after its last commit to the store's index): what the next
-    one needs to answer without planning."""
+    one needs to answer without planning. `started_ns`: time.time_ns() before the realise read
+    anything; a file changed since is not cached as read."""
     _write(store_root, rs.root, rs.name, target, sandboxed, watched_files(rs, lock_path),
           [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
             "digest": n.digest, "path": n.path} for n in result.nodes],
-          result.targets, result.output, result.digest)
+          result.targets, result.output, result.digest, started_ns)
 
 
 def out_link(link: os.PathLike, target: os.PathLike, store=None) -> None:

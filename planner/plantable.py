@@ -24,10 +24,6 @@ import attrs
 from .dag import Dag
 
 TABLE_VERSION = 1
-# A file changed this close to the start of planning (or during it) may have been read before
-# or after the change: the table is then not cached. The kernel stamps ctime from a clock that
-# lags the precise one by at most a tick (1-10 ms).
-_RACY_NS = 50_000_000
 
 
 @attrs.frozen(slots=True)
@@ -163,15 +159,12 @@ def save(table: PlanTable, planned, started_ns: int, target: Optional[str], sand
     """Cache `table`, planned from files read after `started_ns` (time.time_ns()). Not cached
     when any of them changed since shortly before that: the plan may hold the old content under
     the new signature."""
-    from .plancache import stat_sig
-    from .plancache import watched_files
+    from .plancache import signatures, watched_files
 
     rs = planned.rs
-    files = {}
-    for f in watched_files(rs, rs.lockfile):
-        sig = files[os.fspath(f)] = stat_sig(f)
-        if sig[1] >= started_ns - _RACY_NS:  # its ctime
-            return
+    files = signatures(watched_files(rs, rs.lockfile), started_ns)
+    if files is None:
+        return
     root_s = os.fspath(rs.root)
     path = _path(root_s, rs.name, target, sandboxed)
     data = {"identity": _identity(root_s, rs.name, target, sandboxed), "files": files, "table": _rows(table)}

@@ -105,6 +105,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     from . import planning
     from .store import Store
 
+    started_ns = time.time_ns()  # a file changed after this is not cached as read (plancache.signatures)
     planned = planning.load(root, set_name, sandboxed=options.sandbox, target=options.target, check_lock=True,
                             platform=options.platform, variant=options.variant)
     if options.sandbox:
@@ -125,7 +126,7 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         made, subs, pushes = _scale_out(options, jobs, have_executor=executor is not None)
         run = _Run(decision, store, options, executor if executor is not None else made,
                    own_executor=executor is None, subs=[*subs, *substituters], pushes=[*pushes, *cache_to],
-                   jobs=jobs, emit=emit)
+                   jobs=jobs, emit=emit, started_ns=started_ns)
         if not run.executor.remote and not options.dry_run:
             _refuse_foreign(run)
         if options.dry_run:
@@ -218,6 +219,7 @@ class _Run:
     pushes: list
     jobs: int
     emit: Emit
+    started_ns: Optional[int] = None  # time.time_ns() before planning read anything
 
     def close_executor(self) -> None:
         if self.own_executor:
@@ -336,7 +338,8 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
     store.close()
     if not failures and not options.check and options.platform is None and options.variant is None:
         # After the index is closed: the cache records the index as this run left it.
-        write_plan_cache(planned.rs, planned.rs.lockfile, store.root, options.target, options.sandbox, result)
+        write_plan_cache(planned.rs, planned.rs.lockfile, store.root, options.target, options.sandbox, result,
+                         run.started_ns)
     return result
 
 

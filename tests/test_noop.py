@@ -11,6 +11,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,30 @@ def test_store_verify_of_a_damaged_store_reports_through_the_command_line(built)
     assert res.returncode != 0
     assert f"corrupt: {path}: content hashes to" in res.stdout
     assert res.stderr.startswith("planner: error: ") and res.stderr.rstrip().endswith(": 1 corrupt entry")
+
+
+def test_a_file_edited_during_the_realise_is_not_cached_as_built(tmp_path: Path) -> None:
+    """The plan cache records each file's signature after the run: an edit made while the run
+    was reading (here: when the first build starts) must not be recorded as what was built."""
+    from planner.realise import RealiseOptions, realise
+
+    proj = Project.diamond(tmp_path)
+    proj.lock()
+    edited = []
+
+    def progress(kind: str, data) -> None:
+        if not edited:
+            (proj.root / "src/a/notes.txt").write_text("# edited while the realise ran\n")
+            edited.append(kind)
+
+    realise(proj.root, proj.set, proj.store, RealiseOptions(jobs=2), progress=progress)
+    assert edited
+    # The edit made the lock stale: a realise refuses it, so no cached answer may say otherwise.
+    assert not probe(proj, "realise", "t")[0]
+    assert planner(proj, "realise", "t").returncode != 0
+    # Once nothing changes during it, a realise is cached as usual (a's input changed: it rebuilds).
+    proj.lock()
+    time.sleep(0.05)
+    again = planner(proj, "realise", "t")
+    assert again.returncode == 0 and "built" in again.stderr, again.stderr
+    assert probe(proj, "realise", "t")[0]
