@@ -167,7 +167,10 @@ def test_memory_past_the_limit_fails_naming_it(case: _Case, tmp_path: Path, figu
     try:
         line = assert_one_failure(a.realise(), names=["m:", "[resources] memory = "])
         assert a.store_entries() == [], a.store_entries()
-        shown = a.planner("show", "m", "--set", "t").stdout.splitlines()[1]
+        out = a.planner("show", "m", "--set", "t").stdout
+        limits = [ln for ln in out.splitlines() if ln.startswith("# limits (not part of the key): ")]
+        assert len(limits) == 1, out
+        shown = limits[0]
         assert shown.startswith("# limits (not part of the key): memory "), shown
         how = shown.split("enforced by ", 1)[1].split(":")[0]
     finally:
