@@ -273,3 +273,15 @@ def test_work_request_carries_what_a_build_needs_and_refuses_a_tampered_preimage
     bad = attrs.evolve(req, preimage=dict(req.preimage, env={"INJECTED": "1"}))
     with pytest.raises(RemoteError, match="does not hash to its input key"):
         bad.node()
+
+
+@pytest.mark.parametrize("head", ["host", "inputs", "patches", "env", "variant"])
+def test_a_whole_field_that_appears_or_goes_is_one_cause(head: str) -> None:
+    """A set moving from the host's /usr to a build root drops the `host` field at once: the
+    change's path is the field alone, which `why` must explain rather than crash on."""
+    gone = classify(Change((head,), {"bash": "5.2", "patch": "2.7"}, None), "r")
+    came = classify(Change((head,), None, {"bash": "5.2"}), "r")
+    assert gone is not None and came is not None
+    assert (gone.field, gone.old, gone.new) == (f"(all {head})", "2 entries", "absent")
+    assert (came.old, came.new) == ("absent", "1 entry")
+    assert gone.recipe == "r" and gone.describe()
