@@ -213,11 +213,33 @@ def _read_toml(path: Path, root: Path, where: Optional[str] = None) -> tuple[dic
     except UnicodeDecodeError:
         raise RecipeError("not UTF-8 text", where=where) from None
     try:
-        return tomllib.loads(text), text
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=_where(path, root, text, None)) from None
     except RecursionError:
         raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None
+    if _too_deep(data):
+        raise RecipeError(f"invalid TOML: nested more than {MAX_DEPTH} levels deep", where=str(path))
+    return data, text
+
+
+# How deep tables and arrays may nest. Explicit, so that what is accepted does not depend on the
+# parser in use (the compiled tomli has no recursion limit; the pure-Python tomllib stops near
+# 300 levels) and later walks over the data cannot exhaust the stack.
+MAX_DEPTH = 32
+
+
+def _too_deep(data: object) -> bool:
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
 
 
 
