@@ -241,8 +241,12 @@ def page_json(name: str, files: list[IndexFile]) -> bytes:
         if f.upload_time is not None:
             entry["upload-time"] = f.upload_time
         if f.metadata_sha256 is not None:
-            meta: object = {"sha256": f.metadata_sha256} if f.metadata_sha256 else True
-            entry["core-metadata"] = entry["dist-info-metadata"] = meta
+            # PEP 714's name with PEP 691's value (a dict of hashes, or true) for pips that read
+            # it; the old name in the string form of the HTML attribute, because pip 23.0
+            # (Debian 12's venv pip) reads only the old name and passes its value to a string
+            # parser: a JSON true or dict there crashes its resolver.
+            entry["core-metadata"] = {"sha256": f.metadata_sha256} if f.metadata_sha256 else True
+            entry["dist-info-metadata"] = f"sha256={f.metadata_sha256}" if f.metadata_sha256 else "true"
         out.append(entry)
     doc = {"meta": {"api-version": "1.1"}, "name": normalise_name(name), "files": out, "versions": []}
     return json.dumps(doc, sort_keys=True).encode()
