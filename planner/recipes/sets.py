@@ -3,6 +3,7 @@ checks across recipes."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional
@@ -117,10 +118,13 @@ class _ParseCache:
     VERSION = 4
 
     @staticmethod
+    @functools.cache
     def _schema() -> tuple:
         """What the pickled classes look like, and what made them: the stat signatures of the
         recipes package's modules (model, parsing, validation, this one), so a planner with
-        other recipe classes or rules (an upgrade, a checkout in development) never reads them."""
+        other recipe classes or rules (an upgrade, a checkout in development) never reads them.
+        Taken once, when the cache is first read: a process whose modules were edited while it
+        ran must save its (old) classes under the old signatures, not the new ones."""
         from .. import __version__
 
         sigs = []
