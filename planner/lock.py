@@ -16,6 +16,7 @@ from typing import Optional
 
 import attrs
 
+from . import lockreason
 from .errors import LockError
 from .recipes import Patch, RecipeSet, Source
 
@@ -111,6 +112,20 @@ class InputDecl:
     @property
     def unpacks(self) -> bool:
         return self.source.unpacks() if self.source is not None else False
+
+    def _reason_fields(self) -> tuple[str, Optional[str], Optional[str]]:
+        if self.patch is not None:
+            return self.kind, self.patch.url, None
+        assert self.source is not None
+        return self.kind, self.source.url, self.source.suite
+
+    def unlocked_reason(self, message: str) -> str:
+        """What the lock records for this input when resolving it failed with `message`: nothing
+        of the machine that tried (`lockreason`)."""
+        return lockreason.portable(*self._reason_fields(), message)
+
+    def reason_is_portable(self, reason: Optional[str]) -> bool:
+        return reason is None or reason in lockreason.allowed(*self._reason_fields())
 
     def spec(self) -> str:
         from .hashing import bytes_digest, canonical_json
@@ -287,8 +302,9 @@ def parse(text: str, where: str) -> Lock:
         if status == "locked" and not pins:
             raise LockError("locked entry has no pin", where=w)
         reason = entry.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise LockError("reason must be a string", where=w)
+        if reason is not None and (not isinstance(reason, str) or any(c in reason for c in "\0\n\r")
+                                   or len(reason) > 4096):
+            raise LockError("reason must be a single line of text", where=w)
         inputs[id_] = LockedInput(id=id_, kind=entry["kind"], origin=entry["origin"], spec=entry["spec"],
                                   pins=pins, status=status, reason=reason)
     return Lock(set=data["set"], recipes=data["recipes"], source_date_epoch=data["source-date-epoch"],
@@ -340,6 +356,9 @@ def write_atomic(path: Path, text: str) -> None:
 class Problem:
     id: str
     message: str
+    # An entry that is current but could not be resolved where it was locked: what a check
+    # scoped to a closure tolerates outside it (`lockscope`); every other problem is a mismatch.
+    unlocked: bool = False
 
     def line(self) -> str:
         return f"{self.id}: {self.message}"
@@ -373,7 +392,12 @@ def check(rs: RecipeSet, lock: Lock, *, deep: bool = True) -> list[Problem]:
                                          f"run `planner lock {rs.name} --update {id_}`"))
             continue
         if li.status != "locked":
-            problems.append(Problem(id_, f"unlocked: {li.reason or 'not resolved'}"))
+            if not decl.reason_is_portable(li.reason):
+                # Text of the machine that locked it (a mirror path, a temp folder) or a hand edit.
+                problems.append(Problem(id_, f"unlocked with a reason `planner lock` does not write "
+                                             f"({li.reason[:60]!r}{'…' if len(li.reason) > 60 else ''}): run `planner lock {rs.name} --update {id_}`"))
+                continue
+            problems.append(Problem(id_, f"unlocked: {li.reason or 'not resolved'}", unlocked=True))
             continue
         missing = [p for p in decl.platforms if p not in li.pins and ANY not in li.pins]
         if missing:

@@ -13,18 +13,29 @@ from .common import Context, default_set
 @click.command()
 @click.argument("set_name", metavar="SET", required=False)
 @click.option("--update", multiple=True, metavar="NAME", help="Re-resolve this input or recipe (repeatable).")
-@click.option("--check", is_flag=True, help="Fail if the lock is stale or incomplete; no network.")
+@click.option("--check", is_flag=True, help="Fail if the lock is stale, edited, or leaves an input of the "
+              "target's closure unlocked; no network.")
+@click.option("--target", metavar="RECIPE", help="With --check: check this recipe's closure instead of the set's target.")
+@click.option("--profile", metavar="NAME", help="With --check: plan with this [profiles] entry of set.toml instead "
+              "of its `profile` line.")
+@click.option("--all", "every_input", is_flag=True, help="With --check: every input the set declares must be locked.")
 @click.pass_obj
-def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool) -> None:
+def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool, target: str | None,
+         profile: str | None, every_input: bool) -> None:
     """Pin every input by content hash (lockfiles/SET.lock)."""
     from .. import lock as lockmod
     from ..recipes import load_set
 
-    rs = load_set(ctx.root, default_set(ctx, set_name))
+    if not check and (target or profile or every_input):
+        raise click.UsageError("--target, --profile and --all go with --check (`planner lock` pins every input)")
+    rs = load_set(ctx.root, default_set(ctx, set_name), profile=profile)
     if check:
-        problems: list = list(lockmod.check(rs, lockmod.read(rs.lockfile)))
+        from ..lockscope import check_scoped
+
+        scoped = check_scoped(rs, lockmod.read(rs.lockfile), target=target, every_input=every_input)
+        problems: list = list(scoped.problems)
         for p in problems:
-            click.echo(f"stale: {p.line()}", err=True)
+            click.echo(p.line() if p.unlocked else f"stale: {p.line()}", err=True)
         if (ctx.store / "index.sqlite").is_file():
             from ..resolve import lock_store_conflicts
             from ..store import Store
@@ -40,10 +51,15 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
                         problems.append(line)
                 finally:
                     st.close()
+        warning = scoped.warning()
+        if warning:
+            click.echo(f"planner: warning: {warning}", err=True)
         if problems:
-            raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)}",
+            raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)} for {scoped.scope}",
                                where="lock --check")
-        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date ({len(lockmod.read(rs.lockfile).inputs)} inputs)")
+        n = len(lockmod.read(rs.lockfile).inputs)
+        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date for {scoped.scope} ({n} inputs"
+                   + (f", {len(scoped.outside)} unlocked outside it)" if scoped.outside else ")"))
         return
     from ..mirrors import load_mirrors
     from ..resolve import UnresolvedInputs, lock_set

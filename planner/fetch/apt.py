@@ -188,12 +188,19 @@ def suite_matches(suite: str, origin: str, codename: str) -> bool:
     return origin == vendor and (codename == name or codename.startswith(name + "-"))
 
 
-def _check_suite(state: _State, package: str, version: str, suite: str) -> None:
+def _check_suite_offered(state: _State, what: str, suite: str) -> None:
+    """Before any package lookup: a package the other distribution lacks (nvtop is in Debian's
+    contrib) would otherwise be reported missing instead of from the wrong distribution."""
     releases = _releases(state)
     offered = sorted({f"{o}/{n}" for o, n in releases.values() if o and n})
     if not any(suite_matches(suite, o, n) for o, n in releases.values()):
         raise FetchError(f"wants {suite}, and this machine's apt sources offer only {', '.join(offered) or 'nothing'}: "
-                         f"lock it where apt points at {suite}", where=f"apt:{package}={version}")
+                         f"lock it where apt points at {suite}", where=f"apt:{what}")
+
+
+def _check_suite(state: _State, package: str, version: str, suite: str) -> None:
+    releases = _releases(state)
+    _check_suite_offered(state, f"{package}={version}", suite)
     sources = _version_sources(state, package, version)
     if not sources:
         raise _NotAvailable()
@@ -274,6 +281,8 @@ def download(package: str, version: str | None, arch: str, dest_dir: Path, *, st
     state = _State.create(state_dir, deb_arch)
 
     def step() -> Path:
+        if suite:
+            _check_suite_offered(state, package if version is None else f"{package}={version}", suite)
         wanted = version if version is not None else _candidate(state, package)
         if suite:
             _check_suite(state, package, wanted, suite)

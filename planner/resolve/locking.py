@@ -148,7 +148,7 @@ def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: froze
                 inputs[id_] = prev  # an --update that cannot reach upstream keeps the old pin
                 continue
             new = LockedInput(id=id_, kind=decl.kind, origin=decl.origin, spec=decl.spec(),
-                              pins=dict(expected or {}), status="unlocked", reason=exc.line())
+                              pins=dict(expected or {}), status="unlocked", reason=decl.unlocked_reason(exc.line()))
         inputs[id_] = new
         if prev is None or prev.pins != new.pins or prev.spec != new.spec or prev.status != new.status:
             changed.append(id_)
