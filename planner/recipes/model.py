@@ -47,6 +47,9 @@ class Source:
     # architecture (binutils-x86-64-linux-gnu / binutils-aarch64-linux-gnu); a platform absent
     # from the table has no such input (libquadmath0 exists for amd64 only).
     names: Optional[dict[str, str]] = None
+    # A per-platform input that exists on these platforms only (a wheel the layer needs on amd64
+    # alone, because the arm64 base already has it): the others get no pin and no input.
+    platforms: Optional[list[str]] = None
 
     def apt_name(self, platform: Optional[str]) -> str:
         """The Debian package this apt input stands for on `platform`."""
@@ -55,8 +58,10 @@ class Source:
         return str(self.name)
 
     def for_platform(self, platform: Optional[str]) -> bool:
-        """Whether the input exists on `platform` (per-platform apt names may leave some out)."""
-        return self.names is None or platform in self.names
+        """Whether the input exists on `platform` (per-platform apt names or `platforms` may
+        leave some out)."""
+        return ((self.names is None or platform in self.names)
+                and (self.platforms is None or platform in self.platforms))
 
     def unpacks(self) -> bool:
         if self.unpack is not None:

@@ -119,6 +119,8 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
             "apt": () if s.names is not None else ("name",), "image": ("url",)}[s.kind]
     if s.names is not None:
         _check_apt_names(name, s, err)
+    if s.platforms is not None:
+        _check_input_platforms(name, s, err)
     for field in need:
         if getattr(s, field) in (None, ""):
             raise err(name, f"input {name!r} of kind {s.kind} needs {field!r}")
@@ -144,6 +146,17 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
 
 _DEB_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
 _PLATFORM = re.compile(r"linux/[a-z0-9]+(/v[0-9]+)?")
+
+
+def _check_input_platforms(name: str, s: Source, err) -> None:
+    if not s.platform_dependent():
+        raise err("platforms", f"input {name!r}: platforms is for inputs whose bytes differ by platform "
+                               "(per-platform = true, apt, image)")
+    if not s.platforms:
+        raise err("platforms", f"input {name!r}: platforms is empty; list the platforms the input exists on")
+    for plat in s.platforms:
+        if not isinstance(plat, str) or not _PLATFORM.fullmatch(plat):
+            raise err("platforms", f"input {name!r}: {str(plat)[:60]!r} is not a platform such as linux/arm64")
 
 
 def _check_apt_names(name: str, s: Source, err) -> None:
@@ -240,6 +253,14 @@ def _check_references(rs: RecipeSet) -> None:
 
     for r in rs.recipes.values():
         for iname, src in r.all_sources().items():
+            if src.platforms is not None:
+                other = sorted(set(src.platforms) - set(rs.config.platforms))
+                if other:
+                    raise RecipeError(f"input {iname!r}: platforms lists {other[0]}, which is not one of the set's "
+                                      f"platforms ({', '.join(rs.config.platforms)})", where=where(r, "platforms"))
+                if r.platforms and not set(src.platforms) & set(r.platforms):
+                    raise RecipeError(f"input {iname!r}: platforms covers none of the platforms {r.name} is built "
+                                      f"for ({', '.join(r.platforms)})", where=where(r, "platforms"))
             if src.names is None:
                 continue
             other = sorted(set(src.names) - set(rs.config.platforms))

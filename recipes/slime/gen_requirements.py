@@ -315,6 +315,8 @@ def render(header: str, entries: list[dict], per_platform: bool, python: str) ->
             lines.append("per-platform = true")
         if e.get("platform"):
             lines.append(f'platform = "{e["platform"]}"')
+        if e.get("only"):
+            lines.append("platforms = [" + ", ".join(f'"{p}"' for p in e["only"]) + f"]  # {e['why']}")
         lines.append(f"# {e['files']}")
         lines.append("")
     return "\n".join(lines)
@@ -453,19 +455,19 @@ def _write(target: Target, data: dict, check: bool) -> int:
                                 f"pins {pinned.get(name)}")
             continue
         files = sorted({e["filename"] for e in present.values()})
-        # In the layer on some platforms only, because the other platforms' bases already have
-        # the same version (SGLang installs av on arm64, torchcodec on x86_64): an input cannot be
-        # restricted to some platforms yet, so those platforms get the same version again, the
-        # base's own release (the header lists each such case).
-        again = {pl: data["base"][pl].get(name) for pl in platforms if pl not in present}
-        if present and again and len(versions) == 1 and set(again.values()) == versions:
+        # In the layer on some platforms only (SGLang installs av on arm64 and torchcodec on
+        # x86_64, so only the amd64 layer needs qwen-vl-utils' av): a per-platform input
+        # restricted to those platforms (`platforms = [...]`), nothing installed again elsewhere.
+        absent = [pl for pl in platforms if pl not in present]
+        if present and absent and len(versions) == 1:
+            why = "; ".join(f"{pl}'s base has {data['base'][pl][name]}" if data["base"][pl].get(name)
+                            else f"not required on {pl}" for pl in absent)
             entry = {"name": name, "version": next(iter(versions)), "files": " | ".join(files),
-                     "again": sorted(again)}
+                     "only": sorted(present), "why": why}
             native.append(entry)
             continue
         if len(present) != len(platforms) or len(versions) != 1:
-            # Not the same version everywhere: the set has one image layer per group for every
-            # platform, so a platform-only distribution needs a planner change (see docs/slime.md).
+            # Not the same version everywhere: one input cannot pin two versions (see docs/slime.md).
             problems.append(f"{name}: " + ", ".join(f"{pl}={e['version'] if e else 'absent'}" for pl, e in have.items()))
             continue
         entry = {"name": name, "version": versions.pop(), "files": " | ".join(files)}
@@ -479,8 +481,6 @@ def _write(target: Target, data: dict, check: bool) -> int:
 
     replaced = sorted({f"{e['name']} {e['replaces']} -> {e['version']}" for pl in platforms for e in per[pl].values()
                        if e.get("replaces")})
-    replaced += [f"{e['name']} {e['version']} (the same version again on {', '.join(e['again'])}, whose base has it)"
-                 for e in native if e.get("again")]
     left_out = "the distributions that have their own recipe, " + ", ".join(sorted(target.components))
     if target.base == "pins-base":
         left_out += ("; for CUDA 12 only (the base is CUDA 13.0): "
