@@ -42,14 +42,20 @@ class ScopedCheck:
                 + ", ".join(self.outside))
 
 
-def scope_name(rs: RecipeSet, target: Optional[str]) -> str:
+def scope_name(rs: RecipeSet, target: Optional[str], platform: Optional[str] = None,
+               variant: Optional[str] = None) -> str:
     profile = f" (profile {rs.config.profile})" if rs.config.profile else ""
-    return f"the closure of {target or rs.config.target}{profile}"
+    narrowed = "".join(f", {what} {value}" for what, value in (("platform", platform), ("variant", variant)) if value)
+    return f"the closure of {target or rs.config.target}{profile}{narrowed}"
 
 
-def closure_inputs(rs: RecipeSet, lock: Lock, target: Optional[str] = None) -> frozenset[str]:
+def closure_inputs(rs: RecipeSet, lock: Lock, target: Optional[str] = None, *, platform: Optional[str] = None,
+                   variant: Optional[str] = None) -> frozenset[str]:
     """Ids of the inputs used by the nodes that realising `target` (default: the set's) plans,
-    on any build machine among the set's platforms."""
+    on any build machine among the set's platforms; `platform`/`variant` narrow it as they
+    narrow a realise (`planning.restrict`)."""
+    from .planning import restrict
+
     # Entries the lock lacks are placeholders here (check() reports them): the graph needs an
     # entry per declared input, not a pin.
     decls = declarations(rs)
@@ -59,9 +65,10 @@ def closure_inputs(rs: RecipeSet, lock: Lock, target: Optional[str] = None) -> f
     used: set[str] = set()
     planned = 0
     first_error: Optional[GraphError] = None
+    narrowed = restrict(rs, platform, variant)
     for host in rs.config.platforms:
         try:
-            p = plan(rs, whole, HostInfo(platform=host), target=target)
+            p = plan(narrowed, whole, HostInfo(platform=host), target=target)
         except GraphError as exc:
             # A set whose build root is made for some build platforms only cannot be built on
             # the others: their closures are not the set's.
@@ -74,19 +81,24 @@ def closure_inputs(rs: RecipeSet, lock: Lock, target: Optional[str] = None) -> f
     return frozenset(used)
 
 
-def check_scoped(rs: RecipeSet, lock: Lock, *, target: Optional[str] = None,
-                 every_input: bool = False) -> ScopedCheck:
-    """`lock.check` for the closure of `target` (or for every declared input)."""
+def check_scoped(rs: RecipeSet, lock: Lock, *, target: Optional[str] = None, platform: Optional[str] = None,
+                 variant: Optional[str] = None, every_input: bool = False) -> ScopedCheck:
+    """`lock.check` for the closure of `target` (or for every declared input), on `platform`
+    and CUDA `variant` alone where given."""
+    from .planning import restrict
+
     problems = check(rs, lock)
     if every_input:
         return ScopedCheck(scope="every input of the set", problems=problems, outside=[])
-    scope = scope_name(rs, target)
+    scope = scope_name(rs, target, platform, variant)
     if not any(p.unlocked for p in problems):
+        # A target, platform or variant the set does not have is an error, not a clean check.
         if target is not None:
-            rs.get(target)  # a target the set does not have is an error, not a clean check
+            rs.get(target)
+        restrict(rs, platform, variant)
         return ScopedCheck(scope=scope, problems=problems, outside=[])
     try:
-        needed = closure_inputs(rs, lock, target)
+        needed = closure_inputs(rs, lock, target, platform=platform, variant=variant)
     except LockError:
         # The lock is too broken to plan with (a locked entry without a platform's pin): its
         # problems are listed, and every unlocked entry counts, as with --all.

@@ -210,3 +210,32 @@ def test_a_reason_names_only_what_the_recipe_says() -> None:
     assert lockreason.portable("git", "https://github.com/x/y.git", None, hostile) == (
         "github.com could not be reached; no source tried had it complete; no source tried had it "
         "where this lock was made")
+
+
+def test_platform_narrows_the_closure_as_it_narrows_a_realise(tmp_path: Path) -> None:
+    """`app` requires `armtool` on every platform, and armtool (arm64 only) has an unlocked
+    source: the set's closure needs it (arm64), amd64's does not."""
+    root, store = tmp_path / "p", tmp_path / "store"
+    folder = root / "recipes/s"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "app"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
+                                     'platforms = ["linux/amd64", "linux/arm64"]\n')
+    (folder / "armtool.toml").write_text(
+        f'name = "armtool"\nversion = "1"\nplatforms = ["linux/arm64"]\n[source]\nkind = "git"\n'
+        f'url = "http://127.0.0.1:{free_port()}/armtool.git"\nrev = "{"ab" * 20}"\n'
+        '[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
+    (folder / "app.toml").write_text('name = "app"\nversion = "1"\naxes = ["platform"]\nrequires = ["armtool"]\n'
+                                     '[build]\nbuilder = "shell"\nscript = "echo app > $out/app"\n')
+    assert run_planner("--root", str(root), "--store", str(store), "lock", "s", check=False).returncode != 0
+    whole = _check((root, store))
+    assert whole.returncode != 0 and "armtool/source: unlocked: 127.0.0.1 could not be reached" in whole.stderr
+    arm = _check((root, store), "--platform", "linux/arm64")
+    assert arm.returncode != 0 and "for the closure of app, platform linux/arm64" in arm.stderr
+    amd = _check((root, store), "--platform", "linux/amd64")
+    assert amd.returncode == 0, amd.stderr
+    assert _warnings(amd.stderr) == ["planner: warning: 1 unlocked input outside the closure of app, platform "
+                                     "linux/amd64, not needed by it: armtool/source"]
+    bad = _check((root, store), "--platform", "linux/riscv")
+    assert bad.returncode != 0 and "platform linux/riscv is not one of the set's platforms" in bad.stderr
+    wrong = run_planner("--root", str(root), "--store", str(store), "lock", "s", "--platform", "linux/amd64", check=False)
+    assert wrong.returncode != 0 and "go with --check" in wrong.stderr

@@ -18,21 +18,27 @@ from .common import Context, default_set
 @click.option("--target", metavar="RECIPE", help="With --check: check this recipe's closure instead of the set's target.")
 @click.option("--profile", metavar="NAME", help="With --check: plan with this [profiles] entry of set.toml instead "
               "of its `profile` line.")
+@click.option("--platform", metavar="PLATFORM", help="With --check: only this platform's closure (linux/arm64).")
+@click.option("--variant", metavar="NAME", help="With --check: only this CUDA variant's closure (set.toml [cuda]).")
 @click.option("--all", "every_input", is_flag=True, help="With --check: every input the set declares must be locked.")
 @click.pass_obj
 def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: bool, target: str | None,
-         profile: str | None, every_input: bool) -> None:
+         profile: str | None, platform: str | None, variant: str | None, every_input: bool) -> None:
     """Pin every input by content hash (lockfiles/SET.lock)."""
     from .. import lock as lockmod
     from ..recipes import load_set
 
-    if not check and (target or profile or every_input):
-        raise click.UsageError("--target, --profile and --all go with --check (`planner lock` pins every input)")
+    if not check and (target or profile or platform or variant or every_input):
+        raise click.UsageError("--target, --profile, --platform, --variant and --all go with --check "
+                               "(`planner lock` pins every input)")
+    if every_input and (target or platform or variant):
+        raise click.UsageError("--all checks every input of the set: it takes no --target, --platform or --variant")
     rs = load_set(ctx.root, default_set(ctx, set_name), profile=profile)
     if check:
         from ..lockscope import check_scoped
 
-        scoped = check_scoped(rs, lockmod.read(rs.lockfile), target=target, every_input=every_input)
+        scoped = check_scoped(rs, lockmod.read(rs.lockfile), target=target, platform=platform, variant=variant,
+                              every_input=every_input)
         problems: list = list(scoped.problems)
         for p in problems:
             click.echo(p.line() if p.unlocked else f"stale: {p.line()}", err=True)
