@@ -42,6 +42,10 @@ class Plan(Dag):
     targets: tuple[str, ...]
     source_date_epoch: int
     roots: tuple[str, ...] = ()  # targets and their run-time closures, for every variant
+    # How the plan was made, for re-planning after an edit (`planner.replan`): the walk's order
+    # below each node, and each recipe's effective axes. Not part of what a plan is.
+    walk: dict[str, list[str]] = attrs.field(factory=dict, eq=False, repr=False)
+    axes: dict[str, frozenset[str]] = attrs.field(factory=dict, eq=False, repr=False)
 
     def blocked(self) -> dict[str, tuple[str, str]]:
         """Node id -> (the unlocked input that keeps it from being built, the node that uses
@@ -83,6 +87,10 @@ class _Planner:
         self._ids: dict[tuple[str, Variant], str] = {}  # (recipe, full variant) -> node id
         self._host_dicts: dict[tuple[str, ...], dict[str, str]] = {}
         self._decls_of: dict[str, list[InputDecl]] = {}  # recipe -> its input declarations
+        # node id -> the ids the walk visited below it, in order (its deps' ids; an unavailable
+        # node has no deps but the walk still made its children): what lets `planner.replan`
+        # repeat this walk's order over a cached plan without the recipes.
+        self.walk: dict[str, list[str]] = {}
         for decl in self.decls.values():
             self._decls_of.setdefault(decl.recipe, []).append(decl)
 
@@ -171,7 +179,8 @@ class _Planner:
 
     def instantiate(self, name: str, full: Variant) -> str:
         """The node of recipe `name` for variant `full`, creating it and its build inputs
-        (iteratively, dependencies first)."""
+        (iteratively, dependencies first). `planner.replan.Replanner` repeats this walk over a
+        cached plan: a change to its order is a change there too (tests/test_replan.py)."""
         stack: list[tuple[str, Variant, bool]] = [(name, full, False)]
         while stack:
             n, v, ready = stack.pop()
@@ -185,7 +194,8 @@ class _Planner:
                 stack.extend(reversed([(c, cv, False) for _m, c, cv in children
                                        if self._id(c, cv) not in self.nodes]))
                 continue
-            self._make_node(r, v, {mount: self._id(c, cv) for mount, c, cv in children})
+            below = [(mount, self._id(c, cv)) for mount, c, cv in children]
+            self.walk[self._make_node(r, v, dict(below))] = [cid for _m, cid in below]
         return self._id(name, full)
 
     def _unavailable(self, r: Recipe, variant: Variant, why: str) -> str:
@@ -305,7 +315,12 @@ class _Planner:
 @gc_paused()
 def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None) -> Plan:
     """Expand the set's target for every platform × CUDA variant into a node graph."""
-    p = _Planner(rs, lock, host)
+    return expand(_Planner(rs, lock, host), target)
+
+
+def expand(p: _Planner, target: str | None) -> Plan:
+    """The plan of `target` (default: the set's) made by planner `p`."""
+    rs, lock, host = p.rs, p.lock, p.host
     target = target or rs.config.target
     r = rs.get(target)
     variant_names: list[Optional[str]] = list(rs.config.cuda) or [None]
@@ -338,7 +353,7 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
                 queue.extend(rs.get(req).requires)
     # Insertion order of `nodes` is already dependencies-first (post-order instantiation).
     return Plan(set=rs.name, nodes=p.nodes, targets=tuple(targets), source_date_epoch=lock.source_date_epoch,
-                roots=tuple(dict.fromkeys(roots)))
+                roots=tuple(dict.fromkeys(roots)), walk=p.walk, axes=p._axes)
 
 
 def builds_natively(node: Node) -> bool:

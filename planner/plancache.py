@@ -69,6 +69,23 @@ def files_unchanged(files: dict) -> bool:
     return True
 
 
+def changed_files(files: dict) -> list[str]:
+    """The files (or folders) whose signature is not the one recorded (`files_unchanged`'s
+    rule, every one of them listed: what a re-plan after an edit starts from)."""
+    stat = os.stat
+    out = []
+    for f, sig in files.items():
+        try:
+            st = stat(f)
+        except OSError:
+            if sig != _MISSING:
+                out.append(f)
+            continue
+        if (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) != sig:
+            out.append(f)
+    return out
+
+
 def _index_sigs(store_root: str) -> tuple:
     """What changes with every commit to the store's index: a commit appends to the write-ahead
     log (it grows), or restarts the log (its header's salts change), and a checkpoint writes the

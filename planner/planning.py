@@ -152,9 +152,13 @@ def validity(plan: "Dag", store: "Store", roots: Iterable[str], *, rebuild: bool
 
 def host_root_warning(planned: Planned) -> list[str]:
     """The loud line for a set that opted out of a pinned build root."""
-    if not planned.rs.config.on_host:
+    return host_root_line(planned.rs)
+
+
+def host_root_line(rs: "RecipeSet") -> list[str]:
+    if not rs.config.on_host:
         return []
-    return [f"set {planned.set_name!r} builds with this machine's /usr (recipes/{planned.set_name}/set.toml: "
+    return [f"set {rs.name!r} builds with this machine's /usr (recipes/{rs.name}/set.toml: "
             "build-root = \"host\"): NOT HERMETIC, its keys carry this host's package versions"]
 
 

@@ -23,7 +23,7 @@ import attrs
 
 from .dag import Dag
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 
 
 @attrs.frozen(slots=True)
@@ -56,57 +56,90 @@ class PlanTable(Dag):
     targets: tuple[str, ...]
     roots: tuple[str, ...]
     warnings: tuple[str, ...]
+    # What it was made from (a table made here, not one read back): the nodes' rows and the
+    # lock problems, which `planner.replan` keeps for the next plan.
+    rows: list = attrs.field(factory=list, eq=False, repr=False)
+    problems: list = attrs.field(factory=list, eq=False, repr=False)
 
 
 def from_planned(planned) -> PlanTable:
     """The table of a plan (pure)."""
     p = planned.plan
-    requires = runtime_edges(p)
-    blocked = p.blocked()
+    rows = [light_row(node, p.walk.get(nid, list(node.deps.values()))) for nid, node in p.nodes.items()]
+    problems = lock_problems(planned.rs, planned.lock)
+    return finish(p.set, rows, p.targets, p.roots, warnings(planned.rs, problems), problems)
+
+
+# A node as the table is made from it (a tuple: marshalled with the table for re-planning):
+# what the view shows, plus what `finish` needs across nodes (the names its run-time edges
+# resolve, why it cannot be built) and the order the planner's walk visited its children in.
+ROW_FIELDS = ("id", "name", "variant", "key", "builder", "estimate", "deps", "requires", "impure", "unlocked",
+              "unavailable", "walk")
+
+
+def light_row(node, walk: list[str]) -> tuple:
+    v = node.variant
+    return (node.id, node.name, (v.platform, v.cuda, v.host), node.key, node.builder, node.estimate,
+            dict(node.deps), list(node.requires), node.impure,
+            sorted({ref.decl for ref in node.inputs.values() if not ref.locked}), node.unavailable, list(walk))
+
+
+def finish(set_name: str, rows: list[tuple], targets, roots, warning_lines, problems=()) -> PlanTable:
+    """The table from its nodes' rows, dependencies first (pure): each node's run-time edges,
+    resolved for its platform and CUDA variant (a node without that axis serves every
+    consumer), and what keeps it from being built (its own unlocked input or unavailability,
+    or the first found below it: `Plan.blocked`)."""
+    from .derivation import Variant
+
+    by_name: dict[str, list[tuple]] = {}
+    for row in rows:
+        by_name.setdefault(row[1], []).append(row)
+    blocked: dict[str, tuple[str, str]] = {}
     nodes = {}
-    for nid, node in p.nodes.items():
-        by, via = blocked.get(nid, (None, None))
-        nodes[nid] = TableNode(nid, node.name, node.variant.label(), node.variant.platform, node.key, node.builder,
-                               node.estimate, dict(node.deps), requires[nid], node.impure,
-                               sorted({ref.decl for ref in node.inputs.values() if not ref.locked}), by, via)
-    from .planning import host_root_warning
-
-    return PlanTable(p.set, nodes, tuple(p.targets), tuple(p.roots),
-                     tuple(host_root_warning(planned) + stale_warnings(planned)))
-
-
-def runtime_edges(p) -> dict[str, list[str]]:
-    """For each node, the nodes its `requires` name, resolved for its platform and CUDA variant
-    (a node without that axis serves every consumer)."""
-    by_name: dict[str, list] = {}
-    for n in p.nodes.values():
-        by_name.setdefault(n.name, []).append(n)
-    out: dict[str, list[str]] = {}
-    for n in p.nodes.values():
+    for (nid, name, (platform, cuda, host), key, builder, estimate, deps, req, impure, unlocked, unavailable,
+         _walk) in rows:
         found = []
-        for req in n.requires:
-            for other in by_name.get(req, []):
-                v, w = n.variant, other.variant
-                if w.platform not in (None, v.platform) and v.platform is not None:
+        for r in req:
+            for other in by_name.get(r, ()):
+                w_platform, w_cuda = other[2][0], other[2][1]
+                if w_platform not in (None, platform) and platform is not None:
                     continue
-                if w.cuda is not None and v.cuda is not None and w.cuda != v.cuda:
+                if w_cuda is not None and cuda is not None and w_cuda != cuda:
                     continue
-                found.append(other.id)
-        out[n.id] = sorted(set(found))
-    return out
+                found.append(other[0])
+        if unavailable:
+            b = blocked[nid] = (unavailable, nid)
+        elif unlocked:
+            b = blocked[nid] = (unlocked[0], nid)
+        else:
+            b = next((blocked[d] for d in sorted(deps.values()) if d in blocked), None)
+            if b is not None:
+                blocked[nid] = b
+        by, via = b if b is not None else (None, None)
+        nodes[nid] = TableNode(nid, name, Variant(platform, cuda, host).label(), platform, key, builder, estimate,
+                               dict(deps), sorted(set(found)), impure, list(unlocked), by, via)
+    return PlanTable(set_name, nodes, tuple(targets), tuple(roots), tuple(warning_lines), rows, list(problems))
 
 
-def stale_warnings(planned) -> list[str]:
-    """A stale lock: the keys shown are the old lock's."""
+def lock_problems(rs, lock) -> list:
+    """`lock.check` of the set, shallow (what the table's stale-lock warning is made from)."""
     from . import lock as lockmod
 
-    rs = planned.rs
-    stale = [pr for pr in lockmod.check(rs, planned.lock, deep=False) if not pr.message.startswith("unlocked")]
-    if not stale:
-        return []
-    more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
-    return [f"{rs.lockfile.relative_to(rs.root)} is stale: {stale[0].line()}{more}; the keys shown "
-            f"are the old lock's until `planner lock {planned.set_name}`"]
+    return lockmod.check(rs, lock, deep=False)
+
+
+def warnings(rs, problems) -> list[str]:
+    """The table's warnings: a set built with the host's /usr; a stale lock (the keys shown are
+    the old lock's)."""
+    from .planning import host_root_line
+
+    out = host_root_line(rs)
+    stale = [pr for pr in problems if not pr.message.startswith("unlocked")]
+    if stale:
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        out.append(f"{rs.lockfile.relative_to(rs.root)} is stale: {stale[0].line()}{more}; the keys shown "
+                   f"are the old lock's until `planner lock {rs.name}`")
+    return out
 
 
 def _rows(t: PlanTable) -> dict:
@@ -140,43 +173,112 @@ def _identity(root: str, set_name: str, target: Optional[str], sandboxed: bool) 
     return (TABLE_VERSION, __version__, os.uname().machine, root, set_name, target or "", bool(sandboxed))
 
 
+def _load(root_s: str, set_name: str, target: Optional[str], sandboxed: bool) -> Optional[dict]:
+    """The cached table's record (its files' signatures, its rows), if it is this plan's."""
+    try:
+        with open(_path(root_s, set_name, target, sandboxed), "rb") as f:
+            data = marshal.loads(f.read())  # load(f) reads the file a few bytes at a time
+        if data["identity"] != _identity(root_s, set_name, target, sandboxed):
+            return None
+        return data
+    except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError):
+        return None  # no cache, or one this planner cannot read: plan as usual
+
+
 def cached(root: Path, set_name: str, target: Optional[str], sandboxed: bool) -> Optional[PlanTable]:
     """The cached table, if no file planning read has changed since it was written."""
     from .plancache import files_unchanged
 
-    root_s = os.path.realpath(root)
+    data = _load(os.path.realpath(root), set_name, target, sandboxed)
     try:
-        with open(_path(root_s, set_name, target, sandboxed), "rb") as f:
-            data = marshal.loads(f.read())  # load(f) reads the file a few bytes at a time
-        if data["identity"] != _identity(root_s, set_name, target, sandboxed) or not files_unchanged(data["files"]):
+        if data is None or not files_unchanged(data["files"]):
             return None
         return _table(data["table"])
-    except (OSError, ValueError, EOFError, TypeError, KeyError, IndexError):
-        return None  # no cache, or one this planner cannot read: plan as usual
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None
 
 
 def save(table: PlanTable, planned, started_ns: int, target: Optional[str], sandboxed: bool) -> None:
     """Cache `table`, planned from files read after `started_ns` (time.time_ns()). Not cached
     when any of them changed since shortly before that: the plan may hold the old content under
-    the new signature."""
+    the new signature. Beside it, what re-planning after an edit needs (`planner.replan`)."""
     from .plancache import signatures, watched_files
 
     rs = planned.rs
     files = signatures(watched_files(rs, rs.lockfile), started_ns)
     if files is None:
         return
-    root_s = os.fspath(rs.root)
-    path = _path(root_s, rs.name, target, sandboxed)
-    data = {"identity": _identity(root_s, rs.name, target, sandboxed), "files": files, "table": _rows(table)}
+    write(os.fspath(rs.root), rs.name, target, sandboxed, files, table, state_of(planned, table))
+
+
+def write(root_s: str, set_name: str, target: Optional[str], sandboxed: bool, files: dict, table: PlanTable,
+          state: dict) -> None:
+    """The table file (what a warm plan reads) and its re-planning state (read only after an
+    edit), paired by a stamp: a state is used only with the table written with it."""
+    path = _path(root_s, set_name, target, sandboxed)
+    stamp = f"{time.time_ns()}.{os.getpid()}"
+    data = {"identity": _identity(root_s, set_name, target, sandboxed), "files": files, "table": _rows(table),
+            "stamp": stamp}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            marshal.dump(data, f)
-        os.replace(tmp, path)
+        for name, value in ((path + ".state", dict(state, stamp=stamp)), (path, data)):
+            tmp = f"{name}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps(value))
+            os.replace(tmp, name)
     except OSError:
         pass  # an unwritable cache only costs the next plan its time
 
 
+def load_state(root_s: str, set_name: str, target: Optional[str], sandboxed: bool, stamp: str) -> Optional[dict]:
+    try:
+        with open(_path(root_s, set_name, target, sandboxed) + ".state", "rb") as f:
+            state = marshal.loads(f.read())
+        return state if state.get("stamp") == stamp else None
+    except (OSError, ValueError, EOFError, TypeError, AttributeError):
+        return None
+
+
 def now_ns() -> int:
     return time.time_ns()
+
+
+# -- what re-planning after an edit starts from (`planner.replan`) ------------------------------
+
+STATE_VERSION = 1
+
+
+def recipe_flags(r) -> tuple[bool, bool]:
+    """(has local files: patches or path sources; is an image covering every variant)."""
+    from .builders.registry import builder
+
+    local = bool(r.patches) or any(s.kind == "path" for s in r.all_sources().values())
+    return local, builder(r.build.builder).covers_variants
+
+
+def state_of(planned, table: PlanTable) -> dict:
+    """What re-planning needs of a plan made from scratch: every node's row (the table's
+    `rows`), and per recipe (a tuple): its edges (build inputs, then run-time requires), its
+    effective axes (None where the walk did not reach it), its flags, its own lock problems
+    and its input declarations' ids."""
+    from .lock import declarations
+
+    rs = planned.rs
+    cfg = rs.config
+    decls = declarations(rs)
+    problems: dict[str, list] = {n: [] for n in rs.recipes}
+    ids: dict[str, list] = {n: [] for n in rs.recipes}
+    for d in decls.values():
+        ids[d.recipe].append(d.id)
+    for pr in table.problems:
+        d = decls.get(pr.id)
+        if d is not None:
+            problems[d.recipe].append((pr.id, pr.message))
+    axes = planned.plan.axes
+    recipes = {}
+    for n, r in rs.recipes.items():
+        a = axes.get(n)
+        recipes[n] = (r.build_inputs() + list(r.requires), sorted(a) if a is not None else None, recipe_flags(r),
+                      problems[n], ids[n])
+    return {"version": STATE_VERSION, "plain": not (cfg.aliases or cfg.profiles or cfg.profile is not None),
+            "rows": table.rows, "recipes": recipes}

@@ -190,14 +190,9 @@ _dur = format_duration
 @gc_paused()
 def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[str] = None,
               sandbox: bool = True) -> PlanView:
-    from . import planning, plantable
+    from . import planning, replan
 
-    table = plantable.cached(root, set_name, target, sandbox)
-    if table is None:
-        started = plantable.now_ns()
-        planned = planning.load(root, set_name, sandboxed=sandbox, target=target)
-        table = plantable.from_planned(planned)
-        plantable.save(table, planned, started, target, sandbox)
+    table = replan.table_for(root, set_name, target, sandbox)
     settled: set[str] = set()  # valid, or below a valid node: what a realise would not build
     durations: dict = {}
     if (store_root / "index.sqlite").exists():

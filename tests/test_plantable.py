@@ -140,8 +140,14 @@ def test_a_file_changed_while_planning_is_not_cached(proj: Project, tmp_path: Pa
 def test_an_unreadable_or_foreign_table_is_a_miss(proj: Project, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     plan_json(proj, cache)
-    (path,) = (cache / "plans").iterdir()
+    (path,) = (cache / "plans").glob("*.table")
     path.write_bytes(b"not marshal")
     assert not hit(proj, cache)
     assert plan_json(proj, cache) == fresh(proj, tmp_path)
     assert hit(proj, cache)
+    # Its re-planning state beside it, unreadable, after an edit: planned from scratch.
+    (state,) = (cache / "plans").glob("*.table.state")
+    state.write_bytes(b"not marshal either")
+    proj.recipe("c", deps=["a"], script="echo c2 > $out/c.txt")
+    time.sleep(0.05)
+    assert plan_json(proj, cache) == fresh(proj, tmp_path)

@@ -31,10 +31,8 @@ def load_recipe(path: Path, root: Path, where: Optional[str] = None) -> Recipe:
 
 
 
-@gc_paused()
-def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeSet:
-    """The recipe set; `profile` chooses another of set.toml's [profiles] than its own line."""
-    root = root.resolve()
+def load_config(root: Path, name: str, *, profile: Optional[str] = None) -> tuple[SetConfig, str]:
+    """set.toml of set `name` (root resolved), checked; and its text, for error locations."""
     folder = root / "recipes" / name
     if not folder.is_dir():
         raise RecipeError(f"no recipe set {name!r} (expected folder {folder.relative_to(root)}/)")
@@ -58,6 +56,16 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
             parse_as_of(config.resolve_as_of)
         except FetchError as exc:
             raise RecipeError(exc.message, where=_where(cfg_path, root, text, "resolve-as-of")) from None
+    return config, text
+
+
+@gc_paused()
+def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeSet:
+    """The recipe set; `profile` chooses another of set.toml's [profiles] than its own line."""
+    root = root.resolve()
+    folder = root / "recipes" / name
+    cfg_path = folder / "set.toml"
+    config, text = load_config(root, name, profile=profile)
     recipes: dict[str, Recipe] = {}
     cache = _ParseCache(root, name)
     # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.

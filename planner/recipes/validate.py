@@ -248,47 +248,54 @@ def _check_references(rs: RecipeSet) -> None:
         if b.build.builder != "debian-rootfs" or b.axes != ["host"]:
             raise RecipeError(f"build-root {br!r} must be a debian-rootfs recipe with axes = [\"host\"] "
                               "(one root filesystem per build platform)", where=f"recipes/{rs.name}/set.toml: build-root")
-    def where(r: Recipe, key: str) -> str:  # only on an error: the text is read then
-        return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
-
     for r in rs.recipes.values():
-        for iname, src in r.all_sources().items():
-            if src.platforms is not None:
-                other = sorted(set(src.platforms) - set(rs.config.platforms))
-                if other:
-                    raise RecipeError(f"input {iname!r}: platforms lists {other[0]}, which is not one of the set's "
-                                      f"platforms ({', '.join(rs.config.platforms)})", where=where(r, "platforms"))
-                if r.platforms and not set(src.platforms) & set(r.platforms):
-                    raise RecipeError(f"input {iname!r}: platforms covers none of the platforms {r.name} is built "
-                                      f"for ({', '.join(r.platforms)})", where=where(r, "platforms"))
-            if src.names is None:
-                continue
-            other = sorted(set(src.names) - set(rs.config.platforms))
-            if other:
-                raise RecipeError(f"input {iname!r}: names.{other[0]} is not one of the set's platforms "
-                                  f"({', '.join(rs.config.platforms)})", where=where(r, "names"))
-            if r.platforms and not set(src.names) & set(r.platforms):
-                raise RecipeError(f"input {iname!r}: names covers none of the platforms {r.name} is built for "
-                                  f"({', '.join(r.platforms)})", where=where(r, "names"))
-        if r.build.rootfs and r.build.rootfs not in rs.recipes:
-            raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
-                              where=where(r, "rootfs"))
-        for field in ("deps", "toolchains", "requires"):
-            for dep in getattr(r, field):
-                if dep not in rs.recipes:
-                    raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                      where=where(r, field))
-        if r.image:
-            for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
-                if dep not in rs.recipes:
-                    raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                      where=where(r, "layers"))
+        check_recipe_references(rs, r, rs.recipes)
     cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
     if cycle:
         first = rs.recipes[cycle[0]]
         text = (rs.root / first.file).read_text()
         raise RecipeError("dependency cycle: " + " -> ".join(cycle),
                           where=_where(rs.root / first.file, rs.root, text, "deps"))
+
+
+def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
+    """What one recipe names must exist among `names` (the set's recipe names), and its inputs'
+    per-platform names must be the set's platforms (a re-plan after an edit asks it of the
+    edited recipes alone)."""
+    def where(key: str) -> str:  # only on an error: the text is read then
+        return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
+
+    for iname, src in r.all_sources().items():
+        if src.platforms is not None:
+            other = sorted(set(src.platforms) - set(rs.config.platforms))
+            if other:
+                raise RecipeError(f"input {iname!r}: platforms lists {other[0]}, which is not one of the set's "
+                                  f"platforms ({', '.join(rs.config.platforms)})", where=where("platforms"))
+            if r.platforms and not set(src.platforms) & set(r.platforms):
+                raise RecipeError(f"input {iname!r}: platforms covers none of the platforms {r.name} is built "
+                                  f"for ({', '.join(r.platforms)})", where=where("platforms"))
+        if src.names is None:
+            continue
+        other = sorted(set(src.names) - set(rs.config.platforms))
+        if other:
+            raise RecipeError(f"input {iname!r}: names.{other[0]} is not one of the set's platforms "
+                              f"({', '.join(rs.config.platforms)})", where=where("names"))
+        if r.platforms and not set(src.names) & set(r.platforms):
+            raise RecipeError(f"input {iname!r}: names covers none of the platforms {r.name} is built for "
+                              f"({', '.join(r.platforms)})", where=where("names"))
+    if r.build.rootfs and r.build.rootfs not in names:
+        raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
+                          where=where("rootfs"))
+    for field in ("deps", "toolchains", "requires"):
+        for dep in getattr(r, field):
+            if dep not in names:
+                raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                  where=where(field))
+    if r.image:
+        for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
+            if dep not in names:
+                raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
+                                  where=where("layers"))
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
