@@ -37,8 +37,8 @@ HOST = HostInfo(platform="linux/amd64", packages={})
 PLATFORMS = ("linux/amd64", "linux/arm64")
 
 # Nodes per recipe when the image is planned for 2 platforms x 2 CUDA variants, with set.toml's
-# profile "pins" (the base built from pins; amd64 only so far, so its arm64 nodes are blocked
-# placeholders). The profile leaves out what does not fit that base or has no source here.
+# profile "pins" (the base built from pins, for both platforms). The profile leaves out what does
+# not fit that base or has no source here.
 EXPECTED_NODES = {
     "pins-base": 2,
     "pins-cuda": 2,
@@ -53,7 +53,7 @@ EXPECTED_NODES = {
     "tilelang": 2,
     "torch-memory-saver": 2,
     # set.toml's profile picks the PyPI closure resolved for the chosen base: with pins-base,
-    # the CPython 3.11 one (amd64 only, as the base: its arm64 node is a blocked placeholder).
+    # the CPython 3.11 one (amd64 only so far: its arm64 node is a blocked placeholder).
     "slime-requirements-cp311": 1,  # pure-Python closure: one node, one shared layer blob
     "slime-requirements-native-cp311": 2,
     "slime": 2,
@@ -253,12 +253,38 @@ def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan, the
 def test_rootfs_builds_use_the_base_image(rs, the_plan):
     for name in ROOTFS_RECIPES:
         assert rs.get(name).build.rootfs == "pins-base", name  # set.toml: profile "pins"
-        for n in (n for n in the_plan.nodes.values() if n.recipe == name):
-            if n.variant.platform == "linux/arm64":  # pins-base is amd64-only so far: blocked
-                assert n.id in the_plan.blocked()
-                continue
+        nodes = [n for n in the_plan.nodes.values() if n.recipe == name]
+        assert {n.variant.platform for n in nodes} == set(PLATFORMS), name
+        for n in nodes:
             assert n.deps["rootfs"] == f"pins-base[{n.variant.platform}]"
+            assert n.id not in the_plan.blocked()
             assert not n.preimage.host
+
+
+def test_the_base_from_pins_has_each_platforms_own_debs_and_wheels(the_plan):
+    """pins-base and pins-cuda per platform: every .deb is that architecture's or `all`, every
+    wheel that platform's or pure; the .debs that Debian names or ships per architecture (binutils'
+    target package, libquadmath0, libhwasan0) are in the one platform's root filesystem only."""
+    machine = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+    only = {"linux/amd64": {"binutils-x86-64-linux-gnu", "libquadmath0"},
+            "linux/arm64": {"binutils-aarch64-linux-gnu", "libhwasan0"}}
+    for platform in PLATFORMS:
+        base = the_plan.nodes[f"pins-base[{platform}]"]
+        debs = {i.filename.split("_")[0]: i.filename for i in base.inputs.values() if i.filename.endswith(".deb")}
+        for name, filename in debs.items():
+            assert filename.endswith((f"_{platform.split('/')[1]}.deb", "_all.deb")), filename
+        other = next(p for p in PLATFORMS if p != platform)
+        assert only[platform] <= set(debs) and not only[other] & set(debs), platform
+        assert {"python3.11", "g++-12", "libc6-dev", "bash"} <= set(debs)
+        cuda = the_plan.nodes[f"pins-cuda[{platform}]"]
+        wheels = [i.filename for n in (base, cuda) for i in n.inputs.values() if i.filename.endswith(".whl")]
+        assert any(w.startswith("torch-2.11.0-cp311-cp311-") for w in wheels)
+        assert any(w.startswith("nvidia_cuda_nvcc-13.0.88-") for w in wheels)
+        for w in wheels:
+            assert w.endswith(("-any.whl", f"_{machine[platform]}.whl")), w
+        assert base.deps == {"pins-cuda": cuda.id}
+    amd, arm = (the_plan.nodes[f"pins-base[{p}]"] for p in PLATFORMS)
+    assert len(arm.inputs) == len(amd.inputs)  # two one-platform .debs each
 
 
 def test_resource_hints_for_heavy_cuda_builds(rs):
@@ -523,19 +549,18 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     view = json.loads(proc.stdout)
     nodes = {n["id"]: n for n in view["nodes"]}
     assert len(nodes) == TOTAL_NODES
-    # The base built from pins is buildable here for amd64; its arm64 node is a blocked placeholder.
+    # The base built from pins is buildable here for both platforms.
     assert nodes["pins-base[linux/amd64]"]["action"] == "build"
-    arm = nodes["pins-base[linux/arm64]"]
-    assert arm["action"] == "blocked" and arm["blocked_by"] == "pins-base is built only for linux/amd64"
+    assert nodes["pins-base[linux/arm64]"]["action"] == "build"
     # Nodes above an unlocked input are blocked by it, named with the node that uses it.
     slime = nodes["slime[linux/amd64]"]
     assert slime["action"] == "build"
     assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
-    assert nodes["image"]["blocked_by"] == "pins-base is built only for linux/amd64"
+    assert nodes["image"]["blocked_by"] == "slime-requirements-native-cp311 is built only for linux/amd64"
     # What profile "pins" leaves out is not planned, and with it every input that is unlocked
     # here (GitHub-only mbridge and Megatron-Bridge, Ubuntu's apt-tools, the registry base).
     assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
-    # The CPython 3.11 closure stands for slime-requirements(-native) there: amd64 only, as the base.
+    # The CPython 3.11 closure stands for slime-requirements(-native) there: amd64 only so far.
     assert nodes["slime-requirements-cp311"]["action"] == "build" and nodes["slime-requirements-cp311"]["unlocked"] == []
     assert nodes["slime-requirements-native-cp311[linux/amd64]"]["action"] == "build"
     assert nodes["slime-requirements-native-cp311[linux/arm64]"]["action"] == "blocked"
@@ -548,7 +573,7 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["mbridge"]
     assert mb["action"] == "blocked" and mb["unlocked"] == ["mbridge/source"]
     text = _planner_offline("plan", "slime", store=tmp_path / "store")
-    assert text.returncode == 0 and "blocked by pins-base is built only for linux/amd64" in text.stdout
+    assert text.returncode == 0 and "blocked by slime-requirements-native-cp311 is built only for linux/amd64" in text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):
