@@ -3,12 +3,15 @@
     python bench/slime_gpu_check.py int4 DIR        # DIR holds fake_int4_quant_cuda*.so (an unpacked wheel)
     python bench/slime_gpu_check.py int4 SRC-src    # or builds it from the pinned .cu in SRC-src, sm_90a
     python bench/slime_gpu_check.py apex-ln SRC      # builds apex's fused layer norm from SRC, sm_90a
+    python bench/slime_gpu_check.py apex DIR         # DIR: an unpacked apex wheel (`--cpp_ext --cuda_ext`)
 
 `int4`: slime's `fake_int4_quant_cuda(x, [bm, bn], sym)` (the quantised values, per-block scale
 and zero) against the same arithmetic in torch (float32, round-half-even), block shapes 1x32 and
 32x1, symmetric and asymmetric, float32 and bfloat16 inputs: the outputs must be equal bit for bit.
 `apex-ln`: apex's `fused_layer_norm_cuda.forward_affine` against `torch.nn.functional.layer_norm`
-(max |diff| below 1e-4 in float32). Prints one line per case; exit status 0 when all match.
+(max |diff| below 1e-4 in float32). `apex`: the same layer norm through the wheel's
+`apex.normalization.FusedLayerNorm`, and `amp_C.multi_tensor_l2norm` / `multi_tensor_scale` against
+torch's own norm and multiply. Prints one line per case; exit status 0 when all match.
 """
 
 from __future__ import annotations
@@ -94,9 +97,44 @@ def check_apex_ln(src: str) -> bool:
     return ok
 
 
+def check_apex_wheel(folder: str) -> bool:
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, folder)
+    import amp_C
+    import fused_layer_norm_cuda
+    from apex.multi_tensor_apply import multi_tensor_applier
+    from apex.normalization import FusedLayerNorm
+
+    print(f"apex: {fused_layer_norm_cuda.__file__}; torch {torch.__version__}; {torch.cuda.get_device_name()}")
+    ok = True
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 512, 1024, device="cuda", generator=gen)
+    ln = FusedLayerNorm(1024).cuda()
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(1024, device="cuda", generator=gen))
+        ln.bias.copy_(torch.randn(1024, device="cuda", generator=gen))
+        diff = (ln(x) - F.layer_norm(x, [1024], ln.weight, ln.bias, ln.eps)).abs().max().item()
+    print(f"  FusedLayerNorm (64, 512, 1024): max |diff| vs torch {diff:.2e} ({'ok' if diff < 1e-4 else 'TOO LARGE'})")
+    ok &= diff < 1e-4
+    tensors = [torch.randn(n, device="cuda", generator=gen) for n in (1000, 4096, 65536, 3)]
+    flag = torch.zeros(1, dtype=torch.int, device="cuda")
+    norm, _ = multi_tensor_applier(amp_C.multi_tensor_l2norm, flag, [tensors], False)
+    ref = torch.linalg.vector_norm(torch.cat(tensors))
+    rel = abs(norm.item() - ref.item()) / ref.item()
+    print(f"  amp_C.multi_tensor_l2norm: {norm.item():.6f} vs torch {ref.item():.6f} (rel {rel:.1e}, {'ok' if rel < 1e-5 else 'TOO LARGE'})")
+    ok &= rel < 1e-5
+    outs = [torch.empty_like(t) for t in tensors]
+    multi_tensor_applier(amp_C.multi_tensor_scale, flag, [tensors, outs], 0.5)
+    same = all(torch.equal(o, t * 0.5) for o, t in zip(outs, tensors)) and flag.item() == 0
+    print(f"  amp_C.multi_tensor_scale x0.5: {'equal' if same else 'DIFFERENT'}")
+    return ok and same
+
+
 def main() -> None:
     what, arg = sys.argv[1], sys.argv[2]
-    ok = check_int4(arg) if what == "int4" else check_apex_ln(arg)
+    ok = {"int4": check_int4, "apex-ln": check_apex_ln, "apex": check_apex_wheel}[what](arg)
     sys.exit(0 if ok else 1)
 
 

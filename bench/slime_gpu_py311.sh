@@ -19,7 +19,7 @@ cp -as "$site_dir/torch" "$site/torch"
 rm -f "$site"/torch/_C.cpython-3*.so "$site/torch/lib/libtorch_python.so"
 cp "$x/torch311/_C.cpython-311-x86_64-linux-gnu.so" "$site/torch/"
 cp "$x/torch311/libtorch_python.so" "$site/torch/lib/"
-for n in nvidia triton typing_extensions.py sympy mpmath networkx jinja2 markupsafe fsspec filelock; do
+for n in nvidia triton torchgen typing_extensions.py sympy mpmath networkx jinja2 markupsafe fsspec filelock; do
     [ -e "$site_dir/$n" ] && ln -s "$site_dir/$n" "$site/$n"
 done
 mkdir -p "$x/int4"

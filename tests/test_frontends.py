@@ -201,3 +201,29 @@ def test_wheel_with_native_code_needs_a_platform_axis(project):
     assert proc.returncode != 0
     assert "contains native code" in proc.stderr and 'axes = ["platform"]' in proc.stderr, proc.stderr
     assert not [n for n in _store_names(project) - before if "markupsafe-noaxis" in n]
+
+
+def test_tools_put_a_wheels_programs_on_path(project, tmp_path):
+    """settings `tools`: the ninja wheel's program is on PATH during the build (torch's
+    BuildExtension compiles in parallel only through it); without the setting it is not."""
+    out = json.loads(_realise(project, "tooluser").stdout)
+    with zipfile.ZipFile(_wheel(out["nodes"][-1]["path"])) as zf:
+        recorded = zf.read("tooluser/_ninja.py").decode()
+    assert re.fullmatch(r"VERSION = '1\.13\.\d+[^']*'\n", recorded), recorded
+    proc = _realise(project, "tooluser-notools", check=False)
+    assert proc.returncode != 0
+    log = Path(re.search(r"log: (\S+)", proc.stderr).group(1)).read_text()
+    assert "ninja is not on PATH" in log
+
+
+def test_tools_must_name_inputs(tmp_path):
+    copy = tmp_path / "proj"
+    for sub in ("recipes", "patches", "lockfiles"):
+        shutil.copytree(REPO / sub, copy / sub)
+    shutil.copytree(DATA / "src/tooluser", copy / "recipes/demo/src/tooluser")
+    recipe = copy / "recipes/demo/tooluser.toml"
+    recipe.write_text((DATA / "recipes/tooluser.toml").read_text().replace('tools = ["ninja"]', 'tools = ["ninja", "cmake"]'))
+    proc = run_planner("--root", str(copy), "plan", "demo", check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("planner: error")]
+    assert len(lines) == 1 and "tooluser.toml" in lines[0] and "tools" in lines[0] and "cmake" in lines[0], proc.stderr

@@ -152,18 +152,43 @@ print("built", name)
 
 
 def _buildenv(spec: dict) -> Path:
-    """Unpack the pinned build-dependency wheels into one directory put first on sys.path."""
+    """Unpack the pinned build-dependency wheels into one directory put first on sys.path; the
+    scripts of the inputs named in settings `tools` go to its bin/ (put first on PATH)."""
     import zipfile
 
     env = BUILD / "buildenv"
     env.mkdir(exist_ok=True)
-    for name, path in sorted(spec.get("inputs", {}).items()):
+    inputs = spec.get("inputs", {})
+    tools = list(spec.get("settings", {}).get("tools", []))
+    unknown = sorted(set(tools) - set(inputs))
+    if unknown:
+        raise BuildFailure(f"settings tools names {unknown}, which are not inputs of this recipe")
+    for name, path in sorted(inputs.items()):
         p = Path(path)
         wheels = [p] if p.suffix == ".whl" else sorted(p.glob("*.whl")) if p.is_dir() else []
         for whl in wheels:
             with zipfile.ZipFile(whl) as zf:
                 zf.extractall(env)
+                if name in tools:
+                    _install_scripts(zf, env / "bin", f"{name} ({whl.name})")
     return env
+
+
+def _install_scripts(zf, bin_dir: Path, what: str) -> None:
+    """A wheel's `<dist>.data/scripts/*` as executables in `bin_dir`, as an installer puts them:
+    build tools shipped as wheels (ninja, cmake) are programs a build runs from PATH."""
+    scripts = [i for i in zf.infolist() if not i.is_dir() and len(i.filename.split("/")) == 3
+               and i.filename.split("/")[0].endswith(".data") and i.filename.split("/")[1] == "scripts"]
+    if not scripts:
+        raise BuildFailure(f"settings tools: input {what} has no scripts to put on PATH")
+    bin_dir.mkdir(exist_ok=True)
+    for info in scripts:
+        name = info.filename.split("/")[2]
+        if name in ("", ".", ".."):
+            raise BuildFailure(f"settings tools: input {what} has a script named {name!r}")
+        dest = bin_dir / name
+        dest.write_bytes(zf.read(info))
+        dest.chmod(0o755)
 
 
 def _toml_loads(text: str):
@@ -258,6 +283,8 @@ def pep517_wheel(spec: dict, project: Path, out: Path, *, env: dict | None = Non
     run_env = dict(os.environ)
     run_env.update(env or {})
     run_env["PYTHONPATH"] = os.pathsep.join([str(env_dir), *filter(None, [run_env.get("PYTHONPATH")])])
+    if settings.get("tools"):
+        run_env["PATH"] = os.pathsep.join([str(env_dir / "bin"), run_env.get("PATH", "/usr/bin:/bin")])
     require = "1" if settings.get("require-extensions") else "0"
     try:
         run([sys.executable, "-s", "-c", _FRONTEND, str(env_dir), backend, str(wheelhouse),

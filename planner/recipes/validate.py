@@ -72,6 +72,14 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
             canonical_json(r.build.settings)
     except TypeError as exc:
         raise err("settings", f"settings must be JSON without floats ({exc}); write numbers as integers or strings") from None
+    tools = r.build.settings.get("tools") if r.build.settings else None
+    if tools is not None:
+        # runtime._buildenv puts these inputs' wheel scripts on PATH: each must be an input
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise err("tools", "settings tools must be a list of input names")
+        unknown = sorted(set(tools) - set(r.inputs))
+        if unknown:
+            raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
     for k in r.build.env:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
             raise err("env", f"invalid environment variable name {k!r}")
