@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import Optional
 
 import attrs
@@ -13,19 +14,22 @@ import attrs
 from ..errors import RecipeError
 from ..gcpause import gc_paused
 from .model import PLATFORMS, Recipe, RecipeSet, SetConfig
-from .parse import _kebab_to_snake, _read_toml, _structure, _where
+from .parse import _kebab_to_snake, _read_toml, _structure, _where, plain_recipe
 from .validate import _check_cuda, _check_references, _validate_recipe
 
 
-def load_recipe(path: Path, root: Path, where: Optional[str] = None) -> Recipe:
+def load_recipe(path: Path, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None) -> Recipe:
+    """One recipe file, parsed and validated; `st`: its lstat, if the caller made one."""
     if where is None:
         where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-    data, text = _read_toml(path, root, where)
-    data = _kebab_to_snake(data)
-    if not isinstance(data, dict):
-        raise RecipeError("not a table", where=where)
-    data["file"] = where  # where it was read from, whatever the file says
-    recipe = _structure(Recipe, data, path, root, text)
+    data, text = _read_toml(path, root, where, st)
+    recipe = plain_recipe(data, where) if isinstance(data, dict) else None
+    if recipe is None:
+        data = _kebab_to_snake(data)
+        if not isinstance(data, dict):
+            raise RecipeError("not a table", where=where)
+        data["file"] = where  # where it was read from, whatever the file says
+        recipe = _structure(Recipe, data, path, root, text)
     _validate_recipe(recipe, path, root, text)
     return recipe
 
@@ -73,10 +77,19 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
         if fname == "set.toml":
             continue
         path = folder / fname
-        sig = cache.signature(path)  # before reading: a file edited meanwhile is parsed again next time
+        # The signature before reading: a file edited meanwhile is parsed again next time. A
+        # regular file's lstat is its stat, and the read reuses it.
+        try:
+            st: Optional[os.stat_result] = os.lstat(path)
+        except OSError:
+            st = None
+        if st is not None and S_ISREG(st.st_mode):
+            sig: Optional[tuple] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        else:
+            sig, st = cache.signature(path), None
         r = cache.get(path, sig)
         if r is None:
-            r = load_recipe(path, root, f"recipes/{name}/{fname}")
+            r = load_recipe(path, root, f"recipes/{name}/{fname}", st)
             cache.put(path, sig, r)
         recipes[r.name] = r
     cache.save()
