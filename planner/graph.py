@@ -181,21 +181,27 @@ class _Planner:
         """The node of recipe `name` for variant `full`, creating it and its build inputs
         (iteratively, dependencies first). `planner.replan.Replanner` repeats this walk over a
         cached plan: a change to its order is a change there too (tests/test_replan.py)."""
-        stack: list[tuple[str, Variant, bool]] = [(name, full, False)]
+        # A node's entry is visited twice: first its children are pushed (their ids, the
+        # children and the recipe are kept in the entry), then it is made, once they are.
+        stack: list[tuple[str, Variant, Optional[tuple]]] = [(name, full, None)]
+        nodes = self.nodes
         while stack:
-            n, v, ready = stack.pop()
-            if self._id(n, v) in self.nodes:
-                continue
-            r = self.rs.get(n)
-            children = self._children(r, v)
-            if not ready:
-                stack.append((n, v, True))
+            n, v, made_from = stack.pop()
+            if made_from is None:
+                nid = self._id(n, v)
+                if nid in nodes:
+                    continue
+                r = self.rs.get(n)
+                below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]
+                stack.append((n, v, (r, below, nid)))
                 # reversed: the first declared dependency is created first, as recursion would
-                stack.extend(reversed([(c, cv, False) for _m, c, cv in children
-                                       if self._id(c, cv) not in self.nodes]))
+                stack.extend(reversed([(c, cv, None) for _m, cid, c, cv in below if cid not in nodes]))
                 continue
-            below = [(mount, self._id(c, cv)) for mount, c, cv in children]
-            self.walk[self._make_node(r, v, dict(below))] = [cid for _m, cid in below]
+            r, below, nid = made_from
+            if nid in nodes:  # (a cycle would bring it here twice; validation refuses those)
+                continue
+            self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
+                cid for _m, cid, _c, _cv in below]
         return self._id(name, full)
 
     def _unavailable(self, r: Recipe, variant: Variant, why: str) -> str:

@@ -304,34 +304,37 @@ class Replanner(_Planner):
             self._decls_of.setdefault(decl.recipe, []).append(decl)
 
     def instantiate(self, name, full):
-        stack: list = [(name, full, False)]
+        stack: list = [(name, full, None)]
         nodes, old, dirty = self.nodes, self.old_rows, self.dirty
         while stack:
-            n, v, ready = stack.pop()
+            n, v, made_from = stack.pop()
             if n is None:  # a kept node, by id (v): the same walk, over the cached rows
                 if v in nodes:
                     continue
                 row = old.get(v)
                 if row is None or row[1] in dirty:
                     raise _Fallback(v)
-                if not ready:
-                    stack.append((None, v, True))
-                    stack.extend(reversed([(None, c, False) for c in row[11] if c not in nodes]))
+                if made_from is None:
+                    stack.append((None, v, row))
+                    stack.extend(reversed([(None, c, None) for c in row[11] if c not in nodes]))
                 else:
                     nodes[v] = _Reused(row)
                 continue
-            nid = self._id(n, v)
+            if made_from is None:
+                nid = self._id(n, v)
+                if nid in nodes:
+                    continue
+                if n not in dirty and nid in old:
+                    stack.append((None, nid, None))
+                    continue
+                r = self.rs.get(n)
+                below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]
+                stack.append((n, v, (r, below, nid)))
+                stack.extend(reversed([(c, cv, None) for _m, cid, c, cv in below if cid not in nodes]))
+                continue
+            r, below, nid = made_from
             if nid in nodes:
                 continue
-            if n not in dirty and nid in old:
-                stack.append((None, nid, ready))
-                continue
-            r = self.rs.get(n)
-            children = self._children(r, v)
-            if not ready:
-                stack.append((n, v, True))
-                stack.extend(reversed([(c, cv, False) for _m, c, cv in children if self._id(c, cv) not in nodes]))
-                continue
-            below = [(mount, self._id(c, cv)) for mount, c, cv in children]
-            self.walk[self._make_node(r, v, dict(below))] = [cid for _m, cid in below]
+            self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
+                cid for _m, cid, _c, _cv in below]
         return self._id(name, full)
