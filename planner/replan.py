@@ -30,6 +30,11 @@ from .graph import _Planner, expand
 from .plantable import PlanTable, recipe_flags
 
 
+# Below a few hundred unchanged recipes to read, parsing them costs less than loading the
+# parse cache (all of it: one pickle).
+PARSE_CACHE_FROM = 200
+
+
 class _Fallback(Exception):
     """This change is not one re-planning handles: plan from scratch."""
 
@@ -184,8 +189,8 @@ def _replan(root: Path, set_name: str, target: Optional[str], sandboxed: bool, d
     old: dict = state["recipes"]
     edit = _Edit(root, set_name, config, old, modified, added, removed, target or config.target)
     lock = lockmod.read(root / "lockfiles" / f"{set_name}.lock")
-    # Below a few hundred recipes to read, parsing them costs less than loading the parse cache.
-    lazy = _LazySet(set_name, root, config, edit.names, edit.fresh, len(edit.dirty) - len(edit.fresh) > 200)
+    lazy = _LazySet(set_name, root, config, edit.names, edit.fresh,
+                    len(edit.dirty) - len(edit.fresh) > PARSE_CACHE_FROM)
     planner = Replanner(lazy, lock, detect_host(sandboxed), {row[0]: row for row in state["rows"]}, edit.dirty)
     for n, v in old.items():
         if n not in edit.dirty and n not in removed and v[1] is not None:
@@ -260,6 +265,7 @@ class _LazySet:
         self.name, self.root, self.config = name, root, config
         self.recipes: dict = {}
         self._names, self._fresh, self._use_cache = names, fresh, use_cache
+        self._folder_s = os.fspath(root / "recipes" / name)
         self._cache = None
         self.added = None  # the planner's hook for a recipe read
 
@@ -275,10 +281,11 @@ class _LazySet:
 
             if self._cache is None and self._use_cache:
                 self._cache = _ParseCache(self.root, self.name)
-            path = self.root / "recipes" / self.name / f"{name}.toml"
+            # A string path: pathlib's joins cost more than the parse cache's lookup.
+            path = f"{self._folder_s}/{name}.toml"
             r = self._cache.get(path, self._cache.signature(path)) if self._cache is not None else None
             if r is None:
-                r = load_recipe(path, self.root, f"recipes/{self.name}/{name}.toml")
+                r = load_recipe(Path(path), self.root, f"recipes/{self.name}/{name}.toml")
         if recipe_flags(r)[1]:
             raise _Fallback("image")
         self.recipes[name] = r
@@ -296,6 +303,8 @@ class Replanner(_Planner):
         rs.added = self._add_recipe
 
     def _add_recipe(self, r) -> None:
+        if r.source is None and not r.inputs and not r.patches:
+            return  # declares no input
         from .lock import declarations
         from .recipes.model import RecipeSet
 
