@@ -179,7 +179,7 @@ class _Planner:
 
     def instantiate(self, name: str, full: Variant) -> str:
         """The node of recipe `name` for variant `full`, creating it and its build inputs
-        (iteratively, dependencies first). `planner.replan.Replanner` repeats this walk over a
+        (iteratively, dependencies first). `planner.replan._instantiate` repeats this walk over a
         cached plan: a change to its order is a change there too (tests/test_replan.py)."""
         # A node's entry is visited twice: first its children are pushed (their ids, the
         # children and the recipe are kept in the entry), then it is made, once they are.

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 from . import plantable
-from .graph import _Planner, expand
 from .plantable import PlanTable, recipe_flags
 
 
@@ -188,10 +187,12 @@ def _replan(root: Path, set_name: str, target: Optional[str], sandboxed: bool, d
         raise _Fallback("aliases")
     old: dict = state["recipes"]
     edit = _Edit(root, set_name, config, old, modified, added, removed, target or config.target)
+    from .graph import expand
+
     lock = lockmod.read(root / "lockfiles" / f"{set_name}.lock")
     lazy = _LazySet(set_name, root, config, edit.names, edit.fresh,
                     len(edit.dirty) - len(edit.fresh) > PARSE_CACHE_FROM)
-    planner = Replanner(lazy, lock, detect_host(sandboxed), {row[0]: row for row in state["rows"]}, edit.dirty)
+    planner = replanner(lazy, lock, detect_host(sandboxed), {row[0]: row for row in state["rows"]}, edit.dirty)
     for n, v in old.items():
         if n not in edit.dirty and n not in removed and v[1] is not None:
             planner._axes[n] = frozenset(v[1])
@@ -293,57 +294,66 @@ class _LazySet:
         return r
 
 
-class Replanner(_Planner):
-    """The planner making only the dirty nodes; every other node it reaches is the cached
-    plan's row, visited in the order the planner's own walk visits it."""
+def replanner(rs: _LazySet, lock, host, old_rows: dict, dirty: set[str]):
+    """The planner (`graph._Planner`) making only the dirty nodes: every other node its walk
+    reaches is the cached plan's row, visited in the order the planner's own walk visits it.
+    (graph is imported here, not with this module: a warm plan must not pay for it.)"""
+    import types
 
-    def __init__(self, rs: _LazySet, lock, host, old_rows: dict, dirty: set[str]) -> None:
-        super().__init__(rs, lock, host)  # type: ignore[arg-type]
-        self.old_rows, self.dirty = old_rows, dirty
-        rs.added = self._add_recipe
+    from .graph import _Planner
 
-    def _add_recipe(self, r) -> None:
-        if r.source is None and not r.inputs and not r.patches:
-            return  # declares no input
-        from .lock import declarations
-        from .recipes.model import RecipeSet
+    p = _Planner(rs, lock, host)  # type: ignore[arg-type]
+    p.old_rows, p.dirty = old_rows, dirty  # type: ignore[attr-defined]
+    p.instantiate = types.MethodType(_instantiate, p)  # type: ignore[method-assign]
+    rs.added = types.MethodType(_add_recipe, p)
+    return p
 
-        one = RecipeSet(name=self.rs.name, root=self.rs.root, config=self.rs.config, recipes={r.name: r})
-        for decl in declarations(one).values():
-            self._decls_of.setdefault(decl.recipe, []).append(decl)
 
-    def instantiate(self, name, full):
-        stack: list = [(name, full, None)]
-        nodes, old, dirty = self.nodes, self.old_rows, self.dirty
-        while stack:
-            n, v, made_from = stack.pop()
-            if n is None:  # a kept node, by id (v): the same walk, over the cached rows
-                if v in nodes:
-                    continue
-                row = old.get(v)
-                if row is None or row[1] in dirty:
-                    raise _Fallback(v)
-                if made_from is None:
-                    stack.append((None, v, row))
-                    stack.extend(reversed([(None, c, None) for c in row[11] if c not in nodes]))
-                else:
-                    nodes[v] = _Reused(row)
+def _add_recipe(self, r) -> None:
+    """A recipe the walk read: its input declarations, for the nodes made of it."""
+    if r.source is None and not r.inputs and not r.patches:
+        return  # declares no input
+    from .lock import declarations
+    from .recipes.model import RecipeSet
+
+    one = RecipeSet(name=self.rs.name, root=self.rs.root, config=self.rs.config, recipes={r.name: r})
+    for decl in declarations(one).values():
+        self._decls_of.setdefault(decl.recipe, []).append(decl)
+
+
+def _instantiate(self, name, full):
+    """`_Planner.instantiate`, keeping the cached rows of every node that is not dirty."""
+    stack: list = [(name, full, None)]
+    nodes, old, dirty = self.nodes, self.old_rows, self.dirty
+    while stack:
+        n, v, made_from = stack.pop()
+        if n is None:  # a kept node, by id (v): the same walk, over the cached rows
+            if v in nodes:
                 continue
+            row = old.get(v)
+            if row is None or row[1] in dirty:
+                raise _Fallback(v)
             if made_from is None:
-                nid = self._id(n, v)
-                if nid in nodes:
-                    continue
-                if n not in dirty and nid in old:
-                    stack.append((None, nid, None))
-                    continue
-                r = self.rs.get(n)
-                below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]
-                stack.append((n, v, (r, below, nid)))
-                stack.extend(reversed([(c, cv, None) for _m, cid, c, cv in below if cid not in nodes]))
-                continue
-            r, below, nid = made_from
+                stack.append((None, v, row))
+                stack.extend(reversed([(None, c, None) for c in row[11] if c not in nodes]))
+            else:
+                nodes[v] = _Reused(row)
+            continue
+        if made_from is None:
+            nid = self._id(n, v)
             if nid in nodes:
                 continue
-            self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
-                cid for _m, cid, _c, _cv in below]
-        return self._id(name, full)
+            if n not in dirty and nid in old:
+                stack.append((None, nid, None))
+                continue
+            r = self.rs.get(n)
+            below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]
+            stack.append((n, v, (r, below, nid)))
+            stack.extend(reversed([(c, cv, None) for _m, cid, c, cv in below if cid not in nodes]))
+            continue
+        r, below, nid = made_from
+        if nid in nodes:
+            continue
+        self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
+            cid for _m, cid, _c, _cv in below]
+    return self._id(name, full)
