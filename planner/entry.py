@@ -179,9 +179,32 @@ def answer_store_verify(args: list[str]) -> bool:
     return True
 
 
+def answer_hash(args: list[str]) -> bool:
+    """`planner hash PATH...` (the tree hash of each, as `planner.cli.lock.hash_cmd` prints it)
+    without the command line, whose import costs a small tree's hash several times over. Any
+    option, a path the command line would spell otherwise (it prints paths as pathlib does),
+    a missing path or any error: False, and the command line does it and reports."""
+    opts = _global_options(args)
+    if not opts or opts[2][:1] != ["hash"]:
+        return False
+    paths = opts[2][1:]
+    if not paths or any(not p or p.startswith("-") or os.path.normpath(p) != p or not os.path.exists(p)
+                        for p in paths):
+        return False
+    from .hashing import tree_digest
+
+    try:
+        lines = [f"{tree_digest(p)}  {p}\n" for p in paths]
+    except Exception:  # noqa: BLE001 - a special file, a race: the command line says what
+        return False
+    sys.stdout.write("".join(lines))
+    sys.stdout.flush()
+    return True
+
+
 def main() -> int:
     args = sys.argv[1:]
-    if answer_noop(args) or answer_store_verify(args):
+    if answer_noop(args) or answer_store_verify(args) or answer_hash(args):
         return 0
     from .cli import main as cli
 

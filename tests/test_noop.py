@@ -224,3 +224,44 @@ def test_a_file_edited_during_the_realise_is_not_cached_as_built(tmp_path: Path)
     again = planner(proj, "realise", "t")
     assert again.returncode == 0 and "built" in again.stderr, again.stderr
     assert probe(proj, "realise", "t")[0]
+
+
+HASH_PROBE = """
+import sys
+from planner.entry import answer_hash
+ok = answer_hash(sys.argv[1:])
+print("OK" if ok else "FALLBACK", "click" in sys.modules, "attrs" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_planner_hash_is_answered_before_the_command_line_as_the_command_line_answers(tmp_path: Path) -> None:
+    """`planner hash` of plain paths prints what the command line prints, without importing it;
+    anything else (an option, a path pathlib would spell otherwise, a missing or special file)
+    goes to the command line, which answers or reports it as before."""
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "x.txt").write_text("x\n")
+    (tree / "big.bin").write_bytes(os.urandom(300 << 10))  # over the thread pool's threshold
+    os.symlink("sub/x.txt", tree / "link")
+    os.mkfifo(tmp_path / "fifo")
+
+    def run(argv: list[str], code: str | None = None) -> subprocess.CompletedProcess:
+        pre = [sys.executable, "-c", code] if code else [sys.executable, "-m", "planner.cli"]
+        return subprocess.run(pre + argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    for argv in (["hash", "tree"], ["hash", str(tree), "tree/big.bin", "tree/link"], ["--root", ".", "hash", "tree"]):
+        fast = run(argv, HASH_PROBE)
+        assert fast.stderr.strip().splitlines()[-1] == "OK False False", fast.stderr
+        full = run(argv)
+        assert full.returncode == 0 and fast.stdout == full.stdout and fast.stdout.count("blake3:") == len(argv) - 1 - (
+            2 if argv[0] == "--root" else 0)
+    for argv in (["hash", "tree/"], ["hash", "./tree"], ["hash", "--sha256", "tree/big.bin"], ["hash", "nosuch"],
+                 ["hash", "fifo"], ["hash"], ["hash", "--help"]):
+        fast = run(argv, HASH_PROBE)
+        assert fast.stdout == "" and fast.stderr.strip().splitlines()[-1].startswith("FALLBACK"), (argv, fast.stderr)
+    # What the command line says of those, through the `planner` entry point.
+    entry = [sys.executable, "-m", "planner.entry"]
+    assert subprocess.run(entry + ["hash", "tree/"], capture_output=True, text=True, cwd=tmp_path).stdout == \
+        run(["hash", "tree"]).stdout
+    bad = subprocess.run(entry + ["hash", "fifo"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and bad.stderr.startswith("planner: error: ") and bad.stdout == ""
