@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import attrs
+
 from . import limits as limits_mod
 from . import sandbox
 from .errors import BuildError, PlannerError, UnsafeTree
@@ -298,7 +300,7 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         log_path = store.root / "logs" / f"{bkey}.log"
         start = time.monotonic()
         try:
-            out = run_builder(req, build_dir, log_path, running)
+            out = run_builder(attrs.evolve(req, caches=store.root / "cache"), build_dir, log_path, running)
             _check_output(node, out)
             entry = store.add(bkey, node.name, node.version, out, kind="build", impure=node.impure)
         finally:

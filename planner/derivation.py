@@ -21,6 +21,8 @@ import attrs
 from .hashing import key_of
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .limits import Limits
     from .store import Entry, RemoteEntry, Store
 
@@ -313,6 +315,9 @@ class BuildRequest:
     deps: dict[str, "Entry"]  # mount -> dependency's output entry
     jobs: int = 1
     sandboxed: bool = True
+    # The store's cache/ folder, where a builder may keep what is safe to reuse across builds
+    # (verified on every use); None: no cache (`realise --check` rebuilds from scratch).
+    caches: Optional[Path] = None
 
 
 @attrs.frozen

@@ -14,7 +14,9 @@ group's recipes into an empty staging root. A layer is a function of its inputs'
 (paths, times, owners and modes are normalised by `write_layer`), so a group whose wheels are
 the same for every platform and variant (pure-Python packages) is one blob shared by every
 manifest, and a change to the top package re-ships only the top layer. Groups with identical
-inputs are staged once per build.
+inputs are staged once per build, and across builds the store's layer cache
+(`planner.oci.layercache`) gives back any layer whose inputs are unchanged, so a rebuild for
+an attestation-only change links its layers instead of compressing them again.
 
 The index digest depends only on the layers' bytes, the `[image]` table and SOURCE_DATE_EPOCH:
 the attestations (which name the lock, node keys and the planner version) live beside the
@@ -24,26 +26,26 @@ what goes into them.
 
 from __future__ import annotations
 
-import re
 import shutil
 import stat
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TextIO
 
 import attrs
 
 from ..derivation import BUILD_ROOT_MOUNT, BuildRequest, ImageFields, Node, build_key
-from ..errors import BuildError, PlannerError
+from ..errors import BuildError
 from ..oci.base import reuse_base
 from ..oci.descriptor import Descriptor, Platform, sha256_file
 from ..oci.facts import BuildFacts, DependencyFacts, ImageFacts, ManifestFacts, WheelFacts
 from ..oci.image import ImageConfig, cuda_annotations, write_image, write_index
 from ..oci.layer import Layer, LayerSource, compressor_id, write_layer
+from ..oci.layercache import CachedLayer, LayerCache, LayerKey, compressor_files
 from ..oci.layout import LayoutImage, write_layout
 from ..oci.wheels import install_wheel
 from ..safetree import MAX_METADATA, Tree
+from .image_requires import requires_from_wheels, requires_problems, wheel_metadata  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ..lock import Lock
@@ -51,104 +53,6 @@ if TYPE_CHECKING:
 
 DEFAULT_VARIANT = "default"
 ATTESTATIONS_DIR = "attestations"
-
-
-# ---------------------------------------------------------------------------------------------
-# Run-time requirement check (pure)
-
-
-def requires_problems(layers: Sequence[Sequence[str]], requires: Mapping[str, Sequence[str]]) -> list[str]:
-    """What is wrong with the layer groups given each recipe's direct run-time `requires`.
-
-    Every recipe in a group needs the whole run-time closure of what it requires to be in some
-    group at or below its own (bottom first). Returns one sentence per problem; none is fine.
-    """
-    problems: list[str] = []
-    position: dict[str, int] = {}
-    for i, group in enumerate(layers):
-        for name in group:
-            if name in position:
-                problems.append(f"{name} is listed in layer groups {position[name] + 1} and {i + 1}")
-            else:
-                position[name] = i
-    for i, group in enumerate(layers):
-        for name in group:
-            via: dict[str, list[str]] = {name: []}
-            queue = [name]
-            while queue:
-                cur = queue.pop(0)
-                for dep in requires.get(cur, ()):
-                    if dep in via:
-                        continue
-                    via[dep] = via[cur] + ([cur] if cur != name else [])
-                    queue.append(dep)
-                    j = position.get(dep)
-                    if j is not None and j <= i:
-                        continue
-                    chain = f" (through {' -> '.join(via[dep])})" if via[dep] else ""
-                    where = "is in no layer group" if j is None else f"is in layer group {j + 1}, above it"
-                    problems.append(f"{name} (layer group {i + 1}) needs {dep}{chain}, which {where}")
-    return problems
-
-
-def _requires_from_wheels(layers: Sequence[Sequence[str]],
-                          wheels: Mapping[str, Sequence[Path]]) -> dict[str, list[str]]:
-    """Fallback when the preimage carries no recipe `requires`: the wheels' Requires-Dist,
-    kept only where they name a distribution that one of the image's recipes provides (a
-    requirement on anything else cannot be judged from here)."""
-    provider: dict[str, str] = {}
-    metas: dict[str, list[str]] = {}
-    for recipe in (n for g in layers for n in g):
-        for whl in wheels.get(recipe, ()):
-            name, _version, requires = _wheel_metadata(whl)
-            provider[_normalise(name)] = recipe
-            metas.setdefault(recipe, []).extend(requires)
-    out: dict[str, list[str]] = {}
-    for recipe, reqs in metas.items():
-        deps = [provider[n] for n in map(_normalise, reqs) if n in provider and provider[n] != recipe]
-        out[recipe] = sorted(set(deps))
-    return out
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _wheel_metadata(whl: Path) -> tuple[str, str, list[str]]:
-    """Name, version and unconditional Requires-Dist names (no extras) of a wheel."""
-    with zipfile.ZipFile(whl) as zf:
-        meta_name = next((n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)), None)
-        if meta_name is None:
-            raise PlannerError("wheel has no .dist-info/METADATA", where=str(whl))
-        # Read in-process: a small wheel can inflate to gigabytes (a zip bomb). Cap what is taken.
-        if zf.getinfo(meta_name).file_size > MAX_METADATA:
-            raise PlannerError(f"{meta_name} is larger than {MAX_METADATA >> 20} MiB", where=whl.name)
-        with zf.open(meta_name) as f:
-            raw = f.read(MAX_METADATA + 1)
-        if len(raw) > MAX_METADATA:
-            raise PlannerError(f"{meta_name} is larger than {MAX_METADATA >> 20} MiB", where=whl.name)
-        text = raw.decode("utf-8", "replace")
-    head = text.split("\n\n", 1)[0]
-    fields: list[tuple[str, str]] = []
-    for line in head.splitlines():
-        if line[:1] in (" ", "\t") and fields:
-            fields[-1] = (fields[-1][0], fields[-1][1] + " " + line.strip())
-        elif ":" in line:
-            k, v = line.split(":", 1)
-            fields.append((k.strip().lower(), v.strip()))
-    name = next((v for k, v in fields if k == "name"), whl.name.split("-")[0])
-    version = next((v for k, v in fields if k == "version"), "")
-    reqs = []
-    for k, v in fields:
-        if k != "requires-dist":
-            continue
-        spec, _, marker = v.partition(";")
-        if "extra" in marker:
-            continue
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
-        if m:
-            reqs.append(m.group(1))
-    return name, version, reqs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +72,10 @@ def preimage_extras(rs: "RecipeSet", lock: "Lock", recipe: "Recipe") -> dict[str
     - `attest.planner`: the planner version;
     - `attest.lock`: the lockfile's digests, the recipe set digest and the pins of every input
       of every recipe the image is built from.
-    Consequence: any lock change rebuilds the image node (seconds; the layout comes out
-    byte-identical unless its inputs changed).
+    Consequence: any lock change rebuilds the image node. The rebuild costs seconds, not a
+    recompression: every layer whose inputs are unchanged comes from the store's layer cache
+    (`planner.oci.layercache`, keyed by what the layer's bytes depend on, verified by sha256 on
+    use) and the layout comes out byte-identical; only new attestations are written.
     """
     from .. import __version__
     from ..lock import declarations
@@ -294,7 +200,7 @@ class _ImageBuild:
         self.variants = _variants(fields)
         self.blobs = out / "blobs"
         self.staging_parent = out.parent / "tmp" if (out.parent / "tmp").is_dir() else out.parent
-        self.layer_cache: dict[tuple, tuple[Layer, str, tuple[WheelFacts, ...]]] = {}
+        self.layer_cache: dict[LayerKey, tuple[Layer, str, tuple[WheelFacts, ...]]] = {}
         self.wheel_facts: dict[Path, WheelFacts] = {}
         self.base_packages: dict[str, tuple[tuple[str, str, str], ...]] = {}
         self.config = ImageConfig(
@@ -313,6 +219,11 @@ class _ImageBuild:
 
         self.zstdpin = (load_zstd(req.deps[BUILD_ROOT_MOUNT].path)
                         if BUILD_ROOT_MOUNT in req.deps and self.compression == "zstd" else None)
+        self.compressor = compressor_id(self.compression, zlib_pin=self.zpin, zstd_pin=self.zstdpin)
+        self.compressor_files = compressor_files(req.deps[BUILD_ROOT_MOUNT].path, self.compression) \
+            if BUILD_ROOT_MOUNT in req.deps else ""
+        self.cache = (LayerCache(req.caches / "layers", lambda line: self.log.write(line + "\n"))
+                      if req.caches is not None else None)
         self.base_images = {name.split("/", 1)[1]: e for name, e in req.inputs.items()
                             if name.startswith("base-image/")}
 
@@ -332,17 +243,40 @@ class _ImageBuild:
         if self.fields.requires is not None:
             requires = {k: list(v) for k, v in self.fields.requires.items()}
         else:
-            requires = _requires_from_wheels(
+            requires = requires_from_wheels(
                 self.groups, {r: _wheels_of(self.dep(first_v, first_p, r).path) for g in self.groups for r in g})
         problems = requires_problems(self.groups, requires)
         if problems:
             raise self.fail("run-time requirements missing from the image's layers: " + "; ".join(problems)
                             + " (list them in [image] layers at or below their dependents)")
 
-    def wheel_layer(self, group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
-        key = ("wheels", tuple(group), tuple(e.digest for e in entries))
+    def layer(self, key: LayerKey, label: str,
+              make: Callable[[], tuple[Layer, str, tuple[WheelFacts, ...]]]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+        """A layer staged once per build, and across builds through the store's layer cache."""
         if key in self.layer_cache:
             return self.layer_cache[key]
+        rec = self.cache.fetch(key, self.blobs) if self.cache is not None else None
+        if rec is not None:
+            got = (rec.layer, rec.what, rec.wheels)
+            self.log.write(f"layer {rec.layer.descriptor.digest} ({rec.layer.descriptor.size} bytes): {label}: "
+                           "reused from the layer cache\n")
+        else:
+            got = make()
+            self.log.write(f"layer {got[0].descriptor.digest} ({got[0].descriptor.size} bytes): {label}\n")
+            if self.cache is not None:
+                self.cache.put(CachedLayer(key, *got), self.blobs)
+        self.layer_cache[key] = got
+        return got
+
+    def layer_key(self, kind: str, recipes: Sequence[str], entries: Sequence[Any]) -> LayerKey:
+        return LayerKey(kind, tuple(recipes), tuple(e.digest for e in entries), self.sde,  # type: ignore[arg-type]
+                        self.compression, self.compressor, self.compressor_files)
+
+    def wheel_layer(self, group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+        return self.layer(self.layer_key("wheels", group, entries), ", ".join(group),
+                          lambda: self._stage_wheels(group, entries))
+
+    def _stage_wheels(self, group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
         stage = Path(tempfile.mkdtemp(prefix="layer-", dir=self.staging_parent))
         facts: list[WheelFacts] = []
         try:
@@ -359,9 +293,7 @@ class _ImageBuild:
             shutil.rmtree(stage, ignore_errors=True)
         what = "planner: install " + ", ".join([f"{f.distribution} {f.version}" for f in facts]
                                                + [r for r, e in zip(group, entries) if not _wheels_of(e.path)])
-        self.layer_cache[key] = (layer, what, tuple(facts))
-        self.log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): {', '.join(group)}\n")
-        return self.layer_cache[key]
+        return layer, what, tuple(facts)
 
     def _install(self, recipe: str, entry: Any, layer_tree: Tree, stage: Path) -> list[WheelFacts]:
         wheels = _wheels_of(entry.path)
@@ -384,7 +316,7 @@ class _ImageBuild:
                 layer_tree.copy_from(src, move=True)
             shutil.rmtree(one)
             if whl not in self.wheel_facts:
-                dist, version, _ = _wheel_metadata(whl)  # as written in METADATA, not the file name
+                dist, version, _ = wheel_metadata(whl)  # as written in METADATA, not the file name
                 self.wheel_facts[whl] = WheelFacts(recipe, whl.name, sha256_file(whl).split(":", 1)[1],
                                                    whl.stat().st_size, dist, version or installed.version)
             facts.append(self.wheel_facts[whl])
@@ -406,15 +338,15 @@ class _ImageBuild:
         if not self.base:
             return [], [], self.config, ()
         entry = self.dep(vname, platform, self.base)
-        key = ("base", entry.digest)
-        if key not in self.layer_cache:
-            layer = write_layer([LayerSource(entry.path)], self.blobs, source_date_epoch=self.sde,
-                                compression=self.compression, zlib_pin=self.zpin,
-                                zstd_pin=self.zstdpin)
-            self.layer_cache[key] = (layer, f"planner: base {self.base}", ())
-            self.log.write(f"layer {layer.descriptor.digest} ({layer.descriptor.size} bytes): "
-                           f"base {self.base} [{platform}]\n")
-        return [self.layer_cache[key][0]], [self.layer_cache[key][1]], self.config, self._debian(entry)
+        base = self.base
+
+        def make() -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+            return (write_layer([LayerSource(entry.path)], self.blobs, source_date_epoch=self.sde,
+                                compression=self.compression, zlib_pin=self.zpin, zstd_pin=self.zstdpin),
+                    f"planner: base {base}", ())
+
+        layer, what, _ = self.layer(self.layer_key("base", [base], [entry]), f"base {base} [{platform}]", make)
+        return [layer], [what], self.config, self._debian(entry)
 
     def manifest(self, vname: str, platform: str, ann: dict[str, str]) -> ManifestFacts:
         layers, history, config, debian = self.base_layers(vname, platform)
@@ -454,8 +386,7 @@ class _ImageBuild:
         from ..oci.attest import write_attestations
 
         facts = ImageFacts(name=self.node.name, version=self.node.version, indexes=indexes,
-                           manifests=tuple(manifests), compressor=compressor_id(self.compression, zlib_pin=self.zpin,
-                                                                  zstd_pin=self.zstdpin))
+                           manifests=tuple(manifests), compressor=self.compressor)
         write_attestations(self.out / ATTESTATIONS_DIR, facts, build_facts(self.node, self.req))
         self.log.write(f"attestations in {ATTESTATIONS_DIR}/\n")
 

@@ -8,6 +8,9 @@ Layout (`store/` by default):
     gc.lock                      builders hold it shared, `store gc` exclusive
     tmp/                         builds in progress; renamed into place when complete
     logs/<key>.log               build logs
+    cache/<name>/                builders' caches across builds (`cache/layers/`: compressed
+                                 image layers, planner.oci.layercache); never trusted, and
+                                 `gc` drops blobs in `cache/*/blobs/` that no entry links
 
 An entry becomes valid in two steps: its complete, normalised, hashed tree is renamed into
 place, then its row is committed. A crash between the two leaves a directory without a row,
@@ -25,6 +28,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -327,4 +331,22 @@ class Store:
                     removed.append(e.path.name)
             for leftover in (self.root / "tmp").iterdir():
                 remove_tree(leftover)
+            self._gc_caches()
             return removed
+
+    def _gc_caches(self) -> None:
+        """A cache blob is a hard link of some entry's file: when gc removed the last entry
+        holding it (link count 1), it goes too. A record naming a gone blob is a miss."""
+        caches = self.root / "cache"
+        if not caches.is_dir():
+            return
+        for cache in caches.iterdir():
+            if (cache / "tmp").is_dir():
+                remove_tree(cache / "tmp")
+            blobs = cache / "blobs"
+            if not blobs.is_dir() or blobs.is_symlink():
+                continue
+            for p in blobs.iterdir():
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:
+                    p.unlink()
