@@ -59,7 +59,9 @@ def _realise(proj: Path, store: Path) -> tuple[dict, str]:
     res = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--json").stdout)
     image = [n for n in res["nodes"] if n["name"] == "image"]
     assert len(image) == 1
-    return res, (store / "logs" / f"{image[0]['build_key']}.log").read_text()
+    log = run_planner("--root", str(proj), "--store", str(store), "log", "image", "--set", "demo").stdout
+    assert log == (store / "logs" / f"{image[0]['build_key']}.log").read_text()  # this build's log
+    return res, log
 
 
 def _layer_lines(log: str) -> list[str]:
@@ -202,15 +204,23 @@ def test_damaged_records_are_misses(demo_runs: dict, tmp_path: Path) -> None:
     _build(node, deps, tmp_path / "a", caches)
     ref = _tree_bytes(tmp_path / "a")
     records = sorted((caches / "layers/records").iterdir())
-    assert len(records) >= 3
-    # A record cut short, and one copied under another key's name: both dropped and rebuilt.
+    assert len(records) >= 5
+    # A record cut short, one copied under another key's name, one that is a FIFO (reading it
+    # must not hang), and a blob that is a symlink (to a good copy, even): all dropped, rebuilt.
     records[0].write_text(records[0].read_text()[:40])
     shutil.copyfile(records[2], records[1])
+    records[3].unlink()
+    os.mkfifo(records[3])
+    blob = caches / "layers/blobs" / json.loads(records[4].read_text())["layer"]["descriptor"]["digest"][7:]
+    shutil.copyfile(blob, tmp_path / "good-copy")
+    blob.unlink()
+    blob.symlink_to(tmp_path / "good-copy")
     log = _build(node, deps, tmp_path / "b", caches)
     dropped = [line for line in log.splitlines() if line.startswith("layer cache: dropped")]
-    assert len(dropped) == 2, log
-    assert any("unreadable record" in line for line in dropped) and any("another key" in line for line in dropped)
-    assert len([line for line in _layer_lines(log) if not line.endswith(REUSED)]) == 2, log
+    assert len(dropped) == 4, log
+    assert sum("unreadable record" in line for line in dropped) == 2, dropped
+    assert any("another key" in line for line in dropped) and any("not a regular file" in line for line in dropped)
+    assert len([line for line in _layer_lines(log) if not line.endswith(REUSED)]) == 4, log
     assert _tree_bytes(tmp_path / "b") == ref
 
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -106,12 +107,11 @@ class LayerCache:
     def _read(self, key: LayerKey) -> Optional[CachedLayer]:
         path = self._record_path(key)
         try:
-            with open(path, "rb") as f:
-                raw = f.read(_MAX_RECORD + 1)
+            raw = _read_regular(path, _MAX_RECORD + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.log(f"layer cache: ignored {path.name}: {exc.strerror}")
+            self._drop(path, f"unreadable record ({exc.strerror})")
             return None
         try:
             if len(raw) > _MAX_RECORD:
@@ -152,6 +152,13 @@ class LayerCache:
             except FileNotFoundError:
                 self._drop(self._record_path(key), f"blob {desc.hex} is gone")
                 return None
+            except OSError as exc:
+                self.log(f"layer cache: cannot use blob {desc.hex} ({exc.strerror}); rebuilding the layer")
+                return None
+            if not stat.S_ISREG(os.lstat(tmp).st_mode):  # a link to a symlink: never followed
+                self._drop(self._record_path(key), f"blob {desc.hex} is not a regular file")
+                _unlink(src)
+                return None
             got, size = _sha256(tmp)
             if got != desc.digest or size != desc.size:
                 self._drop(self._record_path(key), f"blob {desc.hex} hashes to {got} ({size} bytes), "
@@ -189,12 +196,25 @@ class LayerCache:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """A symlink stays a symlink (never followed): the caller refuses anything not regular."""
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
             raise
-        shutil.copyfile(src, dst)
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file; a symlink, FIFO or device is an OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit)
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> tuple[str, int]:
