@@ -20,8 +20,9 @@ shared. Measures:
   noop    `planner realise` vs `nix-build` with all 201 nodes valid, fresh process each
   build   cold sandboxed build of a new-salt DAG, -j 2: wall per node (N + 1 nodes)
   plan    plan/instantiate 10k nodes (WIDTH 100): cold (new salt: no parse cache, no .drv
-          files yet), warm (the same files again) and one edited (one leaf node's script
-          changed); `planner plan` vs `nix-instantiate`; then planner alone up to the largest
+          files yet), warm (the same files again), one edited (node 5's script changed: ~96%
+          of the DAG builds on it) and top edited (node N-10: a few build on it);
+          `planner plan` vs `nix-instantiate`; then planner alone up to the largest
           --plan-sizes with peak RSS (linearity)
   verify  `planner store verify` vs `nix-store --verify --check-contents`, on stores with the
           same number of entries (the planner store is built to Nix's path count)
@@ -321,6 +322,8 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
         cold, warm, c_cold, c_warm, rss = [], [], [], [], []
         ncold, nwarm, nro, c_ncold, c_nwarm = [], [], [], [], []
         edited, c_edited, nedited, c_nedited = [], [], [], []
+        tedited, c_tedited, ntedited, c_ntedited = [], [], [], []
+        top = n - 10  # a node near the top of the DAG: few recipes build on it
         with_nix = nix is not None and n <= nix_max
         k = runs if n <= 10000 else 1
         for r in range(k):
@@ -332,11 +335,16 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
                 cold.append(s.wall), c_cold.append(s.cpu), rss.append(s.maxrss_mib)
                 s = pl.plan(root, store)
                 warm.append(s.wall), c_warm.append(s.cpu), rss.append(s.maxrss_mib)
-                # One recipe edited: its recipe parsed again, every node planned again.
+                # One recipe edited low in the DAG: it and almost every node above it re-planned.
                 pl.edit(root, 5)
                 time.sleep(0.2)
                 s = pl.plan(root, store)
                 edited.append(s.wall), c_edited.append(s.cpu), rss.append(s.maxrss_mib)
+                # One recipe edited near the top: it and the few above it re-planned.
+                pl.edit(root, top)
+                time.sleep(0.2)
+                s = pl.plan(root, store)
+                tedited.append(s.wall), c_tedited.append(s.cpu), rss.append(s.maxrss_mib)
 
             def x() -> None:
                 nro.append(nix.instantiate(f, readonly=True).wall)
@@ -348,6 +356,9 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
                 nix.edit(f, 5)
                 s = nix.instantiate(f)
                 nedited.append(s.wall), c_nedited.append(s.cpu)
+                nix.edit(f, top)
+                s = nix.instantiate(f)
+                ntedited.append(s.wall), c_ntedited.append(s.cpu)
 
             subprocess.run(["sync"])
             for g in ((p, x) if r % 2 == 0 else (x, p)) if with_nix else (p,):
@@ -359,7 +370,9 @@ def measure_plan(pl: Planner, nix: Nix | None, runs: int, salt: str, sizes: list
         report(f"{label} warm", warm, nwarm or None, "s", cpu=(c_warm, c_nwarm or None),
                note=f"{statistics.median(warm) / (n + 1) * 1e6:.1f} us/node; planner: the cached plan table")
         report(f"{label} one edited", edited, nedited or None, "s", cpu=(c_edited, c_nedited or None),
-               note="one leaf recipe changed: planner re-plans every node (recipes from the parse cache)")
+               note="node 5 changed: planner re-plans it and the ~96% of nodes built on it")
+        report(f"{label} top edited", tedited, ntedited or None, "s", cpu=(c_tedited, c_ntedited or None),
+               note=f"node {top} changed: planner re-plans it and the few nodes built on it")
 
 
 def measure_verify(pl: Planner, nix: Nix | None, runs: int, salt: str) -> None:
