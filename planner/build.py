@@ -283,6 +283,11 @@ def _rewrite_paths(spec: dict, mounts: list[sandbox.Mount], build_dir: Path) -> 
     return out
 
 
+def previous_log(log_path: Path) -> Path:
+    """Where a build's log goes when the same build key is attempted again."""
+    return log_path.with_name(log_path.name[: -len(".log")] + ".previous.log")
+
+
 def build(req: BuildRequest, store: Store, running: Running, *,
           on_log: Callable[[str], None] = lambda s: None) -> Built:
     """Build one node into the store, or reuse what is there under its build key."""
@@ -298,6 +303,10 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         previous_digest = before.digest if before is not None and before.build_key == bkey else None
         build_dir = store.new_build_dir(bkey)
         log_path = store.root / "logs" / f"{bkey}.log"
+        if log_path.exists():
+            # An earlier attempt under this key left no entry (it failed or was stopped): keep its
+            # log beside the new one, so that a retry never erases why the last attempt failed.
+            os.replace(log_path, previous_log(log_path))
         start = time.monotonic()
         try:
             out = run_builder(attrs.evolve(req, caches=store.root / "cache"), build_dir, log_path, running)

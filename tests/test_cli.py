@@ -423,3 +423,18 @@ def test_log_of_a_node_that_failed_before_building(tmp_path: Path) -> None:
     log = planner("--root", str(proj.root), "--store", str(fresh), "log", "u")
     line = one_error_line(log.stderr)
     assert "u failed before its build started" in line and "connection refused" in line, line
+
+
+def test_a_retry_keeps_the_failed_attempts_log(tmp_path: Path) -> None:
+    """The same build key attempted again (an automatic relaunch, say) must not erase why the
+    last attempt failed: `planner log NODE --previous` prints it."""
+    proj = Project.diamond(tmp_path, scripts={"b": "echo attempt-$(cat /proc/sys/kernel/random/uuid)\nexit 3"})
+    proj.lock()
+    assert proj.cli("realise", "-j", "1").returncode != 0
+    first = proj.cli("log", "b")
+    assert first.returncode == 0 and "attempt-" in first.stdout, first.stderr
+    assert proj.cli("log", "b", "--previous").returncode != 0  # one attempt: nothing earlier
+    assert proj.cli("realise", "-j", "1").returncode != 0
+    second, previous = proj.cli("log", "b"), proj.cli("log", "b", "--previous")
+    assert previous.returncode == 0, previous.stderr
+    assert previous.stdout == first.stdout and second.stdout != first.stdout and "attempt-" in second.stdout

@@ -14,8 +14,9 @@ from .common import Context, default_set
 @click.command("log")
 @click.argument("node")
 @click.option("--set", "set_name", default=None, help="The recipe set (default: any set's runs).")
+@click.option("--previous", is_flag=True, help="The attempt before the latest under the same key (a retry keeps it).")
 @click.pass_obj
-def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
+def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> None:
     """Print a node's latest build log (failed builds too)."""
     from ..runs import runs_of
     from ..store import Store
@@ -34,6 +35,12 @@ def log_cmd(ctx: Context, node: str, set_name: str | None) -> None:
                 continue
             if n.build_key:
                 path = store_root / "logs" / f"{n.build_key}.log"
+                if previous:
+                    from ..build import previous_log
+
+                    path = previous_log(path)
+                    if not path.exists():
+                        raise PlannerError(f"no earlier attempt of {n.id} under key {n.build_key} kept a log")
                 if path.exists():
                     click.echo(path.read_text(errors="replace"), nl=False)
                     return

@@ -7,7 +7,7 @@ Layout (`store/` by default):
     locks/<key>.lock             per-key build locks (flock)
     gc.lock                      builders hold it shared, `store gc` exclusive
     tmp/                         builds in progress; renamed into place when complete
-    logs/<key>.log               build logs
+    logs/<key>.log               build logs (<key>.previous.log: the attempt before, kept by a retry)
     cache/<name>/                builders' caches across builds (`cache/layers/`: compressed
                                  image layers, planner.oci.layercache); never trusted, and
                                  `gc` drops blobs in `cache/*/blobs/` that no entry links
