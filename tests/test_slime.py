@@ -690,7 +690,11 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
     assert all("/linux-amd64/" in mount for mount in layers)
     assert {p.nodes[d].recipe for d in layers.values()} == {
         "pins-base", "int4-qat", "torch-memory-saver", "tilelang", "flash-linear-attention", "nvidia-modelopt",
-        "sglang", "megatron-lm", "megatron-lm-source", "slime-source"}
+        "sglang", "megatron-lm", "megatron-lm-source", "slime-source",
+        # profile pins: TE's CUDA 13 core and the CPython 3.11 closure under their aliases
+        "transformer-engine-cu13", "transformer-engine-torch", "slime-requirements-cp311",
+        "slime-requirements-native-cp311", "antlr4-python3-runtime", "pylatexenc"}
+    assert "apex" not in {p.nodes[d].recipe for d in p.closure(["image-core"])}
     assert p.nodes[image.deps[BUILD_ROOT_MOUNT]].recipe == "buildroot"  # its zlib compresses the layers
     assert not set(p.closure(["image-core"])) & set(p.blocked())
 
