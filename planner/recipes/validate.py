@@ -274,23 +274,17 @@ def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
         return _where(rs.root / r.file, rs.root, _LazyText(rs.root / r.file), key)
 
     for iname, src in r.all_sources().items():
-        if src.platforms is not None:
-            other = sorted(set(src.platforms) - set(rs.config.platforms))
+        for key, given in (("platforms", src.platforms), ("names", src.names)):
+            if given is None:
+                continue
+            other = sorted(set(given) - set(rs.config.platforms))
             if other:
-                raise RecipeError(f"input {iname!r}: platforms lists {other[0]}, which is not one of the set's "
-                                  f"platforms ({', '.join(rs.config.platforms)})", where=where("platforms"))
-            if r.platforms and not set(src.platforms) & set(r.platforms):
-                raise RecipeError(f"input {iname!r}: platforms covers none of the platforms {r.name} is built "
-                                  f"for ({', '.join(r.platforms)})", where=where("platforms"))
-        if src.names is None:
-            continue
-        other = sorted(set(src.names) - set(rs.config.platforms))
-        if other:
-            raise RecipeError(f"input {iname!r}: names.{other[0]} is not one of the set's platforms "
-                              f"({', '.join(rs.config.platforms)})", where=where("names"))
-        if r.platforms and not set(src.names) & set(r.platforms):
-            raise RecipeError(f"input {iname!r}: names covers none of the platforms {r.name} is built for "
-                              f"({', '.join(r.platforms)})", where=where("names"))
+                what = f"platforms lists {other[0]}, which" if key == "platforms" else f"names.{other[0]}"
+                raise RecipeError(f"input {iname!r}: {what} is not one of the set's platforms "
+                                  f"({', '.join(rs.config.platforms)})", where=where(key))
+            if r.platforms and not set(given) & set(r.platforms):
+                raise RecipeError(f"input {iname!r}: {key} covers none of the platforms {r.name} is built for "
+                                  f"({', '.join(r.platforms)})", where=where(key))
     if r.build.rootfs and r.build.rootfs not in names:
         raise RecipeError(f"rootfs names {r.build.rootfs!r}, which is not a recipe of set {rs.name!r}",
                           where=where("rootfs"))
