@@ -285,9 +285,10 @@ class _LazySet:
                 self._cache = _ParseCache(self.root, self.name)
             # A string path: pathlib's joins cost more than the parse cache's lookup.
             path = f"{self._folder_s}/{name}.toml"
-            r = self._cache.get(path, self._cache.signature(path)) if self._cache is not None else None
+            where = f"recipes/{self.name}/{name}.toml"
+            r = self._cache.get(path, self._cache.signature(path), where) if self._cache is not None else None
             if r is None:
-                r = load_recipe(Path(path), self.root, f"recipes/{self.name}/{name}.toml")
+                r = load_recipe(Path(path), self.root, where)
         if recipe_flags(r)[1]:
             raise _Fallback("image")
         self.recipes[name] = r

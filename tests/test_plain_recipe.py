@@ -126,3 +126,44 @@ def test_every_damage_is_declined() -> None:
     assert plain_recipe(data, "x.toml") is not None
     for key, value in DAMAGE:
         assert plain_recipe(damaged(data, key, value), "x.toml") is None, (key, value)
+
+
+def test_the_parse_cache_gives_back_what_parsing_gave(tmp_path: Path, monkeypatch) -> None:
+    """A plain recipe is cached as its TOML table and made again from it; any other as the
+    recipe itself. Either way a load from the cache equals the load that parsed the files."""
+    import pickle
+
+    from planner.recipes.sets import _ParseCache, load_set
+
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(7)
+    folder = tmp_path / "recipes" / "t"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "r0"\nsource-date-epoch = 1\nplatforms = ["linux/amd64"]\n'
+                                     'build-root = "host"\n')
+    for i in range(40):
+        data = random_plain(rng, f"r{i}")
+        data["deps"] = data["toolchains"] = data["requires"] = []  # (no other recipes to name)
+        if "platforms" in data:
+            data["platforms"] = ["linux/amd64"]
+        if "axes" in data:
+            data["axes"] = ["platform"]
+        data["build"].pop("rootfs", None)
+        data["build"].update(builder="shell", script="true")
+        if i % 5 == 0:  # not plain: cattrs makes it
+            data["resources"] = {"cores": 2, "memory": "1GiB"}
+        (folder / f"r{i}.toml").write_text(tomli_w.dumps(data))
+    cold = load_set(tmp_path, "t")
+    cache = _ParseCache(tmp_path.resolve(), "t")
+    kinds = {Path(p).stem: type(v[1]) for p, v in cache.entries.items()}
+    assert kinds == {f"r{i}": (Recipe if i % 5 == 0 else dict) for i in range(40)}
+    warm = load_set(tmp_path, "t")
+    assert warm.recipes == cold.recipes and list(warm.recipes) == list(cold.recipes)
+    # and the warm load did come from the cache: a cached table that differs shows through
+    with open(cache.path, "rb") as f:
+        saved = pickle.load(f)
+    sig, table = saved["entries"][str(folder.resolve() / "r1.toml")]
+    saved["entries"][str(folder.resolve() / "r1.toml")] = (sig, dict(table, version="9.9"))
+    with open(cache.path, "wb") as f:
+        pickle.dump(saved, f)
+    assert load_set(tmp_path, "t").recipes["r1"].version == "9.9"

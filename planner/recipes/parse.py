@@ -194,11 +194,13 @@ def _fields_at(cls: type, keypath: str) -> list[str]:
     return [f.name for f in attrs.fields(t)] if attrs.has(t) else []  # type: ignore[arg-type]
 
 
-def _where(path: Path, root: Path, text: str, key: str | None) -> str:
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        rel = path
+def _relative(path: Path | str, root: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _where(path: Path | str, root: Path, text: str, key: str | None) -> str:
+    rel = _relative(path, root)
     if not key:
         return str(rel)
     line = line_of(text, key)
@@ -241,19 +243,19 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
         raise RecipeError(first, where=_where(path, root, text, None)) from None
 
 
-def _read_toml(path: Path, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None
+def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None
                ) -> tuple[dict, str]:
     """Parse one TOML file of the project; `where` (its path relative to `root`) saves the
     path arithmetic when the caller knows it, and `st` (its lstat, when the caller made one)
     a system call: 100k recipes make every syscall count."""
     if where is None:
-        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        where = _relative(path, root)
     try:
         if st is None:
             st = os.lstat(path)
         link = stat.S_ISLNK(st.st_mode)
         if link:
-            if not path.resolve().is_relative_to(root.resolve()):
+            if not Path(path).resolve().is_relative_to(root.resolve()):
                 raise RecipeError("a symlink that leaves the project", where=where)
             st = os.stat(path)
     except OSError:
@@ -278,30 +280,36 @@ def _read_toml(path: Path, root: Path, where: Optional[str] = None, st: Optional
     return data, text
 
 
-def _read_regular(path: Path, where: str, *, follow: bool) -> bytes:
+def _read_regular(path: Path | str, where: str, *, follow: bool) -> bytes:
     """Up to 1 MiB + 1 byte of a file checked to be regular. Opened without following a
     symlink (unless it was one, already checked) and without blocking, then checked again: a
     recipe swapped for a link or a FIFO after the check is refused, never followed or waited
     on. os.open/os.read: `open()` adds an isatty ioctl and buffer objects per file."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    limit = (1 << 20) + 1
     try:
         fd = os.open(path, flags)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise RecipeError("not a regular file", where=where)
-            limit = (1 << 20) + 1
+            # The first read asks for the size fstat gives, plus one byte: os.read allocates
+            # what it is asked for, and a 1 MiB buffer per recipe cost more than the read. Read
+            # on to the end all the same (the file may have grown since).
+            want = min(st.st_size + 1, limit)
             chunks, total = [], 0
             while total < limit:
-                chunk = os.read(fd, limit - total)
+                chunk = os.read(fd, want)
                 if not chunk:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
+                want = min(1 << 16, limit - total)
         finally:
             os.close(fd)
     except OSError as exc:
         raise RecipeError(f"cannot read: {exc.strerror or exc}", where=where) from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # How deep tables and arrays may nest. Explicit, so that what is accepted does not depend on the

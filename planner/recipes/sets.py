@@ -14,16 +14,24 @@ import attrs
 from ..errors import RecipeError
 from ..gcpause import gc_paused
 from .model import PLATFORMS, Recipe, RecipeSet, SetConfig
-from .parse import _kebab_to_snake, _read_toml, _structure, _where, plain_recipe
+from .parse import _kebab_to_snake, _read_toml, _relative, _structure, _where, plain_recipe
 from .validate import _check_cuda, _check_references, _validate_recipe
 
 
-def load_recipe(path: Path, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None) -> Recipe:
+def load_recipe(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None
+                ) -> Recipe:
     """One recipe file, parsed and validated; `st`: its lstat, if the caller made one."""
-    if where is None:
-        where = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    return _load_recipe(path, root, where, st)[0]
+
+
+def _load_recipe(path: Path | str, root: Path, where: Optional[str], st: Optional[os.stat_result]
+                 ) -> tuple[Recipe, Optional[dict]]:
+    """The recipe, and its TOML table as read when it has the plain shape (`plain_recipe`
+    makes the recipe again from it: what the parse cache keeps of a plain recipe)."""
     data, text = _read_toml(path, root, where, st)
+    where = where or _relative(path, root)
     recipe = plain_recipe(data, where) if isinstance(data, dict) else None
+    plain = data if recipe is not None else None
     if recipe is None:
         data = _kebab_to_snake(data)
         if not isinstance(data, dict):
@@ -31,7 +39,7 @@ def load_recipe(path: Path, root: Path, where: Optional[str] = None, st: Optiona
         data["file"] = where  # where it was read from, whatever the file says
         recipe = _structure(Recipe, data, path, root, text)
     _validate_recipe(recipe, path, root, text)
-    return recipe
+    return recipe, plain
 
 
 
@@ -73,10 +81,11 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
     recipes: dict[str, Recipe] = {}
     cache = _ParseCache(root, name)
     # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.
+    folder_s = os.fspath(folder)
     for fname in sorted(e.name for e in os.scandir(folder) if e.name.endswith(".toml")):
         if fname == "set.toml":
             continue
-        path = folder / fname
+        path = f"{folder_s}/{fname}"  # a string: pathlib's joins and str() cost 100k recipes
         # The signature before reading: a file edited meanwhile is parsed again next time. A
         # regular file's lstat is its stat, and the read reuses it.
         try:
@@ -87,10 +96,11 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
             sig: Optional[tuple] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
         else:
             sig, st = cache.signature(path), None
-        r = cache.get(path, sig)
+        where = f"recipes/{name}/{fname}"
+        r = cache.get(path, sig, where)
         if r is None:
-            r = load_recipe(path, root, f"recipes/{name}/{fname}", st)
-            cache.put(path, sig, r)
+            r, plain = _load_recipe(path, root, where, st)
+            cache.put(path, sig, plain if plain is not None else r)
         recipes[r.name] = r
     cache.save()
     def cfg_err(key, msg):
@@ -134,9 +144,13 @@ class _ParseCache:
     planning a large set does not re-parse and re-validate TOML that did not change.
 
     Lives under $PLANNER_CACHE (default ~/.cache/planner); a miss just parses the file.
+
+    A plain recipe (`parse.plain_recipe`) is kept as its TOML table, which it is made again
+    from: pickling a dict of strings costs a fifth of pickling the attrs objects (a cold plan
+    of 10,000 recipes writes them all), and reading it back no more than unpickling those.
     """
 
-    VERSION = 4
+    VERSION = 5
 
     @staticmethod
     @functools.cache
@@ -172,20 +186,25 @@ class _ParseCache:
             self.entries = {}
 
     @staticmethod
-    def signature(path: Path) -> Optional[tuple[int, int, int, int]]:
+    def signature(path: Path | str) -> Optional[tuple[int, int, int, int]]:
         try:
             st = os.stat(path)
         except OSError:
             return None  # load_recipe says what is wrong with it
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
-    def get(self, path: Path, sig: Optional[tuple]) -> Optional[Recipe]:
+    def get(self, path: Path | str, sig: Optional[tuple], where: str) -> Optional[Recipe]:
+        """The cached recipe of the file at `path` (`where`: its name relative to the project,
+        the recipe's `file`) if `sig` is still its signature."""
         hit = self.entries.get(str(path))
-        if sig is not None and hit is not None and hit[0] == sig:
-            return hit[1]
-        return None
+        if sig is None or hit is None or hit[0] != sig:
+            return None
+        if type(hit[1]) is dict:
+            return plain_recipe(hit[1], where)
+        return hit[1]
 
-    def put(self, path: Path, sig: Optional[tuple], recipe: Recipe) -> None:
+    def put(self, path: Path | str, sig: Optional[tuple], recipe: "Recipe | dict") -> None:
+        """Cache a recipe, or the plain TOML table it was made from."""
         if sig is not None:
             self.entries[str(path)] = (sig, recipe)
             self.dirty = True

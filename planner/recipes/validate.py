@@ -3,6 +3,7 @@ project, URLs, CUDA variants, references between recipes and the absence of cycl
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~-]*\Z")
 
 
-def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
+def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None:
     def err(key: str, msg: str) -> RecipeError:
         return RecipeError(msg, where=_where(path, root, text, key))
 
@@ -23,8 +24,9 @@ def _validate_recipe(r: Recipe, path: Path, root: Path, text: str) -> None:
         raise err("version", f"invalid version {r.version!r}: letters, digits, '.', '+', '_', '~', '-'")
     if not _NAME.match(r.name):
         raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
-    if path.stem != r.name:
-        raise err("name", f"recipe name {r.name!r} must match its file name {path.stem!r}")
+    stem = os.path.splitext(os.path.basename(path))[0]  # Path.stem, without making a Path
+    if stem != r.name:
+        raise err("name", f"recipe name {r.name!r} must match its file name {stem!r}")
     if r.build.builder not in BUILDERS:
         raise err("builder", f"unknown builder {r.build.builder!r} (one of {', '.join(BUILDERS)})")
     for p in r.platforms:
