@@ -10,7 +10,7 @@ which nodes exist and fills in their preimages.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import attrs
 
@@ -177,19 +177,34 @@ class _Planner:
             nid = self._ids[key] = node_id(name, full.restrict(self.effective_axes(name)))
         return nid
 
+    # Re-planning after an edit (`planner.replan`): the cached plan's rows by node id, and the
+    # recipes whose nodes are made again; every other node the walk reaches keeps its row and
+    # is visited by `keep`. None for a plan from scratch.
+    old_rows: Optional[dict] = None
+    dirty: frozenset[str] = frozenset()
+
+    def keep(self, stack: list, nid: str, row: Optional[tuple]) -> None:
+        raise NotImplementedError  # set by `planner.replan.replanner`
+
     def instantiate(self, name: str, full: Variant) -> str:
         """The node of recipe `name` for variant `full`, creating it and its build inputs
-        (iteratively, dependencies first). `planner.replan._instantiate` repeats this walk over a
-        cached plan: a change to its order is a change there too (tests/test_replan.py)."""
+        (iteratively, dependencies first). Re-planning walks the same way, with the kept
+        nodes' entries (recipe None) visited by `keep` (tests/test_replan.py)."""
         # A node's entry is visited twice: first its children are pushed (their ids, the
         # children and the recipe are kept in the entry), then it is made, once they are.
-        stack: list[tuple[str, Variant, Optional[tuple]]] = [(name, full, None)]
-        nodes = self.nodes
+        stack: list[tuple[Optional[str], Any, Optional[tuple]]] = [(name, full, None)]
+        nodes, old = self.nodes, self.old_rows
         while stack:
             n, v, made_from = stack.pop()
+            if n is None:  # a kept node, by id (v)
+                self.keep(stack, v, made_from)
+                continue
             if made_from is None:
                 nid = self._id(n, v)
                 if nid in nodes:
+                    continue
+                if old is not None and nid in old and n not in self.dirty:
+                    stack.append((None, nid, None))
                     continue
                 r = self.rs.get(n)
                 below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]

@@ -305,8 +305,8 @@ def replanner(rs: _LazySet, lock, host, old_rows: dict, dirty: set[str]):
     from .graph import _Planner
 
     p = _Planner(rs, lock, host)  # type: ignore[arg-type]
-    p.old_rows, p.dirty = old_rows, dirty  # type: ignore[attr-defined]
-    p.instantiate = types.MethodType(_instantiate, p)  # type: ignore[method-assign]
+    p.old_rows, p.dirty = old_rows, frozenset(dirty)
+    p.keep = types.MethodType(_keep, p)  # type: ignore[method-assign]
     rs.added = types.MethodType(_add_recipe, p)
     return p
 
@@ -323,39 +323,16 @@ def _add_recipe(self, r) -> None:
         self._decls_of.setdefault(decl.recipe, []).append(decl)
 
 
-def _instantiate(self, name, full):
-    """`_Planner.instantiate`, keeping the cached rows of every node that is not dirty."""
-    stack: list = [(name, full, None)]
-    nodes, old, dirty = self.nodes, self.old_rows, self.dirty
-    while stack:
-        n, v, made_from = stack.pop()
-        if n is None:  # a kept node, by id (v): the same walk, over the cached rows
-            if v in nodes:
-                continue
-            row = old.get(v)
-            if row is None or row[1] in dirty:
-                raise _Fallback(v)
-            if made_from is None:
-                stack.append((None, v, row))
-                stack.extend(reversed([(None, c, None) for c in row[11] if c not in nodes]))
-            else:
-                nodes[v] = _Reused(row)
-            continue
-        if made_from is None:
-            nid = self._id(n, v)
-            if nid in nodes:
-                continue
-            if n not in dirty and nid in old:
-                stack.append((None, nid, None))
-                continue
-            r = self.rs.get(n)
-            below = [(mount, self._id(c, cv), c, cv) for mount, c, cv in self._children(r, v)]
-            stack.append((n, v, (r, below, nid)))
-            stack.extend(reversed([(c, cv, None) for _m, cid, c, cv in below if cid not in nodes]))
-            continue
-        r, below, nid = made_from
-        if nid in nodes:
-            continue
-        self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
-            cid for _m, cid, _c, _cv in below]
-    return self._id(name, full)
+def _keep(self, stack: list, nid: str, row) -> None:
+    """The planner's walk at a kept node: its cached children first, then its row (as
+    `_Planner.instantiate` makes a node after its children)."""
+    if nid in self.nodes:
+        return
+    if row is None:
+        row = self.old_rows.get(nid)
+        if row is None or row[1] in self.dirty:
+            raise _Fallback(nid)
+        stack.append((None, nid, row))
+        stack.extend(reversed([(None, c, None) for c in row[11] if c not in self.nodes]))
+    else:
+        self.nodes[nid] = _Reused(row)
