@@ -214,12 +214,32 @@ def _check_no_floats(value: Any, path: str = "$") -> None:
             _check_no_floats(v, f"{path}[{i}]")
 
 
+_ENCODE = None
+
+
 def canonical_json(value: Any, *, check: bool = True) -> bytes:
+    global _ENCODE
     if check:
         _check_no_floats(value)
-    import json
+    if _ENCODE is None:
+        _ENCODE = _encoder()
+    return _ENCODE(value).encode()
 
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+def _encoder():
+    """`json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`: the
+    same C encoder json.dumps makes for those arguments, made once. json.dumps makes a new
+    encoder object, and a new C encoder, for every call: more than half the cost of a small
+    preimage's JSON (a plan of 10,000 nodes encodes 10,000). Unlike json.dumps it does not
+    look for reference cycles, which a preimage (a tree of JSON values) cannot have."""
+    import json
+    from json import encoder as enc
+
+    if enc.c_make_encoder is None:  # an interpreter without the C accelerator
+        return lambda value: json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    default = json.JSONEncoder().default
+    make = enc.c_make_encoder(None, default, enc.encode_basestring, None, ":", ",", True, False, True)
+    return lambda value: "".join(make(value, 0))
 
 
 _B32 = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32 alphabet (no e, o, u, t)

@@ -95,6 +95,31 @@ def test_canonical_json_is_stable_and_refuses_floats() -> None:
     assert base32(b"\0" * 20) == "0" * 32
 
 
+def test_canonical_json_is_json_dumps_byte_for_byte() -> None:
+    """The encoder made once (`hashing._encoder`) writes what json.dumps with the canonical
+    arguments writes: escapes, non-ASCII, big integers, key order, nesting."""
+    import json
+    import random
+
+    rng = random.Random(3)
+    leaves = ["", "a", "ü ✓ \"q\" \\ \n\t\x01\x7f\u2028\ud7ff", "x" * 50, 0, -5, 2**70, True, False, None]
+
+    def value(depth: int = 0) -> object:
+        c = rng.random()
+        if depth > 3 or c < 0.3:
+            return rng.choice(leaves)
+        if c < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {rng.choice(["a", "b", "Z", "é", "", "k1", "k10"]) + str(rng.randint(0, 3)): value(depth + 1)
+                for _ in range(rng.randint(0, 5))}
+
+    for _ in range(3000):
+        v = value()
+        want = json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert canonical_json(v, check=False) == want
+        assert canonical_json(v) == want
+
+
 def test_base32_fast_path_matches_the_bitwise_definition():
     """Keys (20 bytes) go through the C RFC 4648 encoder with Nix's alphabet: the same digits
     as the bit loop that defines them, for every length that takes either path."""
