@@ -230,27 +230,50 @@ def noop_text(cache: dict) -> str:
     return "\n".join(lines)
 
 
-def watched_files(rs, lock_path: os.PathLike) -> list:
+def watched_files(rs, lock_path: os.PathLike) -> list[str]:
     """Every file (and folder) planning read: a change to any of them invalidates the cache."""
     from pathlib import Path
 
     # Folders too (their own stat changes when an entry is added, removed or renamed): a new
     # recipe or a new file in a path source changes the plan without touching any listed file.
-    # Sorted by string: comparing Path objects costs more than the rest for 10,000 recipes.
-    files = [rs.folder, *sorted(rs.folder.rglob("*"), key=os.fspath)]
-    files.append(lock_path)
+    folder = os.fspath(rs.folder)
+    files = [folder, *_below(folder)]
+    files.append(os.fspath(lock_path))
     for r in rs.recipes.values():
         for p in r.patches:
             if p.file:
-                files.append(rs.root / p.file)
+                files.append(os.fspath(rs.root / p.file))
         for s in r.all_sources().values():
             if s.kind == "path" and s.path:
                 base = rs.root / s.path
-                files.extend([base, *sorted(base.rglob("*"), key=os.fspath)] if base.is_dir() else [base])
+                files.extend([os.fspath(base), *_below(os.fspath(base))] if base.is_dir() else [os.fspath(base)])
     pkg = Path(__file__).resolve().parent
-    files.extend(sorted(pkg.rglob("*.py"), key=os.fspath))
-    files.append(Path("/var/lib/dpkg/status"))
-    return [f for f in dict.fromkeys(files)]
+    files.extend(sorted(os.fspath(p) for p in pkg.rglob("*.py")))
+    files.append("/var/lib/dpkg/status")
+    return list(dict.fromkeys(files))
+
+
+def _below(folder: str) -> list[str]:
+    """Everything below `folder` as `Path.rglob("*")` finds it (hidden entries too; links
+    listed, not followed), as sorted strings: Path objects cost more than the rest for
+    10,000 recipes."""
+    out: list[str] = []
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = list(it)
+        except OSError:
+            continue  # as rglob: an unreadable folder lists nothing
+        for e in entries:
+            out.append(e.path)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+            except OSError:
+                pass
+    out.sort()
+    return out
 
 
 def write_plan_cache(rs, lock_path: os.PathLike, store_root: os.PathLike, target: str | None, sandboxed: bool,

@@ -112,10 +112,16 @@ class Resources:
         return parse_size(self.memory)
 
     def limits(self) -> "Limits":
-        from ..limits import Limits
+        return _limits(self.memory, self.tmp, self.processes, self.timeout)
 
-        return Limits(memory=parse_size(self.memory), tmp=parse_size(self.tmp), processes=self.processes,
-                      timeout=parse_duration(self.timeout) if self.timeout is not None else 0.0)
+
+@functools.lru_cache(maxsize=None)
+def _limits(memory: str, tmp: str, processes: int, timeout: Optional[str]) -> "Limits":
+    """One (immutable) Limits per distinct [resources]: planning asks for every node's."""
+    from ..limits import Limits
+
+    return Limits(memory=parse_size(memory), tmp=parse_size(tmp), processes=processes,
+                  timeout=parse_duration(timeout) if timeout is not None else 0.0)
 
 
 @attrs.frozen
