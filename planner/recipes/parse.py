@@ -12,6 +12,7 @@ from typing import Optional
 import attrs
 
 from ..errors import RecipeError
+from . import simpletoml
 from .model import Build, Recipe
 
 try:
@@ -269,6 +270,9 @@ def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Op
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RecipeError("not UTF-8 text", where=where) from None
+    data = simpletoml.loads(text)  # most recipes: key = value lines and a table or two
+    if data is not None:
+        return data, text
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
