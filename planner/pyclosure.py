@@ -111,6 +111,9 @@ class Resolved:
     sha256: Optional[str]
     requires_python: Optional[str] = None
     replaces: Optional[str] = None  # the base's version, where no version the base has satisfies
+    # Its METADATA's Requires-Dist as pip read it (extras and markers included, unevaluated): what
+    # a check of the image's closure holds the layers to.
+    requires: tuple[str, ...] = ()
 
 
 def _stub_dist_info(folder: Path, name: str, version: str) -> None:
@@ -184,6 +187,19 @@ def get_dist(self):
     if dist is not None and not self.metadata_directory and not self.local_file_path:
         return dist
     return _get_dist(self)
+# pip 23.0 compares a PEP 658 METADATA's Name with the requested name unnormalised and discards
+# every file of a project whose METADATA spells it otherwise (ipython_pygments_lexers): it then
+# falls back to old releases (ipython 3.2.3) or finds nothing. pip 23.1 compares normalised names.
+import re as _re
+from pip._vendor.packaging.utils import canonicalize_name
+_gmd = prepare.get_metadata_distribution
+def get_metadata_distribution(contents, filename, name):
+    dist = _gmd(contents, filename, name)
+    if dist.raw_name != name and canonicalize_name(dist.raw_name) == canonicalize_name(name):
+        contents = _re.sub(rb"^Name:.*$", b"Name: " + name.encode(), contents, count=1, flags=_re.M)
+        dist = _gmd(contents, filename, name)
+    return dist
+prepare.get_metadata_distribution = get_metadata_distribution
 prepare.RequirementPreparer.prepare_linked_requirement = prepare_linked_requirement
 prepare.RequirementPreparer.prepare_linked_requirements_more = prepare_linked_requirements_more
 InstallRequirement.get_dist = get_dist
@@ -253,6 +269,15 @@ def _resolve_once(requirements: list[str], constraints: list[str], work: Path, p
         args += ["--no-binary", name]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    if as_of is not None:
+        # pip builds an sdist's metadata in an isolated environment that a child pip fills from
+        # the machine's pip configuration (find-links, extra indexes: undated files), not from the
+        # options given here (`--isolated` is not passed on): setuptools 84 and wheel 0.48 from a
+        # local folder cannot build pylatexenc 2.10 ("invalid command 'bdist_wheel'"). With a date
+        # the child sees only the dated index, which pip passes on as --index-url.
+        env = {k: v for k, v in env.items()
+               if k not in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_INDEX_URL", "PIP_CONSTRAINT", "PIP_NO_INDEX")}
+        env["PIP_CONFIG_FILE"] = os.devnull
 
     def run(index_args: list[str]) -> subprocess.CompletedProcess:
         cfg = {"pip": str(work / "piplib"), "installed": str(work / "installed"),
@@ -287,5 +312,5 @@ def _resolve_once(requirements: list[str], constraints: list[str], work: Path, p
         hashes = info.get("archive_info", {}).get("hashes", {})
         out.append(Resolved(normalise(meta["name"]), meta["version"],
                             info["url"].rsplit("/", 1)[-1].split("#")[0], hashes.get("sha256"),
-                            meta.get("requires_python")))
+                            meta.get("requires_python"), requires=tuple(meta.get("requires_dist") or ())))
     return out
