@@ -56,6 +56,12 @@ EXPECTED_NODES = {
     # the CPython 3.11 one (amd64 only so far: its arm64 node is a blocked placeholder).
     "slime-requirements-cp311": 1,  # pure-Python closure: one node, one shared layer blob
     "slime-requirements-native-cp311": 2,
+    # SGLang v0.5.9's own run-time closure, below slime's (the registry base has it installed):
+    # pure wheels, binary wheels (amd64 only, as its arm64 half is not resolved), and torchvision
+    # for the base's torch.
+    "sglang-requirements-cp311": 1,
+    "sglang-requirements-native-cp311": 2,
+    "sglang-requirements-torch-cp311": 2,
     "slime": 2,
     "antlr4-python3-runtime": 1,  # pure Python, built from PyPI's only file, an sdist
     "pylatexenc": 1,  # pure Python, built from its newest final release, an sdist
@@ -171,7 +177,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 36
+    assert len(the_plan.nodes) == TOTAL_NODES == 41
     assert the_plan.targets == ("image",)
 
 
@@ -181,7 +187,8 @@ def test_profile_registry_plans_the_seeds_image(seed_plan):
     counts = Counter(n.recipe for n in seed_plan.nodes.values())
     want = {**EXPECTED_NODES, **LEFT_OUT, "sglang-base": 2}
     for pins_only in ("pins-base", "pins-cuda", "transformer-engine-cu13", "slime-requirements-cp311",
-                      "slime-requirements-native-cp311"):
+                      "slime-requirements-native-cp311", "sglang-requirements-cp311",
+                      "sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
         del want[pins_only]
     assert dict(counts) == want
     for n in seed_plan.nodes.values():
@@ -310,9 +317,11 @@ def test_no_recipe_asks_for_the_network_inside_a_build(rs):
             assert re.search(r"FETCHCONTENT_FULLY_DISCONNECTED[=\"': ]+ON", text), r.name
     te = rs.get("transformer-engine-torch")
     assert te.build.env["NVTE_PYTORCH_FORCE_BUILD"] == "TRUE"
-    # sgl-kernel (whose CMake fetches 9 repositories) is not rebuilt: it comes with the base image.
-    assert not any("sgl-kernel" in (s.name or "") or "sgl-kernel" in (s.url or "")
-                   for r in rs.recipes.values() for s in r.all_sources().values())
+    # sgl-kernel (whose CMake fetches 9 repositories) is not built here: it comes with the registry
+    # base image, and on the base built from pins as PyPI's prebuilt wheel.
+    holders = {(r.name, r.build.builder, s.dist) for r in rs.recipes.values() for s in r.all_sources().values()
+               if "sgl-kernel" in (s.name or "") or "sgl-kernel" in (s.url or "")}
+    assert holders == {("sglang-requirements-native-cp311", "prebuilt-wheel", "wheel")}
     # Compiling recipes see no GPU: the arch list is the variant's, never the machine's (item 7).
     # The cuda-wheel builder sets CUDA_VISIBLE_DEVICES="" itself (a declared value is refused).
     for name in CUDA_RECIPES:
@@ -436,8 +445,26 @@ def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
         pin = lock.inputs[id_].pin("linux/amd64")
         assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), id_
         assert "cp310" not in entry["filename"], entry["filename"]
-    # CUDA 13 counterparts where PyPI has them; nothing for CUDA 12 on a CUDA 13 base.
-    assert {"numpy", "tilelang", "nvidia-modelopt", "transformer-engine-cu13"} <= set(by_name)
+    # SGLang's closure for the same base: its three recipes hold exactly what pip chose (torchvision
+    # as of pins-base's date, for its torch), pure wheels in the pure recipe, the lock the same files.
+    sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
+    for recipe, layer in (("sglang-requirements-cp311", sg["layer"]), ("sglang-requirements-native-cp311", sg["layer"]),
+                          ("sglang-requirements-torch-cp311", sg["torch"]["layer"])):
+        for name, src in rs.get(recipe).inputs.items():
+            entry = layer["linux/amd64"][re.sub(r"[-_.]+", "-", src.name).lower()]
+            assert src.python == "3.11" and src.version == entry["version"], name
+            pin = lock.inputs[f"{recipe}/{name}"].pin("linux/amd64")
+            assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), name
+            assert pin.filename.endswith("-none-any.whl") == (recipe == "sglang-requirements-cp311"), pin.filename
+    sg_names = {re.sub(r"[-_.]+", "-", s.name).lower() for r in ("sglang-requirements-cp311",
+                "sglang-requirements-native-cp311") for s in rs.get(r).inputs.values()}
+    assert sg_names == set(sg["layer"]["linux/amd64"])
+    assert {"pybase64", "sgl-kernel", "flashinfer-python", "flashinfer-cubin"} <= sg_names
+    assert rs.get("sglang-requirements-torch-cp311").resolve_as_of == rs.get("pins-base").resolve_as_of
+    # CUDA 13 counterparts where PyPI has them; nothing for CUDA 12 on a CUDA 13 base. numpy<2
+    # (slime's) is in SGLang's closure, which slime's would otherwise replace.
+    assert {"tilelang", "nvidia-modelopt", "transformer-engine-cu13"} <= set(by_name) and "numpy" in sg_names
+    assert sg["layer"]["linux/amd64"]["numpy"]["version"] == "1.26.4"
     assert not {"transformer-engine-cu12", "nvidia-cudnn-cu12", "torch"} & set(by_name)
 
 
@@ -556,7 +583,9 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     slime = nodes["slime[linux/amd64]"]
     assert slime["action"] == "build"
     assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
-    assert nodes["image"]["blocked_by"] == "slime-requirements-native-cp311 is built only for linux/amd64"
+    # (the first amd64-only layer below it: SGLang's closure, then slime's; their arm64 halves
+    # are not resolved)
+    assert nodes["image"]["blocked_by"] == "sglang-requirements-native-cp311 is built only for linux/amd64"
     # What profile "pins" leaves out is not planned, and with it every input that is unlocked
     # here (GitHub-only mbridge and Megatron-Bridge, Ubuntu's apt-tools, the registry base).
     assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
@@ -564,6 +593,10 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     assert nodes["slime-requirements-cp311"]["action"] == "build" and nodes["slime-requirements-cp311"]["unlocked"] == []
     assert nodes["slime-requirements-native-cp311[linux/amd64]"]["action"] == "build"
     assert nodes["slime-requirements-native-cp311[linux/arm64]"]["action"] == "blocked"
+    assert nodes["sglang-requirements-cp311"]["action"] == "build"
+    for name in ("sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
+        assert nodes[f"{name}[linux/amd64]"]["action"] == "build" and nodes[f"{name}[linux/amd64]"]["unlocked"] == []
+        assert nodes[f"{name}[linux/arm64]"]["action"] == "blocked"
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
     assert unlocked_ids and {i.split("/")[0] for i in unlocked_ids} <= {*LEFT_OUT, "sglang-base"}
     assert not {u for n in nodes.values() for u in n["unlocked"]}
@@ -573,7 +606,7 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["mbridge"]
     assert mb["action"] == "blocked" and mb["unlocked"] == ["mbridge/source"]
     text = _planner_offline("plan", "slime", store=tmp_path / "store")
-    assert text.returncode == 0 and "blocked by slime-requirements-native-cp311 is built only for linux/amd64" in text.stdout
+    assert text.returncode == 0 and "blocked by sglang-requirements-native-cp311 is built only for linux/amd64" in text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):
@@ -693,7 +726,9 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
         "sglang", "megatron-lm", "megatron-lm-source", "slime-source",
         # profile pins: TE's CUDA 13 core and the CPython 3.11 closure under their aliases
         "transformer-engine-cu13", "transformer-engine-torch", "slime-requirements-cp311",
-        "slime-requirements-native-cp311", "antlr4-python3-runtime", "pylatexenc"}
+        "slime-requirements-native-cp311", "antlr4-python3-runtime", "pylatexenc",
+        # SGLang's own run-time closure, which pins-base lacks (the registry base has it)
+        "sglang-requirements-cp311", "sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"}
     assert "apex" not in {p.nodes[d].recipe for d in p.closure(["image-core"])}
     assert p.nodes[image.deps[BUILD_ROOT_MOUNT]].recipe == "buildroot"  # its zlib compresses the layers
     assert not set(p.closure(["image-core"])) & set(p.blocked())
@@ -730,7 +765,158 @@ def test_closure_is_resolved_as_of_the_seeds_builds_against_the_frozen_base(rs):
     base = cp311["base"]["linux/amd64"]
     pins = {re.sub(r"[-_.]+", "-", s.name).lower(): s.version for s in rs.get("pins-base").inputs.values()
             if s.kind == "pypi"}
-    assert base == pins and base["torch"] == "2.11.0"
-    for name, entry in cp311["layer"]["linux/amd64"].items():
-        if name in base:
-            assert entry.get("replaces") == base[name] and entry["version"] != base[name], name
+    sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
+    assert sg["as-of"] == rs.config.resolve_as_of and sg["torch"]["as-of"] == rs.get("pins-base").resolve_as_of
+    # SGLang's closure is resolved on pins-base (+ torchvision for its torch, + what recipes build);
+    # slime's on top of that and of SGLang's closure.
+    sg_base = sg["base"]["linux/amd64"]
+    companions = {n: e["version"] for n, e in sg["torch"]["layer"]["linux/amd64"].items()}
+    assert sg_base == {**pins, **companions, **sg["recipe-built"]} and companions["torchvision"] == "0.26.0"
+    sg_layer = sg["layer"]["linux/amd64"]
+    assert base == {**sg_base, **{n: e["version"] for n, e in sg_layer.items()}} and base["torch"] == "2.11.0"
+    for layer, below in ((sg_layer, sg_base), (cp311["layer"]["linux/amd64"], base)):
+        for name, entry in layer.items():
+            if name in below:
+                assert entry.get("replaces") == below[name] and entry["version"] != below[name], name
+    # Neither closure replaces the other's distributions (a layer cannot uninstall a lower one's).
+    assert not set(cp311["layer"]["linux/amd64"]) & set(sg_layer)
+
+
+# -- the run-time closure of the image on the base built from pins -------------------------------
+
+AMD64 = "linux/amd64"
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _image_distributions(rs, lock, target: str) -> dict[str, dict[str, str]]:
+    """name -> {recipe: version}, bottom layer first, of every Python distribution that the amd64
+    image planned as `target` (profile pins) holds: its base's and each layer recipe's. Prebuilt
+    wheels by their pypi inputs; built wheels by their PyPI source, or (built from git) by what
+    resolution-sglang-cp311.json records the recipe builds. Build-only inputs are not counted."""
+    built = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())["recipe-built"]
+    p = plan(rs, lock, HOST, target=target)
+    image = p.nodes[target]
+    planned = {p.nodes[d].recipe for m, d in image.deps.items() if m != BUILD_ROOT_MOUNT and "/linux-amd64/" in m}
+    order = [rs.get(target).image.base] + [n for group in rs.get(target).image.layers for n in group]
+    assert set(order) == planned
+    out: dict[str, dict[str, str]] = {}
+    for name in order:
+        r = rs.get(name)
+        if r.build.builder in ("prebuilt-wheel", "debian-rootfs"):
+            for src in r.inputs.values():
+                if src.kind == "pypi" and src.for_platform(AMD64):
+                    out.setdefault(_canon(src.name), {})[name] = src.version
+        elif r.source is not None and r.source.kind == "pypi":
+            out.setdefault(_canon(r.source.name), {})[name] = r.source.version
+        elif name in built:
+            out.setdefault(_canon(name), {})[name] = built[name]
+    return out
+
+
+def _unmet(requirements, have: dict[str, dict[str, str]]) -> list[str]:
+    """The requirements (PEP 508, markers for CPython 3.11.2 on linux/amd64, no extra) that no
+    distribution of `have` satisfies."""
+    from packaging.requirements import Requirement
+
+    from planner.pyclosure import marker_environment
+
+    env = {**marker_environment(AMD64, "3.11.2"), "extra": ""}
+    out = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate(env):
+            continue
+        versions = have.get(_canon(req.name), {})
+        if not versions:
+            out.append(f"{text}: not in the image")
+        # The top layer's files are what Python imports (see test_no_distribution_is_installed_by_two_layers).
+        elif not req.specifier.contains(list(versions.values())[-1], prereleases=True):
+            out.append(f"{text}: the image has {versions}")
+    return out
+
+
+@pytest.mark.parametrize("target", ["image-core", "image"])
+def test_the_pins_image_holds_sglangs_declared_run_time_requirements(rs, lock, target):
+    """SGLang 0.5.9's wheel METADATA (recorded verbatim by gen_requirements.py), less the pins
+    that the versioned patch removes, is met by the image's own distributions on the base built
+    from pins: the image-core built before this closure existed failed `import sglang` (no
+    pybase64), because pins-base, unlike the seed's sglang image, installs none of them."""
+    data = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
+    declared = data["declared"]
+    assert any(r.startswith("sgl-kernel==0.3.21") for r in declared)
+    assert any(r.startswith("flashinfer_python==0.6.3") for r in declared)
+    patch = (REPO / "patches/slime/sglang-drop-torch-pins.patch").read_text()
+    dropped = {_canon(m) for m in re.findall(r'^-\s*"([A-Za-z0-9_.-]+)==', patch, re.M)}
+    assert dropped == {"torch", "torchaudio"} == set(data["base-decides"])
+    wheel_requires = [r for r in declared if _canon(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) not in dropped]
+    have = _image_distributions(rs, lock, target)
+    assert have["sglang"] == {"sglang": "0.5.9"}
+    unmet = _unmet(wheel_requires, have)
+    # The one documented omission (gen_requirements.SGLANG_LEFT_OUT): cuda-python==12.9 contradicts
+    # torch 2.11.0's cuda-bindings>=13.0.3,<14.
+    assert {_canon(u.split("=")[0].split(":")[0]) for u in unmet} == set(data["left-out"]) == {"cuda-python"}, unmet
+
+
+@pytest.mark.parametrize("target", ["image-core", "image"])
+def test_every_resolved_distribution_of_the_pins_image_has_its_requirements(rs, lock, target):
+    """Every distribution of the two closures (SGLang's, slime's) finds its own Requires-Dist (as
+    pip read it) met in the image: a component whose run-time dependencies a base was assumed to
+    have is caught here, whichever it is."""
+    have = _image_distributions(rs, lock, target)
+    sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
+    slime = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
+    layers = [sg["layer"][AMD64], sg["torch"]["layer"][AMD64], slime["layer"][AMD64]]
+    problems = {}
+    for layer in layers:
+        for name, entry in layer.items():
+            if target == "image-core" and name not in have:
+                continue  # a component image-core leaves out (mbridge's requirements, say)
+            unmet = _unmet(entry["requires"], have)
+            if unmet:
+                problems[name] = unmet
+    assert problems == {}
+
+
+@pytest.mark.parametrize("target", ["image-core", "image"])
+def test_no_distribution_is_installed_by_two_layers(rs, lock, target):
+    """A layer cannot uninstall what a lower layer installed, so two layers holding one
+    distribution would leave both versions' files and dist-info in the image: SGLang's closure and
+    slime's are resolved so that neither replaces the other. Where a closure replaces a
+    distribution of the base (no version of it satisfies the layer), the base's copy stays under
+    the layer's: those are exactly the replacements the resolutions record (docs/slime.md, "What
+    remains"), never one that nobody chose."""
+    have = _image_distributions(rs, lock, target)
+    twice = {name: by for name, by in have.items() if len([r for r in by if r != "pins-base"]) > 1}
+    assert twice == {}
+    recorded = {}
+    for path in ("resolution-sglang-cp311.json", "resolution-cp311.json"):
+        for name, entry in json.loads((REPO / "recipes/slime" / path).read_text())["layer"][AMD64].items():
+            if entry.get("replaces") and name in have:
+                recorded[name] = (entry["replaces"], entry["version"])
+    over_base = {name: (by["pins-base"], list(by.values())[-1]) for name, by in have.items()
+                 if "pins-base" in by and len(by) > 1}
+    assert over_base == recorded
+
+
+@pytest.mark.parametrize("target", ["image-core", "image"])
+def test_the_image_refuses_sglang_without_its_closure(rs, target):
+    """`sglang` requires its run-time closure (and torch_memory_saver): the image builder's check
+    of layer groups (builders/image_requires.py) passes for the set's images and names the
+    missing recipe for an image that holds SGLang without it."""
+    from planner.builders.image_requires import requires_problems
+
+    layers = rs.get(target).image.layers
+    requires = {n: rs.get(n).requires for group in layers for n in group}
+    assert set(rs.get("sglang").requires) == {"sglang-requirements-cp311", "sglang-requirements-native-cp311",
+                                              "sglang-requirements-torch-cp311", "torch-memory-saver"}
+    assert requires_problems(layers, requires) == []
+    without = [[n for n in group if n != "sglang-requirements-cp311"] for group in layers]
+    problems = requires_problems(without, requires)
+    assert problems and all("needs sglang-requirements-cp311" in p for p in problems)
+    assert "sglang (layer group %d) needs sglang-requirements-cp311, which is in no layer group" % next(
+        i + 1 for i, g in enumerate(without) if "sglang" in g) in problems
+    # The registry profile's image: the sglang image has SGLang's closure, nothing to require.
+    assert load_set(REPO, "slime", profile="registry").get("sglang").requires == ["torch-memory-saver"]

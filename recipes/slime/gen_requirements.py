@@ -26,6 +26,12 @@ One closure per base (set.toml's `profile` line chooses the base and, with it, i
   installs). Component recipes whose wheels fit any CPython 3 keep their distributions, TE's is
   transformer-engine-cu13; numpy's recipe is a cp310 wheel, so this closure holds numpy; what
   PyPI has only for CUDA 12 is replaced or left out (CUDA12_ONLY; docs/slime.md says why).
+  pins-base has none of SGLang's run-time dependencies (the seed's sglang image has them), so
+  this base gets a second closure below slime's: SGLang v0.5.9's declared requirements (its
+  wheel's METADATA), resolved on pins-base into sglang-requirements(-native)-cp311 and
+  resolution-sglang-cp311.json, torchvision for the base's torch as of pins-base's own date
+  (sglang-requirements-torch-cp311); slime's closure is then resolved against pins-base + that
+  closure, both again until neither replaces the other's distributions (`_resolve_pins`).
 - Pre-releases: a project whose final releases are sdists only would resolve to a pre-release
   wheel (pylatexenc 3.0a33 instead of 2.10); such projects are SDIST_ONLY and built by their own
   recipe, and a resolution that still takes a pre-release where a final release exists fails.
@@ -161,6 +167,38 @@ CUDA12_ONLY = {
     "transformer_engine_cu12==2.10.0": "transformer_engine_cu13==2.10.0",
 }
 
+# SGLang v0.5.9's run-time closure on the base built from pins. The seed's sglang image has SGLang
+# installed WITH its dependencies (plus sgl-kernel and FlashInfer); pins-base installs none of
+# them, and the `sglang` recipe builds SGLang's own wheel only, so `import sglang` failed in
+# image-core (`No module named 'pybase64'`). Its declared requirements (the wheel's METADATA, no
+# extras) are resolved here into recipes of their own, sglang-requirements(-native)-cp311, and
+# slime's closure is then resolved on top of them (docs/slime.md, "SGLang's closure on the base
+# built from pins"). What of SGLang's list is not resolved here, and why:
+SGLANG_BASE_DECIDES = {
+    # the pins sglang-drop-torch-pins.patch removes from the patched wheel (torch==2.9.1,
+    # torchaudio==2.9.1), as the seed's `sed` does: the base's torch (2.11.0) stands instead.
+    "torch": "the base's torch 2.11.0 (the patched wheel drops the ==2.9.1 pin)",
+    "torchaudio": "not in the patched wheel's requirements (its ==2.9.1 pin is dropped with torch's); "
+                  "pins-base has none",
+}
+SGLANG_LEFT_OUT = {
+    # SGLang's exact pin: cuda-python 12.9.0 is a metapackage requiring cuda-bindings~=12.9.0, and
+    # torch 2.11.0 requires cuda-bindings>=13.0.3,<14. cuda-python itself is in the closure, at
+    # the release nvidia-cutlass-dsl's `cuda-python>=12.8` resolves to.
+    "cuda-python": "SGLang's ==12.9 pin (cuda-bindings~=12.9.0) contradicts torch 2.11.0's "
+                   "cuda-bindings>=13.0.3,<14; cuda-python is in the closure as nvidia-cutlass-dsl requires it",
+}
+# Built for one torch release: as of set.toml's date PyPI's newest torchvision (0.25.0) pins
+# torch==2.10.0, so a resolution on a torch 2.11.0 base would replace the base's torch. The
+# release for the base's torch (torchvision 0.26.0 pins torch==2.11.0, uploaded with it on
+# 2026-03-23) is taken as of pins-base's own resolve-as-of, with the base's torch as a constraint,
+# into its own recipe (sglang-requirements-torch-cp311, whose resolve-as-of is pins-base's).
+TORCH_COMPANIONS = ("torchvision",)
+# Distributions that a recipe of the set builds: shown to pip as installed, so they are not in a
+# closure. torch_memory_saver: SGLang pins ==0.0.9, the torch-memory-saver recipe builds 0.0.9 from
+# dc687690 (slime's `--force-reinstall` of it); sglang: the `sglang` recipe (0.5.9, patched).
+RECIPE_BUILT = {"sglang": "0.5.9", "torch-memory-saver": "0.0.9"}
+
 
 def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -173,9 +211,13 @@ def set_as_of() -> str:
     return data["resolve-as-of"]
 
 
-def sglang_requirements(as_of) -> list[str]:
-    """SGLang v0.5.9's declared dependencies (its wheel's METADATA, no extras), less what the
-    base builds from source: the seed's sglang image installs SGLang WITH them."""
+def _req_name(req: str) -> str:
+    return normalise(re.match(r"[A-Za-z0-9._-]+", req).group(0))
+
+
+def sglang_declared(as_of) -> list[str]:
+    """SGLang v0.5.9's declared run-time requirements: its wheel's METADATA Requires-Dist, no
+    extras, verbatim (markers kept)."""
     import tempfile
 
     from planner.fetch import url as urlfetch
@@ -194,11 +236,15 @@ def sglang_requirements(as_of) -> list[str]:
         if not line.startswith("Requires-Dist:"):
             continue
         req = line.split(":", 1)[1].strip()
-        name = normalise(re.match(r"[A-Za-z0-9._-]+", req).group(0))
-        if "extra ==" in req or name in BASE_BUILT:
-            continue
-        out.append(req)
+        if "extra ==" not in req:
+            out.append(req)
     return out
+
+
+def sglang_requirements(as_of) -> list[str]:
+    """SGLang v0.5.9's declared dependencies (its wheel's METADATA, no extras), less what the
+    base builds from source: the seed's sglang image installs SGLang WITH them."""
+    return [req for req in sglang_declared(as_of) if _req_name(req) not in BASE_BUILT]
 
 
 def toml_key(name: str) -> str:
@@ -244,15 +290,73 @@ builder = "prebuilt-wheel"
 """
 
 
+SGLANG_PURE_HEADER = """\
+# GENERATED by recipes/slime/gen_requirements.py; do not edit by hand: re-run the script.
+# Issue 16 item 3 (the base built from pins provides SGLang 0.5.9 with sgl-kernel and FlashInfer):
+# SGLang v0.5.9's declared run-time requirements (its wheel's METADATA, no extras), resolved once
+# with pip's resolver for CPython {py} on {platforms}, as of {as_of} (set.toml resolve-as-of)
+# against pins-base's own PyPI inputs; every file an exact input, pinned by sha256 and tree hash
+# in lockfiles/slime.lock (fixes item 5 for this closure). The seed's sglang image has these
+# installed; on the base built from pins they are these recipes, a layer below slime's closure
+# (which is resolved on top of them: nothing in both, the versions mutually consistent).
+# This recipe holds the pure-Python wheels; binary wheels are in {native},
+# and torchvision (built for one torch release) in {torch}.
+{frozen}
+{replaced}
+{left_out}
+name = "{name}"
+version = "0.5.9"
+estimate = "30s"
+
+[build]
+builder = "prebuilt-wheel"
+"""
+
+SGLANG_NATIVE_HEADER = """\
+# GENERATED by recipes/slime/gen_requirements.py; do not edit by hand: re-run the script.
+# Fixes item 5 (pip without hashes or a lock) for issue 16 item 3's SGLang closure: the binary
+# wheels of SGLang v0.5.9's run-time closure on the base built from pins (see
+# {pure}; sgl-kernel 0.3.21 as SGLang pins it: docs/slime.md says what loads with torch 2.11),
+# one input per distribution with a per-platform pin (manylinux {arches}, CPython {py}).
+name = "{name}"
+version = "0.5.9"
+{platforms}estimate = "30s"
+
+[build]
+builder = "prebuilt-wheel"
+"""
+
+SGLANG_TORCH_HEADER = """\
+# GENERATED by recipes/slime/gen_requirements.py; do not edit by hand: re-run the script.
+# Fixes item 5 (pip without hashes or a lock; its second half, as of a date, with pins-base's
+# date) for issue 16 item 3's SGLang closure: SGLang v0.5.9 requires {reqs} (unpinned).
+# Each release is built for one torch release and pins it: as of set.toml's resolve-as-of
+# ({as_of}) the newest is for torch 2.10.0, which would replace the base's torch. So these are
+# resolved with the base's torch=={torch} as a constraint, as of pins-base's resolve-as-of
+# ({torch_as_of}, the day its torch was pinned; torch 2.11.0 and torchvision 0.26.0 were uploaded
+# on 2026-03-23): this recipe's `resolve-as-of` is that date, so `planner lock` takes its files
+# as of then. Their other requirements are in {pure} and {native}.
+name = "{name}"
+version = "0.5.9"
+{platforms}resolve-as-of = "{torch_as_of}"
+estimate = "10s"
+
+[build]
+builder = "prebuilt-wheel"
+"""
+
 class Target:
-    """One base and the closure resolved for it."""
+    """One base and the closure resolved for it (`kind` "slime": slime's layer; "sglang": SGLang's
+    run-time closure below it, on a base that does not have it)."""
 
     def __init__(self, base: str, python: str, python_full: str, platforms: tuple[str, ...], suffix: str,
-                 components: dict[str, str], requirements: list[str]) -> None:
+                 components: dict[str, str], requirements: list[str], kind: str = "slime") -> None:
         self.base, self.python, self.python_full, self.platforms = base, python, python_full, platforms
-        self.pure = "slime-requirements" + suffix
-        self.native = "slime-requirements-native" + suffix
-        self.resolution = HERE / f"resolution{suffix}.json"
+        self.kind = kind
+        self.pure = f"{kind}-requirements" + suffix
+        self.native = f"{kind}-requirements-native" + suffix
+        self.torch = f"{kind}-requirements-torch" + suffix
+        self.resolution = HERE / (f"resolution{suffix}.json" if kind == "slime" else f"resolution-{kind}{suffix}.json")
         self.components = components
         self.requirements = requirements
 
@@ -279,6 +383,8 @@ TARGETS = {
                          "transformer-engine-cu13": "transformer-engine-cu13"},
                         _pins_requirements()),
 }
+# SGLang's closure for pins-base, resolved together with pins-base's slime closure (`--base pins-base`).
+SGLANG_PINS = Target("pins-base", PINS_PYTHON, PINS_PYTHON_FULL, PINS_PLATFORMS, "-cp311", {}, [], kind="sglang")
 
 
 def pins_base_view():
@@ -289,6 +395,13 @@ def pins_base_view():
     data = tomllib.loads((HERE / "pins-base.toml").read_text())
     pairs = {decl["name"]: decl["version"] for decl in data.get("inputs", {}).values() if decl.get("kind") == "pypi"}
     return view_of(pairs, "recipes/slime/pins-base.toml's PyPI inputs (torch 2.11.0 with its CUDA 13.0 wheels)")
+
+
+def pins_base_as_of() -> str:
+    data = tomllib.loads((HERE / "pins-base.toml").read_text())
+    if "resolve-as-of" not in data:
+        raise SystemExit("recipes/slime/pins-base.toml has no resolve-as-of: its torch companions would depend on the day")
+    return data["resolve-as-of"]
 
 
 def _comment_wrap(text: str, prefix: str, width: int = 96) -> str:
@@ -335,20 +448,97 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     for key in args.base or sorted(TARGETS):
         target = TARGETS[key]
+        # pins-base: SGLang's closure and slime's on top of it come from one resolution.
+        targets = [target, SGLANG_PINS] if key == "pins-base" else [target]
         if args.offline:
-            data = json.loads(target.resolution.read_text())
+            datas = [json.loads(t.resolution.read_text()) for t in targets]
         else:
-            data = _resolve_all(target, args.base_freeze if key == "sglang-base" else None)
-            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-            if args.check:
-                if not target.resolution.exists() or target.resolution.read_text() != text:
-                    print(f"stale: {target.resolution.name} (pip resolves differently)", file=sys.stderr)
-                    rc = 1
-                    continue
-            else:
-                target.resolution.write_text(text)
-        rc = _write(target, data, args.check) or rc
+            datas = (_resolve_pins(target) if key == "pins-base"
+                     else [_resolve_all(target, args.base_freeze if key == "sglang-base" else None)])
+            stale = False
+            for t, data in zip(targets, datas):
+                text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+                if args.check:
+                    if not t.resolution.exists() or t.resolution.read_text() != text:
+                        print(f"stale: {t.resolution.name} (pip resolves differently)", file=sys.stderr)
+                        stale = True
+                else:
+                    t.resolution.write_text(text)
+            if stale:
+                rc = 1
+                continue
+        for t, data in zip(targets, datas):
+            rc = _write(t, data, args.check) or rc
     return rc
+
+
+def _entries(layer, *, requires: bool) -> dict:
+    return {r.name: {"name": r.name, "version": r.version, "filename": r.filename, "sha256": r.sha256,
+                     **({"replaces": r.replaces} if r.replaces else {}),
+                     **({"requires": list(r.requires)} if requires else {})}
+            for r in layer}
+
+
+def _resolve_pins(target: Target) -> list[dict]:
+    """pins-base's two closures: SGLang 0.5.9's run-time closure on pins-base (+ torch's
+    companions for the base's torch, as of pins-base's date), then slime's on top of it.
+
+    Where slime's layer would replace a distribution of SGLang's closure (`numpy<2` over the
+    numpy SGLang's resolution takes), the replacement becomes a constraint of SGLang's resolution
+    and both are resolved again, until neither replaces the other: the image's layers then never
+    install one distribution twice (a layer cannot uninstall what a lower one installed), and the
+    versions are those the seed's image ends with."""
+    from planner.fetch.simple_index import parse_as_of
+    from planner.pyclosure import resolve_layer, view_of
+
+    as_of_text, torch_as_of_text = set_as_of(), pins_base_as_of()
+    as_of, torch_as_of = parse_as_of(as_of_text), parse_as_of(torch_as_of_text)
+    declared = sglang_declared(as_of)
+    wanted = [r for r in declared if _req_name(r) not in SGLANG_BASE_DECIDES and _req_name(r) not in SGLANG_LEFT_OUT]
+    companions = [r for r in wanted if _req_name(r) in TORCH_COMPANIONS]
+    rest = [r for r in wanted if _req_name(r) not in TORCH_COMPANIONS]
+    base = pins_base_view()
+    torch_pin = [f"torch=={base.version('torch')}"]
+    sg_out: dict = {"as-of": as_of_text, "python": target.python_full, "declared": declared, "requirements": rest,
+                    "base-decides": SGLANG_BASE_DECIDES, "left-out": SGLANG_LEFT_OUT, "recipe-built": RECIPE_BUILT,
+                    "base": {}, "layer": {},
+                    "torch": {"as-of": torch_as_of_text, "requirements": companions, "constraints": torch_pin,
+                              "layer": {}}}
+    out: dict = {"as-of": as_of_text, "python": target.python_full, "requirements": target.requirements,
+                 "base": {}, "layer": {}}
+    for platform in target.platforms:
+        kw = {"platform": platform, "python": target.python_full, "sdists": SDIST_ONLY}
+        got = resolve_layer(companions, base, as_of=torch_as_of, constraints=torch_pin, **kw)
+        torch_layer = [r for r in got if r.name in TORCH_COMPANIONS]
+        pairs = {d.name: d.version for d in base.dists}
+        view0 = view_of({**pairs, **{r.name: r.version for r in torch_layer}, **RECIPE_BUILT},
+                        base.origin + ", the torch companions for its torch (sglang-requirements-torch-cp311) "
+                        "and what the sglang and torch-memory-saver recipes build")
+        constraints: list[str] = []
+        for _round in range(6):
+            sg_layer = resolve_layer(rest, view0, as_of=as_of, constraints=constraints, **kw)
+            view1 = view_of({**{d.name: d.version for d in view0.dists}, **{r.name: r.version for r in sg_layer}},
+                            view0.origin + ", and SGLang 0.5.9's run-time closure (sglang-requirements(-native)-cp311)")
+            layer = resolve_layer(target.requirements, view1, as_of=as_of, **kw)
+            mine = {r.name for r in sg_layer}
+            back = sorted(f"{r.name}=={r.version}" for r in layer if r.name in mine)
+            if not back:
+                break
+            print(f"{platform}: slime's layer replaces {', '.join(back)} of SGLang's closure: resolving again "
+                  "with those as constraints", file=sys.stderr)
+            constraints = sorted(set(constraints) | set(back))
+        else:
+            raise SystemExit(f"SGLang's and slime's closures do not settle: {', '.join(back)}")
+        _refuse_wheel_only_prereleases({r.name: r.version for r in sg_layer + layer}, as_of)
+        sg_out["constraints"] = constraints
+        sg_out["base"]["origin"] = view0.origin
+        sg_out["base"][platform] = {d.name: d.version for d in view0.dists}
+        sg_out["layer"][platform] = _entries(sg_layer, requires=True)
+        sg_out["torch"]["layer"][platform] = _entries(torch_layer, requires=True)
+        out["base"]["origin"] = view1.origin
+        out["base"][platform] = {d.name: d.version for d in view1.dists}
+        out["layer"][platform] = _entries(layer, requires=True)
+    return [out, sg_out]
 
 
 def _resolve_all(target: Target, base_freeze: Path | None) -> dict:
@@ -362,9 +552,7 @@ def _resolve_all(target: Target, base_freeze: Path | None) -> dict:
     sglang = None if base_freeze or target.base != "sglang-base" else sglang_requirements(as_of)
 
     def one(platform: str):
-        if target.base == "pins-base":
-            base = pins_base_view()
-        elif base_freeze:
+        if base_freeze:
             base = parse_freeze(base_freeze.read_text(), str(base_freeze))
         else:
             built = view_of(BASE_BUILT, "built from source")
@@ -436,6 +624,43 @@ def _component_versions(components: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _sglang_outputs(target: Target, data: dict, pure: list[dict], native: list[dict], frozen: str, replaced: str,
+                    arches: str, plat_line: str) -> dict[Path, str]:
+    """The three recipes of SGLang's closure: pure, native, and the torch companions."""
+    per = data["torch"]["layer"]
+    torch_entries = []
+    for name in sorted(set().union(*(set(per[pl]) for pl in target.platforms))):
+        versions = {per[pl][name]["version"] for pl in target.platforms if name in per[pl]}
+        files = sorted({per[pl][name]["filename"] for pl in target.platforms if name in per[pl]})
+        if len(versions) != 1 or any(name not in per[pl] for pl in target.platforms):
+            raise SystemExit(f"{name}: the torch companions differ per platform: {sorted(versions)}")
+        torch_entries.append({"name": name, "version": versions.pop(), "files": " | ".join(files)})
+    left = [f"{k} ({v})" for k, v in sorted({**data["base-decides"], **data["left-out"]}.items())]
+    left += [f"{k} (the {k} recipe builds {v})" for k, v in sorted(data["recipe-built"].items()) if k != "sglang"]
+    if data["constraints"]:
+        left.append("constrained to what slime's closure needs, so that it replaces nothing here: "
+                    + ", ".join(data["constraints"]))
+    torch_version = data["base"][target.platforms[0]]["torch"]
+    return {
+        HERE / f"{target.pure}.toml": render(
+            SGLANG_PURE_HEADER.format(py=data["python"], as_of=data["as-of"], name=target.pure,
+                                      platforms=" and ".join(target.platforms), native=f"{target.native}.toml",
+                                      torch=f"{target.torch}.toml", frozen=frozen, replaced=replaced,
+                                      left_out=_comment_wrap("Not resolved here: " + "; ".join(left), "# ")),
+            pure, False, target.python),
+        HERE / f"{target.native}.toml": render(
+            SGLANG_NATIVE_HEADER.format(py=target.python, name=target.native, pure=f"{target.pure}.toml",
+                                        arches=arches, platforms=plat_line),
+            native, True, target.python),
+        HERE / f"{target.torch}.toml": render(
+            SGLANG_TORCH_HEADER.format(reqs=", ".join(data["torch"]["requirements"]), as_of=data["as-of"],
+                                       torch=torch_version, torch_as_of=data["torch"]["as-of"],
+                                       pure=f"{target.pure}.toml", native=f"{target.native}.toml",
+                                       name=target.torch, platforms=plat_line),
+            torch_entries, True, target.python),
+    }
+
+
 def _write(target: Target, data: dict, check: bool) -> int:
     per: dict[str, dict[str, dict]] = data["layer"]
     platforms = target.platforms
@@ -490,24 +715,29 @@ def _write(target: Target, data: dict, check: bool) -> int:
     base = data["base"]
     arches = " / ".join(p.split("/")[1].replace("amd64", "x86_64").replace("arm64", "aarch64") for p in platforms)
     plat_line = "" if platforms == PLATFORMS else "platforms = [" + ", ".join(f'"{p}"' for p in platforms) + "]\n"
-    outputs = {
-        HERE / f"{target.pure}.toml": render(
-            PURE_HEADER.format(reqs=reqs_block, py=data["python"], as_of=data["as-of"], name=target.pure,
-                               platforms=" and ".join(platforms), native=target.native, base=target.base,
-                               frozen=_comment_wrap(
-                                   f"Resolved against a frozen view of the base "
-                                   f"({' / '.join(str(len(base[pl])) for pl in platforms)} distributions: "
-                                   f"{base['origin']}), as the seed's `pip install -r` runs on its base: nothing the "
-                                   "base already satisfies is here. Base packages that no version the base has "
-                                   "satisfies, and which the layer therefore replaces (as pip would):", "# "),
-                               replaced=_comment_wrap(", ".join(replaced) or "none", "#   "),
-                               components=_comment_wrap("Left out: " + left_out, "# ")),
-            pure, False, target.python),
-        HERE / f"{target.native}.toml": render(
-            NATIVE_HEADER.format(py=target.python, name=target.native, pure=f"{target.pure}.toml", arches=arches,
-                                 base=target.base, platforms=plat_line),
-            native, True, target.python),
-    }
+    frozen = _comment_wrap(
+        f"Resolved against a frozen view of the base "
+        f"({' / '.join(str(len(base[pl])) for pl in platforms)} distributions: "
+        f"{base['origin']}), as the seed's `pip install -r` runs on its base: nothing the "
+        "base already satisfies is here. Base packages that no version the base has "
+        "satisfies, and which the layer therefore replaces (as pip would):", "# ")
+    if target.kind == "sglang":
+        outputs = _sglang_outputs(target, data, pure, native, frozen, _comment_wrap(", ".join(replaced) or "none", "#   "),
+                                  arches, plat_line)
+    else:
+        outputs = {
+            HERE / f"{target.pure}.toml": render(
+                PURE_HEADER.format(reqs=reqs_block, py=data["python"], as_of=data["as-of"], name=target.pure,
+                                   platforms=" and ".join(platforms), native=target.native, base=target.base,
+                                   frozen=frozen,
+                                   replaced=_comment_wrap(", ".join(replaced) or "none", "#   "),
+                                   components=_comment_wrap("Left out: " + left_out, "# ")),
+                pure, False, target.python),
+            HERE / f"{target.native}.toml": render(
+                NATIVE_HEADER.format(py=target.python, name=target.native, pure=f"{target.pure}.toml", arches=arches,
+                                     base=target.base, platforms=plat_line),
+                native, True, target.python),
+        }
     stale = []
     for path, text in outputs.items():
         if check:
