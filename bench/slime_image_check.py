@@ -7,7 +7,8 @@ manifests' `org.opencontainers.image.ref.name` (e.g. `sm100a-linux-amd64`). The 
 by skopeo (`skopeo inspect`), unpacked by umoci (`umoci unpack --rootless`), and every package
 built for the image is imported by the image's own /usr/bin/python3 under bubblewrap with that
 root filesystem as `/`, no network and no GPU (chroot-like: nothing of this machine is visible
-but /dev and /proc). Each import runs in its own process, twice: as the image is, and with the
+but /dev and /proc), in the environment a container runtime gives it (the image's Env, as umoci's
+runtime config has it). Each import runs in its own process, twice: as the image is, and with the
 toolkit's driver link stub standing in for `libcuda.so.1` (the container runtime injects the
 real driver on a GPU machine; without either, code linked against the driver cannot load).
 sglang is also checked at the file level: every .py file of the installed (patched) package
@@ -40,13 +41,18 @@ IMPORTS = [
     ("slime", "import slime; print(slime.__file__)"),
 ]
 
+# What containerd, Docker and runc give a process when the image's Env has no PATH.
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 _INNER = r"""
 import json, os, subprocess, sys
 imports = json.loads(sys.argv[1])
+image_env = json.loads(sys.argv[2])
 out = []
 for stub in (False, True):
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LC_ALL": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # The process environment a container runtime gives the image (umoci's runtime config: the
+    # image's Env, with the runtimes' default PATH where the image sets none).
+    env = {**image_env, "HOME": "/tmp", "CUDA_VISIBLE_DEVICES": ""}
     if stub:
         os.makedirs("/tmp/driver-stub", exist_ok=True)
         link = "/tmp/driver-stub/libcuda.so.1"
@@ -101,12 +107,15 @@ def main() -> None:
             subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{args.layout}:{args.ref}", str(bundle)],
                            check=True, capture_output=True, text=True)
         root = bundle / "rootfs"
+        runtime_env = dict(e.split("=", 1) for e in json.loads((bundle / "config.json").read_text())["process"]["env"])
+        runtime_env.setdefault("PATH", _DEFAULT_PATH)
+        print(f"environment: {' '.join(f'{k}={v}' for k, v in sorted(runtime_env.items()))}")
         script = work / "inner.py"
         script.write_text(_INNER)
         cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--bind", str(root), "/", "--dev", "/dev",
                "--proc", "/proc", "--tmpfs", "/tmp", "--ro-bind", str(script), "/tmp/inner.py", "--chdir", "/tmp",
                "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "/usr/bin/python3", "/tmp/inner.py",
-               json.dumps(IMPORTS)]
+               json.dumps(IMPORTS), json.dumps(runtime_env)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"inside the image: {proc.stderr.strip()[-2000:]}")

@@ -42,6 +42,9 @@ PLATFORMS = ("linux/amd64", "linux/arm64")
 EXPECTED_NODES = {
     "pins-base": 2,
     "pins-cuda": 2,
+    # the base's run-time layer (ldconfig and the linker cache), outside every build's key
+    "pins-runtime": 2,
+    "libc-bin": 2,
     "transformer-engine-cu13": 2,  # the core wheel differs per platform
     "transformer-engine-torch": 2,  # built in the rootfs: per platform, no CUDA axis
     "apex": 4,  # platform x CUDA variant
@@ -177,7 +180,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 41
+    assert len(the_plan.nodes) == TOTAL_NODES == 45
     assert the_plan.targets == ("image",)
 
 
@@ -186,8 +189,8 @@ def test_profile_registry_plans_the_seeds_image(seed_plan):
     image has every component of the seed, on sglang-base, and the CUDA 12 TE core."""
     counts = Counter(n.recipe for n in seed_plan.nodes.values())
     want = {**EXPECTED_NODES, **LEFT_OUT, "sglang-base": 2}
-    for pins_only in ("pins-base", "pins-cuda", "transformer-engine-cu13", "slime-requirements-cp311",
-                      "slime-requirements-native-cp311", "sglang-requirements-cp311",
+    for pins_only in ("pins-base", "pins-cuda", "pins-runtime", "libc-bin", "transformer-engine-cu13",
+                      "slime-requirements-cp311", "slime-requirements-native-cp311", "sglang-requirements-cp311",
                       "sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
         del want[pins_only]
     assert dict(counts) == want
@@ -203,6 +206,7 @@ def test_profile_pins_leaves_out_only_requires_and_layers(rs):
     layered = {name for group in image.image.layers for name in group}
     assert not layered & set(LEFT_OUT)
     assert "transformer-engine-cu13" in layered and image.image.base == "pins-base"
+    assert "pins-runtime" in layered
     assert not set(rs.get("slime").requires) & set(LEFT_OUT)
     assert rs.get("transformer-engine-torch").requires == ["transformer-engine-cu13"]
 
@@ -724,6 +728,7 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
     assert {p.nodes[d].recipe for d in layers.values()} == {
         "pins-base", "int4-qat", "torch-memory-saver", "tilelang", "flash-linear-attention", "nvidia-modelopt",
         "sglang", "megatron-lm", "megatron-lm-source", "slime-source",
+        "pins-runtime",  # ldconfig and the linker cache: a layer, not part of the builds' base
         # profile pins: TE's CUDA 13 core and the CPython 3.11 closure under their aliases
         "transformer-engine-cu13", "transformer-engine-torch", "slime-requirements-cp311",
         "slime-requirements-native-cp311", "antlr4-python3-runtime", "pylatexenc",
