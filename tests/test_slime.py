@@ -44,7 +44,7 @@ EXPECTED_NODES = {
     "pins-cuda": 2,
     # the base's run-time layer (ldconfig and the linker cache), outside every build's key
     "pins-runtime": 2,
-    "libc-bin": 2,
+    "pins-runtime-debs": 2,
     "transformer-engine-cu13": 2,  # the core wheel differs per platform
     "transformer-engine-torch": 2,  # built in the rootfs: per platform, no CUDA axis
     "apex": 4,  # platform x CUDA variant
@@ -189,7 +189,7 @@ def test_profile_registry_plans_the_seeds_image(seed_plan):
     image has every component of the seed, on sglang-base, and the CUDA 12 TE core."""
     counts = Counter(n.recipe for n in seed_plan.nodes.values())
     want = {**EXPECTED_NODES, **LEFT_OUT, "sglang-base": 2}
-    for pins_only in ("pins-base", "pins-cuda", "pins-runtime", "libc-bin", "transformer-engine-cu13",
+    for pins_only in ("pins-base", "pins-cuda", "pins-runtime", "pins-runtime-debs", "transformer-engine-cu13",
                       "slime-requirements-cp311", "slime-requirements-native-cp311", "sglang-requirements-cp311",
                       "sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
         del want[pins_only]
