@@ -239,6 +239,11 @@ def report(name: str, ours: list[float], theirs: list[float] | None, unit: str, 
             line += f" goal <= {goal:.2f}x: {'met' if ratio <= goal else 'NOT met'}"
     if cpu and cpu[1]:
         line += f" | CPU ratio {statistics.median(cpu[0]) / statistics.median(cpu[1]):.2f}x"
+    if cpu:  # the steadier figure on a loaded machine: the medians themselves, and the planner's spread
+        c = cpu[0]
+        line += f" | CPU planner {fmt(statistics.median(c), unit)} ({fmt(min(c), unit)}-{fmt(max(c), unit)})"
+        if cpu[1]:
+            line += f" Nix {fmt(statistics.median(cpu[1]), unit)}"
     if note:
         line += f" | {note}"
     print(line, flush=True)
