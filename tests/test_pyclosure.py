@@ -76,6 +76,85 @@ def test_only_a_requirement_the_base_does_not_satisfy_replaces_a_base_package(in
     assert got == {"needs-new": ("1.0", None), "shared": ("2.0", "1.0"), "app": ("1.0", None), "fresh": ("1.0", None)}
 
 
+def test_a_metadata_name_spelled_otherwise_is_the_same_project(index: LocalIndex) -> None:
+    """A wheel whose METADATA spells its name with underscores (ipython_pygments_lexers) is a
+    candidate for the normalised name a requirement uses: pip 23.0 discarded every such file when it
+    read METADATA from the index (PEP 658), so ipython 9 could not be resolved at all. Each
+    resolved file also carries its Requires-Dist as pip read it."""
+    index.wheel("lexers_spelled_so", "1.1", uploaded=OLD)
+    index.wheel("shell-app", "9.0", uploaded=OLD, requires=("lexers-spelled-so>=1", "shared; python_version < '3'"))
+    layer = resolve_layer(["shell-app"], BaseView((), "none"), platform="linux/amd64", python="3.11",
+                          as_of=parse_as_of("2026-03-05"))
+    got = {r.name: r for r in layer}
+    assert {n: r.version for n, r in got.items()} == {"shell-app": "9.0", "lexers-spelled-so": "1.1"}
+    assert got["shell-app"].requires == ("lexers-spelled-so>=1", "shared; python_version < '3'")
+    assert got["lexers-spelled-so"].requires == ()
+
+
+def _backend_wheel(version: str, works: bool) -> bytes:
+    """A PEP 517 build backend as a wheel: one that writes an sdist's metadata, or one that fails."""
+    import base64
+    import hashlib
+    import io
+    import zipfile
+
+    code = (
+        "import os\n"
+        "def get_requires_for_build_wheel(config_settings=None):\n    return []\n"
+        "def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):\n"
+        + ("    d = os.path.join(metadata_directory, 'built_here-1.0.dist-info')\n    os.makedirs(d)\n"
+           "    open(os.path.join(d, 'METADATA'), 'w').write('Metadata-Version: 2.1\\nName: built-here\\n"
+           "Version: 1.0\\nRequires-Dist: shared\\n')\n    return 'built_here-1.0.dist-info'\n"
+           if works else f"    raise RuntimeError('tiny-backend {version} is not the dated one')\n")
+        + "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n    raise NotImplementedError\n")
+    info = f"tiny_backend-{version}.dist-info"
+    files = {"tiny_backend.py": code.encode(),
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: tiny-backend\nVersion: {version}\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+              for n, d in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for n, d in files.items():
+            zf.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), d)
+    return buf.getvalue()
+
+
+@pytest.mark.skipif("posix_local" in __import__("sysconfig").get_scheme_names(),
+                    reason="Debian's python: pip, run with -S as pyclosure runs it, looks for an sdist's build "
+                           "environment where the child pip does not install it (the backend does not import); "
+                           "run with a python.org/pyenv interpreter")
+def test_an_sdists_build_requirements_come_from_the_dated_index(index: LocalIndex, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """pip prepares an sdist's metadata (a project in `sdists`) in an isolated environment that a
+    child pip fills: from the dated index, not from the machine's find-links (undated files: on
+    this machine setuptools 84 and wheel 0.48, which could not build pylatexenc 2.10)."""
+    import io
+    import tarfile
+
+    index.add_file("tiny-backend", "tiny_backend-1.0-py3-none-any.whl", _backend_wheel("1.0", True), OLD)
+    index.add_file("tiny-backend", "tiny_backend-2.0-py3-none-any.whl", _backend_wheel("2.0", False), NEW)
+    links = tmp_path / "find-links"
+    links.mkdir()
+    (links / "tiny_backend-3.0-py3-none-any.whl").write_bytes(_backend_wheel("3.0", False))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in (("PKG-INFO", "Metadata-Version: 2.1\nName: built-here\nVersion: 1.0\n"),
+                           ("pyproject.toml", '[build-system]\nrequires = ["tiny-backend"]\n'
+                                              'build-backend = "tiny_backend"\n')):
+            data = text.encode()
+            info = tarfile.TarInfo(f"built-here-1.0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index.add_file("built-here", "built-here-1.0.tar.gz", buf.getvalue(), OLD)
+    layer = resolve_layer(["built-here"], BaseView((), "none"), platform="linux/amd64", python="3.11",
+                          as_of=parse_as_of("2026-03-05"), sdists=("built-here",))
+    assert {(r.name, r.version, r.filename) for r in layer} == {
+        ("built-here", "1.0", "built-here-1.0.tar.gz"), ("shared", "2.0", "shared-2.0-py3-none-any.whl")}
+
+
 def test_markers_are_the_targets(index: LocalIndex, tmp_path: Path) -> None:
     """pip evaluates markers for the machine it runs on; the layer's are the target's."""
     index.wheel("marked", "1.0", uploaded=OLD,
