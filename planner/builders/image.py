@@ -43,6 +43,7 @@ from ..oci.image import ImageConfig, cuda_annotations, write_image, write_index
 from ..oci.layer import Layer, LayerSource, compressor_id, write_layer
 from ..oci.layercache import CachedLayer, LayerCache, LayerKey, compressor_files
 from ..oci.layout import LayoutImage, write_layout
+from ..oci.sitepackages import Dist, layer_whiteouts, tree_dists, wheel_dist
 from ..oci.wheels import install_wheel
 from ..safetree import MAX_METADATA, Tree
 from .image_requires import requires_from_wheels, requires_problems, wheel_metadata  # noqa: F401 (re-exported)
@@ -203,6 +204,8 @@ class _ImageBuild:
         self.layer_cache: dict[LayerKey, tuple[Layer, str, tuple[WheelFacts, ...]]] = {}
         self.wheel_facts: dict[Path, WheelFacts] = {}
         self.base_packages: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        self.base_dists: dict[str, dict[str, Dist]] = {}
+        self.wheel_dists: dict[Path, Dist] = {}
         self.config = ImageConfig(
             env=[f"{k}={v}" for k, v in sorted((spec.get("env") or {}).items())],
             entrypoint=list(spec["entrypoint"]) if spec.get("entrypoint") else None,
@@ -268,15 +271,37 @@ class _ImageBuild:
         self.layer_cache[key] = got
         return got
 
-    def layer_key(self, kind: str, recipes: Sequence[str], entries: Sequence[Any]) -> LayerKey:
+    def layer_key(self, kind: str, recipes: Sequence[str], entries: Sequence[Any],
+                  replaces: Sequence[str] = ()) -> LayerKey:
         return LayerKey(kind, tuple(recipes), tuple(e.digest for e in entries), self.sde,  # type: ignore[arg-type]
-                        self.compression, self.compressor, self.compressor_files)
+                        self.compression, self.compressor, self.compressor_files, replaces=tuple(replaces))
 
-    def wheel_layer(self, group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
-        return self.layer(self.layer_key("wheels", group, entries), ", ".join(group),
-                          lambda: self._stage_wheels(group, entries))
+    def wheel_layer(self, group: list[str], entries: list[Any],
+                    visible: dict[str, Dist]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+        """The group's layer over the distributions lower layers installed (`visible`, by name,
+        updated with the group's): it deletes what the versions it replaces had, as pip would."""
+        dists = [self._wheel_dist(w) for e in entries for w in _wheels_of(e.path)]
+        whiteouts, replaces = layer_whiteouts(dists, visible)
+        visible.update({d.name: d for d in dists})
+        return self.layer(self.layer_key("wheels", group, entries, replaces), ", ".join(group),
+                          lambda: self._stage_wheels(group, entries, whiteouts))
 
-    def _stage_wheels(self, group: list[str], entries: list[Any]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
+    def _wheel_dist(self, whl: Path) -> Dist:
+        if whl not in self.wheel_dists:
+            self.wheel_dists[whl] = wheel_dist(whl)
+        return self.wheel_dists[whl]
+
+    def _site_dists(self, vname: str, platform: str) -> dict[str, Dist]:
+        """The distributions of the base's site-packages (none known for a pulled registry base)."""
+        if not self.base or self.base_images.get(platform.replace("/", "-")) is not None:
+            return {}
+        entry = self.dep(vname, platform, self.base)
+        if entry.digest not in self.base_dists:
+            self.base_dists[entry.digest] = tree_dists(entry.path)
+        return dict(self.base_dists[entry.digest])
+
+    def _stage_wheels(self, group: list[str], entries: list[Any],
+                      whiteouts: Sequence[str] = ()) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
         stage = Path(tempfile.mkdtemp(prefix="layer-", dir=self.staging_parent))
         facts: list[WheelFacts] = []
         try:
@@ -285,6 +310,10 @@ class _ImageBuild:
             layer_tree = Tree(root, where=f"layer {', '.join(group)}")
             for recipe, entry in zip(group, entries):
                 facts.extend(self._install(recipe, entry, layer_tree, stage))
+            for path in whiteouts:
+                layer_tree.write(path.lstrip("/"), b"")
+            if whiteouts:
+                self.log.write(f"  {len(whiteouts)} whiteouts delete the replaced versions' files\n")
             layer_tree.close()
             layer = write_layer([LayerSource(root)], self.blobs, source_date_epoch=self.sde,
                                 compression=self.compression, zlib_pin=self.zpin,
@@ -352,8 +381,9 @@ class _ImageBuild:
         layers, history, config, debian = self.base_layers(vname, platform)
         layers, history = list(layers), list(history)
         wheels: list[WheelFacts] = []
+        visible = self._site_dists(vname, platform)
         for group in self.groups:
-            layer, what, facts = self.wheel_layer(group, [self.dep(vname, platform, r) for r in group])
+            layer, what, facts = self.wheel_layer(group, [self.dep(vname, platform, r) for r in group], visible)
             layers.append(layer)
             history.append(what)
             wheels.extend(facts)

@@ -61,9 +61,16 @@ class LayerKey:
     compressor: str  # compressor_id(...) with the pinned zlib/zstd actually used
     compressor_files: str  # sha256 of the build root's compressor files; "" for the host's
     format: int = LAYER_FORMAT
+    # The lower layers' distributions this layer replaces (`sitepackages.Dist.signature`): its
+    # whiteouts depend on them. Left out of the digest when empty, so records of layers that
+    # replace nothing keep their keys.
+    replaces: tuple[str, ...] = ()
 
     def digest(self) -> str:
-        return hashlib.sha256(canonical_json(_converter().unstructure(self))).hexdigest()
+        data = _converter().unstructure(self)
+        if not self.replaces:
+            del data["replaces"]
+        return hashlib.sha256(canonical_json(data)).hexdigest()
 
 
 @attrs.frozen
