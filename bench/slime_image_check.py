@@ -34,10 +34,14 @@ IMPORTS = [
     ("amp_C", "import torch, amp_C; print(amp_C.__file__)"),
     ("fused_layer_norm_cuda", "import torch, fused_layer_norm_cuda as m; print(m.__file__)"),
     ("apex.normalization", "from apex.normalization import FusedLayerNorm; print(FusedLayerNorm)"),
-    ("transformer_engine_torch", "import torch, transformer_engine_torch as m; print(m.__file__)"),
+    # TE's binding is not on sys.path by that name: TE's loader imports it from
+    # transformer_engine/wheel_lib/ when transformer_engine.pytorch is imported.
+    ("transformer_engine_torch", "import transformer_engine.pytorch, transformer_engine_torch as m; print(m.__file__)"),
     ("transformer_engine.pytorch", "import transformer_engine.pytorch as te; print(te.__file__)"),
     ("megatron.core", "import megatron.core as m; print(m.__file__)"),
     ("sglang", "import sglang; print(sglang.__version__)"),
+    # What slime's rollout imports of SGLang: its engine, which needs sgl-kernel.
+    ("sglang.srt.entrypoints.engine", "import sglang.srt.entrypoints.engine as m; print(m.__file__)"),
     ("slime", "import slime; print(slime.__file__)"),
 ]
 
