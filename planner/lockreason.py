@@ -54,9 +54,12 @@ def place(kind: str, url: Optional[str]) -> str:
 
 
 def _compose(where: str, unreachable: bool, incomplete: bool, not_found: bool) -> str:
-    facts = []
+    # An unreachable origin is the whole reason: what mirrors had (or lacked) depends on which
+    # mirrors this machine was given, and a lock made with `--mirror` must be the bytes of one
+    # made without (a mirror that lacks the input changes nothing the origin would have said).
     if unreachable:
-        facts.append(f"{where} could not be reached")
+        return f"{where} could not be reached{SUFFIX}"
+    facts = []
     if incomplete:
         facts.append("no source tried had it complete")
     if not_found:
