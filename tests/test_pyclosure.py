@@ -93,11 +93,6 @@ def test_a_metadata_name_spelled_otherwise_is_the_same_project(index: LocalIndex
 
 def _backend_wheel(version: str, works: bool) -> bytes:
     """A PEP 517 build backend as a wheel: one that writes an sdist's metadata, or one that fails."""
-    import base64
-    import hashlib
-    import io
-    import zipfile
-
     code = (
         "import os\n"
         "def get_requires_for_build_wheel(config_settings=None):\n    return []\n"
@@ -107,18 +102,7 @@ def _backend_wheel(version: str, works: bool) -> bytes:
            "Version: 1.0\\nRequires-Dist: shared\\n')\n    return 'built_here-1.0.dist-info'\n"
            if works else f"    raise RuntimeError('tiny-backend {version} is not the dated one')\n")
         + "def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):\n    raise NotImplementedError\n")
-    info = f"tiny_backend-{version}.dist-info"
-    files = {"tiny_backend.py": code.encode(),
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: tiny-backend\nVersion: {version}\n".encode(),
-             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
-              for n, d in files.items()] + [f"{info}/RECORD,,"]
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for n, d in files.items():
-            zf.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), d)
-    return buf.getvalue()
+    return wheel_bytes("tiny-backend", version, files={"tiny_backend.py": code.encode()})
 
 
 @pytest.mark.skipif("posix_local" in __import__("sysconfig").get_scheme_names(),

@@ -26,13 +26,15 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def wheel_bytes(name: str, version: str, tag: str = "py3-none-any", requires: tuple[str, ...] = ()) -> bytes:
+def wheel_bytes(name: str, version: str, tag: str = "py3-none-any", requires: tuple[str, ...] = (),
+                files: dict[str, bytes] | None = None) -> bytes:
+    """A wheel of `name` with `files` (default: a package whose __init__ names the version)."""
     dist = re.sub(r"[-.]+", "_", name)
     info = f"{dist}-{version}.dist-info"
     meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
         f"Requires-Dist: {r}\n" for r in requires)
     files = {
-        f"{dist}/__init__.py": f"VERSION = {version!r}\nTAG = {tag!r}\n".encode(),
+        **(files if files is not None else {f"{dist}/__init__.py": f"VERSION = {version!r}\nTAG = {tag!r}\n".encode()}),
         f"{info}/METADATA": meta.encode(),
         f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n".encode(),
     }
