@@ -189,10 +189,19 @@ _dur = format_duration
 
 @gc_paused()
 def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[str] = None,
-              sandbox: bool = True) -> PlanView:
+              sandbox: bool = True, platform: Optional[str] = None, variant: Optional[str] = None) -> PlanView:
+    """The plan as `realise` with the same target, platform and CUDA variant would build it."""
     from . import planning, replan
 
-    table = replan.table_for(root, set_name, target, sandbox)
+    if platform is None and variant is None:
+        table = replan.table_for(root, set_name, target, sandbox)
+    else:
+        # The set narrowed as `realise --platform/--variant` narrows it (every node keeps the key
+        # it has in the whole set's plan); not cached, the cache holds the whole set's table.
+        from . import plantable
+
+        table = plantable.from_planned(planning.load(root, set_name, sandboxed=sandbox, target=target,
+                                                     platform=platform, variant=variant))
     settled: set[str] = set()  # valid, or below a valid node: what a realise would not build
     durations: dict = {}
     if (store_root / "index.sqlite").exists():

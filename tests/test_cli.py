@@ -235,6 +235,31 @@ def test_plan_svg_top_to_bottom_with_legend_platforms_and_dashed_requires(tmp_pa
     assert dashed, "no dashed run-time edge"
 
 
+def test_plan_narrows_to_a_platform_and_variant_as_realise_does(tmp_path: Path) -> None:
+    """`plan --platform/--variant` shows what `realise` with the same options builds: that
+    platform's and variant's nodes, with the keys they have in the whole set's plan."""
+    store = str(tmp_path / "store")
+    whole = json.loads(planner("--store", store, "plan", "demo", "--json").stdout)
+    keys = {n["id"]: n["key"] for n in whole["nodes"]}
+    res = planner("--store", store, "plan", "demo", "--json", "--platform", "linux/arm64", "--variant", "sm100a")
+    assert res.returncode == 0, res.stderr
+    narrowed = json.loads(res.stdout)["nodes"]
+    assert narrowed and len(narrowed) < len(whole["nodes"])
+    for n in narrowed:
+        assert n["platform"] in (None, "linux/arm64"), n["id"]
+        assert "sm_90a" not in n["id"], n["id"]  # the default variant's arch list is not planned
+        if "image" not in n["id"]:  # an image covers the narrowed set: its key is the narrowed image's
+            assert keys[n["id"]] == n["key"], n["id"]
+    dry = planner("--store", store, "realise", "demo", "--dry-run", "--platform", "linux/arm64", "--variant", "sm100a")
+    assert dry.returncode == 0, dry.stderr
+    shown = {line[len("build "):].rsplit("  (", 1)[0] for line in dry.stdout.splitlines() + dry.stderr.splitlines()
+             if line.startswith("build ")}
+    assert shown and shown <= {n["id"] for n in narrowed}
+    bad = planner("--store", store, "plan", "demo", "--platform", "linux/s390x")
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "linux/s390x is not one of the set's platforms" in bad.stderr
+
+
 def test_slime_plan_svg_is_a_readable_shape(tmp_path: Path) -> None:
     res = planner("--store", str(tmp_path / "store"), "plan", "slime", "--format", "svg")
     assert res.returncode == 0, res.stderr

@@ -17,8 +17,13 @@ from .common import Context, default_set
 @click.option("--target", default=None, help="Plan this recipe instead of the set's target.")
 @click.option("--sandbox", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Plan keys as `realise --sandbox` would compute them (off: impure keys).")
+@click.option("--platform", "platform_", default=None, metavar="OS/ARCH",
+              help="Only this platform's nodes (and those without one), as `realise --platform`.")
+@click.option("--variant", default=None, metavar="NAME",
+              help="Only this CUDA variant of set.toml [cuda] (and nodes without one), as `realise --variant`.")
 @click.pass_obj
-def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: str | None, sandbox: str) -> None:
+def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: str | None, sandbox: str,
+         platform_: str | None, variant: str | None) -> None:
     """The derivation graph: keys, what builds, what is reused.
 
     Reads the store to tell valid outputs; a stale lock is warned about (its keys are the old
@@ -29,7 +34,8 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
     store_root = ctx.store_for_write()
     if not store_root.exists():
         click.echo(f"planner: note: no store at {store_root} yet: every node shows as to build", err=True)
-    view = plan_view(ctx.root, name, store_root, target=target, sandbox=sandbox == "on")
+    view = plan_view(ctx.root, name, store_root, target=target, sandbox=sandbox == "on",
+                     platform=platform_, variant=variant)
     for w in view.warnings:
         click.echo(f"planner: warning: {w}", err=True)
     if as_json:
