@@ -282,6 +282,12 @@ class _ImageBuild:
         updated with the group's): it deletes what the versions it replaces had, as pip would."""
         dists = [self._wheel_dist(w) for e in entries for w in _wheels_of(e.path)]
         whiteouts, replaces = layer_whiteouts(dists, visible)
+        if whiteouts:
+            # The whiteouts also depend on the other lower distributions (whether a folder goes
+            # whole): the key names the list itself, so no cached layer with other ones is reused.
+            import hashlib
+
+            replaces = [*replaces, "whiteouts:" + hashlib.sha256("\n".join(whiteouts).encode()).hexdigest()]
         visible.update({d.name: d for d in dists})
         return self.layer(self.layer_key("wheels", group, entries, replaces), ", ".join(group),
                           lambda: self._stage_wheels(group, entries, whiteouts))
