@@ -26,7 +26,8 @@ import attrs
 from ..errors import OciError
 from ..safetree import MAX_METADATA, Tree
 
-# Where `install_wheel` puts a wheel, and so the folder whose distributions layers replace.
+# Where `planner.oci.wheels.install_wheel` puts a wheel (its defaults are these), and so the
+# folders whose distributions a layer replaces.
 SITE_PACKAGES = "/usr/local/lib/python3.11/dist-packages"
 SCRIPTS_DIR = "/usr/local/bin"
 DATA_DIR = "/usr/local"

@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import OciError
+from .sitepackages import DATA_DIR, SCRIPTS_DIR, SITE_PACKAGES
 
 
 
@@ -30,9 +31,9 @@ def install_wheel(
     root: Path,
     *,
     python: str = "/usr/bin/python3",
-    site_packages: str = "/usr/local/lib/python3.11/dist-packages",
-    scripts_dir: str = "/usr/local/bin",
-    data_dir: str = "/usr/local",
+    site_packages: str = SITE_PACKAGES,
+    scripts_dir: str = SCRIPTS_DIR,
+    data_dir: str = DATA_DIR,
 ) -> InstalledWheel:
     """Install `wheel` into the image tree at `root` as if at `/` (pypa installer).
 
