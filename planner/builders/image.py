@@ -272,24 +272,18 @@ class _ImageBuild:
         return got
 
     def layer_key(self, kind: str, recipes: Sequence[str], entries: Sequence[Any],
-                  replaces: Sequence[str] = ()) -> LayerKey:
+                  whiteouts: str = "") -> LayerKey:
         return LayerKey(kind, tuple(recipes), tuple(e.digest for e in entries), self.sde,  # type: ignore[arg-type]
-                        self.compression, self.compressor, self.compressor_files, replaces=tuple(replaces))
+                        self.compression, self.compressor, self.compressor_files, whiteouts=whiteouts)
 
     def wheel_layer(self, group: list[str], entries: list[Any],
                     visible: dict[str, Dist]) -> tuple[Layer, str, tuple[WheelFacts, ...]]:
         """The group's layer over the distributions lower layers installed (`visible`, by name,
         updated with the group's): it deletes what the versions it replaces had, as pip would."""
         dists = [self._wheel_dist(w) for e in entries for w in _wheels_of(e.path)]
-        whiteouts, replaces = layer_whiteouts(dists, visible)
-        if whiteouts:
-            # The whiteouts also depend on the other lower distributions (whether a folder goes
-            # whole): the key names the list itself, so no cached layer with other ones is reused.
-            import hashlib
-
-            replaces = [*replaces, "whiteouts:" + hashlib.sha256("\n".join(whiteouts).encode()).hexdigest()]
+        whiteouts, digest = layer_whiteouts(dists, visible)
         visible.update({d.name: d for d in dists})
-        return self.layer(self.layer_key("wheels", group, entries, replaces), ", ".join(group),
+        return self.layer(self.layer_key("wheels", group, entries, digest), ", ".join(group),
                           lambda: self._stage_wheels(group, entries, whiteouts))
 
     def _wheel_dist(self, whl: Path) -> Dist:

@@ -61,15 +61,15 @@ class LayerKey:
     compressor: str  # compressor_id(...) with the pinned zlib/zstd actually used
     compressor_files: str  # sha256 of the build root's compressor files; "" for the host's
     format: int = LAYER_FORMAT
-    # The lower layers' distributions this layer replaces (`sitepackages.Dist.signature`): its
-    # whiteouts depend on them. Left out of the digest when empty, so records of layers that
+    # sha256 of the whiteouts that delete what lower layers' replaced distributions had
+    # (`sitepackages.layer_whiteouts`); left out of the digest when "", so records of layers that
     # replace nothing keep their keys.
-    replaces: tuple[str, ...] = ()
+    whiteouts: str = ""
 
     def digest(self) -> str:
         data = _converter().unstructure(self)
-        if not self.replaces:
-            del data["replaces"]
+        if not self.whiteouts:
+            del data["whiteouts"]
         return hashlib.sha256(canonical_json(data)).hexdigest()
 
 

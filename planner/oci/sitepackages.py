@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import posixpath
 import re
 import stat
@@ -44,11 +45,6 @@ class Dist:
     name: str  # canonical_name of the project
     dist_info: str  # image path of its .dist-info folder
     files: tuple[str, ...]  # image paths its RECORD lists, sorted
-
-    def signature(self) -> str:
-        """What a layer replacing this distribution depends on: which files it must delete."""
-        h = hashlib.sha256("\0".join((self.dist_info, *self.files)).encode())
-        return f"{self.dist_info}:{h.hexdigest()}"
 
 
 def _image_path(base: str, rel: str) -> Optional[str]:
@@ -110,8 +106,6 @@ def wheel_dist(whl: Path) -> Dist:
 
 def tree_dists(root: Path) -> dict[str, Dist]:
     """The distributions installed in the root filesystem `root`'s site-packages, by name."""
-    import os
-
     site = SITE_PACKAGES.lstrip("/")
     out: dict[str, Dist] = {}
     if root.is_symlink() or not root.is_dir():
@@ -177,18 +171,16 @@ def _whiteout(path: str) -> str:
     return f"{head}/{WHITEOUT}{name}"
 
 
-def layer_whiteouts(layer: Iterable[Dist], visible: dict[str, Dist]) -> tuple[list[str], list[str]]:
+def layer_whiteouts(layer: Iterable[Dist], visible: dict[str, Dist]) -> tuple[list[str], str]:
     """The whiteouts a layer installing `layer` over the distributions `visible` (by name) needs,
-    and the replaced distributions' signatures (what those whiteouts depend on)."""
+    and their digest ("" for none): what the layer's bytes depend on besides its wheels."""
     layer = list(layer)
     names = {d.name for d in layer}
+    others = [d for n, d in visible.items() if n not in names]
     out: set[str] = set()
-    signatures = []
     for new in layer:
         old = visible.get(new.name)
-        if old is None:
-            continue
-        others = [d for n, d in visible.items() if n not in names]
-        out.update(whiteouts(old, new, others))
-        signatures.append(old.signature())
-    return sorted(out), sorted(signatures)
+        if old is not None:
+            out.update(whiteouts(old, new, others))
+    listed = sorted(out)
+    return listed, hashlib.sha256("\n".join(listed).encode()).hexdigest() if listed else ""
