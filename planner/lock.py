@@ -92,7 +92,8 @@ class InputDecl:
         s = self.source
         assert s is not None
         if s.kind == "git":
-            return f"{s.url}@{s.rev}" + (f"#{s.subdir}" if s.subdir else "")
+            return (f"{s.url}@{s.rev}" + (f"#{s.subdir}" if s.subdir else "")
+                    + (f"#{{{','.join(s.paths)}}}" if s.paths else ""))
         if s.kind == "pypi":
             return f"{s.name}=={s.version} ({s.dist})"
         if s.kind == "apt":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -269,3 +270,79 @@ def test_over_git_daemon(world: World, tmp_path: Path) -> None:
     export(world.up.url, world.main, tmp_path / "via-file")
     assert tree_digest(tmp_path / "via-daemon") == tree_digest(tmp_path / "via-file")
     assert (tmp_path / "old-via-daemon/README").read_text() == "first\n"
+
+
+# -- sparse exports (`paths`) -------------------------------------------------------------------
+
+SPARSE = ["src", "bin/run.sh", "link", "vendor/sub", ".gitattributes"]
+
+
+def _only(tree: Path, paths: list[str], dest: Path) -> Path:
+    """The given files and folders of `tree`, moved to `dest`."""
+    dest.mkdir()
+    for p in paths:
+        (dest / p).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tree / p, dest / p)
+    return dest
+
+
+def test_export_of_paths_equals_those_paths_of_a_clone(world: World, tmp_path: Path) -> None:
+    """Links stay links, modes and in-tree attributes apply (CRLF), a submodule is an empty
+    folder: the same bytes as a clone's, over a local path, file:// and git://."""
+    want = _only(checkout_by_clone(world.up.url, tmp_path / "clone"), SPARSE, tmp_path / "want")
+    assert (want / "src/deep/a.txt").read_bytes() == b"line 1\r\nline 2\r\n"
+    export(str(world.up.path), world.main, tmp_path / "by-path", paths=SPARSE)
+    export(world.up.url, world.main, tmp_path / "by-file-url", paths=SPARSE, cache_dir=tmp_path / "cache")
+    with git_daemon(world.base) as base_url:
+        export(f"{base_url}/up", world.main, tmp_path / "by-daemon", paths=SPARSE, cache_dir=tmp_path / "cache")
+    for got in ("by-path", "by-file-url", "by-daemon"):
+        assert tree_digest(tmp_path / got) == tree_digest(want), got
+    assert sorted(os.listdir(tmp_path / "by-path")) == [".gitattributes", "bin", "link", "src", "vendor"]
+
+
+def test_a_sparse_export_reads_only_the_blobs_of_its_paths(tmp_path: Path) -> None:
+    """A snapshot missing one blob (mbridge's PDF): the whole commit cannot be exported, the
+    files a build needs can; a path whose blob is missing still fails. Nothing half-made."""
+    snap = GitRepo.init(tmp_path / "snap")
+    snap.write("pkg/__init__.py", "x = 1\n")
+    snap.write("pyproject.toml", "[project]\nname = 'pkg'\n")
+    snap.write("docs/estimator.pdf", b"%PDF-1.4\n\x00\x01binary\n")
+    commit = snap.commit("c")
+    blob = snap.git("rev-parse", f"{commit}:docs/estimator.pdf")
+    (snap.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    with pytest.raises(FetchError):
+        export(snap.url, commit, tmp_path / "whole")
+    assert not (tmp_path / "whole").exists()
+    for i, url in enumerate((snap.url, str(snap.path))):
+        got = tmp_path / f"sparse{i}"
+        export(url, commit, got, paths=["pkg", "pyproject.toml"], cache_dir=tmp_path / "cache")
+        assert sorted(str(p.relative_to(got)) for p in got.rglob("*")) == ["pkg", "pkg/__init__.py", "pyproject.toml"]
+        assert (got / "pkg/__init__.py").read_text() == "x = 1\n"
+    with pytest.raises(FetchError):
+        export(snap.url, commit, tmp_path / "missing-blob", paths=["docs"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".missing", "missing"))] == []
+
+
+def test_a_sparse_export_names_a_path_the_commit_lacks(world: World, tmp_path: Path) -> None:
+    """Paths are literal (`src/*` is no pattern) and never followed through a link in the tree."""
+    for paths, missing in ((["README", "nope"], "nope"), (["src/*"], "src/*"), (["link/x"], "link/x"),
+                           (["src/deep/a.txt/b"], "src/deep/a.txt/b")):
+        with pytest.raises(FetchError, match=f"no file or folder {re.escape(missing)} at {world.main}"):
+            export(world.up.url, world.main, tmp_path / "got", paths=paths)
+        assert not (tmp_path / "got").exists()
+        assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_a_sparse_export_never_runs_the_sources_config(tmp_path: Path) -> None:
+    """The source's own config (a smudge filter its attributes name) is not read: only its
+    objects are borrowed."""
+    marker = tmp_path / "ran"
+    src = GitRepo.init(tmp_path / "src")
+    src.write(".gitattributes", "* filter=evil\n")
+    src.write("a.txt", "plain\n")
+    commit = src.commit("c")
+    src.git("config", "filter.evil.smudge", f"sh -c 'touch {marker}; echo changed'")
+    src.git("config", "filter.evil.required", "true")
+    export(str(src.path), commit, tmp_path / "got", paths=[".gitattributes", "a.txt"])
+    assert (tmp_path / "got/a.txt").read_text() == "plain\n"
+    assert not marker.exists()

@@ -207,9 +207,12 @@ def resolve(url: str, ref: str) -> str:
                      where=url)
 
 
-def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None) -> None:
+def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None,
+           paths: Sequence[str] | None = None) -> None:
     """Write the tree of `commit` to `dest` (which must not exist), without `.git`.
 
+    `paths`: only these files and folders of the tree (a sparse export): git reads the blobs
+    of those alone, so a commit whose other blobs are missing (a partial mirror) exports.
     Submodules are left as empty directories. The tree is assembled next to `dest` and
     renamed into place, so `dest` either is complete or does not exist.
     """
@@ -218,19 +221,83 @@ def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None) 
     if os.path.lexists(dest):
         raise FetchError(f"cannot export {commit}: destination already exists", where=str(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _git() as git, _bare_repo(git, url, cache_dir) as repo:
-        _fetch_commit(git, repo, url, commit)
+    with _git() as git, _repo_with(git, url, commit, cache_dir, sparse=paths is not None) as repo:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".checkout", dir=dest.parent))
         try:
             # `read-tree --reset -u` into an empty index is the one-way merge that `git clone`
             # does for its checkout: same attribute handling, links, modes and gitlinks.
-            git.run(["--work-tree", tmp, "read-tree", "--reset", "-u", commit], git_dir=repo,
-                    where=url, what=f"checking out {commit}", GIT_INDEX_FILE=str(git.home / "index"))
+            if paths is None:
+                git.run(["--work-tree", tmp, "read-tree", "--reset", "-u", commit], git_dir=repo,
+                        where=url, what=f"checking out {commit}", GIT_INDEX_FILE=str(git.home / "index"))
+            else:
+                _check_paths(git, repo, url, commit, paths)
+                # The same checkout restricted to the paths; literal: a `*` in a name is a `*`.
+                git.run(["--literal-pathspecs", "--work-tree", tmp, "checkout", commit, "--", *paths],
+                        git_dir=repo, where=url, what=f"checking out {', '.join(paths)} of {commit}",
+                        GIT_INDEX_FILE=str(git.home / "index"))
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkout's root is 0755
             os.rename(tmp, dest)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _repo_with(git: _Git, url: str, commit: str, cache_dir: Path | None, *, sparse: bool) -> Iterator[Path]:
+    """A bare repository that has `commit`: the URL's cached one, fetched into; for a sparse
+    export from a repository on this machine, an empty one that borrows its objects in place
+    (as `git clone --shared` does). A fetch packs every object of the commit and fails on the
+    first one the source lacks, which a sparse export may not need (a snapshot missing a
+    blob). Only objects are borrowed, never the source's config, hooks or attributes."""
+    objects = _local_objects(url) if sparse else None
+    if objects is None:
+        with _bare_repo(git, url, cache_dir) as repo:
+            _fetch_commit(git, repo, url, commit)
+            yield repo
+        return
+    repo = git.home / "borrowed.git"
+    git.run(["init", "--bare", "-q", repo], where=url, what="git init")
+    (repo / "objects" / "info" / "alternates").write_text(f"{objects}\n")
+    if not _has_commit(git, repo, commit):
+        raise FetchError(f"cannot fetch commit {commit}: the repository does not have it", where=url)
+    yield repo
+
+
+def _local_objects(url: str) -> Path | None:
+    """The object folder of a git repository on this machine named by a path or a file:// URL."""
+    from urllib.parse import unquote, urlsplit
+
+    if url.startswith("file://"):
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            return None
+        path = Path(unquote(parts.path))
+    elif url.startswith("/"):
+        path = Path(url)
+    else:
+        return None
+    try:
+        path = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if "\n" in str(path) or "\r" in str(path):
+        return None  # one line of an alternates file
+    if (path / ".git").is_dir():
+        path = path / ".git"
+    if (path / "HEAD").is_file() and (path / "objects").is_dir():
+        return path / "objects"
+    return None
+
+
+def _check_paths(git: _Git, repo: Path, url: str, commit: str, paths: Sequence[str]) -> None:
+    """Each of `paths` names a file or folder of the commit's tree (checked from its trees
+    alone: the blobs outside the paths may be missing)."""
+    listing = git.run(["--literal-pathspecs", "ls-tree", "-z", "--name-only", "--full-tree", commit, "--", *paths],
+                      git_dir=repo, where=url, what=f"listing {commit}").stdout
+    found = set(listing.split("\0"))
+    for p in paths:
+        if p not in found:
+            raise FetchError(f"no file or folder {p} at {commit}", where=url)
 
 
 def submodules(url: str, commit: str, *, cache_dir: Path | None = None) -> list[Submodule]:

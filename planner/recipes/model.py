@@ -32,6 +32,9 @@ class Source:
     rev: Optional[str] = None  # git: tag, branch or commit to resolve
     submodules: bool = False  # git: fetch submodules as separate inputs
     subdir: Optional[str] = None  # git/url: use only this subdirectory
+    # git: only these files and folders of the commit (a sparse export), where the others are
+    # not wanted or not there (a snapshot missing a blob that no build reads)
+    paths: Optional[list[str]] = None
     name: Optional[str] = None  # pypi project name; apt package name
     version: Optional[str] = None  # pypi exact version; apt version (None = candidate)
     dist: Literal["sdist", "wheel"] = "sdist"  # pypi

@@ -152,6 +152,8 @@ def _validate_source(name: str, s: Source, err, root: Path) -> None:
         _check_git_url(root, s.url, err, f"input {name!r}")
     if s.subdir is not None:
         _check_subdir(s.subdir, err, f"input {name!r}")
+    if s.paths is not None:
+        _check_paths(s, err, f"input {name!r}")
 
 
 _DEB_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
@@ -208,6 +210,25 @@ def _check_git_url(root: Path, url: str, err, what: str) -> None:
     if "\0" in local or not real.is_relative_to(root.resolve()):
         raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project "
                          f"(serve it through a mirror, or over git:// or https)")
+
+
+def _check_paths(s, err, what: str) -> None:
+    """`paths` picks files and folders of a git tree, each once, each inside it."""
+    if s.kind != "git":
+        raise err("paths", f"{what}: paths is for git inputs")
+    if s.subdir is not None:
+        raise err("paths", f"{what}: give subdir or paths, not both")
+    if not s.paths:
+        raise err("paths", f"{what}: paths must list at least one file or folder")
+    for p in s.paths:
+        parts = p.split("/")
+        if ("\0" in p or "\\" in p
+                or any(part in ("", ".", "..") for part in parts) or parts[0] == ".git"):
+            raise err("paths", f"{what}: path {p!r} must be a file or folder inside the tree, written "
+                               "a/b (no leading, trailing or double '/', no '.' or '..', not .git)")
+    if len(set(s.paths)) != len(s.paths) or any(
+            q.startswith(p + "/") for p in s.paths for q in s.paths):
+        raise err("paths", f"{what}: paths must not repeat a file or folder or name one inside another")
 
 
 def _check_subdir(subdir: str, err, what: str) -> None:

@@ -197,7 +197,8 @@ class Resolver:
             _, commit = self._first_that_works(cands, lambda u: git.resolve(u, str(src.rev)), decl.id)
         dest = tmp / "checkout"
         used, _ = self._first_that_works(
-            cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache"), decl.id)
+            cands, lambda u: git.export(u, commit, dest, cache_dir=self.store.root / "git-cache", paths=src.paths),
+            decl.id)
         if src.submodules and self.rs is not None:
             self._check_submodules(decl, used, commit)
         if src.subdir:

@@ -61,6 +61,17 @@ def test_sources_outside_the_project_are_refused(tmp_path: Path, figure: dict) -
         "subdir-inner-dotdot": ("subdir", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\nsubdir = "a/../../b"\n'),
         "subdir-url-archive-dotdot": ("subdir", '[source]\nkind = "url"\nurl = "http://127.0.0.1:1/x.tar.gz"\n'
                                                 'subdir = "../folder"\n'),
+        "paths-absolute": ("paths", f'[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = ["{h}/folder"]\n'),
+        "paths-dotdot": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = ["a", "a/../../b"]\n'),
+        "paths-dot": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = ["./a"]\n'),
+        "paths-git-dir": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = [".git/config"]\n'),
+        "paths-empty": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = []\n'),
+        "paths-repeated": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = ["a", "a"]\n'),
+        "paths-nested": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\npaths = ["a", "a/README"]\n'),
+        "paths-and-subdir": ("paths", '[source]\nkind = "git"\nurl = "repo"\nrev = "HEAD"\nsubdir = "a"\n'
+                                      'paths = ["a"]\n'),
+        "paths-on-a-url-input": ("paths", '[source]\nkind = "url"\nurl = "http://127.0.0.1:1/x.tar.gz"\n'
+                                          'paths = ["a"]\n'),
     }
     lines = []
     for name, (key, body) in cases.items():
@@ -76,18 +87,20 @@ def test_sources_outside_the_project_are_refused(tmp_path: Path, figure: dict) -
         assert not _store_holds(proj.store, b"root:secret"), name
         lines.append(line)
     # Allowed: a repository inside the project, by relative path and as file://.
-    for name, url in (("git-inside-relative", "repo"), ("git-inside-file-url", None)):
+    for name, url, pick in (("git-inside-relative", "repo", 'subdir = "a"'), ("git-inside-file-url", None, 'subdir = "a"'),
+                            ("git-inside-paths", "repo", 'paths = ["a"]')):
         proj = Project.empty(tmp_path / name, target="x")
         repo = GitRepo.init(proj.root / "repo")
         repo.write("a/README", "in\n")
         repo.commit("c")
+        script = "cp README $out/" if pick.startswith("subdir") else "cp a/README $out/"
         proj.write_raw("x", f'name = "x"\nversion = "1"\n[source]\nkind = "git"\nurl = "{url or repo.url}"\n'
-                            'rev = "HEAD"\nsubdir = "a"\n[build]\nbuilder = "shell"\nscript = "cp README $out/"\n')
+                            f'rev = "HEAD"\n{pick}\n[build]\nbuilder = "shell"\nscript = "{script}"\n')
         assert proj.cli("lock").returncode == 0
         assert proj.cli("realise").returncode == 0
-    figure.update(trials=len(cases) + 2, faults=", ".join(cases),
+    figure.update(trials=len(cases) + 3, faults=", ".join(cases),
                   outcomes=f"{len(lines)}/{len(cases)} refused at load time in one line naming the file and key; "
-                           f"host folder moved 0 times, host file stored 0 times; 2/2 repositories inside the "
+                           f"host folder moved 0 times, host file stored 0 times; 3/3 repositories inside the "
                            f"project still lock and build")
 
 
