@@ -131,6 +131,8 @@ def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
     shutil.copy(REPO / "lockfiles/slime.lock", proj / "lockfiles/slime.lock")
     rs = load_set(REPO, "slime")
     gits = {(s.url, s.rev, s.subdir) for r in rs.recipes.values() for s in r.all_sources().values() if s.kind == "git"}
+    paths = {s.url: s.paths for r in rs.recipes.values() for s in r.all_sources().values() if s.paths}
+    assert list(paths) == ["https://github.com/ISEEKYAN/mbridge.git"]
     standin: dict[str, str] = {}  # original rev -> stand-in commit
 
     def repo_for(url: str) -> GitRepo:
@@ -150,6 +152,9 @@ def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
         for _u, _r, sd in gits:
             if _u == url and sd:
                 repo.write(f"{sd}/setup.py", "from setuptools import setup\nsetup()\n")
+        for path in paths.get(url, ()):  # a sparse input's files and folders (mbridge)
+            repo.write(f"{path}/__init__.py" if "." not in path else path, "# stand-in\n")
+        repo.write("not-fetched/big.pdf", "a file outside the paths\n")
         if url.endswith("/apex.git"):
             for path, sub in apex_subs.items():
                 repo.add_submodule(path, sub.url, standin[sub.rev])

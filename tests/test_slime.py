@@ -53,6 +53,9 @@ EXPECTED_NODES = {
     "megatron-lm": 2,  # pybind11 helper compiled in the rootfs
     "flash-linear-attention": 1,
     "nvidia-modelopt": 1,
+    # pure Python, from the five paths of its commit the wheel is made of (the snapshot here
+    # lacks a PDF outside them)
+    "mbridge": 1,
     "tilelang": 2,
     "torch-memory-saver": 2,
     # set.toml's profile picks the PyPI closure resolved for the chosen base: with pins-base,
@@ -74,7 +77,7 @@ EXPECTED_NODES = {
     "buildroot": 1,  # set.toml's build-root: once per build platform (this machine's)
 }
 # What profile "pins" leaves out (set.toml says why, line by line) and "registry" keeps.
-LEFT_OUT = {"apt-tools": 2, "transformer-engine": 2, "mbridge": 1, "megatron-bridge": 1, "nvidia-cudnn-cu12": 2,
+LEFT_OUT = {"apt-tools": 2, "transformer-engine": 2, "megatron-bridge": 1, "nvidia-cudnn-cu12": 2,
             "numpy": 2, "slime-requirements": 1, "slime-requirements-native": 2}
 TOTAL_NODES = sum(EXPECTED_NODES.values())
 CUDA_RECIPES = ("apex", "int4-qat")
@@ -180,7 +183,7 @@ def test_every_recipe_says_what_it_fixes(rs):
 def test_node_counts_per_recipe(the_plan):
     counts = Counter(n.recipe for n in the_plan.nodes.values())
     assert dict(counts) == EXPECTED_NODES
-    assert len(the_plan.nodes) == TOTAL_NODES == 45
+    assert len(the_plan.nodes) == TOTAL_NODES == 46
     assert the_plan.targets == ("image",)
 
 
@@ -591,7 +594,7 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     # are not resolved)
     assert nodes["image"]["blocked_by"] == "sglang-requirements-native-cp311 is built only for linux/amd64"
     # What profile "pins" leaves out is not planned, and with it every input that is unlocked
-    # here (GitHub-only mbridge and Megatron-Bridge, Ubuntu's apt-tools, the registry base).
+    # here (the GitHub-only Megatron-Bridge fork, Ubuntu's apt-tools, the registry base).
     assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
     # The CPython 3.11 closure stands for slime-requirements(-native) there: amd64 only so far.
     assert nodes["slime-requirements-cp311"]["action"] == "build" and nodes["slime-requirements-cp311"]["unlocked"] == []
@@ -604,17 +607,17 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
     assert unlocked_ids and {i.split("/")[0] for i in unlocked_ids} <= {*LEFT_OUT, "sglang-base"}
     assert not {u for n in nodes.values() for u in n["unlocked"]}
-    # The same set with --target mbridge: its node is blocked by the unlocked source.
-    proc = _planner_offline("plan", "slime", "--target", "mbridge", "--json", store=tmp_path / "store")
+    # The same set with --target megatron-bridge: its node is blocked by the unlocked source.
+    proc = _planner_offline("plan", "slime", "--target", "megatron-bridge", "--json", store=tmp_path / "store")
     assert proc.returncode == 0, proc.stderr
-    mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["mbridge"]
-    assert mb["action"] == "blocked" and mb["unlocked"] == ["mbridge/source"]
+    mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["megatron-bridge"]
+    assert mb["action"] == "blocked" and mb["unlocked"] == ["megatron-bridge/source"]
     text = _planner_offline("plan", "slime", store=tmp_path / "store")
     assert text.returncode == 0 and "blocked by sglang-requirements-native-cp311 is built only for linux/amd64" in text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):
-    proc = _planner_offline("realise", "slime", "--target", "mbridge", "--dry-run", store=tmp_path / "store")
+    proc = _planner_offline("realise", "slime", "--target", "megatron-bridge", "--dry-run", store=tmp_path / "store")
     assert proc.returncode != 0
     m = re.search(r"stops before (\S+): input (\S+) is unlocked \((.+)\); run `planner lock slime --update (\S+)`",
                   proc.stderr)
