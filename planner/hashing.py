@@ -245,17 +245,19 @@ def _encoder():
 _B32 = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32 alphabet (no e, o, u, t)
 
 
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _B32.encode())
-
 
 def base32(raw: bytes) -> str:
     """Nix-style base32 of a digest (lowercase, unambiguous alphabet)."""
     if len(raw) % 5 == 0:
-        # Whole 5-byte groups: the digits are RFC 4648's 5-bit groups (no padding), in another
-        # alphabet; the C encoder is ~10x the loop below, and keys are 20 bytes.
-        import base64
-
-        return base64.b32encode(raw).translate(_FROM_RFC4648).decode()
+        # Whole 5-byte groups: the digits are RFC 4648's 5-bit groups (no padding, most
+        # significant first), in another alphabet; two digits at a time from a table of 1,024
+        # (base64.b32encode is a Python loop over 5-byte groups: twice this for a key).
+        global _PAIRS
+        if _PAIRS is None:
+            _PAIRS = [a + b for a in _B32 for b in _B32]
+        n = int.from_bytes(raw, "big")
+        pairs = _PAIRS
+        return "".join([pairs[(n >> s) & 1023] for s in range(len(raw) * 8 - 10, -1, -10)])
     n = int.from_bytes(raw, "big")
     out = []
     for _ in range((len(raw) * 8 + 4) // 5):
@@ -264,11 +266,43 @@ def base32(raw: bytes) -> str:
     return "".join(reversed(out))
 
 
+_PAIRS = None
+
+
 def key_of(preimage: Any) -> str:
     """Input key of a derivation: blake3 of its canonical JSON preimage, 32 base32 characters."""
     # Preimages are built from validated recipes (settings are checked for floats when a recipe
     # is loaded), so the float walk is skipped here: it was a fifth of planning time.
-    return base32(blake3.blake3(canonical_json(preimage, check=False)).digest(length=20))
+    return key_from_json(canonical_json(preimage, check=False))
+
+
+def key_from_json(canonical: bytes) -> str:
+    """`key_of` of the value whose canonical JSON is `canonical`."""
+    return base32(blake3.blake3(canonical).digest(length=20))
+
+
+def encode_value(value: Any) -> str:
+    """One JSON value as `canonical_json` writes it (as text; no float check): what a caller
+    that joins a canonical document from its parts (`Preimage.canonical`) encodes each part
+    with. A plain string goes straight to the encoder's own string encoder."""
+    global _ENCODE, _STRING
+    kind = type(value)
+    if kind is str:
+        if _STRING is None:
+            from json.encoder import encode_basestring
+
+            _STRING = encode_basestring
+        return _STRING(value)
+    if kind is int:
+        return int.__repr__(value)  # what the encoder writes for an int
+    if kind is dict and not value:
+        return "{}"
+    if _ENCODE is None:
+        _ENCODE = _encoder()
+    return _ENCODE(value)
+
+
+_STRING = None
 
 
 def path_of(p: str | os.PathLike[str]) -> Path:
