@@ -144,6 +144,10 @@ class InputDecl:
 
 def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
     """Every input the set declares, by id, in sorted order."""
+    memos = getattr(rs, "memo", None)  # (the re-planner's lazy set has none)
+    memo = memos.get("declarations") if memos is not None else None
+    if memo is not None:
+        return dict(memo)
     out: dict[str, InputDecl] = {}
     for r in rs.recipes.values():
         for name, src in r.all_sources().items():
@@ -160,7 +164,11 @@ def declarations(rs: RecipeSet) -> dict[str, InputDecl]:
             if d.id in out:
                 raise LockError(f"two patches named {p.label!r}; give one a `name`", where=r.file)
             out[d.id] = d
-    return dict(sorted(out.items()))
+    out = dict(sorted(out.items()))
+    if memos is not None:
+        memos["declarations"] = out
+        return dict(out)
+    return out
 
 
 def recipes_digest(rs: RecipeSet) -> str:

@@ -119,15 +119,23 @@ def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple
 RACY_NS = 20_000_000
 
 
-def signatures(files, started_ns: int | None) -> dict | None:
+def signatures(files, started_ns: int | None, known: dict | None = None) -> dict | None:
     """Each file's `stat_sig`, or None when any of them changed (its ctime) since shortly
     before `started_ns` (time.time_ns() before the first of them was read): a cache written
     from it could hold the old content under the new signature. The one rule for every cache of
-    planning's inputs (the no-op cache here, the plan table of `planner plan`)."""
+    planning's inputs (the no-op cache here, the plan table of `planner plan`).
+
+    `known`: signatures taken before the file was read (`RecipeSet.signatures`), used as they
+    are: a file changed after it was read then no longer matches them, a miss next time."""
     out = {}
     limit = None if started_ns is None else started_ns - RACY_NS
+    known = known or {}
     for f in files:
-        sig = out[os.fspath(f)] = stat_sig(f)
+        f = os.fspath(f)
+        sig = known.get(f)
+        if sig is None:
+            sig = stat_sig(f)
+        out[f] = sig
         if limit is not None and sig[1] >= limit:
             return None
     return out

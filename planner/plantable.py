@@ -96,6 +96,7 @@ def finish(set_name: str, rows: list[tuple], targets, roots, warning_lines, prob
         by_name.setdefault(row[1], []).append(row)
     blocked: dict[str, tuple[str, str]] = {}
     nodes = {}
+    labels: dict[tuple, str] = {}  # a plan has a few variants and many nodes
     for (nid, name, (platform, cuda, host), key, builder, estimate, deps, req, impure, unlocked, unavailable,
          _walk) in rows:
         found = []
@@ -116,7 +117,10 @@ def finish(set_name: str, rows: list[tuple], targets, roots, warning_lines, prob
             if b is not None:
                 blocked[nid] = b
         by, via = b if b is not None else (None, None)
-        nodes[nid] = TableNode(nid, name, Variant(platform, cuda, host).label(), platform, key, builder, estimate,
+        label = labels.get((platform, cuda, host))
+        if label is None:
+            label = labels[platform, cuda, host] = Variant(platform, cuda, host).label()
+        nodes[nid] = TableNode(nid, name, label, platform, key, builder, estimate,
                                dict(deps), sorted(set(found)), impure, list(unlocked), by, via)
     return PlanTable(set_name, nodes, tuple(targets), tuple(roots), tuple(warning_lines), rows, list(problems))
 
@@ -205,7 +209,7 @@ def save(table: PlanTable, planned, started_ns: int, target: Optional[str], sand
     from .plancache import signatures, watched_files
 
     rs = planned.rs
-    files = signatures(watched_files(rs, rs.lockfile), started_ns)
+    files = signatures(watched_files(rs, rs.lockfile), started_ns, rs.signatures)
     if files is None:
         return
     write(os.fspath(rs.root), rs.name, target, sandboxed, files, table, state_of(planned, table))
@@ -252,7 +256,8 @@ def recipe_flags(r) -> tuple[bool, bool]:
     """(has local files: patches or path sources; is an image covering every variant)."""
     from .builders.registry import builder
 
-    local = bool(r.patches) or any(s.kind == "path" for s in r.all_sources().values())
+    local = (bool(r.patches) or (r.source is not None and r.source.kind == "path")
+             or any(s.kind == "path" for s in r.inputs.values()))
     return local, builder(r.build.builder).covers_variants
 
 

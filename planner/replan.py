@@ -213,8 +213,12 @@ def _replan(root: Path, set_name: str, target: Optional[str], sandboxed: bool, d
             o = old[n]
             recipes[n] = (o[0], sorted(a) if a is not None else o[1], o[2], o[3], o[4])
     gone = {os.path.join(folder_s, f"{n}.toml") for n in removed}
+    # A file that still had its recorded signature when the change was looked for (after
+    # `started_ns`) keeps it: only the changed and added ones are asked again.
+    changed_set = set(changed)
+    unchanged = {f: sig for f, sig in data["files"].items() if f not in changed_set}
     files = signatures([f for f in data["files"] if f not in gone]
-                       + [os.path.join(folder_s, f"{n}.toml") for n in sorted(added)], started_ns)
+                       + [os.path.join(folder_s, f"{n}.toml") for n in sorted(added)], started_ns, unchanged)
     if files is not None:
         plantable.write(root_s, set_name, target, sandboxed, files, table,
                         {"version": plantable.STATE_VERSION, "plain": True, "rows": rows, "recipes": recipes})

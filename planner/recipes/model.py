@@ -248,6 +248,13 @@ class RecipeSet:
     root: Path  # project root (holds recipes/, lockfiles/, patches/)
     config: SetConfig
     recipes: dict[str, Recipe]
+    # The stat signatures (plancache.stat_sig) of the recipe files as loading took them, before
+    # reading each: what a cache of the plan records for them, without a second stat per file.
+    signatures: dict[str, tuple] = attrs.field(factory=dict, eq=False, repr=False)
+    # What is derived from the set once and asked for more than once per plan (the input
+    # declarations: the planner, the lock check and the plan cache each ask); a set evolved
+    # from this one starts empty.
+    memo: dict = attrs.field(factory=dict, eq=False, repr=False, init=False)
 
     @property
     def folder(self) -> Path:

@@ -279,9 +279,19 @@ def _check_references(rs: RecipeSet) -> None:
         if b.build.builder != "debian-rootfs" or b.axes != ["host"]:
             raise RecipeError(f"build-root {br!r} must be a debian-rootfs recipe with axes = [\"host\"] "
                               "(one root filesystem per build platform)", where=f"recipes/{rs.name}/set.toml: build-root")
-    for r in rs.recipes.values():
-        check_recipe_references(rs, r, rs.recipes)
-    cycle = find_cycle({n: r.build_inputs() + r.requires for n, r in rs.recipes.items()})
+    names = rs.recipes
+    for r in names.values():
+        # Most recipes name other recipes only (no inputs, no image): those names looked up
+        # here; any other recipe, or a name not found, goes to the check that says what is wrong.
+        if r.inputs or r.source is not None or r.image is not None or (r.build.rootfs and r.build.rootfs not in names):
+            check_recipe_references(rs, r, names)
+            continue
+        for field in (r.deps, r.toolchains, r.requires):
+            for dep in field:
+                if dep not in names:
+                    check_recipe_references(rs, r, names)
+    edges = {n: r.build_inputs() + r.requires for n, r in rs.recipes.items()}
+    cycle = None if _acyclic(edges) else find_cycle(edges)
     if cycle:
         first = rs.recipes[cycle[0]]
         text = (rs.root / first.file).read_text()
@@ -321,6 +331,28 @@ def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
             if dep not in names:
                 raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
                                   where=where("layers"))
+
+
+def _acyclic(edges: dict[str, list[str]]) -> bool:
+    """Whether `edges` (name -> names; names without an entry are leaves) has no cycle: Kahn's
+    count of what points at each name, half the cost of `find_cycle`'s walk, which is asked
+    only when there is a cycle to name."""
+    count = dict.fromkeys(edges, 0)
+    for children in edges.values():
+        for c in children:
+            if c in count:
+                count[c] += 1
+    ready = [n for n, k in count.items() if k == 0]
+    done = 0
+    while ready:
+        done += 1
+        for c in edges[ready.pop()]:
+            k = count.get(c)
+            if k is not None:
+                count[c] = k - 1
+                if k == 1:
+                    ready.append(c)
+    return done == len(edges)
 
 
 def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:

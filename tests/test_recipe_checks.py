@@ -1,0 +1,58 @@
+"""The checks across a set's recipes (`recipes.validate._check_references`): references and
+cycles. Their fast paths (names looked up directly, Kahn's count before the walk that names a
+cycle) give the same answers and the same messages as the checks they stand in front of."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from planner.errors import RecipeError
+from planner.recipes import load_set
+from planner.recipes.validate import _acyclic, find_cycle
+
+
+def test_the_quick_acyclic_check_agrees_with_find_cycle() -> None:
+    rng = random.Random(11)
+    for _ in range(20000):
+        names = [f"r{j}" for j in range(rng.randint(1, 9))]
+        edges = {n: [rng.choice(names + ["elsewhere"]) for _ in range(rng.randint(0, 3))] for n in names}
+        assert _acyclic(edges) == (find_cycle(edges) is None), edges
+
+
+def _set(tmp_path: Path, recipes: dict[str, str]) -> Path:
+    folder = tmp_path / "recipes" / "t"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "a"\nsource-date-epoch = 1\nplatforms = ["linux/amd64"]\n'
+                                     'build-root = "host"\n')
+    for name, extra in recipes.items():
+        (folder / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n{extra}\n'
+                                             '[build]\nbuilder = "shell"\nscript = "true"\n')
+    return tmp_path
+
+
+@pytest.mark.parametrize("recipes, message", [
+    ({"a": 'deps = ["b"]', "b": 'requires = ["c"]', "c": 'toolchains = ["a"]'},
+     "recipes/t/a.toml:3: deps: dependency cycle: a -> b -> c -> a"),
+    ({"a": 'deps = ["a"]'}, "recipes/t/a.toml:3: deps: dependency cycle: a -> a"),
+    ({"a": 'deps = ["b"]', "b": 'requires = ["nope"]'},
+     "recipes/t/b.toml:3: requires: requires names 'nope', which is not a recipe of set 't'"),
+    ({"a": 'toolchains = ["b", "gone"]', "b": ""},
+     "recipes/t/a.toml:3: toolchains: toolchains names 'gone', which is not a recipe of set 't'"),
+])
+def test_a_bad_reference_or_a_cycle_is_one_line_naming_the_file(tmp_path: Path, monkeypatch, recipes: dict,
+                                                                  message: str) -> None:
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, recipes)
+    for _ in range(2):  # parsed, then from the parse cache: the same check
+        with pytest.raises(RecipeError) as exc:
+            load_set(root, "t")
+        assert exc.value.line() == message
+
+
+def test_a_set_without_cycles_loads(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": 'deps = ["b", "c"]\nrequires = ["c"]', "b": 'deps = ["c"]', "c": ""})
+    assert sorted(load_set(root, "t").recipes) == ["a", "b", "c"]
