@@ -23,7 +23,7 @@ import attrs
 
 from .dag import Dag
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 
 
 @attrs.frozen(slots=True)
@@ -152,7 +152,10 @@ def _rows(t: PlanTable) -> dict:
                        n.impure, n.unlocked, n.blocked_by, n.blocked_via) for n in t.nodes.values()]}
 
 
-def _table(rows: dict) -> PlanTable:
+def _table(blob: bytes) -> PlanTable:
+    """The table from its record as written (`write`: marshalled apart, so that a re-plan,
+    which does not need the old rows, does not read them)."""
+    rows = marshal.loads(blob)
     nodes = {r[0]: TableNode(*r) for r in rows["nodes"]}
     return PlanTable(rows["set"], nodes, tuple(rows["targets"]), tuple(rows["roots"]), tuple(rows["warnings"]))
 
@@ -221,14 +224,17 @@ def write(root_s: str, set_name: str, target: Optional[str], sandboxed: bool, fi
     edit), paired by a stamp: a state is used only with the table written with it."""
     path = _path(root_s, set_name, target, sandboxed)
     stamp = f"{time.time_ns()}.{os.getpid()}"
-    data = {"identity": _identity(root_s, set_name, target, sandboxed), "files": files, "table": _rows(table),
-            "stamp": stamp}
+    data = {"identity": _identity(root_s, set_name, target, sandboxed), "files": files,
+            "table": marshal.dumps(_rows(table), 2), "stamp": stamp}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         for name, value in ((path + ".state", dict(state, stamp=stamp)), (path, data)):
             tmp = f"{name}.{os.getpid()}.tmp"
             with open(tmp, "wb") as f:
-                f.write(marshal.dumps(value))
+                # Version 2: no back-references. Version 4's table of every shared object cost
+                # three times the writing of a freshly made table of 10,000 nodes; reading is
+                # no slower, the file a third larger.
+                f.write(marshal.dumps(value, 2))
             os.replace(tmp, name)
     except OSError:
         pass  # an unwritable cache only costs the next plan its time

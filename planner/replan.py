@@ -55,7 +55,7 @@ def table_for(root: Path, set_name: str, target: Optional[str], sandboxed: bool)
         except (OSError, ValueError, TypeError, KeyError, IndexError):
             data = None
     if data is not None:
-        del data["table"]  # the old view's rows: not needed to re-plan (100k of them)
+        del data["table"]  # the old view's rows (never unmarshalled): not needed to re-plan
         table = replan(Path(root_s), set_name, target, sandboxed, data, changed, started)
         if table is not None:
             return table

@@ -173,3 +173,45 @@ def test_the_parse_cache_gives_back_what_parsing_gave(tmp_path: Path, monkeypatc
     cache.save()
     again = _ParseCache(tmp_path.resolve(), "t")
     assert again.entries == cache.entries
+
+
+def test_a_plain_set_toml_is_what_cattrs_makes_and_anything_else_goes_to_cattrs(tmp_path: Path) -> None:
+    """set.toml of the plain shape is structured by hand (`parse.plain_config`): equal to what
+    cattrs makes; a wrong type or any other key declines, and loading gives cattrs' answer."""
+    from planner.recipes.model import SetConfig
+    from planner.recipes.parse import plain_config
+    from planner.recipes.sets import load_config
+
+    rng = random.Random(5)
+    damage = [("target", 1), ("target", ["a"]), ("source-date-epoch", "1"), ("source-date-epoch", True),
+              ("source-date-epoch", 1.5), ("platforms", "linux/amd64"), ("platforms", [1]), ("build-root", 1),
+              ("resolve-as-of", 3), ("cuda", {"v": ["sm_90"]}), ("aliases", {"a": "b"}), ("profile", "p"),
+              ("source_date_epoch", 1), ("bogus", "x")]
+    for i in range(300):
+        data: dict = {"target": rng.choice(["a", "top", "ü"]), "source-date-epoch": rng.choice([0, 1, 2**40])}
+        if rng.random() < 0.5:
+            data["platforms"] = rng.sample(["linux/amd64", "linux/arm64"], rng.randint(0, 2))
+        if rng.random() < 0.5:
+            data["build-root"] = rng.choice(["host", "base"])
+        if rng.random() < 0.3:
+            data["resolve-as-of"] = "2024-01-01T00:00:00Z"
+        want = _converter().structure(_kebab_to_snake(data), SetConfig)
+        assert plain_config(data) == want
+        key, value = rng.choice(damage)
+        bad = dict(data, **{key: value})
+        assert plain_config(bad) is None, (key, value)
+        for missing in ("target", "source-date-epoch"):
+            assert plain_config({k: v for k, v in data.items() if k != missing}) is None
+        folder = tmp_path / f"p{i}" / "recipes" / "t"
+        folder.mkdir(parents=True)
+        (folder / "set.toml").write_text(tomli_w.dumps(bad))
+        try:
+            got = load_config(tmp_path / f"p{i}", "t")[0]
+        except RecipeError as exc:
+            got = exc.line()
+        try:
+            expected = _converter().structure(_kebab_to_snake(bad), SetConfig)
+        except Exception:
+            assert isinstance(got, str) and got.startswith("recipes/t/set.toml"), got  # cattrs' error, one line
+        else:
+            assert got == expected

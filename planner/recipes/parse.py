@@ -169,6 +169,34 @@ def plain_recipe(data: dict, where: str):
     return Recipe(name=name, version=version, build=Build(builder=builder, **b), file=where, **kw)
 
 
+_PLAIN_CONFIG_STR = (("target", "target"), ("resolve-as-of", "resolve_as_of"), ("build-root", "build_root"))
+
+
+def plain_config(data: dict):
+    """The SetConfig cattrs would make of set.toml's table when it has the plain shape (a
+    target, the epoch, platforms, resolve-as-of, build-root; no CUDA variants, aliases or
+    profiles), else None. A cold plan need not import cattrs (tens of milliseconds) for it."""
+    from .model import SetConfig
+
+    if not {"target", "source-date-epoch", "platforms", "resolve-as-of", "build-root"}.issuperset(data):
+        return None
+    kw: dict = {}
+    for key, field in _PLAIN_CONFIG_STR:
+        if key in data:
+            if type(data[key]) is not str:
+                return None
+            kw[field] = data[key]
+    epoch = data.get("source-date-epoch")
+    if "target" not in kw or type(epoch) is not int:
+        return None
+    if "platforms" in data:
+        value = data["platforms"]
+        if type(value) is not list or any(type(v) is not str for v in value):
+            return None
+        kw["platforms"] = list(value)
+    return SetConfig(source_date_epoch=epoch, **kw)
+
+
 def _fields_at(cls: type, keypath: str) -> list[str]:
     """The keys an attrs class accepts at a cattrs key path (`build`, `patches[0]`)."""
     import typing

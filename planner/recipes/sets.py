@@ -14,7 +14,7 @@ import attrs
 from ..errors import RecipeError
 from ..gcpause import gc_paused
 from .model import PLATFORMS, Recipe, RecipeSet, SetConfig
-from .parse import _kebab_to_snake, _read_toml, _relative, _structure, _where, plain_recipe
+from .parse import _kebab_to_snake, _read_toml, _relative, _structure, _where, plain_config, plain_recipe
 from .validate import _check_cuda, _check_references, _validate_recipe
 
 
@@ -52,7 +52,9 @@ def load_config(root: Path, name: str, *, profile: Optional[str] = None) -> tupl
     if not cfg_path.is_file():
         raise RecipeError("missing set.toml (target, source-date-epoch, variants)", where=str(cfg_path.relative_to(root)))
     data, text = _read_toml(cfg_path, root)
-    config = _structure(SetConfig, _kebab_to_snake(data), cfg_path, root, text)
+    config = plain_config(data) if type(data) is dict else None
+    if config is None:
+        config = _structure(SetConfig, _kebab_to_snake(data), cfg_path, root, text)
     if profile is not None:
         config = attrs.evolve(config, profile=profile)
     for p in config.platforms:

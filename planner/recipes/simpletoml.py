@@ -64,12 +64,21 @@ def loads(text: str) -> Optional[dict]:
 def _loads(text: str) -> dict:
     root: dict = {}
     table = root
-    lines = text.split("\n")
-    if lines[-1].endswith("\r"):
-        raise _Decline  # a carriage return not followed by a line feed
+    if "\r" in text:
+        lines = text.split("\n")
+        if lines[-1].endswith("\r"):
+            raise _Decline  # a carriage return not followed by a line feed
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    else:
+        lines = text.split("\n")
     for line in lines:
-        if line.endswith("\r"):
-            line = line[:-1]
+        if not line:
+            continue
+        if line[0] == "[":  # a header: no key starts with a bracket
+            m = _HEADER.match(line)
+            if m is not None:
+                table = _header(root, line, m)
+                continue
         m = _LINE.fullmatch(line)
         if m is not None:
             key, basic, literal, integer, boolean = m.groups()
@@ -81,8 +90,6 @@ def _loads(text: str) -> dict:
                 table[key] = literal
             else:
                 table[key] = _scalar(line, m.start(4) if integer is not None else m.start(5))[0]
-            continue
-        if not line:
             continue
         m = _STRINGS.fullmatch(line)
         if m is not None:
@@ -102,26 +109,32 @@ def _loads(text: str) -> dict:
             continue
         m = _HEADER.match(line)
         if m is not None:
-            if _TAIL.fullmatch(line, m.end()) is None:
-                raise _Decline
-            parts = [p.strip(" \t") for p in m.group(1).split(".")]
-            if len(parts) > MAX_HEADER:
-                raise _Decline
-            table = root
-            for p in parts[:-1]:
-                sub = table.get(p)
-                if sub is None:
-                    sub = table[p] = {}
-                elif type(sub) is not dict:
-                    raise _Decline
-                table = sub
-            if parts[-1] in table:
-                raise _Decline
-            table[parts[-1]] = table = {}
+            table = _header(root, line, m)
             continue
         if _TAIL.fullmatch(line) is None:
             raise _Decline
     return root
+
+
+def _header(root: dict, line: str, m: re.Match) -> dict:
+    """The table a `[a.b]` header line opens (made here; declined if it exists)."""
+    if _TAIL.fullmatch(line, m.end()) is None:
+        raise _Decline
+    parts = [p.strip(" \t") for p in m.group(1).split(".")]
+    if len(parts) > MAX_HEADER:
+        raise _Decline
+    table = root
+    for p in parts[:-1]:
+        sub = table.get(p)
+        if sub is None:
+            sub = table[p] = {}
+        elif type(sub) is not dict:
+            raise _Decline
+        table = sub
+    if parts[-1] in table:
+        raise _Decline
+    table[parts[-1]] = table = {}
+    return table
 
 
 def _value(line: str, pos: int) -> tuple[object, int]:
