@@ -81,7 +81,8 @@ def light_row(node, walk: list[str]) -> tuple:
     v = node.variant
     return (node.id, node.name, (v.platform, v.cuda, v.host), node.key, node.builder, node.estimate,
             dict(node.deps), list(node.requires), node.impure,
-            sorted({ref.decl for ref in node.inputs.values() if not ref.locked}), node.unavailable, list(walk))
+            sorted({ref.decl for ref in node.inputs.values() if not ref.locked}) if node.inputs else [],
+            node.unavailable, list(walk))
 
 
 def finish(set_name: str, rows: list[tuple], targets, roots, warning_lines, problems=()) -> PlanTable:
@@ -272,6 +273,7 @@ def state_of(planned, table: PlanTable) -> dict:
     `rows`), and per recipe (a tuple): its edges (build inputs, then run-time requires), its
     effective axes (None where the walk did not reach it), its flags, its own lock problems
     and its input declarations' ids."""
+    from .builders.registry import BUILDERS
     from .lock import declarations
 
     rs = planned.rs
@@ -287,9 +289,12 @@ def state_of(planned, table: PlanTable) -> dict:
             problems[d.recipe].append((pr.id, pr.message))
     axes = planned.plan.axes
     recipes = {}
+    plain_flags = {kind: (False, b.covers_variants) for kind, b in BUILDERS.items()}
     for n, r in rs.recipes.items():
         a = axes.get(n)
-        recipes[n] = (r.build_inputs() + list(r.requires), sorted(a) if a is not None else None, recipe_flags(r),
+        # (most recipes have no patch and no input: their flags are their builder's)
+        flags = recipe_flags(r) if r.patches or r.inputs or r.source is not None else plain_flags[r.build.builder]
+        recipes[n] = (r.build_inputs() + r.requires, sorted(a) if a is not None else None, flags,
                       problems[n], ids[n])
     return {"version": STATE_VERSION, "plain": not (cfg.aliases or cfg.profiles or cfg.profile is not None),
             "rows": table.rows, "recipes": recipes}
