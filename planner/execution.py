@@ -4,6 +4,7 @@ for --check, or built on the executor, from the scheduler's threads; per-node ou
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from .errors import BuildError, InputError, PlannerError
@@ -168,7 +169,9 @@ class Execution:
                                                         f"corrupted in the store)"]))
             return stored, self._result(nid, "checked", "not compared", stored, build_key)
         on_disk = tree_digest(stored.path)
+        started = time.monotonic()
         digest, out, bdir = rebuild_for_check(req, self.store, self.running)
+        seconds = time.monotonic() - started
         try:
             ok = digest == stored.digest == on_disk
             diff = [] if ok else differing_files(stored.path, out)
@@ -181,7 +184,7 @@ class Execution:
         finally:
             remove_tree(bdir)
         self.checks.append(CheckResult(nid, ok, diff))
-        return stored, self._result(nid, "checked", "rebuilt and compared", stored, build_key)
+        return stored, self._result(nid, "checked", "rebuilt and compared", stored, build_key, seconds)
 
     def result_of(self, nid: str, outcome) -> NodeResult:
         settled = self.d.settled(nid)

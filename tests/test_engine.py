@@ -515,6 +515,8 @@ def test_realise_check_rebuilds_and_compares(diamond: Project) -> None:
     checks = res.json()["checks"]
     assert sorted(c["node"] for c in checks) == ["a", "b", "c", "d"]
     assert all(c["ok"] for c in checks)
+    # Each node's time is the rebuild's, as for a build (a sandboxed build takes some).
+    assert all(n["action"] == "checked" and n["seconds"] > 0 for n in res.json()["nodes"])
 
 
 def test_plan_json_and_dot(diamond: Project) -> None:
