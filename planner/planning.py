@@ -132,17 +132,19 @@ class Validity:
         return [nid for nid in self.closure if nid in self.needed]
 
 
-def validity(plan: "Dag", store: "Store", roots: Iterable[str], *, rebuild: bool = False) -> Validity:
+def validity(plan: "Dag", store: "Store", roots: Iterable[str], *, rebuild: bool = False,
+             rebuild_roots_only: bool = False) -> Validity:
     """Valid: a realisation for the input key whose entry is present (none with `rebuild`,
-    as --check wants). Needed: `Dag.needed`, so nothing below a valid output is rebuilt.
+    as --check wants; with `rebuild_roots_only` too, every one but the roots'). Needed:
+    `Dag.needed`, so nothing below a valid output is rebuilt.
     `plan`: a `graph.Plan`, or the cached table of `planner plan`."""
     roots = list(roots)
     closure = plan.closure(roots)
     by_key = store.realisations([plan.nodes[n].key for n in closure])
     known = {n: by_key[plan.nodes[n].key] for n in closure if plan.nodes[n].key in by_key}
     valid: dict[str, Any] = {}
-    if not rebuild:
-        for nid, r in known.items():
+    for nid, r in known.items():
+        if not rebuild or (rebuild_roots_only and nid not in roots):
             e = store.lookup(r.build_key)
             if e is not None:
                 valid[nid] = e

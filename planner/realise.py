@@ -30,6 +30,9 @@ class RealiseOptions:
     jobs: int = 0  # 0: the number of cores
     dry_run: bool = False
     check: bool = False
+    # With check: rebuild the targets alone, as `nix-build --check` does (their inputs are
+    # taken from the store); else the whole closure.
+    check_targets_only: bool = False
     keep_going: bool = False
     sandbox: bool = True
     out_link: Optional[Path] = None
@@ -198,7 +201,8 @@ def decide(planned, store, options: RealiseOptions) -> Decision:
 
     plan = planned.plan
     durations = store.durations(planned.set_name)
-    v = validity(plan, store, roots_for(planned, options.platform, options.variant), rebuild=options.check)
+    v = validity(plan, store, roots_for(planned, options.platform, options.variant), rebuild=options.check,
+                 rebuild_roots_only=options.check_targets_only)
     return Decision(
         planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
         previous=previous_keys(runs_of(store, planned.set_name, limit=20)),

@@ -517,6 +517,11 @@ def test_realise_check_rebuilds_and_compares(diamond: Project) -> None:
     assert all(c["ok"] for c in checks)
     # Each node's time is the rebuild's, as for a build (a sandboxed build takes some).
     assert all(n["action"] == "checked" and n["seconds"] > 0 for n in res.json()["nodes"])
+    # --check-targets: the target alone, as nix-build --check; what it is built from is reused.
+    top = diamond.cli("realise", "--check-targets", "--json", "-j", "2")
+    assert top.returncode == 0, top.stderr
+    assert [(c["node"], c["ok"]) for c in top.json()["checks"]] == [("d", True)]
+    assert top.actions() == {"a": "reused", "b": "reused", "c": "reused", "d": "checked"}
 
 
 def test_plan_json_and_dot(diamond: Project) -> None:

@@ -18,6 +18,8 @@ from .common import Context, default_set
 @click.option("-j", "--jobs", type=int, default=0, help="Parallel builds (default: number of cores).")
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
 @click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
+@click.option("--check-targets", is_flag=True,
+              help="Rebuild only the targets and compare (as nix-build --check); their inputs come from the store.")
 @click.option("--keep-going", is_flag=True, help="Continue past failed nodes; report all failures at the end.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result (schema: docs/json.md).")
 @click.option("--out-link", type=click.Path(path_type=Path), default=None, help="Symlink to the output (like Nix's result).")
@@ -46,7 +48,8 @@ from .common import Context, default_set
               help="plain: a line per node start and end (CI logs); rich: a live bar; auto: rich on a terminal.")
 @click.option("-L", "--print-build-logs", is_flag=True, help="Stream build output, each line prefixed by its node.")
 @click.pass_obj
-def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, keep_going: bool,
+def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check: bool, check_targets: bool,
+            keep_going: bool,
             as_json: bool, out_link: Path | None, target: str | None, sandbox: str, executor: str | None,
             substituters: tuple[str, ...], cache_to: tuple[str, ...], signing_key: Path | None,
             trusted_keys: tuple[str, ...], platform_: str | None, variant: str | None, download: str, progress_mode: str,
@@ -56,6 +59,7 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
     parallel, the critical path first) and prints the target's output and image digest."""
     name = default_set(ctx, set_name)
+    check = check or check_targets
     ctx.store_for_write()
     # The no-op fast path: the standard library and one sqlite query, nothing else. With an
     # --out-link, realise() answers it: the new link must become a gc root in the store.
@@ -72,7 +76,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
 
     subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
     trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
-    opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, keep_going=keep_going, sandbox=sandbox == "on",
+    opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, check_targets_only=check_targets,
+                          keep_going=keep_going, sandbox=sandbox == "on",
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
                           executor=executor, substituters=subs, cache_to=cache_to, signing_key=signing_key,
                           trusted_keys=trusted, platform=platform_, variant=variant, download=download,
