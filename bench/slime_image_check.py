@@ -39,6 +39,9 @@ IMPORTS = [
     ("transformer_engine_torch", "import transformer_engine.pytorch, transformer_engine_torch as m; print(m.__file__)"),
     ("transformer_engine.pytorch", "import transformer_engine.pytorch as te; print(te.__file__)"),
     ("megatron.core", "import megatron.core as m; print(m.__file__)"),
+    # What slime's plugins import of mbridge (slime_plugins/mbridge/*.py).
+    ("mbridge", "import mbridge; from mbridge.core import LLMBridge, register_model; "
+                "from mbridge.models import DeepseekV3Bridge, Qwen2Bridge; print(mbridge.__version__)"),
     ("sglang", "import sglang; print(sglang.__version__)"),
     # What slime's rollout imports of SGLang: its engine, which needs sgl-kernel.
     ("sglang.srt.entrypoints.engine", "import sglang.srt.entrypoints.engine as m; print(m.__file__)"),
