@@ -6,8 +6,9 @@ fetching is needed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .errors import LockError
 
@@ -143,10 +144,15 @@ def add_file(mirror: Path, source: Path, *, url: Optional[str] = None, sha256: O
     return rels
 
 
-def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = ()) -> str:
+def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
+            warn: Optional[Callable[[str], None]] = None) -> str:
     """Put the git repository at `repo` (a path or URL) into the mirror under `url`: every
     branch and tag (or only `commits`, each kept by a ref), in a bare repository that git
-    serves over file://, smart HTTP and, after `update-server-info`, plain HTTP."""
+    serves over file://, smart HTTP and, after `update-server-info`, plain HTTP.
+
+    A commit of a repository on this machine that lacks some of the commit's objects (a
+    snapshot missing a blob) is copied with the objects it has, and `warn` names the files
+    missing: it serves inputs that take only other paths of it (`paths`), over file://."""
     import shutil
     import subprocess
     import tempfile
@@ -191,7 +197,19 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = ())
                 except FetchError:
                     # A snapshot may lack objects of older history: the commit and its tree
                     # alone still serve a pinned build (over file:// and smart HTTP).
-                    git("fetch", "-q", "--no-tags", "--depth", "1", "--update-shallow", "--", source, spec, cwd=work)
+                    try:
+                        git("fetch", "-q", "--no-tags", "--depth", "1", "--update-shallow", "--", source, spec,
+                            cwd=work)
+                    except FetchError:
+                        objects = _local_objects(source)
+                        if objects is None:
+                            raise
+                        missing = _copy_present_objects(git, work, objects, c, url)
+                        git("update-ref", f"refs/tags/planner/{c}", c, cwd=work)
+                        if warn is not None:
+                            warn(f"{repo} lacks {len(missing)} file{'s' if len(missing) != 1 else ''} of commit {c} "
+                                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the mirror "
+                                 "serves it over file:// to inputs whose `paths` leave them out")
         else:
             git("fetch", "-q", "--update-shallow", "--", source, "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*", cwd=work)
@@ -210,6 +228,48 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = ())
         if fresh and work.exists() and work != dest:
             shutil.rmtree(work, ignore_errors=True)
     return rel
+
+
+def _local_objects(source: str) -> Optional[Path]:
+    from .fetch.git import _local_objects as objects_of
+
+    return objects_of(source)
+
+
+def _copy_present_objects(git: Callable, work: Path, objects: Path, commit: str, url: str) -> list[str]:
+    """Copy into `work` the commit and those of its trees and files that `objects` has (only
+    objects are read there, never the source's config); the commit is marked shallow. Returns
+    the paths of the files it lacks."""
+    import subprocess
+
+    from .errors import FetchError
+
+    alternates = work / "objects" / "info" / "alternates"
+    before = alternates.read_text() if alternates.exists() else None
+    alternates.parent.mkdir(parents=True, exist_ok=True)
+    alternates.write_text((before or "") + f"{objects}\n")
+    try:
+        if git("cat-file", "-t", commit, cwd=work).stdout.strip() != "commit":
+            raise FetchError(f"{commit} is not a commit", where=url)
+        listed = git("rev-list", "--objects", "--no-walk", "--missing=print", commit, cwd=work).stdout.splitlines()
+        have = [line.split(" ", 1)[0] for line in listed if line and not line.startswith("?")]
+        gone = {line[1:].strip() for line in listed if line.startswith("?")}
+        names = git("ls-tree", "-r", "-z", "--full-tree", commit, cwd=work).stdout.split("\0")
+        missing = sorted(e.split("\t", 1)[1] for e in names if e and e.split("\t", 1)[0].split()[2] in gone)
+        pack = subprocess.run(["git", "-c", "gc.auto=0", "pack-objects", "-q", str(work / "objects" / "pack" / "pack")],
+                              cwd=work, input="".join(f"{o}\n" for o in have), capture_output=True, text=True,
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_DIR": str(work),
+                                   "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "LC_ALL": "C"})
+        if pack.returncode != 0:
+            raise FetchError(f"copying the objects of {commit} failed: {pack.stderr.strip()[-200:]}", where=url)
+    finally:
+        if before is None:
+            alternates.unlink(missing_ok=True)
+        else:
+            alternates.write_text(before)
+    with open(work / "shallow", "a") as f:  # its parents are not copied
+        f.write(f"{commit}\n")
+    return missing
 
 
 class Exported(NamedTuple):
@@ -279,8 +339,10 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
         sources = [str(c) for c in caches] + mirror_candidates(url, mirrors, git=True)
         errors = []
         for repo in sources:
+            notes: list[str] = []
             try:
-                return True, add_git(mirror, url, repo, commits=(commit,))
+                rel = add_git(mirror, url, repo, commits=(commit,), warn=notes.append)
+                return True, rel + "".join(f" (warning: {n})" for n in notes)
             except FetchError as exc:
                 errors.append(exc.message)
         raise FetchError(f"commit {commit} found nowhere: {errors[-1] if errors else 'no source'}", where=decl.id)

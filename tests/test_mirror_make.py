@@ -196,3 +196,54 @@ def test_export_names_what_it_cannot_export(tmp_path: Path) -> None:
     assert "failed apex/source: not locked" in run.stderr
     assert run.stderr.strip().splitlines()[-1] == "planner: error: mirror export: 2 input(s) could not be exported " \
                                                   f"(the rest are in {tmp_path / 'm'})"
+
+
+def test_a_snapshot_missing_a_blob_serves_a_sparse_input(tmp_path: Path) -> None:
+    """mbridge's case: a snapshot lacks a blob (a PDF) that the recipe's `paths` leave out.
+    `mirror add --rev` copies the commit with the objects it has and names the missing file;
+    the recipe locks and builds from that mirror, and `mirror export` of the store's set writes
+    a second mirror that serves it too, once the first is gone."""
+    import shutil
+
+    snap = GitRepo.init(tmp_path / "mbridge-snapshot")
+    snap.write("pkg/__init__.py", "VERSION = '1'\n")
+    snap.write("pyproject.toml", "[project]\nname = 'pkg'\n")
+    snap.write("docs/estimator.pdf", b"%PDF-1.4\n\x00binary\n")
+    commit = snap.commit("c")
+    blob = snap.git("rev-parse", f"{commit}:docs/estimator.pdf")
+    (snap.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    origin = "https://github.com/ISEEKYAN/mbridge.git"
+    first = tmp_path / "first"
+    run = run_planner("mirror", "add", str(first), origin, str(snap.path), "--rev", commit)
+    assert run.stdout.strip() == f"{first}/git/github.com/ISEEKYAN/mbridge.git"
+    assert run.stderr.strip() == (f"planner: warning: {snap.path} lacks 1 file of commit {commit} (docs/estimator.pdf): "
+                                  "the mirror serves it over file:// to inputs whose `paths` leave them out")
+    root, store = tmp_path / "proj", tmp_path / "store"
+    folder = root / "recipes/sp"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "pkg"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
+                                     'platforms = ["linux/amd64"]\n')
+    (folder / "pkg.toml").write_text(
+        f'name = "pkg"\nversion = "1"\n[source]\nkind = "git"\nurl = "{origin}"\nrev = "{commit}"\n'
+        'paths = ["pkg", "pyproject.toml"]\n[build]\nbuilder = "shell"\nscript = "cp -r pkg pyproject.toml $out/"\n')
+    run_planner("--root", str(root), "--store", str(store), "--mirror", str(first), "lock", "sp")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "--mirror", str(first),
+                                 "realise", "sp", "--json").stdout)["output"]
+    assert sorted(p.name for p in Path(out).iterdir()) == ["pkg", "pyproject.toml"]
+    # The whole commit still cannot come from this mirror, and says so.
+    sparse = (folder / "pkg.toml").read_text()
+    (folder / "pkg.toml").write_text(sparse.replace('paths = ["pkg", "pyproject.toml"]\n', ""))
+    whole = run_planner("--root", str(root), "--store", str(tmp_path / "store2"), "--mirror", str(first), "lock", "sp",
+                        check=False)
+    assert whole.returncode != 0 and "pkg/source" in whole.stderr
+    (folder / "pkg.toml").write_text(sparse)
+    run_planner("--root", str(root), "--store", str(store), "--mirror", str(first), "lock", "sp")
+    second = tmp_path / "second"
+    exp = run_planner("--root", str(root), "--store", str(store), "--mirror", str(first), "mirror", "export", "sp",
+                      str(second))
+    assert "lacks 1 file" in exp.stdout + exp.stderr
+    shutil.rmtree(first)
+    shutil.rmtree(snap.path)
+    again = json.loads(run_planner("--root", str(root), "--store", str(tmp_path / "store3"), "--mirror", str(second),
+                                   "realise", "sp", "--json").stdout)["output"]
+    assert (Path(again) / "pkg/__init__.py").read_text() == "VERSION = '1'\n"

@@ -70,7 +70,8 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
     folder = folder.absolute()
     is_git = (path is not None and path.is_dir()) or (path is None and url.rstrip("/").endswith(".git"))
     if is_git:
-        rel = add_git(folder, url, str(path) if path is not None else url, commits=revs)
+        rel = add_git(folder, url, str(path) if path is not None else url, commits=revs,
+                      warn=lambda line: click.echo(f"planner: warning: {line}", err=True))
         click.echo(f"{folder}/{rel}")
         return
     if path is None:
