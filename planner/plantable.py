@@ -113,16 +113,18 @@ def finish(set_name: str, rows: list[tuple], targets, roots, warning_lines, prob
             b = blocked[nid] = (unavailable, nid)
         elif unlocked:
             b = blocked[nid] = (unlocked[0], nid)
-        else:
+        elif blocked:  # (most plans have nothing blocked: no walk of the deps then)
             b = next((blocked[d] for d in sorted(deps.values()) if d in blocked), None)
             if b is not None:
                 blocked[nid] = b
+        else:
+            b = None
         by, via = b if b is not None else (None, None)
         label = labels.get((platform, cuda, host))
         if label is None:
             label = labels[platform, cuda, host] = Variant(platform, cuda, host).label()
         nodes[nid] = TableNode(nid, name, label, platform, key, builder, estimate,
-                               dict(deps), sorted(set(found)), impure, list(unlocked), by, via)
+                               dict(deps), sorted(set(found)) if found else [], impure, list(unlocked), by, via)
     return PlanTable(set_name, nodes, tuple(targets), tuple(roots), tuple(warning_lines), rows, list(problems))
 
 
