@@ -327,9 +327,10 @@ def _read_regular(path: Path | str, where: str, *, follow: bool) -> bytes:
                 raise RecipeError("not a regular file", where=where)
             # The first read asks for the size fstat gives, plus one byte: os.read allocates
             # what it is asked for, and a 1 MiB buffer per recipe cost more than the read. Read
-            # on to the end all the same (the file may have grown since): a read of a regular
-            # file that returns less than it asked for has reached the end (no second read to
-            # be told so, one system call a recipe).
+            # on to the end all the same (the file may have grown since). A read that returns
+            # all fstat's size and no more has reached the end: no second read to be told so
+            # (one system call a recipe). Any other short read (a network or FUSE file system
+            # may return one before the end) reads on, as before.
             want = min(st.st_size + 1, limit)
             chunks, total = [], 0
             while total < limit:
@@ -338,7 +339,7 @@ def _read_regular(path: Path | str, where: str, *, follow: bool) -> bytes:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
-                if len(chunk) < want:
+                if len(chunk) < want and total == st.st_size:
                     break
                 want = min(1 << 16, limit - total)
         finally:
