@@ -56,3 +56,21 @@ def test_a_set_without_cycles_loads(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
     root = _set(tmp_path, {"a": 'deps = ["b", "c"]\nrequires = ["c"]', "b": 'deps = ["c"]', "c": ""})
     assert sorted(load_set(root, "t").recipes) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ('PATH = "/x"', "recipes/t/a.toml:8: PATH: [build] env PATH: the planner sets this variable for every shell "
+                    "build, so a declared value would be overwritten; remove it"),
+    ('out = "x"', "recipes/t/a.toml:8: out: [build] env out: the planner sets this variable for every shell "
+                  "build, so a declared value would be overwritten; remove it"),
+    ('1BAD = "x"', "recipes/t/a.toml:7: env: invalid environment variable name '1BAD'"),
+])
+def test_a_declared_variable_the_planner_sets_or_a_bad_name_is_refused(tmp_path: Path, monkeypatch, env: str,
+                                                                      message: str) -> None:
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": ""})
+    f = root / "recipes" / "t" / "a.toml"
+    f.write_text(f.read_text() + f"[build.env]\n{env}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert exc.value.line() == message

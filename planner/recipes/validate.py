@@ -54,8 +54,9 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
             raise err("settings", "the source-tree builder needs settings.path, a relative path inside the image "
                                   "such as root/slime")
     _validate_resources(r, err)
-    for name, src in r.all_sources().items():
-        _validate_source(name, src, err, root)
+    if r.inputs or r.source is not None:
+        for name, src in r.all_sources().items():
+            _validate_source(name, src, err, root)
     for i, p in enumerate(r.patches):
         if bool(p.file) == bool(p.url):
             raise err("patches", f"patch {i + 1}: give exactly one of file or url")
@@ -82,15 +83,16 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         unknown = sorted(set(tools) - set(r.inputs))
         if unknown:
             raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
-    for k in r.build.env:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-            raise err("env", f"invalid environment variable name {k!r}")
-    from ..buildenv import clashes
+    if r.build.env:  # (most recipes declare none: nothing to name, nothing to clash)
+        for k in r.build.env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise err("env", f"invalid environment variable name {k!r}")
+        from ..buildenv import clashes
 
-    clash = clashes(r.build.builder, r.build.settings, r.build.env)
-    if clash:
-        raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
-                            f"{r.build.builder} build, so a declared value would be overwritten; remove it")
+        clash = clashes(r.build.builder, r.build.settings, r.build.env)
+        if clash:
+            raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
+                                f"{r.build.builder} build, so a declared value would be overwritten; remove it")
 
 
 def _validate_resources(r: Recipe, err) -> None:
