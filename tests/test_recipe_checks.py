@@ -74,3 +74,19 @@ def test_a_declared_variable_the_planner_sets_or_a_bad_name_is_refused(tmp_path:
     with pytest.raises(RecipeError) as exc:
         load_set(root, "t")
     assert exc.value.line() == message
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('estimate = "soon"', "recipes/t/a.toml:3: estimate: not a duration: 'soon' (e.g. 90s, 5m, 2h)"),
+    ('[resources]\ncores = 0', "recipes/t/a.toml:4: cores: cores must be a whole number from 1 to 1024, not 0"),
+    ('[resources]\nmemory = "1KiB"', "recipes/t/a.toml:4: memory: memory must be from 1MiB to 1024TiB, not '1KiB'"),
+])
+def test_an_estimate_or_resources_out_of_bounds_is_refused(tmp_path: Path, monkeypatch, extra: str,
+                                                           message: str) -> None:
+    """A plain recipe shares one default [resources] (checked once, not per recipe); its estimate
+    and any other recipe's [resources] are still checked."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": extra})
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert exc.value.line() == message

@@ -13,7 +13,7 @@ import attrs
 
 from ..errors import RecipeError
 from . import simpletoml
-from .model import Build, Recipe
+from .model import Build, Recipe, Resources
 
 try:
     # tomli is the parser tomllib was made from, compiled: 2-3x faster over 10,000 recipes
@@ -166,7 +166,12 @@ def plain_recipe(data: dict, where: str):
         if type(build["settings"]) is not dict:
             return None
         b["settings"] = dict(build["settings"])
-    return Recipe(name=name, version=version, build=Build(builder=builder, **b), file=where, **kw)
+    return Recipe(name=name, version=version, build=Build(builder=builder, **b), file=where,
+                  resources=DEFAULT_RESOURCES, **kw)
+
+
+# The [resources] of every plain recipe (they have none): one immutable object, checked once.
+DEFAULT_RESOURCES = Resources()
 
 
 _PLAIN_CONFIG_STR = (("target", "target"), ("resolve-as-of", "resolve_as_of"), ("build-root", "build_root"))

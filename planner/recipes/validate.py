@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from .model import AXES, BUILDERS, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
-from .parse import _LazyText, _where
+from .parse import DEFAULT_RESOURCES, _LazyText, _where
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -97,8 +97,11 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
 
 def _validate_resources(r: Recipe, err) -> None:
     """The estimate and [resources]: sizes, durations and counts within their bounds."""
-    for key, value in (("estimate", r.estimate), ("memory", r.resources.memory), ("tmp", r.resources.tmp),
-                       ("timeout", r.resources.timeout)):
+    checks = [("estimate", r.estimate)]
+    plain = r.resources is DEFAULT_RESOURCES  # a plain recipe's: the defaults, within their bounds
+    if not plain:
+        checks += [("memory", r.resources.memory), ("tmp", r.resources.tmp), ("timeout", r.resources.timeout)]
+    for key, value in checks:
         if value is None:
             continue
         try:
@@ -109,6 +112,8 @@ def _validate_resources(r: Recipe, err) -> None:
             raise err(key, f"{key} must be from 1MiB to 1024TiB, not {value!r}")
         if key == "timeout" and not 0 < amount <= 1e7:
             raise err(key, f"timeout must be from 1s to 10000000s, not {value!r}")
+    if plain:
+        return
     if isinstance(r.resources.processes, bool) or not 1 <= r.resources.processes <= 1 << 22:
         raise err("processes", f"processes must be a whole number from 1 to {1 << 22}, not {r.resources.processes!r}")
     if isinstance(r.resources.cores, bool) or not 1 <= r.resources.cores <= 1024:
