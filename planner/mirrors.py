@@ -189,27 +189,7 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
         source = repo if "://" in repo else str(Path(repo).absolute())
         if commits:
             for c in commits:
-                # A tag keeps the pinned commit reachable from what a server advertises: git's
-                # plain-HTTP walker and hosts without reachable-SHA1 fetches only see refs.
-                spec = f"+{c}:refs/tags/planner/{c}"
-                try:
-                    git("fetch", "-q", "--no-tags", "--update-shallow", "--", source, spec, cwd=work)
-                except FetchError:
-                    # A snapshot may lack objects of older history: the commit and its tree
-                    # alone still serve a pinned build (over file:// and smart HTTP).
-                    try:
-                        git("fetch", "-q", "--no-tags", "--depth", "1", "--update-shallow", "--", source, spec,
-                            cwd=work)
-                    except FetchError:
-                        objects = _local_objects(source)
-                        if objects is None:
-                            raise
-                        missing = _copy_present_objects(git, work, objects, c, url)
-                        git("update-ref", f"refs/tags/planner/{c}", c, cwd=work)
-                        if warn is not None:
-                            warn(f"{repo} lacks {len(missing)} file{'s' if len(missing) != 1 else ''} of commit {c} "
-                                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the mirror "
-                                 "serves it over file:// to inputs whose `paths` leave them out")
+                _fetch_pinned(git, work, source, c, url, warn)
         else:
             git("fetch", "-q", "--update-shallow", "--", source, "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*", cwd=work)
@@ -230,10 +210,37 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
     return rel
 
 
-def _local_objects(source: str) -> Optional[Path]:
-    from .fetch.git import _local_objects as objects_of
+def _fetch_pinned(git: Callable, work: Path, source: str, commit: str, url: str,
+                  warn: Optional[Callable[[str], None]]) -> None:
+    """`commit` of `source` into `work`, kept by a tag: a tag keeps the pinned commit reachable
+    from what a server advertises (git's plain-HTTP walker and hosts without reachable-SHA1
+    fetches only see refs)."""
+    from .errors import FetchError
 
-    return objects_of(source)
+    spec = f"+{commit}:refs/tags/planner/{commit}"
+    try:
+        git("fetch", "-q", "--no-tags", "--update-shallow", "--", source, spec, cwd=work)
+        return
+    except FetchError:
+        pass
+    # A snapshot may lack objects of older history: the commit and its tree alone still serve
+    # a pinned build (over file:// and smart HTTP).
+    try:
+        git("fetch", "-q", "--no-tags", "--depth", "1", "--update-shallow", "--", source, spec, cwd=work)
+        return
+    except FetchError:
+        from .fetch.git import local_objects
+
+        objects = local_objects(source)
+        if objects is None:
+            raise
+    # ... or lack some of the commit's own objects: copy those there are.
+    missing = _copy_present_objects(git, work, objects, commit, url)
+    git("update-ref", f"refs/tags/planner/{commit}", commit, cwd=work)
+    if warn is not None:
+        warn(f"{source} lacks {len(missing)} file{'s' if len(missing) != 1 else ''} of commit {commit} "
+             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): the mirror "
+             "serves it over file:// to inputs whose `paths` leave them out")
 
 
 def _copy_present_objects(git: Callable, work: Path, objects: Path, commit: str, url: str) -> list[str]:

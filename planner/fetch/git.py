@@ -28,7 +28,7 @@ import blake3
 
 from ..errors import FetchError
 
-__all__ = ["Submodule", "resolve", "export", "submodules", "resolve_submodule_url"]
+__all__ = ["Submodule", "resolve", "export", "submodules", "resolve_submodule_url", "local_objects"]
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # `-c` settings for every git command. Auto-gc is off so that one process never prunes objects
@@ -249,7 +249,7 @@ def _repo_with(git: _Git, url: str, commit: str, cache_dir: Path | None, *, spar
     (as `git clone --shared` does). A fetch packs every object of the commit and fails on the
     first one the source lacks, which a sparse export may not need (a snapshot missing a
     blob). Only objects are borrowed, never the source's config, hooks or attributes."""
-    objects = _local_objects(url) if sparse else None
+    objects = local_objects(url) if sparse else None
     if objects is None:
         with _bare_repo(git, url, cache_dir) as repo:
             _fetch_commit(git, repo, url, commit)
@@ -263,7 +263,7 @@ def _repo_with(git: _Git, url: str, commit: str, cache_dir: Path | None, *, spar
     yield repo
 
 
-def _local_objects(url: str) -> Path | None:
+def local_objects(url: str) -> Path | None:
     """The object folder of a git repository on this machine named by a path or a file:// URL."""
     from urllib.parse import unquote, urlsplit
 
