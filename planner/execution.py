@@ -4,6 +4,7 @@ for --check, or built on the executor, from the scheduler's threads; per-node ou
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Optional
 
@@ -174,6 +175,7 @@ class Execution:
         seconds = time.monotonic() - started
         try:
             ok = digest == stored.digest == on_disk
+            kept = None
             diff = [] if ok else differing_files(stored.path, out)
             if not ok and not diff:
                 diff = ["(metadata)"]
@@ -181,9 +183,17 @@ class Execution:
                 self.corrupted.add(nid)
                 diff = [f"CORRUPTED in the store (hashes to {on_disk}, recorded {stored.digest}): "
                         + ", ".join(diff[:10])]
+            elif not ok:
+                # Kept beside the store, as Nix keeps a `.check` output: what differs can only be
+                # found by comparing the two (diffoscope), and the rebuild may have taken hours.
+                kept = self.store.root / "checks" / f"{build_key}-{self.plan.nodes[nid].name}"
+                kept.parent.mkdir(exist_ok=True)
+                if kept.exists() or kept.is_symlink():
+                    remove_tree(kept)
+                os.rename(out, kept)
         finally:
             remove_tree(bdir)
-        self.checks.append(CheckResult(nid, ok, diff))
+        self.checks.append(CheckResult(nid, ok, diff, None if kept is None else str(kept)))
         return stored, self._result(nid, "checked", "rebuilt and compared", stored, build_key, seconds)
 
     def result_of(self, nid: str, outcome) -> NodeResult:

@@ -56,6 +56,7 @@ class CheckResult:
     node: str
     ok: bool
     differing: list[str] = attrs.field(factory=list)
+    kept: Optional[str] = None  # where the differing rebuilt output is kept for comparing
 
 
 RESULT_SCHEMA = 1  # `realise --json`; documented on RealiseResult
@@ -78,7 +79,8 @@ class RealiseResult:
             reason   why: "never built", "inputs changed", "valid in the store", "early cutoff: …",
                      for a failed node the error line
         failures   [str]: one line per failed node (with its log's path and last lines)
-        checks     [{node, ok, differing}]: `--check` comparisons
+        checks     [{node, ok, differing, kept}]: `--check` comparisons (kept: the differing
+                   rebuilt output's path, else null)
         steps, blocked   only with --dry-run: the fetches and builds in order, and why it would stop
     """
 
@@ -153,7 +155,7 @@ class RunRecord:
             check=bool(data.get("check", False)), executor=data.get("executor"),
             substituters=list(data.get("substituters") or []),
             deps={k: dict(v) for k, v in deps.items() if isinstance(v, dict)},
-            checks=[CheckResult(c["node"], bool(c["ok"]), list(c.get("differing") or []))
+            checks=[CheckResult(c["node"], bool(c["ok"]), list(c.get("differing") or []), c.get("kept"))
                     for c in data.get("checks") or []],
             pins=dict(data.get("pins") or {}), root=data.get("root", ""), inputs=list(data.get("inputs") or []),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import lzma
 import shutil
 import tarfile
@@ -170,6 +171,11 @@ def test_nondeterministic_builder_is_flagged(tmp_path: Path) -> None:
     check = run_planner("--root", str(root), "--store", str(store), "realise", "small", "--check", check=False)
     assert check.returncode != 0
     assert "check b: DIFFERS: stamp" in check.stdout
+    # The rebuilt output is kept for comparing, named in the same line.
+    kept = Path(re.search(r"\(the rebuilt output is kept in (\S+)\)", check.stdout).group(1))
+    assert kept.parent == store / "checks" and (kept / "b.txt").read_text() == "x\n"
+    assert (kept / "stamp").read_text() != (Path(json.loads(run_planner(
+        "--root", str(root), "--store", str(store), "realise", "small", "--json").stdout)["output"]) / "stamp").read_text()
     why = _why(root, store, "small")
     assert [n["node"] for n in why["nondeterministic"]] == ["b"]
     assert why["nondeterministic"][0]["files"] == ["stamp"]

@@ -114,7 +114,8 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
         if not result.noop:
             click.echo(f"{built} built, {sum(n.action == 'reused' for n in result.nodes)} reused", err=True)
         for c in result.checks:
-            click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}")
+            click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}"
+                       + (f" (the rebuilt output is kept in {c.kept})" if c.kept else ""))
         if result.output:
             click.echo(result.output)
         else:
