@@ -176,6 +176,8 @@ def test_nondeterministic_builder_is_flagged(tmp_path: Path) -> None:
     assert kept.parent == store / "checks" and (kept / "b.txt").read_text() == "x\n"
     assert (kept / "stamp").read_text() != (Path(json.loads(run_planner(
         "--root", str(root), "--store", str(store), "realise", "small", "--json").stdout)["output"]) / "stamp").read_text()
+    run_planner("--root", str(root), "--store", str(store), "store", "gc")
+    assert not kept.exists()
     why = _why(root, store, "small")
     assert [n["node"] for n in why["nondeterministic"]] == ["b"]
     assert why["nondeterministic"][0]["files"] == ["stamp"]

@@ -331,6 +331,8 @@ class Store:
                     removed.append(e.path.name)
             for leftover in (self.root / "tmp").iterdir():
                 remove_tree(leftover)
+            if (self.root / "checks").is_dir():  # differing `--check` rebuilds, kept for comparing
+                remove_tree(self.root / "checks")
             self._gc_caches()
             return removed
 
