@@ -308,8 +308,7 @@ def test_a_sparse_export_reads_only_the_blobs_of_its_paths(tmp_path: Path) -> No
     snap.write("pyproject.toml", "[project]\nname = 'pkg'\n")
     snap.write("docs/estimator.pdf", b"%PDF-1.4\n\x00\x01binary\n")
     commit = snap.commit("c")
-    blob = snap.git("rev-parse", f"{commit}:docs/estimator.pdf")
-    (snap.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    snap.lose_blob(commit, "docs/estimator.pdf")
     with pytest.raises(FetchError):
         export(snap.url, commit, tmp_path / "whole")
     assert not (tmp_path / "whole").exists()

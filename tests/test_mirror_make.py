@@ -210,8 +210,7 @@ def test_a_snapshot_missing_a_blob_serves_a_sparse_input(tmp_path: Path) -> None
     snap.write("pyproject.toml", "[project]\nname = 'pkg'\n")
     snap.write("docs/estimator.pdf", b"%PDF-1.4\n\x00binary\n")
     commit = snap.commit("c")
-    blob = snap.git("rev-parse", f"{commit}:docs/estimator.pdf")
-    (snap.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    snap.lose_blob(commit, "docs/estimator.pdf")
     origin = "https://github.com/ISEEKYAN/mbridge.git"
     first = tmp_path / "first"
     run = run_planner("mirror", "add", str(first), origin, str(snap.path), "--rev", commit)

@@ -103,6 +103,11 @@ class GitRepo:
     def head(self, ref: str = "HEAD") -> str:
         return self.git("rev-parse", f"{ref}^{{commit}}")
 
+    def lose_blob(self, commit: str, path: str) -> None:
+        """Delete the (loose) object of `path` at `commit`, as a snapshot that lacks a blob."""
+        blob = self.git("rev-parse", f"{commit}:{path}")
+        (self.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+
     def tag(self, name: str, *, message: str | None = None, at: str = "HEAD", force: bool = False) -> None:
         args = ["tag"] + (["-f"] if force else []) + (["-a", "-m", message] if message is not None else [])
         self.git(*args, name, at)
