@@ -221,7 +221,7 @@ def _unsandboxed_argv(spec: dict, mounts: list, env: dict[str, str], direct: boo
 
 
 _RUNTIME_MODULES = ("__init__.py", "builders/__init__.py", "builders/runtime.py", "builders/wheelfile.py",
-                    "builders/cuda.py", "builders/cuda_archs.py")
+                    "builders/cuda.py", "builders/cuda_archs.py", "builders/pidns.py")
 _runtime_compiled = False
 
 

@@ -369,9 +369,35 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
     if "CUDA_HOME" not in os.environ and (toolkit / "bin" / "nvcc").exists():
         env["CUDA_HOME"] = str(toolkit)
         env["PATH"] = f"{toolkit}/bin:" + os.environ.get("PATH", "/usr/bin:/bin")
+    env.update(_nvcc_as_process_one(env))
     log("cuda env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "PATH"))
     pep517_wheel(spec, src / settings.get("subdir", "."), out, env=env,
                  config_settings=settings.get("config-settings"))
+
+
+def _nvcc_as_process_one(env: dict) -> dict:
+    """PYTORCH_NVCC (torch's ninja backend) and PATH pointing at a wrapper that runs nvcc as
+    process 1 of its own PID namespace, with its own /tmp: parallel compiles then write the same
+    bytes whatever the order they run in (planner/builders/pidns.py says why)."""
+    from . import pidns
+
+    home = env.get("CUDA_HOME") or os.environ.get("CUDA_HOME", "")
+    nvcc = os.environ.get("PYTORCH_NVCC") or os.path.join(home, "bin", "nvcc")
+    if not os.path.isabs(nvcc) or not os.access(nvcc, os.X_OK):
+        log(f"planner: nvcc ({nvcc!r}) is not an executable file: it runs as the build starts it")
+        return {}
+    problem = pidns.works()
+    if problem:
+        log(f"planner: nvcc runs without a PID namespace of its own ({problem}): "
+            "parallel compiles may write different bytes from build to build")
+        return {}
+    bin_dir = BUILD / "nvcc-wrapper"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "nvcc"
+    wrapper.write_text(pidns.wrapper_script(nvcc, sys.executable))
+    wrapper.chmod(0o755)
+    path = env.get("PATH") or os.environ.get("PATH", "/usr/bin:/bin")
+    return {"PYTORCH_NVCC": str(wrapper), "PATH": f"{bin_dir}:{path}"}
 
 
 BUILDERS = {
