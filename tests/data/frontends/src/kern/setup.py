@@ -1,9 +1,13 @@
 """A torch CUDAExtension's shape without torch: the kernel is compiled for the arch list in
 TORCH_CUDA_ARCH_LIST (dotted, as torch reads it) unless a GPU is visible, only when setup.py is
-given `--with-kernel` (as apex wants `--cuda_ext`), and the build environment is recorded."""
+given `--with-kernel` (as apex wants `--cuda_ext`), and the build environment is recorded.
+Like torch's ninja backend, the .cu files are compiled to objects at once (up to MAX_JOBS) by
+$PYTORCH_NVCC, else $CUDA_HOME/bin/nvcc, then linked; the temporary-file names nvcc wrote into
+each object (`tmpxft_<pid>_<n>`) are recorded too."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,19 +38,34 @@ class NvccBuildExt(build_ext):
         flags = [f for a in archs for f in gencode(a)]
         out = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        nvcc = os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
-        subprocess.check_call([nvcc, "-shared", "-Xcompiler", "-fPIC", "-O2", "-cudart", "static",
-                               "-Xlinker", "--strip-all", *flags, "-o", out, *ext.sources])
+        nvcc = os.environ.get("PYTORCH_NVCC") or os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+        objects = [os.path.join(self.build_temp, os.path.basename(s) + ".o") for s in ext.sources]
+        os.makedirs(self.build_temp, exist_ok=True)
+        jobs, running = int(os.environ.get("MAX_JOBS", "1")), []
+        for src, obj in zip(ext.sources, objects):
+            if len(running) >= jobs:
+                if running.pop(0).wait() != 0:
+                    raise SystemExit("kern: nvcc failed")
+            running.append(subprocess.Popen([nvcc, "-c", "-Xcompiler", "-fPIC", "-O2", *flags, "-o", obj, src]))
+        if [p.wait() for p in running].count(0) != len(running):
+            raise SystemExit("kern: nvcc failed")
+        subprocess.check_call([nvcc, "-shared", "-cudart", "static", "-Xlinker", "--strip-all", *flags,
+                               "-o", out, *objects])
+        temp_names = {}
+        for src, obj in zip(ext.sources, objects):
+            with open(obj, "rb") as f:
+                names = re.findall(rb"tmpxft_[0-9a-f]{8}_[0-9a-f]{8}", f.read())
+            temp_names[os.path.basename(src)] = sorted({n.decode() for n in names})
         info = {k: os.environ.get(k) for k in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "NVCC_APPEND_FLAGS",
                                                "CUDA_VISIBLE_DEVICES")}
         with open(os.path.join(os.path.dirname(out), "_buildinfo.json"), "w") as f:
-            json.dump(info, f, sort_keys=True)
+            json.dump({**info, "tmpxft": temp_names}, f, sort_keys=True)
 
 
 setup(
     name="kern",
     version="1.0",
     packages=["kern"],
-    ext_modules=[Extension("kern._kern", ["kern/kern.cu"])] if WITH_KERNEL else [],
+    ext_modules=[Extension("kern._kern", ["kern/kern.cu", "kern/part2.cu", "kern/part3.cu"])] if WITH_KERNEL else [],
     cmdclass={"build_ext": NvccBuildExt},
 )

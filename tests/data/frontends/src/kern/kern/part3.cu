@@ -1,0 +1,10 @@
+// A second compile unit: torch's ninja backend compiles an extension's .cu files in parallel.
+__global__ void part3_kernel(float *x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += 3.0f;
+}
+
+extern "C" int part3_launch(float *x, int n) {
+    part3_kernel<<<(n + 255) / 256, 256>>>(x, n);
+    return 0;
+}
