@@ -1,0 +1,124 @@
+"""nvcc's wrapper (planner/builders/pidns.py) in a real bubblewrap sandbox, as builds run: the
+program is process 1 of its own PID namespace, sees an empty /tmp of its own, keeps the build's
+uid, and its exit status (or the signal that killed it) is the wrapper's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.builders import pidns
+
+PKG = Path(pidns.__file__).parent
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+def _sandboxed(work: Path, script: str) -> subprocess.CompletedProcess:
+    """Run `script` (Python) as the sandbox's build user, with pidns importable and /work writable."""
+    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+           "--uid", "1000", "--gid", "1000", "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink(f"/{link}"):
+            cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+        elif os.path.isdir(f"/{link}"):
+            cmd += ["--ro-bind", f"/{link}", f"/{link}"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", str(PKG), "/lib-pidns",
+            "--bind", str(work), "/work", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "TMPDIR", "/work",
+            "--chdir", "/work", "--", "/usr/bin/python3", "-I", "-c",
+            "import sys; sys.path.insert(0, '/lib-pidns'); import pidns\n" + script]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+_WRAP = """
+import os, subprocess
+open('/work/w', 'w').write(pidns.wrapper_script('/bin/sh', sys.executable))
+os.chmod('/work/w', 0o755)
+open('/tmp/outer-file', 'w').close()
+"""
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o777)  # the sandbox's uid 1000 is not this test's
+    return tmp_path
+
+
+def test_program_runs_as_process_one_with_its_own_tmp(work):
+    r = _sandboxed(work, _WRAP + """
+print(pidns.works(), flush=True)
+print(subprocess.run(['/work/w', '-c', 'echo $$ $TMPDIR $(ls -A /tmp | wc -l) $(id -u) $(id -g); touch /work/made; exit 7']).returncode)
+""")
+    assert r.returncode == 0, r.stderr
+    # Process 1, TMPDIR pointed at its /tmp, which is empty (the sandbox's /tmp holds a file),
+    # the build's ids; the exit status passed through.
+    assert r.stdout.split("\n")[:3] == ["None", "1 /tmp 0 1000 1000", "7"], r.stdout
+    assert (work / "made").stat().st_uid == (work / "w").stat().st_uid
+
+
+def test_side_by_side_runs_see_the_same_pid_and_names(work):
+    """What nvcc does: take the first free `tmpxft_<pid>_<n>` name in /tmp. Three at once, each
+    takes the same name; they would not in one shared /tmp."""
+    probe = ('n=0; while [ -e /tmp/t_$$_$n ]; do n=$((n+1)); done; touch /tmp/t_$$_$n; sleep 0.3; '
+             'echo t_$$_$n > /work/name-$1')
+    r = _sandboxed(work, _WRAP + f"""
+ps = [subprocess.Popen(['/work/w', '-c', {probe!r}, 'sh', str(i)]) for i in range(3)]
+print([p.wait() for p in ps])
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 0, 0]"
+    assert [(work / f"name-{i}").read_text().strip() for i in range(3)] == ["t_1_0"] * 3
+
+
+def test_a_killed_program_kills_the_wrapper_with_its_signal(work):
+    """A fault's SIGSEGV (what kills a crashing compiler; process 1 of a namespace is spared only
+    the signals sent to it from inside)."""
+    r = _sandboxed(work, """
+import os, subprocess
+open('/work/w', 'w').write(pidns.wrapper_script(sys.executable, sys.executable))
+os.chmod('/work/w', 0o755)
+print(subprocess.run(['/work/w', '-c', 'import ctypes; ctypes.string_at(0)']).returncode)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "-11"
+
+
+def test_terminating_the_wrapper_stops_the_program(work):
+    """Process 1 ignores a signal it has no handler for: the wrapper passes a SIGTERM on as a kill."""
+    r = _sandboxed(work, _WRAP + """
+import signal, time
+p = subprocess.Popen(['/work/w', '-c', 'touch /work/started; sleep 60; touch /work/survived'])
+while not os.path.exists('/work/started'):
+    time.sleep(0.05)
+p.send_signal(signal.SIGTERM)
+print(p.wait(timeout=30))
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "-9"  # the program was killed, and the wrapper with its signal
+    assert not (work / "survived").exists()
+
+
+def test_a_missing_program_fails_with_127(work):
+    r = _sandboxed(work, """
+import os, subprocess
+open('/work/w', 'w').write(pidns.wrapper_script('/no/such/nvcc', sys.executable))
+os.chmod('/work/w', 0o755)
+print(subprocess.run(['/work/w', '--version']).returncode)
+""")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "127"
+
+
+def test_wrapper_is_self_contained():
+    """The wrapper carries the module's text: no import of planner inside the sandbox."""
+    text = pidns.wrapper_script("/usr/local/cuda/bin/nvcc", "/usr/bin/python3")
+    assert text.startswith("#!/usr/bin/python3 -IS\n")
+    assert "import planner" not in text and "from planner" not in text
+    compile(text, "nvcc", "exec")
+    assert text.rstrip().endswith("exec_as_process_one(['/usr/local/cuda/bin/nvcc', *sys.argv[1:]])")
+
