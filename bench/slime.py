@@ -2,12 +2,14 @@
 
     python bench/slime.py --mirror /work/slime-mirror --store /work/slime-store \
         [--platform linux/amd64] [--variant sm100a] [--targets int4-qat,torch-memory-saver,...]
-        [--check-store /work/slime-store2] [--cuobjdump PATH]
+        [--check-store /work/slime-store2] [--check] [--cuobjdump PATH]
 
 For each target: `planner realise slime --target T --platform P --variant V --json` into the store, then the per-node build seconds from the run, the cubins of every CUDA
 wheel (`cuobjdump --list-elf` on each shared library in it) against the variant's arch list, and,
 with --check-store, the same realise into a second, empty store and a comparison of the two
-outputs' digests (bit-identical or not). Prints one line per node and a JSON summary at the end.
+outputs' digests (bit-identical or not); with --check, `realise --check`, which builds the
+target's closure again in fresh sandboxes and compares each output with the stored one (the same
+proof without a second copy of the store; a differing rebuild is kept under `<store>/checks/`). Prints one line per node and a JSON summary at the end.
 The lock must already pin the targets' inputs (`planner --mirror M lock slime`).
 
 Exit status: 0 everything built, cubins as declared, stores identical; 1 otherwise.
@@ -36,10 +38,10 @@ def planner(store: Path, mirror: str, *args: str) -> subprocess.CompletedProcess
                            "--mirror", mirror, *args], capture_output=True, text=True)
 
 
-def realise(store: Path, mirror: str, target: str, platform: str, variant: str) -> tuple[dict, float]:
+def realise(store: Path, mirror: str, target: str, platform: str, variant: str, *extra: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
     proc = planner(store, mirror, "realise", "slime", "--target", target, "--platform", platform,
-                   "--variant", variant, "-j", "1", "--json")
+                   "--variant", variant, "-j", "1", "--json", *extra)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"realise --target {target} failed:\n{proc.stderr[-4000:]}")
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--mirror", required=True)
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--check-store", type=Path, default=None)
+    ap.add_argument("--check", action="store_true", help="rebuild each target's closure and compare (realise --check)")
     ap.add_argument("--platform", default="linux/amd64")
     ap.add_argument("--variant", default="sm100a")
     ap.add_argument("--targets", default="int4-qat,torch-memory-saver,sglang,megatron-lm,slime")
@@ -119,6 +122,14 @@ def main() -> None:
                 entry["identical"] = o["digest"] == node["digest"]
                 ok &= entry["identical"]
                 print(f"two stores {t}: {'identical' if entry['identical'] else 'DIFFER'} ({node['digest']})")
+        if args.check:
+            checked, check_wall = realise(args.store, mirror, target, args.platform, args.variant, "--check")
+            for c in checked["checks"]:
+                summary["nodes"].setdefault(c["node"], {})["check"] = c
+                ok &= c["ok"]
+                kept = f"; the rebuild is kept in {c['kept']}" if c.get("kept") else ""
+                print(f"check {c['node']}: {'identical' if c['ok'] else 'DIFFERS: ' + ' '.join(c['differing'])}{kept}")
+            print(f"realise --target {target} --check: {check_wall:.0f}s wall")
         print(f"realise --target {target}: {wall:.0f}s wall")
     print(json.dumps(summary, indent=2, sort_keys=True))
     sys.exit(0 if ok else 1)
