@@ -102,9 +102,10 @@ def test_pep517_cuda_wheel_builds_for_the_variants_archs(kern, cuobjdump, tmp_pa
         # The arch list in torch's dotted form, from the variant; no GPU visible; nvcc-threads as
         # NVCC_APPEND_FLAGS; the recipe's cores (not this machine's) as MAX_JOBS; --with-kernel
         # came via config-settings. The three .cu files were compiled at once, each nvcc as
-        # process 1 of its own PID namespace with a /tmp of its own: the temporary-file name in
-        # every object is the same whatever ran beside it (a shared /tmp would have given two of
-        # them another `_<n>`, and the build's own pids would show through without a namespace).
+        # process 1 of its own PID namespace with a temporary folder of its own: the temporary-file
+        # name in every object is the same whatever ran beside it (a shared folder would have given
+        # two of them another `_<n>`, and the build's own pids would show through without a
+        # namespace).
         assert info == {"TORCH_CUDA_ARCH_LIST": " ".join(torch_arch_list(archs)), "CUDA_VISIBLE_DEVICES": "",
                         "NVCC_APPEND_FLAGS": "--threads 2", "MAX_JOBS": "3",
                         "tmpxft": {cu: ["tmpxft_00000001_00000000"] for cu in ("kern.cu", "part2.cu", "part3.cu")}}

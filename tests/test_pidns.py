@@ -1,6 +1,7 @@
 """nvcc's wrapper (planner/builders/pidns.py) in a real bubblewrap sandbox, as builds run: the
-program is process 1 of its own PID namespace, sees an empty /tmp of its own, keeps the build's
-uid, and its exit status (or the signal that killed it) is the wrapper's."""
+program is process 1 of its own PID namespace, has an empty temporary folder of its own at one
+fixed path (and still sees the sandbox's /tmp), keeps the build's uid, and its exit status (or
+the signal that killed it) is the wrapper's."""
 
 from __future__ import annotations
 
@@ -37,9 +38,11 @@ def _sandboxed(work: Path, script: str) -> subprocess.CompletedProcess:
 
 _WRAP = """
 import os, subprocess
-open('/work/w', 'w').write(pidns.wrapper_script('/bin/sh', sys.executable))
+open('/work/w', 'w').write(pidns.wrapper_script('/bin/sh', sys.executable, '/work/ntmp'))
 os.chmod('/work/w', 0o755)
 open('/tmp/outer-file', 'w').close()
+os.makedirs('/work/ntmp', exist_ok=True)
+open('/work/ntmp/outer-file', 'w').close()
 """
 
 
@@ -51,20 +54,21 @@ def work(tmp_path: Path) -> Path:
 
 def test_program_runs_as_process_one_with_its_own_tmp(work):
     r = _sandboxed(work, _WRAP + """
-print(pidns.works(), flush=True)
-print(subprocess.run(['/work/w', '-c', 'echo $$ $TMPDIR $(ls -A /tmp | wc -l) $(id -u) $(id -g); touch /work/made; exit 7']).returncode)
+print(pidns.works('/work/ntmp'), flush=True)
+print(subprocess.run(['/work/w', '-c', 'echo $$ $TMPDIR $(ls -A $TMPDIR | wc -l) $(ls /tmp) $(id -u) $(id -g); touch /work/made; exit 7']).returncode)
 """)
     assert r.returncode == 0, r.stderr
-    # Process 1, TMPDIR pointed at its /tmp, which is empty (the sandbox's /tmp holds a file),
-    # the build's ids; the exit status passed through.
-    assert r.stdout.split("\n")[:3] == ["None", "1 /tmp 0 1000 1000", "7"], r.stdout
+    # Process 1; TMPDIR is the fixed folder, empty for it (the folder beneath holds a file);
+    # the sandbox's /tmp is still there; the build's ids; the exit status passed through.
+    assert r.stdout.split("\n")[:3] == ["None", "1 /work/ntmp 0 outer-file 1000 1000", "7"], r.stdout
+    assert (work / "ntmp" / "outer-file").exists()
     assert (work / "made").stat().st_uid == (work / "w").stat().st_uid
 
 
 def test_side_by_side_runs_see_the_same_pid_and_names(work):
-    """What nvcc does: take the first free `tmpxft_<pid>_<n>` name in /tmp. Three at once, each
-    takes the same name; they would not in one shared /tmp."""
-    probe = ('n=0; while [ -e /tmp/t_$$_$n ]; do n=$((n+1)); done; touch /tmp/t_$$_$n; sleep 0.3; '
+    """What nvcc does: take the first free `tmpxft_<pid>_<n>` name in $TMPDIR. Three at once, each
+    takes the same name; they would not in one shared folder."""
+    probe = ('n=0; while [ -e $TMPDIR/t_$$_$n ]; do n=$((n+1)); done; touch $TMPDIR/t_$$_$n; sleep 0.3; '
              'echo t_$$_$n > /work/name-$1')
     r = _sandboxed(work, _WRAP + f"""
 ps = [subprocess.Popen(['/work/w', '-c', {probe!r}, 'sh', str(i)]) for i in range(3)]
@@ -80,7 +84,7 @@ def test_a_killed_program_kills_the_wrapper_with_its_signal(work):
     the signals sent to it from inside)."""
     r = _sandboxed(work, """
 import os, subprocess
-open('/work/w', 'w').write(pidns.wrapper_script(sys.executable, sys.executable))
+open('/work/w', 'w').write(pidns.wrapper_script(sys.executable, sys.executable, '/work/ntmp'))
 os.chmod('/work/w', 0o755)
 print(subprocess.run(['/work/w', '-c', 'import ctypes; ctypes.string_at(0)']).returncode)
 """)
@@ -106,7 +110,7 @@ print(p.wait(timeout=30))
 def test_a_missing_program_fails_with_127(work):
     r = _sandboxed(work, """
 import os, subprocess
-open('/work/w', 'w').write(pidns.wrapper_script('/no/such/nvcc', sys.executable))
+open('/work/w', 'w').write(pidns.wrapper_script('/no/such/nvcc', sys.executable, '/work/ntmp'))
 os.chmod('/work/w', 0o755)
 print(subprocess.run(['/work/w', '--version']).returncode)
 """)
@@ -116,9 +120,9 @@ print(subprocess.run(['/work/w', '--version']).returncode)
 
 def test_wrapper_is_self_contained():
     """The wrapper carries the module's text: no import of planner inside the sandbox."""
-    text = pidns.wrapper_script("/usr/local/cuda/bin/nvcc", "/usr/bin/python3")
+    text = pidns.wrapper_script("/usr/local/cuda/bin/nvcc", "/usr/bin/python3", "/build/nvcc-wrapper/tmp")
     assert text.startswith("#!/usr/bin/python3 -IS\n")
     assert "import planner" not in text and "from planner" not in text
     compile(text, "nvcc", "exec")
-    assert text.rstrip().endswith("exec_as_process_one(['/usr/local/cuda/bin/nvcc', *sys.argv[1:]])")
+    assert text.rstrip().endswith("exec_as_process_one(['/usr/local/cuda/bin/nvcc', *sys.argv[1:]], '/build/nvcc-wrapper/tmp')")
 

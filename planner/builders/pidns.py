@@ -1,11 +1,13 @@
-"""Run one program as process 1 of a PID namespace of its own.
+"""Run one program as process 1 of a PID namespace of its own, with a temporary folder of its own.
 
 nvcc names its temporary files `tmpxft_<its pid>_<n>…`, where n is the first number whose name is
-free in the temporary directory, and that name ends up in the objects it writes. A build that runs
-several nvcc at once (ninja under MAX_JOBS) gives each whichever pid the scheduling leaves free,
-and they share /tmp, so two builds of the same inputs differ in those bytes. As process 1 of its
-own namespace with a /tmp of its own, every nvcc has the same pid and finds the same names free,
-and its children (cudafe++, cicc, ptxas) get the same pids after it, whatever runs beside it.
+free in $TMPDIR, and that name ends up in the objects it writes. A build that runs several nvcc
+at once (ninja under MAX_JOBS) gives each whichever pid the scheduling leaves free, and they share
+one temporary folder, so two builds of the same inputs differ in those bytes. As process 1 of its
+own namespace, with an empty tmpfs mounted at one fixed path in a mount namespace of its own as
+$TMPDIR, every nvcc has the same pid and finds the same names free, and its children (cudafe++,
+cicc, ptxas) get the same pids after it, whatever runs beside it. /tmp itself is left alone: a
+build may compile files it wrote there.
 
 The sandbox drops every capability, so the namespaces come with a user namespace of their own
 that maps the build's uid and gid onto themselves: files keep their owner.
@@ -33,32 +35,39 @@ def _libc():
     return ctypes, ctypes.CDLL(None, use_errno=True)
 
 
-def enter() -> str | None:
-    """Make this process's next child process 1 of a new PID namespace, with an empty /tmp of
-    its own; None on success, else why not (no user namespaces, or nesting refused)."""
+def enter(tmpdir: str) -> tuple[bool, str | None]:
+    """Make this process's next child process 1 of a new PID namespace, with an empty tmpfs at
+    `tmpdir` as its TMPDIR. Returns whether the PID namespace exists (then the program must run
+    in a child: this process's own pid does not change) and why not all of it could be made."""
     ctypes, libc = _libc()
     uid, gid = os.getuid(), os.getgid()
 
     def failed(what: str) -> str:
         return f"{what}: {os.strerror(ctypes.get_errno())}"
 
+    os.makedirs(tmpdir, exist_ok=True)
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWNS) != 0:
-        return failed("unshare")
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+        return False, failed("unshare")
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError as exc:
+        return True, f"mapping the ids: {exc.strerror}"
     if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-        return failed("making / private")
-    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") != 0:
-        return failed("mounting a tmpfs at /tmp")
-    os.environ["TMPDIR"] = "/tmp"
-    return None
+        return True, failed("making / private")
+    if libc.mount(b"tmpfs", os.fsencode(tmpdir), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=1777") != 0:
+        return True, failed(f"mounting a tmpfs at {tmpdir}")
+    os.environ["TMPDIR"] = tmpdir
+    return True, None
 
 
-def exec_as_process_one(argv: list[str]) -> None:
-    """Run argv as process 1 of a new PID namespace and exit with its status; where no namespace
-    can be made, exec it directly (`works()` is asked once before a build relies on this)."""
-    if enter() is not None:
+def exec_as_process_one(argv: list[str], tmpdir: str) -> None:
+    """Run argv as process 1 of a new PID namespace (see `enter`) and exit with its status; where
+    no namespace can be made, exec it directly (`works()` is asked once before a build relies on
+    this, and says why)."""
+    created, _ = enter(tmpdir)
+    if not created:
         os.execv(argv[0], argv)
     pid = os.fork()
     if pid == 0:
@@ -84,30 +93,39 @@ def exec_as_process_one(argv: list[str]) -> None:
     sys.exit(code)
 
 
-def works() -> str | None:
-    """None if a child can run as process 1 of its own PID namespace here, else why not."""
+def works(tmpdir: str) -> str | None:
+    """None if a child can run as process 1 of its own PID namespace with its own `tmpdir`
+    here, else why not."""
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            problem = enter()
-            if problem is not None:
-                os.write(2, f"{problem}\n".encode())
-                os._exit(2)
-            child = os.fork()
-            if child == 0:
-                os._exit(0 if os.getpid() == 1 else 3)
-            _, status = os.waitpid(child, 0)
-            os._exit(os.waitstatus_to_exitcode(status))
+            os.close(read)
+            created, problem = enter(tmpdir)
+            if problem is None:
+                child = os.fork()
+                if child == 0:
+                    os._exit(0 if os.getpid() == 1 and not os.listdir(tmpdir) else 3)
+                _, status = os.waitpid(child, 0)
+                if os.waitstatus_to_exitcode(status) != 0:
+                    problem = "the child was not process 1 or its folder was not empty"
+            os.write(write, (problem or "").encode())
+            os._exit(0)
         finally:
             os._exit(4)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        problem = f.read().decode()
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return None if code == 0 else f"a PID namespace of its own could not be made (status {code})"
+    if os.waitstatus_to_exitcode(status) != 0:
+        return problem or "the probe failed"
+    return problem or None
 
 
-def wrapper_script(program: str, python: str) -> str:
-    """An executable's text that runs `program` with its arguments as process 1."""
+def wrapper_script(program: str, python: str, tmpdir: str) -> str:
+    """An executable's text that runs `program` with its arguments as process 1, with an empty
+    `tmpdir` of its own as TMPDIR."""
     with open(__file__, encoding="utf-8") as f:
         source = f.read()
     return (f"#!{python} -IS\n{source}\n\n"
-            f"if __name__ == '__main__':\n    exec_as_process_one([{program!r}, *sys.argv[1:]])\n")
+            f"if __name__ == '__main__':\n    exec_as_process_one([{program!r}, *sys.argv[1:]], {tmpdir!r})\n")

@@ -377,8 +377,9 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
 
 def _nvcc_as_process_one(env: dict) -> dict:
     """PYTORCH_NVCC (torch's ninja backend) and PATH pointing at a wrapper that runs nvcc as
-    process 1 of its own PID namespace, with its own /tmp: parallel compiles then write the same
-    bytes whatever the order they run in (planner/builders/pidns.py says why)."""
+    process 1 of its own PID namespace, with an empty temporary folder of its own at one fixed
+    path: parallel compiles then write the same bytes whatever the order they run in
+    (planner/builders/pidns.py says why)."""
     from . import pidns
 
     home = env.get("CUDA_HOME") or os.environ.get("CUDA_HOME", "")
@@ -386,15 +387,16 @@ def _nvcc_as_process_one(env: dict) -> dict:
     if not os.path.isabs(nvcc) or not os.access(nvcc, os.X_OK):
         log(f"planner: nvcc ({nvcc!r}) is not an executable file: it runs as the build starts it")
         return {}
-    problem = pidns.works()
+    bin_dir = BUILD / "nvcc-wrapper"
+    tmpdir = bin_dir / "tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    problem = pidns.works(str(tmpdir))
     if problem:
         log(f"planner: nvcc runs without a PID namespace of its own ({problem}): "
             "parallel compiles may write different bytes from build to build")
         return {}
-    bin_dir = BUILD / "nvcc-wrapper"
-    bin_dir.mkdir(exist_ok=True)
     wrapper = bin_dir / "nvcc"
-    wrapper.write_text(pidns.wrapper_script(nvcc, sys.executable))
+    wrapper.write_text(pidns.wrapper_script(nvcc, sys.executable, str(tmpdir)))
     wrapper.chmod(0o755)
     path = env.get("PATH") or os.environ.get("PATH", "/usr/bin:/bin")
     return {"PYTORCH_NVCC": str(wrapper), "PATH": f"{bin_dir}:{path}"}
