@@ -156,18 +156,19 @@ def test_an_unreadable_or_foreign_table_is_a_miss(proj: Project, tmp_path: Path)
 def test_the_views_generations_and_critical_chain_follow_their_definition() -> None:
     """`planview._shape` (one loop per node, no key function) against its definition written
     with max(): each node one generation past its deepest dependency; the chain through each
-    node's slowest dependency by (expected finish, id), ties included."""
+    node's slowest dependency by (expected finish, id), ties included. The durations are
+    random estimates given to both (data), not measured times."""
     import random
 
     from planner.planview import _shape
 
-    def definition(deps, seconds):
+    def definition(deps, estimates):
         level, finish, via = {}, {}, {}
         for nid, ds in deps.items():
             level[nid] = 1 + max((level[d] for d in ds), default=-1)
             slowest = max(ds, key=lambda d: (finish[d], d), default=None)
             via[nid] = slowest
-            finish[nid] = seconds.get(nid, 0.0) + (finish[slowest] if slowest is not None else 0.0)
+            finish[nid] = estimates.get(nid, 0.0) + (finish[slowest] if slowest is not None else 0.0)
         gens = [[] for _ in range(max(level.values(), default=-1) + 1)]
         for nid, lv in level.items():
             gens[lv].append(nid)
@@ -181,5 +182,5 @@ def test_the_views_generations_and_critical_chain_follow_their_definition() -> N
     for _ in range(3000):
         ids = [f"n{i}" for i in rng.sample(range(100), rng.randint(0, 12))]
         deps = {nid: sorted(set(rng.sample(ids[:i], rng.randint(0, min(i, 3))))) for i, nid in enumerate(ids)}
-        seconds = {nid: rng.choice([0, 1, 10, 2.5, 10.0]) for nid in ids if rng.random() < 0.9}
-        assert _shape(deps, seconds) == definition(deps, seconds)
+        estimates = {nid: rng.choice([0, 1, 10, 2.5, 10.0]) for nid in ids if rng.random() < 0.9}
+        assert _shape(deps, estimates) == definition(deps, estimates)
