@@ -134,8 +134,9 @@ def _copy_log(fd: int, log) -> None:
 
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory", "Out of memory",
                  "memory exhausted")
+# RLIMIT_NPROC counts threads too: Python says "can't start new thread" when it refuses one.
 _FORK_SIGNS = ("fork: retry", "fork: Resource temporarily unavailable", "can't fork", "Cannot fork",
-               "BlockingIOError: [Errno 11]", "Resource temporarily unavailable")
+               "BlockingIOError: [Errno 11]", "Resource temporarily unavailable", "can't start new thread")
 
 
 def limit_hit(limits: Limits, group: Optional["limits_mod.BuildCgroup"], tail: str) -> Optional[str]:
