@@ -19,7 +19,7 @@ import tomli_w
 from tests.support.http_server import LoopbackServer
 from tests.support.project import Project
 
-from .support import assert_clean_error, assert_one_failure, cli, deterministic_bytes, shell_recipe
+from .support import assert_clean_error, assert_one_failure, cli, deterministic_bytes, rmtree, shell_recipe
 from .test_writers import wheel_bytes
 
 ROW = "12. Lockfile as input"
@@ -100,9 +100,7 @@ def test_pin_naming_another_inputs_content_is_noticed(tmp_path: Path, server: Lo
         field = "sha256" if name.startswith("sha256") else "tree"
         _edit(proj, "x/a", **{field: data["inputs"]["x/b"][field]})
         if name.endswith("store-emptied"):
-            import shutil
-
-            shutil.rmtree(proj.store)
+            rmtree(proj.store)  # its entries are read-only: an ordinary user cannot rmtree them
             run = cli(proj, "realise", proj.set, "-j", "1")
             assert run.returncode != 0 and "x/a" in run.stderr and "hash mismatch" in run.stderr, run.stderr
             outcomes.append(f"{name}: realise: hash mismatch naming x/a")

@@ -13,7 +13,7 @@ from tests.support.http_server import Fault, LoopbackServer
 from tests.support.project import Project
 from tests.support.users import chown_tree, prefix, python_for, require_unprivileged, scratch
 
-from .support import assert_clean_error, shell_recipe, tarball
+from .support import assert_clean_error, rmtree, shell_recipe, tarball
 
 ROW = "15. Error messages"
 
@@ -125,7 +125,7 @@ def test_input_fetch_failures_name_the_input(tmp_path: Path, fault: str, figure:
             route.body = bytes(b ^ 1 for b in blob)
         elif fault == "upstream-404":
             srv.add(f"/{fname}", b"", fault=Fault.NOT_FOUND)
-        shutil.rmtree(proj.store)  # nothing cached: the realise must fetch
+        rmtree(proj.store)  # nothing cached: the realise must fetch
         if fault == "upstream-gone":
             srv.__exit__(None, None, None)
         run = proj.cli("realise")
