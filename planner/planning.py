@@ -35,6 +35,13 @@ class Planned:
     # Stale or missing lock entries of single inputs (realise): refused only where a realise
     # builds with them, a warning elsewhere (`stale_outside`).
     deferred: tuple = ()
+    # The set as set.toml declares it, before --platform/--variant narrowed `rs`: the lock pins
+    # every platform's files, so it is checked against this one.
+    whole: Optional["RecipeSet"] = None
+
+    @property
+    def lock_set(self) -> "RecipeSet":
+        return self.whole if self.whole is not None else self.rs
 
     @property
     def set_name(self) -> str:
@@ -71,8 +78,8 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
             raise LockError(f"{problems[0].line()}{more}; `planner lock {rs.name}` re-pins it",
                             where=str(rs.lockfile.relative_to(root)))
     host = detect_host(sandboxed)
-    rs = restrict(rs, platform, variant)  # after the lock check, which is about the whole set
-    return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target), deferred)
+    whole, rs = rs, restrict(rs, platform, variant)  # after the lock check, which is about the whole set
+    return Planned(root, rs, lock, host, make_plan(rs, lock, host, target=target), deferred, whole)
 
 
 def restrict(rs, platform: Optional[str], variant: Optional[str]):

@@ -66,7 +66,7 @@ def from_planned(planned) -> PlanTable:
     """The table of a plan (pure)."""
     p = planned.plan
     rows = [light_row(node, p.walk.get(nid, list(node.deps.values()))) for nid, node in p.nodes.items()]
-    problems = lock_problems(planned.rs, planned.lock)
+    problems = lock_problems(planned.lock_set, planned.lock)
     return finish(p.set, rows, p.targets, p.roots, warnings(planned.rs, problems), problems)
 
 

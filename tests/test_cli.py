@@ -341,6 +341,16 @@ def test_stale_lock_warned_by_plan_and_realise_hints_lock(diamond: Project) -> N
     assert "`planner lock t` re-pins it" in one_error_line(real.stderr)
 
 
+@pytest.mark.parametrize("args", [("demo", "--platform", "linux/arm64"), ("demo", "--variant", "sm100a"),
+                                  ("slime", "--target", "int4-qat", "--platform", "linux/amd64", "--variant", "sm100a")])
+def test_narrowing_to_a_platform_or_variant_keeps_an_up_to_date_lock_up_to_date(args, tmp_path: Path) -> None:
+    """The lock pins every platform's files: a plan narrowed to one platform checks it against the
+    whole set (it called the committed locks stale, naming one input's "now X, locked X")."""
+    proc = planner("plan", *args, env={"PLANNER_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "stale" not in proc.stderr, proc.stderr
+
+
 def test_executor_at_a_dead_port_is_one_line_within_the_timeout(diamond: Project, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
