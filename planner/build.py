@@ -116,8 +116,10 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     # A shell step with nothing to unpack or patch needs no Python in the sandbox: its script
     # runs as the runtime would run it, with the same environment, directory and process tree.
     # (Unless LC_ALL is empty: then Python would have coerced the locale and exported LC_CTYPE.)
+    # Nor one that can reach nvcc: the runtime wraps every nvcc (builders/pidns.py says why).
     direct = (node.builder == "shell" and not (spec["source"] or spec["submodules"] or spec["patches"])
-              and bool(env.get("LC_ALL", sandbox.BASE_ENV["LC_ALL"])))
+              and bool(env.get("LC_ALL", sandbox.BASE_ENV["LC_ALL"]))
+              and not (req.sandboxed and _may_reach_nvcc(req, env)))
     limits = node.limits if node.limits is not None else Limits(memory=node.memory or DEFAULT_MEMORY)
     if req.sandboxed:
         argv, log_head = _sandboxed_argv(req, spec, mounts, env, direct, build_dir, limits)
@@ -150,6 +152,22 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         if group is not None:
             group.remove()
     return build_dir / "out"
+
+
+def _may_reach_nvcc(req: BuildRequest, env: dict[str, str]) -> bool:
+    """Whether a build might find an nvcc to run (and so needs the runtime, which wraps it), given
+    a Python to run the runtime with: a toolkit among its dependencies, CUDA_HOME or CUDA_PATH
+    declared, or nvcc where a root filesystem installs it. A guess from outside, generous on
+    purpose: the runtime looks for itself and wraps only what it finds."""
+    root = req.deps["rootfs"].path if "rootfs" in req.deps else (
+        req.deps[BUILD_ROOT_MOUNT].path if BUILD_ROOT_MOUNT in req.deps else Path("/"))
+    if not os.path.lexists(root / "usr/bin/python3"):
+        return False  # a root filesystem without Python: the script runs as it always did
+    if any(mount.startswith("toolchain/") for mount in req.deps) or "CUDA_HOME" in env or "CUDA_PATH" in env:
+        return True
+    # (The host's /usr/local is hidden from a build.)
+    places = ("usr/bin/nvcc",) if root == Path("/") else ("usr/local/cuda/bin/nvcc", "usr/bin/nvcc")
+    return any(os.path.lexists(root / rel) for rel in places)
 
 
 def _run_builtin(req: BuildRequest, build_dir: Path, log_path: Path) -> None:

@@ -123,6 +123,19 @@ def test_pep517_cuda_wheel_rebuilds_bit_identically(project, kern):
     assert len(kerns) == 2 and all(c["ok"] for c in checks.values()), checks
 
 
+def test_parallel_nvcc_in_a_shell_step_writes_the_same_names(project):
+    """Three nvcc started at once from a script by their full path, sharing the step's TMPDIR:
+    each is process 1 of its own namespace with a folder of its own, so every object records the
+    same temporary-file name (unwrapped, each recorded its own pid), and a rebuild is identical."""
+    out = json.loads(_realise(project, "kern-make").stdout)
+    (node,) = [n for n in out["nodes"] if n["name"] == "kern-make"]
+    names = {o.name: sorted(set(re.findall(rb"tmpxft_[0-9a-f]{8}_[0-9a-f]{8}", o.read_bytes())))
+             for o in Path(node["path"]).glob("*.o")}
+    assert names == {f"k{i}.o": [b"tmpxft_00000001_00000000"] for i in (1, 2, 3)}
+    checks = json.loads(_realise(project, "kern-make", "--check").stdout)["checks"]
+    assert [c["ok"] for c in checks if c["node"].startswith("kern-make")] == [True], checks
+
+
 def test_torch_arch_list():
     assert torch_arch_list(["sm_120+PTX", "sm_90a", "sm_80", "sm_100f"]) == ["8.0", "9.0a", "10.0f", "12.0+PTX"]
     assert torch_arch_list("9.0a;10.0") == ["9.0a", "10.0"]

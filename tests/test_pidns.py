@@ -20,10 +20,10 @@ PKG = Path(pidns.__file__).parent
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
-def _sandboxed(work: Path, script: str) -> subprocess.CompletedProcess:
+def _sandboxed(work: Path, script: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run `script` (Python) as the sandbox's build user, with pidns importable and /work writable."""
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-           "--uid", "1000", "--gid", "1000", "--ro-bind", "/usr", "/usr"]
+           "--uid", "1000", "--gid", "1000", *options, "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
             cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
@@ -126,3 +126,57 @@ def test_wrapper_is_self_contained():
     compile(text, "nvcc", "exec")
     assert text.rstrip().endswith("exec_as_process_one(['/usr/local/cuda/bin/nvcc', *sys.argv[1:]], '/build/nvcc-wrapper/tmp')")
 
+
+
+# What nvcc does, as a script: take the first free `tmpxft_<pid>_<n>`-style name in $TMPDIR and
+# say which name, pid, uid and own path it had.
+_NVCC = """#!/bin/sh
+n=0; while [ -e "$TMPDIR/t_$$_$n" ]; do n=$((n+1)); done; touch "$TMPDIR/t_$$_$n"; sleep 0.3
+echo "t_$$_$n $(id -u) $0" > "/work/out-$1"
+"""
+
+
+@pytest.fixture
+def toolkit(tmp_path_factory) -> Path:
+    """A read-only `bin/nvcc` (the script above), with a symbolic link to it elsewhere."""
+    root = tmp_path_factory.mktemp("toolkit")
+    (root / "bin").mkdir()
+    (root / "bin" / "nvcc").write_text(_NVCC)
+    (root / "bin" / "nvcc").chmod(0o755)
+    (root / "cuda").symlink_to("bin")
+    return root
+
+
+_STARTS = ("import subprocess\n"
+           "ps = [subprocess.Popen(argv, env={'PATH': '/tc/cuda:/usr/bin:/bin', 'TMPDIR': '/tmp'}) for argv in\n"
+           "      (['/tc/bin/nvcc', 'full'], ['/tc/cuda/nvcc', 'link'], ['nvcc', 'path'],\n"
+           "       ['/bin/sh', '-c', 'exec /tc/bin/nvcc \"$0\"', 'shell'])]\n"
+           "print([p.wait() for p in ps], flush=True)\n")
+
+
+def test_a_program_wrapped_in_place_runs_as_process_one_however_it_is_started(work, toolkit):
+    """`wrap_in_place` as the runtime calls it: four starts at once, by full path, through a link,
+    through PATH and from a shell, each see pid 1, an empty folder of their own and their own
+    path; the program's file outside the sandbox is untouched."""
+    before = (toolkit / "bin" / "nvcc").read_bytes()
+    r = _sandboxed(work, "print(pidns.wrap_in_place(['/tc/bin/nvcc'], '/work/nw', sys.executable, '/work/nw/tmp'), flush=True)\n"
+                   + _STARTS, ("--ro-bind", str(toolkit), "/tc"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["None", "[0, 0, 0, 0]"], (r.stdout, r.stderr)
+    for how in ("full", "link", "path", "shell"):
+        assert (work / f"out-{how}").read_text().split() == ["t_1_0", "1000", "/tc/bin/nvcc"], how
+    assert (work / "out-full").stat().st_uid == (work / "nw").stat().st_uid
+    assert (toolkit / "bin" / "nvcc").read_bytes() == before
+
+
+def test_without_namespaces_the_program_runs_unwrapped_and_says_why(work, toolkit):
+    """A sandbox that allows no further user namespaces: the probe fails in a child, nothing is
+    put in place, and the program still runs (not as process 1)."""
+    r = _sandboxed(work, "print(pidns.wrap_in_place(['/tc/bin/nvcc'], '/work/nw', sys.executable, '/work/nw/tmp'), flush=True)\n"
+                   + _STARTS, ("--unshare-user", "--disable-userns", "--ro-bind", str(toolkit), "/tc"))
+    assert r.returncode == 0, r.stderr
+    problem, statuses = r.stdout.splitlines()
+    assert problem.startswith("unshare: "), problem
+    assert statuses == "[0, 0, 0, 0]"
+    names = [(work / f"out-{how}").read_text().split()[0] for how in ("full", "link", "path", "shell")]
+    assert not any(name.startswith("t_1_") for name in names), names

@@ -49,12 +49,15 @@ def _load(ref: str) -> Callable[..., Any]:
 
 
 BUILDERS: dict[str, Builder] = {b.kind: b for b in (
-    Builder("shell", 1),
+    # 2: every nvcc the build reaches runs as process 1 of its own PID namespace (builders/pidns.py)
+    Builder("shell", 2),
     Builder("unpack", 1),
     Builder("source-tree", 1),
-    Builder("python-wheel", 2),  # 2: RECORD quotes member names with commas (CSV)
-    # 2: torch-style builds run each nvcc as process 1 of its own PID namespace (builders/pidns.py)
-    Builder("cuda-wheel", 2, host_tools=("base", "cuda"), platform_tools={"linux/arm64": ("cuda-arm64",)}),
+    # 2: RECORD quotes member names with commas (CSV); 3: nvcc as process 1, as for shell
+    Builder("python-wheel", 3),
+    # 2: torch-style builds run each nvcc as process 1 of its own PID namespace (builders/pidns.py);
+    # 3: every nvcc the build reaches, however started (its file is wrapped in place)
+    Builder("cuda-wheel", 3, host_tools=("base", "cuda"), platform_tools={"linux/arm64": ("cuda-arm64",)}),
     Builder("prebuilt-wheel", 1, builtin=True, run="planner.builders.pinned:prebuilt_wheel"),
     Builder("cuda-toolkit", 2, builtin=True, run="planner.builders.pinned:cuda_toolkit"),
     Builder("debian-rootfs", 1, builtin=True, run="planner.builders.roots:debian_rootfs"),

@@ -369,38 +369,53 @@ def pep517_cuda_wheel(spec: dict, src: Path, out: Path, *, archs: list, platform
     if "CUDA_HOME" not in os.environ and (toolkit / "bin" / "nvcc").exists():
         env["CUDA_HOME"] = str(toolkit)
         env["PATH"] = f"{toolkit}/bin:" + os.environ.get("PATH", "/usr/bin:/bin")
-    env.update(_nvcc_as_process_one(env))
     log("cuda env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "PATH"))
     pep517_wheel(spec, src / settings.get("subdir", "."), out, env=env,
                  config_settings=settings.get("config-settings"))
 
 
-def _nvcc_as_process_one(env: dict) -> dict:
-    """PYTORCH_NVCC (torch's ninja backend) and PATH pointing at a wrapper that runs nvcc as
-    process 1 of its own PID namespace, with an empty temporary folder of its own at one fixed
-    path: parallel compiles then write the same bytes whatever the order they run in
-    (planner/builders/pidns.py says why)."""
+# Where a build finds nvcc: a toolkit dependency's, the one CUDA_HOME or CUDA_PATH names, the
+# usual install path of a root filesystem's, and PATH's.
+_NVCC_HOMES = ("CUDA_HOME", "CUDA_PATH")
+
+
+def nvcc_programs(spec: dict, environ: dict) -> list[str]:
+    """The real paths of the nvcc executables this build can reach, each once."""
+    import shutil
+
+    candidates = [os.path.join(dest, "bin", "nvcc") for mount, dest in sorted(spec.get("deps", {}).items())
+                  if mount.startswith("toolchain/")]
+    candidates += [os.path.join(environ[k], "bin", "nvcc") for k in _NVCC_HOMES if environ.get(k)]
+    candidates += ["/usr/local/cuda/bin/nvcc", shutil.which("nvcc", path=environ.get("PATH", "")) or ""]
+    found: list[str] = []
+    for path in candidates:
+        if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            real = os.path.realpath(path)
+            if real not in found:
+                found.append(real)
+    return found
+
+
+def wrap_nvcc(spec: dict) -> None:
+    """Every nvcc the build can reach runs as process 1 of its own PID namespace, with an empty
+    temporary folder of its own at one fixed path, however the build starts it: parallel
+    compiles then write the same bytes whatever order they run in (planner/builders/pidns.py
+    says why and how)."""
+    programs = nvcc_programs(spec, dict(os.environ))
+    if not programs:
+        return
     from . import pidns
 
-    home = env.get("CUDA_HOME") or os.environ.get("CUDA_HOME", "")
-    nvcc = os.environ.get("PYTORCH_NVCC") or os.path.join(home, "bin", "nvcc")
-    if not os.path.isabs(nvcc) or not os.access(nvcc, os.X_OK):
-        log(f"planner: nvcc ({nvcc!r}) is not an executable file: it runs as the build starts it")
-        return {}
-    bin_dir = BUILD / "nvcc-wrapper"
-    tmpdir = bin_dir / "tmp"
-    tmpdir.mkdir(parents=True, exist_ok=True)
-    problem = pidns.works(str(tmpdir))
+    folder = BUILD / "nvcc-wrapper"
+    problem = pidns.wrap_in_place(programs, str(folder), sys.executable, str(folder / "tmp"))
     if problem:
         log(f"planner: nvcc runs without a PID namespace of its own ({problem}): "
             "parallel compiles may write different bytes from build to build")
-        return {}
-    wrapper = bin_dir / "nvcc"
-    wrapper.write_text(pidns.wrapper_script(nvcc, sys.executable, str(tmpdir)))
-    wrapper.chmod(0o755)
-    path = env.get("PATH") or os.environ.get("PATH", "/usr/bin:/bin")
-    return {"PYTORCH_NVCC": str(wrapper), "PATH": f"{bin_dir}:{path}"}
+    else:
+        log("planner: nvcc runs as process 1 of its own PID namespace: " + " ".join(programs))
 
+
+_RUNS_RECIPE_CODE = ("shell", "python-wheel", "cuda-wheel")
 
 BUILDERS = {
     "shell": build_shell,
@@ -424,6 +439,9 @@ def main(argv: list[str]) -> int:
     out = BUILD / "out"
     out.mkdir(exist_ok=True)
     try:
+        # Sandboxed (nothing of it outlives the build), and a builder that runs the recipe's code.
+        if "PLANNER_BUILD_DIR" not in os.environ and spec["builder"] in _RUNS_RECIPE_CODE:
+            wrap_nvcc(spec)
         src = prepare_source(spec)
         BUILDERS[spec["builder"]](spec, src, out)
     except BuildFailure as exc:
