@@ -407,7 +407,10 @@ def wrap_nvcc(spec: dict) -> None:
     from . import pidns
 
     folder = BUILD / "nvcc-wrapper"
-    problem = pidns.wrap_in_place(programs, str(folder), sys.executable, str(folder / "tmp"))
+    try:
+        problem = pidns.wrap_in_place(programs, str(folder), sys.executable, str(folder / "tmp"))
+    except OSError as exc:  # the probe could, this process could not: nothing to build on
+        raise BuildFailure(f"cannot wrap nvcc: {exc}") from None
     if problem:
         log(f"planner: nvcc runs without a PID namespace of its own ({problem}): "
             "parallel compiles may write different bytes from build to build")
