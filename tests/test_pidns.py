@@ -1,7 +1,9 @@
 """nvcc's wrapper (planner/builders/pidns.py) in a real bubblewrap sandbox, as builds run: the
 program is process 1 of its own PID namespace, has an empty temporary folder of its own at one
 fixed path (and still sees the sandbox's /tmp), keeps the build's uid, and its exit status (or
-the signal that killed it) is the wrapper's."""
+the signal that killed it) is the wrapper's. Wrapped in place (`wrap_in_place`, as the runtime
+does it), the program is reached that way by every path to it, and runs from its own path;
+where the sandbox refuses namespaces, the probe says why and nothing changes."""
 
 from __future__ import annotations
 
