@@ -73,10 +73,10 @@ def diamond(tmp_path: Path) -> Project:
 # user's store. If this test fails, the change must be deliberate: bump PREIMAGE_FORMAT or a
 # builder version and update these keys in the same commit.
 PINNED_KEYS = {
-    "a": "sjizqkbxcd092232a0ddl93wm64n2djs",
-    "b": "v67j4g023qz0aqqwi2fqvrspzm1ncvl7",
-    "c": "x4vq2w9q3qib2s2x8szkv8cdfckq5lza",
-    "d": "5rs980rk2cggih0dn2ailci91sxy50br",
+    "a": "jafxqzczij3zvckd6m93g1xpfnysq378",
+    "b": "8h3q4a7mw60ry4shvj16f2ypcd1jsk8m",
+    "c": "lhzyljc8yvi0c1j2d4x9pc8pqkkvhin7",
+    "d": "hnqz94li8s0dn9k47znax4i2icd1k45y",
 }
 PINNED_SOURCE_TREE = "blake3:5a973680e47d19145ac6813e2b25909adbd376e8d3f298ef644e76701f78afd8"
 
