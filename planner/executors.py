@@ -36,6 +36,7 @@ from .build import Running, build
 from .builders.registry import BUILTIN_BUILDERS
 from .derivation import BuildRequest, Built, Node, digests, record, resolve
 from .errors import BuildError, PlannerError
+from .emulation import can_run
 from .host import host_platform
 from .store import Entry, RemoteEntry, Store
 from .worker import ARCH_PREFIX, PAYLOAD_FORMAT, WorkRequest, arch_of, build_platform, remote_build, worker_facts
@@ -85,9 +86,10 @@ class LocalExecutor:
         host = host_platform()
         out = []
         for n in nodes:
-            if "rootfs" in n.deps and n.variant.platform not in (None, host) and n.builder not in BUILTIN_BUILDERS:
+            if "rootfs" in n.deps and n.builder not in BUILTIN_BUILDERS and not can_run(n.variant.platform, host):
                 out.append(f"{n.label()}: builds inside a {n.variant.platform} root filesystem; this host is "
-                           f"{host}: use a native worker (--executor dask://…)")
+                           f"{host}: use a native worker (--executor dask://…), or register a binfmt_misc "
+                           "handler with the F flag (qemu-user-static) to build it emulated")
         return out
 
     remote = False

@@ -110,3 +110,48 @@ def test_image_on_a_registry_base_reuses_its_layers_and_config(demo_runs: dict, 
                        check=True, capture_output=True)
         assert (bundle / "rootfs/etc/extra.txt").read_text() == "extra\n"
         assert (bundle / "rootfs/usr/local/lib/python3.11/dist-packages/slime_mini/__init__.py").is_file()
+
+
+def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: dict, registry: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """A python-wheel build inside the pulled base's linux/arm64 root filesystem, on this amd64
+    host: its Python is the base's aarch64 one, run by the kernel's qemu handler (`Nix's
+    extra-platforms`). The wheel records the machine its setup.py ran on; a rebuild is identical."""
+    from planner.emulation import emulator
+    from planner.host import host_platform
+
+    if host_platform() != "linux/amd64" or emulator("linux/arm64") is None:
+        pytest.skip("no binfmt_misc handler with the F flag for arm64 here (.ci/setup registers "
+                    "qemu-user-static's where the kernel allows it)")
+    store_a = str(demo_runs["store_a"])
+    run_planner("--store", store_a, "push", "demo", f"{registry}/base:emu", "--plain-http")
+    root, store = tmp_path / "p", tmp_path / "s"
+    _project(root, f"{registry}/base:emu")
+    folder = root / "recipes/onbase"
+    src = root / "src/machine"
+    (src / "machine_probe").mkdir(parents=True)
+    (src / "setup.py").write_text(
+        "import platform, sys\nfrom setuptools import setup\n"
+        "open('machine_probe/machine.txt', 'w').write(platform.machine() + ' ' + sys.executable + '\\n')\n"
+        "setup(name='machine-probe', version='1.0', packages=['machine_probe'],\n"
+        "      package_data={'machine_probe': ['machine.txt']})\n")
+    (src / "machine_probe/__init__.py").write_text("")
+    (folder / "machine.toml").write_text(
+        'name = "machine"\nversion = "1.0"\nplatforms = ["linux/arm64"]\n'
+        '[source]\nkind = "path"\npath = "src/machine"\n'
+        '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
+        '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
+        '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+    run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                 "--target", "machine", "--platform", "linux/arm64", "--json").stdout)
+    (node,) = [n for n in out["nodes"] if n["name"] == "machine"]
+    assert node["variant"].startswith("linux/arm64"), node
+    import zipfile
+
+    with zipfile.ZipFile(next(Path(node["path"]).glob("*.whl"))) as zf:
+        assert zf.read("machine_probe/machine.txt").decode().split() == ["aarch64", "/usr/bin/python3"]
+    checked = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                     "--target", "machine", "--platform", "linux/arm64", "--check-targets",
+                                     "--json").stdout)
+    assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]
