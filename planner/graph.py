@@ -385,11 +385,19 @@ def builds_natively(node: Node) -> bool:
     return node.builder == "python-wheel" or (node.builder == "cuda-wheel" and settings.get("frontend") == "pep517")
 
 
-def unbuildable_here(plan: Plan, ids: Iterable[str], build_platform: str) -> list[Node]:
+def unbuildable_here(plan: Plan, ids: Iterable[str], build_platform: str,
+                     emulated: frozenset[str] = frozenset()) -> list[Node]:
     """Nodes among `ids` that would build for another platform than `build_platform` with a
-    builder that only builds natively: refused before anything runs, never built wrong."""
-    return [plan.nodes[n] for n in ids
-            if builds_natively(plan.nodes[n]) and plan.nodes[n].variant.platform not in (None, build_platform)]
+    builder that only builds natively: refused before anything runs, never built wrong. Inside
+    a root filesystem of their own platform they build where that platform is `emulated` (its
+    Python and compilers run under the emulator, as natively)."""
+    out = []
+    for nid in ids:
+        n = plan.nodes[nid]
+        if builds_natively(n) and n.variant.platform not in (None, build_platform) and not (
+                "rootfs" in n.deps and n.variant.platform in emulated):
+            out.append(n)
+    return out
 
 
 def cuda_variant_name(rs: RecipeSet, archs: Optional[tuple[str, ...]]) -> Optional[str]:

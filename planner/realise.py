@@ -350,17 +350,23 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
 def _refuse_foreign(run: _Run) -> None:
     """Nodes that would build for another platform than this machine's with a builder that only
     builds natively: refused before anything runs, never built wrong."""
+    from .emulation import emulator
     from .errors import GraphError
     from .graph import unbuildable_here
 
     planned = run.decision.planned
-    foreign = unbuildable_here(planned.plan, run.decision.validity.todo(), planned.host.platform)
+    todo = run.decision.validity.todo()
+    platforms = {planned.plan.nodes[n].variant.platform for n in todo} - {None, planned.host.platform}
+    emulated = frozenset(p for p in platforms if emulator(p) is not None)
+    foreign = unbuildable_here(planned.plan, todo, planned.host.platform, emulated)
     if foreign:
         run.close_executor()
         n = foreign[0]
         raise GraphError(f"{n.label()}: {n.builder} builds only for the machine it runs on, and this is "
                          f"{planned.host.platform}, not {n.variant.platform}: realise with --platform "
-                         f"{planned.host.platform}, or with an --executor that has a {n.variant.platform} worker",
+                         f"{planned.host.platform}, or with an --executor that has a {n.variant.platform} worker"
+                         + (" (or build it inside a root filesystem of that platform, emulated here)"
+                            if n.variant.platform in emulated else ""),
                          where=planned.rs.get(n.recipe).file)
 
 
