@@ -16,7 +16,7 @@ from .errors import BuildError, PlannerError, UnsafeTree
 from .builders.registry import builder
 from .buildrun import Running, limit_hit, run_logged, shell_argv, tail_of  # noqa: F401  (Running: re-exported)
 from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
-from .emulation import can_run, emulator
+from .emulation import emulator
 from .host import host_platform
 from .limits import Limits
 from .store import Entry, Store, remove_tree
@@ -203,13 +203,14 @@ def _sandboxed_argv(req: BuildRequest, spec: dict, mounts: list, env: dict[str, 
         mounts = [m for m in mounts if m.dest != "/deps/rootfs"]
         if not direct and not (rootfs / "usr/bin/python3").exists() and not (rootfs / "usr/bin/python3").is_symlink():
             raise BuildError(node.label(), f"the build root filesystem has no /usr/bin/python3 ({rootfs.name})")
-        if not can_run(node.variant.platform, host_platform()):
-            raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
-                                           f"{host_platform()} host: use a native worker (--executor), or "
-                                           "register a binfmt_misc handler with the F flag (qemu-user-static)")
-        if node.variant.platform not in (None, host_platform()):
-            log_head += (f"planner: {node.variant.platform} emulated on this {host_platform()} host by "
-                         f"{emulator(node.variant.platform)}\n").encode()
+        host = host_platform()
+        if node.variant.platform not in (None, host):
+            by = emulator(node.variant.platform)
+            if by is None:
+                raise BuildError(node.label(), f"cannot run a {node.variant.platform} root filesystem on this "
+                                               f"{host} host: use a native worker (--executor), or register "
+                                               "a binfmt_misc handler with the F flag (qemu-user-static)")
+            log_head += f"planner: {node.variant.platform} emulated on this {host} host by {by}\n".encode()
     if direct:
         env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
         inner, head = shell_argv(spec["script"], limits)

@@ -8,11 +8,14 @@ not exist inside the sandbox's own mount namespace (Debian's qemu-user-static re
 handlers so: `/usr/lib/binfmt.d/qemu-*.conf`, flags `POF`).
 
 Emulation changes how fast a build runs, not what it writes (the same programs on the same
-inputs), so keys do not name it and a build's output is the one a native machine makes.
+inputs), so keys do not name it. One known exception: nvcc's wrapper (builders/pidns.py) needs
+a user namespace, which qemu-user's threads rule out, so an emulated nvcc writes its own pid
+into its temporary-file names where a native one writes 1 (the build log says so).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -67,9 +70,11 @@ def _elf_headers(machine: int) -> list[bytes]:
     return [ident + e_type.to_bytes(2, "little") + machine.to_bytes(2, "little") for e_type in (2, 3)]
 
 
+@functools.lru_cache(maxsize=None)
 def emulator(platform: str, folder: str = BINFMT_MISC) -> Optional[str]:
     """The interpreter that runs `platform`'s executables here inside a sandbox (an enabled
-    handler with the F flag that takes both its executables and its shared objects), or None."""
+    handler with the F flag that takes both its executables and its shared objects), or None.
+    Read once a process: every node of a realise asks."""
     machine = _ELF_MACHINE.get(platform)
     if machine is None:
         return None

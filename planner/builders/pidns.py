@@ -94,8 +94,8 @@ def enter(tmpdir: str, restore: tuple[str, str] | None = None) -> tuple[bool, st
 def exec_as_process_one(argv: list[str], tmpdir: str, real: str | None = None) -> None:
     """Run argv as process 1 of a new PID namespace (see `enter`) and exit with its status.
     `real`: the program's own file, bound at argv[0] first (argv[0] is this wrapper until then).
-    Where no namespace can be made, exec argv directly (`works()` is asked once before a build
-    relies on this, and says why); a wrapper in place of its program fails instead, saying why."""
+    Where no namespace can be made, exec argv directly (a build probes first, `wrap_in_place`,
+    and says why); a wrapper in place of its program fails instead, saying why."""
     created, problem = enter(tmpdir, (real, argv[0]) if real else None)
     if problem and real:
         sys.stderr.write(f"planner: cannot run {argv[0]} as process 1 of its own namespaces: {problem}\n")
