@@ -188,6 +188,18 @@ def _run_builtin(req: BuildRequest, build_dir: Path, log_path: Path) -> None:
                              tail=tail_of(log_path)) from exc
 
 
+def _native_pid1(spec: dict, build_dir: Path) -> bytes:
+    """Give an emulated build's runtime the host's native process-1 helper (planner/pid1.py says
+    why); returns the log line that says why not, where it cannot be compiled here."""
+    from . import pid1
+
+    try:
+        spec["native-pid1"] = pid1.install(build_dir.parent, build_dir)
+    except pid1.HelperUnavailable as exc:
+        return f"planner: no native process-1 helper for nvcc ({exc})\n".encode()
+    return b""
+
+
 def _sandboxed_argv(req: BuildRequest, spec: dict, mounts: list, env: dict[str, str], direct: bool,
                     build_dir: Path, limits: Limits) -> tuple[list[str], bytes]:
     """The bubblewrap command line of a sandboxed build, and what its log starts with."""
@@ -211,6 +223,8 @@ def _sandboxed_argv(req: BuildRequest, spec: dict, mounts: list, env: dict[str, 
                                                f"{host} host: use a native worker (--executor), or register "
                                                "a binfmt_misc handler with the F flag (qemu-user-static)")
             log_head += f"planner: {node.variant.platform} emulated on this {host} host by {by}\n".encode()
+            if not direct:
+                log_head += _native_pid1(spec, build_dir)
     if direct:
         env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")
         inner, head = shell_argv(spec["script"], limits)

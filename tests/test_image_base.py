@@ -155,3 +155,85 @@ def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: 
                                      "--target", "machine", "--platform", "linux/arm64", "--check-targets",
                                      "--json").stdout)
     assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]
+
+
+_FAKE_NVCC = r"""
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+int main(void) {
+    struct utsname u;
+    const char *tmp = getenv("TMPDIR");
+    int entries = 0;
+    DIR *d = opendir(tmp ? tmp : "/nonexistent");
+    for (struct dirent *e; d && (e = readdir(d));)
+        entries += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    uname(&u);
+    printf("pid=%d machine=%s tmpdir=%s entries=%d\n", getpid(), u.machine, tmp ? tmp : "-", d ? entries : -1);
+    return 0;
+}
+"""
+
+
+def test_an_emulated_builds_nvcc_is_process_one_by_the_native_helper(demo_runs: dict, registry: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """Under qemu-user the runtime's Python cannot make nvcc process 1 (qemu's threads keep it
+    out of a new user namespace): the host's native helper (builders/pid1.c) does, so an
+    emulated build's nvcc gets the pid a native worker's gets. Three arm64 "nvcc" started at once
+    by full path from an emulated setup.py each run as process 1 with an empty TMPDIR."""
+    from planner.emulation import emulator
+    from planner.host import host_platform
+
+    if host_platform() != "linux/amd64" or emulator("linux/arm64") is None:
+        pytest.skip("no binfmt_misc handler with the F flag for arm64 here (.ci/setup registers "
+                    "qemu-user-static's where the kernel allows it)")
+    cross = shutil.which("aarch64-linux-gnu-gcc")
+    if cross is None:
+        pytest.skip("no aarch64-linux-gnu-gcc to compile an arm64 program (.ci/setup installs it)")
+    store_a = str(demo_runs["store_a"])
+    run_planner("--store", store_a, "push", "demo", f"{registry}/base:emu-nvcc", "--plain-http")
+    root, store = tmp_path / "p", tmp_path / "s"
+    _project(root, f"{registry}/base:emu-nvcc")
+    folder = root / "recipes/onbase"
+    src = root / "src/fakecuda"
+    src.mkdir(parents=True)
+    (tmp_path / "nvcc.c").write_text(_FAKE_NVCC)
+    import subprocess
+
+    subprocess.run([cross, "-static", "-O2", "-o", str(src / "nvcc"), str(tmp_path / "nvcc.c")], check=True)
+    (folder / "fakecuda.toml").write_text(
+        'name = "fakecuda"\nversion = "1"\naxes = ["host"]\n[source]\nkind = "path"\npath = "src/fakecuda"\n'
+        '[build]\nbuilder = "shell"\n'
+        'script = "mkdir -p $out/bin && cp $src/nvcc $out/bin/nvcc && chmod 755 $out/bin/nvcc"\n')
+    kernels = root / "src/kernels"
+    (kernels / "kernels").mkdir(parents=True)
+    (kernels / "kernels/__init__.py").write_text("")
+    (kernels / "setup.py").write_text(
+        "import subprocess\nfrom setuptools import setup\n"
+        "runs = [subprocess.Popen(['/toolchains/fakecuda/bin/nvcc'], stdout=open(f'kernels/nvcc-{i}', 'w'))\n"
+        "        for i in (1, 2, 3)]\n"
+        "assert [r.wait() for r in runs] == [0, 0, 0]\n"
+        "setup(name='kernels', version='1.0', packages=['kernels'],\n"
+        "      package_data={'kernels': ['nvcc-1', 'nvcc-2', 'nvcc-3']})\n")
+    (folder / "kernels.toml").write_text(
+        'name = "kernels"\nversion = "1.0"\nplatforms = ["linux/arm64"]\ntoolchains = ["fakecuda"]\n'
+        '[source]\nkind = "path"\npath = "src/kernels"\n'
+        '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
+        '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
+        '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+    run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                 "--target", "kernels", "--platform", "linux/arm64", "--json").stdout)
+    (node,) = [n for n in out["nodes"] if n["name"] == "kernels"]
+    import zipfile
+
+    with zipfile.ZipFile(next(Path(node["path"]).glob("*.whl"))) as zf:
+        runs = [zf.read(f"kernels/nvcc-{i}").decode() for i in (1, 2, 3)]
+    assert runs == ["pid=1 machine=aarch64 tmpdir=/build/nvcc-wrapper/tmp entries=0\n"] * 3, runs
+    checked = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                     "--target", "kernels", "--platform", "linux/arm64", "--check-targets",
+                                     "--json").stdout)
+    assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]

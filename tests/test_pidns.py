@@ -182,3 +182,83 @@ def test_without_namespaces_the_program_runs_unwrapped_and_says_why(work, toolki
     assert statuses == "[0, 0, 0, 0]"
     names = [(work / f"out-{how}").read_text().split()[0] for how in ("full", "link", "path", "shell")]
     assert not any(name.startswith("t_1_") for name in names), names
+
+
+# The native helper (builders/pid1.c) that emulated builds use, in the same sandbox: the same
+# namespaces, the same promises, without the runtime's Python.
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> Path:
+    from planner import pid1
+
+    try:
+        return pid1.compiled(tmp_path_factory.mktemp("pid1"))
+    except pid1.HelperUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def _placed(script: str) -> str:
+    """Python that probes, then runs `script` (Python) with /tc/bin/nvcc wrapped by the helper."""
+    return ("import subprocess\n"
+            "probe = subprocess.run(['/helper/pid1', 'probe', '/work/nw', '/work/nw/tmp', '/tc/bin/nvcc'],\n"
+            "                       capture_output=True, text=True)\n"
+            "print(probe.returncode, probe.stderr.strip(), flush=True)\n"
+            "if probe.returncode == 0:\n"
+            "    subprocess.run(['/helper/pid1', 'place', '/work/nw', '/work/nw/tmp', '/tc/bin/nvcc', '--',\n"
+            f"                    sys.executable, '-I', '-c', {script!r}], check=True)\n"
+            "else:\n"
+            f"    exec({script!r})\n")
+
+
+def test_the_native_helper_wraps_in_place_however_the_program_is_started(work, toolkit, native):
+    before = (toolkit / "bin" / "nvcc").read_bytes()
+    r = _sandboxed(work, _placed(_STARTS), ("--ro-bind", str(toolkit), "/tc", "--ro-bind", str(native), "/helper/pid1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["0 ", "[0, 0, 0, 0]"], (r.stdout, r.stderr)
+    for how in ("full", "link", "path", "shell"):
+        assert (work / f"out-{how}").read_text().split() == ["t_1_0", "1000", "/tc/bin/nvcc"], how
+    assert (toolkit / "bin" / "nvcc").read_bytes() == before
+
+
+def test_the_native_helper_says_why_where_namespaces_are_refused(work, toolkit, native):
+    r = _sandboxed(work, _placed(_STARTS), ("--unshare-user", "--disable-userns", "--ro-bind", str(toolkit), "/tc",
+                                            "--ro-bind", str(native), "/helper/pid1"))
+    assert r.returncode == 0, r.stderr
+    probe, statuses = r.stdout.splitlines()
+    assert probe.startswith("3 unshare: "), probe
+    assert statuses == "[0, 0, 0, 0]"
+    names = [(work / f"out-{how}").read_text().split()[0] for how in ("full", "link", "path", "shell")]
+    assert not any(name.startswith("t_1_") for name in names), names
+
+
+@pytest.mark.parametrize("body, status", [
+    ("import ctypes; ctypes.string_at(0)", -11),  # a crash: the wrapper dies of the same signal
+    ("import sys; sys.exit(7)", 7),
+])
+def test_the_native_helper_passes_on_the_programs_end(work, tmp_path, native, body, status):
+    tc = tmp_path / "tc"
+    (tc / "bin").mkdir(parents=True)
+    (tc / "bin" / "nvcc").write_text(f"#!/usr/bin/python3\n{body}\n")
+    (tc / "bin" / "nvcc").chmod(0o755)
+    r = _sandboxed(work, _placed("import subprocess; print(subprocess.run(['/tc/bin/nvcc']).returncode)"),
+                   ("--ro-bind", str(tc), "/tc", "--ro-bind", str(native), "/helper/pid1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["0 ", str(status)], (r.stdout, r.stderr)
+
+
+def test_the_native_helper_stops_the_program_when_terminated(work, tmp_path, native):
+    """Process 1 ignores a signal it has no handler for: the helper passes a SIGTERM on as a kill."""
+    tc = tmp_path / "tc"
+    (tc / "bin").mkdir(parents=True)
+    (tc / "bin" / "nvcc").write_text("#!/bin/sh\ntouch /work/started; sleep 60; touch /work/survived\n")
+    (tc / "bin" / "nvcc").chmod(0o755)
+    script = ("import os, signal, subprocess, time\n"
+              "p = subprocess.Popen(['/tc/bin/nvcc'])\n"
+              "while not os.path.exists('/work/started'):\n"
+              "    time.sleep(0.05)\n"
+              "p.send_signal(signal.SIGTERM)\n"
+              "print(p.wait(timeout=30))\n")
+    r = _sandboxed(work, _placed(script), ("--ro-bind", str(tc), "/tc", "--ro-bind", str(native), "/helper/pid1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["0 ", "-9"], (r.stdout, r.stderr)
+    assert not (work / "survived").exists()

@@ -396,26 +396,51 @@ def nvcc_programs(spec: dict, environ: dict) -> list[str]:
     return found
 
 
-def wrap_nvcc(spec: dict) -> None:
+def wrap_nvcc(spec: dict, argv: list[str]) -> None:
     """Every nvcc the build can reach runs as process 1 of its own PID namespace, with an empty
     temporary folder of its own at one fixed path, however the build starts it: parallel
     compiles then write the same bytes whatever order they run in (planner/builders/pidns.py
-    says why and how)."""
+    says why and how). An emulated build has the host's native helper do it (pid1.c says why):
+    this runtime then starts again through it, with `--nvcc-placed`."""
     programs = nvcc_programs(spec, dict(os.environ))
     if not programs:
         return
-    from . import pidns
-
     folder = BUILD / "nvcc-wrapper"
-    try:
-        problem = pidns.wrap_in_place(programs, str(folder), sys.executable, str(folder / "tmp"))
-    except OSError as exc:  # the probe could, this process could not: nothing to build on
-        raise BuildFailure(f"cannot wrap nvcc: {exc}") from None
+    native = spec.get("native-pid1")
+    if native:
+        problem = _probe_native(native, programs, folder)
+        if problem is None:
+            log("planner: nvcc runs as process 1 of its own PID namespace (by the host's native helper): "
+                + " ".join(programs))
+            python = [sys.executable] + (["-s"] if sys.flags.no_user_site else [])
+            sys.stdout.flush()
+            os.execv(native, [native, "place", str(folder), str(folder / "tmp"), *programs, "--",
+                              *python, "-m", "planner.builders.runtime", argv[1], "--nvcc-placed"])
+    else:
+        from . import pidns
+
+        try:
+            problem = pidns.wrap_in_place(programs, str(folder), sys.executable, str(folder / "tmp"))
+        except OSError as exc:  # the probe could, this process could not: nothing to build on
+            raise BuildFailure(f"cannot wrap nvcc: {exc}") from None
     if problem:
         log(f"planner: nvcc runs without a PID namespace of its own ({problem}): "
             "parallel compiles may write different bytes from build to build")
     else:
         log("planner: nvcc runs as process 1 of its own PID namespace: " + " ".join(programs))
+
+
+def _probe_native(helper: str, programs: list[str], folder: Path) -> str | None:
+    """None if the native helper can wrap `programs` here, else why not."""
+    import subprocess
+
+    if any("\n" in p for p in programs):  # a wrapper holds one path a line
+        return "a path with a line break: " + ", ".join(repr(p) for p in programs if "\n" in p)
+    done = subprocess.run([helper, "probe", str(folder), str(folder / "tmp"), *programs],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    if done.returncode != 0:
+        return done.stderr.strip().replace("\n", "; ") or f"the native helper's probe exited {done.returncode}"
+    return None
 
 
 _RUNS_RECIPE_CODE = ("shell", "python-wheel", "cuda-wheel")
@@ -443,8 +468,9 @@ def main(argv: list[str]) -> int:
     out.mkdir(exist_ok=True)
     try:
         # Sandboxed (nothing of it outlives the build), and a builder that runs the recipe's code.
-        if "PLANNER_BUILD_DIR" not in os.environ and spec["builder"] in _RUNS_RECIPE_CODE:
-            wrap_nvcc(spec)
+        if ("PLANNER_BUILD_DIR" not in os.environ and spec["builder"] in _RUNS_RECIPE_CODE
+                and argv[2:] != ["--nvcc-placed"]):
+            wrap_nvcc(spec, argv)
         src = prepare_source(spec)
         BUILDERS[spec["builder"]](spec, src, out)
     except BuildFailure as exc:
