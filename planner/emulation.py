@@ -8,9 +8,10 @@ not exist inside the sandbox's own mount namespace (Debian's qemu-user-static re
 handlers so: `/usr/lib/binfmt.d/qemu-*.conf`, flags `POF`).
 
 Emulation changes how fast a build runs, not what it writes (the same programs on the same
-inputs), so keys do not name it. One known exception: nvcc's wrapper (builders/pidns.py) needs
-a user namespace, which qemu-user's threads rule out, so an emulated nvcc writes its own pid
-into its temporary-file names where a native one writes 1 (the build log says so).
+inputs), so keys do not name it. nvcc's wrapper (builders/pidns.py) needs a user namespace,
+which qemu-user's threads keep an emulated Python out of: an emulated build is given a native
+helper that makes it (builders/pid1.c, planner/pid1.py), so its nvcc is process 1 as a native
+build's is.
 """
 
 from __future__ import annotations
