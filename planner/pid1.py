@@ -9,8 +9,10 @@ bytes, so neither its compiler nor its bytes are in any key.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -30,19 +32,23 @@ def compiled(builds: Path) -> Path:
     path = builds / f"pid1-{zlib.crc32(source):08x}"
     if path.is_file():
         return path
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    if not cc[0]:
         raise HelperUnavailable("no C compiler (cc) to compile the native process-1 helper")
-    tmp = builds / f"{path.name}.{os.getpid()}.tmp"
+    # Builds run in threads of one process: a name of its own for each compile.
+    fd, name = tempfile.mkstemp(dir=builds, prefix=f"{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        done = subprocess.run([cc, "-static", "-O2", "-o", str(tmp), str(SOURCE)], capture_output=True,
+        done = subprocess.run([*cc, "-static", "-O2", "-o", str(tmp), str(SOURCE)], capture_output=True,
                               text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
+        tmp.unlink(missing_ok=True)
         raise HelperUnavailable(f"compiling {SOURCE.name}: {exc}") from None
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise HelperUnavailable(f"{cc} -static could not compile {SOURCE.name}: {first}")
+        raise HelperUnavailable(f"{' '.join(cc)} -static could not compile {SOURCE.name}: {first}")
     os.replace(tmp, path)  # the same program whoever wins
     return path
 

@@ -262,3 +262,13 @@ def test_the_native_helper_stops_the_program_when_terminated(work, tmp_path, nat
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["0 ", "-9"], (r.stdout, r.stderr)
     assert not (work / "survived").exists()
+
+
+@pytest.mark.parametrize("cc", ["false", "/no/such/cc"])
+def test_a_helper_that_cannot_be_compiled_is_one_clear_reason_and_no_file(tmp_path, monkeypatch, cc):
+    from planner import pid1
+
+    monkeypatch.setenv("CC", cc)
+    with pytest.raises(pid1.HelperUnavailable, match="pid1.c"):
+        pid1.compiled(tmp_path)
+    assert list(tmp_path.iterdir()) == []
