@@ -6,7 +6,8 @@
 # torch/lib/libtorch_python.so). Everything else of torch (libtorch_cpu/cuda, the nvidia-* CUDA
 # libraries) is the machine's own 2.11.0+cu130, seen through a symlink tree; `-S` keeps the
 # machine's CPython 3.12 site-packages (numpy's cp312 extension) off the path.
-#   bash bench/slime_gpu_py311.sh .gpu-carry      (on the GPU machine, from the repository root)
+#   bash bench/slime_gpu_py311.sh .gpu-carry      (on the GPU machine, from the repository root;
+#   bench/slime_gpu_carry.sh writes .gpu-carry from a store)
 set -euo pipefail
 carry=$(realpath "$1")
 x=$(mktemp -d)
