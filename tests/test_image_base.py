@@ -112,21 +112,40 @@ def test_image_on_a_registry_base_reuses_its_layers_and_config(demo_runs: dict, 
         assert (bundle / "rootfs/usr/local/lib/python3.11/dist-packages/slime_mini/__init__.py").is_file()
 
 
-def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: dict, registry: str,  # noqa: F811
-                                                                     tmp_path: Path) -> None:
-    """A python-wheel build inside the pulled base's linux/arm64 root filesystem, on this amd64
-    host: its Python is the base's aarch64 one, run by the kernel's qemu handler (`Nix's
-    extra-platforms`). The wheel records the machine its setup.py ran on; a rebuild is identical."""
+def _emulated_project(demo_runs: dict, registry: str, tmp_path: Path, tag: str) -> tuple[Path, Path]:
+    """A project on the demo's image pushed as `base:TAG`; skips where arm64 is not emulated here."""
     from planner.emulation import emulator
     from planner.host import host_platform
 
     if host_platform() != "linux/amd64" or emulator("linux/arm64") is None:
         pytest.skip("no binfmt_misc handler with the F flag for arm64 here (.ci/setup registers "
                     "qemu-user-static's where the kernel allows it)")
-    store_a = str(demo_runs["store_a"])
-    run_planner("--store", store_a, "push", "demo", f"{registry}/base:emu", "--plain-http")
+    run_planner("--store", str(demo_runs["store_a"]), "push", "demo", f"{registry}/base:{tag}", "--plain-http")
     root, store = tmp_path / "p", tmp_path / "s"
-    _project(root, f"{registry}/base:emu")
+    _project(root, f"{registry}/base:{tag}")
+    return root, store
+
+
+def _arm64_wheel(name: str, top: str = "") -> str:
+    """A python-wheel recipe built inside the pulled base's linux/arm64 root filesystem."""
+    return (f'name = "{name}"\nversion = "1.0"\nplatforms = ["linux/arm64"]\n{top}'
+            f'[source]\nkind = "path"\npath = "src/{name}"\n'
+            '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
+            '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
+            '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+
+
+def _realise_arm64(root: Path, store: Path, target: str, *more: str) -> dict:
+    return json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
+                                  "--target", target, "--platform", "linux/arm64", *more, "--json").stdout)
+
+
+def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: dict, registry: str,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """A python-wheel build inside the pulled base's linux/arm64 root filesystem, on this amd64
+    host: its Python is the base's aarch64 one, run by the kernel's qemu handler (`Nix's
+    extra-platforms`). The wheel records the machine its setup.py ran on; a rebuild is identical."""
+    root, store = _emulated_project(demo_runs, registry, tmp_path, "emu")
     folder = root / "recipes/onbase"
     src = root / "src/machine"
     (src / "machine_probe").mkdir(parents=True)
@@ -136,24 +155,16 @@ def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: 
         "setup(name='machine-probe', version='1.0', packages=['machine_probe'],\n"
         "      package_data={'machine_probe': ['machine.txt']})\n")
     (src / "machine_probe/__init__.py").write_text("")
-    (folder / "machine.toml").write_text(
-        'name = "machine"\nversion = "1.0"\nplatforms = ["linux/arm64"]\n'
-        '[source]\nkind = "path"\npath = "src/machine"\n'
-        '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
-        '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
-        '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+    (folder / "machine.toml").write_text(_arm64_wheel("machine"))
     run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
-    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
-                                 "--target", "machine", "--platform", "linux/arm64", "--json").stdout)
+    out = _realise_arm64(root, store, "machine")
     (node,) = [n for n in out["nodes"] if n["name"] == "machine"]
     assert node["variant"].startswith("linux/arm64"), node
     import zipfile
 
     with zipfile.ZipFile(next(Path(node["path"]).glob("*.whl"))) as zf:
         assert zf.read("machine_probe/machine.txt").decode().split() == ["aarch64", "/usr/bin/python3"]
-    checked = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
-                                     "--target", "machine", "--platform", "linux/arm64", "--check-targets",
-                                     "--json").stdout)
+    checked = _realise_arm64(root, store, "machine", "--check-targets")
     assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]
 
 
@@ -184,19 +195,10 @@ def test_an_emulated_builds_nvcc_is_process_one_by_the_native_helper(demo_runs: 
     out of a new user namespace): the host's native helper (builders/pid1.c) does, so an
     emulated build's nvcc gets the pid a native worker's gets. Three arm64 "nvcc" started at once
     by full path from an emulated setup.py each run as process 1 with an empty TMPDIR."""
-    from planner.emulation import emulator
-    from planner.host import host_platform
-
-    if host_platform() != "linux/amd64" or emulator("linux/arm64") is None:
-        pytest.skip("no binfmt_misc handler with the F flag for arm64 here (.ci/setup registers "
-                    "qemu-user-static's where the kernel allows it)")
     cross = shutil.which("aarch64-linux-gnu-gcc")
     if cross is None:
         pytest.skip("no aarch64-linux-gnu-gcc to compile an arm64 program (.ci/setup installs it)")
-    store_a = str(demo_runs["store_a"])
-    run_planner("--store", store_a, "push", "demo", f"{registry}/base:emu-nvcc", "--plain-http")
-    root, store = tmp_path / "p", tmp_path / "s"
-    _project(root, f"{registry}/base:emu-nvcc")
+    root, store = _emulated_project(demo_runs, registry, tmp_path, "emu-nvcc")
     folder = root / "recipes/onbase"
     src = root / "src/fakecuda"
     src.mkdir(parents=True)
@@ -218,22 +220,14 @@ def test_an_emulated_builds_nvcc_is_process_one_by_the_native_helper(demo_runs: 
         "assert [r.wait() for r in runs] == [0, 0, 0]\n"
         "setup(name='kernels', version='1.0', packages=['kernels'],\n"
         "      package_data={'kernels': ['nvcc-1', 'nvcc-2', 'nvcc-3']})\n")
-    (folder / "kernels.toml").write_text(
-        'name = "kernels"\nversion = "1.0"\nplatforms = ["linux/arm64"]\ntoolchains = ["fakecuda"]\n'
-        '[source]\nkind = "path"\npath = "src/kernels"\n'
-        '[inputs.setuptools]\nkind = "pypi"\nname = "setuptools"\nversion = "75.8.0"\ndist = "wheel"\n'
-        '[inputs.wheel]\nkind = "pypi"\nname = "wheel"\nversion = "0.45.1"\ndist = "wheel"\n'
-        '[build]\nbuilder = "python-wheel"\nrootfs = "pulled"\n')
+    (folder / "kernels.toml").write_text(_arm64_wheel("kernels", 'toolchains = ["fakecuda"]\n'))
     run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
-    out = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
-                                 "--target", "kernels", "--platform", "linux/arm64", "--json").stdout)
+    out = _realise_arm64(root, store, "kernels")
     (node,) = [n for n in out["nodes"] if n["name"] == "kernels"]
     import zipfile
 
     with zipfile.ZipFile(next(Path(node["path"]).glob("*.whl"))) as zf:
         runs = [zf.read(f"kernels/nvcc-{i}").decode() for i in (1, 2, 3)]
     assert runs == ["pid=1 machine=aarch64 tmpdir=/build/nvcc-wrapper/tmp entries=0\n"] * 3, runs
-    checked = json.loads(run_planner("--root", str(root), "--store", str(store), "realise", "onbase",
-                                     "--target", "kernels", "--platform", "linux/arm64", "--check-targets",
-                                     "--json").stdout)
+    checked = _realise_arm64(root, store, "kernels", "--check-targets")
     assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]

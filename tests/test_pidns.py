@@ -176,9 +176,14 @@ def test_without_namespaces_the_program_runs_unwrapped_and_says_why(work, toolki
     put in place, and the program still runs (not as process 1)."""
     r = _sandboxed(work, "print(pidns.wrap_in_place(['/tc/bin/nvcc'], '/work/nw', sys.executable, '/work/nw/tmp'), flush=True)\n"
                    + _STARTS, ("--unshare-user", "--disable-userns", "--ro-bind", str(toolkit), "/tc"))
+    _refused_and_unwrapped(work, r, "unshare: ")
+
+
+def _refused_and_unwrapped(work: Path, r: subprocess.CompletedProcess, said: str) -> None:
+    """The probe's first line starts with `said`, and the four starts ran, none as process 1."""
     assert r.returncode == 0, r.stderr
     problem, statuses = r.stdout.splitlines()
-    assert problem.startswith("unshare: "), problem
+    assert problem.startswith(said), problem
     assert statuses == "[0, 0, 0, 0]"
     names = [(work / f"out-{how}").read_text().split()[0] for how in ("full", "link", "path", "shell")]
     assert not any(name.startswith("t_1_") for name in names), names
@@ -223,12 +228,7 @@ def test_the_native_helper_wraps_in_place_however_the_program_is_started(work, t
 def test_the_native_helper_says_why_where_namespaces_are_refused(work, toolkit, native):
     r = _sandboxed(work, _placed(_STARTS), ("--unshare-user", "--disable-userns", "--ro-bind", str(toolkit), "/tc",
                                             "--ro-bind", str(native), "/helper/pid1"))
-    assert r.returncode == 0, r.stderr
-    probe, statuses = r.stdout.splitlines()
-    assert probe.startswith("3 unshare: "), probe
-    assert statuses == "[0, 0, 0, 0]"
-    names = [(work / f"out-{how}").read_text().split()[0] for how in ("full", "link", "path", "shell")]
-    assert not any(name.startswith("t_1_") for name in names), names
+    _refused_and_unwrapped(work, r, "3 unshare: ")
 
 
 @pytest.mark.parametrize("body, status", [
