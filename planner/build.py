@@ -223,7 +223,7 @@ def _sandboxed_argv(req: BuildRequest, spec: dict, mounts: list, env: dict[str, 
                                                f"{host} host: use a native worker (--executor), or register "
                                                "a binfmt_misc handler with the F flag (qemu-user-static)")
             log_head += f"planner: {node.variant.platform} emulated on this {host} host by {by}\n".encode()
-            if not direct:
+            if not direct and _may_reach_nvcc(req, env):
                 log_head += _native_pid1(spec, build_dir)
     if direct:
         env.update(out=f"{sandbox.BUILD_DIR}/out", src=f"{sandbox.BUILD_DIR}/src")

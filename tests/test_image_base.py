@@ -144,18 +144,23 @@ def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: 
                                                                      tmp_path: Path) -> None:
     """A python-wheel build inside the pulled base's linux/arm64 root filesystem, on this amd64
     host: its Python is the base's aarch64 one, run by the kernel's qemu handler (`Nix's
-    extra-platforms`). The wheel records the machine its setup.py ran on; a rebuild is identical."""
+    extra-platforms`). The wheel records the machine its setup.py ran on, and that it saw no nvcc
+    wrapper folder (a build without nvcc sees what a native one sees); a rebuild is identical."""
     root, store = _emulated_project(demo_runs, registry, tmp_path, "emu")
     folder = root / "recipes/onbase"
     src = root / "src/machine"
     (src / "machine_probe").mkdir(parents=True)
     (src / "setup.py").write_text(
         "import platform, sys\nfrom setuptools import setup\n"
-        "open('machine_probe/machine.txt', 'w').write(platform.machine() + ' ' + sys.executable + '\\n')\n"
+        "import os\n"
+        "open('machine_probe/machine.txt', 'w').write(' '.join([platform.machine(), sys.executable,\n"
+        "    str(os.path.exists('/build/nvcc-wrapper'))]) + '\\n')\n"
         "setup(name='machine-probe', version='1.0', packages=['machine_probe'],\n"
         "      package_data={'machine_probe': ['machine.txt']})\n")
     (src / "machine_probe/__init__.py").write_text("")
-    (folder / "machine.toml").write_text(_arm64_wheel("machine"))
+    # CUDA_HOME declared, with no nvcc there: the host gives the build the native helper on that
+    # guess, and the runtime, finding no nvcc, takes it away again.
+    (folder / "machine.toml").write_text(_arm64_wheel("machine") + 'env = { CUDA_HOME = "/opt/no-cuda" }\n')
     run_planner("--root", str(root), "--store", str(store), "lock", "onbase")
     out = _realise_arm64(root, store, "machine")
     (node,) = [n for n in out["nodes"] if n["name"] == "machine"]
@@ -163,7 +168,7 @@ def test_an_arm64_build_runs_emulated_where_binfmt_misc_serves_arm64(demo_runs: 
     import zipfile
 
     with zipfile.ZipFile(next(Path(node["path"]).glob("*.whl"))) as zf:
-        assert zf.read("machine_probe/machine.txt").decode().split() == ["aarch64", "/usr/bin/python3"]
+        assert zf.read("machine_probe/machine.txt").decode().split() == ["aarch64", "/usr/bin/python3", "False"]
     checked = _realise_arm64(root, store, "machine", "--check-targets")
     assert [c["ok"] for c in checked["checks"]] == [True], checked["checks"]
 

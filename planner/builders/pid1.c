@@ -197,6 +197,10 @@ static int run(int argc, char **argv) {
         return 126;
     }
     char **args = calloc(argc - 1, sizeof *args);
+    if (!args) {
+        perror("planner: pid1");
+        return 126;
+    }
     args[0] = (char *)program;
     for (int i = 3; i < argc; i++)
         args[i - 2] = argv[i];

@@ -403,10 +403,14 @@ def wrap_nvcc(spec: dict, argv: list[str]) -> None:
     says why and how). An emulated build has the host's native helper do it (pid1.c says why):
     this runtime then starts again through it, with `--nvcc-placed`."""
     programs = nvcc_programs(spec, dict(os.environ))
-    if not programs:
-        return
     folder = BUILD / "nvcc-wrapper"
     native = spec.get("native-pid1")
+    if not programs:
+        if native:  # given on a guess and unused: the build sees what a native one sees
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     if native:
         problem = _probe_native(native, programs, folder)
         if problem is None:
