@@ -59,12 +59,11 @@ EXPECTED_NODES = {
     "tilelang": 2,
     "torch-memory-saver": 2,
     # set.toml's profile picks the PyPI closure resolved for the chosen base: with pins-base,
-    # the CPython 3.11 one (amd64 only so far: its arm64 node is a blocked placeholder).
+    # the CPython 3.11 one, resolved and locked for both platforms.
     "slime-requirements-cp311": 1,  # pure-Python closure: one node, one shared layer blob
     "slime-requirements-native-cp311": 2,
     # SGLang v0.5.9's own run-time closure, below slime's (the registry base has it installed):
-    # pure wheels, binary wheels (amd64 only, as its arm64 half is not resolved), and torchvision
-    # for the base's torch.
+    # pure wheels, binary wheels (one node per platform), and torchvision for the base's torch.
     "sglang-requirements-cp311": 1,
     "sglang-requirements-native-cp311": 2,
     "sglang-requirements-torch-cp311": 2,
@@ -247,7 +246,7 @@ def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan, the
                  "nvidia-modelopt"):
         (node,) = [n for n in seed_plan.nodes.values() if n.recipe == name]
         assert node.variant.platform is None and node.variant.cuda is None, name
-    for suffix, platforms in (("", set(PLATFORMS)), ("-cp311", {"linux/amd64"})):
+    for suffix in ("", "-cp311"):
         pure = rs.get("slime-requirements" + suffix)
         for name in pure.inputs:
             li = lock.inputs[f"slime-requirements{suffix}/{name}"]
@@ -256,7 +255,7 @@ def test_pure_python_wheels_are_shared_across_platforms(rs, lock, seed_plan, the
         native = rs.get("slime-requirements-native" + suffix)
         for name, src in native.inputs.items():
             li = lock.inputs[f"slime-requirements-native{suffix}/{name}"]
-            assert set(li.pins) == {p for p in platforms if src.for_platform(p)}, name
+            assert set(li.pins) == {p for p in PLATFORMS if src.for_platform(p)}, name
     # The pure group is one layer blob for every manifest: same node in every image dependency.
     for plan_, name in ((seed_plan, "slime-requirements"), (the_plan, "slime-requirements-cp311")):
         image = plan_.nodes["image"]
@@ -436,43 +435,59 @@ def test_generated_requirement_recipes_match_the_recorded_resolution(rs, lock):
     # The CPython 3.11 closure for the base built from pins: its two recipes and the component
     # recipes whose wheels fit any CPython 3 (pure, abi3, TE's CUDA 13 core), every file as pip chose it.
     cp311 = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
-    assert cp311["python"] == "3.11.2" and set(cp311["layer"]) == {"linux/amd64"}
-    by_name = {}
-    for recipe in ("slime-requirements-cp311", "slime-requirements-native-cp311", "tilelang", "nvidia-modelopt",
-                   "flash-linear-attention", "transformer-engine-cu13"):
-        for name, src in rs.get(recipe).inputs.items():
-            assert src.python == "3.11" or not recipe.startswith("slime-"), name
-            by_name[re.sub(r"[-_.]+", "-", src.name).lower()] = (f"{recipe}/{name}", src)
-    for own in ("antlr4-python3-runtime", "pylatexenc"):
-        by_name[own] = (f"{own}/source", rs.get(own).source)
-    assert set(by_name) == set(cp311["layer"]["linux/amd64"])
-    for dist, entry in cp311["layer"]["linux/amd64"].items():
-        id_, src = by_name[dist]
-        assert src.version == entry["version"], id_
-        pin = lock.inputs[id_].pin("linux/amd64")
-        assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), id_
-        assert "cp310" not in entry["filename"], entry["filename"]
-    # SGLang's closure for the same base: its three recipes hold exactly what pip chose (torchvision
-    # as of pins-base's date, for its torch), pure wheels in the pure recipe, the lock the same files.
+    assert cp311["python"] == "3.11.2" and set(cp311["layer"]) == set(PLATFORMS)
     sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
-    for recipe, layer in (("sglang-requirements-cp311", sg["layer"]), ("sglang-requirements-native-cp311", sg["layer"]),
-                          ("sglang-requirements-torch-cp311", sg["torch"]["layer"])):
-        for name, src in rs.get(recipe).inputs.items():
-            entry = layer["linux/amd64"][re.sub(r"[-_.]+", "-", src.name).lower()]
-            assert src.python == "3.11" and src.version == entry["version"], name
-            pin = lock.inputs[f"{recipe}/{name}"].pin("linux/amd64")
-            assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), name
-            assert pin.filename.endswith("-none-any.whl") == (recipe == "sglang-requirements-cp311"), pin.filename
-    sg_names = {re.sub(r"[-_.]+", "-", s.name).lower() for r in ("sglang-requirements-cp311",
-                "sglang-requirements-native-cp311") for s in rs.get(r).inputs.values()}
-    assert sg_names == set(sg["layer"]["linux/amd64"])
-    assert {"pybase64", "sgl-kernel", "flashinfer-python", "flashinfer-cubin"} <= sg_names
+    for platform in PLATFORMS:
+        by_name = {}
+        for recipe in ("slime-requirements-cp311", "slime-requirements-native-cp311", "tilelang", "nvidia-modelopt",
+                       "flash-linear-attention", "transformer-engine-cu13"):
+            for name, src in rs.get(recipe).inputs.items():
+                assert src.python == "3.11" or not recipe.startswith("slime-"), name
+                if src.for_platform(platform):
+                    by_name[re.sub(r"[-_.]+", "-", src.name).lower()] = (f"{recipe}/{name}", src)
+        for own in ("antlr4-python3-runtime", "pylatexenc"):
+            by_name[own] = (f"{own}/source", rs.get(own).source)
+        assert set(by_name) == set(cp311["layer"][platform]), platform
+        for dist, entry in cp311["layer"][platform].items():
+            id_, src = by_name[dist]
+            assert src.version == entry["version"], id_
+            pin = lock.inputs[id_].pin(platform)
+            assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), (id_, platform)
+            assert "cp310" not in entry["filename"], entry["filename"]
+        # SGLang's closure for the same base: its three recipes hold exactly what pip chose
+        # (torchvision as of pins-base's date, for its torch), pure wheels in the pure recipe, the
+        # lock the same files.
+        for recipe, layer in (("sglang-requirements-cp311", sg["layer"]), ("sglang-requirements-native-cp311", sg["layer"]),
+                              ("sglang-requirements-torch-cp311", sg["torch"]["layer"])):
+            for name, src in rs.get(recipe).inputs.items():
+                if not src.for_platform(platform):
+                    continue
+                entry = layer[platform][re.sub(r"[-_.]+", "-", src.name).lower()]
+                assert src.python == "3.11" and src.version == entry["version"], name
+                pin = lock.inputs[f"{recipe}/{name}"].pin(platform)
+                assert (pin.filename, pin.sha256) == (entry["filename"], entry["sha256"]), (name, platform)
+                if recipe == "sglang-requirements-cp311":
+                    assert pin.filename.endswith("-none-any.whl"), pin.filename
+        sg_names = {re.sub(r"[-_.]+", "-", s.name).lower() for r in ("sglang-requirements-cp311",
+                    "sglang-requirements-native-cp311") for s in rs.get(r).inputs.values() if s.for_platform(platform)}
+        assert sg_names == set(sg["layer"][platform]), platform
+        assert {"pybase64", "sgl-kernel", "flashinfer-python", "flashinfer-cubin"} <= sg_names
+        # CUDA 13 counterparts where PyPI has them; nothing for CUDA 12 on a CUDA 13 base. numpy<2
+        # (slime's) is in SGLang's closure, which slime's would otherwise replace.
+        assert {"tilelang", "nvidia-modelopt", "transformer-engine-cu13"} <= set(by_name) and "numpy" in sg_names
+        assert sg["layer"][platform]["numpy"]["version"] == "1.26.4"
+        assert not {"transformer-engine-cu12", "nvidia-cudnn-cu12", "torch"} & set(by_name)
+    # A binary recipe's input is binary on some platform (torchao is pure on arm64 alone).
+    for recipe in ("sglang-requirements-native-cp311", "slime-requirements-native-cp311"):
+        for name in rs.get(recipe).inputs:
+            pins = lock.inputs[f"{recipe}/{name}"].pins.values()
+            assert not all(pin.filename.endswith("-none-any.whl") for pin in pins), name
+    # The two platforms' closures hold the same versions.
+    for data in (cp311, sg, sg["torch"]):
+        versions = {p: {n: e["version"] for n, e in data["layer"][p].items()} for p in PLATFORMS}
+        common = set(versions["linux/amd64"]) & set(versions["linux/arm64"])
+        assert {n: versions["linux/amd64"][n] for n in common} == {n: versions["linux/arm64"][n] for n in common}
     assert rs.get("sglang-requirements-torch-cp311").resolve_as_of == rs.get("pins-base").resolve_as_of
-    # CUDA 13 counterparts where PyPI has them; nothing for CUDA 12 on a CUDA 13 base. numpy<2
-    # (slime's) is in SGLang's closure, which slime's would otherwise replace.
-    assert {"tilelang", "nvidia-modelopt", "transformer-engine-cu13"} <= set(by_name) and "numpy" in sg_names
-    assert sg["layer"]["linux/amd64"]["numpy"]["version"] == "1.26.4"
-    assert not {"transformer-engine-cu12", "nvidia-cudnn-cu12", "torch"} & set(by_name)
 
 
 @pytest.mark.slow
@@ -586,24 +601,20 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     # The base built from pins is buildable here for both platforms.
     assert nodes["pins-base[linux/amd64]"]["action"] == "build"
     assert nodes["pins-base[linux/arm64]"]["action"] == "build"
-    # Nodes above an unlocked input are blocked by it, named with the node that uses it.
-    slime = nodes["slime[linux/amd64]"]
-    assert slime["action"] == "build"
-    assert nodes["image"]["action"] == "blocked" and nodes["image"]["blocked_by"]
-    # (the first amd64-only layer below it: SGLang's closure, then slime's; their arm64 halves
-    # are not resolved)
-    assert nodes["image"]["blocked_by"] == "sglang-requirements-native-cp311 is built only for linux/amd64"
-    # What profile "pins" leaves out is not planned, and with it every input that is unlocked
-    # here (the GitHub-only Megatron-Bridge fork, Ubuntu's apt-tools, the registry base).
+    # With the base from pins every node of the image is buildable here, for both platforms:
+    # what is unlocked (the GitHub-only Megatron-Bridge fork, Ubuntu's apt-tools, the registry
+    # base) is what profile "pins" leaves out, and is not planned.
+    assert {n["action"] for n in nodes.values()} == {"build"}
+    for platform in PLATFORMS:
+        assert nodes[f"slime[{platform}]"]["action"] == "build"
+        assert nodes[f"apex[{platform}, sm_100a]"]["action"] == "build"
     assert not {nid.split("[")[0] for nid in nodes} & set(LEFT_OUT)
-    # The CPython 3.11 closure stands for slime-requirements(-native) there: amd64 only so far.
-    assert nodes["slime-requirements-cp311"]["action"] == "build" and nodes["slime-requirements-cp311"]["unlocked"] == []
-    assert nodes["slime-requirements-native-cp311[linux/amd64]"]["action"] == "build"
-    assert nodes["slime-requirements-native-cp311[linux/arm64]"]["action"] == "blocked"
-    assert nodes["sglang-requirements-cp311"]["action"] == "build"
-    for name in ("sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
-        assert nodes[f"{name}[linux/amd64]"]["action"] == "build" and nodes[f"{name}[linux/amd64]"]["unlocked"] == []
-        assert nodes[f"{name}[linux/arm64]"]["action"] == "blocked"
+    # The CPython 3.11 closure stands for slime-requirements(-native) there, for both platforms.
+    for name in ("slime-requirements-cp311", "sglang-requirements-cp311"):
+        assert nodes[name]["action"] == "build" and nodes[name]["unlocked"] == []
+    for name in ("slime-requirements-native-cp311", "sglang-requirements-native-cp311", "sglang-requirements-torch-cp311"):
+        for platform in PLATFORMS:
+            assert nodes[f"{name}[{platform}]"]["action"] == "build" and nodes[f"{name}[{platform}]"]["unlocked"] == []
     unlocked_ids = {i for i, li in lock.inputs.items() if li.status == "unlocked"}
     assert unlocked_ids and {i.split("/")[0] for i in unlocked_ids} <= {*LEFT_OUT, "sglang-base"}
     assert not {u for n in nodes.values() for u in n["unlocked"]}
@@ -612,8 +623,8 @@ def test_plan_cli_works_offline_and_marks_unlocked_inputs(tmp_path, lock):
     assert proc.returncode == 0, proc.stderr
     mb = {n["id"]: n for n in json.loads(proc.stdout)["nodes"]}["megatron-bridge"]
     assert mb["action"] == "blocked" and mb["unlocked"] == ["megatron-bridge/source"]
-    text = _planner_offline("plan", "slime", store=tmp_path / "store")
-    assert text.returncode == 0 and "blocked by sglang-requirements-native-cp311 is built only for linux/amd64" in text.stdout
+    text = _planner_offline("plan", "slime", "--target", "megatron-bridge", store=tmp_path / "store")
+    assert text.returncode == 0 and "blocked" in text.stdout and "megatron-bridge/source" in text.stdout, text.stdout
 
 
 def test_realise_dry_run_stops_before_the_first_unlocked_input(tmp_path, lock):

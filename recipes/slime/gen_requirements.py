@@ -20,7 +20,7 @@ One closure per base (set.toml's `profile` line chooses the base and, with it, i
 - `sglang-base`, the seed's image (CPython 3.10.12, amd64 and arm64): slime-requirements.toml and
   slime-requirements-native.toml, resolution.json; the distributions with a recipe of their own
   (COMPONENTS) are left to those recipes.
-- `pins-base`, the base built here from pins (Debian 12's CPython 3.11.2, amd64 only, torch 2.11.0
+- `pins-base`, the base built here from pins (Debian 12's CPython 3.11.2, amd64 and arm64, torch 2.11.0
   on CUDA 13.0): slime-requirements-cp311.toml and slime-requirements-native-cp311.toml,
   resolution-cp311.json. Its frozen view is pins-base.toml's own PyPI inputs (what the recipe
   installs). Component recipes whose wheels fit any CPython 3 keep their distributions, TE's is
@@ -152,13 +152,13 @@ BASE_RUNTIME = [
 
 
 # The base built from pins (recipes/slime/pins-base.toml): Debian 12's python3.11 (3.11.2-6+deb12u9),
-# linux/amd64 only (as pins-base), CUDA 13.0. PyPI has these requirements of the seed only for
+# linux/amd64 and linux/arm64 (as pins-base), CUDA 13.0. PyPI has these requirements of the seed only for
 # CUDA 12, and the base's CUDA 13 makes them the wrong thing to install: each is replaced by its
 # CUDA 13 counterpart where PyPI has one, else left out (docs/slime.md, "The closure for the base
 # built from pins").
 PINS_PYTHON = "3.11"
 PINS_PYTHON_FULL = "3.11.2"
-PINS_PLATFORMS = ("linux/amd64",)
+PINS_PLATFORMS = ("linux/amd64", "linux/arm64")
 CUDA12_ONLY = {
     # cuDNN for CUDA 12, installed by the seed beside the image's apt cuDNN; the base's torch
     # 2.11.0 brings nvidia-cudnn-cu13 9.19.0.56 (pins-base.toml), which is the one it loads.
