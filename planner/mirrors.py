@@ -21,19 +21,25 @@ def mirror_candidates(url: str, mirrors: list[str], *, sha256: Optional[str] = N
         <mirror>/urls/<host>/<path>    a file, by its origin URL
         <mirror>/git/<host>/<path>     a git repository, by its origin URL
     """
-    from urllib.parse import urlsplit
+    from .errors import FetchError
 
-    parts = urlsplit(url)
-    origin_path = f"{parts.netloc}{parts.path}".lstrip("/")
+    try:
+        # The path `mirror add` and `mirror export` write it under: one function for both, so
+        # an origin spelt another way (GitHub.com, :443, %2B) is found where it was put.
+        rel: Optional[str] = origin_path(url.split("#", 1)[0])
+    except FetchError:
+        rel = None  # no origin path (a query, a file:// URL): by content hash only
     out: list[str] = []
     for m in mirrors:
         m = m.rstrip("/")
         if git:
-            out.append(f"{m}/git/{origin_path}")
+            if rel is not None:
+                out.append(f"{m}/git/{rel}")
             continue
         if sha256:
             out.append(f"{m}/sha256/{sha256}")
-        out.append(f"{m}/urls/{origin_path}")
+        if rel is not None:
+            out.append(f"{m}/urls/{rel}")
     out.append(url)
     return list(dict.fromkeys(out))
 
@@ -64,6 +70,7 @@ def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
 # rename, so a reader never sees half of one. Paths come from URLs, which are untrusted: each
 # segment is checked, so nothing lands outside the mirror.
 
+_DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
 _SEGMENT_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~+-=,:")
 
 
@@ -80,7 +87,15 @@ def origin_path(url: str) -> str:
         raise FetchError("credentials in an origin URL do not belong in a mirror path", where=url)
     if parts.query or parts.fragment:
         raise FetchError("an origin URL with a query or fragment cannot name a mirror path", where=url)
-    segments = [parts.netloc] + unquote(parts.path).split("/")[1:]
+    try:
+        port = parts.port
+    except ValueError:
+        raise FetchError(f"{parts.netloc!r} is not a host with a valid port", where=url) from None
+    # Host names are case-insensitive and a scheme's default port is no port: each origin has
+    # one path in the mirror however the recipe spells it.
+    host = parts.hostname or ""
+    netloc = host if port in (None, _DEFAULT_PORTS[parts.scheme]) else f"{host}:{port}"
+    segments = [netloc] + unquote(parts.path).split("/")[1:]
     for seg in segments:
         if seg in ("", ".", "..") or not set(seg) <= _SEGMENT_OK or len(seg) > 200:
             raise FetchError(f"path segment {seg!r} cannot be part of a mirror path", where=url)

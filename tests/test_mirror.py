@@ -9,6 +9,10 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from planner.errors import FetchError
+from planner.mirrors import origin_path
 from planner.resolve import mirror_candidates
 
 from .conftest import run_planner
@@ -58,6 +62,22 @@ def test_candidates_order() -> None:
         TARBALL,
     ]
     assert mirror_candidates(APEX, ["file:///m"], git=True) == ["file:///m/git/github.com/NVIDIA/apex.git", APEX]
+
+
+def test_candidates_are_where_mirror_add_puts_an_origin_however_it_is_spelt() -> None:
+    # A host's case, a default port and percent-escapes do not make another origin.
+    for spelt in ("https://GitHub.com/NVIDIA/apex.git", "https://github.com:443/NVIDIA/apex.git",
+                  "https://github.com/NVIDIA/ap%65x.git", APEX + "#main"):
+        assert origin_path(spelt.split("#")[0]) == "github.com/NVIDIA/apex.git"
+        assert mirror_candidates(spelt, ["file:///m"], git=True)[0] == "file:///m/git/github.com/NVIDIA/apex.git"
+    assert origin_path("http://127.0.0.1:8080/a/b.whl") == "127.0.0.1:8080/a/b.whl"
+    # A URL that names no path inside the mirror is looked up by content hash alone, never by a
+    # path that would leave the mirror.
+    for url in ("https://x.org/../../../etc/passwd", "https://x.org/a/%2e%2e/%2e%2e/b", "https://x.org/f?v=1"):
+        assert mirror_candidates(url, ["file:///m"], sha256="ab" * 32) == ["file:///m/sha256/" + "ab" * 32, url]
+        assert mirror_candidates(url, ["file:///m"], git=True) == [url]
+    with pytest.raises(FetchError, match="valid port"):
+        origin_path("https://host:99999/x.git")
 
 
 def test_folder_mirror_by_origin_then_realise(tmp_path: Path) -> None:

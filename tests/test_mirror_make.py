@@ -56,7 +56,8 @@ def _tarball(text: bytes) -> bytes:
 
 def test_origin_path_refuses_what_would_leave_the_mirror() -> None:
     assert origin_path(APEX) == "github.com/NVIDIA/apex.git"
-    assert origin_path("git://127.0.0.1:9418/up") == "127.0.0.1:9418/up"
+    assert origin_path("git://127.0.0.1:9419/up") == "127.0.0.1:9419/up"
+    assert origin_path("git://127.0.0.1:9418/up") == "127.0.0.1/up"  # git's own port is no port
     for bad in ("https://github.com/../etc/passwd", "https://github.com/a//b", "https://github.com/a/./b",
                 "file:///etc/passwd", "https://user:pw@github.com/x.git", "https://github.com/x?y=1",
                 "https://github.com/a%2F..%2Fb", "https://github.com/", "-x", "https://github.com/a/b c"):
