@@ -781,44 +781,49 @@ def test_closure_is_resolved_as_of_the_seeds_builds_against_the_frozen_base(rs):
     # The base built from pins: its frozen view is pins-base.toml's own PyPI inputs.
     cp311 = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
     assert cp311["as-of"] == rs.config.resolve_as_of
-    base = cp311["base"]["linux/amd64"]
-    pins = {re.sub(r"[-_.]+", "-", s.name).lower(): s.version for s in rs.get("pins-base").inputs.values()
-            if s.kind == "pypi"}
     sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
     assert sg["as-of"] == rs.config.resolve_as_of and sg["torch"]["as-of"] == rs.get("pins-base").resolve_as_of
-    # SGLang's closure is resolved on pins-base (+ torchvision for its torch, + what recipes build);
-    # slime's on top of that and of SGLang's closure.
-    sg_base = sg["base"]["linux/amd64"]
-    companions = {n: e["version"] for n, e in sg["torch"]["layer"]["linux/amd64"].items()}
-    assert sg_base == {**pins, **companions, **sg["recipe-built"]} and companions["torchvision"] == "0.26.0"
-    sg_layer = sg["layer"]["linux/amd64"]
-    assert base == {**sg_base, **{n: e["version"] for n, e in sg_layer.items()}} and base["torch"] == "2.11.0"
-    for layer, below in ((sg_layer, sg_base), (cp311["layer"]["linux/amd64"], base)):
-        for name, entry in layer.items():
-            if name in below:
-                assert entry.get("replaces") == below[name] and entry["version"] != below[name], name
-    # Neither closure replaces the other's distributions (a layer cannot uninstall a lower one's).
-    assert not set(cp311["layer"]["linux/amd64"]) & set(sg_layer)
+    for platform in PLATFORMS:
+        base = cp311["base"][platform]
+        pins = {re.sub(r"[-_.]+", "-", s.name).lower(): s.version for s in rs.get("pins-base").inputs.values()
+                if s.kind == "pypi" and s.for_platform(platform)}
+        # SGLang's closure is resolved on pins-base (+ torchvision for its torch, + what recipes
+        # build); slime's on top of that and of SGLang's closure.
+        sg_base = sg["base"][platform]
+        companions = {n: e["version"] for n, e in sg["torch"]["layer"][platform].items()}
+        assert sg_base == {**pins, **companions, **sg["recipe-built"]} and companions["torchvision"] == "0.26.0"
+        sg_layer = sg["layer"][platform]
+        assert base == {**sg_base, **{n: e["version"] for n, e in sg_layer.items()}} and base["torch"] == "2.11.0"
+        for layer, below in ((sg_layer, sg_base), (cp311["layer"][platform], base)):
+            for name, entry in layer.items():
+                if name in below:
+                    assert entry.get("replaces") == below[name] and entry["version"] != below[name], name
+        # Neither closure replaces the other's distributions (a layer cannot uninstall a lower one's).
+        assert not set(cp311["layer"][platform]) & set(sg_layer)
 
 
 # -- the run-time closure of the image on the base built from pins -------------------------------
 
 AMD64 = "linux/amd64"
+ARM64 = "linux/arm64"
+# The images whose Python distributions are checked: image-core is amd64 only.
+IMAGES = [("image-core", AMD64), ("image", AMD64), ("image", ARM64)]
 
 
 def _canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _image_distributions(rs, lock, target: str) -> dict[str, dict[str, str]]:
-    """name -> {recipe: version}, bottom layer first, of every Python distribution that the amd64
-    image planned as `target` (profile pins) holds: its base's and each layer recipe's. Prebuilt
+def _image_distributions(rs, lock, target: str, platform: str = AMD64) -> dict[str, dict[str, str]]:
+    """name -> {recipe: version}, bottom layer first, of every Python distribution that the
+    `platform` manifest of the image planned as `target` (profile pins) holds: its base's and each layer recipe's. Prebuilt
     wheels by their pypi inputs; built wheels by their PyPI source, or (built from git) by what
     resolution-sglang-cp311.json records the recipe builds. Build-only inputs are not counted."""
     built = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())["recipe-built"]
     p = plan(rs, lock, HOST, target=target)
     image = p.nodes[target]
-    planned = {p.nodes[d].recipe for m, d in image.deps.items() if m != BUILD_ROOT_MOUNT and "/linux-amd64/" in m}
+    slot = f"/{platform.replace('/', '-')}/"
+    planned = {p.nodes[d].recipe for m, d in image.deps.items() if m != BUILD_ROOT_MOUNT and slot in m}
     order = [rs.get(target).image.base] + [n for group in rs.get(target).image.layers for n in group]
     assert set(order) == planned
     out: dict[str, dict[str, str]] = {}
@@ -826,7 +831,7 @@ def _image_distributions(rs, lock, target: str) -> dict[str, dict[str, str]]:
         r = rs.get(name)
         if r.build.builder in ("prebuilt-wheel", "debian-rootfs"):
             for src in r.inputs.values():
-                if src.kind == "pypi" and src.for_platform(AMD64):
+                if src.kind == "pypi" and src.for_platform(platform):
                     out.setdefault(_canon(src.name), {})[name] = src.version
         elif r.source is not None and r.source.kind == "pypi":
             out.setdefault(_canon(r.source.name), {})[name] = r.source.version
@@ -835,14 +840,14 @@ def _image_distributions(rs, lock, target: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def _unmet(requirements, have: dict[str, dict[str, str]]) -> list[str]:
-    """The requirements (PEP 508, markers for CPython 3.11.2 on linux/amd64, no extra) that no
+def _unmet(requirements, have: dict[str, dict[str, str]], platform: str = AMD64) -> list[str]:
+    """The requirements (PEP 508, markers for CPython 3.11.2 on `platform`, no extra) that no
     distribution of `have` satisfies."""
     from packaging.requirements import Requirement
 
     from planner.pyclosure import marker_environment
 
-    env = {**marker_environment(AMD64, "3.11.2"), "extra": ""}
+    env = {**marker_environment(platform, "3.11.2"), "extra": ""}
     out = []
     for text in requirements:
         req = Requirement(text)
@@ -857,8 +862,8 @@ def _unmet(requirements, have: dict[str, dict[str, str]]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("target", ["image-core", "image"])
-def test_the_pins_image_holds_sglangs_declared_run_time_requirements(rs, lock, target):
+@pytest.mark.parametrize("target,platform", IMAGES)
+def test_the_pins_image_holds_sglangs_declared_run_time_requirements(rs, lock, target, platform):
     """SGLang 0.5.9's wheel METADATA (recorded verbatim by gen_requirements.py), less the pins
     that the versioned patch removes, is met by the image's own distributions on the base built
     from pins: the image-core built before this closure existed failed `import sglang` (no
@@ -871,48 +876,48 @@ def test_the_pins_image_holds_sglangs_declared_run_time_requirements(rs, lock, t
     dropped = {_canon(m) for m in re.findall(r'^-\s*"([A-Za-z0-9_.-]+)==', patch, re.M)}
     assert dropped == {"torch", "torchaudio"} == set(data["base-decides"])
     wheel_requires = [r for r in declared if _canon(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) not in dropped]
-    have = _image_distributions(rs, lock, target)
+    have = _image_distributions(rs, lock, target, platform)
     assert have["sglang"] == {"sglang": "0.5.9"}
-    unmet = _unmet(wheel_requires, have)
+    unmet = _unmet(wheel_requires, have, platform)
     # The one documented omission (gen_requirements.SGLANG_LEFT_OUT): cuda-python==12.9 contradicts
     # torch 2.11.0's cuda-bindings>=13.0.3,<14.
     assert {_canon(u.split("=")[0].split(":")[0]) for u in unmet} == set(data["left-out"]) == {"cuda-python"}, unmet
 
 
-@pytest.mark.parametrize("target", ["image-core", "image"])
-def test_every_resolved_distribution_of_the_pins_image_has_its_requirements(rs, lock, target):
+@pytest.mark.parametrize("target,platform", IMAGES)
+def test_every_resolved_distribution_of_the_pins_image_has_its_requirements(rs, lock, target, platform):
     """Every distribution of the two closures (SGLang's, slime's) finds its own Requires-Dist (as
     pip read it) met in the image: a component whose run-time dependencies a base was assumed to
     have is caught here, whichever it is."""
-    have = _image_distributions(rs, lock, target)
+    have = _image_distributions(rs, lock, target, platform)
     sg = json.loads((REPO / "recipes/slime/resolution-sglang-cp311.json").read_text())
     slime = json.loads((REPO / "recipes/slime/resolution-cp311.json").read_text())
-    layers = [sg["layer"][AMD64], sg["torch"]["layer"][AMD64], slime["layer"][AMD64]]
+    layers = [sg["layer"][platform], sg["torch"]["layer"][platform], slime["layer"][platform]]
     problems = {}
     for layer in layers:
         for name, entry in layer.items():
             if target == "image-core" and name not in have:
                 continue  # a component image-core leaves out (mbridge's requirements, say)
-            unmet = _unmet(entry["requires"], have)
+            unmet = _unmet(entry["requires"], have, platform)
             if unmet:
                 problems[name] = unmet
     assert problems == {}
 
 
-@pytest.mark.parametrize("target", ["image-core", "image"])
-def test_no_distribution_is_installed_by_two_layers(rs, lock, target):
+@pytest.mark.parametrize("target,platform", IMAGES)
+def test_no_distribution_is_installed_by_two_layers(rs, lock, target, platform):
     """A layer cannot uninstall what a lower layer installed, so two layers holding one
     distribution would leave both versions' files and dist-info in the image: SGLang's closure and
     slime's are resolved so that neither replaces the other. Where a closure replaces a
     distribution of the base (no version of it satisfies the layer), the base's copy stays under
     the layer's: those are exactly the replacements the resolutions record (docs/slime.md, "What
     remains"), never one that nobody chose."""
-    have = _image_distributions(rs, lock, target)
+    have = _image_distributions(rs, lock, target, platform)
     twice = {name: by for name, by in have.items() if len([r for r in by if r != "pins-base"]) > 1}
     assert twice == {}
     recorded = {}
     for path in ("resolution-sglang-cp311.json", "resolution-cp311.json"):
-        for name, entry in json.loads((REPO / "recipes/slime" / path).read_text())["layer"][AMD64].items():
+        for name, entry in json.loads((REPO / "recipes/slime" / path).read_text())["layer"][platform].items():
             if entry.get("replaces") and name in have:
                 recorded[name] = (entry["replaces"], entry["version"])
     over_base = {name: (by["pins-base"], list(by.values())[-1]) for name, by in have.items()
