@@ -119,7 +119,7 @@ def test_set_loads_with_the_reference_pins(rs):
                                                                     "sm_120+PTX"]
     assert normalise_archs(cfg.archs("default", "linux/arm64")) == ["sm_90", "sm_90a", "sm_100", "sm_120+PTX"]
     assert normalise_archs(cfg.archs("sm100a", "linux/arm64")) == ["sm_100a"]
-    assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, *LEFT_OUT, "sglang-base", "image-core"])
+    assert sorted(rs.recipes) == sorted([*EXPECTED_NODES, *LEFT_OUT, "sglang-base", "image-core", "image-core-arm64"])
     assert cfg.profile == "pins" and set(cfg.profiles) == {"pins", "registry"}
     assert rs.config.build_root == "buildroot"
     pins = {
@@ -753,6 +753,24 @@ def test_image_core_is_an_amd64_image_of_what_builds_here(rs, lock):
     assert not set(p.closure(["image-core"])) & set(p.blocked())
 
 
+def test_image_core_arm64_is_image_core_for_arm64_less_tes_binding(rs, lock):
+    """`image-core-arm64`: image-core's layers, in the same groups and order, less TE's torch
+    binding (hours to compile emulated here), for linux/arm64 alone; everything it needs is
+    locked for arm64 and built from the arm64 nodes."""
+    core, arm = rs.get("image-core").image, rs.get("image-core-arm64").image
+    assert arm.base == core.base and arm.compression == core.compression
+    assert arm.layers == [[n for n in g if n != "transformer-engine-torch"] for g in core.layers]
+    p = plan(rs, lock, HOST, target="image-core-arm64")
+    image = p.nodes["image-core-arm64"]
+    assert image.preimage.image.platforms == ("linux/arm64",)
+    layers = {m: d for m, d in image.deps.items() if m != BUILD_ROOT_MOUNT}
+    assert layers and all("/linux-arm64/" in mount for mount in layers)
+    recipes = {p.nodes[d].recipe for d in layers.values()}
+    assert "transformer-engine-torch" not in recipes and {"int4-qat", "megatron-lm", "sglang"} <= recipes
+    assert all(p.nodes[d].variant.platform in (None, "linux/arm64") for d in layers.values())
+    assert not set(p.closure(["image-core-arm64"])) & set(p.blocked())
+
+
 def test_closure_is_resolved_as_of_the_seeds_builds_against_the_frozen_base(rs):
     """resolution.json is the closure as of set.toml's date, against the frozen view of the base:
     no input of the generated recipes is a distribution the base has, unless no version the base
@@ -807,7 +825,7 @@ def test_closure_is_resolved_as_of_the_seeds_builds_against_the_frozen_base(rs):
 AMD64 = "linux/amd64"
 ARM64 = "linux/arm64"
 # The images whose Python distributions are checked: image-core is amd64 only.
-IMAGES = [("image-core", AMD64), ("image", AMD64), ("image", ARM64)]
+IMAGES = [("image-core", AMD64), ("image", AMD64), ("image", ARM64), ("image-core-arm64", ARM64)]
 
 
 def _canon(name: str) -> str:
