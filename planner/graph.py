@@ -342,7 +342,7 @@ def plan(rs: RecipeSet, lock: Lock, host: HostInfo, *, target: str | None = None
 def expand(p: _Planner, target: str | None) -> Plan:
     """The plan of `target` (default: the set's) made by planner `p`."""
     rs, lock, host = p.rs, p.lock, p.host
-    target = target or rs.config.target
+    target = rs.config.target if target is None else target  # (an empty --target is no recipe's name)
     r = rs.get(target)
     variant_names: list[Optional[str]] = list(rs.config.cuda) or [None]
     targets: list[str] = []

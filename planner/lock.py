@@ -19,6 +19,7 @@ import attrs
 from . import lockreason
 from .errors import LockError
 from .recipes import Patch, RecipeSet, Source
+from .recipes.model import INPUT_NAME, PATCH_LABEL
 
 LOCK_VERSION = 1
 ANY = "any"
@@ -219,6 +220,9 @@ def to_toml(lock: Lock) -> str:
 
 
 _PIN_FIELDS = {f.name.replace("_", "-") for f in attrs.fields(Pin)}
+# `recipe/input`, or `recipe/patch/label` (a patch's label is a file name).
+_INPUT_ID = re.compile(rf"[a-z0-9][a-z0-9._-]*/(patch/{PATCH_LABEL.pattern}|{INPUT_NAME.pattern})")
+_KINDS = frozenset({"apt", "git", "image", "patch", "path", "pypi", "url"})
 _ENTRY_FIELDS = {"kind", "origin", "spec", "status", "reason", "platforms"} | _PIN_FIELDS
 
 
@@ -247,8 +251,8 @@ def _pin_from(data: dict, where: str) -> Pin:
         raise LockError("commit must be a full git commit (40 or 64 lowercase hex digits)", where=f"{where}.commit")
     if pin.digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin.digest):
         raise LockError("digest must be sha256:<64 hex digits>", where=f"{where}.digest")
-    if pin.size is not None and pin.size < 0:
-        raise LockError("size must not be negative", where=f"{where}.size")
+    if pin.size is not None and not 0 <= pin.size < 1 << 50:
+        raise LockError("size must be a file's size in bytes (0 to 2^50)", where=f"{where}.size")
     for name in ("url", "version"):
         value = getattr(pin, name)
         if value is not None and (not value or any(c in value for c in "\0\n\r") or len(value) > 4096):
@@ -277,6 +281,8 @@ def parse(text: str, where: str) -> Lock:
         raise LockError(f"unknown key {sorted(extra)[0]!r}", where=where)
     inputs: dict[str, LockedInput] = {}
     for id_, entry in data["inputs"].items():
+        if not _INPUT_ID.fullmatch(id_):
+            raise LockError(f"input id {id_[:80]!r} is not recipe/input", where=f"{where}: inputs")
         w = f"{where}: inputs.{id_}"
         if not isinstance(entry, dict):
             raise LockError("entry must be a table", where=w)
@@ -304,10 +310,15 @@ def parse(text: str, where: str) -> Lock:
         for plat in pins:
             if plat != ANY and not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", plat):
                 raise LockError(f"platform {plat[:40]!r} is not os/arch", where=f"{w}.platforms")
-        if entry["kind"] == "url":
-            for plat, pin in pins.items():
-                if pin.url is not None and not re.match(r"^https?://", pin.url, re.IGNORECASE):
-                    raise LockError("url must be http:// or https://", where=f"{w}.url")
+        if entry["kind"] not in _KINDS:
+            raise LockError(f"kind {entry['kind'][:40]!r} is not one of {', '.join(sorted(_KINDS))}", where=f"{w}.kind")
+        # A pinned file is downloaded from its url: from the network, never from this machine's
+        # own files (file:///dev/zero, /etc/shadow) by way of an edited lock. (A git or image
+        # pin's url only records where it was found; its recipe says where to fetch.)
+        for plat, pin in pins.items() if entry["kind"] in ("apt", "pypi", "url", "patch") else ():
+            if pin.url is not None and not re.match(r"^https?://", pin.url, re.IGNORECASE):
+                raise LockError("url must be http:// or https://",
+                                where=f"{w}.platforms.{plat}.url" if plat != ANY else f"{w}.url")
         if status == "locked" and not pins:
             raise LockError("locked entry has no pin", where=w)
         reason = entry.get("reason")
@@ -387,6 +398,24 @@ def local_pin(rs: RecipeSet, decl: InputDecl) -> Pin:
     return Pin(tree=b3, sha256=sha, size=path.stat().st_size)
 
 
+# What a locked pin must hold, by kind: the hashes a fetch is checked against and `mirror
+# export` names files by (a remote patch is a downloaded file; a local one, a project file).
+_PIN_NEEDS = {"pypi": ("tree", "sha256"), "apt": ("tree", "sha256"), "url": ("tree", "sha256"),
+              "git": ("tree", "commit"), "image": ("digest",), "path": ("tree",)}
+
+
+def _lacking(decl: InputDecl, li: LockedInput) -> Optional[str]:
+    """What a locked entry's pins lack for its kind, or None."""
+    needs = _PIN_NEEDS.get(li.kind, ())
+    if li.kind == "patch":
+        needs = ("tree", "sha256") if decl.patch is not None and decl.patch.url else ("tree",)
+    for plat, pin in sorted(li.pins.items()):
+        for field in needs:
+            if getattr(pin, field) is None:
+                return f"the pin{'' if plat == ANY else ' for ' + plat} has no {field}"
+    return None
+
+
 def check(rs: RecipeSet, lock: Lock, *, deep: bool = True) -> list[Problem]:
     """Everything that makes `lock` not match `rs`, without touching the network."""
     problems: list[Problem] = []
@@ -408,9 +437,17 @@ def check(rs: RecipeSet, lock: Lock, *, deep: bool = True) -> list[Problem]:
                 continue
             problems.append(Problem(id_, f"unlocked: {li.reason or 'not resolved'}", unlocked=True))
             continue
+        if li.kind != decl.kind:
+            problems.append(Problem(id_, f"locked as kind {li.kind}, the recipe declares {decl.kind}: "
+                                         f"run `planner lock {rs.name} --update {id_}`"))
+            continue
         missing = [p for p in decl.platforms if p not in li.pins and ANY not in li.pins]
         if missing:
             problems.append(Problem(id_, f"no pin for {', '.join(missing)}"))
+            continue
+        lacking = _lacking(decl, li)
+        if lacking:
+            problems.append(Problem(id_, f"{lacking}: run `planner lock {rs.name} --update {id_}`"))
             continue
         if decl.local:
             now = local_pin(rs, decl)
@@ -420,6 +457,8 @@ def check(rs: RecipeSet, lock: Lock, *, deep: bool = True) -> list[Problem]:
     for id_ in lock.inputs:
         if id_ not in decls:
             problems.append(Problem(id_, "in the lock but no recipe declares it"))
+    if lock.set != rs.name:
+        problems.append(Problem("set", f"the lock is set {lock.set!r}'s, not {rs.name!r}'s: run `planner lock {rs.name}`"))
     if lock.source_date_epoch != rs.config.source_date_epoch:
         problems.append(Problem("source-date-epoch",
                                 f"locked {lock.source_date_epoch}, set.toml says {rs.config.source_date_epoch}"))

@@ -50,7 +50,7 @@ def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
     import tomllib
 
     out = list(extra)
-    out += os.environ.get("PLANNER_MIRRORS", "").split()
+    out += [mirror_url(m, "PLANNER_MIRRORS") for m in os.environ.get("PLANNER_MIRRORS", "").split()]
     cfg = root / "planner.toml"
     if cfg.is_file():
         try:
@@ -60,8 +60,31 @@ def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
         urls = data.get("mirrors", {}).get("urls", [])
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise LockError("mirrors.urls must be a list of URLs", where=f"{cfg}: mirrors.urls")
-        out += [u if "://" in u else (root / u).resolve().as_uri() for u in urls]
+        out += [mirror_url(u, f"{cfg}: mirrors.urls", base=root) for u in urls]
     return list(dict.fromkeys(out))
+
+
+def mirror_url(entry: str, where: str, *, base: Optional[Path] = None) -> str:
+    """A mirror as a URL: a folder (relative to `base`, else the current folder) as file://, or
+    an http(s) or file URL as given; anything else is an error naming where it came from."""
+    from urllib.parse import urlsplit
+
+    if "://" not in entry:
+        if not entry or any(c in entry for c in "\0\n\r"):
+            raise LockError(f"{entry[:80]!r} is not a folder or an http(s) or file URL", where=where)
+        folder = (base / entry).resolve() if base is not None else Path(entry).absolute()
+        if not folder.is_dir():
+            raise LockError(f"{entry[:80]!r}: no such folder (a mirror is a folder or an http(s) or file URL)",
+                            where=where)
+        return folder.as_uri()
+    try:
+        parts = urlsplit(entry)
+        parts.port  # noqa: B018  (raises for a port that is not one)
+    except ValueError as exc:
+        raise LockError(f"{entry[:80]!r} is not a valid URL: {exc}", where=where) from None
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.hostname):
+        raise LockError(f"{entry[:80]!r} is not a folder or an http(s) or file URL", where=where)
+    return entry
 
 
 # -- making mirrors ------------------------------------------------------------------------------
@@ -80,7 +103,10 @@ def origin_path(url: str) -> str:
 
     from .errors import FetchError
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise FetchError(f"not a valid URL: {exc}", where=url) from None
     if parts.scheme not in ("http", "https", "git", "ssh") or not parts.netloc:
         raise FetchError("a mirror entry is named by an http(s), git or ssh origin URL", where=url)
     if "@" in parts.netloc:
@@ -95,7 +121,8 @@ def origin_path(url: str) -> str:
     # one path in the mirror however the recipe spells it.
     host = parts.hostname or ""
     netloc = host if port in (None, _DEFAULT_PORTS[parts.scheme]) else f"{host}:{port}"
-    segments = [netloc] + unquote(parts.path).split("/")[1:]
+    # Split before unescaping: an escaped '/' (%2F) stays inside its segment, and is refused.
+    segments = [netloc] + [unquote(seg) for seg in parts.path.split("/")[1:]]
     for seg in segments:
         if seg in ("", ".", "..") or not set(seg) <= _SEGMENT_OK or len(seg) > 200:
             raise FetchError(f"path segment {seg!r} cannot be part of a mirror path", where=url)
@@ -154,8 +181,13 @@ def add_file(mirror: Path, source: Path, *, url: Optional[str] = None, sha256: O
     if sha256 is not None and digest != sha256:
         raise HashMismatch(str(source), sha256, digest)
     rels = [f"sha256/{digest}"] + ([f"urls/{origin_path(url)}"] if url else [])
-    for rel in rels:
-        _place_file(source, _inside(mirror, rel))
+    dests = [_inside(mirror, rel) for rel in rels]  # every one checked before any is written
+    for rel, dest in zip(rels, dests):
+        try:
+            _place_file(source, dest)
+        except OSError as exc:
+            raise FetchError(f"cannot write {rel} in the mirror: {exc.strerror or exc}",
+                             where=url or str(source)) from None
     return rels
 
 
@@ -168,11 +200,9 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
     A commit of a repository on this machine that lacks some of the commit's objects (a
     snapshot missing a blob) is copied with the objects it has, and `warn` names the files
     missing: it serves inputs that take only other paths of it (`paths`), over file://."""
-    import shutil
+    import re
     import subprocess
     import tempfile
-
-    import re
 
     from .errors import FetchError
 
@@ -190,15 +220,62 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
         proc = subprocess.run(["git", "-c", "gc.auto=0", *args], cwd=cwd, env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
-            last = [line for line in proc.stderr.splitlines() if line.strip()]
-            raise FetchError(f"git {args[0]} failed: {last[-1] if last else proc.returncode}", where=url)
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            # git's first fatal line says what went wrong; the rest is advice.
+            said = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+            raise FetchError(f"git {args[0]} failed: {said or proc.returncode}", where=url)
         return proc
 
-    fresh = not (dest / "HEAD").exists()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(dest.parent):  # adds of one origin take turns: none sees another's half
+            return _add_git_locked(git, dest, rel, repo, url, commits, warn)
+    except OSError as exc:
+        raise FetchError(f"cannot write {rel} in the mirror: {exc.strerror or exc}", where=url) from None
+
+
+def _folder_lock(folder: Path):
+    """An exclusive lock on `folder` itself (no lock file in the mirror), released on exit."""
+    import contextlib
+    import fcntl
+    import os
+
+    @contextlib.contextmanager
+    def held():
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return held()
+
+
+def _is_bare_repository(path: Path) -> bool:
+    return (not path.is_symlink() and (path / "HEAD").is_file() and (path / "objects").is_dir()
+            and (path / "refs").is_dir())
+
+
+def _add_git_locked(git: Callable, dest: Path, rel: str, repo: str, url: str, commits: tuple[str, ...],
+                    warn: Optional[Callable[[str], None]]) -> str:
+    import os
+    import shutil
+    import tempfile
+
+    from .errors import FetchError
+
+    if os.path.lexists(dest):
+        if not _is_bare_repository(dest):
+            raise FetchError(f"{rel} is already in the mirror and is not a bare git repository: "
+                             "not replacing it", where=url)
+        fresh = False
+    else:
+        fresh = True
     work = dest
     if fresh:  # made aside and renamed: a crash leaves no half-made repository in the mirror
-        dest.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        os.chmod(work, 0o755)  # served to others (a web server, other users), as the files are
         git("init", "--bare", "-q", str(work))
     try:
         source = repo if "://" in repo else str(Path(repo).absolute())
@@ -216,8 +293,6 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
                 pass
         git("update-server-info", cwd=work)
         if fresh:
-            if dest.exists():
-                shutil.rmtree(dest)
             work.rename(dest)
     finally:
         if fresh and work.exists() and work != dest:
@@ -383,7 +458,7 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
             last: Optional[Exception] = None
             for cand in mirror_candidates(origin, mirrors, sha256=pin.sha256):
                 try:
-                    urlfetch.download(cand, dest, sha256=pin.sha256)
+                    urlfetch.download(cand, dest, sha256=pin.sha256, size=pin.size)
                     break
                 except FetchError as exc:
                     last = exc

@@ -110,7 +110,7 @@ def plan_cache_path(store_root, root, set_name: str, target: str | None) -> str:
 def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple:
     from . import __version__
 
-    return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target or "", bool(sandboxed))
+    return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target, bool(sandboxed))
 
 
 # A file changed this close to the start of the work (or during it) may have been read before

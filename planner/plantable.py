@@ -180,7 +180,7 @@ def _identity(root: str, set_name: str, target: Optional[str], sandboxed: bool) 
 
     # The machine too (a home folder shared between an amd64 and an arm64 machine): a plan's
     # variants carry the host platform.
-    return (TABLE_VERSION, __version__, os.uname().machine, root, set_name, target or "", bool(sandboxed))
+    return (TABLE_VERSION, __version__, os.uname().machine, root, set_name, target, bool(sandboxed))
 
 
 def _load(root_s: str, set_name: str, target: Optional[str], sandboxed: bool) -> Optional[dict]:

@@ -307,6 +307,14 @@ def test_store_that_is_a_file_or_missing(diamond: Project, tmp_path: Path) -> No
         res = planner("--root", str(diamond.root), "--store", str(afile), *cmd)
         assert res.returncode != 0
         assert "is not a folder" in one_error_line(res.stderr), cmd
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    for cmd in (["realise", "t", "--dry-run"], ["realise", "t"], ["lock", "t"]):
+        res = planner("--root", str(diamond.root), "--store", str(dangling), *cmd)
+        assert res.returncode != 0
+        line = one_error_line(res.stderr)
+        assert "symbolic link" in line and "does not exist" in line, (cmd, line)
+        assert not (tmp_path / "gone").exists()
     missing = tmp_path / "typo"
     for cmd in (["why", "t"], ["store", "gc"], ["store", "verify"], ["log", "a"], ["diff", "a"]):
         res = planner("--root", str(diamond.root), "--store", str(missing), *cmd)

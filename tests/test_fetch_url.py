@@ -237,3 +237,29 @@ def test_file_url_mismatch_and_missing(tmp_path: Path) -> None:
     with pytest.raises(FetchError) as e:
         download(missing, out / "nope.bin")
     assert str(e.value) == f"{missing}: no such file {tmp_path / 'nope.bin'}"
+
+
+def test_a_body_past_the_pinned_size_is_cut_off(server: LoopbackServer, route_path: str, tmp_path: Path) -> None:
+    """A server (or a file:// mirror) that sends more than the pinned size: stopped there, not
+    streamed into the store until the disk is full; nothing is left behind."""
+    server.add(route_path, BODY)
+    dest = tmp_path / "dl" / "src.tar.gz"
+    url = server.url(route_path)
+    with pytest.raises(FetchError) as e:
+        download(url, dest, sha256=SHA, size=1000, **FAST)
+    assert_one_line_about(e.value, url)
+    assert "more than the pinned 1000 bytes" in str(e.value)
+    assert_clean(dest, present=False)
+    with pytest.raises(FetchError, match="more than the pinned 1048576 bytes"):
+        download("file:///dev/zero", dest, size=1 << 20, **FAST)
+    assert_clean(dest, present=False)
+    assert download(url, dest, sha256=SHA, size=len(BODY), **FAST).size == len(BODY)
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.tgz", "https://a\u2100b/x.tgz", "http://h:99999/x"])
+def test_a_malformed_url_is_one_fetch_error(url: str, tmp_path: Path) -> None:
+    dest = tmp_path / "dl" / "x.tgz"
+    with pytest.raises(FetchError) as e:
+        download(url, dest, **FAST)
+    assert "\n" not in str(e.value)
+    assert_clean(dest, present=False)

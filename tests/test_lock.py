@@ -3,6 +3,8 @@ by `--update` only, and `--check` needs no network."""
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from .conftest import run_planner
@@ -41,3 +43,20 @@ def test_moved_tag_is_picked_up_by_update_only(tmp_path: Path) -> None:
     # The rest of the lock is untouched by --update: only the x/source table changed.
     changed = [a for a, b in zip(before.decode().splitlines(), text.splitlines()) if a != b]
     assert all(line.startswith(("commit", "tree")) for line in changed), changed
+
+
+@pytest.mark.parametrize("kind", ["apt", "pypi", "url", "patch"])
+def test_a_downloaded_pins_url_is_http_whatever_its_kind(kind: str) -> None:
+    """An apt or PyPI file pinned to file:///dev/zero would be streamed from this machine into the
+    store: every kind whose pins are downloaded by URL takes http(s) only, per platform too."""
+    from planner.errors import LockError
+    from planner.lock import parse
+
+    pin = 'tree = "blake3:' + "0" * 64 + '"\nsha256 = "' + "0" * 64 + '"\nurl = "file:///dev/zero"\n'
+    for entry in (pin, '[inputs."r/x".platforms."linux/amd64"]\n' + pin):
+        text = ('version = 1\nset = "s"\nrecipes = "blake3:' + "0" * 64 + '"\nsource-date-epoch = 1\n'
+                f'[inputs."r/x"]\nkind = "{kind}"\norigin = "o"\nspec = "s"\n'
+                + (entry if entry is pin else entry))
+        with pytest.raises(LockError) as e:
+            parse(text, "lockfiles/s.lock")
+        assert "url must be http:// or https://" in e.value.line() and "inputs.r/x" in e.value.line()

@@ -107,6 +107,12 @@ def test_an_unknown_target_or_profile_is_an_error_not_a_clean_check(project) -> 
     for args, text in ((("--target", "nope"), "no recipe named 'nope'"), (("--profile", "nope"), "profile 'nope'")):
         proc = _check(project, *args)
         assert proc.returncode != 0 and text in proc.stderr, proc.stderr
+    # An empty target is no recipe's name, for every command (not the set's target in disguise).
+    root, store = project
+    for cmd in (("lock", "s", "--check"), ("plan", "s"), ("realise", "s", "--dry-run")):
+        for _ in range(2):  # the second plan finds a cached table for the set's target: still refused
+            proc = run_planner("--root", str(root), "--store", str(store), *cmd, "--target", "", check=False)
+            assert proc.returncode != 0 and "no recipe named ''" in proc.stderr, (cmd, proc.stderr)
 
 
 def _edit_lock(root: Path, old: str, new: str, count: int = 1) -> None:

@@ -19,7 +19,7 @@ import pytest
 from planner.errors import FetchError
 from planner.mirrors import origin_path
 
-from .conftest import run_planner
+from .conftest import REPO, planner_cmd, run_planner
 from .support.gitrepo import GitRepo, git_daemon
 from .support.http_server import LoopbackServer
 from .support.pyindex import LocalIndex
@@ -247,3 +247,73 @@ def test_a_snapshot_missing_a_blob_serves_a_sparse_input(tmp_path: Path) -> None
     again = json.loads(run_planner("--root", str(root), "--store", str(tmp_path / "store3"), "--mirror", str(second),
                                    "realise", "sp", "--json").stdout)["output"]
     assert (Path(again) / "pkg/__init__.py").read_text() == "VERSION = '1'\n"
+
+
+def test_add_never_replaces_what_is_not_its_repository_and_takes_turns(tmp_path: Path) -> None:
+    """A folder already at the git path that is not a bare repository (a checkout, a user's
+    files) is refused and kept; concurrent adds of one origin all succeed, one after another;
+    the repository is readable by others (a web server, another user), as the files are."""
+    import os
+    import stat
+    import subprocess
+
+    up = GitRepo.init(tmp_path / "up")
+    up.write("README", "x\n")
+    up.commit("one")
+    mirror = tmp_path / "mirror"
+    taken = mirror / "git/example.org/data.git"
+    taken.mkdir(parents=True)
+    (taken / "keep").write_text("precious\n")
+    run = run_planner("mirror", "add", str(mirror), "https://example.org/data.git", str(up.path), check=False)
+    assert run.returncode == 1 and "not a bare git repository" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and (taken / "keep").read_text() == "precious\n"
+    argv = planner_cmd("mirror", "add", str(mirror), "https://example.org/c.git", str(up.path))
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(6)]
+    results = [(p.wait(), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    repo = mirror / "git/example.org/c.git"
+    assert stat.S_IMODE(repo.stat().st_mode) == 0o755
+    assert sorted(os.listdir(repo.parent)) == ["c.git", "data.git"]  # no leftovers of the others
+    have = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "-e", f"{up.head()}^{{commit}}"])
+    assert have.returncode == 0
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.git", "https://a\u2100b/x.git", "https://example.org/a%2Fb.git",
+                                 "https://example.org:99999/x.git"])
+def test_add_refuses_a_malformed_origin_in_one_line(tmp_path: Path, url: str) -> None:
+    f = tmp_path / "f.patch"
+    f.write_text("x\n")
+    run = run_planner("mirror", "add", str(tmp_path / "mirror"), url, str(f), check=False)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("planner: error: ") and "internal error" not in run.stderr
+    assert not (tmp_path / "mirror").exists() or not any((tmp_path / "mirror").rglob("*.patch"))
+
+
+def test_a_mirror_from_the_environment_is_a_folder_or_a_url(tmp_path: Path, monkeypatch) -> None:
+    """PLANNER_MIRRORS takes folders as --mirror does (they become file:// URLs); anything that is
+    neither a folder nor an http(s) or file URL is one error naming the variable."""
+    from planner.errors import LockError
+    from planner.mirrors import load_mirrors
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    monkeypatch.setenv("PLANNER_MIRRORS", f"{folder} http://127.0.0.1:1/m")
+    assert load_mirrors(tmp_path) == [folder.as_uri(), "http://127.0.0.1:1/m"]
+    for bad in ("ftp://x", "http://[::1", str(tmp_path / "missing")):
+        monkeypatch.setenv("PLANNER_MIRRORS", bad)
+        with pytest.raises(LockError) as e:
+            load_mirrors(tmp_path)
+        assert e.value.line().startswith("PLANNER_MIRRORS: ")
+
+
+def test_add_writes_nothing_when_one_destination_is_refused(tmp_path: Path) -> None:
+    mirror, outside = tmp_path / "mirror", tmp_path / "outside"
+    outside.mkdir()
+    (mirror / "urls").mkdir(parents=True)
+    (mirror / "urls" / "example.org").symlink_to(outside)
+    f = tmp_path / "f.patch"
+    f.write_text("x\n")
+    run = run_planner("mirror", "add", str(mirror), "https://example.org/f.patch", str(f), check=False)
+    assert run.returncode == 1 and "symbolic link" in run.stderr
+    assert not (mirror / "sha256").exists() and list(outside.iterdir()) == []

@@ -90,3 +90,27 @@ def test_an_estimate_or_resources_out_of_bounds_is_refused(tmp_path: Path, monke
     with pytest.raises(RecipeError) as exc:
         load_set(root, "t")
     assert exc.value.line() == message
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[inputs."../../x"]\nkind = "url"\nurl = "https://example.org/x.tgz"',
+     "input name '../../x' must be letters, digits"),
+    ('[inputs."a\\nplanner: error: forged"]\nkind = "url"\nurl = "https://example.org/x.tgz"',
+     "input name 'a\\nplanner: error: forged' must be letters, digits"),
+    ('[inputs."x/y"]\nkind = "url"\nurl = "https://example.org/x.tgz"', "input name 'x/y' must be"),
+    ('[[patches]]\nurl = "https://example.org/fix%20it.patch"\nsha256 = "' + "a" * 64 + '"',
+     "patch 'fix%20it.patch': its name must be"),
+    ('[inputs.w]\nkind = "pypi"\nname = "w"\nversion = "1"\ndist = "bogus"', "'bogus' is not one of 'sdist', 'wheel'"),
+    ('[[patches]]\nname = "a b.patch"\nurl = "https://example.org/x.patch"\nsha256 = "' + "a" * 64 + '"',
+     "patch 'a b.patch': its name must be"),
+])
+def test_an_input_name_or_patch_label_that_is_not_a_plain_name_is_refused(tmp_path: Path, monkeypatch, extra: str,
+                                                                          message: str) -> None:
+    """Input names and patch labels become lock ids (`recipe/name`), folder names in the build and
+    log lines: a path, a line break or a space is refused where the recipe is read, in one line."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": extra})
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    line = exc.value.line()
+    assert line.startswith("recipes/t/a.toml") and message in line and "\n" not in line, line

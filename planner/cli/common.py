@@ -3,6 +3,7 @@ subcommand), the store path checks, and the default recipe set."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def _check_store_path(path: Path, *, must_exist: bool) -> None:
 
     hint = "pass --store PATH or set PLANNER_STORE"
     for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            what = "the store" if p == path else f"a parent of the store ({p})"
+            raise StoreError(f"{what} is a symbolic link to {os.readlink(p)!r}, which does not exist; {hint}",
+                             where=str(path))
         if p.exists():
             if not p.is_dir():
                 what = "the store" if p == path else f"a parent of the store ({p})"
@@ -50,7 +55,9 @@ def _check_store_path(path: Path, *, must_exist: bool) -> None:
 
 
 def mirror_url(m: str) -> str:
-    return m if "://" in m else Path(m).absolute().as_uri()
+    from ..mirrors import mirror_url as as_url
+
+    return as_url(m, "--mirror")
 
 
 def _set_root(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:

@@ -78,8 +78,11 @@ class _Hasher:
 
 def _redact(url: str) -> str:
     """The URL without a password, fit for error messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL at all: said so where it is used
         return url
     host = parts.hostname or ""
     if parts.port is not None:
@@ -114,12 +117,14 @@ def download(
     dest: Path,
     *,
     sha256: str | None = None,
+    size: int | None = None,
     timeout: float = 30.0,
     retries: int = 4,
     backoff: float = 0.5,
     client: httpx.Client | None = None,
 ) -> Downloaded:
-    """Fetch `url` into `dest` (replacing it). `sha256` (hex, optionally `sha256:`-prefixed) pins it.
+    """Fetch `url` into `dest` (replacing it). `sha256` (hex, optionally `sha256:`-prefixed) pins it;
+    `size`, the pinned length, stops a body that runs past it (a server or file that never ends).
 
     Raises HashMismatch when the complete body has another sha256, FetchError for anything
     else; either way neither `dest` nor `<dest>.part` is left behind by this call.
@@ -130,12 +135,15 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     try:
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+        except ValueError as e:
+            raise FetchError(f"not a valid URL: {e}", where=where) from None
         if scheme == "file":
-            got = _copy_local(url, part, where)
+            got = _copy_local(url, part, where, size)
         elif scheme in ("http", "https"):
             got = _download_http(url, part, where, timeout=timeout, retries=retries, backoff=backoff,
-                                 client=client)
+                                 client=client, size=size)
         else:
             raise FetchError(f"unsupported URL scheme {scheme!r} (http, https and file work)", where=where)
         if expected is not None and got.sha256 != expected:
@@ -147,7 +155,11 @@ def download(
         part.unlink(missing_ok=True)
 
 
-def _copy_local(url: str, part: Path, where: str) -> Downloaded:
+def _too_long(size: int, where: str) -> FetchError:
+    return FetchError(f"more than the pinned {size} bytes: not the pinned file", where=where)
+
+
+def _copy_local(url: str, part: Path, where: str, size: int | None = None) -> Downloaded:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise FetchError(f"file URL names host {parts.netloc!r}; only local files can be read", where=where)
@@ -156,6 +168,8 @@ def _copy_local(url: str, part: Path, where: str) -> Downloaded:
     try:
         with open(src, "rb") as fin, open(part, "wb") as fout:
             while chunk := fin.read(_CHUNK):
+                if size is not None and hasher.size + len(chunk) > size:
+                    raise _too_long(size, where)
                 fout.write(chunk)
                 hasher.update(chunk)
             fout.flush()
@@ -174,7 +188,7 @@ def _copy_local(url: str, part: Path, where: str) -> Downloaded:
 
 def _download_http(
     url: str, part: Path, where: str, *, timeout: float, retries: int, backoff: float,
-    client: httpx.Client | None,
+    client: httpx.Client | None, size: int | None = None,
 ) -> Downloaded:
     own = client is None
     http = client or httpx.Client(follow_redirects=True, headers={"User-Agent": _USER_AGENT})
@@ -186,7 +200,7 @@ def _download_http(
             if attempt:
                 time.sleep(backoff * 2 ** (attempt - 1))
             try:
-                return _attempt(http, url, part, where, progress, timeout)
+                return _attempt(http, url, part, where, progress, timeout, size)
             except _Transient as e:
                 failures.append(str(e))
     finally:
@@ -198,7 +212,7 @@ def _download_http(
 
 
 def _attempt(http: httpx.Client, url: str, part: Path, where: str, progress: _Progress,
-             timeout: float) -> Downloaded:
+             timeout: float, size: int | None = None) -> Downloaded:
     # Identity encoding: the pinned hash is of the bytes as published, not as re-encoded
     # by a server that gzips everything.
     headers = {"Accept-Encoding": "identity"}
@@ -210,7 +224,7 @@ def _attempt(http: httpx.Client, url: str, part: Path, where: str, progress: _Pr
     try:
         with http.stream("GET", url, headers=headers, timeout=httpx.Timeout(timeout),
                          follow_redirects=True) as r:
-            return _receive(r, part, where, progress, resume)
+            return _receive(r, part, where, progress, resume, size)
     except httpx.TooManyRedirects as e:
         raise FetchError(_one_line(e), where=where) from None
     except httpx.TransportError as e:
@@ -220,7 +234,8 @@ def _attempt(http: httpx.Client, url: str, part: Path, where: str, progress: _Pr
         raise _Transient(f"{type(e).__name__}: {reason(e)}") from None
 
 
-def _receive(r: httpx.Response, part: Path, where: str, progress: _Progress, resume: bool) -> Downloaded:
+def _receive(r: httpx.Response, part: Path, where: str, progress: _Progress, resume: bool,
+             size: int | None = None) -> Downloaded:
     status = f"HTTP {r.status_code} {r.reason_phrase}".rstrip()
     if 400 <= r.status_code < 500:
         raise FetchError(status, where=where)
@@ -244,20 +259,25 @@ def _receive(r: httpx.Response, part: Path, where: str, progress: _Progress, res
 
     length = r.headers.get("content-length")
     total = progress.offset + int(length) if length and length.isdigit() else None
+    if size is not None and total is not None and total > size:
+        raise _too_long(size, where)
     try:
-        return _write_body(r, part, mode, progress, total)
+        return _write_body(r, part, mode, progress, total, size, where)
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise FetchError(f"cannot write {part.name}: {exc.strerror or exc}", where=where) from None
 
 
-def _write_body(r: httpx.Response, part: Path, mode: str, progress: _Progress, total: int | None) -> Downloaded:
+def _write_body(r: httpx.Response, part: Path, mode: str, progress: _Progress, total: int | None,
+                size: int | None = None, where: str = "") -> Downloaded:
     with open(part, mode) as f:
         hasher = _Hasher.of_prefix(f, progress.offset) if mode == "r+b" else _Hasher()
         f.seek(progress.offset)
         f.truncate()
         # No chunk size: httpx would hold up to that much back, and lose it when the body breaks.
         for chunk in r.iter_raw():
+            if size is not None and progress.offset + len(chunk) > size:
+                raise _too_long(size, where)
             f.write(chunk)
             hasher.update(chunk)
             progress.offset += len(chunk)

@@ -273,6 +273,10 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
                 key = ".".join(p for p in (keypath, bad) if p)
                 raise RecipeError("unknown key" + did_you_mean(bad.replace("_", "-"), valid),
                                   where=_where(path, root, text, key.replace("_", "-"))) from None
+            # cattrs' words for a value outside a Literal's choices: say which values are allowed.
+            choice = re.match(r"unknown error \((.*) not in literal typing\.Literal\[(.*)\]\)$", detail)
+            if choice:
+                detail = f"{choice.group(1)!r} is not one of {choice.group(2)}"
             raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
         raise RecipeError(first, where=_where(path, root, text, None)) from None
 

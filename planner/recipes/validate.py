@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import RecipeError
-from .model import AXES, BUILDERS, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
+from .model import AXES, BUILDERS, INPUT_NAME, PATCH_LABEL, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
 from .parse import DEFAULT_RESOURCES, _LazyText, _where
 
 
@@ -20,8 +20,9 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
     def err(key: str, msg: str) -> RecipeError:
         return RecipeError(msg, where=_where(path, root, text, key))
 
-    if not _VERSION.match(r.version):
-        raise err("version", f"invalid version {r.version!r}: letters, digits, '.', '+', '_', '~', '-'")
+    if not _VERSION.match(r.version) or len(r.version) > 128:
+        raise err("version", f"invalid version {r.version[:80]!r}: letters, digits, '.', '+', '_', '~', '-' "
+                             "(at most 128: it is part of a store path's name)")
     if not _NAME.match(r.name):
         raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
     stem = os.path.splitext(os.path.basename(path))[0]  # Path.stem, without making a Path
@@ -66,6 +67,9 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
             _check_http_url(p.url, err, f"patch {p.label}")
         if p.name is not None and (not p.name or "/" in p.name or "\0" in p.name or p.name in (".", "..")):
             raise err("patches", f"patch name {p.name!r} must be a plain file name")
+        if not PATCH_LABEL.fullmatch(p.label):
+            raise err("patches", f"patch {p.label[:80]!r}: its name must be letters, digits, '.', '_', '+', '~', "
+                                 "'=', ',', '-' (give the patch a `name`)")
         if p.file:
             _check_inside(root, p.file, err, "file")
     try:
@@ -132,6 +136,9 @@ def _check_inside(root: Path, rel: str, err, key: str) -> None:
 
 
 def _validate_source(name: str, s: Source, err, root: Path) -> None:
+    if not INPUT_NAME.fullmatch(name):
+        raise err(name, f"input name {name[:80]!r} must be letters, digits, '.', '_', '+', '-' "
+                        "(starting with a letter, digit or '_'; at most 128)")
     need = {"url": ("url",), "git": ("url", "rev"), "pypi": ("name", "version"), "path": ("path",),
             "apt": () if s.names is not None else ("name",), "image": ("url",)}[s.kind]
     if s.names is not None:

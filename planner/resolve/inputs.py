@@ -255,7 +255,7 @@ class Resolver:
             try:
                 _, got = self._first_that_works(
                     mirror_candidates(pin.url, self.mirrors, sha256=pin.sha256),
-                    lambda u: urlfetch.download(u, tmp / name, sha256=pin.sha256), decl.id)
+                    lambda u: urlfetch.download(u, tmp / name, sha256=pin.sha256, size=pin.size), decl.id)
                 control = open_deb_control(got.path)
                 pkg = apt.AptPackage(path=got.path, package=control.get("Package", ""),
                                      version=control.get("Version", ""), arch=control.get("Architecture", ""),
@@ -287,7 +287,7 @@ class Resolver:
             filename = "download"  # the URL's last segment becomes a file name: never a path
         _, got = self._first_that_works(
             mirror_candidates(url, self.mirrors, sha256=expected),
-            lambda u: urlfetch.download(u, tmp / filename, sha256=expected), decl.id)
+            lambda u: urlfetch.download(u, tmp / filename, sha256=expected, size=pin.size if pin else None), decl.id)
         p = Pin(sha256=got.sha256, size=got.size, filename=filename, url=url, tree=got.blake3)
         return self._maybe_unpack(decl, got.path, p, tmp)
 
@@ -303,7 +303,7 @@ class Resolver:
         for m in self.mirrors:
             cand = f"{m.rstrip('/')}/sha256/{pin.sha256}"
             try:
-                urlfetch.download(cand, tmp / name, sha256=pin.sha256, retries=1)
+                urlfetch.download(cand, tmp / name, sha256=pin.sha256, size=pin.size, retries=1)
                 return tmp / name
             except HashMismatch:
                 raise

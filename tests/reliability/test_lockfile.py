@@ -74,6 +74,10 @@ def test_hand_edited_lock_fields_are_refused(tmp_path: Path, server: LoopbackSer
         "tree-not-blake3": ("x/a", {"tree": "sha1:" + "0" * 40}, "tree"),
         "version-with-slash": ("x/a", {"version": "1/../../2"}, "version"),
         "platform-key-a-path": ("x/b", {"platforms": {"../../x": {"tree": "blake3:" + "0" * 64}}}, "platforms"),
+        "size-not-a-files": ("x/a", {"size": 1 << 62}, "size"),
+        "kind-unknown": ("x/a", {"kind": "bogus"}, "kind"),
+        "platform-url-file-scheme": ("x/b", {"platforms": {"linux/amd64": {"tree": "blake3:" + "0" * 64,
+                                                                         "url": "file:///dev/zero"}}}, "url"),
     }
     outcomes = []
     for name, (entry, fields, key) in cases.items():
@@ -113,3 +117,30 @@ def test_pin_naming_another_inputs_content_is_noticed(tmp_path: Path, server: Lo
     figure.update(trials=3, faults="x/a's tree, then its sha256, set to x/b's (store holding both); tree set to "
                                    "x/b's with the store emptied",
                   outcomes=f"3/3 noticed naming x/a, nothing built from x/b's bytes")
+
+
+def test_hand_edited_lock_ids_and_kinds_are_refused(tmp_path: Path, server: LoopbackServer) -> None:
+    """An input id that is not `recipe/input` (a line break that would forge an error line, a NUL)
+    is refused where the lock is read; a kind, set or pin that does not match the recipe is a
+    stale entry for `lock --check` and `realise`, never used as it stands."""
+    for name, edit, names in (
+        ("id-newline", lambda d: d["inputs"].__setitem__("x/a\nplanner: error: forged", d["inputs"].pop("x/a")),
+         ["lockfiles/t.lock", "inputs", "is not recipe/input"]),
+        ("id-nul", lambda d: d["inputs"].__setitem__("x/a\0", d["inputs"].pop("x/a")),
+         ["lockfiles/t.lock", "inputs", "is not recipe/input"]),
+        ("kind-of-another", lambda d: d["inputs"]["x/a"].__setitem__("kind", "pypi"), ["x/a", "kind pypi"]),
+        ("set-of-another", lambda d: d.__setitem__("set", "other"), ["set 'other'"]),
+        ("sha256-removed", lambda d: d["inputs"]["x/a"].pop("sha256"), ["x/a", "no sha256"]),
+    ):
+        proj = _project(tmp_path / name, server)
+        data = tomllib.loads(proj.lockfile.read_text())
+        edit(data)
+        proj.lockfile.write_text(tomli_w.dumps(data))
+        check = cli(proj, "lock", proj.set, "--check")
+        assert_clean_error(check)  # one error line (after the stale entries' lines, for a stale one)
+        assert all(n in check.stderr for n in names), (names, check.stderr)
+        assert not [ln for ln in check.stderr.splitlines() if ln.startswith("planner: error: forged")], check.stderr
+        run = cli(proj, "realise", proj.set, "-j", "1")
+        assert_clean_error(run)
+        assert all(n in run.stderr for n in names), (names, run.stderr)
+        assert not any(proj.store.glob("*-top-*")), name  # nothing was built from the edited lock
