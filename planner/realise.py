@@ -115,7 +115,23 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         from .sandbox import require_bwrap
 
         require_bwrap()
-    store = Store(store_root)
+    if options.dry_run and not store_root.exists():
+        # No store yet is an empty store: a dry run says what it would build without making one.
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="planner-dry-run-") as tmp:
+            store = Store(Path(tmp) / "store")
+            try:
+                return _decide_and_run(planned, store, options, executor, substituters, cache_to, emit, started_ns)
+            finally:
+                store.close()
+    return _decide_and_run(planned, Store(store_root), options, executor, substituters, cache_to, emit, started_ns)
+
+
+def _decide_and_run(planned, store, options: RealiseOptions, executor, substituters, cache_to, emit: Emit,
+                    started_ns: int) -> RealiseResult:
+    from . import planning
+
     # Hold the gc lock (shared) from deciding what is valid until the run is recorded and
     # rooted: a concurrent `store gc` then never deletes what this realise reuses or built.
     with store.gc_lock(exclusive=False):

@@ -138,12 +138,23 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
                  sandbox: bool = True) -> Explanation:
     """Why the next realise would build what it would build (nothing is built)."""
     from . import planning
-    from .runs import lock_pins
     from .store import Store
 
     planned = planning.load(root, set_name, sandboxed=sandbox)
+    if not Path(store_root).exists():
+        # No store yet is an empty store: say so without making one.
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="planner-why-") as tmp:
+            return _explain_next(planned, Store(Path(tmp) / "store"), set_name, node)
+    return _explain_next(planned, Store(store_root), set_name, node)
+
+
+def _explain_next(planned, store, set_name: str, node: Optional[str]) -> Explanation:
+    from . import planning
+    from .runs import lock_pins
+
     rs, lk, p = planned.rs, planned.lock, planned.plan
-    store = Store(store_root)
     v = planning.validity(p, store, p.roots)  # as realise decides: nothing below a valid output
     closure, valid_ids, needed = v.closure, v.valid, v.needed
     durations = store.durations(set_name)

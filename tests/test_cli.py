@@ -299,6 +299,16 @@ def test_json_outputs_carry_a_schema(diamond: Project) -> None:
 
 # -- 5. errors ------------------------------------------------------------------------------
 
+def test_a_dry_run_makes_no_store(diamond: Project, tmp_path: Path) -> None:
+    """As `nix build --dry-run`: a store that does not exist yet is an empty one, and stays absent."""
+    fresh = tmp_path / "fresh-store"
+    dry = planner("--root", str(diamond.root), "--store", str(fresh), "realise", "t", "--dry-run")
+    assert dry.returncode == 0 and "to build, 0 valid" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+    why = planner("--root", str(diamond.root), "--store", str(fresh), "why", "t", "--dry-run")
+    assert why.returncode == 0 and "first recorded realise" in why.stdout, why.stdout + why.stderr
+    assert not fresh.exists()
+
+
 def test_store_that_is_a_file_or_missing(diamond: Project, tmp_path: Path) -> None:
     afile = tmp_path / "not-a-folder"
     afile.write_text("x")
