@@ -1,6 +1,6 @@
 """Import test of slime's image, inside the image's own root filesystem (too heavy for CI).
 
-    python bench/slime_image_check.py LAYOUT REF [--work DIR] [--json OUT]
+    python bench/slime_image_check.py LAYOUT REF [--work DIR] [--json OUT] [--only NAME,...]
 
 LAYOUT is the OCI layout `planner realise slime` printed (a store path), REF one of its
 manifests' `org.opencontainers.image.ref.name` (e.g. `sm100a-linux-amd64`). The manifest is read
@@ -39,6 +39,11 @@ IMPORTS = [
     ("transformer_engine_torch", "import transformer_engine.pytorch, transformer_engine_torch as m; print(m.__file__)"),
     ("transformer_engine.pytorch", "import transformer_engine.pytorch as te; print(te.__file__)"),
     ("megatron.core", "import megatron.core as m; print(m.__file__)"),
+    # Megatron-LM's compiled helper alone (megatron.core's own import also loads TE's binding).
+    ("megatron helpers_cpp", "import glob, importlib.util as u; "
+                             "p = glob.glob('/usr/local/lib/python3*/dist-packages/megatron/core/datasets/helpers_cpp*.so')[0]; "
+                             "s = u.spec_from_file_location('helpers_cpp', p); m = u.module_from_spec(s); "
+                             "s.loader.exec_module(m); print(p, len(dir(m)))"),
     # What slime's plugins import of mbridge (slime_plugins/mbridge/*.py).
     ("mbridge", "import mbridge; from mbridge.core import LLMBridge, register_model; "
                 "from mbridge.models import DeepseekV3Bridge, Qwen2Bridge; print(mbridge.__version__)"),
@@ -97,7 +102,15 @@ def main() -> None:
     ap.add_argument("ref")
     ap.add_argument("--work", type=Path, default=None, help="where to unpack (default: a temp folder, removed)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated names of IMPORTS to run (default: all)")
     args = ap.parse_args()
+    imports = IMPORTS
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        unknown = sorted(set(wanted) - {what for what, _ in IMPORTS})
+        if unknown:
+            raise SystemExit(f"--only: no import named {', '.join(unknown)} (one of: {', '.join(w for w, _ in IMPORTS)})")
+        imports = [(what, stmt) for what, stmt in IMPORTS if what in wanted]
     for tool in ("skopeo", "umoci", "bwrap"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
@@ -122,7 +135,7 @@ def main() -> None:
         cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--bind", str(root), "/", "--dev", "/dev",
                "--proc", "/proc", "--tmpfs", "/tmp", "--ro-bind", str(script), "/tmp/inner.py", "--chdir", "/tmp",
                "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "/usr/bin/python3", "/tmp/inner.py",
-               json.dumps(IMPORTS), json.dumps(runtime_env)]
+               json.dumps(imports), json.dumps(runtime_env)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"inside the image: {proc.stderr.strip()[-2000:]}")
