@@ -16,6 +16,21 @@ from .support.cuda_wheels import cuobjdump, wheel_cache  # noqa: F401,E402  (ses
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _bytecode_in_the_project() -> list[str]:
+    return sorted(str(p.relative_to(REPO)) for top in ("recipes", "patches", "lockfiles") for p in (REPO / top).rglob("__pycache__"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_sources_stay_clean():
+    """No test may write into the project's recipe sources: a `__pycache__` left under
+    recipes/demo/src changes a path input's tree hash, and every realise after it finds the lock
+    stale (ignored by git, so nothing else notices)."""
+    before = _bytecode_in_the_project()
+    yield
+    after = _bytecode_in_the_project()
+    assert after == before, f"tests wrote bytecode into the project's sources: {sorted(set(after) - set(before))}"
+
+
 def planner_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "planner.cli", *args]
 

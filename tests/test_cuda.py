@@ -303,10 +303,16 @@ def test_assemble_toolkit_rejects(tmp_path):
 
 
 def _load_int4qat(pkg_dir: Path = DEMO / "int4qat", name: str = "int4qat_under_test"):
+    # Without writing bytecode: a __pycache__ in the demo's source tree changes its tree hash,
+    # so every later realise of the demo would find its lock stale.
     spec = importlib.util.spec_from_file_location(name, pkg_dir / "__init__.py",
                                                   submodule_search_locations=[str(pkg_dir)])
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.dont_write_bytecode = before
     return mod
 
 
