@@ -32,10 +32,10 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
 
     name = default_set(ctx, set_name)
     store_root = ctx.store_for_write()
-    if not store_root.exists():
-        click.echo(f"planner: note: no store at {store_root} yet: every node shows as to build", err=True)
     view = plan_view(ctx.root, name, store_root, target=target, sandbox=sandbox == "on",
                      platform=platform_, variant=variant)
+    if not store_root.exists():  # said once there is a plan: a refusal stays one line
+        click.echo(f"planner: note: no store at {store_root} yet: every node shows as to build", err=True)
     for w in view.warnings:
         click.echo(f"planner: warning: {w}", err=True)
     if as_json:

@@ -276,8 +276,9 @@ class RecipeSet:
 # -- parsing helpers -------------------------------------------------------------------------
 
 # An input's name and a patch's label become part of a lock id (`recipe/name`,
-# `recipe/patch/label`), a folder or file name in the build and a log line: plain names only.
-INPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}")
+# `recipe/patch/label`), a folder or file name in the build and a log line: plain names only,
+# and for a submodule `<source>/<its path>`, of plain names (never '.', '..' or empty).
+INPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}){0,15}")
 PATCH_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+~=,-]{0,254}")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.I)
 _DUR = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)?\s*$")

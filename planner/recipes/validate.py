@@ -58,20 +58,8 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
     if r.inputs or r.source is not None:
         for name, src in r.all_sources().items():
             _validate_source(name, src, err, root)
-    for i, p in enumerate(r.patches):
-        if bool(p.file) == bool(p.url):
-            raise err("patches", f"patch {i + 1}: give exactly one of file or url")
-        if p.url and not p.sha256:
-            raise err("patches", f"patch {p.label}: a fetched patch needs sha256")
-        if p.url:
-            _check_http_url(p.url, err, f"patch {p.label}")
-        if p.name is not None and (not p.name or "/" in p.name or "\0" in p.name or p.name in (".", "..")):
-            raise err("patches", f"patch name {p.name!r} must be a plain file name")
-        if not PATCH_LABEL.fullmatch(p.label):
-            raise err("patches", f"patch {p.label[:80]!r}: its name must be letters, digits, '.', '_', '+', '~', "
-                                 "'=', ',', '-' (give the patch a `name`)")
-        if p.file:
-            _check_inside(root, p.file, err, "file")
+    if r.patches:
+        _validate_patches(r, err, root)
     try:
         if r.build.settings:
             from ..hashing import canonical_json
@@ -97,6 +85,23 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         if clash:
             raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
                                 f"{r.build.builder} build, so a declared value would be overwritten; remove it")
+
+
+def _validate_patches(r: Recipe, err, root: Path) -> None:
+    for i, p in enumerate(r.patches):
+        if bool(p.file) == bool(p.url):
+            raise err("patches", f"patch {i + 1}: give exactly one of file or url")
+        if p.url and not p.sha256:
+            raise err("patches", f"patch {p.label}: a fetched patch needs sha256")
+        if p.url:
+            _check_http_url(p.url, err, f"patch {p.label}")
+        if p.name is not None and (not p.name or "/" in p.name or "\0" in p.name or p.name in (".", "..")):
+            raise err("patches", f"patch name {p.name!r} must be a plain file name")
+        if not PATCH_LABEL.fullmatch(p.label):
+            raise err("patches", f"patch {p.label[:80]!r}: its name must be letters, digits, '.', '_', '+', '~', "
+                                 "'=', ',', '-' (give the patch a `name`)")
+        if p.file:
+            _check_inside(root, p.file, err, "file")
 
 
 def _validate_resources(r: Recipe, err) -> None:
@@ -138,7 +143,7 @@ def _check_inside(root: Path, rel: str, err, key: str) -> None:
 def _validate_source(name: str, s: Source, err, root: Path) -> None:
     if not INPUT_NAME.fullmatch(name):
         raise err(name, f"input name {name[:80]!r} must be letters, digits, '.', '_', '+', '-' "
-                        "(starting with a letter, digit or '_'; at most 128)")
+                        "(starting with a letter, digit or '_'; a submodule's: source/its/path)")
     need = {"url": ("url",), "git": ("url", "rev"), "pypi": ("name", "version"), "path": ("path",),
             "apt": () if s.names is not None else ("name",), "image": ("url",)}[s.kind]
     if s.names is not None:
