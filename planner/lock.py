@@ -12,14 +12,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import attrs
 
 from . import lockreason
 from .errors import LockError
 from .recipes import Patch, RecipeSet, Source
-from .recipes.model import INPUT_NAME, PATCH_LABEL
+from .recipes.model import INPUT_NAME, PATCH_LABEL, SourceKind
 
 LOCK_VERSION = 1
 ANY = "any"
@@ -222,7 +222,9 @@ def to_toml(lock: Lock) -> str:
 _PIN_FIELDS = {f.name.replace("_", "-") for f in attrs.fields(Pin)}
 # `recipe/input`, or `recipe/patch/label` (a patch's label is a file name).
 _INPUT_ID = re.compile(rf"[a-z0-9][a-z0-9._-]*/(patch/{PATCH_LABEL.pattern}|{INPUT_NAME.pattern})")
-_KINDS = frozenset({"apt", "git", "image", "patch", "path", "pypi", "url"})
+_KINDS = frozenset(get_args(SourceKind)) | {"patch"}
+# Kinds whose pins are files downloaded from their url (and checked against their sha256).
+_DOWNLOADED = frozenset({"apt", "pypi", "url", "patch"})
 _ENTRY_FIELDS = {"kind", "origin", "spec", "status", "reason", "platforms"} | _PIN_FIELDS
 
 
@@ -315,7 +317,7 @@ def parse(text: str, where: str) -> Lock:
         # A pinned file is downloaded from its url: from the network, never from this machine's
         # own files (file:///dev/zero, /etc/shadow) by way of an edited lock. (A git or image
         # pin's url only records where it was found; its recipe says where to fetch.)
-        for plat, pin in pins.items() if entry["kind"] in ("apt", "pypi", "url", "patch") else ():
+        for plat, pin in pins.items() if entry["kind"] in _DOWNLOADED else ():
             if pin.url is not None and not re.match(r"^https?://", pin.url, re.IGNORECASE):
                 raise LockError("url must be http:// or https://",
                                 where=f"{w}.platforms.{plat}.url" if plat != ANY else f"{w}.url")
@@ -398,17 +400,14 @@ def local_pin(rs: RecipeSet, decl: InputDecl) -> Pin:
     return Pin(tree=b3, sha256=sha, size=path.stat().st_size)
 
 
-# What a locked pin must hold, by kind: the hashes a fetch is checked against and `mirror
-# export` names files by (a remote patch is a downloaded file; a local one, a project file).
-_PIN_NEEDS = {"pypi": ("tree", "sha256"), "apt": ("tree", "sha256"), "url": ("tree", "sha256"),
-              "git": ("tree", "commit"), "image": ("digest",), "path": ("tree",)}
+# What a locked pin must hold: the hashes a fetch is checked against and `mirror export` names
+# files by. A downloaded file needs its sha256 too; a local one (a path, a local patch) its tree.
+_PIN_NEEDS = {"git": ("tree", "commit"), "image": ("digest",)}
 
 
 def _lacking(decl: InputDecl, li: LockedInput) -> Optional[str]:
     """What a locked entry's pins lack for its kind, or None."""
-    needs = _PIN_NEEDS.get(li.kind, ())
-    if li.kind == "patch":
-        needs = ("tree", "sha256") if decl.patch is not None and decl.patch.url else ("tree",)
+    needs = _PIN_NEEDS.get(li.kind) or (("tree", "sha256") if li.kind in _DOWNLOADED and not decl.local else ("tree",))
     for plat, pin in sorted(li.pins.items()):
         for field in needs:
             if getattr(pin, field) is None:

@@ -6,9 +6,10 @@ fetching is needed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from .errors import LockError
 
@@ -205,6 +206,7 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
     import tempfile
 
     from .errors import FetchError
+    from .fetch.git import git_reason
 
     rel = f"git/{origin_path(url)}"
     for c in commits:
@@ -220,10 +222,7 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
         proc = subprocess.run(["git", "-c", "gc.auto=0", *args], cwd=cwd, env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
-            lines = [line for line in proc.stderr.splitlines() if line.strip()]
-            # git's first fatal line says what went wrong; the rest is advice.
-            said = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
-            raise FetchError(f"git {args[0]} failed: {said or proc.returncode}", where=url)
+            raise FetchError(f"git {args[0]} failed: {git_reason(proc.stderr) or proc.returncode}", where=url)
         return proc
 
     try:
@@ -234,22 +233,17 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
         raise FetchError(f"cannot write {rel} in the mirror: {exc.strerror or exc}", where=url) from None
 
 
-def _folder_lock(folder: Path):
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on `folder` itself (no lock file in the mirror), released on exit."""
-    import contextlib
     import fcntl
-    import os
 
-    @contextlib.contextmanager
-    def held():
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    return held()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _is_bare_repository(path: Path) -> bool:

@@ -115,16 +115,9 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
         from .sandbox import require_bwrap
 
         require_bwrap()
-    if options.dry_run and not store_root.exists():
-        # No store yet is an empty store: a dry run says what it would build without making one.
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="planner-dry-run-") as tmp:
-            store = Store(Path(tmp) / "store")
-            try:
-                return _decide_and_run(planned, store, options, executor, substituters, cache_to, emit, started_ns)
-            finally:
-                store.close()
+    if options.dry_run:  # no store yet is an empty store: a dry run makes none
+        with Store.or_empty(store_root) as store:
+            return _decide_and_run(planned, store, options, executor, substituters, cache_to, emit, started_ns)
     return _decide_and_run(planned, Store(store_root), options, executor, substituters, cache_to, emit, started_ns)
 
 

@@ -141,20 +141,17 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
     from .store import Store
 
     planned = planning.load(root, set_name, sandboxed=sandbox)
-    if not Path(store_root).exists():
-        # No store yet is an empty store: say so without making one.
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="planner-why-") as tmp:
-            return _explain_next(planned, Store(Path(tmp) / "store"), set_name, node)
-    return _explain_next(planned, Store(store_root), set_name, node)
+    with Store.or_empty(store_root) as store:  # no store yet is an empty one: none is made
+        exp, current = _explain_next(planned, store, set_name)
+    return _select(attrs.evolve(exp, causes=locate(exp.causes, planned.rs)), node, current)
 
 
-def _explain_next(planned, store, set_name: str, node: Optional[str]) -> Explanation:
+def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[NodeState]]:
+    """The explanation of what the next realise would build, from `store`, and the node states."""
     from . import planning
     from .runs import lock_pins
 
-    rs, lk, p = planned.rs, planned.lock, planned.plan
+    lk, p = planned.lock, planned.plan
     v = planning.validity(p, store, p.roots)  # as realise decides: nothing below a valid output
     closure, valid_ids, needed = v.closure, v.valid, v.needed
     durations = store.durations(set_name)
@@ -176,9 +173,7 @@ def _explain_next(planned, store, set_name: str, node: Optional[str]) -> Explana
                                  preimage=pn.preimage.to_json()))
     exp = explain(set_name, current, previous, run=prev_id, dry_run=True,
                   repacked=compare_pins(_pins_of(prev_rec), lock_pins(lk)) if _pins_of(prev_rec) else ())
-    store.close()
-    exp = attrs.evolve(exp, causes=locate(exp.causes, rs))
-    return _select(exp, node, current)
+    return exp, current
 
 
 # -- diff and why-depends --------------------------------------------------------------------

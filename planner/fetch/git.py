@@ -87,12 +87,12 @@ class _Git:
         proc = subprocess.run(cmd, env=self.env(**env), stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, errors="surrogateescape")
         if check and proc.returncode != 0:
-            raise FetchError(f"{what}: {_last_line(proc.stderr) or f'git exited with {proc.returncode}'}",
+            raise FetchError(f"{what}: {git_reason(proc.stderr) or f'git exited with {proc.returncode}'}",
                              where=where)
         return proc
 
 
-def _last_line(text: str) -> str:
+def git_reason(text: str) -> str:
     """git's reason: its first `fatal:`/`error:` line (the lines after it are advice such as
     "Please make sure you have the correct access rights and the repository exists."), else
     the last line it wrote."""
@@ -166,7 +166,7 @@ def _fetch_commit(git: _Git, repo: Path, url: str, commit: str) -> None:
     full += ["--", url, "+refs/heads/*:refs/planner/heads/*", "+refs/tags/*:refs/planner/tags/*"]
     proc = git.run(full, git_dir=repo, where=url, what="", check=False)
     if proc.returncode != 0:
-        reason = _last_line(proc.stderr) or _last_line(shallow.stderr)
+        reason = git_reason(proc.stderr) or git_reason(shallow.stderr)
         raise FetchError(f"cannot fetch commit {commit}: {reason}", where=url)
     if not _has_commit(git, repo, commit):
         raise FetchError(f"commit {commit} is not reachable from any branch or tag", where=url)
@@ -320,7 +320,7 @@ def submodules(url: str, commit: str, *, cache_dir: Path | None = None) -> list[
                          where=where, what="reading .gitmodules", check=False)
     if config.returncode != 0:
         raise FetchError(f"submodules at {', '.join(sorted(links))} but no readable .gitmodules: "
-                         f"{_last_line(config.stderr)}", where=where)
+                         f"{git_reason(config.stderr)}", where=where)
     urls = _gitmodules_urls(config.stdout)
     out = []
     for path, sha in sorted(links.items()):

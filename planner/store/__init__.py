@@ -72,6 +72,22 @@ class Store:
             raise StoreError(f"store schema {row[0]} is not {SCHEMA_VERSION}", where=str(self.root))
 
     @classmethod
+    @contextlib.contextmanager
+    def or_empty(cls, root: Path) -> Iterator["Store"]:
+        """The store at `root`, or, where none exists yet, an empty one in a temporary folder:
+        what a dry run reads without making a store. Closed on exit."""
+        import tempfile
+
+        with contextlib.ExitStack() as stack:
+            if not Path(root).exists():
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="planner-empty-store-"))) / "store"
+            store = cls(root)
+            try:
+                yield store
+            finally:
+                store.close()
+
+    @classmethod
     def for_reading(cls, root: Path) -> "Store":
         """A command that only reads: read-only when this user cannot write the store."""
         return cls(root, read_only=Path(root).is_dir() and not os.access(root, os.W_OK))
