@@ -85,6 +85,7 @@ class _Planner:
         self.nodes: dict[str, Node] = {}
         self._axes: dict[str, frozenset[str]] = {}
         self._ids: dict[tuple[str, Variant], str] = {}  # (recipe, full variant) -> node id
+        self._variants: dict[str, Variant] = {}  # node id -> its variant (the full one restricted)
         self._host_dicts: dict[tuple[str, ...], dict[str, str]] = {}
         self._decls_of: dict[str, list[InputDecl]] = {}  # recipe -> its input declarations
         # node id -> the ids the walk visited below it, in order (its deps' ids; an unavailable
@@ -174,7 +175,9 @@ class _Planner:
         key = (name, full)
         nid = self._ids.get(key)
         if nid is None:
-            nid = self._ids[key] = node_id(name, full.restrict(self.effective_axes(name)))
+            variant = full.restrict(self.effective_axes(name))
+            nid = self._ids[key] = node_id(name, variant)
+            self._variants[nid] = variant  # what `_make_node` keys the node with
         return nid
 
     # Re-planning after an edit (`planner.replan`): the cached plan's rows by node id, and the
@@ -215,7 +218,7 @@ class _Planner:
             r, below, nid = made_from
             if nid in nodes:  # (a cycle would bring it here twice; validation refuses those)
                 continue
-            self.walk[self._make_node(r, v, {mount: cid for mount, cid, _c, _cv in below})] = [
+            self.walk[self._make_node(r, v, nid, {mount: cid for mount, cid, _c, _cv in below})] = [
                 cid for _m, cid, _c, _cv in below]
         return self._id(name, full)
 
@@ -231,10 +234,9 @@ class _Planner:
                                unavailable=why)
         return nid
 
-    def _make_node(self, r: Recipe, full: Variant, deps: dict[str, str]) -> str:
-        name = r.name
-        variant = full.restrict(self.effective_axes(name))
-        nid = node_id(r.name, variant)
+    def _make_node(self, r: Recipe, full: Variant, nid: str, deps: dict[str, str]) -> str:
+        """Node `nid` (`_id(r.name, full)`) of recipe `r`, its build inputs `deps` made."""
+        variant = self._variants[nid]
         if r.platforms and "host" in r.axes and variant.host not in r.platforms:
             raise GraphError(f"{r.name} is made only for build platforms {', '.join(r.platforms)}, and this "
                              f"machine is {variant.host}", where=r.file)
@@ -246,7 +248,7 @@ class _Planner:
             # Needed on a platform it is not built for (a base built for amd64 only, under an
             # arm64 build): a node that cannot be built, shown as blocked, refused by realise.
             return self._unavailable(r, variant, f"{r.name} is built only for {', '.join(r.platforms)}")
-        if "cuda" in self.effective_axes(name) and full.cuda is None:
+        if full.cuda is None and "cuda" in self._axes[r.name]:
             raise GraphError(f"{r.name} uses the cuda axis but set.toml defines no cuda variants",
                              where=r.file)
         requires = tuple(r.requires)

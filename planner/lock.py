@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Optional, get_args
 
@@ -265,9 +264,11 @@ def _pin_from(data: dict, where: str) -> Pin:
 
 
 def parse(text: str, where: str) -> Lock:
+    from .recipes.parse import full_parser, loads
+
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = loads(text)
+    except full_parser().TOMLDecodeError as exc:
         raise LockError(f"invalid TOML: {exc}", where=where) from None
     except RecursionError:
         raise LockError("invalid TOML: nested too deeply", where=where) from None

@@ -23,8 +23,6 @@
 
 from __future__ import annotations
 
-import html
-import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -97,6 +95,7 @@ class PlanView:
     def to_dot(self) -> str:
         """Top to bottom, dependencies above what they feed; one box per platform; run-time
         (`requires`) edges dashed; a legend of the actions."""
+        import html
 
         def q(s: str) -> str:
             return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -169,6 +168,8 @@ class PlanView:
         return "\n".join(out)
 
     def to_svg(self) -> str:
+        import subprocess
+
         source = self.to_dot()
         try:
             proc = subprocess.run(["dot", "-Tsvg"], input=source, capture_output=True, text=True)

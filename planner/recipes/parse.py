@@ -15,13 +15,26 @@ from ..errors import RecipeError
 from . import simpletoml
 from .model import Build, Recipe, Resources
 
-try:
-    # tomli is the parser tomllib was made from, compiled: 2-3x faster over 10,000 recipes
-    # (a cold plan). Pinned below 2.3 in pyproject.toml: later versions read TOML 1.1, and a
-    # recipe set must not parse on one machine and fail on another.
-    import tomli as tomllib
-except ImportError:  # the same TOML 1.0 grammar, pure Python
-    import tomllib
+
+
+def full_parser():
+    """The TOML parser for what `simpletoml` declines, imported on first use (most plans read
+    only plain files, and the import is a few milliseconds of every command's start): tomli,
+    the parser tomllib was made from, compiled (2-3x faster over 10,000 recipes), else tomllib.
+    tomli is pinned below 2.3 in pyproject.toml: later versions read TOML 1.1, and a recipe
+    set or a lockfile must not parse on one machine and fail on another."""
+    try:
+        import tomli as parser
+    except ImportError:  # the same TOML 1.0 grammar, pure Python
+        import tomllib as parser
+    return parser
+
+
+def loads(text: str) -> dict:
+    """A TOML document: `simpletoml` where it is plain, else the full parser (whose
+    TOMLDecodeError and RecursionError reach the caller)."""
+    data = simpletoml.loads(text)
+    return data if data is not None else full_parser().loads(text)
 
 
 def line_of(text: str, dotted: str) -> int | None:
@@ -310,9 +323,10 @@ def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Op
     data = simpletoml.loads(text)  # most recipes: key = value lines and a table or two
     if data is not None:
         return data, text
+    toml = full_parser()
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = toml.loads(text)
+    except toml.TOMLDecodeError as exc:
         raise RecipeError(f"invalid TOML: {exc}", where=_where(path, root, text, None)) from None
     except RecursionError:
         raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None

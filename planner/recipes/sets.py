@@ -288,10 +288,10 @@ class _ParseCache:
         return (_ParseCache.VERSION, __version__, *sigs)
 
     def __init__(self, root: Path, set_name: str) -> None:
-        import hashlib
+        import blake3  # (what the plan's keys are hashed with: loaded anyway, unlike hashlib's OpenSSL)
 
         base = Path(os.environ.get("PLANNER_CACHE") or Path.home() / ".cache" / "planner")
-        key = hashlib.sha256(f"{root}\0{set_name}".encode()).hexdigest()[:24]
+        key = blake3.blake3(f"{root}\0{set_name}".encode()).hexdigest()[:24]
         self.path = base / "recipes" / f"{set_name}-{key}.pickle"
         self.entries: dict[str, tuple] = {}
         self.dirty = False
@@ -338,18 +338,21 @@ class _ParseCache:
         if not self.dirty:
             return
         import marshal
-        import pickle
+
+        def pickled(entries: dict) -> bytes:
+            if not entries:  # (most sets have only plain recipes: no pickle to import)
+                return b""
+            import pickle
+
+            return pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
 
         plain = {p: e for p, e in self.entries.items() if type(e[1]) is dict}
         objects = {p: e for p, e in self.entries.items() if type(e[1]) is not dict}
         try:
             try:
-                data = marshal.dumps({"version": self._schema(), "plain": plain,
-                                      "objects": pickle.dumps(objects, protocol=pickle.HIGHEST_PROTOCOL)
-                                      if objects else b""})
+                data = marshal.dumps({"version": self._schema(), "plain": plain, "objects": pickled(objects)})
             except ValueError:  # a table marshal cannot write (a TOML date in settings): pickle it
-                data = marshal.dumps({"version": self._schema(), "plain": {},
-                                      "objects": pickle.dumps(self.entries, protocol=pickle.HIGHEST_PROTOCOL)})
+                data = marshal.dumps({"version": self._schema(), "plain": {}, "objects": pickled(self.entries)})
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             with open(tmp, "wb") as f:
