@@ -130,7 +130,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
     group = None
     if req.sandboxed and limits_mod.enforcement().cgroup is not None:
         try:
-            group = limits_mod.BuildCgroup(f"planner-{os.getpid()}-{build_dir.name}", limits)
+            group = limits_mod.acquire(limits)
         except OSError as exc:
             raise BuildError(node.label(), f"cannot make the build's cgroup: {exc.strerror}") from None
     try:
@@ -151,7 +151,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
             raise BuildError(node.label(), reason, log=str(log_path), tail=tail)
     finally:
         if group is not None:
-            group.remove()
+            limits_mod.release(group)
     return build_dir / "out"
 
 

@@ -22,7 +22,9 @@ successful build writes.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -170,7 +172,8 @@ def _remove_orphans(parent: Path) -> None:
 
 
 class BuildCgroup:
-    """One build's cgroup(s): made before it starts, emptied and removed after."""
+    """One build's cgroup(s), with that build's limits; kept for the process's next build
+    (`acquire`, `release`) and removed when the process ends or keeps enough of them."""
 
     def __init__(self, name: str, limits: Limits) -> None:
         enf, parents = _probe()
@@ -182,17 +185,33 @@ class BuildCgroup:
             d.mkdir(exist_ok=True)
             self.dirs[c] = d
         try:
-            if self.version == "v2":
-                d = self.dirs[""]
-                (d / "memory.max").write_text(str(limits.memory))
-                (d / "memory.swap.max").write_text("0") if (d / "memory.swap.max").exists() else None
-                (d / "pids.max").write_text(str(limits.processes))
-            elif self.version == "v1":
-                (self.dirs["memory"] / "memory.limit_in_bytes").write_text(str(limits.memory))
-                (self.dirs["pids"] / "pids.max").write_text(str(limits.processes))
+            self.set_limits(limits)
         except OSError:
             self.remove()
             raise
+
+    def set_limits(self, limits: Limits) -> None:
+        """The limits of the build about to start in it, and the counters as they stand: what
+        happened before (an earlier build's OOM kill) is not this build's."""
+        if self.version == "v2":
+            d = self.dirs[""]
+            (d / "memory.max").write_text(str(limits.memory))
+            (d / "memory.swap.max").write_text("0") if (d / "memory.swap.max").exists() else None
+            (d / "pids.max").write_text(str(limits.processes))
+        elif self.version == "v1":
+            (self.dirs["memory"] / "memory.limit_in_bytes").write_text(str(limits.memory))
+            (self.dirs["pids"] / "pids.max").write_text(str(limits.processes))
+        self._oom_before = self._oom_kills()
+        self._refused_before = self._pids_refused()
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for f in self.procs_files():
+            try:
+                out.update(int(p) for p in Path(f).read_text().split())
+            except (OSError, ValueError):
+                pass
+        return out
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
@@ -215,23 +234,23 @@ class BuildCgroup:
             pass
         return 0
 
+    def _oom_kills(self) -> int:
+        return self._counter("memory", "memory.events" if self.version == "v2" else "memory.oom_control", "oom_kill")
+
+    def _pids_refused(self) -> int:
+        return self._counter("pids", "pids.events", "max")
+
     def oom_killed(self) -> bool:
-        return self._counter("memory", "memory.events" if self.version == "v2" else "memory.oom_control",
-                             "oom_kill") > 0
+        return self._oom_kills() > self._oom_before
 
     def pids_refused(self) -> bool:
-        return self._counter("pids", "pids.events", "max") > 0
+        return self._pids_refused() > self._refused_before
 
     def kill_all(self) -> None:
         import signal
 
         for _ in range(100):
-            pids = set()
-            for f in self.procs_files():
-                try:
-                    pids.update(int(p) for p in Path(f).read_text().split())
-                except (OSError, ValueError):
-                    pass
+            pids = self.pids()
             if not pids:
                 return
             for p in pids:
@@ -258,3 +277,85 @@ class BuildCgroup:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+# -- cgroups kept between builds ---------------------------------------------------------------
+#
+# Made and removed for every build, a cgroup cost a small build about 10 ms: rmdir waits until
+# the sandbox's pid namespace is torn down, which takes a moment after bubblewrap exits, and
+# every removed memory cgroup lingers in the kernel while pages are still charged to it. So a
+# process keeps the cgroups of its finished builds and gives the next build one that is empty
+# again, its limits set anew; what a build leaves in it (processes of a namespace being torn
+# down) is killed when the build ends, and a cgroup not yet empty waits for a later build.
+
+KEEP = 16  # idle cgroups a process keeps at most
+_idle: list[BuildCgroup] = []
+_idle_lock = threading.Lock()
+_made = itertools.count()
+
+
+def acquire(limits: Limits) -> BuildCgroup:
+    """A cgroup for one build, with its limits: an empty one of this process's, else a new one."""
+    found = None
+    with _idle_lock:
+        for i, group in enumerate(_idle):
+            if not group.pids():
+                found = _idle.pop(i)
+                break
+    if found is not None:
+        try:
+            found.set_limits(limits)
+            return found
+        except OSError:  # (a memory limit below what is still charged to it: a new one instead)
+            found.remove()
+    return BuildCgroup(f"planner-{os.getpid()}-{next(_made)}", limits)
+
+
+def release(group: BuildCgroup) -> None:
+    """After its build: what is still in it killed, kept for a later build, or removed."""
+    import signal
+
+    for pid in group.pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    with _idle_lock:
+        if len(_idle) < KEEP:
+            if not _idle and not _cleanup_registered:
+                _register_cleanup()
+            _idle.append(group)
+            return
+    group.remove()
+
+
+_cleanup_registered = False
+
+
+def _register_cleanup() -> None:
+    global _cleanup_registered
+    import atexit
+
+    atexit.register(remove_idle)
+    _cleanup_registered = True
+
+
+def remove_idle() -> None:
+    """Remove the cgroups this process keeps (at exit; one killed first leaves them to
+    `_remove_orphans` of the next planner)."""
+    with _idle_lock:
+        groups = list(_idle)
+        _idle.clear()
+    for group in groups:
+        group.remove()
+
+
+def _forget_idle_in_child() -> None:
+    # A forked child must not build in its parent's cgroups, nor remove them at its exit.
+    global _idle_lock
+    _idle.clear()
+    _idle_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_idle_in_child)

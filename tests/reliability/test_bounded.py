@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -416,3 +417,42 @@ def test_oversized_manifest_deb_control_and_build_json_are_refused(tmp_path: Pat
     outcomes.append(f"index.json: {line[len('planner: error: '):][:80]}")
     figure.update(trials=3, faults="a 20 MiB registry manifest (loopback registry), a .deb control inflating to 64 MiB, "
                                    "a 20 MiB index.json in a build output", outcomes="; ".join(outcomes))
+
+
+def test_a_kept_cgroup_holds_each_build_to_its_own_limits(tmp_path: Path, figure: dict) -> None:
+    """A cgroup kept for the process's next build gets that build's limits and counters (an earlier build's OOM kill is not the next build's), and none outlives the process."""
+    from planner import limits
+
+    if limits.enforcement().cgroup is None:
+        pytest.skip(f"no cgroups here: {limits.enforcement().why}")
+    # Four processes of 40 MiB each: over 64 MiB only as a whole (the cgroup's limit, not an rlimit).
+    four = ['/bin/sh', '-c', 'for i in 1 2 3 4; do python3 -c "import time; x = bytearray(40 << 20); '
+            'x[::4096] = bytes(len(x[::4096])); time.sleep(1)" & pids="$pids $!"; done; s=0; for p in $pids; do '
+            'wait $p || s=1; done; exit $s']
+    small = limits.acquire(limits.Limits(memory=64 << 20))
+    first = subprocess.run(small.wrap(four), capture_output=True)
+    assert first.returncode != 0 and small.oom_killed(), first
+    limits.release(small)
+    deadline = time.monotonic() + 10
+    while small.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    big = limits.acquire(limits.Limits(memory=512 << 20))
+    try:
+        assert big is small, "an empty kept cgroup is used again"
+        assert not big.oom_killed(), "the last build's OOM kill counted against this one"
+        second = subprocess.run(big.wrap(four), capture_output=True)
+        assert second.returncode == 0 and not big.oom_killed(), second
+    finally:
+        limits.release(big)
+    dirs = list(big.dirs.values())
+    limits.remove_idle()
+    assert not [d for d in dirs if d.exists()], dirs
+
+    # A planner process removes the cgroups it kept when it exits.
+    made = subprocess.run([sys.executable, "-c", "from planner import limits\n"
+                           "g = limits.acquire(limits.Limits(memory=64 << 20)); limits.release(g)\n"
+                           "print('\\n'.join(map(str, g.dirs.values())))"], capture_output=True, text=True, check=True)
+    left = [d for d in made.stdout.split() if Path(d).exists()]
+    assert made.stdout.split() and not left, left
+    figure.update(trials=3, faults="a build OOM-killed at 64 MiB, then one given 512 MiB in the same kept cgroup",
+                  outcomes="the second ran with its own limit and counters; no cgroup left after exit")
