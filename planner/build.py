@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -12,7 +13,7 @@ import attrs
 
 from . import limits as limits_mod
 from . import sandbox
-from .errors import BuildError, PlannerError, UnsafeTree
+from .errors import BuildError, PlannerError, StoreError, UnsafeTree
 from .builders.registry import builder
 from .buildrun import Running, limit_hit, run_logged, shell_argv, tail_of  # noqa: F401  (Running: re-exported)
 from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
@@ -350,7 +351,10 @@ def build(req: BuildRequest, store: Store, running: Running, *,
         try:
             out = run_builder(attrs.evolve(req, caches=store.root / "cache"), build_dir, log_path, running)
             _check_output(node, out)
-            entry = store.add(bkey, node.name, node.version, out, kind="build", impure=node.impure)
+            try:
+                entry = store.add(bkey, node.name, node.version, out, kind="build", impure=node.impure)
+            except StoreError as exc:  # what the output holds: the node's failure, not the store's
+                raise BuildError(node.label(), exc.message) from None
         finally:
             remove_tree(build_dir)
         seconds = time.monotonic() - start
@@ -362,15 +366,38 @@ WHEEL_BUILDERS = frozenset({"python-wheel", "cuda-wheel"})
 
 
 def _check_output(node: Node, out: Path) -> None:
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    """The output exists, and a wheel builder's wheels fit the node's platform. Read here, on
+    the host, before the store checks the tree: a build's `*.whl` may be a link or a FIFO, so
+    each is opened as a regular file below `out` only (never followed, never waited on)."""
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    if st is None or (stat.S_ISDIR(st.st_mode) and not _names(out)):
         raise BuildError(node.label(), "the builder produced no output")
-    if node.builder in WHEEL_BUILDERS and out.is_dir():
+    if node.builder in WHEEL_BUILDERS and stat.S_ISDIR(st.st_mode):
+        import zipfile
+
+        from .safetree import Tree
         from .wheelplatform import wheel_platform_problems
 
-        for wheel in sorted(out.glob("*.whl")):
-            problems = wheel_platform_problems(wheel, node.variant.platform)
-            if problems:
-                raise BuildError(node.label(), problems[0])
+        with Tree(out, where=f"{node.label()}: output") as tree:
+            for name in sorted(n for n in _names(out) if n.endswith(".whl")):
+                try:
+                    with tree.open_file(name) as f:
+                        problems = wheel_platform_problems(f, node.variant.platform, name)
+                except UnsafeTree as exc:
+                    raise BuildError(node.label(), f"output {exc.message}") from None
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError,
+                        EOFError, OSError) as exc:
+                    raise BuildError(node.label(), f"output {name} is not a readable wheel: {exc}") from None
+                if problems:
+                    raise BuildError(node.label(), problems[0])
+
+
+def _names(folder: Path) -> list[str]:
+    with os.scandir(folder) as entries:
+        return [e.name for e in entries]
 
 
 def rebuild_for_check(req: BuildRequest, store: Store, running: Running) -> tuple[str, Path, Path]:

@@ -79,24 +79,47 @@ def parse_freeze(text: str, where: str) -> BaseView:
 
 def read_installed(rootfs: Path) -> BaseView:
     """The distributions installed in a root filesystem: every `*.dist-info/METADATA` of a
-    site-packages or dist-packages folder under usr/ (symlinks are not followed out of it)."""
+    site-packages or dist-packages folder under usr/. The root filesystem is untrusted: no link
+    in it is followed (a `usr -> /` would list this machine's packages), and each METADATA is
+    read as a regular file below it, its first 64 KiB only."""
+    from .errors import UnsafeTree
+    from .safetree import Tree
+
     rootfs = Path(rootfs)
     pairs: dict[str, str] = {}
-    for pattern in ("usr/lib/python3*/*-packages", "usr/local/lib/python3*/*-packages",
-                    "usr/lib64/python3*/*-packages", "opt/*/lib/python3*/*-packages"):
-        for site in sorted(rootfs.glob(pattern)):
-            if site.is_symlink() or not site.is_dir():
-                continue
-            for info in sorted(site.glob("*.dist-info")):
-                meta = info / "METADATA"
-                if info.is_symlink() or meta.is_symlink() or not meta.is_file():
+    with Tree(rootfs, where=str(rootfs)) as tree:
+        for pattern in ("usr/lib/python3*/*-packages", "usr/local/lib/python3*/*-packages",
+                        "usr/lib64/python3*/*-packages", "opt/*/lib/python3*/*-packages"):
+            for site in sorted(rootfs.glob(pattern)):
+                rel = site.relative_to(rootfs)
+                if not _real_folders(rootfs, rel.parts):
                     continue
-                msg = email.parser.Parser().parsestr(meta.read_text(encoding="utf-8", errors="replace")[:65536],
-                                                     headersonly=True)
-                name, version = msg.get("Name"), msg.get("Version")
-                if name and version:
-                    pairs.setdefault(normalise(name), version.strip())
+                for info in sorted(site.glob("*.dist-info")):
+                    try:
+                        with tree.open_file(f"{rel}/{info.name}/METADATA") as f:
+                            text = f.read(65536).decode("utf-8", errors="replace")
+                    except UnsafeTree:  # a link, or not a file: not an installed distribution
+                        continue
+                    msg = email.parser.Parser().parsestr(text, headersonly=True)
+                    name, version = msg.get("Name"), msg.get("Version")
+                    if name and version:
+                        pairs.setdefault(normalise(name), version.strip())
     return view_of(pairs, str(rootfs))
+
+
+def _real_folders(root: Path, parts: tuple[str, ...]) -> bool:
+    """Whether each of root/parts[0], root/parts[0]/parts[1], ... is a folder, not a link."""
+    import stat
+
+    here = root
+    for part in parts:
+        here = here / part
+        try:
+            if not stat.S_ISDIR(os.lstat(here).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 # -- resolution -----------------------------------------------------------------------------------

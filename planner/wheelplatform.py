@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 # OCI platform -> (ELF e_machine, the architecture word of wheel platform tags)
 PLATFORM_MACHINE = {"linux/amd64": (62, "x86_64"), "linux/arm64": (183, "aarch64")}
@@ -28,11 +28,14 @@ def platform_tag(filename: str) -> str:
     return parts[-1] if len(parts) >= 5 else "any"
 
 
-def wheel_platform_problems(wheel: Path, platform: Optional[str]) -> list[str]:
-    """One sentence per mismatch between `wheel` and the node platform `platform` (None: the
-    node has no platform axis)."""
+def wheel_platform_problems(wheel: Path | BinaryIO, platform: Optional[str], name: Optional[str] = None
+                            ) -> list[str]:
+    """One sentence per mismatch between `wheel` (a path, or an open file named `name`) and
+    the node platform `platform` (None: the node has no platform axis). A file that is not a
+    readable zip raises zipfile.BadZipFile (or another zipfile error)."""
     problems: list[str] = []
-    tag = platform_tag(wheel.name)
+    name = name if name is not None else Path(wheel).name  # type: ignore[arg-type]
+    tag = platform_tag(name)
     native: list[tuple[str, Optional[int]]] = []
     with zipfile.ZipFile(wheel) as zf:
         for info in zf.infolist():
@@ -44,18 +47,18 @@ def wheel_platform_problems(wheel: Path, platform: Optional[str]) -> list[str]:
                 native.append((info.filename, machine))
     if platform is None:
         if native:
-            problems.append(f"{wheel.name} contains native code ({native[0][0]}) but the recipe has no platform "
+            problems.append(f"{name} contains native code ({native[0][0]}) but the recipe has no platform "
                             "axis, so the one wheel would go to every platform: add axes = [\"platform\"]")
         elif tag != "any":
-            problems.append(f"{wheel.name} is tagged {tag} but the recipe has no platform axis")
+            problems.append(f"{name} is tagged {tag} but the recipe has no platform axis")
         return problems
     if platform not in PLATFORM_MACHINE:
         return [f"no wheel platform is known for {platform}"]
     machine, word = PLATFORM_MACHINE[platform]
     if tag != "any" and not all(t.endswith("_" + word) for t in tag.split(".")):
-        problems.append(f"{wheel.name} is tagged {tag}, not for {platform} ({word})")
+        problems.append(f"{name} is tagged {tag}, not for {platform} ({word})")
     for name, got in native:
         if got != machine:
-            problems.append(f"{name} in {wheel.name} is {_MACHINE_NAMES.get(got, f'ELF machine {got}')} code, "
+            problems.append(f"{name} in {name} is {_MACHINE_NAMES.get(got, f'ELF machine {got}')} code, "
                             f"not {platform}")
     return problems

@@ -9,6 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 
 from planner.builders.wheelfile import wheel_from_tree
@@ -224,3 +225,42 @@ def test_realise_platform_and_variant_restrict_the_image(tmp_path: Path) -> None
     variants = {m["annotations"]["dev.planner.cuda.variant"] for m in index["manifests"]}
     platforms = [m["platform"]["architecture"] for m in index["manifests"] if "platform" in m]
     assert variants == {"small"} and platforms == ["amd64"]
+
+
+def _deb_with_link(tmp: Path, link: str, target: Path) -> Path:
+    """A real .deb that ships one symlink, `link` -> the absolute `target` outside any root."""
+    root = tmp / "evilroot"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text("Package: evil\nVersion: 1\nArchitecture: amd64\n"
+                                         "Maintainer: t <t@example.com>\nDescription: test\n")
+    (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / link).symlink_to(target)
+    out = tmp / "evil_1_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("link, outside", [
+    ("usr/local/lib/python3.11/dist-packages/pinsdemo", "dir"),  # a directory the wheel writes into
+    ("usr/local/lib/python3.11/dist-packages/pinsdemo/__init__.py", "dir/planted.py"),  # a dangling file link
+])
+def test_a_wheel_is_never_written_through_a_link_a_deb_shipped(tmp_path: Path, link: str, outside: str) -> None:
+    """A .deb's absolute link on the wheel's install path: the build is refused in one line
+    naming it, and nothing is written outside the root filesystem."""
+    from planner.builders.roots import debian_rootfs
+    from planner.errors import PlannerError
+
+    node, _ = _node({})
+    escape = tmp_path / "escape"
+    (escape / "dir").mkdir(parents=True)
+    req = _request(tmp_path, node)
+    evil = _deb_with_link(tmp_path, link, escape / outside)
+    req.inputs["deb-hello"] = attrs.evolve(req.inputs["deb-hello"], path=evil)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PlannerError) as info:
+        debian_rootfs(node, req, out, io.StringIO())
+    line = info.value.line()
+    assert "\n" not in line and "pinsdemo" in line and "symlink" in line, line
+    assert list(escape.rglob("*")) == [escape / "dir"], list(escape.rglob("*"))

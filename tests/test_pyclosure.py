@@ -164,3 +164,18 @@ def test_freeze_listing() -> None:
     assert view.version("FlashInfer.Python") == "0.6.3"
     with pytest.raises(FetchError, match=r"^base.txt: line 1: not name==version"):
         parse_freeze("torch>=2\n", "base.txt")
+
+
+def test_an_installed_base_is_read_without_following_its_links(base_rootfs: Path, tmp_path: Path) -> None:
+    """A root filesystem is untrusted: a `usr/local -> /usr/local`-style link or a METADATA that
+    is a link never shows this machine's packages as the base's."""
+    host = tmp_path / "host"  # what a link would reach: a "host" with a package of its own
+    hsite = host / "lib" / "python3.10" / "dist-packages" / "hostpkg-9.9.dist-info"
+    hsite.mkdir(parents=True)
+    (hsite / "METADATA").write_text("Metadata-Version: 2.1\nName: hostpkg\nVersion: 9.9\n")
+    (base_rootfs / "usr" / "lib").mkdir()
+    (base_rootfs / "usr" / "lib" / "python3.10").symlink_to(host / "lib" / "python3.10")
+    site = base_rootfs / "usr" / "local" / "lib" / "python3.10" / "dist-packages"
+    (site / "linked-1.0.dist-info").mkdir()
+    (site / "linked-1.0.dist-info" / "METADATA").symlink_to(hsite / "METADATA")
+    assert read_installed(base_rootfs).dists == (Dist("shared", "1.0"), Dist("tvm-ffi", "0.1.5"))

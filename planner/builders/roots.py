@@ -94,7 +94,13 @@ def _install_into_rootfs(node: Node, req: BuildRequest, out: Path, wheels: list[
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             link = Path(tmp) / filename
             os.symlink(path, link)
-            installed = install_wheel(link, out, site_packages=site)
+            # Installed alone into an empty folder (installer's writes follow links, and the
+            # .debs unpacked here may ship any link), then merged without following one.
+            one = Path(tmp) / "root"
+            one.mkdir()
+            installed = install_wheel(link, one, site_packages=site)
+            with Tree(one, where=f"wheel {filename}") as src, Tree(out, where=f"{node.label()}: the root filesystem") as root:
+                root.copy_from(src, move=True)
         log.write(f"installed {filename} ({len(installed.files)} files)\n")
     place = settings.get("place", {})
     if not isinstance(place, dict):
