@@ -11,7 +11,10 @@ What is rejected (as `UnsafeArchive`, naming the member):
 - hardlinks to anything but a regular file extracted earlier from the same archive;
 - device, fifo and other special members;
 - members that would be written through a symlink, or that change the kind of an
-  existing member (a file over a directory, anything over a symlink).
+  existing member (a file over a directory, anything over a symlink);
+- names longer than PATH_MAX or with a component longer than NAME_MAX, link targets the
+  kernel would not store, and extended tar headers over a MiB (read before any check);
+- archives that would unpack to more members or bytes than `UnpackLimits` allows.
 
 What is normalised: files are 0644, or 0755 when the owner-executable bit is set; directories
 are 0755; owners and times are not restored. That is exactly what tree hash v1 sees.
@@ -25,6 +28,7 @@ import lzma
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -35,16 +39,66 @@ from typing import BinaryIO, Callable, Iterator
 
 import attrs
 
-from .errors import FetchError, UnsafeArchive
-from .safetree import read_limited
+from .errors import FetchError, PlannerError, UnsafeArchive, UnsafeTree, shown
+from .safetree import NAME_MAX, PATH_MAX, byte_len, read_limited
 
-__all__ = ["safe_extract", "open_deb_control", "ArMember", "read_ar"]
+__all__ = ["safe_extract", "open_deb_control", "ArMember", "read_ar", "UnpackLimits"]
 
 _AR_MAGIC = b"!<arch>\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # Linux gives up after 40 symlink hops (MAXSYMLINKS); an archive needing more is hostile.
 _MAX_LINK_HOPS = 40
 _COPY_CHUNK = 1 << 20
+# A .deb has three members (and perhaps a signature); more is no package. A BSD long name is
+# read whole, so it is bounded like any path.
+_AR_MAX_MEMBERS = 1024
+# tarfile reads a PAX or GNU long-name header whole before anything can look at the name in
+# it: a few KiB of gzip can declare a gigabyte one. A real one holds a path or two and times.
+_MAX_EXT_HEADER = 1 << 20
+_EXT_HEADER_TYPES = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
+# What reading a damaged archive raises: truncated streams, bad CRCs, encrypted zip members,
+# decompressor errors, a full disk.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError, lzma.LZMAError, zlib.error)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    # zstandard is optional and imported only for a .zst member: its error joins when it is there.
+    zstd = sys.modules.get("zstandard")
+    return _READ_ERRORS + ((zstd.ZstdError,) if zstd is not None else ())
+
+
+@attrs.frozen
+class UnpackLimits:
+    """What one archive may unpack to. Unpacking happens at lock and prefetch time, on the
+    user's disk, and a few KiB of bzip2 or an overlapping zip can stand for terabytes or
+    millions of inodes.
+
+    Bytes: at most `ratio` times the archive's own size, but never less than `floor` nor more
+    than `bytes`. Source text compresses 5-20 times and deflate cannot pass ~1032; a larger
+    ratio over more than a GiB is a bomb (bzip2 or xz of zeros, zip entries sharing data).
+    Sizes are the members' declared ones: tarfile and zipfile never yield more than that.
+    """
+
+    members: int = 1_000_000
+    bytes: int = 64 << 30
+    ratio: int = 200
+    floor: int = 1 << 30
+
+    def max_bytes(self, archive_size: int) -> int:
+        return min(self.bytes, max(self.floor, self.ratio * archive_size))
+
+    def describe(self) -> str:
+        return (f"at most {self.ratio} times the archive's size, at least {_size(self.floor)}, "
+                f"at most {_size(self.bytes)}")
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} bytes"
 
 
 # -- ar (the container of a .deb) ------------------------------------------------------------
@@ -61,11 +115,14 @@ def read_ar(f: BinaryIO, *, where: str) -> list[ArMember]:
     """Member table of a System V / GNU `ar` archive (the format of `.deb` files).
 
     Only what a .deb needs: short names (GNU's trailing `/` stripped) and BSD `#1/len` long
-    names. GNU long-name tables are not used by dpkg, so they are rejected.
+    names. GNU long-name tables are not used by dpkg, so they are rejected. Every number in a
+    header is checked (plain decimal digits, the member inside the file) before it is used:
+    a header is untrusted input like the rest.
     """
     f.seek(0)
     if f.read(8) != _AR_MAGIC:
         raise FetchError("not an ar archive (bad magic)", where=where)
+    end = os.fstat(f.fileno()).st_size
     members: list[ArMember] = []
     while True:
         header = f.read(60)
@@ -73,31 +130,41 @@ def read_ar(f: BinaryIO, *, where: str) -> list[ArMember]:
             return members
         if len(header) != 60 or header[58:60] != b"`\n":
             raise FetchError(f"truncated or corrupt ar header after {len(members)} members", where=where)
+        if len(members) == _AR_MAX_MEMBERS:
+            raise FetchError(f"more than {_AR_MAX_MEMBERS} ar members: not a Debian package", where=where)
         raw_name = header[0:16].decode("ascii", "replace").rstrip()
-        try:
-            size = int(header[48:58].decode("ascii").strip())
-        except ValueError:
-            raise FetchError(f"corrupt ar member size for {raw_name!r}", where=where) from None
+        size = _ar_number(header[48:58], f"size of ar member {shown(raw_name)}", where)
         offset = f.tell()
+        if offset + size > end:
+            raise FetchError(f"ar member {shown(raw_name)} runs past the end of the file ({size} bytes from "
+                             f"offset {offset}, the file has {end})", where=where)
         if raw_name.startswith("#1/"):
             # BSD: the real name is the first N bytes of the data.
-            name_len = int(raw_name[3:])
+            name_len = _ar_number(header[3:16], f"BSD name length of ar member {shown(raw_name)}", where)
+            if name_len > min(size, PATH_MAX):
+                bound = f"its size ({size})" if name_len > size else f"{PATH_MAX} bytes"
+                raise FetchError(f"BSD name length {name_len} of ar member {shown(raw_name)} is more than {bound}",
+                                 where=where)
             name = f.read(name_len).rstrip(b"\0").decode("utf-8", "replace")
             offset += name_len
             size -= name_len
         elif raw_name.startswith("/") and raw_name not in ("/", "//"):
-            raise FetchError(f"GNU long-name ar member {raw_name!r} is not supported", where=where)
+            raise FetchError(f"GNU long-name ar member {shown(raw_name)} is not supported", where=where)
         else:
             name = raw_name[:-1] if raw_name.endswith("/") and raw_name != "/" else raw_name
         members.append(ArMember(name=name, offset=offset, size=size))
-        # Member data is padded to an even length.
+        # Member data is padded to an even length (a missing last pad byte reads as the end).
         f.seek(offset + size + (offset + size) % 2)
-        if f.tell() > _file_size(f):
-            raise FetchError(f"ar member {name!r} runs past the end of the file", where=where)
 
 
-def _file_size(f: BinaryIO) -> int:
-    return os.fstat(f.fileno()).st_size
+def _ar_number(field: bytes, what: str, where: str) -> int:
+    """A decimal field of an ar header: digits only, so no sign, blank, '_' or other digit
+    that int() would take."""
+    digits = field.strip(b" ")
+    if not digits.isdigit():  # bytes.isdigit: ASCII 0-9 only, and False when empty
+        raise FetchError(f"corrupt ar header: {what} is {shown(digits.decode('ascii', 'replace'))}, "
+                         f"not a decimal number", where=where)
+    return int(digits)
 
 
 class _Slice(io.RawIOBase):
@@ -143,9 +210,9 @@ def _open_ar_tar(f: BinaryIO, member: ArMember, *, where: str) -> tarfile.TarFil
             raise FetchError(f"{member.name} is zstd-compressed and the zstandard module is not installed",
                              where=where) from None
         stream = zstandard.ZstdDecompressor().stream_reader(view)
-        return tarfile.open(fileobj=stream, mode="r|")  # zstd stream is not seekable
+        return tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)  # zstd stream is not seekable
     try:
-        return tarfile.open(fileobj=view, mode="r:*")
+        return tarfile.open(fileobj=view, mode="r:*", tarinfo=_BoundedTarInfo)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise FetchError(f"member {member.name} is not a readable tar: {_one_line(e)}", where=where) from None
 
@@ -161,9 +228,21 @@ def _deb_member(members: list[ArMember], prefix: str, *, where: str) -> ArMember
 def open_deb_control(deb: Path) -> dict[str, str]:
     """The fields of a .deb's `control` file (Package, Version, Architecture, Depends, ...).
 
-    Continuation lines are joined with newlines, as deb822 defines them.
+    Continuation lines are joined with newlines, as deb822 defines them. Whatever is wrong
+    with the file is one typed error naming it: it came from a mirror.
     """
     where = str(deb)
+    try:
+        return _read_control(deb, where)
+    except PlannerError:
+        raise
+    except _HeaderRefused as e:
+        raise UnsafeArchive(str(e), where=where) from None
+    except _read_errors() as e:
+        raise FetchError(f"cannot read the .deb's control file: {_one_line(e)}", where=where) from None
+
+
+def _read_control(deb: Path, where: str) -> dict[str, str]:
     with open(deb, "rb") as f:
         member = _deb_member(read_ar(f, where=where), "control.tar", where=where)
         with _open_ar_tar(f, member, where=where) as tar:
@@ -212,6 +291,7 @@ class _Member:
     kind: _Kind
     executable: bool = False
     target: str = ""  # symlink target as stored; hardlink target normalised like `name`
+    size: int = 0  # a FILE's declared size: what its stream yields, no more
     # Returns a readable stream of a FILE's bytes; only valid while iterating.
     open: Callable[[], BinaryIO] | None = None
 
@@ -226,34 +306,71 @@ def _normalise_name(raw: str) -> str:
 
 
 def _checked_name(raw: str, *, where: str, what: str = "member") -> str:
+    # Lengths first: the other checks would split or quote a megabyte name.
+    if byte_len(raw) > PATH_MAX:
+        raise UnsafeArchive(f"{what} {shown(raw)}: name longer than {PATH_MAX} bytes", where=where)
     if raw.startswith("/"):
-        raise UnsafeArchive(f"{what} {raw!r} has an absolute path", where=where)
-    if ".." in raw.split("/"):
-        raise UnsafeArchive(f"{what} {raw!r} has a '..' component", where=where)
+        raise UnsafeArchive(f"{what} {shown(raw)} has an absolute path", where=where)
+    parts = raw.split("/")
+    if ".." in parts:
+        raise UnsafeArchive(f"{what} {shown(raw)} has a '..' component", where=where)
     if "\0" in raw:
-        raise UnsafeArchive(f"{what} {raw!r} has a NUL byte in its name", where=where)
+        raise UnsafeArchive(f"{what} {shown(raw)} has a NUL byte in its name", where=where)
+    if any(byte_len(p) > NAME_MAX for p in parts):
+        raise UnsafeArchive(f"{what} {shown(raw)}: a path component longer than {NAME_MAX} bytes", where=where)
     return _normalise_name(raw)
+
+
+def _checked_target(name: str, target: str, *, where: str) -> str:
+    """A symlink target the kernel will store (shorter than PATH_MAX, no NUL)."""
+    if byte_len(target) >= PATH_MAX:
+        raise UnsafeArchive(f"symlink {shown(name)}: target longer than {PATH_MAX - 1} bytes", where=where)
+    if "\0" in target:
+        raise UnsafeArchive(f"symlink {shown(name)} has a NUL byte in its target", where=where)
+    return target
+
+
+class _HeaderRefused(Exception):
+    """Raised from inside tarfile, which knows no file name; turned into UnsafeArchive by the
+    caller that does. Not an OSError or TarError, so tarfile passes it on unchanged."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing before anything is read what no real archive has:
+    an extended header (PAX, GNU long name or link) over _MAX_EXT_HEADER, and a negative size
+    (GNU base-256 allows one; it would subtract from the unpacked-bytes count).
+
+    _proc_member is the hook tarfile documents for subclasses; the headers after an extended
+    one are read through the same class, so they are bounded too."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
+        if self.size < 0:
+            raise _HeaderRefused(f"tar member {shown(self.name)} has a negative size")
+        if self.type in _EXT_HEADER_TYPES and self.size > _MAX_EXT_HEADER:
+            raise _HeaderRefused(f"extended tar header of {self.size} bytes (a name or link target "
+                                 f"over {_size(_MAX_EXT_HEADER)}): refused")
+        return super()._proc_member(tarfile_)
 
 
 def _tar_members(tar: tarfile.TarFile, *, where: str) -> Iterator[_Member]:
     for info in tar:
         name = _checked_name(info.name, where=where)
         if info.isreg():  # includes contiguous and sparse files
-            yield _Member(name, _Kind.FILE, bool(info.mode & stat.S_IXUSR),
+            yield _Member(name, _Kind.FILE, bool(info.mode & stat.S_IXUSR), size=info.size,
                           open=lambda info=info: tar.extractfile(info))  # type: ignore[misc]
         elif info.isdir():
             yield _Member(name, _Kind.DIR)
         elif info.issym():
-            yield _Member(name, _Kind.SYMLINK, target=info.linkname)
+            yield _Member(name, _Kind.SYMLINK, target=_checked_target(info.name, info.linkname, where=where))
         elif info.islnk():
-            target = _checked_name(info.linkname, where=where, what=f"hardlink {info.name!r} ->")
+            target = _checked_name(info.linkname, where=where, what=f"hardlink {shown(info.name)} ->")
             yield _Member(name, _Kind.HARDLINK, target=target)
         elif info.ischr() or info.isblk():
-            raise UnsafeArchive(f"member {info.name!r} is a device node", where=where)
+            raise UnsafeArchive(f"member {shown(info.name)} is a device node", where=where)
         elif info.isfifo():
-            raise UnsafeArchive(f"member {info.name!r} is a fifo", where=where)
+            raise UnsafeArchive(f"member {shown(info.name)} is a fifo", where=where)
         else:
-            raise UnsafeArchive(f"member {info.name!r} has unsupported tar type {info.type!r}", where=where)
+            raise UnsafeArchive(f"member {shown(info.name)} has unsupported tar type {info.type!r}", where=where)
 
 
 def _zip_members(zf: zipfile.ZipFile, *, where: str) -> Iterator[_Member]:
@@ -265,13 +382,17 @@ def _zip_members(zf: zipfile.ZipFile, *, where: str) -> Iterator[_Member]:
         if info.is_dir() or fmt == stat.S_IFDIR:
             yield _Member(name, _Kind.DIR)
         elif fmt == stat.S_IFLNK:
-            target = zf.read(info).decode("utf-8", "surrogateescape")
-            yield _Member(name, _Kind.SYMLINK, target=target)
+            # The target is the member's data, which may inflate to gigabytes: one byte past
+            # the longest target the kernel stores is enough to refuse it.
+            with zf.open(info) as data:
+                raw = data.read(PATH_MAX)
+            target = raw.decode("utf-8", "surrogateescape")
+            yield _Member(name, _Kind.SYMLINK, target=_checked_target(info.filename, target, where=where))
         elif fmt in (0, stat.S_IFREG):
-            yield _Member(name, _Kind.FILE, bool(mode & stat.S_IXUSR),
+            yield _Member(name, _Kind.FILE, bool(mode & stat.S_IXUSR), size=info.file_size,
                           open=lambda info=info: zf.open(info))  # type: ignore[misc]
         else:
-            raise UnsafeArchive(f"member {info.filename!r} is not a file, directory or symlink "
+            raise UnsafeArchive(f"member {shown(info.filename)} is not a file, directory or symlink "
                                 f"(mode {oct(mode)})", where=where)
 
 
@@ -281,7 +402,7 @@ def _zip_members(zf: zipfile.ZipFile, *, where: str) -> Iterator[_Member]:
 class _Tree:
     """The tree being written under `root`, tracked in memory so that checks never follow links."""
 
-    def __init__(self, root: Path, where: str) -> None:
+    def __init__(self, root: Path, where: str, limits: UnpackLimits, archive_size: int) -> None:
         from .safetree import Tree
 
         self.root = root
@@ -289,6 +410,26 @@ class _Tree:
         self.tree = Tree(root, where=where)
         self.kinds: dict[str, _Kind] = {"": _Kind.DIR}
         self.links: dict[str, str] = {}
+        self.limits = limits
+        self.max_bytes = limits.max_bytes(archive_size)
+        self.members = 0
+        self.bytes = 0
+
+    def check_totals(self, members: int, size: int, at: str | None = None) -> None:
+        """Refuse before writing what would take the archive past its limits."""
+        if members > self.limits.members:
+            raise UnsafeArchive(f"more than {self.limits.members:,} members: refused", where=self.where)
+        if size > self.max_bytes:
+            member = f" (at member {shown(at)})" if at is not None else ""
+            raise UnsafeArchive(f"unpacks to more than {_size(self.max_bytes)}{member}: refused "
+                                f"({self.limits.describe()})", where=self.where)
+
+    def _count(self, m: _Member) -> None:
+        if m.size < 0:  # a GNU sparse map can still declare one: it would subtract from the count
+            raise UnsafeArchive(f"member {shown(m.name)} has a negative size", where=self.where)
+        self.members += 1
+        self.bytes += m.size
+        self.check_totals(self.members, self.bytes, m.name)
 
     def _ensure_parents(self, name: str, member: str) -> None:
         parts = name.split("/")[:-1]
@@ -299,10 +440,10 @@ class _Tree:
                 self.tree.mkdir(parent)
                 self.kinds[parent] = _Kind.DIR
             elif kind is _Kind.SYMLINK:
-                raise UnsafeArchive(f"member {member!r} would be written through symlink {parent!r}",
+                raise UnsafeArchive(f"member {shown(member)} would be written through symlink {shown(parent)}",
                                     where=self.where)
             elif kind is not _Kind.DIR:
-                raise UnsafeArchive(f"member {member!r} needs {parent!r} to be a directory, "
+                raise UnsafeArchive(f"member {shown(member)} needs {shown(parent)} to be a directory, "
                                     f"but it is a file", where=self.where)
 
     def _clear_for(self, name: str, kind: _Kind) -> None:
@@ -311,15 +452,17 @@ class _Tree:
         if old is None:
             return
         if old is _Kind.SYMLINK:
-            raise UnsafeArchive(f"member {name!r} would overwrite a symlink of the same name", where=self.where)
+            raise UnsafeArchive(f"member {shown(name)} would overwrite a symlink of the same name",
+                                where=self.where)
         if old is _Kind.DIR or kind is _Kind.DIR:
             if old is kind:
                 return
-            raise UnsafeArchive(f"member {name!r} appears both as a {old.value} and as a {kind.value}",
+            raise UnsafeArchive(f"member {shown(name)} appears both as a {old.value} and as a {kind.value}",
                                 where=self.where)
         self.tree.remove(name)  # a file replaced by a later member of the same name
 
     def add(self, m: _Member) -> None:
+        self._count(m)
         if m.name == "":
             if m.kind is not _Kind.DIR:
                 raise UnsafeArchive(f"a {m.kind.value} member names the archive root", where=self.where)
@@ -336,14 +479,15 @@ class _Tree:
         elif m.kind is _Kind.SYMLINK:
             self._clear_for(m.name, m.kind)
             if not m.target:
-                raise UnsafeArchive(f"symlink {m.name!r} has an empty target", where=self.where)
+                raise UnsafeArchive(f"symlink {shown(m.name)} has an empty target", where=self.where)
             if m.target.startswith("/"):
-                raise UnsafeArchive(f"symlink {m.name!r} -> {m.target!r} has an absolute target", where=self.where)
+                raise UnsafeArchive(f"symlink {shown(m.name)} -> {shown(m.target)} has an absolute target",
+                                    where=self.where)
             self.tree.symlink(m.name, m.target, replace=False)
             self.links[m.name] = m.target
         else:
             if self.kinds.get(m.target) is not _Kind.FILE:
-                raise UnsafeArchive(f"hardlink {m.name!r} -> {m.target!r} does not point to a regular "
+                raise UnsafeArchive(f"hardlink {shown(m.name)} -> {shown(m.target)} does not point to a regular "
                                     f"file extracted earlier", where=self.where)
             self._clear_for(m.name, _Kind.FILE)
             self.tree.hardlink(m.name, m.target)
@@ -379,7 +523,7 @@ class _Tree:
             escapes = _link_escapes(name, target, links)
             if escapes:
                 what = "is part of a symlink loop" if escapes == "loop" else "points outside the archive"
-                raise UnsafeArchive(f"symlink {prefix + name!r} -> {target!r} {what}", where=self.where)
+                raise UnsafeArchive(f"symlink {shown(prefix + name)} -> {shown(target)} {what}", where=self.where)
 
 
 def _link_escapes(name: str, target: str, links: dict[str, str]) -> "bool | str":
@@ -437,6 +581,9 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
     try:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
+                # The central directory tells it all up front: refuse before writing anything.
+                infos = zf.infolist()
+                tree.check_totals(len(infos), sum(i.file_size for i in infos if not i.is_dir()))
                 for m in _zip_members(zf, where=where):
                     tree.add(m)
         elif kind == "deb":
@@ -447,7 +594,7 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
                         tree.add(m)
         else:
             try:
-                tar = tarfile.open(archive, mode="r:*")
+                tar = tarfile.open(archive, mode="r:*", tarinfo=_BoundedTarInfo)
             except tarfile.ReadError:
                 raise FetchError("not a tar, zip or .deb archive", where=where) from None
             with tar:
@@ -455,19 +602,25 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
                     tree.add(m)
     except FetchError:
         raise
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError,
-            lzma.LZMAError, zlib.error) as e:
-        # Truncated streams, bad CRCs, encrypted zip members, decompressor errors, a full disk.
+    except _HeaderRefused as e:
+        raise UnsafeArchive(str(e), where=where) from None
+    except UnsafeTree as e:
+        # The writer's own refusals (a full disk while making a directory): a FetchError like
+        # the rest, so that callers name the input it came as.
+        raise FetchError(e.message, where=where) from None
+    except _read_errors() as e:
         raise FetchError(f"cannot unpack this {kind} archive: {_one_line(e)}", where=where) from None
 
 
-def safe_extract(archive: Path, dest: Path, *, strip_single_root: bool = True) -> None:
+def safe_extract(archive: Path, dest: Path, *, strip_single_root: bool = True,
+                 limits: UnpackLimits = UnpackLimits()) -> None:
     """Unpack `archive` (tar[.gz|.bz2|.xz], zip/whl or .deb data) to `dest`, which must not exist.
 
     The format is recognised by content, not by name. With `strip_single_root`, a tar or zip
     holding exactly one top-level directory and nothing else is unpacked so that this directory
     becomes `dest` (tree hash v1's rule for archives); a .deb's data is never stripped, as it is
-    a file system image rooted at /. On any error nothing is left at `dest`.
+    a file system image rooted at /. `limits` bound the members and bytes it may unpack to.
+    On any error nothing is left at `dest`.
     """
     archive, dest = Path(archive), Path(dest)
     where = str(archive)
@@ -476,8 +629,8 @@ def safe_extract(archive: Path, dest: Path, *, strip_single_root: bool = True) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".unpack", dir=dest.parent))
     try:
-        tree = _Tree(tmp, where)
         kind = _sniff(archive)
+        tree = _Tree(tmp, where, limits, os.stat(archive).st_size)
         try:
             _extract_into(archive, tree, kind)
         finally:

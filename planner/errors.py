@@ -2,6 +2,36 @@
 
 from __future__ import annotations
 
+import re
+
+# Error lines embed hostile values (a member name, a path, a URL, an OSError's text), and a
+# few KiB of gzip can carry a megabyte name: whatever it embeds, a line stays one a person can
+# read. Each unbroken value keeps its start and end around an ellipsis, and so does the line.
+MAX_VALUE = 400  # (a long URL or store path a person may copy from the line still fits)
+MAX_LINE = 2000
+_LONG_VALUE = re.compile(r"\S{%d,}" % (MAX_VALUE + 1))
+
+
+def clip(text: str, limit: int = MAX_VALUE) -> str:
+    """`text`, or its start and end joined by an ellipsis: `limit` characters in all."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+
+
+def shown(value: object) -> str:
+    """An untrusted value quoted for a message (repr, so blanks and escapes show), clipped."""
+    return clip(repr(clip(str(value))))  # escapes can make the repr four times as long
+
+
+def bounded(text: str) -> str:
+    """One line of at most MAX_LINE characters, with no value longer than MAX_VALUE."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
+    if len(text) > MAX_VALUE:
+        text = clip(_LONG_VALUE.sub(lambda m: clip(m.group()), text), MAX_LINE)
+    return text
+
 
 class PlannerError(Exception):
     """Base class: everything the CLI turns into a one-line message and a non-zero exit."""
@@ -14,9 +44,8 @@ class PlannerError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
-        text = f"{self.where}: {self.message}" if self.where else self.message
-        # One line, whatever a hostile key or path contains.
-        return text.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
+        # One short line, whatever a hostile key or path contains.
+        return bounded(f"{self.where}: {self.message}" if self.where else self.message)
 
 
 class RecipeError(PlannerError):

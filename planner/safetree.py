@@ -23,7 +23,7 @@ import shutil
 import stat
 from typing import BinaryIO, Iterator, Optional
 
-from .errors import UnsafeTree
+from .errors import UnsafeTree, clip, shown
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
@@ -31,6 +31,18 @@ _CHUNK = 1 << 20
 # config, a dpkg status file): anything larger is hostile, not metadata.
 MAX_METADATA = 16 << 20
 _HEX = frozenset("0123456789abcdef")
+# Linux's bounds, checked before the kernel's ENAMETOOLONG, whose text carries the whole name:
+# a component of a path, a whole path (of an archive member), and a symlink target (shorter).
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def byte_len(name: str) -> int:
+    """Length in bytes of a name as the file system gets it (undecodable bytes count one)."""
+    try:
+        return len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate no decoding made: never a file name anyway
+        return len(name.encode("utf-8", "surrogatepass"))
 
 
 def read_limited(f, *, what: str, where: str, limit: int = MAX_METADATA) -> bytes:
@@ -56,14 +68,17 @@ def _size(n: int) -> str:
 
 
 def checked_rel(rel: str, *, where: str, what: str = "path") -> list[str]:
-    """The components of a relative '/'-separated path; refuses absolute paths, '..' and NUL."""
+    """The components of a relative '/'-separated path; refuses absolute paths, '..', NUL and
+    components longer than NAME_MAX."""
     if "\0" in rel:
-        raise UnsafeTree(f"{what} {rel!r} has a NUL byte", where=where)
+        raise UnsafeTree(f"{what} {shown(rel)} has a NUL byte", where=where)
     if rel.startswith("/"):
-        raise UnsafeTree(f"{what} {rel!r} is absolute", where=where)
+        raise UnsafeTree(f"{what} {shown(rel)} is absolute", where=where)
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeTree(f"{what} {rel!r} has a '..' component", where=where)
+        raise UnsafeTree(f"{what} {shown(rel)} has a '..' component", where=where)
+    if any(byte_len(p) > NAME_MAX for p in parts):
+        raise UnsafeTree(f"{what} {shown(rel)} has a component longer than {NAME_MAX} bytes", where=where)
     return parts
 
 
@@ -280,7 +295,9 @@ class Tree:
     def symlink(self, rel: str, target: str, *, replace: bool = True) -> None:
         """A symlink at `rel` (its target is stored, never followed here)."""
         if "\0" in target or not target:
-            raise UnsafeTree(f"symlink /{rel} has an empty or NUL target", where=self.where)
+            raise UnsafeTree(f"symlink /{clip(rel)} has an empty or NUL target", where=self.where)
+        if byte_len(target) >= PATH_MAX:
+            raise UnsafeTree(f"symlink /{clip(rel)}: target longer than {PATH_MAX - 1} bytes", where=self.where)
         parents, base = self._split(rel)
         pfd = self.dir_fd(parents, create=True)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import unquote
 
 from planner import lock as lockmod
 from planner.derivation import BUILD_ROOT_MOUNT
@@ -153,6 +154,16 @@ def test_per_platform_apt_names_lock_and_plan_per_platform(tmp_path: Path, tmp_p
     assert only.pins["linux/arm64"].filename.startswith("hostname_") and only.pins["linux/arm64"].filename.endswith("_arm64.deb")
     assert "linux/amd64: hostname" in tool.origin and "linux/arm64: debianutils" in tool.origin
     assert proj.cli("lock", "--check").returncode == 0
+    # Each .deb is pinned with the URL it came from, also after `lock --update` of one input
+    # (which fetched through apt one package at a time, and dropped the URL).
+    for pins in (tool.pins, only.pins):
+        for pin in pins.values():
+            assert pin.url and pin.url.startswith("http"), pin
+            assert unquote(pin.url.rsplit("/", 1)[1]) == unquote(pin.filename), pin
+    updated = proj.cli("lock", "--update", "r/tool")
+    assert updated.returncode == 0, updated.stderr
+    again = lockmod.read(proj.lockfile)
+    assert {p: pin.url for p, pin in again.inputs["r/tool"].pins.items()} == {p: pin.url for p, pin in tool.pins.items()}
     rs = load_set(proj.root, proj.set)
     p = plan(rs, lockmod.read(rs.lockfile), detect_host())
     by_platform = {n.variant.platform: n for n in p.nodes.values()}

@@ -39,7 +39,8 @@ def machine_lists_before() -> dict[str, float]:
 def test_download_candidate_then_pinned(tmp_path: Path, state_dir: Path, arch: str, deb_arch: str,
                                         machine_lists_before: dict[str, float]) -> None:
     got = download(PACKAGE, None, arch, tmp_path / "debs", state_dir=state_dir)
-    assert got == AptPackage(got.path, PACKAGE, got.version, deb_arch)
+    assert got == AptPackage(got.path, PACKAGE, got.version, deb_arch, got.url)
+    assert got.url and got.url.startswith(("http://", "https://")), got.url  # what the lock records
     assert got.version and got.path.parent == tmp_path / "debs"
     assert [p.name for p in got.path.parent.iterdir()] == [got.path.name]  # no temp dir left
     control = open_deb_control(got.path)

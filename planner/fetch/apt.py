@@ -21,7 +21,7 @@ from typing import Callable, Iterator, TypeVar
 import attrs
 
 from ..archive import open_deb_control
-from ..errors import FetchError
+from ..errors import FetchError, PlannerError
 
 __all__ = ["AptPackage", "download", "debian_arch", "candidate_version"]
 
@@ -210,7 +210,16 @@ def _check_suite(state: _State, package: str, version: str, suite: str) -> None:
                          where=f"apt:{package}={version}")
 
 
-def _fetch(state: _State, package: str, version: str, dest_dir: Path) -> Path:
+def _uris(printed: str) -> dict[str, str]:
+    """File name -> URL, from `apt-get --print-uris download` ('URL' FILENAME SIZE SHA256:HEX
+    per package); only http(s) URLs, which any host can fetch the pinned bytes from."""
+    return {m.group(2): m.group(1) for m in re.finditer(r"^'(https?://[^']+)' (\S+\.deb) \d+ ", printed, re.MULTILINE)}
+
+
+def _fetch(state: _State, package: str, version: str, dest_dir: Path) -> tuple[Path, str | None]:
+    """The .deb of package=version in `dest_dir`, and the URL apt fetched it from (the lock
+    records it, so that a realise anywhere fetches it by hash without apt)."""
+    uris = state.run("apt-get", "--print-uris", "download", f"{package}={version}", cwd=dest_dir)
     with tempfile.TemporaryDirectory(prefix=".apt-download-", dir=dest_dir) as tmp:
         os.chmod(tmp, 0o755)
         proc = state.run("apt-get", "download", f"{package}={version}", cwd=Path(tmp))
@@ -225,7 +234,7 @@ def _fetch(state: _State, package: str, version: str, dest_dir: Path) -> Path:
                              where=f"apt:{package}={version}")
         final = dest_dir / debs[0].name
         os.replace(debs[0], final)
-        return final
+        return final, _uris(uris.stdout).get(final.name) if uris.returncode == 0 else None
 
 
 def _check_names(package: str, version: str | None) -> None:
@@ -280,7 +289,7 @@ def download(package: str, version: str | None, arch: str, dest_dir: Path, *, st
     dest_dir.mkdir(parents=True, exist_ok=True)
     state = _State.create(state_dir, deb_arch)
 
-    def step() -> Path:
+    def step() -> tuple[Path, str | None]:
         if suite:
             _check_suite_offered(state, package if version is None else f"{package}={version}", suite)
         wanted = version if version is not None else _candidate(state, package)
@@ -289,16 +298,27 @@ def download(package: str, version: str | None, arch: str, dest_dir: Path, *, st
         return _fetch(state, package, wanted, dest_dir)
 
     with state.locked():
-        path = _with_fresh_lists(state, package, version, step)
-    control = open_deb_control(path)
+        path, url = _with_fresh_lists(state, package, version, step)
+    control = _control_of(path, f"apt:{package}")
     got = AptPackage(path=path, package=control.get("Package", ""), version=control.get("Version", ""),
-                     arch=control.get("Architecture", ""))
+                     arch=control.get("Architecture", ""), url=url)
     if got.package != package or (version is not None and got.version != version) \
             or got.arch not in (deb_arch, "all"):
         path.unlink(missing_ok=True)
         raise FetchError(f"apt gave {got.package}={got.version} ({got.arch}), "
                          f"not {package}={version or 'candidate'} ({deb_arch})", where=f"apt:{package}")
     return got
+
+
+def _control_of(path: Path, what: str) -> dict[str, str]:
+    """The control fields of a .deb apt just downloaded. It came from a mirror, so it is
+    untrusted: one that cannot be read is removed and named, by its file and the package."""
+    try:
+        return open_deb_control(path)
+    except PlannerError as exc:
+        path.unlink(missing_ok=True)
+        # The message names the file: callers re-raise it under their own input's name.
+        raise FetchError(f"{path.name}: {exc.message}", where=what) from None
 
 
 def download_many(wanted: list[tuple[str, str | None]], arch: str, dest_dir: Path, *, state_dir: Path
@@ -321,15 +341,15 @@ def download_many(wanted: list[tuple[str, str | None]], arch: str, dest_dir: Pat
         proc = state.run("apt-get", "download", *args, cwd=dest_dir)
     if proc.returncode != 0 or uris.returncode != 0:
         return {}
-    # 'URL' FILENAME SIZE SHA256:HEX, one per package
-    url_of = {m.group(2): m.group(1) for m in re.finditer(r"^'([^']+)' (\S+\.deb) \d+ ", uris.stdout, re.MULTILINE)}
+    url_of = _uris(uris.stdout)
     found: dict[str, list[AptPackage]] = {}
     for path in sorted(dest_dir.glob("*.deb")):
-        control = open_deb_control(path)
-        url = url_of.get(path.name)
+        try:
+            control = _control_of(path, "apt")
+        except FetchError:
+            continue  # removed: fetched one by one, its error names the package at fault
         pkg = AptPackage(path=path, package=control.get("Package", ""), version=control.get("Version", ""),
-                         arch=control.get("Architecture", ""),
-                         url=url if url is not None and url.startswith(("http://", "https://")) else None)
+                         arch=control.get("Architecture", ""), url=url_of.get(path.name))
         if pkg.arch in (deb_arch, "all"):
             found.setdefault(pkg.package, []).append(pkg)
     out: dict[tuple[str, str | None], AptPackage] = {}
