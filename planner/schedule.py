@@ -17,6 +17,10 @@ T = TypeVar("T")
 Id = TypeVar("Id", bound=Hashable)
 
 
+# Seconds a Ctrl-C waits for the jobs in flight to end once their processes are killed.
+CANCEL_GRACE = 2.0
+
+
 @attrs.frozen
 class Job(Generic[Id]):
     id: Id
@@ -41,20 +45,25 @@ def run_dag(jobs: list[Job], work: Callable[[object], object], *, slots: int, me
     """Run `work(id)` for every job once its deps succeeded. Returns what happened to each."""
     dag = _Dag(jobs, slots=slots, memory=memory)
     interrupted = False
-    with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
-        try:
-            while dag.ready or dag.running:
-                dag.start_ready(pool, work, on_start)
-                if not dag.running:
-                    break
-                done, _ = wait(list(dag.running), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    dag.finish(fut, on_done, keep_going)
-        except KeyboardInterrupt:
-            interrupted = True
-            dag.stop = True
-            cancel()
-            dag.collect_cancelled()
+    pool = ThreadPoolExecutor(max_workers=max(1, slots))
+    try:
+        while dag.ready or dag.running:
+            dag.start_ready(pool, work, on_start)
+            if not dag.running:
+                break
+            done, _ = wait(list(dag.running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                dag.finish(fut, on_done, keep_going)
+    except KeyboardInterrupt:
+        interrupted = True
+        dag.stop = True
+        cancel()  # the builds' processes are killed; they end at once
+        dag.collect_cancelled(grace=CANCEL_GRACE)
+    finally:
+        # After Ctrl-C, work in the planner's own threads (a download, an unpack) is not waited
+        # for: it would hold the user for as long as it runs. The caller stops; what such work
+        # leaves in the store's tmp/ is what a crash leaves, and `store gc` removes it.
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
     done_ids = set(dag.ok) | set(dag.failed) | dag.skipped_set
     for j in jobs:
         if j.id not in done_ids:
@@ -144,9 +153,14 @@ class _Dag:
             self.skipped.append(n)
             stack.extend(self.dependents[n])
 
-    def collect_cancelled(self) -> None:
+    def collect_cancelled(self, grace: float) -> None:
+        """What the cancelled jobs ended with, within `grace` seconds; one still running then
+        counts as interrupted."""
+        done, _ = wait(list(self.running), timeout=grace)
         for fut in list(self.running):
             try:
+                if fut not in done:
+                    raise KeyboardInterrupt
                 fut.result()
             except BaseException as exc:  # noqa: BLE001 - collecting the cancelled builds
                 self.failed[self.running[fut]] = exc

@@ -42,7 +42,12 @@ class _Group(click.Group):
             fail(exc)
         except KeyboardInterrupt:
             click.echo("planner: interrupted; the store is consistent", err=True)
-            sys.exit(130)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Not sys.exit: the interpreter would wait for the planner's own threads still at
+            # work (a download, an unpack; the builds' processes are already killed). What they
+            # leave in the store's tmp/ is what a crash leaves: `store gc` removes it.
+            os._exit(130)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:

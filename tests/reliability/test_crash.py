@@ -304,3 +304,38 @@ def test_realise_crash_at_each_commit_step(tmp_path: Path, point: str, diamond_d
     figure["faults"] = f"os._exit injected {point}"
     figure["outcomes"] = (f"left: {len(leftovers)} tree(s) on disk, {len(registered)} row(s); verify ok; "
                           f"rerun: {dict(Counter(n['action'] for n in again.json()['nodes']))}, digests equal")
+
+
+def test_ctrl_c_stops_at_once_and_leaves_a_sound_store(tmp_path: Path, figure: dict) -> None:
+    """Ctrl-C while a build runs and a pinned input downloads (stalled): the planner exits 130 within seconds with one line, kills the build, leaves a sound store, and the next realise finishes."""
+    with LoopbackServer() as srv:
+        srv.add("/blob.bin", BLOB, ranges=True)
+        proj = Project.empty(tmp_path, target="top")
+        proj.write_raw("slow", shell_recipe("slow", "sleep 120; echo late > $out/x"))
+        proj.write_raw("fetching", shell_recipe("fetching", "cp /inputs/blob/blob.bin $out/",
+                                                inputs={"blob": {"kind": "url", "url": srv.url("/blob.bin")}}))
+        proj.write_raw("top", shell_recipe("top", "cat /deps/slow/x > $out/x", deps=["slow", "fetching"]))
+        proj.lock()
+        # A fresh store fetches the pinned input again, from a server that now stalls half-way.
+        srv.add("/blob.bin", BLOB, fault=Fault.SLOW, times=1000, delay=60)
+        store = tmp_path / "store-int"
+        p = popen(proj, "realise", proj.set, "-j", "2", "--progress=plain", store=store)
+        time.sleep(3)  # both under way: the sleep in its sandbox, the download in a planner thread
+        assert p.poll() is None, p.communicate()
+        t0 = time.monotonic()
+        os.kill(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+        wait_gone(str(store))
+        assert p.returncode == 130, err
+        assert took < 15, f"Ctrl-C took {took:.1f} s (a stalled download was waited for)"
+        assert [l for l in err.splitlines() if l.startswith("planner:")] == [
+            "planner: interrupted; the store is consistent"], err
+        assert "Traceback" not in err, err
+        sound(store)
+        srv.add("/blob.bin", BLOB, ranges=True)
+        proj.write_raw("slow", shell_recipe("slow", "echo late > $out/x"))
+        again = cli(proj, "realise", proj.set, "--json", store=store)
+        assert again.returncode == 0, again.stderr
+    figure.update(trials=1, faults="SIGINT during a 120 s build and a download stalled for 60 s",
+                  outcomes=f"exit 130 after {took:.1f} s, one line; store sound; the next realise finished")
