@@ -136,11 +136,12 @@ def _load_set(root: Path, set_name: str):
 
 def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[str] = None,
                  sandbox: bool = True) -> Explanation:
-    """Why the next realise would build what it would build (nothing is built)."""
+    """Why the next realise would build what it would build (nothing is built). A lock the
+    realise would refuse as stale is refused here too, with the same line."""
     from . import planning
     from .store import Store
 
-    planned = planning.load(root, set_name, sandboxed=sandbox)
+    planned = planning.load(root, set_name, sandboxed=sandbox, check_lock=True)
     with Store.or_empty(store_root) as store:  # no store yet is an empty one: none is made
         exp, current = _explain_next(planned, store, set_name)
     return _select(attrs.evolve(exp, causes=locate(exp.causes, planned.rs)), node, current)
@@ -154,6 +155,8 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
     lk, p = planned.lock, planned.plan
     v = planning.validity(p, store, p.roots)  # as realise decides: nothing below a valid output
     closure, valid_ids, needed = v.closure, v.valid, v.needed
+    if planned.deferred:
+        planning.stale_outside(planned, set(closure))  # (an edited patch: realise refuses it)
     durations = store.durations(set_name)
     runs = runs_of(store, set_name)
     prev_id, prev_rec = runs[0] if runs else (None, None)

@@ -49,6 +49,13 @@ def test_patch_bump_is_the_single_root_cause(demo_runs: dict, tmp_path: Path) ->
     proj, store = _copy_demo(demo_runs, tmp_path)
     patch = proj / "patches/demo/sglang-mini.patch"
     patch.write_text(patch.read_text().replace('return "released"', 'return "released (v2)"'))
+    # Before re-locking, the next realise refuses the stale lock, and why --dry-run says so with
+    # the same line (it used to answer "nothing will be rebuilt").
+    stale = [run_planner("--root", str(proj), "--store", str(store), *cmd, check=False)
+             for cmd in (("why", "demo", "--dry-run"), ("realise", "demo"))]
+    lines = [[l for l in r.stderr.splitlines() if l.startswith("planner: error:")] for r in stale]
+    assert all(r.returncode != 0 for r in stale) and lines[0] == lines[1] and len(lines[0]) == 1, lines
+    assert "sglang-mini.patch changed since locking" in lines[0][0], lines
     run_planner("--root", str(proj), "--store", str(store), "lock", "demo")
     dry = _why(proj, store, "demo", "--dry-run")
     planned = json.loads(run_planner("--root", str(proj), "--store", str(store), "realise", "demo", "--dry-run",
