@@ -208,7 +208,7 @@ def plan_view(root: Path, set_name: str, store_root: Path, *, target: Optional[s
     if (store_root / "index.sqlite").exists():
         from .store import Store
 
-        st = Store(store_root)
+        st = Store.for_reading(store_root)
         durations = st.durations(set_name)
         v = planning.validity(table, st, table.roots)
         settled = set(v.closure) - v.needed

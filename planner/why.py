@@ -97,7 +97,7 @@ def explain_run(root: Path, set_name: str, store_root: Path, *, run_id: Optional
     """Why the last realise of `set_name` (or run `run_id`) built what it built."""
     from .store import Store
 
-    store = Store(store_root)
+    store = Store.for_reading(store_root)
     runs = runs_of(store, set_name)
     if not runs:
         raise PlannerError(f"no recorded realise of set {set_name!r} in {store_root}")
@@ -189,7 +189,7 @@ def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optio
     comparing a derivation with the one it replaced."""
     from .store import Store
 
-    store = Store(store_root)
+    store = Store.for_reading(store_root)
     try:
         runs = runs_of(store, set_name)
 
@@ -244,7 +244,7 @@ def render_diff(a: str, b: str, pa: dict, pb: dict, changes: list[Change], store
     """Changes with dependency changes followed down to the root (like nix-diff, but named)."""
     from .store import Store
 
-    store = Store(store_root)
+    store = Store.for_reading(store_root)
     lines = [f"{pa.get('name')} {a} -> {pb.get('name')} {b}: {len(changes)} field(s) differ"]
 
     def show(changes: list[Change], indent: int, depth: int) -> None:

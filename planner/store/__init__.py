@@ -50,7 +50,8 @@ class Store:
             return
         if self.root.is_dir() and not os.access(self.root, os.W_OK):
             raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}); commands that only "
-                             f"read it (store verify, store roots, store size, show, a no-op realise) still work", where=str(self.root))
+                             "read it (plan, why, show, log, diff, dry runs, store verify, store roots, store size, "
+                             "a no-op realise) still work", where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         refuse_damaged_index(self.root)
@@ -74,14 +75,15 @@ class Store:
     @classmethod
     @contextlib.contextmanager
     def or_empty(cls, root: Path) -> Iterator["Store"]:
-        """The store at `root`, or, where none exists yet, an empty one in a temporary folder:
-        what a dry run reads without making a store. Closed on exit."""
+        """The store at `root` (read-only where this user cannot write it), or, where none
+        exists yet, an empty one in a temporary folder: what a dry run reads without making a
+        store. Closed on exit."""
         import tempfile
 
         with contextlib.ExitStack() as stack:
             if not Path(root).exists():
                 root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="planner-empty-store-"))) / "store"
-            store = cls(root)
+            store = cls.for_reading(root)
             try:
                 yield store
             finally:
@@ -137,7 +139,13 @@ class Store:
     @contextlib.contextmanager
     def gc_lock(self, exclusive: bool) -> Iterator[None]:
         """Builds hold this shared for their whole run; gc takes it exclusively."""
-        fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            if exclusive:
+                raise
+            # A reader of a store this user cannot write (a dry run): flock needs no write access.
+            fd = os.open(self.root / "gc.lock", os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
