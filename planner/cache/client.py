@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from ..errors import OciError, StoreError
 from ..hashing import canonical_json, key_of
@@ -17,6 +17,12 @@ from .ref import ARTIFACT_TYPE, A_CONTENT, A_DIGEST, A_INPUT_KEY, A_KEY, A_KIND,
 from .signing import Signer, TrustedKeys, signed_payload
 from .results import CacheHit, CacheMiss, NearMiss
 from .entry import _content_kind, alias_prefix, unpack_entry
+
+if TYPE_CHECKING:
+    from ..oci.descriptor import Descriptor
+
+# All pages of a tag list together: a cache of ~100k entries (two tags each) lists ~15 MiB.
+_TAGS_LIMIT = 64 << 20
 
 _ssl_lock = threading.Lock()
 _ssl_ctx = None
@@ -87,7 +93,7 @@ class BinaryCache:
         import hashlib
 
         resp = self.client._send("GET", self.client._url(f"manifests/{ref}"),
-                                 headers={"Accept": MEDIA_MANIFEST}, what=f":{ref}", stream=True)
+                                 headers={"Accept": MEDIA_MANIFEST}, what=f":{ref}")
         try:
             if resp.status_code == 404:
                 return None
@@ -106,27 +112,38 @@ class BinaryCache:
         return digest, doc
 
     def tags(self) -> list[str]:
-        """Every tag of the repository (paginated GET /v2/<name>/tags/list)."""
-        import httpx
+        """Every tag of the repository (paginated GET /v2/<name>/tags/list).
 
+        Bounded whatever the registry answers: each page by `read_small`, all of them together
+        by _TAGS_LIMIT bytes, and a next Link to a page already read ends in an error, not a loop."""
         out: list[str] = []
         url = self.client._url("tags/list?n=1000")
+        seen: set[str] = set()
+        total = 0
         for _page in range(10000):
-            resp = self.client._send("GET", url, what=":tags", stream=True)
+            seen.add(str(url))
+            resp = self.client._send("GET", url, what=":tags")
             try:
                 if resp.status_code == 404:
                     return out  # the repository does not exist yet
                 if resp.status_code != 200:
                     raise self.client._fail(resp, "tags GET", ":tags")
-                doc = json.loads(self.client.read_small(resp, "tag list", ":tags"))
+                data = self.client.read_small(resp, "tag list", ":tags")
                 link = resp.headers.get("link", "")
             finally:
                 resp.close()
-            out.extend(doc.get("tags") or [])
+            total += len(data)
+            if total > _TAGS_LIMIT:
+                raise CacheError(f"tag list is larger than {_TAGS_LIMIT >> 20} MiB, refused", where=f"{self.ref} tags")
+            out.extend(_tag_page(data, where=f"{self.ref} tags"))
             m = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link)
             if not m:
                 break
-            url = str(httpx.URL(self.client.base_url + "/").join(m.group(1)))
+            # Another host gets the next page's request without our credentials (`_send`);
+            # plain http behind an https cache is refused.
+            url = self.client.resolve_link(m.group(1), header="tag list's next Link")
+            if str(url) in seen:
+                raise CacheError("tag list's next Link goes back to a page already read", where=f"{self.ref} tags")
         return out
 
     # -- lookup ------------------------------------------------------------------------------
@@ -158,15 +175,16 @@ class BinaryCache:
 
     def _check(self, build_key: str, mdigest: str, doc: dict) -> Union[CacheHit, CacheMiss]:
         where = str(self.ref)
-        ann = doc.get("annotations") or {}
-        layers = doc.get("layers") or []
-        config = doc.get("config") or {}
-        if (doc.get("artifactType") != ARTIFACT_TYPE or config.get("mediaType") != MEDIA_PREIMAGE
-                or len(layers) != 1 or not isinstance(ann, dict)):
+        try:
+            entry = _parse_entry(doc, where=f"{where}:{build_key}")
+        except CacheError as e:
+            # A registry's garbage is a miss, never a crash: the node builds here instead.
+            return CacheMiss(where, build_key, "bad-signature", e.message)
+        if entry is None:
             return CacheMiss(where, build_key, "bad-signature", "not a planner store entry")
+        ann, layer, config = entry
         sigs = (ann.get(A_SIGNATURES) or "").split()
-        status, who = self.trusted.verify(sigs, signed_payload(ann, layers[0].get("digest", ""),
-                                                                config.get("digest", "")))
+        status, who = self.trusted.verify(sigs, signed_payload(ann, layer.digest, config.digest))
         if status == "unsigned":
             return CacheMiss(where, build_key, "unsigned", "the entry carries no signature")
         if status == "untrusted":
@@ -178,16 +196,13 @@ class BinaryCache:
         if ann.get(A_KEY) != build_key:
             return CacheMiss(where, build_key, "bad-signature",
                              f"the tag holds an entry signed for key {ann.get(A_KEY)!r}")
-        try:
-            variant = json.loads(ann.get(A_VARIANT) or "{}")
-        except ValueError:
-            variant = {}
+        variant = _json_object(ann.get(A_VARIANT))
         return CacheHit(cache=where, key=build_key, manifest_digest=mdigest,
-                        layer_digest=layers[0]["digest"], layer_size=int(layers[0].get("size", 0)),
-                        config_digest=config["digest"], digest=ann.get(A_DIGEST, ""), kind=ann.get(A_KIND, "build"),
+                        layer_digest=layer.digest, layer_size=layer.size,
+                        config_digest=config.digest, digest=ann.get(A_DIGEST, ""), kind=ann.get(A_KIND, "build"),
                         name=ann.get(A_NAME, ""), version=ann.get(A_VERSION) or None,
                         input_key=ann.get(A_INPUT_KEY, ""), content=ann.get(A_CONTENT, "dir"), signer=who,
-                        variant=variant if isinstance(variant, dict) else {})
+                        variant=variant if variant is not None else {})
 
     def near_misses(self, build_key: str, preimage: dict, *, limit: int = 8) -> list[NearMiss]:
         """Entries of the same name and version under other keys, with what differs."""
@@ -199,12 +214,13 @@ class BinaryCache:
             got = self._get_manifest(tag)
             if got is None:
                 continue
-            ann = got[1].get("annotations") or {}
+            ann = got[1].get("annotations")
+            if not _string_map(ann):
+                continue  # another tag's garbage says nothing about this node
             if ann.get(A_NAME) != preimage.get("name") or (ann.get(A_VERSION) or None) != preimage.get("version"):
                 continue
-            try:
-                theirs = json.loads(ann.get(A_VARIANT) or "{}")
-            except ValueError:
+            theirs = _json_object(ann.get(A_VARIANT))
+            if theirs is None:
                 continue
             axes = [(a, theirs.get(a), ours_variant.get(a)) for a in sorted(set(theirs) | set(ours_variant))
                     if theirs.get(a) != ours_variant.get(a)]
@@ -218,12 +234,17 @@ class BinaryCache:
         return out
 
     def _differing_fields(self, doc: dict, preimage: dict) -> list[str]:
+        from ..oci.registry import descriptor_from
+
         try:
+            config = descriptor_from(doc.get("config"), field="config", where=str(self.ref))
             with tempfile.TemporaryDirectory(prefix="planner-cache-") as tmp:
                 p = Path(tmp) / "config"
-                self.client.pull_blob(doc["config"]["digest"], p)
+                self.client.pull_blob(config.digest, p, size=config.size)
                 theirs = json.loads(_read_small(p, f"{self.ref} config"))
-        except (OciError, KeyError, ValueError, CacheError):
+        except (OciError, ValueError, CacheError):
+            return []
+        if not isinstance(theirs, dict):
             return []
         out: list[str] = []
         for k in sorted(set(theirs) | set(preimage)):
@@ -260,7 +281,7 @@ class BinaryCache:
                 if hit.kind == "fixed" and preimage.get("fixed") != hit.digest:
                     raise CacheError("fixed-output entry's digest does not match its key", where=f"{self.ref}:{hit.key}")
                 layer = work / "layer.tar.gz"
-                got = self.client.pull_blob(hit.layer_digest, layer)
+                got = self.client.pull_blob(hit.layer_digest, layer, size=hit.layer_size)
                 if hit.layer_size and got.size != hit.layer_size:
                     raise CacheError(f"layer has {got.size} bytes, manifest says {hit.layer_size}",
                                      where=f"{self.ref}:{hit.key}")
@@ -394,6 +415,53 @@ def _entry_version(entry: Entry) -> Optional[str]:
     if base.startswith(stem + "-"):
         return base[len(stem) + 1:]
     return None
+
+
+def _string_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _json_object(text: Optional[str]) -> Optional[dict]:
+    """An annotation holding a JSON object (the variant), or None when it holds anything else."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_entry(doc: dict, *, where: str) -> Optional[tuple[dict, "Descriptor", "Descriptor"]]:
+    """(annotations, layer, config) of a store entry's manifest, every field type-checked; None
+    when it is plainly not one (another artifact type); CacheError naming the malformed field."""
+    from ..oci.registry import descriptor_from
+
+    config = doc.get("config")
+    if (doc.get("artifactType") != ARTIFACT_TYPE or not isinstance(config, dict)
+            or config.get("mediaType") != MEDIA_PREIMAGE):
+        return None
+    ann, layers = doc.get("annotations", {}), doc.get("layers")
+    if not _string_map(ann):
+        raise CacheError("malformed manifest: field annotations is not a map of strings", where=where)
+    if not isinstance(layers, list) or len(layers) != 1:
+        raise CacheError("malformed manifest: field layers is not a list of one layer", where=where)
+    try:
+        return (ann, descriptor_from(layers[0], field="layers[0]", where=where),
+                descriptor_from(config, field="config", where=where))
+    except OciError as e:
+        raise CacheError(f"malformed {e.message}", where=where) from None  # "manifest field …"
+
+
+def _tag_page(data: bytes, *, where: str) -> list[str]:
+    """The tags of one tag-list page: `{"tags": [str, ...]}` (null when the repository is empty)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    tags = doc.get("tags") if isinstance(doc, dict) else None
+    well_formed = tags is None or isinstance(tags, list) and all(isinstance(t, str) for t in tags)
+    if not isinstance(doc, dict) or not well_formed:
+        raise CacheError("tag list is not {\"tags\": [strings]}", where=where)
+    return tags or []
 
 
 def _read_small(path: Path, where: str) -> bytes:

@@ -23,6 +23,7 @@ import httpx
 
 from ..errors import OciError
 from ..netdiag import reason
+from ..safetree import MAX_METADATA
 from .descriptor import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -38,6 +39,15 @@ from .reference import Credentials, Reference, docker_config_path, load_docker_c
 
 _MANIFEST_ACCEPT = ", ".join([MEDIA_INDEX, MEDIA_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST])
 _CHUNK = 1 << 20
+# Every answer is read against a bound, whatever the registry sends: a HEAD, upload or PUT
+# answer carries headers and at most a short JSON error; a token is a few KiB of JWT.
+_ANSWER_LIMIT = 64 << 10
+_TOKEN_LIMIT = 1 << 20
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -49,6 +59,9 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class PulledManifest:
     descriptor: Descriptor
     data: bytes
+    # What the document refers to, every field type-checked when it was pulled: an index's
+    # manifests, or an image manifest's config then layers.
+    children: tuple[Descriptor, ...] = ()
 
     def json(self) -> dict[str, Any]:
         doc = json.loads(self.data)
@@ -83,6 +96,7 @@ class RegistryClient:
         if url.userinfo:
             raise OciError("put credentials in ~/.docker/config.json, not in the registry URL")
         self.base_url = str(url).rstrip("/")
+        self._base = httpx.URL(self.base_url + "/")
         self.repository = repository
         self.registry = url.netloc.decode()
         # Read the docker config only when a registry asks for credentials: an anonymous
@@ -133,69 +147,99 @@ class RegistryClient:
         if scope in self._tokens:
             self._authorization = self._tokens[scope]
             return
+        # The realm may be another host (Docker Hub's is auth.docker.io), but never plain http
+        # behind an https registry: the credentials go there.
+        realm = self.resolve_link(params["realm"], header="token realm")
         query = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
         headers = {"Authorization": creds.basic()} if creds else {}
         try:
-            resp = self._http.get(params["realm"], params=query, headers=headers)
+            resp = self._http.send(self._http.build_request("GET", realm, params=query, headers=headers), stream=True)
         except httpx.HTTPError as e:
             raise OciError(f"token request failed: {reason(e)}", where=self._where()) from None
         if resp.status_code != 200:
+            resp.close()
             # The body of a token endpoint is not shown: it is not ours to print.
             raise OciError(f"token request refused: HTTP {resp.status_code}", where=self._where())
+        body = self.read_small(resp, "token answer", "", limit=_TOKEN_LIMIT)
         try:
-            doc = resp.json()
-            token = doc.get("token") or doc.get("access_token")
+            doc = json.loads(body)
+            token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         except ValueError:
             token = None
         if not isinstance(token, str) or not token:
             raise OciError("token endpoint answered without a token", where=self._where())
         self._authorization = self._tokens[scope] = "Bearer " + token
 
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return _origin(url) == _origin(self._base)
+
+    def resolve_link(self, link: str, *, header: str) -> httpx.URL:
+        """A URL a registry answered with (an upload's Location, a tag list's next Link, a
+        token realm), resolved against the registry. It may name another host, which `_send`
+        gives no credentials; it may not leave http(s), nor go from https down to http."""
+        try:
+            url = self._base.join(link)
+        except (httpx.InvalidURL, TypeError, ValueError):
+            raise OciError(f"{header} is not a URL", where=self._where()) from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise OciError(f"{header} is not an http(s) URL", where=self._where())
+        if self._base.scheme == "https" and url.scheme != "https":
+            raise OciError(f"{header} leaves https for plain http, refused", where=self._where())
+        return url
+
     def _send(
         self,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         *,
         headers: dict[str, str] | None = None,
         body: Callable[[], bytes | BinaryIO] | None = None,
-        stream: bool = False,
         push: bool = False,
         what: str = "",
     ) -> httpx.Response:
+        """One request, authenticated when the registry asks. The answer comes back unread:
+        the caller reads it with a bound (`read_small`, `pull_blob`, `_fail`) or closes it, so
+        no body is ever read whole on a registry's word."""
+        target = httpx.URL(url)
+        # The registry's credentials go to the registry's own origin only: a Location or Link
+        # naming another host or port, or plain http, gets the request without them.
+        ours = self._same_origin(target)
         # `body` is a factory so a request refused with 401 can be replayed after authenticating.
         for attempt in (0, 1):
             req_headers = dict(headers or {})
-            if self._authorization:
+            if self._authorization and ours:
                 req_headers["Authorization"] = self._authorization
             content = body() if body is not None else None
             try:
-                request = self._http.build_request(method, url, headers=req_headers, content=content)
+                request = self._http.build_request(method, target, headers=req_headers, content=content)
                 # Redirects are followed for blob downloads only; httpx drops Authorization
                 # when a redirect leaves the registry's origin.
-                resp = self._http.send(request, stream=stream, follow_redirects=(method == "GET"))
+                resp = self._http.send(request, stream=True, follow_redirects=(method == "GET"))
             except httpx.HTTPError as e:
                 raise OciError(f"{method} failed: {reason(e)}", where=self._where(what)) from None
             finally:
                 if content is not None and not isinstance(content, bytes):
                     content.close()
-            if resp.status_code != 401 or attempt == 1:
+            # Another origin's challenge (the target's, or a redirect's) is not answered: that
+            # would hand it our credentials.
+            if resp.status_code != 401 or attempt == 1 or not self._same_origin(resp.url):
                 return resp
             challenge = resp.headers.get("www-authenticate", "")
             resp.close()
             self._authenticate(challenge, push=push)
         raise AssertionError("unreachable")
 
-    def read_small(self, resp: httpx.Response, what: str, where: str) -> bytes:
-        """A manifest's, index's or listing's body, read whole in-process: capped, streamed."""
+    def read_small(self, resp: httpx.Response, what: str, where: str, *, limit: int = MAX_METADATA) -> bytes:
+        """A manifest's, index's, listing's or answer's body, read whole in-process: capped, streamed."""
         from ..errors import UnsafeTree
         from ..safetree import read_limited
 
         try:
-            return read_limited(resp.iter_bytes(_CHUNK), what=what, where=self._where(where))
+            return read_limited(resp.iter_bytes(_CHUNK), what=what, where=self._where(where), limit=limit)
         except UnsafeTree as e:
             raise OciError(e.message, where=self._where(where)) from None
         except httpx.HTTPError as e:
-            raise OciError(f"GET failed: {reason(e)}", where=self._where(where)) from None
+            raise OciError(f"{resp.request.method} failed: {reason(e)}", where=self._where(where)) from None
         finally:
             resp.close()
 
@@ -203,13 +247,13 @@ class RegistryClient:
         detail = ""
         try:
             body = b""
-            for chunk in resp.iter_bytes(_CHUNK):  # an error body is read for its message only
+            for chunk in resp.iter_bytes(_ANSWER_LIMIT):  # an error body is read for its message only
                 body += chunk
-                if len(body) > 1 << 16:
+                if len(body) > _ANSWER_LIMIT:
                     raise ValueError("error body too long")
             errors = json.loads(body).get("errors") or []
             if errors and isinstance(errors[0], dict):
-                detail = f" {errors[0].get('code', '')}: {str(errors[0].get('message', ''))[:200]}"
+                detail = f" {str(errors[0].get('code', ''))[:100]}: {str(errors[0].get('message', ''))[:200]}"
         except Exception:  # noqa: BLE001 - an unreadable error body just gives a shorter message
             pass
         finally:
@@ -218,13 +262,18 @@ class RegistryClient:
 
     # -- blobs ---------------------------------------------------------------------------------
 
+    def _answer(self, resp: httpx.Response, what: str) -> None:
+        """Read (and drop) a success answer's body, bounded: a HEAD, upload or PUT answer says
+        what it has to say in its status and headers."""
+        self.read_small(resp, "registry answer", what, limit=_ANSWER_LIMIT)
+
     def _exists(self, kind: str, digest: str, push: bool, headers: dict | None = None) -> bool:
         """HEAD of a blob or manifest: 200 yes, 404 no, anything else an error."""
         resp = self._send("HEAD", self._url(f"{kind}s/{digest}"), headers=headers, push=push, what=f"@{digest}")
-        resp.close()
-        if resp.status_code in (200, 404):
-            return resp.status_code == 200
-        raise self._fail(resp, f"{kind} HEAD", f"@{digest}")
+        if resp.status_code not in (200, 404):
+            raise self._fail(resp, f"{kind} HEAD", f"@{digest}")
+        self._answer(resp, f"@{digest}")
+        return resp.status_code == 200
 
     def blob_exists(self, digest: str, *, push: bool = False) -> bool:
         return self._exists("blob", digest, push)
@@ -233,11 +282,11 @@ class RegistryClient:
         """Monolithic upload: POST an upload session, then PUT the whole blob with ?digest=."""
         what = f"@{desc.digest}"
         resp = self._send("POST", self._url("blobs/uploads/"), push=True, what=what)
-        resp.close()
         if resp.status_code != 202 or "location" not in resp.headers:
             raise self._fail(resp, "starting blob upload", what)
-        location = httpx.URL(self.base_url + "/").join(resp.headers["location"])
-        put_url = str(location.copy_merge_params({"digest": desc.digest}))
+        self._answer(resp, what)
+        location = self.resolve_link(resp.headers["location"], header="upload Location")
+        put_url = location.copy_merge_params({"digest": desc.digest})
         resp = self._send(
             "PUT",
             put_url,
@@ -246,34 +295,54 @@ class RegistryClient:
             push=True,
             what=what,
         )
-        resp.close()
         if resp.status_code != 201:
             raise self._fail(resp, "uploading blob", what)
+        self._answer(resp, what)
         got = resp.headers.get("docker-content-digest")
         if got and got != desc.digest:
-            raise OciError(f"registry stored the blob as {got}", where=self._where(what))
+            raise OciError(f"registry stored the blob as {got[:100]!r}", where=self._where(what))
 
-    def pull_blob(self, digest: str, dest: Path) -> Descriptor:
-        """Download a blob to `dest`, verifying sha256 before it appears there."""
+    def pull_blob(self, digest: str, dest: Path, *, size: int | None = None) -> Descriptor:
+        """Download a blob to `dest`, verifying sha256 before it appears there.
+
+        `size` is the descriptor's: a registry sending more is cut off there, so a 150-byte
+        layer served as 200 MiB writes 150 bytes, not 200 MiB. Without it the blob is taken
+        for metadata (a config, a preimage) and held to MAX_METADATA."""
         check_digest(digest)
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise OciError(f"blob size {size!r} is not a byte count", where=self._where(f"@{digest}"))
+        limit = size if size is not None else MAX_METADATA
+        too_big = (f"blob larger than its descriptor ({size} bytes)" if size is not None
+                   else f"blob larger than {MAX_METADATA >> 20} MiB, the bound for one without a size")
         what = f"@{digest}"
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        resp = self._send("GET", self._url(f"blobs/{digest}"), stream=True, what=what)
+        resp = self._send("GET", self._url(f"blobs/{digest}"), what=what)
         if resp.status_code != 200:
             raise self._fail(resp, "blob GET", what)
+        # An announced length past the bound is refused before a byte is written (a length of
+        # encoded bytes says nothing of the decoded ones, so only for an unencoded body).
+        announced = resp.headers.get("content-length", "")
+        plain = resp.headers.get("content-encoding", "identity") == "identity"
+        if plain and announced.isdigit() and int(announced) > limit:
+            resp.close()
+            raise OciError(too_big, where=self._where(what))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
         sha = hashlib.sha256()
-        size = 0
+        got_size = 0
         try:
             os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as f:
                 for chunk in resp.iter_bytes(_CHUNK):
+                    got_size += len(chunk)
+                    if got_size > limit:
+                        raise OciError(too_big, where=self._where(what))
                     sha.update(chunk)
-                    size += len(chunk)
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            if size is not None and got_size != size:
+                raise OciError(f"blob has {got_size} bytes, its descriptor says {size}", where=self._where(what))
             got = "sha256:" + sha.hexdigest()
             if got != digest:
                 raise OciError(f"downloaded bytes have digest {got}", where=self._where(what))
@@ -286,7 +355,7 @@ class RegistryClient:
             raise
         finally:
             resp.close()
-        return Descriptor(media_type="application/octet-stream", digest=digest, size=size)
+        return Descriptor(media_type="application/octet-stream", digest=digest, size=got_size)
 
     # -- manifests -----------------------------------------------------------------------------
 
@@ -307,38 +376,44 @@ class RegistryClient:
             push=True,
             what=what,
         )
-        resp.close()
         if resp.status_code not in (200, 201):
             raise self._fail(resp, "manifest PUT", what)
+        self._answer(resp, what)
         got = resp.headers.get("docker-content-digest")
         if got and got != digest:
-            raise OciError(f"registry stored the manifest as {got}, not {digest}", where=self._where(what))
+            raise OciError(f"registry stored the manifest as {got[:100]!r}, not {digest}", where=self._where(what))
         return digest
 
     def pull_manifest(self, ref_or_digest: str) -> PulledManifest:
-        """GET a manifest or index by tag or digest; by digest, the bytes are verified."""
+        """GET a manifest or index by tag or digest; by digest, the bytes are verified. The
+        document's shape is checked here, once: its mediaType, and every descriptor it holds
+        (`PulledManifest.children`)."""
         by_digest = ref_or_digest.startswith("sha256:")
         what = f"@{ref_or_digest}" if by_digest else f":{ref_or_digest}"
-        resp = self._send(
-            "GET", self._url(f"manifests/{ref_or_digest}"), headers={"Accept": _MANIFEST_ACCEPT}, what=what,
-            stream=True,
-        )
+        resp = self._send("GET", self._url(f"manifests/{ref_or_digest}"), headers={"Accept": _MANIFEST_ACCEPT},
+                          what=what)
         if resp.status_code != 200:
             raise self._fail(resp, "manifest GET", what)
         data = self.read_small(resp, "manifest", what)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = ref_or_digest if by_digest else resp.headers.get("docker-content-digest")
         if expected and expected != digest:
-            raise OciError(f"manifest bytes have digest {digest}, expected {expected}", where=self._where(what))
-        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+            raise OciError(f"manifest bytes have digest {digest}, expected {expected[:100]!r}",
+                           where=self._where(what))
         try:
-            declared = json.loads(data).get("mediaType")
-        except (ValueError, AttributeError):
-            raise OciError("manifest is not a JSON object", where=self._where(what)) from None
-        media_type = declared or media_type
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise OciError("manifest is not a JSON object", where=self._where(what))
+        declared = doc.get("mediaType")
+        if declared is not None and not isinstance(declared, str):
+            raise OciError("manifest field mediaType is not a string", where=self._where(what))
+        media_type = declared or resp.headers.get("content-type", "").split(";")[0].strip()
         if media_type not in INDEX_TYPES | MANIFEST_TYPES:
-            raise OciError(f"unexpected manifest media type {media_type!r}", where=self._where(what))
-        return PulledManifest(Descriptor(media_type=media_type, digest=digest, size=len(data)), data)
+            raise OciError(f"unexpected manifest media type {media_type[:100]!r}", where=self._where(what))
+        children = tuple(iter_manifest_children(doc, where=self._where(what), media_type=media_type))
+        return PulledManifest(Descriptor(media_type=media_type, digest=digest, size=len(data)), data, children)
 
     # -- layouts -------------------------------------------------------------------------------
 
@@ -405,13 +480,55 @@ def push_layout(
         return client.push_layout(layout, reference.ref, tag_for=tag_for)
 
 
-def iter_manifest_children(doc: dict[str, Any], *, where: str) -> Iterator[Descriptor]:
-    """Descriptors a pulled manifest/index document refers to (for walking a base image)."""
-    if "manifests" in doc:
-        for m in doc["manifests"]:
-            yield Descriptor.from_json(m, where=where)
+def descriptor_from(value: object, *, field: str, where: str, kind: str = "manifest") -> Descriptor:
+    """A descriptor inside a pulled document, every field type-checked first (Descriptor.from_json
+    would take a list for a media type, "5" or 5.5 for a size): one OciError naming the field."""
+
+    def bad(what: str) -> OciError:
+        return OciError(f"{kind} field {field}{what}", where=where)
+
+    if not isinstance(value, dict):
+        raise bad(" is not a descriptor object")
+    if not isinstance(value.get("mediaType"), str):
+        raise bad(".mediaType is not a string")
+    digest = value.get("digest")
+    try:
+        check_digest(digest if isinstance(digest, str) else "")
+    except OciError:
+        raise bad(f".digest {str(digest)[:80]!r} is not sha256:<64 hex digits>") from None
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad(".size is not a byte count")
+    platform = value.get("platform")
+    if platform is not None and not (
+            isinstance(platform, dict) and isinstance(platform.get("os"), str)
+            and isinstance(platform.get("architecture"), str) and isinstance(platform.get("variant", ""), str)):
+        raise bad(".platform is not an object with os and architecture strings")
+    annotations = value.get("annotations")
+    if annotations is not None and not (isinstance(annotations, dict)
+                                        and all(isinstance(v, str) for v in annotations.values())):
+        raise bad(".annotations is not a map of strings")
+    return Descriptor.from_json(value, where=f"{where} {field}")
+
+
+def _list_field(doc: dict[str, Any], name: str, *, where: str, kind: str, required: bool) -> list[Any]:
+    value = doc.get(name)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise OciError(f"{kind} field {name} is not a list", where=where)
+    return value
+
+
+def iter_manifest_children(doc: dict[str, Any], *, where: str, media_type: str | None = None) -> Iterator[Descriptor]:
+    """Descriptors a pulled manifest/index document refers to: an index's `manifests`, an image
+    manifest's `config` then `layers` (by `media_type`, else by the document's keys). Any field
+    of another shape is one OciError naming it."""
+    is_index = media_type in INDEX_TYPES if media_type is not None else "manifests" in doc
+    if is_index:
+        for i, m in enumerate(_list_field(doc, "manifests", where=where, kind="index", required=True)):
+            yield descriptor_from(m, field=f"manifests[{i}]", where=where, kind="index")
     else:
-        if "config" in doc:
-            yield Descriptor.from_json(doc["config"], where=where)
-        for layer in doc.get("layers", []):
-            yield Descriptor.from_json(layer, where=where)
+        yield descriptor_from(doc.get("config"), field="config", where=where)
+        for i, layer in enumerate(_list_field(doc, "layers", where=where, kind="manifest", required=False)):
+            yield descriptor_from(layer, field=f"layers[{i}]", where=where)

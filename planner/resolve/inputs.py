@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import attrs
 
 from ..archive import open_deb_control
-from ..errors import FetchError, HashMismatch, InputError, LockError, PlannerError
+from ..errors import FetchError, HashMismatch, InputError, LockError, PlannerError, UnsafeArchive, UnsafeTree
 from ..derivation import fixed_key
 from ..mirrors import mirror_candidates
 from ..lock import ANY, InputDecl, LockedInput, Pin, local_pin
@@ -51,7 +51,6 @@ def _take_subdir(dest: Path, subdir: str, tmp: Path, where: str, shown: str) -> 
 
     Walked without following links: a `subdir` through a link (`a -> /home`, subdir `a/b`)
     would otherwise move a host folder into the store."""
-    from ..errors import UnsafeTree
     from ..safetree import Tree, checked_rel
 
     try:
@@ -313,41 +312,45 @@ class Resolver:
 
     def _fetch_image(self, decl: InputDecl, platform: str, pin: Optional[Pin], tmp: Path) -> Fetched:
         """A registry image for one platform, by manifest digest: its manifest, config and layer
-        blobs as an OCI layout-like folder (`manifest.json`, `blobs/sha256/…`)."""
-        import json
+        blobs as an OCI layout-like folder (`manifest.json`, `blobs/sha256/…`).
 
+        Every document is shape-checked as it is pulled (`pull_manifest`), so a registry's
+        index entry without a digest, or a manifest whose layers are not descriptors, is one
+        error naming this input and the field, and is never pinned."""
         from ..errors import OciError
+        from ..oci.descriptor import INDEX_TYPES, MANIFEST_TYPES
         from ..oci.registry import Reference, client_for
 
         src = decl.source
         assert src is not None
+        where = f"{decl.id} ({src.url})"
         try:
             ref = Reference.parse(str(src.url))
-            client = client_for(ref)
-            digest = pin.digest if pin and pin.digest else None
-            if digest is None:
-                top = client.pull_manifest(ref.ref)
-                doc = top.json()
-                if "manifests" in doc:  # an index: pick this platform's manifest
-                    os_, _, arch = platform.partition("/")
-                    match = [m for m in doc["manifests"]
-                             if m.get("platform", {}).get("os") == os_ and m.get("platform", {}).get("architecture") == arch]
-                    if not match:
-                        raise FetchError(f"{src.url} has no {platform} image", where=decl.id)
-                    digest = match[0]["digest"]
-                else:
-                    digest = top.descriptor.digest
-            manifest = client.pull_manifest(digest)
-            dest = tmp / "image"
-            blobs = dest / "blobs" / "sha256"
-            blobs.mkdir(parents=True)
-            (dest / "manifest.json").write_bytes(manifest.data)
-            doc = manifest.json()
-            for blob in [doc["config"]] + list(doc.get("layers", [])):
-                client.pull_blob(blob["digest"], blobs / blob["digest"].split(":", 1)[1])
+            with client_for(ref) as client:
+                digest = pin.digest if pin and pin.digest else None
+                if digest is None:
+                    top = client.pull_manifest(ref.ref)
+                    if top.descriptor.media_type in INDEX_TYPES:  # an index: pick this platform's manifest
+                        os_, _, arch = platform.partition("/")
+                        match = [d for d in top.children
+                                 if d.platform is not None and (d.platform.os, d.platform.architecture) == (os_, arch)]
+                        if not match:
+                            raise FetchError(f"{src.url} has no {platform} image", where=decl.id)
+                        digest = match[0].digest
+                    else:
+                        digest = top.descriptor.digest
+                manifest = client.pull_manifest(digest)
+                if manifest.descriptor.media_type not in MANIFEST_TYPES:
+                    raise FetchError(f"{digest} ({platform}) is an index, not an image manifest", where=where)
+                dest = tmp / "image"
+                blobs = dest / "blobs" / "sha256"
+                blobs.mkdir(parents=True)
+                (dest / "manifest.json").write_bytes(manifest.data)
+                for blob in manifest.children:  # the config, then the layers
+                    client.pull_blob(blob.digest, blobs / blob.hex, size=blob.size)
         except OciError as exc:
-            raise FetchError(exc.message, where=f"{decl.id} ({src.url})") from None
-        except (OSError, KeyError, ValueError) as exc:
+            raise FetchError(exc.message, where=where) from None
+        except OSError as exc:
             raise FetchError(f"cannot pull {src.url}: {exc}", where=decl.id) from None
         return Fetched(dest, Pin(digest=digest, url=str(src.url)))
 
@@ -385,6 +388,11 @@ class Resolver:
                 raise
             # Named by the input and the file it came as, not by a temporary path about to vanish.
             raise type(exc)(f"{pin.filename or path.name}: {exc.message}", where=decl.id) from None
+        except UnsafeTree as exc:
+            # The writer's refusal (a hardlink to nothing, a member through a link it did not
+            # make) is the archive's fault: an unsafe archive of this input, which lock marks
+            # unlocked like any other fetch failure.
+            raise UnsafeArchive(f"{pin.filename or path.name}: {exc.message}", where=decl.id) from None
         path.unlink()
         src = decl.source
         if src is not None and src.subdir:
