@@ -210,9 +210,9 @@ def _open_ar_tar(f: BinaryIO, member: ArMember, *, where: str) -> tarfile.TarFil
             raise FetchError(f"{member.name} is zstd-compressed and the zstandard module is not installed",
                              where=where) from None
         stream = zstandard.ZstdDecompressor().stream_reader(view)
-        return tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)  # zstd stream is not seekable
+        return tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo)  # zstd stream is not seekable
     try:
-        return tarfile.open(fileobj=view, mode="r:*", tarinfo=_BoundedTarInfo)
+        return tarfile.open(fileobj=view, mode="r:*", tarinfo=BoundedTarInfo)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise FetchError(f"member {member.name} is not a readable tar: {_one_line(e)}", where=where) from None
 
@@ -236,7 +236,7 @@ def open_deb_control(deb: Path) -> dict[str, str]:
         return _read_control(deb, where)
     except PlannerError:
         raise
-    except _HeaderRefused as e:
+    except HeaderRefused as e:
         raise UnsafeArchive(str(e), where=where) from None
     except _read_errors() as e:
         raise FetchError(f"cannot read the .deb's control file: {_one_line(e)}", where=where) from None
@@ -330,12 +330,12 @@ def _checked_target(name: str, target: str, *, where: str) -> str:
     return target
 
 
-class _HeaderRefused(Exception):
+class HeaderRefused(Exception):
     """Raised from inside tarfile, which knows no file name; turned into UnsafeArchive by the
     caller that does. Not an OSError or TarError, so tarfile passes it on unchanged."""
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
+class BoundedTarInfo(tarfile.TarInfo):
     """tarfile's member header, refusing before anything is read what no real archive has:
     an extended header (PAX, GNU long name or link) over _MAX_EXT_HEADER, and a negative size
     (GNU base-256 allows one; it would subtract from the unpacked-bytes count).
@@ -345,9 +345,9 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
         if self.size < 0:
-            raise _HeaderRefused(f"tar member {shown(self.name)} has a negative size")
+            raise HeaderRefused(f"tar member {shown(self.name)} has a negative size")
         if self.type in _EXT_HEADER_TYPES and self.size > _MAX_EXT_HEADER:
-            raise _HeaderRefused(f"extended tar header of {self.size} bytes (a name or link target "
+            raise HeaderRefused(f"extended tar header of {self.size} bytes (a name or link target "
                                  f"over {_size(_MAX_EXT_HEADER)}): refused")
         return super()._proc_member(tarfile_)
 
@@ -594,7 +594,7 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
                         tree.add(m)
         else:
             try:
-                tar = tarfile.open(archive, mode="r:*", tarinfo=_BoundedTarInfo)
+                tar = tarfile.open(archive, mode="r:*", tarinfo=BoundedTarInfo)
             except tarfile.ReadError:
                 raise FetchError("not a tar, zip or .deb archive", where=where) from None
             with tar:
@@ -602,7 +602,7 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
                     tree.add(m)
     except FetchError:
         raise
-    except _HeaderRefused as e:
+    except HeaderRefused as e:
         raise UnsafeArchive(str(e), where=where) from None
     except UnsafeTree as e:
         # The writer's own refusals (a full disk while making a directory): a FetchError like

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any, Optional
 
-from .errors import BuildError, InputError, PlannerError
+from .errors import BuildError, InputError, PlannerError, bounded
 from .runs import CheckResult, MissNote, NodeResult
 
 
@@ -205,7 +205,7 @@ class Execution:
         node = self.plan.nodes[nid]
         if nid in outcome.failed:
             exc = outcome.failed[nid]
-            msg = exc.line() if isinstance(exc, PlannerError) else f"{type(exc).__name__}: {exc}"
+            msg = exc.line() if isinstance(exc, PlannerError) else bounded(f"{type(exc).__name__}: {exc}")
             return NodeResult(nid, node.name, node.variant.label(), node.key, "failed", msg,
                               self.attempted.get(nid), previous_key=self.d.previous.get(nid))
         return NodeResult(nid, node.name, node.variant.label(), node.key, "skipped",
@@ -223,5 +223,5 @@ class Execution:
             elif isinstance(exc, PlannerError):
                 out.append(exc.line())
             else:
-                out.append(f"{self.plan.nodes[nid].label()}: {type(exc).__name__}: {exc}")
+                out.append(bounded(f"{self.plan.nodes[nid].label()}: {type(exc).__name__}: {exc}"))
         return out

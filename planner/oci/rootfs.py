@@ -32,7 +32,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 import attrs
 
-from ..archive import ArMember, parse_deb822, read_ar
+from ..archive import ArMember, BoundedTarInfo, HeaderRefused, parse_deb822, read_ar
 from ..errors import OciError, UnsafeArchive
 from .wheels import INSTALLER_NAME, InstalledWheel, install_wheel  # noqa: F401  (re-exported; they lived here)
 
@@ -183,11 +183,11 @@ def _iter_member_tar(deb: Path, prefix: str) -> Iterator[tuple[tarfile.TarFile, 
             raise OciError(f"unsupported data member {member.name}", where=where)
         complete = False
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as tar:
                 for info in tar:
                     yield tar, info
             complete = True
-        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
+        except (tarfile.TarError, EOFError, lzma.LZMAError, OSError, HeaderRefused) as e:
             raise OciError(f"cannot read {member.name}: {' '.join(str(e).split())}", where=where) from None
         finally:
             if zreader is not None:
