@@ -341,7 +341,8 @@ def read(path: Path) -> Lock:
         with open(path, "rb") as f:
             raw = f.read((64 << 20) + 1)
     except FileNotFoundError:
-        raise LockError("no lockfile: run `planner lock` first", where=str(path)) from None
+        # (lockfiles/SET.lock: a bare `planner lock` is refused where a project has several sets)
+        raise LockError(f"no lockfile: run `planner lock {Path(path).stem}` first", where=str(path)) from None
     except OSError as exc:
         raise LockError(f"cannot read: {exc.strerror or exc}", where=str(path)) from None
     if len(raw) > 64 << 20:

@@ -98,7 +98,7 @@ def test_a_closure_asked_for_by_name_fails_on_its_unlocked_inputs(project, args,
     assert proc.returncode != 0
     named = sorted(line.split(":", 1)[0] for line in proc.stderr.splitlines() if ": unlocked: " in line)
     assert named == failing
-    assert f"{len(failing)} problem(s) in lockfiles/s.lock" in proc.stderr
+    assert f"{len(failing)} problem{'' if len(failing) == 1 else 's'} in lockfiles/s.lock" in proc.stderr
     warned = _warnings(proc.stderr)
     assert (warned[0].endswith(": " + ", ".join(outside)) if outside else warned == []), proc.stderr
 

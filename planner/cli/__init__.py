@@ -66,18 +66,19 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=".", help=ROOT_HELP)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None, help=ROOT_HELP)
 @click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
               help=STORE_HELP)
 @click.option("--mirror", "mirrors", multiple=True, metavar="URL", help=MIRROR_HELP)
 @click.version_option(package_name="planner", help="Show the version and exit.")
 @click.pass_context
-def main(ctx: click.Context, root: Path, store: Path | None, mirrors: tuple[str, ...]) -> None:
+def main(ctx: click.Context, root: Path | None, store: Path | None, mirrors: tuple[str, ...]) -> None:
     """Reproducible builds of GPU machine-learning container images.
 
     Global options (--root, --store, --mirror) go before or after the command.
     """
-    ctx.obj = Context(root.absolute(), store.absolute() if store else None, [mirror_url(m) for m in mirrors])
+    ctx.obj = Context(root.absolute() if root else None, store.absolute() if store else None,
+                      [mirror_url(m) for m in mirrors])
 
 
 for _cmd in (lock, plan, realise, why, diff, why_depends_cmd, show, log_cmd, push, export, store, mirror, prefetch,

@@ -1,5 +1,6 @@
 """What every command shares: the global options (--root, --store, --mirror, before or after the
-subcommand), the store path checks, and the default recipe set."""
+subcommand), finding the project root, the store path checks, the default recipe set, and how
+counts are worded."""
 
 from __future__ import annotations
 
@@ -9,21 +10,48 @@ from pathlib import Path
 
 import click
 
-from ..errors import PlannerError
+from ..errors import PlannerError, StoreError
 
 
 class Context:
     """The global options. They may come before or after the subcommand (`planner --store S
-    plan` and `planner plan --store S`), so the store is derived from the root when asked."""
+    plan` and `planner plan --store S`), so the root is found and the store derived from it
+    only when asked: `planner hash` or `keys generate` run anywhere, in a project or not."""
 
-    def __init__(self, root: Path, store: Path | None, mirrors: list[str] = ()) -> None:
-        self.root = root
+    def __init__(self, root: Path | None, store: Path | None, mirrors: list[str] = ()) -> None:
+        self.explicit_root = root
+        self._found_root: Path | None = None
         self.explicit_store = store
         self.mirrors = list(mirrors)
 
     @property
+    def root(self) -> Path:
+        """--root as given, else the project the current folder is in (`find_root`)."""
+        found = self.found_root()
+        if found is None:
+            raise PlannerError(f"no planner project in {Path.cwd()} or a folder above it (a project holds "
+                               "recipes/SET/set.toml); pass --root PROJECT")
+        return found
+
+    @root.setter
+    def root(self, value: Path) -> None:
+        self.explicit_root = value
+
+    def found_root(self) -> Path | None:
+        if self.explicit_root is not None:
+            return self.explicit_root
+        if self._found_root is None:
+            self._found_root = find_root(Path.cwd())
+        return self._found_root
+
+    @property
     def store(self) -> Path:
-        return self.explicit_store or self.root / "store"
+        if self.explicit_store is not None:
+            return self.explicit_store
+        if self.found_root() is None:
+            raise StoreError(f"no planner project in {Path.cwd()} or a folder above it, so no default store "
+                             "(store/ under the project); pass --root PROJECT or --store PATH")
+        return self.root / "store"
 
     def store_for_read(self) -> Path:
         """The store of a command that only reads one: it must exist and be a folder."""
@@ -36,9 +64,22 @@ class Context:
         return self.store
 
 
-def _check_store_path(path: Path, *, must_exist: bool) -> None:
-    from ..errors import StoreError
+def find_root(start: Path) -> Path | None:
+    """The nearest folder, `start` or above it, holding a recipe set (`recipes/SET/set.toml`),
+    as git finds `.git` and Bazel its MODULE.bazel: a command run in `recipes/demo/src/` means
+    the project around it. A set is the mark, not a bare `recipes/` or `lockfiles/` folder: a
+    set may itself be named `recipes`, and a lockfile without its recipes cannot be used."""
+    for folder in (start, *start.parents):
+        try:
+            with os.scandir(folder / "recipes") as entries:
+                if any(e.is_dir() and os.path.isfile(os.path.join(e.path, "set.toml")) for e in entries):
+                    return folder
+        except OSError:
+            continue
+    return None
 
+
+def _check_store_path(path: Path, *, must_exist: bool) -> None:
     hint = "pass --store PATH or set PLANNER_STORE"
     for p in (path, *path.parents):
         if p.is_symlink() and not p.exists():
@@ -61,6 +102,7 @@ def mirror_url(m: str) -> str:
 
 
 def _set_root(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    # An explicit --root is used as given, never searched above: scripts and CI name it.
     if value is not None:
         ctx.find_object(Context).root = value.absolute()
 
@@ -74,7 +116,8 @@ def _add_mirrors(ctx: click.Context, _param: click.Parameter, value: tuple[str, 
     ctx.find_object(Context).mirrors.extend(mirror_url(m) for m in value)
 
 
-ROOT_HELP = "Project folder holding recipes/, lockfiles/, patches/ (default: the current folder)."
+ROOT_HELP = ("Project folder holding recipes/, lockfiles/, patches/ (default: the nearest folder, the current "
+             "one or above it, holding recipes/SET/set.toml).")
 STORE_HELP = "Store folder (env PLANNER_STORE; default: store/ under --root)."
 MIRROR_HELP = "A source mirror: folder or URL (repeatable; env PLANNER_MIRRORS; planner.toml [mirrors])."
 
@@ -100,6 +143,21 @@ def fail(exc: PlannerError) -> None:
     sys.exit(exc.exit_code or 1)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 entry`, `2 entries`: every count a command prints, in one place."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def output_file(path: Path) -> Path:
+    """A file a command is asked to write must go into an existing folder, as `cp` refuses: a
+    mistyped folder is said before any work, not made (nor is the work lost at the end)."""
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise PlannerError(f"cannot write here: the folder {parent} {why}", where=str(path))
+    return path
+
+
 def sets_of(ctx: Context) -> list[str]:
     return sorted(p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file())
 
@@ -119,5 +177,3 @@ def default_set(ctx: Context, name: str | None) -> str:
         raise PlannerError(f"no recipe sets under {ctx.root / 'recipes'} (a folder per set with a set.toml); "
                            "pass --root PROJECT")
     raise PlannerError(f"name a recipe set: one of {', '.join(sets)}")
-
-

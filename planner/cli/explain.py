@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError
-from .common import Context, default_set
+from .common import Context, default_set, sets_of
 
 
 @click.command("log")
@@ -22,9 +22,11 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
     from ..store import Store
 
     store_root = ctx.store_for_read()
-    st = Store(store_root)
+    st = Store.for_reading(store_root)
     try:
         runs = [r for _i, r in runs_of(st, set_name)]
+        if set_name is not None and not runs:
+            _check_recorded_set(st, set_name)
     finally:
         st.close()
     seen: set[str] = set()
@@ -55,6 +57,17 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
     raise unknown("node", node, {x for x in seen if "[" not in x}, where=f"runs of set {set_name!r}" if set_name else "recorded runs")
 
 
+def _check_recorded_set(st, set_name: str) -> None:
+    """--set of a command that reads the recorded runs: a name none of them has is most likely
+    mistyped, and the sets that were realised are what it may have meant."""
+    from ..runs import runs_of
+    from ..suggest import unknown
+
+    recorded = runs_of(st, None)
+    if not any(r.set == set_name for _i, r in recorded):
+        raise unknown("recorded realise of set", set_name, {r.set for _i, r in recorded}, where=str(st.root))
+
+
 # -- explanation -----------------------------------------------------------------------------
 
 @click.command()
@@ -73,11 +86,17 @@ def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_
     With --dry-run: what the next realise would rebuild, and why."""
     from ..why import explain_next, explain_run, render
 
-    sets = {p.name for p in (ctx.root / "recipes").glob("*") if (p / "set.toml").is_file()}
+    sets = sets_of(ctx)
     node = None
     if what and what in sets:
         set_name = what
     elif what:
+        if set_name is None and len(sets) > 1:
+            # A mistyped set, or a node without the --set that says whose: name both readings.
+            from ..suggest import did_you_mean
+
+            raise PlannerError(f"no recipe set {what!r}{did_you_mean(what, sets)}; for a node, add --set SET",
+                               where=str(ctx.root / "recipes"))
         node = what
     name = default_set(ctx, set_name)
     if dry_run:
@@ -102,6 +121,14 @@ def diff(ctx: Context, a: str, b: str | None, set_name: str | None) -> None:
     from ..why import diff_keys, render_diff
 
     store_root = ctx.store_for_read()
+    if set_name is not None:
+        from ..store import Store
+
+        st = Store.for_reading(store_root)
+        try:
+            _check_recorded_set(st, set_name)
+        finally:
+            st.close()
     pa, pb, changes, (la, lb) = diff_keys(store_root, a, b, set_name)
     click.echo(render_diff(la, lb, pa, pb, changes, store_root))
 
@@ -150,7 +177,7 @@ def show(cctx: click.Context, node: str | None, set_name: str | None, roots: boo
     if any(BUILD_ROOT_MOUNT in n.deps for n in found) and (Path(ctx.store) / "index.sqlite").exists():
         from ..store import Store
 
-        store = Store(Path(ctx.store))
+        store = Store.for_reading(Path(ctx.store))
     for n in found:
         click.echo(f"# {n.id}  key {n.key}")
         if BUILD_ROOT_MOUNT in n.deps:

@@ -12,11 +12,12 @@ from typing import Optional
 import click
 
 from ..errors import PlannerError
+from .common import Context, count, default_set, output_file
 
 
-def _obj():
+def _obj() -> Context:
     obj = click.get_current_context().find_root().obj
-    if obj is None or not hasattr(obj, "root") or not hasattr(obj, "store_for_write"):
+    if not isinstance(obj, Context):
         raise PlannerError("internal: push/export must run under the planner command group")
     return obj
 
@@ -31,14 +32,17 @@ def _obj():
 def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> None:
     """Push SET's image to a registry REF (host/name:tag).
 
-    REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms."""
+    REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms. SET is
+    realised first, without progress lines: a no-op when it is up to date, else a whole
+    `planner realise SET` (run that first to watch it)."""
     from ..publish import push_image
 
     obj = _obj()
-    for v, res in push_image(obj.root, set_name, obj.store_for_write(), ref, variant, plain_http=plain_http):
+    name = default_set(obj, set_name)
+    for v, res in push_image(obj.root, name, obj.store_for_write(), ref, variant, plain_http=plain_http):
         click.echo(f"{res.reference} {res.descriptor.digest}")
-        click.echo(f"  {v}: {res.blobs_uploaded} blobs uploaded ({res.bytes_uploaded} bytes), "
-                   f"{res.blobs_skipped} already there; {res.manifests_pushed} manifests pushed, "
+        click.echo(f"  {v}: {count(res.blobs_uploaded, 'blob')} uploaded ({count(res.bytes_uploaded, 'byte')}), "
+                   f"{res.blobs_skipped} already there; {count(res.manifests_pushed, 'manifest')} pushed, "
                    f"{res.manifests_skipped} already there", err=True)
 
 
@@ -50,8 +54,12 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
 def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     """Write SET's image as an OCI archive (oci-archive:).
 
-    What `oci-archive:` and `docker load` style tools read."""
+    What `oci-archive:` and `docker load` style tools read. OUT's folder must exist. SET is
+    realised first, without progress lines: a no-op when it is up to date, else a whole
+    `planner realise SET` (run that first to watch it)."""
     from ..publish import export_image
 
     obj = _obj()
-    click.echo(str(export_image(obj.root, set_name, obj.store_for_write(), out, variant)))
+    name = default_set(obj, set_name)
+    output_file(out)
+    click.echo(str(export_image(obj.root, name, obj.store_for_write(), out, variant)))

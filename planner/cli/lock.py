@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError
-from .common import Context, default_set
+from .common import Context, count, default_set
 
 
 @click.command()
-@click.argument("set_name", metavar="SET", required=False)
+@click.argument("set_name", metavar="[SET]", required=False)
 @click.option("--update", multiple=True, metavar="NAME", help="Re-resolve this input or recipe (repeatable).")
 @click.option("--check", is_flag=True, help="Fail if the lock is stale, edited, or leaves an input of the "
               "target's closure unlocked; no network.")
@@ -34,6 +34,8 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
     if every_input and (target or platform or variant):
         raise click.UsageError("--all checks every input of the set: it takes no --target, --platform or --variant")
     rs = load_set(ctx.root, default_set(ctx, set_name), profile=profile)
+    if update:
+        _check_update_names(rs, update)
     if check:
         from ..lockscope import check_scoped
 
@@ -61,10 +63,10 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
         if warning:
             click.echo(f"planner: warning: {warning}", err=True)
         if problems:
-            raise PlannerError(f"{len(problems)} problem(s) in {rs.lockfile.relative_to(ctx.root)} for {scoped.scope}",
-                               where="lock --check")
+            raise PlannerError(f"{count(len(problems), 'problem')} in {rs.lockfile.relative_to(ctx.root)} for "
+                               f"{scoped.scope}", where="lock --check")
         n = len(lockmod.read(rs.lockfile).inputs)
-        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date for {scoped.scope} ({n} inputs"
+        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date for {scoped.scope} ({count(n, 'input')}"
                    + (f", {len(scoped.outside)} unlocked outside it)" if scoped.outside else ")"))
         return
     from ..mirrors import load_mirrors
@@ -83,7 +85,21 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
         raise
     for id_ in changed:
         click.echo(f"pinned {id_}")
-    click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({len(result.inputs)} inputs, {len(changed)} changed)")
+    click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({count(len(result.inputs), 'input')}, "
+               f"{len(changed)} changed)")
+
+
+def _check_update_names(rs, update: tuple[str, ...]) -> None:
+    """Refuse a mistyped --update before anything is fetched, with the names it may have meant."""
+    from ..errors import LockError
+    from ..lock import declarations
+    from ..suggest import did_you_mean
+
+    valid = set(declarations(rs)) | set(rs.recipes)
+    for name in update:
+        if name not in valid:
+            raise LockError(f"--update {name!r} names no input or recipe of set {rs.name!r}"
+                            f"{did_you_mean(name, valid)}")
 
 
 
@@ -112,7 +128,10 @@ def prefetch(ctx: Context, what: str) -> None:
     from ..resolve import prefetch as do_prefetch
     from ..store import Store
 
-    decl, li = do_prefetch(Store(ctx.store_for_write()), what, mirrors=load_mirrors(ctx.root, ctx.mirrors),
+    # A prefetch belongs to no set, so it runs outside a project too (given --store): its
+    # planner.toml is then the current folder's.
+    mirrors = load_mirrors(ctx.found_root() or Path.cwd(), ctx.mirrors)
+    decl, li = do_prefetch(Store(ctx.store_for_write()), what, mirrors=mirrors,
                            log=lambda s: click.echo(s, err=True))
     pin = li.pins["any"]
     if pin.commit:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from .common import count, default_set
+
 
 @click.group()
 def mirror() -> None:
@@ -31,7 +33,7 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
     from ..recipes import load_set
     from ..store import Store
 
-    rs = load_set(ctx.root, set_name)
+    rs = load_set(ctx.root, default_set(ctx, set_name))
     lock = lockmod.read(rs.lockfile)
     store = Store(ctx.store_for_write())
     with store.gc_lock(exclusive=False):
@@ -47,14 +49,14 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
             click.echo(f"wrote {r.id}{plat}: {r.detail}")
     click.echo(f"{folder}: {counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed")
     if counts["failed"]:
-        raise PlannerError(f"{counts['failed']} input(s) could not be exported (the rest are in {folder})",
+        raise PlannerError(f"{count(counts['failed'], 'input')} could not be exported (the rest are in {folder})",
                            where="mirror export")
 
 
 @mirror.command("add")
 @click.argument("folder", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("url", metavar="URL")
-@click.argument("path", metavar="PATH", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("path", metavar="[PATH]", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--rev", "revs", multiple=True, metavar="COMMIT",
               help="Add only this commit (repeatable; default: every branch and tag).")
 def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) -> None:

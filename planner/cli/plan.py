@@ -10,7 +10,7 @@ from .common import Context, default_set
 
 
 @click.command()
-@click.argument("set_name", metavar="SET", required=False)
+@click.argument("set_name", metavar="[SET]", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema: docs/json.md).")
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "svg"]), default="text", show_default=True,
               help="text: one line per node; dot: Graphviz source; svg: the picture (needs graphviz).")

@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError
-from .common import Context, default_set
+from .common import Context, default_set, output_file
 
 
 @click.command()
-@click.argument("set_name", metavar="SET", required=False)
+@click.argument("set_name", metavar="[SET]", required=False)
 @click.option("-j", "--jobs", type=int, default=0, help="Parallel builds (default: number of cores).")
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
 @click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
@@ -59,6 +59,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
     parallel, the critical path first) and prints the target's output and image digest."""
     name = default_set(ctx, set_name)
+    if out_link is not None:
+        output_file(out_link)
     check = check or check_targets
     ctx.store_for_write()
     # The no-op fast path: the standard library and one sqlite query, nothing else. With an
@@ -109,22 +111,11 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
                    f"{sum(n.action == 'reused' for n in result.nodes)} valid")
         if result.blocked:
             raise PlannerError(result.blocked)
-    elif not result.failures:
-        built = sum(n.action == "built" for n in result.nodes)
-        if not result.noop:
-            click.echo(f"{built} built, {sum(n.action == 'reused' for n in result.nodes)} reused", err=True)
-        for c in result.checks:
-            click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}"
-                       + (f" (the rebuilt output is kept in {c.kept})" if c.kept else ""))
-        if result.output:
-            click.echo(result.output)
-        else:
-            for t in result.targets:
-                n = next(x for x in result.nodes if x.id == t)
-                if n.path:
-                    click.echo(n.path)
-        if result.digest:
-            click.echo(result.digest)
+    else:
+        if not result.noop:  # with failures too: what did build stays built
+            click.echo(_summary(result.nodes), err=True)
+        if not result.failures:
+            _print_outputs(result)
     for f in result.failures:
         click.echo(f"planner: {f}" if f.startswith("error: ") else f"planner: build failed: {f}", err=True)
     if result.failures:
@@ -136,6 +127,34 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
     if any(not c.ok for c in result.checks):
         click.echo("planner: error: --check found outputs that differ from the stored ones", err=True)
         sys.exit(1)
+
+
+def _print_outputs(result) -> None:
+    for c in result.checks:
+        click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}"
+                   + (f" (the rebuilt output is kept in {c.kept})" if c.kept else ""))
+    if result.output:
+        click.echo(result.output)
+    else:
+        for t in result.targets:
+            n = next(x for x in result.nodes if x.id == t)
+            if n.path:
+                click.echo(n.path)
+    if result.digest:
+        click.echo(result.digest)
+
+
+# The order of a summary's counts; built and reused are always said, the others when they happened.
+_ACTIONS = ("built", "reused", "substituted", "checked", "failed", "skipped")
+
+
+def _summary(nodes) -> str:
+    """`2 built, 11 reused`, plus each other action any node had (`13 checked`, `1 failed`): the
+    last line counts what the progress's `finished:` line counted, never less."""
+    counts = {a: 0 for a in _ACTIONS}
+    for n in nodes:
+        counts[n.action] = counts.get(n.action, 0) + 1
+    return ", ".join(f"{v} {a}" for a, v in counts.items() if v or a in ("built", "reused"))
 
 
 def _noop_json(set_name: str, cache: dict) -> dict:

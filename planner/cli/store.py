@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError
-from .common import Context, default_set
+from .common import Context, count, default_set, output_file
 
 
 @click.group()
@@ -27,7 +27,7 @@ def store_verify(ctx: Context) -> None:
     for e, why in bad:
         click.echo(f"corrupt: {e.path.name}: {why}")
     if bad:
-        raise PlannerError(f"{len(bad)} corrupt entr{'y' if len(bad) == 1 else 'ies'}", where=str(ctx.store))
+        raise PlannerError(count(len(bad), "corrupt entry", "corrupt entries"), where=str(ctx.store))
     click.echo("store ok")
 
 
@@ -42,7 +42,7 @@ def store_repair(ctx: Context) -> None:
     kept, added, moved = repair_index(ctx.store_for_read())
     if moved is not None:
         click.echo(f"old index kept as {moved.name}")
-    click.echo(f"index rebuilt: {kept} rows salvaged, {added} entries registered from disk")
+    click.echo(f"index rebuilt: {count(kept, 'row')} salvaged, {count(added, 'entry', 'entries')} registered from disk")
 
 
 @store.command("gc")
@@ -65,7 +65,7 @@ def store_gc(ctx: Context, dry_run: bool) -> None:
     for r in removed:
         click.echo(f"{verb} {r}" + (f"  {human(sizes.get(r, 0))}" if dry_run else ""))
     freed = f", {human(sum(sizes.get(r, 0) for r in removed))}" if dry_run else ""
-    click.echo(f"{len(removed)} entries {verb}{freed}")
+    click.echo(f"{verb} {count(len(removed), 'entry', 'entries')}{freed}")
 
 
 @store.command("roots")
@@ -130,7 +130,7 @@ def store_size(ctx: Context, set_name: str | None, as_json: bool) -> None:
     for t in rec.targets:
         top = next((n for n in sizes if n.id == t), None)
         if top is not None:
-            click.echo(f"closure of {t}: {human(top.closure)} in {top.closure_paths} outputs")
+            click.echo(f"closure of {t}: {human(top.closure)} in {count(top.closure_paths, 'output')}")
 
 
 @store.command("push")
@@ -204,4 +204,4 @@ def keys_generate(path: Path, name: str | None) -> None:
     """Write an ed25519 secret key; print its public key."""
     from ..cache import generate_key
 
-    click.echo(generate_key(path, name))
+    click.echo(generate_key(output_file(path), name))

@@ -1,0 +1,306 @@
+"""The command line as a new user meets it (coming from Nix, Bazel, git): run from anywhere in a
+project, typos answered with the name meant, summaries that count what happened, counts in
+English, refusals before work, and --help and README that say what the commands do.
+
+Small `shell` sets from tests/support/project.py, built for real (the host's /usr); the CLI
+runs as a subprocess, from the folder a user would be in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from planner.cli import main
+from tests.support.project import Project
+from tests.support.registry import registry  # noqa: F401  (session fixture)
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="needs bubblewrap")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path, module: str = "planner.cli", env: dict | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess:
+    """`planner ARGS` from `cwd`, with no store or root from the environment."""
+    full = dict(os.environ)
+    full.pop("PLANNER_STORE", None)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=full,
+                          timeout=timeout)
+
+
+def error_line(res) -> str:
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and len(lines) == 1, res.stderr
+    assert lines[0].startswith("planner: error: "), res.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def diamond(tmp_path: Path) -> Project:
+    proj = Project.diamond(tmp_path)
+    proj.lock()
+    return proj
+
+
+def _second_set(proj: Project, name: str = "other") -> None:
+    """A second set, so SET can no longer be left out."""
+    (proj.root / "recipes" / name).mkdir()
+    (proj.root / "recipes" / name / "set.toml").write_text((proj.folder / "set.toml").read_text())
+
+
+# -- 1. the project root is found from a folder inside it -----------------------------------
+
+def test_commands_find_the_project_from_a_subfolder(diamond: Project) -> None:
+    deep = diamond.root / "src" / "a"
+    res = run("realise", "t", "--json", cwd=deep)
+    assert res.returncode == 0, res.stderr
+    # The default store is the found project's, not one beside the current folder.
+    doc = json.loads(res.stdout)
+    assert all(n["path"].startswith(str(diamond.root / "store") + "/") for n in doc["nodes"]), doc
+    assert not (deep / "store").exists()
+    for cmd in (["plan"], ["lock", "--check"], ["why", "t"], ["store", "verify"], ["show", "b"]):
+        sub = run(*cmd, cwd=diamond.folder)
+        assert sub.returncode == 0, (cmd, sub.stderr)
+
+
+def test_the_noop_fast_path_agrees_from_a_subfolder(diamond: Project) -> None:
+    """`planner` (planner.entry) answers a no-op before the command line is imported: from a
+    folder inside the project it must give what the command line gives, not miss the project."""
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    at_root = run("realise", "t", cwd=diamond.root, module="planner.entry")
+    inside = run("realise", "t", cwd=diamond.folder, module="planner.entry")
+    no_set = run("realise", cwd=diamond.root / "src", module="planner.entry")
+    assert at_root.returncode == inside.returncode == no_set.returncode == 0, inside.stderr + no_set.stderr
+    assert at_root.stdout == inside.stdout == no_set.stdout
+    assert at_root.stdout.startswith(str(diamond.root / "store") + "/")
+
+
+def test_an_explicit_root_is_used_as_given(diamond: Project) -> None:
+    inside = diamond.folder
+    res = run("--root", str(inside), "plan", "t", cwd=diamond.root)
+    line = error_line(res)
+    assert f"{inside}/recipes" in line and "no recipe set 't'" in line, line
+
+
+def test_outside_any_project_one_line_names_the_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "nowhere"
+    (empty / "lockfiles").mkdir(parents=True)  # a lockfile folder alone is not a project
+    for cmd in (["realise", "t"], ["plan"], ["lock"], ["store", "gc"], ["why"]):
+        line = error_line(run(*cmd, cwd=empty))
+        assert str(empty) in line and "--root" in line, (cmd, line)
+    # Commands that need no project still run anywhere.
+    (empty / "f").write_text("x")
+    assert run("hash", "f", cwd=empty).returncode == 0
+    assert run("keys", "generate", "k", cwd=empty).returncode == 0
+
+
+def test_a_set_named_recipes_does_not_make_a_project(diamond: Project) -> None:
+    """recipes/recipes/ is a set, not a project root: from inside recipes/ the project above is meant."""
+    (diamond.root / "recipes" / "recipes").mkdir()
+    (diamond.root / "recipes" / "recipes" / "set.toml").write_text((diamond.folder / "set.toml").read_text())
+    res = run("plan", "t", "--json", cwd=diamond.root / "recipes")
+    assert res.returncode == 0, res.stderr
+
+
+# -- 2. did you mean, wherever a name comes from the command line ---------------------------
+
+@pytest.mark.parametrize("cmd", [
+    ["why", "tt"], ["push", "tt", "127.0.0.1:1/x:y"], ["export", "tt", "out.tar"], ["mirror", "export", "tt", "m"],
+    ["plan", "tt"], ["show", "b", "--set", "tt"], ["store", "size", "tt"],
+])
+def test_a_mistyped_set_gets_did_you_mean(diamond: Project, cmd: list[str]) -> None:
+    _second_set(diamond)
+    line = error_line(run(*cmd, cwd=diamond.root))
+    assert "'tt'" in line and "did you mean 't'?" in line and "one of: other, t" in line, line
+
+
+def test_a_mistyped_update_name_gets_did_you_mean(diamond: Project) -> None:
+    line = error_line(run("lock", "t", "--update", "a/sorce", cwd=diamond.root))
+    assert "--update 'a/sorce'" in line and "did you mean 'a/source'?" in line, line
+
+
+def test_a_mistyped_set_of_the_recorded_runs_gets_did_you_mean(diamond: Project) -> None:
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    for cmd in (["log", "b", "--set", "tt"], ["diff", "b", "--set", "tt"]):
+        line = error_line(run(*cmd, cwd=diamond.root))
+        assert "'tt'" in line and "did you mean 't'?" in line, (cmd, line)
+
+
+# -- 3. the last line of a realise counts what happened -------------------------------------
+
+def _last(res) -> str:
+    return res.stderr.strip().splitlines()[-1]
+
+
+def test_summary_counts_checked_nodes(diamond: Project) -> None:
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    res = run("realise", "t", "--check", "--progress=plain", cwd=diamond.root)
+    assert res.returncode == 0, res.stderr
+    assert "finished: 4 checked in" in res.stderr
+    assert _last(res) == "0 built, 0 reused, 4 checked", res.stderr
+
+
+def test_summary_counts_substituted_nodes(diamond: Project, registry: str, tmp_path: Path) -> None:  # noqa: F811
+    key = tmp_path / "k.sec"
+    public = run("keys", "generate", str(key), cwd=tmp_path).stdout.strip()
+    cache = f"oci://{registry}/experience-cache"
+    assert run("realise", "t", "--cache-to", cache, "--signing-key", str(key), cwd=diamond.root).returncode == 0
+    res = run("--store", str(tmp_path / "fresh"), "realise", "t", "--substituter", cache, "--trusted-key", public,
+              "--progress=plain", cwd=diamond.root)
+    assert res.returncode == 0, res.stderr
+    finished = re.search(r"finished: (\d+) substituted", res.stderr)
+    assert finished, res.stderr
+    assert re.fullmatch(rf"0 built, 0 reused, {finished.group(1)} substituted", _last(res)), res.stderr
+
+
+def test_summary_counts_failed_and_skipped_nodes(tmp_path: Path) -> None:
+    proj = Project.diamond(tmp_path, scripts={"b": "exit 3"})
+    proj.lock()
+    res = run("realise", "t", "--keep-going", "-j", "1", "--progress=plain", cwd=proj.root)
+    assert res.returncode != 0
+    assert "2 built, 0 reused, 1 failed, 1 skipped" in res.stderr.splitlines(), res.stderr
+
+
+# -- 4. counts in English, hints that name the set ------------------------------------------
+
+def test_gc_dry_run_says_entry_in_the_singular(diamond: Project) -> None:
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    diamond.recipe("d", deps=["b", "c"], env={"X": "1"})
+    diamond.lock()
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    dry = run("store", "gc", "--dry-run", cwd=diamond.root)
+    assert re.search(r"^would remove 1 entry, \d+ B$", dry.stdout, re.M), dry.stdout
+    gc = run("store", "gc", cwd=diamond.root)
+    assert gc.stdout.splitlines()[-1] == "removed 1 entry", gc.stdout
+
+
+def test_lock_counts_one_input_in_the_singular(diamond: Project) -> None:
+    res = run("lock", "t", cwd=diamond.root)
+    assert res.returncode == 0 and "(1 input, 0 changed)" in res.stdout, res.stdout
+    check = run("lock", "t", "--check", cwd=diamond.root)
+    assert check.returncode == 0 and "(1 input)" in check.stdout, check.stdout
+
+
+def test_push_counts_in_the_singular(tmp_path: Path, registry: str) -> None:  # noqa: F811
+    proj = Project.empty(tmp_path, target="img")
+    proj.recipe("one", script="echo one > $out/one.txt")
+    proj.write_raw("img", 'name = "img"\nversion = "1"\n[build]\nbuilder = "oci-image"\n[image]\nlayers = [["one"]]\n')
+    proj.lock()
+    # The second push finds the blobs and the image manifest there and puts the tag's one again.
+    for _ in range(2):
+        res = run("push", "t", f"{registry}/experience:v1", "--plain-http", cwd=proj.root)
+        assert res.returncode == 0, res.stderr
+        report = res.stderr.strip().splitlines()[-1]
+        assert re.search(r"\d+ blobs? uploaded \(\d+ bytes?\), \d+ already there; \d+ manifests? pushed", report), report
+        assert not re.search(r"\b1 (blobs|bytes|manifests)\b", report) and "(s)" not in report, report
+    assert "1 manifest pushed" in report, report
+
+
+def test_a_missing_lock_names_the_set_to_lock(diamond: Project) -> None:
+    _second_set(diamond)
+    diamond.lockfile.unlink()
+    for cmd in (["plan", "t"], ["realise", "t"], ["lock", "t", "--check"], ["show", "b", "--set", "t"],
+                ["why", "t", "--dry-run"], ["why-depends", "d", "a", "--set", "t"], ["export", "t", "x.tar"],
+                ["push", "t", "127.0.0.1:1/x:y"], ["mirror", "export", "t", "m"],
+                ["store", "pull", "t", "--from", "oci://127.0.0.1:1/c"]):
+        line = error_line(run(*cmd, cwd=diamond.root))
+        assert "no lockfile: run `planner lock t` first" in line, (cmd, line)
+
+
+# -- 5. refusals before work; what push and export do ---------------------------------------
+
+@pytest.mark.parametrize("cmd", [["export", "t", "{gone}/x.tar"], ["realise", "t", "--out-link", "{gone}/result"],
+                                 ["keys", "generate", "{gone}/k.sec"]])
+def test_a_file_into_a_missing_folder_is_refused_before_any_work(diamond: Project, tmp_path: Path,
+                                                                  cmd: list[str]) -> None:
+    gone = tmp_path / "no" / "such"
+    line = error_line(run(*[c.format(gone=gone) for c in cmd], cwd=diamond.root))
+    assert str(gone) in line and "does not exist" in line, line
+    assert not (tmp_path / "no").exists()
+    assert not (diamond.root / "store").exists()  # nothing realised first
+
+
+def test_push_and_export_help_say_they_realise_the_set(diamond: Project) -> None:
+    for cmd in ("push", "export"):
+        res = run(cmd, "--help", cwd=diamond.root)
+        assert "realised first" in " ".join(res.stdout.split()), res.stdout
+
+
+# -- 6. --help and README say what the commands are -----------------------------------------
+
+def _commands(group: click.Group, prefix: str = ""):
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, prefix + name + " ")
+        else:
+            yield prefix + name, cmd
+
+
+def test_optional_arguments_are_bracketed_in_usage() -> None:
+    wrong = []
+    for name, cmd in _commands(main):
+        usage = cmd.get_usage(click.Context(cmd, info_name=name))
+        for p in cmd.params:
+            if isinstance(p, click.Argument) and not p.required:
+                metavar = p.make_metavar(click.Context(cmd)) if p.metavar is None else p.metavar
+                if not (metavar.startswith("[") and metavar in usage):
+                    wrong.append(f"{name}: {metavar}")
+    assert not wrong, wrong
+
+
+def _synopses() -> list[str]:
+    """The README's command synopsis lines, one per command form (continuations joined)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("\nGlobal options", 1)[0]
+    logical: list[str] = []
+    for line in (l[4:] for l in block.splitlines() if l.startswith("    ")):
+        if line.startswith(" ") and logical:
+            logical[-1] += " " + line.strip()
+        else:
+            logical.append(line)
+    return [re.sub(r"^planner ", "", s) for line in logical for s in re.split(r" \| (?=planner |store )", line)]
+
+
+def test_readme_synopsis_of_each_command_lists_its_options() -> None:
+    synopses = _synopses()
+    global_opts = {"--root", "--store", "--mirror", "--help"}
+    missing = []
+    for name, cmd in _commands(main):
+        text = " ".join(s for s in synopses if s == name or s.startswith(name + " "))
+        if not text:
+            missing.append(f"{name}: no synopsis")
+            continue
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not set(p.opts) & global_opts:
+                if not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in p.opts + p.secondary_opts):
+                    missing.append(f"{name} {p.opts[-1]}")
+    assert not missing, missing
+
+
+def test_readme_transcripts_match_the_demo(tmp_path: Path) -> None:
+    """The README's demo transcripts count the demo's real plan and show its real digest."""
+    readme = (REPO / "README.md").read_text()
+    plan = run("--store", str(tmp_path / "store"), "plan", "demo", "--json", cwd=REPO)
+    assert plan.returncode == 0, plan.stderr
+    nodes = len(json.loads(plan.stdout)["nodes"])
+    for m in re.finditer(r"plan: (\d+) nodes, (\d+) to build or fetch, (\d+) cached", readme):
+        assert int(m.group(1)) == int(m.group(2)) + int(m.group(3)) == nodes, m.group(0)
+    for m in re.finditer(r"^(\d+) built, (\d+) reused", readme, re.M):
+        assert int(m.group(1)) + int(m.group(2)) == nodes, m.group(0)
+    first = re.search(r"^    (sha256:[0-9a-f]{64})$", readme, re.M).group(1)
+    console = re.findall(r"^(sha256:[0-9a-f]{64})$", readme, re.M)
+    assert console and set(console) == {first}, console
+    check = run("lock", "slime", "--check", cwd=REPO)
+    assert check.returncode == 0, check.stderr
+    said = re.search(r"lockfiles/slime\.lock: up to date for .*", readme).group(0)
+    assert said == check.stdout.strip(), (said, check.stdout)
