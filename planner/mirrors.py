@@ -439,7 +439,8 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
         raise FetchError(f"commit {commit} found nowhere: {errors[-1] if errors else 'no source'}", where=decl.id)
     if not pin.sha256:
         raise FetchError("the lock has no sha256 for it", where=decl.id)
-    origin = str(src.url) if src is not None and src.kind == "url" else (patch.url if patch is not None else None)
+    origin = (str(src.url) if src is not None and src.kind == "url" else patch.url if patch is not None
+              else pin.url if kind == "apt" and pin.url else None)  # (a .deb comes by hash from where apt found it)
     entry = store.lookup(fixed_key(pin.tree, decl.unpacks)) if pin.tree else None
     if entry is not None and entry.path.is_file() and not entry.path.is_symlink():
         return True, ", ".join(add_file(mirror, entry.path, url=origin, sha256=pin.sha256))
@@ -467,6 +468,6 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
                                  python_version=src.python,
                                  as_of=parse_as_of(decl.as_of) if decl.as_of else None)
         else:
-            raise FetchError(f"not in the store as fetched, and a {kind} input is not fetched again here; "
+            raise FetchError(f"not in the store as fetched, and its pin names no URL to fetch it again from; "
                              f"run `planner lock --update {decl.id}` first", where=decl.id)
         return True, ", ".join(add_file(mirror, dest, url=origin, sha256=pin.sha256))

@@ -196,7 +196,7 @@ def test_export_names_what_it_cannot_export(tmp_path: Path) -> None:
                       str(tmp_path / "m"), check=False)
     assert run.returncode != 0
     assert "failed apex/source: not locked" in run.stderr
-    assert run.stderr.strip().splitlines()[-1] == "planner: error: mirror export: 2 input(s) could not be exported " \
+    assert run.stderr.strip().splitlines()[-1] == "planner: error: mirror export: 2 inputs could not be exported " \
                                                   f"(the rest are in {tmp_path / 'm'})"
 
 
@@ -306,3 +306,41 @@ def test_a_mirror_from_the_environment_is_a_folder_or_a_url(tmp_path: Path, monk
         with pytest.raises(LockError) as e:
             load_mirrors(tmp_path)
         assert e.value.line().startswith("PLANNER_MIRRORS: ")
+
+
+@pytest.mark.skipif(not Path("/usr/bin/apt-get").exists(), reason="needs apt-get to lock an apt input")
+def test_export_fetches_a_pinned_deb_the_store_lacks_from_its_url(tmp_path: Path) -> None:
+    """An apt input locked on another machine (the store holds no .deb for it, as an amd64 store
+    holds no arm64 .deb): exported by fetching the pinned URL by hash, not refused."""
+    import re
+
+    root, locked_in = tmp_path / "proj", tmp_path / "lock-store"
+    folder = root / "recipes" / "ap"
+    folder.mkdir(parents=True)
+    (folder / "set.toml").write_text('target = "r"\nsource-date-epoch = 1700000000\nbuild-root = "host"\n'
+                                     'platforms = ["linux/amd64", "linux/arm64"]\n')
+    (folder / "r.toml").write_text('name = "r"\nversion = "1"\naxes = ["platform"]\n[inputs.tool]\nkind = "apt"\n'
+                                   'name = "hostname"\n[build]\nbuilder = "shell"\nscript = "true"\n')
+    run_planner("--root", str(root), "--store", str(locked_in), "lock", "ap")
+    lockfile = root / "lockfiles" / "ap.lock"
+    from urllib.parse import unquote
+
+    debs = [p for p in locked_in.iterdir() if p.is_file() and p.name.endswith(".deb")]
+    with LoopbackServer() as files:
+        served = []
+        # Where apt found them, now a loopback server (this machine reaches Debian through apt only).
+        text = lockfile.read_text()
+        urls = re.findall(r'url = "([^"]+)"', text)
+        assert len(urls) == 2, text
+        for url in urls:
+            segment = url.rsplit("/", 1)[1]
+            (deb,) = [p for p in debs if p.name.endswith("-" + unquote(segment))]
+            files.add("/pool/" + segment, deb.read_bytes())
+            served.append(hashlib.sha256(deb.read_bytes()).hexdigest())
+            text = text.replace(url, files.url("/pool/" + segment))
+        lockfile.write_text(text)
+        run = run_planner("--root", str(root), "--store", str(tmp_path / "empty"), "mirror", "export", "ap",
+                          str(tmp_path / "m"), check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == f"{tmp_path / 'm'}: 2 written, 0 skipped, 0 failed", run.stdout
+    assert sorted(p.name for p in (tmp_path / "m" / "sha256").iterdir()) == sorted(served)

@@ -70,7 +70,9 @@ def test_read_only_store(tmp_path: Path, figure: dict) -> None:
         verify = as_user("store", "verify")
         noop = as_user("realise", "t")
         # Every command the refusal names as still working does work.
-        readers = {" ".join(a): as_user(*a) for a in (("store", "roots"), ("store", "size", "t"), ("show", "a", "--set", "t"))}
+        readers = {" ".join(a): as_user(*a) for a in (
+            ("store", "roots"), ("store", "size", "t"), ("show", "a", "--set", "t"), ("plan", "t"), ("why", "t"),
+            ("why", "t", "--dry-run"), ("realise", "t", "--dry-run"), ("log", "a", "--set", "t"))}
         for what, r in readers.items():
             assert r.returncode == 0 and "unable to open" not in r.stderr, (what, r.stderr)
         (proj.root / "src/a/data.txt").chmod(0o666)
@@ -81,7 +83,8 @@ def test_read_only_store(tmp_path: Path, figure: dict) -> None:
         assert noop.returncode == 0, noop.stderr
         lines = [l for l in build.stderr.splitlines() if l.startswith("planner: error:")]
         assert build.returncode != 0 and len(lines) == 1 and "not writable" in lines[0], build.stderr
-        for named in ("store verify", "store roots", "store size", "show", "a no-op realise"):
+        for named in ("store verify", "store roots", "store size", "show", "a no-op realise", "plan", "why",
+                      "log", "dry runs"):
             assert named in lines[0], (named, lines[0])
         assert "unable to open database file" not in build.stderr + verify.stderr + noop.stderr
         figure.update(trials=6, faults="store owned by root, commands run as planner-ci: verify, a no-op realise, "
