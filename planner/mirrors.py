@@ -410,14 +410,15 @@ def export_set(rs, store, lock, mirror: Path, *, mirrors: list[str] = (), log=la
         for platform, pin in sorted(li.pins.items()):
             log(f"exporting {id_}" + ("" if platform == ANY else f" [{platform}]"))
             try:
-                detail = _export_one(decl, pin, platform, store, mirror, list(mirrors), fixed_key, tempfile)
+                detail = _export_one(decl, pin, platform, store, mirror, list(mirrors), fixed_key, tempfile, rs.name)
                 out.append(Exported(id_, platform, "written" if detail[0] else "skipped", detail[1]))
             except PlannerError as exc:
                 out.append(Exported(id_, platform, "failed", exc.line()))
     return out
 
 
-def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fixed_key, tempfile) -> tuple[bool, str]:
+def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fixed_key, tempfile,
+                set_name: str) -> tuple[bool, str]:
     from .errors import FetchError
 
     src, patch = decl.source, decl.patch
@@ -469,5 +470,5 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
                                  as_of=parse_as_of(decl.as_of) if decl.as_of else None)
         else:
             raise FetchError(f"not in the store as fetched, and its pin names no URL to fetch it again from; "
-                             f"run `planner lock --update {decl.id}` first", where=decl.id)
+                             f"run `planner lock {set_name} --update {decl.id}` first", where=decl.id)
         return True, ", ".join(add_file(mirror, dest, url=origin, sha256=pin.sha256))

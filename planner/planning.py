@@ -74,7 +74,7 @@ def load(root: Path, set_name: str, *, sandboxed: bool = True, target: Optional[
         deferred = tuple(p for p in problems if p.id in input_ids)
         problems = [p for p in problems if p.id not in input_ids]
         if problems:
-            more = f" (and {len(problems) - 1} more; see `planner lock --check`)" if len(problems) > 1 else ""
+            more = f" (and {len(problems) - 1} more; see `planner lock {rs.name} --check`)" if len(problems) > 1 else ""
             raise LockError(f"{problems[0].line()}{more}; `planner lock {rs.name}` re-pins it",
                             where=str(rs.lockfile.relative_to(root)))
     host = detect_host(sandboxed)
@@ -194,7 +194,7 @@ def stale_outside(planned: Planned, closure: set[str]) -> list[str]:
     used |= {p.id for p in planned.deferred if p.id.split("/", 1)[0] in recipes}
     stale_used = [p for p in planned.deferred if p.id in used]
     if stale_used:
-        more = f" (and {len(stale_used) - 1} more; see `planner lock --check`)" if len(stale_used) > 1 else ""
+        more = f" (and {len(stale_used) - 1} more; see `planner lock {planned.set_name} --check`)" if len(stale_used) > 1 else ""
         raise LockError(f"{stale_used[0].line()}{more}; `planner lock {planned.set_name}` re-pins it",
                         where=str(planned.rs.lockfile.relative_to(planned.root)))
     stale_other = sorted({p.id for p in planned.deferred} - used)

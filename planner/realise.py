@@ -392,7 +392,7 @@ def _refuse_edited_pins(plan, lock, closure, store, rs) -> None:
             seen.add((ref.decl, ref.platform))
             problem = pin_conflict(store, lock.inputs[ref.decl].pin(ref.platform), ref.unpacks)
             if problem:
-                raise LockError(f"{ref.decl}: {problem}: was the pin edited by hand? run `planner lock --update "
+                raise LockError(f"{ref.decl}: {problem}: was the pin edited by hand? run `planner lock {rs.name} --update "
                                 f"{ref.decl}`", where=str(rs.lockfile.relative_to(rs.root)))
 
 

@@ -432,7 +432,7 @@ class Resolver:
     def materialise(self, decl: InputDecl, li: LockedInput, platform: str | None) -> Entry:
         """The store entry of a pinned input, fetching (and verifying) it if absent."""
         if li.status != "locked":
-            raise LockError(f"input is not locked: {li.reason or 'unresolved'}; run `planner lock --update {decl.id}`",
+            raise LockError(f"input is not locked: {li.reason or 'unresolved'}; run `planner lock {self.rs.name} --update {decl.id}`",
                             where=decl.id)
         pin = li.pin(platform)
         if pin.tree is None:
@@ -441,7 +441,7 @@ class Resolver:
         if entry is not None:
             problem = pin_conflict(self.store, pin, decl.unpacks)
             if problem:
-                raise LockError(f"{problem}: was the pin edited by hand? run `planner lock --update {decl.id}`",
+                raise LockError(f"{problem}: was the pin edited by hand? run `planner lock {self.rs.name} --update {decl.id}`",
                                 where=decl.id)
             return entry
         self.log(f"fetching {decl.id}")
