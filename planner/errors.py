@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 # Error lines embed hostile values (a member name, a path, a URL, an OSError's text), and a
 # few KiB of gzip can carry a megabyte name: whatever it embeds, a line stays one a person can
 # read. Each unbroken value keeps its start and end around an ellipsis, and so does the line.
 MAX_VALUE = 400  # (a long URL or store path a person may copy from the line still fits)
 MAX_LINE = 2000
-_LONG_VALUE = re.compile(r"\S{%d,}" % (MAX_VALUE + 1))
 
 
 def clip(text: str, limit: int = MAX_VALUE) -> str:
@@ -29,7 +26,9 @@ def bounded(text: str) -> str:
     """One line of at most MAX_LINE characters, with no value longer than MAX_VALUE."""
     text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\0", "\\0")
     if len(text) > MAX_VALUE:
-        text = clip(_LONG_VALUE.sub(lambda m: clip(m.group()), text), MAX_LINE)
+        import re  # (here: every command imports this module, and most lines are short)
+
+        text = clip(re.sub(r"\S{%d,}" % (MAX_VALUE + 1), lambda m: clip(m.group()), text), MAX_LINE)
     return text
 
 
