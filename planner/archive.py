@@ -23,52 +23,29 @@ are 0755; owners and times are not restored. That is exactly what tree hash v1 s
 from __future__ import annotations
 
 import enum
-import io
-import lzma
 import os
 import shutil
 import stat
-import sys
 import tarfile
 import tempfile
 import zipfile
-import zlib
 from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import attrs
 
-from .errors import FetchError, PlannerError, UnsafeArchive, UnsafeTree, shown
-from .safetree import NAME_MAX, PATH_MAX, byte_len, read_limited
+from .errors import FetchError, UnsafeArchive, UnsafeTree, shown
+from .debfile import AR_MAGIC, deb_member, open_ar_tar, read_ar
+from .safetree import NAME_MAX, PATH_MAX, byte_len
+from .tarbounds import BoundedTarInfo, HeaderRefused, normalise_name, one_line, read_errors, size_text
 
-__all__ = ["safe_extract", "open_deb_control", "ArMember", "read_ar", "UnpackLimits"]
+__all__ = ["safe_extract", "UnpackLimits"]
 
-_AR_MAGIC = b"!<arch>\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 # Linux gives up after 40 symlink hops (MAXSYMLINKS); an archive needing more is hostile.
 _MAX_LINK_HOPS = 40
 _COPY_CHUNK = 1 << 20
-# A .deb has three members (and perhaps a signature); more is no package. A BSD long name is
-# read whole, so it is bounded like any path.
-_AR_MAX_MEMBERS = 1024
-# tarfile reads a PAX or GNU long-name header whole before anything can look at the name in
-# it: a few KiB of gzip can declare a gigabyte one. A real one holds a path or two and times.
-_MAX_EXT_HEADER = 1 << 20
-_EXT_HEADER_TYPES = frozenset({tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                               tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE})
-# What reading a damaged archive raises: truncated streams, bad CRCs, encrypted zip members,
-# decompressor errors, a full disk.
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, RuntimeError, ValueError, lzma.LZMAError, zlib.error)
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    # zstandard is optional and imported only for a .zst member: its error joins when it is there.
-    zstd = sys.modules.get("zstandard")
-    return _READ_ERRORS + ((zstd.ZstdError,) if zstd is not None else ())
-
-
 @attrs.frozen
 class UnpackLimits:
     """What one archive may unpack to. Unpacking happens at lock and prefetch time, on the
@@ -90,189 +67,8 @@ class UnpackLimits:
         return min(self.bytes, max(self.floor, self.ratio * archive_size))
 
     def describe(self) -> str:
-        return (f"at most {self.ratio} times the archive's size, at least {_size(self.floor)}, "
-                f"at most {_size(self.bytes)}")
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.3g} {unit}"
-    return f"{n} bytes"
-
-
-# -- ar (the container of a .deb) ------------------------------------------------------------
-
-
-@attrs.frozen
-class ArMember:
-    name: str
-    offset: int  # of the member's data within the ar file
-    size: int
-
-
-def read_ar(f: BinaryIO, *, where: str) -> list[ArMember]:
-    """Member table of a System V / GNU `ar` archive (the format of `.deb` files).
-
-    Only what a .deb needs: short names (GNU's trailing `/` stripped) and BSD `#1/len` long
-    names. GNU long-name tables are not used by dpkg, so they are rejected. Every number in a
-    header is checked (plain decimal digits, the member inside the file) before it is used:
-    a header is untrusted input like the rest.
-    """
-    f.seek(0)
-    if f.read(8) != _AR_MAGIC:
-        raise FetchError("not an ar archive (bad magic)", where=where)
-    end = os.fstat(f.fileno()).st_size
-    members: list[ArMember] = []
-    while True:
-        header = f.read(60)
-        if not header:
-            return members
-        if len(header) != 60 or header[58:60] != b"`\n":
-            raise FetchError(f"truncated or corrupt ar header after {len(members)} members", where=where)
-        if len(members) == _AR_MAX_MEMBERS:
-            raise FetchError(f"more than {_AR_MAX_MEMBERS} ar members: not a Debian package", where=where)
-        raw_name = header[0:16].decode("ascii", "replace").rstrip()
-        size = _ar_number(header[48:58], f"size of ar member {shown(raw_name)}", where)
-        offset = f.tell()
-        if offset + size > end:
-            raise FetchError(f"ar member {shown(raw_name)} runs past the end of the file ({size} bytes from "
-                             f"offset {offset}, the file has {end})", where=where)
-        if raw_name.startswith("#1/"):
-            # BSD: the real name is the first N bytes of the data.
-            name_len = _ar_number(header[3:16], f"BSD name length of ar member {shown(raw_name)}", where)
-            if name_len > min(size, PATH_MAX):
-                bound = f"its size ({size})" if name_len > size else f"{PATH_MAX} bytes"
-                raise FetchError(f"BSD name length {name_len} of ar member {shown(raw_name)} is more than {bound}",
-                                 where=where)
-            name = f.read(name_len).rstrip(b"\0").decode("utf-8", "replace")
-            offset += name_len
-            size -= name_len
-        elif raw_name.startswith("/") and raw_name not in ("/", "//"):
-            raise FetchError(f"GNU long-name ar member {shown(raw_name)} is not supported", where=where)
-        else:
-            name = raw_name[:-1] if raw_name.endswith("/") and raw_name != "/" else raw_name
-        members.append(ArMember(name=name, offset=offset, size=size))
-        # Member data is padded to an even length (a missing last pad byte reads as the end).
-        f.seek(offset + size + (offset + size) % 2)
-
-
-def _ar_number(field: bytes, what: str, where: str) -> int:
-    """A decimal field of an ar header: digits only, so no sign, blank, '_' or other digit
-    that int() would take."""
-    digits = field.strip(b" ")
-    if not digits.isdigit():  # bytes.isdigit: ASCII 0-9 only, and False when empty
-        raise FetchError(f"corrupt ar header: {what} is {shown(digits.decode('ascii', 'replace'))}, "
-                         f"not a decimal number", where=where)
-    return int(digits)
-
-
-class _Slice(io.RawIOBase):
-    """A read-only, seekable window onto part of a file: one ar member, without copying it."""
-
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        self._f = f
-        self._start = offset
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(b), self._size - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-def _open_ar_tar(f: BinaryIO, member: ArMember, *, where: str) -> tarfile.TarFile:
-    view = io.BufferedReader(_Slice(f, member.offset, member.size), buffer_size=_COPY_CHUNK)
-    if member.name.endswith(".zst"):
-        try:
-            import zstandard  # type: ignore[import-not-found]
-        except ImportError:
-            raise FetchError(f"{member.name} is zstd-compressed and the zstandard module is not installed",
-                             where=where) from None
-        stream = zstandard.ZstdDecompressor().stream_reader(view)
-        return tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo)  # zstd stream is not seekable
-    try:
-        return tarfile.open(fileobj=view, mode="r:*", tarinfo=BoundedTarInfo)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise FetchError(f"member {member.name} is not a readable tar: {_one_line(e)}", where=where) from None
-
-
-def _deb_member(members: list[ArMember], prefix: str, *, where: str) -> ArMember:
-    found = [m for m in members if m.name.startswith(prefix)]
-    if len(found) != 1:
-        names = ", ".join(m.name for m in members) or "nothing"
-        raise FetchError(f"expected one {prefix}* member in the .deb, found {names}", where=where)
-    return found[0]
-
-
-def open_deb_control(deb: Path) -> dict[str, str]:
-    """The fields of a .deb's `control` file (Package, Version, Architecture, Depends, ...).
-
-    Continuation lines are joined with newlines, as deb822 defines them. Whatever is wrong
-    with the file is one typed error naming it: it came from a mirror.
-    """
-    where = str(deb)
-    try:
-        return _read_control(deb, where)
-    except PlannerError:
-        raise
-    except HeaderRefused as e:
-        raise UnsafeArchive(str(e), where=where) from None
-    except _read_errors() as e:
-        raise FetchError(f"cannot read the .deb's control file: {_one_line(e)}", where=where) from None
-
-
-def _read_control(deb: Path, where: str) -> dict[str, str]:
-    with open(deb, "rb") as f:
-        member = _deb_member(read_ar(f, where=where), "control.tar", where=where)
-        with _open_ar_tar(f, member, where=where) as tar:
-            for info in tar:
-                if _normalise_name(info.name) == "control" and info.isreg():
-                    data = tar.extractfile(info)
-                    assert data is not None
-                    raw = read_limited(data, what="control file", where=where)  # a small .deb may inflate
-                    return parse_deb822(raw.decode("utf-8", "replace"))
-    raise FetchError("no control file in control.tar", where=where)
-
-
-def parse_deb822(text: str) -> dict[str, str]:
-    """One deb822 paragraph: `Field: value` lines, continuation lines start with blank space."""
-    fields: dict[str, str] = {}
-    last: str | None = None
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                break  # end of the first paragraph
-            continue
-        if line[0] in " \t":
-            if last is not None:
-                fields[last] += "\n" + line.strip()
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            last = key.strip()
-            fields[last] = value.strip()
-    return fields
+        return (f"at most {self.ratio} times the archive's size, at least {size_text(self.floor)}, "
+                f"at most {size_text(self.bytes)}")
 
 
 # -- members: one neutral model for tar and zip ---------------------------------------------
@@ -296,15 +92,6 @@ class _Member:
     open: Callable[[], BinaryIO] | None = None
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _normalise_name(raw: str) -> str:
-    """Member name without '.' and empty components; '' for the archive root itself."""
-    return "/".join(p for p in raw.split("/") if p not in ("", "."))
-
-
 def _checked_name(raw: str, *, where: str, what: str = "member") -> str:
     # Lengths first: the other checks would split or quote a megabyte name.
     if byte_len(raw) > PATH_MAX:
@@ -318,7 +105,7 @@ def _checked_name(raw: str, *, where: str, what: str = "member") -> str:
         raise UnsafeArchive(f"{what} {shown(raw)} has a NUL byte in its name", where=where)
     if any(byte_len(p) > NAME_MAX for p in parts):
         raise UnsafeArchive(f"{what} {shown(raw)}: a path component longer than {NAME_MAX} bytes", where=where)
-    return _normalise_name(raw)
+    return normalise_name(raw)
 
 
 def _checked_target(name: str, target: str, *, where: str) -> str:
@@ -328,28 +115,6 @@ def _checked_target(name: str, target: str, *, where: str) -> str:
     if "\0" in target:
         raise UnsafeArchive(f"symlink {shown(name)} has a NUL byte in its target", where=where)
     return target
-
-
-class HeaderRefused(Exception):
-    """Raised from inside tarfile, which knows no file name; turned into UnsafeArchive by the
-    caller that does. Not an OSError or TarError, so tarfile passes it on unchanged."""
-
-
-class BoundedTarInfo(tarfile.TarInfo):
-    """tarfile's member header, refusing before anything is read what no real archive has:
-    an extended header (PAX, GNU long name or link) over _MAX_EXT_HEADER, and a negative size
-    (GNU base-256 allows one; it would subtract from the unpacked-bytes count).
-
-    _proc_member is the hook tarfile documents for subclasses; the headers after an extended
-    one are read through the same class, so they are bounded too."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
-        if self.size < 0:
-            raise HeaderRefused(f"tar member {shown(self.name)} has a negative size")
-        if self.type in _EXT_HEADER_TYPES and self.size > _MAX_EXT_HEADER:
-            raise HeaderRefused(f"extended tar header of {self.size} bytes (a name or link target "
-                                 f"over {_size(_MAX_EXT_HEADER)}): refused")
-        return super()._proc_member(tarfile_)
 
 
 def _tar_members(tar: tarfile.TarFile, *, where: str) -> Iterator[_Member]:
@@ -421,7 +186,7 @@ class _Tree:
             raise UnsafeArchive(f"more than {self.limits.members:,} members: refused", where=self.where)
         if size > self.max_bytes:
             member = f" (at member {shown(at)})" if at is not None else ""
-            raise UnsafeArchive(f"unpacks to more than {_size(self.max_bytes)}{member}: refused "
+            raise UnsafeArchive(f"unpacks to more than {size_text(self.max_bytes)}{member}: refused "
                                 f"({self.limits.describe()})", where=self.where)
 
     def _count(self, m: _Member) -> None:
@@ -568,10 +333,10 @@ def _sniff(archive: Path) -> str:
         with open(archive, "rb") as f:
             head = f.read(8)
     except OSError as e:
-        raise FetchError(f"cannot read archive: {_one_line(e)}", where=str(archive)) from None
+        raise FetchError(f"cannot read archive: {one_line(e)}", where=str(archive)) from None
     if head.startswith(_ZIP_MAGICS):
         return "zip"
-    if head == _AR_MAGIC:
+    if head == AR_MAGIC:
         return "deb"
     return "tar"
 
@@ -588,8 +353,8 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
                     tree.add(m)
         elif kind == "deb":
             with open(archive, "rb") as f:
-                data = _deb_member(read_ar(f, where=where), "data.tar", where=where)
-                with _open_ar_tar(f, data, where=where) as tar:
+                data = deb_member(read_ar(f, where=where), "data.tar", where=where)
+                with open_ar_tar(f, data, where=where) as tar:
                     for m in _tar_members(tar, where=where):
                         tree.add(m)
         else:
@@ -608,8 +373,8 @@ def _extract_into(archive: Path, tree: _Tree, kind: str) -> None:
         # The writer's own refusals (a full disk while making a directory): a FetchError like
         # the rest, so that callers name the input it came as.
         raise FetchError(e.message, where=where) from None
-    except _read_errors() as e:
-        raise FetchError(f"cannot unpack this {kind} archive: {_one_line(e)}", where=where) from None
+    except read_errors() as e:
+        raise FetchError(f"cannot unpack this {kind} archive: {one_line(e)}", where=where) from None
 
 
 def safe_extract(archive: Path, dest: Path, *, strip_single_root: bool = True,

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from planner.archive import open_deb_control, read_ar, safe_extract
+from planner.archive import safe_extract
+from planner.debfile import open_deb_control, read_ar
 from planner.errors import FetchError, UnsafeArchive
 from planner.hashing import tree_digest
 

@@ -393,7 +393,7 @@ def test_gc_dry_run_sizes_and_roots(diamond: Project) -> None:
     dry = diamond.cli("store", "gc", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert re.search(rf"^would remove {re.escape(old_d)}  \d+ B$", dry.stdout, re.M), dry.stdout
-    assert re.search(r"^would remove 1 entry, \d+ B$", dry.stdout, re.M), dry.stdout
+    assert re.search(r"^1 entry would be removed, \d+ B$", dry.stdout, re.M), dry.stdout
     assert (diamond.store / old_d).is_dir()  # nothing removed
     roots = diamond.cli("store", "roots")
     assert roots.returncode == 0 and re.search(r"^set:.*:t -> .*closure \d", roots.stdout, re.M), roots.stdout

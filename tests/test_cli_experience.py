@@ -179,9 +179,9 @@ def test_gc_dry_run_says_entry_in_the_singular(diamond: Project) -> None:
     diamond.lock()
     assert run("realise", "t", cwd=diamond.root).returncode == 0
     dry = run("store", "gc", "--dry-run", cwd=diamond.root)
-    assert re.search(r"^would remove 1 entry, \d+ B$", dry.stdout, re.M), dry.stdout
+    assert re.search(r"^1 entry would be removed, \d+ B$", dry.stdout, re.M), dry.stdout
     gc = run("store", "gc", cwd=diamond.root)
-    assert gc.stdout.splitlines()[-1] == "removed 1 entry", gc.stdout
+    assert gc.stdout.splitlines()[-1] == "1 entry removed", gc.stdout
 
 
 def test_lock_counts_one_input_in_the_singular(diamond: Project) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.archive import open_deb_control, safe_extract
+from planner.archive import safe_extract
+from planner.debfile import open_deb_control
 from planner.errors import FetchError
 from planner.fetch.apt import AptPackage, candidate_version, debian_arch, download
 

@@ -19,7 +19,8 @@ import pytest
 
 from planner import archive as archive_mod
 from planner import errors as errors_mod
-from planner.archive import open_deb_control, read_ar, safe_extract
+from planner.archive import safe_extract
+from planner.debfile import open_deb_control, read_ar
 from planner.errors import FetchError, PlannerError, UnsafeArchive
 from planner.safetree import Tree
 from tests.reliability.support import assert_clean_error, shell_recipe

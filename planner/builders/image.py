@@ -162,7 +162,7 @@ def _wheels_of(entry_path: Path) -> list[Path]:
 
 def _base_packages(rootfs: Path) -> tuple[tuple[str, str, str], ...]:
     """(package, version, architecture) from the base's dpkg status, if it has one."""
-    from ..archive import parse_deb822
+    from ..debfile import parse_deb822
 
     with Tree(rootfs, where=f"base {rootfs.name}") as tree:
         st = tree.lstat("var/lib/dpkg/status")

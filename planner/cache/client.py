@@ -234,7 +234,7 @@ class BinaryCache:
         return out
 
     def _differing_fields(self, doc: dict, preimage: dict) -> list[str]:
-        from ..oci.registry import descriptor_from
+        from ..oci.descriptor import descriptor_from
 
         try:
             config = descriptor_from(doc.get("config"), field="config", where=str(self.ref))
@@ -433,7 +433,7 @@ def _json_object(text: Optional[str]) -> Optional[dict]:
 def _parse_entry(doc: dict, *, where: str) -> Optional[tuple[dict, "Descriptor", "Descriptor"]]:
     """(annotations, layer, config) of a store entry's manifest, every field type-checked; None
     when it is plainly not one (another artifact type); CacheError naming the malformed field."""
-    from ..oci.registry import descriptor_from
+    from ..oci.descriptor import descriptor_from
 
     config = doc.get("config")
     if (doc.get("artifactType") != ARTIFACT_TYPE or not isinstance(config, dict)

@@ -65,7 +65,9 @@ def store_gc(ctx: Context, dry_run: bool) -> None:
     for r in removed:
         click.echo(f"{verb} {r}" + (f"  {human(sizes.get(r, 0))}" if dry_run else ""))
     freed = f", {human(sum(sizes.get(r, 0) for r in removed))}" if dry_run else ""
-    click.echo(f"{verb} {count(len(removed), 'entry', 'entries')}{freed}")
+    # The total after the entries, as nix-collect-garbage prints it ("N store paths deleted"):
+    # it does not start like an entry's line, so the lines of entries stay easy to pick out.
+    click.echo(f"{count(len(removed), 'entry', 'entries')} {'would be removed' if dry_run else 'removed'}{freed}")
 
 
 @store.command("roots")

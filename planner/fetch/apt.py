@@ -20,7 +20,7 @@ from typing import Callable, Iterator, TypeVar
 
 import attrs
 
-from ..archive import open_deb_control
+from ..debfile import open_deb_control
 from ..errors import FetchError, PlannerError
 
 __all__ = ["AptPackage", "download", "debian_arch", "candidate_version"]

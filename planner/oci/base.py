@@ -25,7 +25,7 @@ def reuse_base(image: Path, blobs: Path, config: ImageConfig) -> tuple[list[Laye
     written for it."""
     # Imported here: the registry module brings httpx, which a build without a pulled base
     # never needs.
-    from .registry import descriptor_from
+    from .descriptor import descriptor_from
 
     where = f"base image {image.name}"
     with Tree(image, where=where) as src:

@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import attrs
 
@@ -216,3 +216,59 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_COPY_CHUNK):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+# -- descriptors inside a pulled document (untrusted: every field checked) ----------------------
+
+def descriptor_from(value: object, *, field: str, where: str, kind: str = "manifest") -> Descriptor:
+    """A descriptor inside a pulled document, every field type-checked first (Descriptor.from_json
+    would take a list for a media type, "5" or 5.5 for a size): one OciError naming the field."""
+
+    def bad(what: str) -> OciError:
+        return OciError(f"{kind} field {field}{what}", where=where)
+
+    if not isinstance(value, dict):
+        raise bad(" is not a descriptor object")
+    if not isinstance(value.get("mediaType"), str):
+        raise bad(".mediaType is not a string")
+    digest = value.get("digest")
+    try:
+        check_digest(digest if isinstance(digest, str) else "")
+    except OciError:
+        raise bad(f".digest {str(digest)[:80]!r} is not sha256:<64 hex digits>") from None
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad(".size is not a byte count")
+    platform = value.get("platform")
+    if platform is not None and not (
+            isinstance(platform, dict) and isinstance(platform.get("os"), str)
+            and isinstance(platform.get("architecture"), str) and isinstance(platform.get("variant", ""), str)):
+        raise bad(".platform is not an object with os and architecture strings")
+    annotations = value.get("annotations")
+    if annotations is not None and not (isinstance(annotations, dict)
+                                        and all(isinstance(v, str) for v in annotations.values())):
+        raise bad(".annotations is not a map of strings")
+    return Descriptor.from_json(value, where=f"{where} {field}")
+
+
+def _list_field(doc: dict[str, Any], name: str, *, where: str, kind: str, required: bool) -> list[Any]:
+    value = doc.get(name)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise OciError(f"{kind} field {name} is not a list", where=where)
+    return value
+
+
+def iter_manifest_children(doc: dict[str, Any], *, where: str, media_type: str | None = None) -> Iterator[Descriptor]:
+    """Descriptors a pulled manifest/index document refers to: an index's `manifests`, an image
+    manifest's `config` then `layers` (by `media_type`, else by the document's keys). Any field
+    of another shape is one OciError naming it."""
+    is_index = media_type in INDEX_TYPES if media_type is not None else "manifests" in doc
+    if is_index:
+        for i, m in enumerate(_list_field(doc, "manifests", where=where, kind="index", required=True)):
+            yield descriptor_from(m, field=f"manifests[{i}]", where=where, kind="index")
+    else:
+        yield descriptor_from(doc.get("config"), field="config", where=where)
+        for i, layer in enumerate(_list_field(doc, "layers", where=where, kind="manifest", required=False)):
+            yield descriptor_from(layer, field=f"layers[{i}]", where=where)

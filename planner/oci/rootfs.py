@@ -32,7 +32,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 import attrs
 
-from ..archive import ArMember, BoundedTarInfo, HeaderRefused, parse_deb822, read_ar
+from ..debfile import ArMember, parse_deb822, read_ar
+from ..tarbounds import BoundedTarInfo, HeaderRefused
 from ..errors import OciError, UnsafeArchive
 from .wheels import INSTALLER_NAME, InstalledWheel, install_wheel  # noqa: F401  (re-exported; they lived here)
 

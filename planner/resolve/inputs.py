@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import attrs
 
-from ..archive import open_deb_control
+from ..debfile import open_deb_control
 from ..errors import FetchError, HashMismatch, InputError, LockError, PlannerError, UnsafeArchive, UnsafeTree
 from ..derivation import fixed_key
 from ..mirrors import mirror_candidates

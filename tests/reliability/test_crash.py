@@ -319,7 +319,10 @@ def test_ctrl_c_stops_at_once_and_leaves_a_sound_store(tmp_path: Path, figure: d
         # A fresh store fetches the pinned input again, from a server that now stalls half-way.
         srv.add("/blob.bin", BLOB, fault=Fault.SLOW, times=1000, delay=60)
         store = tmp_path / "store-int"
-        p = popen(proj, "realise", proj.set, "-j", "2", "--progress=plain", store=store)
+        # As from a terminal: a suite started in the background (CI) inherits SIGINT ignored,
+        # which Python then leaves ignored; a user's Ctrl-C finds its default handler.
+        p = popen(proj, "realise", proj.set, "-j", "2", "--progress=plain", store=store,
+                  python_prelude="import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)")
         time.sleep(3)  # both under way: the sleep in its sandbox, the download in a planner thread
         assert p.poll() is None, p.communicate()
         t0 = time.monotonic()
