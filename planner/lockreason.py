@@ -14,6 +14,7 @@ Pure functions, standard library only.
 from __future__ import annotations
 
 import itertools
+import re
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -71,7 +72,9 @@ def _compose(where: str, unreachable: bool, incomplete: bool, not_found: bool) -
 
 def portable(kind: str, url: Optional[str], suite: Optional[str], message: str) -> str:
     """The reason to record for an input of this declaration that failed with `message`."""
-    low = message.lower()
+    # The markers are matched in the error's words, not in the URLs it names: a loopback port
+    # such as 40421 holds "404", a path may hold "not found".
+    low = re.sub(r"[a-z][a-z0-9+.-]*://\S*", " ", message.lower())
     if kind == "apt":
         if suite and (f"wants {suite.lower()}" in low or f"not {suite.lower()}" in low):
             return f"wants {suite}, which the apt sources{SUFFIX} do not offer"
