@@ -198,7 +198,7 @@ def test_store_verify_of_a_damaged_store_reports_through_the_command_line(built)
     res = planner(proj, "store", "verify")
     assert res.returncode != 0
     assert f"corrupt: {path}: content hashes to" in res.stdout
-    assert res.stderr.startswith("planner: error: ") and res.stderr.rstrip().endswith(": 1 corrupt entry")
+    assert res.stderr.startswith("planner: error: ") and ": 1 corrupt entry: `planner store verify --repair`" in res.stderr
 
 
 def test_a_file_edited_during_the_realise_is_not_cached_as_built(tmp_path: Path) -> None:

@@ -18,16 +18,32 @@ def store() -> None:
 
 
 @store.command("verify")
+@click.option("--repair", is_flag=True, help="Remove each corrupt or missing entry, so that the next realise "
+                                              "that needs it builds or fetches it again.")
 @click.pass_obj
-def store_verify(ctx: Context) -> None:
-    """Re-hash every entry and report corruption."""
+def store_verify(ctx: Context, repair: bool) -> None:
+    """Re-hash every entry and report corruption.
+
+    As nix-store --verify --check-contents; with --repair, as --repair too."""
     from ..store import Store
 
+    if repair:
+        st = Store(ctx.store_for_read())
+        try:
+            removed = st.repair()
+        finally:
+            st.close()
+        for e, why in removed:
+            click.echo(f"removed {e.path.name}: {why}")
+        click.echo(f"store ok: {count(len(removed), 'corrupt entry', 'corrupt entries')} removed; the next realise "
+                   "makes what it needs of them again" if removed else "store ok")
+        return
     bad = Store(ctx.store_for_read(), read_only=True).verify()
     for e, why in bad:
         click.echo(f"corrupt: {e.path.name}: {why}")
     if bad:
-        raise PlannerError(count(len(bad), "corrupt entry", "corrupt entries"), where=str(ctx.store))
+        raise PlannerError(f"{count(len(bad), 'corrupt entry', 'corrupt entries')}: `planner store verify --repair` "
+                           "removes them, and the next realise makes them again", where=str(ctx.store))
     click.echo("store ok")
 
 

@@ -306,6 +306,27 @@ class Store:
                 bad.append((e, f"content hashes to {actual}, recorded {e.digest}"))
         return bad
 
+    def repair(self) -> list[tuple[Entry, str]]:
+        """`verify`, then each entry that fails it removed (as `nix-store --verify --repair`
+        makes a path valid again, here by forgetting it: the next realise that needs it builds
+        or fetches it again). Returns what was removed, and why."""
+        with self.gc_lock(exclusive=True):
+            bad = self.verify()
+            for e, _why in bad:
+                self._drop(e)
+        return bad
+
+    def _drop(self, e: Entry) -> None:
+        # Unregister first, then move the tree aside: a crash at any point leaves either a
+        # valid entry or none, never a half-deleted one that looks valid.
+        self.invalidate(e.key)
+        if os.path.lexists(e.path):
+            doomed = self.root / "tmp" / f"gc-{e.path.name}"
+            if e.path.is_dir() and not e.path.is_symlink():
+                os.chmod(e.path, 0o755)  # see make_read_only: a rename needs it
+            os.rename(e.path, doomed)
+            remove_tree(doomed)
+
     def live_roots(self) -> dict[str, Path]:
         """The gc roots that still hold: name -> the store path it keeps (out-links resolved;
         a deleted out-link is no longer a root)."""
@@ -343,15 +364,7 @@ class Store:
             removed = []
             for e in self.entries():
                 if e.path.name not in live:
-                    # Unregister first, then move the tree aside: a crash at any point leaves
-                    # either a valid entry or none, never a half-deleted one that looks valid.
-                    self.invalidate(e.key)
-                    if os.path.lexists(e.path):
-                        doomed = self.root / "tmp" / f"gc-{e.path.name}"
-                        if e.path.is_dir() and not e.path.is_symlink():
-                            os.chmod(e.path, 0o755)  # see make_read_only: a rename needs it
-                        os.rename(e.path, doomed)
-                        remove_tree(doomed)
+                    self._drop(e)
                     removed.append(e.path.name)
             for leftover in (self.root / "tmp").iterdir():
                 remove_tree(leftover)
