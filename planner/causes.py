@@ -15,6 +15,8 @@ it. Outcomes (early cutoff, a cache miss and its class) are read from typed fiel
     dry_run           bool: true when explaining what the next realise would do
     built             [node id]: rebuilt (or, dry run, would be rebuilt), failed ones excluded
     failures          [{node, reason}]: nodes whose build failed in that run
+    last_rebuild      int | null: when that run rebuilt nothing, the latest earlier run that
+                      built or failed something (what `planner why SET --run N` explains)
     reused            int: nodes reused
     total_cost        float seconds spent rebuilding
     causes            [{cause, nodes, dependents, cost}], most far-reaching first
@@ -132,6 +134,9 @@ class Explanation:
     total_cost: float
     cache_misses: list[CacheMissReport] = attrs.field(factory=list)
     failures: list[Failure] = attrs.field(factory=list)
+    # When the run explained rebuilt nothing (a no-op): the latest earlier run that built or
+    # failed something, which is what "why did it rebuild?" usually asks about.
+    last_rebuild: Optional[int] = None
 
     def to_json(self) -> dict:
         d = attrs.asdict(self)
@@ -293,7 +298,9 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
     for f in exp.failures:
         lines.append(f"FAILED {f.node}: {f.reason}  (`planner log {f.node}` prints its log)")
     if not exp.built and not exp.failures:
-        lines.append("nothing " + ("will be" if exp.dry_run else "was") + " rebuilt")
+        lines.append("nothing " + ("will be" if exp.dry_run else "was") + " rebuilt"
+                     + (f"; the last run that rebuilt something is run {exp.last_rebuild}: `planner why {exp.set} "
+                        f"--run {exp.last_rebuild}`" if exp.last_rebuild is not None else ""))
     if exp.causes:
         lines.append("root causes:")
         for i, r in enumerate(exp.causes, 1):

@@ -120,6 +120,9 @@ def explain_run(root: Path, set_name: str, store_root: Path, *, run_id: Optional
     checks = [(c.node, c.differing) for c in rec.checks if not c.ok]
     exp = explain(set_name, current, previous, run=run_id, against=against, checks=checks,
                   repacked=compare_pins(_pins_of(prev_rec), rec.pins) if _pins_of(prev_rec) else ())
+    if not exp.built and not exp.failures:
+        busy = next((i for i, r in runs if i < run_id and any(n.action in ("built", "failed") for n in r.nodes)), None)
+        exp = attrs.evolve(exp, last_rebuild=busy)
     store.close()
     exp = attrs.evolve(exp, causes=locate(exp.causes, _load_set(root, set_name)))
     return _select(exp, node, current)

@@ -205,6 +205,26 @@ def test_failed_build_has_a_log_and_why_names_it_failed(tmp_path: Path) -> None:
     assert ", 1 failed," in text.stdout
 
 
+def test_why_after_a_no_op_points_at_the_last_rebuild(tmp_path: Path) -> None:
+    """A realise that rebuilt nothing (past the no-op cache: it records a run) is what `why`
+    explains by default; it then names the last run that rebuilt something."""
+    proj = Project.diamond(tmp_path)
+    proj.lock()
+    assert proj.cli("realise").returncode == 0
+    proj.recipe("d", deps=["b", "c"], env={"X": "1"})
+    proj.lock()
+    rebuilt = proj.cli("realise", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    (proj.folder / "d.toml").write_text((proj.folder / "d.toml").read_text())  # same bytes: the no-op cache misses
+    noop = proj.cli("realise", "--json")
+    assert noop.returncode == 0 and {n["action"] for n in noop.json()["nodes"]} == {"reused"}, noop.stdout
+    why = proj.cli("why", "t", "--json").json()
+    assert why["built"] == [] and why["last_rebuild"] == rebuilt.json()["run"], why
+    text = proj.cli("why", "t").stdout
+    assert f"the last run that rebuilt something is run {why['last_rebuild']}: `planner why t --run " in text, text
+    assert "root causes:" in proj.cli("why", "t", "--run", str(why["last_rebuild"])).stdout
+
+
 # -- 3. the picture -------------------------------------------------------------------------
 
 def _svg(stdout: str) -> ET.Element:
