@@ -21,6 +21,7 @@ successful build writes.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import os
@@ -246,18 +247,22 @@ class BuildCgroup:
     def pids_refused(self) -> bool:
         return self._pids_refused() > self._refused_before
 
-    def kill_all(self) -> None:
+    def kill(self) -> set[int]:
+        """SIGKILL to every process in it now; returns them (empty: the cgroup was empty)."""
         import signal
 
+        pids = self.pids()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def kill_all(self) -> None:
         for _ in range(100):
-            pids = self.pids()
-            if not pids:
+            if not self.kill():
                 return
-            for p in pids:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             import time
 
             time.sleep(0.01)
@@ -313,31 +318,12 @@ def acquire(limits: Limits) -> BuildCgroup:
 
 def release(group: BuildCgroup) -> None:
     """After its build: what is still in it killed, kept for a later build, or removed."""
-    import signal
-
-    for pid in group.pids():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    group.kill()
     with _idle_lock:
         if len(_idle) < KEEP:
-            if not _idle and not _cleanup_registered:
-                _register_cleanup()
             _idle.append(group)
             return
     group.remove()
-
-
-_cleanup_registered = False
-
-
-def _register_cleanup() -> None:
-    global _cleanup_registered
-    import atexit
-
-    atexit.register(remove_idle)
-    _cleanup_registered = True
 
 
 def remove_idle() -> None:
@@ -357,5 +343,6 @@ def _forget_idle_in_child() -> None:
     _idle_lock = threading.Lock()
 
 
+atexit.register(remove_idle)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_idle_in_child)

@@ -92,34 +92,17 @@ def read_installed(rootfs: Path) -> BaseView:
                         "usr/lib64/python3*/*-packages", "opt/*/lib/python3*/*-packages"):
             for site in sorted(rootfs.glob(pattern)):
                 rel = site.relative_to(rootfs)
-                if not _real_folders(rootfs, rel.parts):
-                    continue
                 for info in sorted(site.glob("*.dist-info")):
                     try:
                         with tree.open_file(f"{rel}/{info.name}/METADATA") as f:
                             text = f.read(65536).decode("utf-8", errors="replace")
-                    except UnsafeTree:  # a link, or not a file: not an installed distribution
+                    except UnsafeTree:  # through a link (the glob follows them), or not a file
                         continue
                     msg = email.parser.Parser().parsestr(text, headersonly=True)
                     name, version = msg.get("Name"), msg.get("Version")
                     if name and version:
                         pairs.setdefault(normalise(name), version.strip())
     return view_of(pairs, str(rootfs))
-
-
-def _real_folders(root: Path, parts: tuple[str, ...]) -> bool:
-    """Whether each of root/parts[0], root/parts[0]/parts[1], ... is a folder, not a link."""
-    import stat
-
-    here = root
-    for part in parts:
-        here = here / part
-        try:
-            if not stat.S_ISDIR(os.lstat(here).st_mode):
-                return False
-        except OSError:
-            return False
-    return True
 
 
 # -- resolution -----------------------------------------------------------------------------------
