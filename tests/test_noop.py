@@ -201,6 +201,34 @@ def test_store_verify_of_a_damaged_store_reports_through_the_command_line(built)
     assert res.stderr.startswith("planner: error: ") and ": 1 corrupt entry: `planner store verify --repair`" in res.stderr
 
 
+def test_store_repair_keeps_a_healthy_index_and_registers_only_what_it_lacks(built) -> None:
+    """`store repair` of a healthy index neither moves it aside (as if damaged) nor forgets what
+    it records (how each entry was made, the runs): it registers only an entry on disk that it
+    lacks (here: one whose row was lost), as `recovered`."""
+    proj, _ = built
+    index = proj.store / "index.sqlite"
+    st = sqlite3.connect(index)
+    before = dict(st.execute("SELECT path, kind FROM entries").fetchall())
+    runs = st.execute("SELECT count(*) FROM runs").fetchone()[0]
+    (lost,) = st.execute("SELECT path FROM entries WHERE name='b'").fetchone()
+    st.execute("DELETE FROM entries WHERE path = ?", (lost,))
+    st.commit()
+    st.close()
+    inode = index.stat().st_ino
+
+    res = planner(proj, "store", "repair")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "index healthy: kept; 1 entry registered from disk\n"
+    assert index.stat().st_ino == inode and not list(proj.store.glob("index.sqlite.damaged-*"))
+    st = sqlite3.connect(index)
+    after = dict(st.execute("SELECT path, kind FROM entries").fetchall())
+    assert st.execute("SELECT count(*) FROM runs").fetchone()[0] == runs
+    st.close()
+    assert after == {**before, lost: "recovered"}, (before, after)
+    assert planner(proj, "store", "repair").stdout == "index healthy: kept; 0 entries registered from disk\n"
+    assert planner(proj, "store", "verify").stdout == "store ok\n"
+
+
 def test_a_file_edited_during_the_realise_is_not_cached_as_built(tmp_path: Path) -> None:
     """The plan cache records each file's signature after the run: an edit made while the run
     was reading (here: when the first build starts) must not be recorded as what was built."""

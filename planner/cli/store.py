@@ -52,13 +52,18 @@ def store_verify(ctx: Context, repair: bool) -> None:
 def store_repair(ctx: Context) -> None:
     """Rebuild a damaged or lost index from what is on disk.
 
-    Keeps what is still readable in the old index and registers the entries found on disk."""
+    Keeps what is still readable in the old index and registers the entries found on disk.
+    A healthy index is kept as it is; only entries on disk that it lacks are registered."""
     from ..store import repair_index
 
-    kept, added, moved = repair_index(ctx.store_for_read())
-    if moved is not None:
-        click.echo(f"old index kept as {moved.name}")
-    click.echo(f"index rebuilt: {count(kept, 'row')} salvaged, {count(added, 'entry', 'entries')} registered from disk")
+    done = repair_index(ctx.store_for_read())
+    registered = f"{count(done.added, 'entry', 'entries')} registered from disk"
+    if done.healthy:
+        click.echo(f"index healthy: kept; {registered}")
+        return
+    if done.moved is not None:
+        click.echo(f"old index kept as {done.moved.name}")
+    click.echo(f"index rebuilt: {count(done.kept, 'row')} salvaged, {registered}")
 
 
 @store.command("gc")

@@ -8,7 +8,9 @@ import fcntl
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
+
+import attrs
 
 from ..errors import StoreError
 from .entries import ENTRY_NAME, entry_dirs
@@ -88,11 +90,27 @@ def refuse_damaged_index(root: Path) -> None:
                      f"run `planner store repair` to rebuild it from them", where=str(index))
 
 
-def repair_index(root: Path) -> tuple[int, int, Path | None]:
+@attrs.frozen
+class IndexRepair:
+    """What `repair_index` did: rows salvaged from the old index, entries found on disk and
+    registered again, whether the index was healthy (and kept where it was), where a damaged
+    one was moved (None: healthy, or there was none)."""
+
+    kept: int
+    added: int
+    healthy: bool
+    moved: Optional[Path]
+
+
+_TABLES = ("entries", "preimages", "realisations", "runs", "durations", "roots", "origins")
+
+
+def repair_index(root: Path) -> IndexRepair:
     """Rebuild `index.sqlite` of the store at `root`: rows that can still be read from the old
     index are kept (entries, realisations, preimages, runs, roots, origins), every entry on disk
-    without a row is registered again with its digest recomputed. Returns (rows salvaged,
-    entries re-registered, where the old index was moved)."""
+    without a row is registered again with its digest recomputed. A healthy index (SQLite's
+    own check passes, this schema, every table readable) is kept where it is, and only the
+    entries on disk that it lacks are registered."""
     root = Path(root).absolute()
     index = root / "index.sqlite"
     lock_fd = os.open(root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -104,12 +122,32 @@ def repair_index(root: Path) -> tuple[int, int, Path | None]:
         os.close(lock_fd)
 
 
-def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
+def _healthy(index: Path) -> bool:
+    if not os.path.isfile(index) or os.path.islink(index):
+        return False
+    try:
+        db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+        try:
+            if db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
+                return False
+            if db.execute("SELECT v FROM meta WHERE k = 'schema'").fetchall() != [(str(SCHEMA_VERSION),)]:
+                return False
+            for table in _TABLES:
+                db.execute(f"SELECT * FROM {table} LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _repair_locked(root: Path, index: Path) -> IndexRepair:
     from ..hashing import tree_digest
 
     moved: Path | None = None
     salvaged: dict[str, list[tuple]] = {}
-    if os.path.lexists(index):
+    healthy = _healthy(index)
+    if os.path.lexists(index) and not healthy:
         moved = root / f"index.sqlite.damaged-{os.getpid()}"
         os.replace(index, moved)
         for side in ("-wal", "-shm"):
@@ -117,7 +155,7 @@ def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
                 os.replace(str(index) + side, str(moved) + side)
         try:
             old = sqlite3.connect(f"file:{moved}?mode=ro", uri=True)
-            for table in ("entries", "preimages", "realisations", "runs", "durations", "roots", "origins"):
+            for table in _TABLES:
                 try:
                     salvaged[table] = old.execute(f"SELECT * FROM {table}").fetchall()
                 except sqlite3.Error:
@@ -157,6 +195,6 @@ def _repair_locked(root: Path, index: Path) -> tuple[int, int, Path | None]:
                        (name, key, digest, kind, rest, 0))
         added += 1
     db.close()
-    return kept, added, moved
+    return IndexRepair(kept, added, healthy, moved)
 
 
