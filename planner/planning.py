@@ -88,16 +88,29 @@ def restrict(rs, platform: Optional[str], variant: Optional[str]):
         return rs
     config = rs.config
     if platform is not None:
-        if platform not in config.platforms:
-            raise PlannerError(f"platform {platform} is not one of the set's platforms "
-                               f"({', '.join(config.platforms)})", where=str(rs.folder / "set.toml"))
+        _check_platform(rs, platform)
         config = attrs.evolve(config, platforms=[platform])
     if variant is not None:
-        if variant not in config.cuda:
-            raise PlannerError(f"CUDA variant {variant!r} is not one of the set's "
-                               f"({', '.join(config.cuda) or 'none'})", where=str(rs.folder / "set.toml"))
+        _check_variant(rs, variant)
         config = attrs.evolve(config, cuda={variant: config.cuda[variant]})
     return attrs.evolve(rs, config=config)
+
+
+def _check_platform(rs, platform: str) -> None:
+    if platform not in rs.config.platforms:
+        from .suggest import did_you_mean
+
+        raise PlannerError(f"platform {platform} is not one of the set's platforms"
+                           f"{did_you_mean(platform, rs.config.platforms, cutoff=0.8)}", where=str(rs.folder / "set.toml"))
+
+
+def _check_variant(rs, variant: str) -> None:
+    if variant not in rs.config.cuda:
+        from .suggest import did_you_mean
+
+        known = did_you_mean(variant, rs.config.cuda) or " (it defines none)"
+        raise PlannerError(f"CUDA variant {variant!r} is not one of the set's{known}",
+                           where=str(rs.folder / "set.toml"))
 
 
 def roots_for(planned: Planned, platform: Optional[str], variant: Optional[str] = None) -> list[str]:
@@ -106,14 +119,10 @@ def roots_for(planned: Planned, platform: Optional[str], variant: Optional[str] 
     plan, rs = planned.plan, planned.rs
     roots = list(plan.roots)
     if platform is not None:
-        if platform not in rs.config.platforms:
-            raise PlannerError(f"platform {platform} is not one of the set's platforms "
-                               f"({', '.join(rs.config.platforms)})", where=str(rs.folder / "set.toml"))
+        _check_platform(rs, platform)
         roots = [r for r in roots if plan.nodes[r].variant.platform in (None, platform)]
     if variant is not None:
-        if variant not in rs.config.cuda:
-            raise PlannerError(f"CUDA variant {variant!r} is not one of the set's "
-                               f"({', '.join(rs.config.cuda) or 'none'})", where=str(rs.folder / "set.toml"))
+        _check_variant(rs, variant)
         from .builders.cuda_archs import normalise_archs
 
         def wanted(node) -> bool:

@@ -8,12 +8,14 @@ from typing import Iterable, Optional
 from .errors import PlannerError
 
 
-def did_you_mean(name: str, valid: Iterable[str], *, limit: int = 12) -> str:
-    """' (did you mean X?; one of: A, B, …)' for an error line; '' when nothing is valid."""
+def did_you_mean(name: str, valid: Iterable[str], *, limit: int = 12, cutoff: float = 0.6) -> str:
+    """' (did you mean X?; one of: A, B, …)' for an error line; '' when nothing is valid.
+    `cutoff`: how alike a suggestion must be (difflib's ratio); names that share most of their
+    letters by kind (platforms: `linux/…64`) need a higher one."""
     names = sorted(set(valid))
     if not names:
         return ""
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=cutoff)
     if not close:
         # A prefix or substring is a likely typo too (`sglang` for `sglang-mini`).
         close = [n for n in names if name and (n.startswith(name) or name in n)][:3]

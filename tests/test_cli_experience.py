@@ -136,6 +136,17 @@ def test_a_mistyped_set_of_the_recorded_runs_gets_did_you_mean(diamond: Project)
         assert "'tt'" in line and "did you mean 't'?" in line, (cmd, line)
 
 
+@pytest.mark.parametrize("cmd, typed, meant", [
+    (["plan", "demo", "--variant", "sm10a"], "CUDA variant 'sm10a'", "'sm100a'"),
+    (["realise", "demo", "--dry-run", "--platform", "linux/arm"], "platform linux/arm", "'linux/arm64'"),
+    (["lock", "demo", "--check", "--variant", "sm100"], "CUDA variant 'sm100'", "'sm100a'"),
+])
+def test_a_mistyped_platform_or_variant_gets_did_you_mean(tmp_path: Path, cmd: list[str], typed: str,
+                                                         meant: str) -> None:
+    line = error_line(run("--store", str(tmp_path / "store"), *cmd, cwd=REPO, env={"PLANNER_CACHE": str(tmp_path)}))
+    assert f"{typed} is not one of the set's" in line and f"did you mean {meant}" in line, line
+
+
 # -- 3. the last line of a realise counts what happened -------------------------------------
 
 def _last(res) -> str:

@@ -434,7 +434,7 @@ def test_cli_platform_realises_one_platforms_targets(env, tmp_path):
     bad = _cli(env, "--store", str(tmp_path / "s"), "realise", "--target", "native", "--platform", "linux/riscv64",
                check=False)
     assert bad.returncode != 0
-    assert "set.toml: platform linux/riscv64 is not one of the set's platforms (linux/amd64, linux/arm64)" in bad.stderr
+    assert "set.toml: platform linux/riscv64 is not one of the set's platforms (one of: linux/amd64, linux/arm64)" in bad.stderr
     # A later plain realise still plans both platforms: --platform wrote no plan cache.
     dry = _cli(env, "--store", str(tmp_path / "s"), "realise", "--target", "native", "--dry-run").stdout
     assert "build native[linux/arm64]" in dry and "1 to build, 1 valid" in dry

@@ -372,7 +372,10 @@ def _apply_profile(config: SetConfig, recipes: dict[str, Recipe], err) -> dict[s
     if config.profile is None:
         raise err("profiles", f"[profiles] given but no `profile = ...` chooses one of {sorted(config.profiles)}")
     if config.profile not in config.profiles:
-        raise err("profile", f"profile {config.profile!r} is not one of [profiles]: {sorted(config.profiles)}")
+        from ..suggest import did_you_mean
+
+        raise err("profile", f"profile {config.profile!r} is not one of [profiles]"
+                             f"{did_you_mean(config.profile, config.profiles)}")
     subst = config.profiles[config.profile]
     clash = sorted(set(subst) & set(config.aliases))
     if clash:
