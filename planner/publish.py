@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import OciError, PlannerError
 
+if TYPE_CHECKING:
+    from .progress import Emit
 
-def realised_layout(root: Path, set_name: str, store: Path) -> Path:
-    """The OCI layout of the set's target, realising it if needed (quietly)."""
+
+def realised_layout(root: Path, set_name: str, store: Path, progress: Optional[Emit] = None) -> Path:
+    """The OCI layout of the set's target, realising it if needed (`progress`: the realise's
+    events, as `planner.realise.realise` takes them; None: quietly)."""
     from .realise import RealiseOptions, realise
 
-    result = realise(root, set_name, store, RealiseOptions())
+    result = realise(root, set_name, store, RealiseOptions(), progress=progress)
     if result.failures:
         raise PlannerError(f"realise {set_name} failed: {result.failures[0].splitlines()[0]}")
     if not result.output or not (Path(result.output) / "index.json").is_file():
@@ -51,12 +55,12 @@ def pick_variant(layout: Path, variant: Optional[str]) -> str:
 
 
 def push_image(root: Path, set_name: str, store: Path, ref: str, variant: Optional[str], *,
-               plain_http: bool = False) -> list:
+               plain_http: bool = False, progress: Optional[Emit] = None) -> list:
     """Push the set's image to `ref`; without a tag in `ref`, one tag per variant (or the one
     named). Returns the registry's push results, one per tag."""
     from .oci.registry import Reference, push_layout
 
-    layout = realised_layout(root, set_name, store)
+    layout = realised_layout(root, set_name, store, progress)
     parsed = Reference.parse(ref)
     if parsed.tag or parsed.digest:
         jobs = [(pick_variant(layout, variant), ref)]
@@ -67,13 +71,14 @@ def push_image(root: Path, set_name: str, store: Path, ref: str, variant: Option
             for v, target in jobs]
 
 
-def export_image(root: Path, set_name: str, store: Path, out: Path, variant: Optional[str]) -> Path:
+def export_image(root: Path, set_name: str, store: Path, out: Path, variant: Optional[str], *,
+                 progress: Optional[Emit] = None) -> Path:
     """Write the set's image (or one variant of it) as an OCI archive at `out`."""
     from .lock import read as read_lock
     from .oci.layout import export_oci_archive
     from .recipes import load_set
 
-    layout = realised_layout(root, set_name, store)
+    layout = realised_layout(root, set_name, store, progress)
     sde = read_lock(load_set(root, set_name).lockfile).source_date_epoch
     out = Path(out).absolute()
     if variant is None:

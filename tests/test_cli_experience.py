@@ -208,9 +208,13 @@ def test_push_counts_in_the_singular(tmp_path: Path, registry: str) -> None:  # 
     proj.write_raw("img", 'name = "img"\nversion = "1"\n[build]\nbuilder = "oci-image"\n[image]\nlayers = [["one"]]\n')
     proj.lock()
     # The second push finds the blobs and the image manifest there and puts the tag's one again.
-    for _ in range(2):
+    for i in range(2):
         res = run("push", "t", f"{registry}/experience:v1", "--plain-http", cwd=proj.root)
         assert res.returncode == 0, res.stderr
+        # The realise before it shows its progress as `planner realise` does: the builds of
+        # the first push, none on the second.
+        built = [l for l in res.stderr.splitlines() if re.search(r"\] (START|DONE) +one\b", l)]
+        assert bool(built) == (i == 0), res.stderr
         report = res.stderr.strip().splitlines()[-1]
         assert re.search(r"\d+ blobs? uploaded \(\d+ bytes?\), \d+ already there; \d+ manifests? pushed", report), report
         assert not re.search(r"\b1 (blobs|bytes|manifests)\b", report) and "(s)" not in report, report

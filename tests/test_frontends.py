@@ -75,6 +75,9 @@ def test_failed_required_extension_fails_the_build(project):
     assert "helpers-broken" in proc.stderr and "does not compile with HELPERS_BREAK" in proc.stderr
     log = Path(re.search(r"log: (\S+)", proc.stderr).group(1)).read_text()
     assert "extension helpers_mini.helpers_cpp is optional in setup.py; required here" in log
+    # The log shows what ran: the frontend by name, not the planner's own script line by line.
+    (ran,) = [line for line in log.splitlines() if "<planner's PEP 517 frontend>" in line]
+    assert ran.startswith("+ ") and "setuptools.build_meta" in ran and "import importlib" not in log, log[:2000]
     assert not [p for p in store.iterdir() if p.name not in before and "helpers-broken" in p.name]
     # What require-extensions prevents: the same source and setup.py without it "succeed" with
     # a wheel that silently lacks the helper.

@@ -28,7 +28,9 @@ def log(msg: str) -> None:
 def run(argv: list[str], *, cwd: Path, env: dict | None = None) -> None:
     import subprocess
 
-    log("+ " + " ".join(argv))
+    # A script of the planner's own (the PEP 517 frontend) is named, not printed: the log of a
+    # build starts with what the build ran, not with twenty lines of the planner's code.
+    log("+ " + " ".join("<planner's PEP 517 frontend>" if a is _FRONTEND else a for a in argv))
     proc = subprocess.run(argv, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise BuildFailure(f"{argv[0]} exited with status {proc.returncode}")

@@ -6,8 +6,9 @@ and store from the group's context object (`.root`, `.store`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
 
@@ -33,13 +34,16 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
     """Push SET's image to a registry REF (host/name:tag).
 
     REF is `host[:port]/name[:tag]`; the image is an index over the set's platforms. SET is
-    realised first, without progress lines: a no-op when it is up to date, else a whole
-    `planner realise SET` (run that first to watch it)."""
+    realised first, with `planner realise SET`'s progress on stderr: a no-op when it is up to
+    date."""
     from ..publish import push_image
 
     obj = _obj()
     name = default_set(obj, set_name)
-    for v, res in push_image(obj.root, name, obj.store_for_write(), ref, variant, plain_http=plain_http):
+    with _progress() as progress:
+        pushed = push_image(obj.root, name, obj.store_for_write(), ref, variant, plain_http=plain_http,
+                            progress=progress)
+    for v, res in pushed:
         click.echo(f"{res.reference} {res.descriptor.digest}")
         click.echo(f"  {v}: {count(res.blobs_uploaded, 'blob')} uploaded ({count(res.bytes_uploaded, 'byte')}), "
                    f"{res.blobs_skipped} already there; {count(res.manifests_pushed, 'manifest')} pushed, "
@@ -55,11 +59,26 @@ def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     """Write SET's image as an OCI archive (oci-archive:).
 
     What `oci-archive:` and `docker load` style tools read. OUT's folder must exist. SET is
-    realised first, without progress lines: a no-op when it is up to date, else a whole
-    `planner realise SET` (run that first to watch it)."""
+    realised first, with `planner realise SET`'s progress on stderr: a no-op when it is up to
+    date."""
     from ..publish import export_image
 
     obj = _obj()
     name = default_set(obj, set_name)
     output_file(out)
-    click.echo(str(export_image(obj.root, name, obj.store_for_write(), out, variant)))
+    with _progress() as progress:
+        written = export_image(obj.root, name, obj.store_for_write(), out, variant, progress=progress)
+    click.echo(str(written))
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator:
+    """The realise's progress on stderr (rich on a terminal, plain lines otherwise), closed
+    when the realise is done, so that what the command prints after it comes after it."""
+    from ..progress import make_progress
+
+    progress = make_progress("auto")
+    try:
+        yield progress
+    finally:
+        progress("close", None)
