@@ -17,14 +17,17 @@ it. Outcomes (early cutoff, a cache miss and its class) are read from typed fiel
     failures          [{node, reason}]: nodes whose build failed in that run
     last_rebuild      int | null: when that run rebuilt nothing, the latest earlier run that
                       built or failed something (what `planner why SET --run N` explains)
+    notes             [str]: what could not be said, and why (the recipes could not be read:
+                      causes without file and line)
     reused            int: nodes reused
     total_cost        float seconds spent rebuilding
     causes            [{cause, nodes, dependents, cost}], most far-reaching first
         cause         {kind, recipe, field, old, new, description, lock_entry, file, line,
                        recipe_file, recipe_line}
             kind      source | input | patch | env | setting | script | builder | variant |
-                      host-package | epoch | version | deps | image | sandbox | new |
-                      attestation | format
+                      cuda-variant | host-package | epoch | version | deps | image | sandbox |
+                      resources | new | attestation | format
+            recipe    str: "" for a cause of the whole set (set.toml, the command line)
             file      str | null: the file to look at, relative to the project (the recipe, the
                       set.toml, or for a patch the patch file itself)
             line      int | null: the line in `file` (null for a patch file)
@@ -33,6 +36,8 @@ it. Outcomes (early cutoff, a cache miss and its class) are read from typed fiel
             lock_entry  str | null: the `[inputs."ID"]` table of lockfiles/SET.lock
         nodes         [node id] rebuilt because their own inputs changed this way
         dependents    [node id] rebuilt because something below them did
+        cost          float seconds of those nodes' builds (a node two causes reach counts in
+                      both: the causes' costs may add up to more than total_cost)
     cutoff            [{node, rebuilt_deps}]: reused although dependencies rebuilt (same bytes)
     unexplained       [{node, reason}]: rebuilt with unchanged inputs (evicted, forced)
     nondeterministic  [{node, old_digest, new_digest, files}]
@@ -42,7 +47,7 @@ it. Outcomes (early cutoff, a cache miss and its class) are read from typed fiel
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import attrs
 
@@ -137,6 +142,7 @@ class Explanation:
     # When the run explained rebuilt nothing (a no-op): the latest earlier run that built or
     # failed something, which is what "why did it rebuild?" usually asks about.
     last_rebuild: Optional[int] = None
+    notes: list[str] = attrs.field(factory=list)  # what the explanation could not say, and why
 
     def to_json(self) -> dict:
         d = attrs.asdict(self)
@@ -168,7 +174,9 @@ class _CauseFinder:
     """Root causes per node: its own changed preimage fields, and (memoised) those of the
     dependencies that changed under it."""
 
-    def __init__(self, current: list[NodeState], previous: list[NodeState]) -> None:
+    def __init__(self, current: list[NodeState], previous: list[NodeState], lock_changes: Sequence[str] = ()
+                 ) -> None:
+        self.lock_changes = list(lock_changes)
         self.cur = {n.id: n for n in current}
         self.prev = {n.id: n for n in previous}
         self.prev_by_name: dict[str, list[NodeState]] = {}
@@ -199,33 +207,63 @@ class _CauseFinder:
                     dep_id = node.deps.get(ch.path[1])
                     if dep_id in self.cur:
                         found.update(self.of(dep_id))
+        # What a dependency's change explains is not this node's own cause: a recipe's new axis
+        # that its dependents inherit, or an image's CUDA variants (set.toml's [cuda], which
+        # its CUDA nodes' arch lists already name).
+        below = {(c.kind, c.field, c.old, c.new) for c in found.values()}
+        below_cuda = any(c.kind == "variant" and c.field == "cuda" for c in found.values())
+        mine = [c for c in mine if not (c.kind == "variant" and c.recipe and (c.kind, c.field, c.old, c.new) in below)
+                and not (c.kind == "cuda-variant" and below_cuda)]
         # Attestation inputs (the lock digest an SBOM names) change with every lock edit; they
-        # are a cause only when nothing that shapes the image's bytes changed.
+        # are a cause only when nothing that shapes the image's bytes changed, and then the
+        # lock entries that changed are what to name.
         real = [c for c in mine if c.kind != "attestation"]
         if real or found:
             mine = real
-        elif len(mine) > 1:
-            mine = [Cause("attestation", node.name, "lock", None, None)]
+        elif mine:
+            changed = self.lock_changes
+            what = ("lock entries " + ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3
+                                                                 else "")) if changed else "lock"
+            mine = [Cause("attestation", node.name, what, None, None, lock_entry=changed[0] if changed else None)]
         for c in mine:
             found[c.ident] = c
         self.own[nid] = mine
         self.memo[nid] = found
         return found
 
+    def _command_line(self, rebuilt: list[str]) -> dict[tuple, Cause]:
+        """The same sandbox change in several recipes at once is one choice of the command line
+        (`realise --sandbox off`), not an edit of each recipe: their causes mapped to one."""
+        recipes: dict[tuple, set[str]] = {}
+        for nid in rebuilt:
+            for c in self.of(nid).values():
+                if c.kind == "sandbox" and c.recipe:
+                    recipes.setdefault((c.old, c.new), set()).add(c.recipe)
+        out: dict[tuple, Cause] = {}
+        for nid in rebuilt:
+            for c in self.of(nid).values():
+                if c.kind == "sandbox" and c.recipe and len(recipes[c.old, c.new]) > 1:
+                    out[c.ident] = Cause("sandbox", "", "sandbox", c.old, c.new)
+        return out
+
     def reports(self, rebuilt: list[str]) -> tuple[list[CauseReport], list[Unexplained]]:
         """Each root cause once, with the nodes it rebuilt directly and through dependencies."""
         reports: dict[tuple, dict] = {}
         unexplained: list[Unexplained] = []
+        canon = self._command_line(rebuilt)
         for nid in rebuilt:
             node = self.cur[nid]
-            allc = self.of(nid)
+            allc = {}
+            for c in self.of(nid).values():
+                c = canon.get(c.ident, c)
+                allc[c.ident] = c
             if not allc:
                 before = self.prev.get(nid)
                 same = before is not None and before.key == node.key
                 unexplained.append(Unexplained(nid, node.reason or (
                     "rebuilt although its inputs did not change" if same else "no earlier record to compare with")))
                 continue
-            direct = {c.ident for c in self.own.get(nid, [])}
+            direct = {canon.get(c.ident, c).ident for c in self.own.get(nid, [])}
             for ident, c in allc.items():
                 r = reports.setdefault(ident, {"cause": c, "nodes": [], "dependents": [], "cost": 0.0})
                 (r["nodes"] if ident in direct else r["dependents"]).append(nid)
@@ -251,8 +289,10 @@ def _outcomes(current: list[NodeState], rebuilt: list[str], checks: Iterable[tup
 
 def explain(set_name: str, current: list[NodeState], previous: list[NodeState], *, run: Optional[int] = None,
             against: Optional[int] = None, dry_run: bool = False, repacked: Iterable[Repacked] = (),
-            checks: Iterable[tuple[str, list[str]]] = ()) -> Explanation:
-    finder = _CauseFinder(current, previous)
+            checks: Iterable[tuple[str, list[str]]] = (), lock_changes: Sequence[str] = ()) -> Explanation:
+    """`lock_changes`: the lock entries whose pins differ between the two sides (an image
+    rebuilt for its attestation alone names them)."""
+    finder = _CauseFinder(current, previous, lock_changes)
     rebuilt = [n.id for n in current if n.action in _CHANGED]
     causes, unexplained = finder.reports(rebuilt)
     cutoff, nondet, misses = _outcomes(current, rebuilt, checks)
@@ -265,6 +305,11 @@ def explain(set_name: str, current: list[NodeState], previous: list[NodeState], 
         total_cost=sum(finder.cur[n].seconds for n in rebuilt),
         cache_misses=misses,
     )
+
+
+def changed_pins(old: dict, new: dict) -> list[str]:
+    """Lock entries added, removed or pinned anew between two runs' pins (id -> platform -> pin)."""
+    return sorted(id_ for id_ in old.keys() | new.keys() if old.get(id_) != new.get(id_))
 
 
 def compare_pins(old: dict, new: dict) -> list[Repacked]:
@@ -301,6 +346,7 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
         lines.append("nothing " + ("will be" if exp.dry_run else "was") + " rebuilt"
                      + (f"; the last run that rebuilt something is run {exp.last_rebuild}: `planner why {exp.set} "
                         f"--run {exp.last_rebuild}`" if exp.last_rebuild is not None else ""))
+    failed_ids = {f.node for f in exp.failures}
     if exp.causes:
         lines.append("root causes:")
         for i, r in enumerate(exp.causes, 1):
@@ -318,13 +364,14 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
             first = r.nodes[0] if r.nodes else (r.dependents[0] if r.dependents else "")
             others = len(r.nodes) - 1 if r.nodes else 0
             deps = len(r.dependents) - (0 if r.nodes else 1)
-            verb2 = "rebuilds" if exp.dry_run else "rebuilt"
+            verb2 = "rebuilds" if exp.dry_run else "failed to rebuild" if first in failed_ids else "rebuilt"
             parts = [f"{verb2} {first}"]
             if others:
                 same_recipe = len({n.split("[")[0] for n in r.nodes}) == 1
                 noun = "other variant" if same_recipe else "other node"
                 parts.append(f"{others} {noun}{'s' if others > 1 else ''}")
-            parts.append(f"{deps} dependent{'s' if deps != 1 else ''}")
+            if deps:
+                parts.append(f"{deps} dependent{'s' if deps != 1 else ''}")
             lines.append(f"     -> {' and '.join(parts)} · cost {_dur(r.cost)}")
             if expand:
                 for n in r.nodes[1:]:
@@ -342,6 +389,8 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
         files = f" (differs in {', '.join(n.files[:5])})" if n.files else ""
         lines.append(f"NON-DETERMINISTIC: {n.node}: same inputs, different output {short_value(n.old_digest)} -> "
                      f"{short_value(n.new_digest)}{files}")
+    for note in exp.notes:
+        lines.append(f"note: {note}")
     for rp in exp.repacked:
         lines.append(f"re-packed upstream, same content: {rp.lock_entry} (sha256 {rp.old_sha256[:12] if rp.old_sha256 else '?'}… -> "
                      f"{rp.new_sha256[:12] if rp.new_sha256 else '?'}…, tree unchanged): no rebuild")

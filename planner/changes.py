@@ -44,16 +44,23 @@ class Cause:
             "setting": f"build setting {self.field} of {self.recipe}",
             "script": f"build script of {self.recipe}",
             "builder": f"builder of {self.recipe} ({self.field})",
-            "variant": f"variant axis {self.field} of {self.recipe}",
+            "variant": (f"variant axis {self.field} of {self.recipe}" if self.recipe else
+                        f"{'CUDA arch list' if self.field == 'cuda' else self.field} of every node on that axis "
+                        f"(set.toml)"),
+            "cuda-variant": f"CUDA variant {self.field} (set.toml [cuda])",
             "host-package": f"host package {self.field} (used by {self.recipe}; build-root = \"host\": NOT HERMETIC)",
             "epoch": "SOURCE_DATE_EPOCH",
             "version": f"version of {self.recipe}",
             "deps": f"dependencies of {self.recipe} ({self.field})",
             "image": f"image setting {self.field} of {self.recipe}",
-            "sandbox": f"sandbox of {self.recipe}",
+            "sandbox": (f"sandbox of {self.recipe} (its build.impure, or realise --sandbox)" if self.recipe
+                        else "sandbox of every node (realise --sandbox)"),
             "resources": f"[resources] {self.field} of {self.recipe}",
-            "new": f"{self.recipe} is new" if self.recipe else "first recorded realise: nothing earlier to compare with",
-            "attestation": f"attestation inputs of {self.recipe} ({self.field}; the image bytes do not depend on them)",
+            "new": (f"{self.recipe} is new to the closure (not in the run compared with: a new recipe, a "
+                    "renamed one, or one a dependency brought in)") if self.recipe
+                   else "first recorded realise: nothing earlier to compare with",
+            "attestation": (f"attestation of {self.recipe}: the lock it records changed ({self.field}); its "
+                            "layers and index are the same, only its attestations are new"),
             "format": "planner derivation format",
         }.get(self.kind, f"{self.kind} {self.field} of {self.recipe}")
         if self.kind == "host-package" and self.field == "(all host)":
@@ -125,6 +132,11 @@ def _presence(v: object) -> str:
     return str(v)
 
 
+def _sandbox(impure: object) -> Optional[str]:
+    """A preimage's `impure` as what a user chose: an impure build is one run without the sandbox."""
+    return None if impure is None else "off (impure)" if impure else "on"
+
+
 def classify(change: Change, recipe: str) -> Optional[Cause]:
     """The root cause a preimage change stands for, or None for propagation (a changed dep)."""
     p = change.path
@@ -157,17 +169,23 @@ def classify(change: Change, recipe: str) -> Optional[Cause]:
             return Cause("script", recipe, "script", old, new)
         return Cause("builder", recipe, ".".join(p[1:]), old, new)
     if head == "variant":
-        return Cause("variant", recipe, p[1], old, new)
+        if change.old is not None and change.new is not None:
+            # The node kept the axis and its value moved: set.toml's platforms or [cuda] arch
+            # lists, one cause for every node on that axis (not one per recipe).
+            return Cause("variant", "", p[1], old, new)
+        return Cause("variant", recipe, p[1], old, new)  # the axis came or went: a recipe's axes
     if head == "host":
         return Cause("host-package", recipe, p[1], old, new)
     if head == "source_date_epoch":
         return Cause("epoch", "", "source-date-epoch", old, new)
     if head == "version":
         return Cause("version", recipe, "version", old, new)
+    if head == "cuda_variants" and len(p) > 1:
+        return Cause("cuda-variant", "", p[1], old, new)  # (one per variant, whatever its platforms)
     if head in ("image", "platforms", "cuda_variants"):
         return Cause("image", recipe, ".".join(p), old, new)
     if head == "impure":
-        return Cause("sandbox", recipe, "impure", old, new)
+        return Cause("sandbox", recipe, "sandbox", _sandbox(change.old), _sandbox(change.new))
     if head == "resources":
         return Cause("resources", recipe, ".".join(p[1:]), old, new)
     if head == "attest":

@@ -8,12 +8,12 @@ preimages and `why-depends` (the dependency path from one node to another).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import attrs
 
-from .causes import (SCHEMA_VERSION, CauseReport, Change, Explanation, NodeState, classify, compare_pins,  # noqa: F401
-                     diff_preimages, explain, fmt_value, render, short_value)
+from .causes import (SCHEMA_VERSION, CauseReport, Change, Explanation, NodeState, changed_pins,  # noqa: F401
+                     classify, compare_pins, diff_preimages, explain, fmt_value, render, short_value)
 from .errors import PlannerError
 from .runs import RunRecord, runs_of
 
@@ -32,50 +32,126 @@ def _pins_of(rec: Optional[RunRecord]) -> dict:
     return rec.pins if rec is not None else {}
 
 
-def locate(causes: list[CauseReport], rs) -> list[CauseReport]:
-    """Fill in the recipe file and line each cause comes from."""
+@attrs.frozen
+class RecipeFiles:
+    """Where a set's causes are written: its set.toml, each recipe's file, each patch's file
+    (relative to the project root). Made from the loaded set, or, when the set does not load
+    (a recipe broken since the run), from every recipe file that still parses."""
+
+    root: Path
+    set_toml: Path
+    recipes: dict[str, str]  # recipe name -> its file
+    patches: dict[str, dict[str, str]]  # recipe name -> patch label -> the patch's file
+
+    @classmethod
+    def of_set(cls, rs) -> "RecipeFiles":
+        return cls(rs.root, rs.folder / "set.toml", {n: r.file for n, r in rs.recipes.items()},
+                   {n: {p.label: p.file for p in r.patches if p.file} for n, r in rs.recipes.items()})
+
+    @classmethod
+    def scan(cls, root: Path, set_name: str) -> "RecipeFiles":
+        from .recipes.model import Patch
+        from .recipes.parse import loads
+
+        root = root.resolve()
+        folder = root / "recipes" / set_name
+        recipes: dict[str, str] = {}
+        patches: dict[str, dict[str, str]] = {}
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+            if path.name == "set.toml":
+                continue
+            try:
+                data = loads(path.read_text())
+                name = data["name"]
+                if not isinstance(name, str):
+                    continue
+                found = {}
+                for p in data.get("patches") or ():
+                    patch = Patch(file=p.get("file"), url=p.get("url"), name=p.get("name"))
+                    if isinstance(patch.file, str):
+                        found[patch.label] = patch.file
+            except Exception:  # noqa: BLE001 - a broken file: its causes go without a location
+                continue
+            recipes[name] = str(path.relative_to(root))
+            patches[name] = found
+        return cls(root, folder / "set.toml", recipes, patches)
+
+
+def locate(causes: list[CauseReport], files: Optional[RecipeFiles]) -> list[CauseReport]:
+    """Fill in the file and line each cause comes from."""
     from .recipes import line_of
+
+    def text_of(path: Path) -> Optional[str]:
+        try:
+            return path.read_text() if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     out = []
     for r in causes:
         c = r.cause
         file = line = None
-        if rs is not None:
-            if c.kind in ("epoch",) or (c.kind == "variant" and c.field in ("cuda", "platform")):
-                path = rs.folder / "set.toml"
-                key = {"epoch": "source-date-epoch", "cuda": "cuda", "platform": "platforms"}.get(
-                    c.field if c.kind == "variant" else c.kind, c.field)
-            elif c.recipe in rs.recipes:
-                path = rs.root / rs.recipes[c.recipe].file
+        if files is not None:
+            path: Optional[Path] = None
+            key = ""
+            if c.kind == "epoch" or (c.kind in ("variant", "cuda-variant", "sandbox") and not c.recipe):
+                if c.kind != "sandbox":  # (a choice of the command line: no file)
+                    path = files.set_toml
+                    key = {"epoch": "source-date-epoch", "platform": "platforms"}.get(
+                        c.field if c.kind == "variant" else c.kind, "cuda")
+                    if c.kind == "cuda-variant":
+                        key = c.field
+                    elif c.kind == "variant" and c.field == "cuda":
+                        key = _cuda_variant_named(files.set_toml, c.new) or "cuda"
+            elif c.recipe in files.recipes:
+                path = files.root / files.recipes[c.recipe]
                 key = {"source": "source", "input": c.field, "patch": "patches", "env": c.field,
                        "setting": c.field.split(".")[-1], "script": "script", "version": "version",
-                       "deps": "deps", "host-package": "", "builder": "builder"}.get(c.kind, c.field.split(".")[-1])
-            else:
-                path, key = None, ""
-            if path is not None and path.is_file():
-                file = str(path.relative_to(rs.root))
-                line = line_of(path.read_text(), key) if key else None
+                       "deps": "deps", "host-package": "", "builder": "builder", "variant": "axes",
+                       "sandbox": "impure"}.get(c.kind, c.field.split(".")[-1])
+            text = text_of(path) if path is not None else None
+            if path is not None and text is not None:
+                file = str(path.relative_to(files.root))
+                line = line_of(text, key) if key else None
             if c.kind == "patch":
-                recipe = rs.recipes.get(c.recipe)
-                p = next((p for p in recipe.patches if p.label == c.field), None) if recipe else None
-                if p is not None and p.file:
-                    out.append(attrs.evolve(r, cause=attrs.evolve(c, file=p.file, line=None, recipe_file=file,
+                patch_file = files.patches.get(c.recipe, {}).get(c.field)
+                if patch_file:
+                    out.append(attrs.evolve(r, cause=attrs.evolve(c, file=patch_file, line=None, recipe_file=file,
                                                                   recipe_line=line)))
                     continue
         out.append(attrs.evolve(r, cause=attrs.evolve(c, file=file, line=line)))
     return out
 
 
-def _select(exp: Explanation, node: Optional[str], states: list[NodeState]) -> Explanation:
-    """Only the causes that reach `node` (by id or name) and the nodes below it."""
-    if not node:
-        return exp
+def _cuda_variant_named(set_toml: Path, archs: Optional[str]) -> Optional[str]:
+    """The [cuda] variant of set.toml whose arch list is now `archs` ('+'-joined, as a cause
+    holds it): the line that changed, rather than the table's."""
+    if not archs:
+        return None
+    from .builders.cuda_archs import normalise_archs
+    from .recipes.parse import loads
+
+    try:
+        cuda = loads(set_toml.read_text()).get("cuda") or {}
+    except Exception:  # noqa: BLE001 - the location is best effort
+        return None
+    want = archs.split("+")
+    for name, value in sorted(cuda.items()):
+        lists = value.values() if isinstance(value, dict) else [value]
+        try:
+            if any(list(normalise_archs(v)) == want for v in lists):
+                return name
+        except Exception:  # noqa: BLE001
+            continue
+    return None
+
+
+def _closure(states: list[NodeState], node: str) -> Optional[set[str]]:
+    """The ids of `node` (an id or a recipe name) and of everything below it; None if no state is it."""
     by_id = {s.id: s for s in states}
     targets = [s.id for s in states if node in (s.id, s.name)]
     if not targets:
-        from .suggest import unknown
-
-        raise unknown("node", node, {s.name for s in states}, where="this run")
+        return None
     want: set[str] = set()
     stack = list(targets)
     while stack:
@@ -84,11 +160,40 @@ def _select(exp: Explanation, node: Optional[str], states: list[NodeState]) -> E
             continue
         want.add(n)
         stack.extend(by_id[n].deps.values())
-    causes = [r for r in exp.causes if set(r.nodes + r.dependents) & want]
+    return want
+
+
+def _select(exp: Explanation, node: Optional[str], states: list[NodeState], *, what: str,
+            recipes: Iterable[str] = ()) -> Explanation:
+    """Only what reaches `node` (by id or name): its closure's rebuilt and reused nodes, the
+    causes that reach it with their nodes, dependents and cost within it. `what` names the run
+    explained, for the error; `recipes`: the set's recipe names (one outside the closure of the
+    target is named as such)."""
+    if not node:
+        return exp
+    want = _closure(states, node)
+    if want is None:
+        if node in set(recipes):
+            raise PlannerError(f"{node} is a recipe of set {exp.set!r} but not in what {what} builds (the closure "
+                               "of the set's target); `planner realise SET --target NAME` builds it")
+        from .suggest import unknown
+
+        raise unknown("node", node, {s.name for s in states}, where=what)
+    by_id = {s.id: s for s in states}
+    causes = []
+    for r in exp.causes:
+        nodes = [n for n in r.nodes if n in want]
+        dependents = [n for n in r.dependents if n in want]
+        if nodes or dependents:
+            causes.append(attrs.evolve(r, nodes=nodes, dependents=dependents,
+                                       cost=sum(by_id[n].seconds for n in nodes + dependents if n in by_id)))
     return attrs.evolve(exp, causes=causes, built=[b for b in exp.built if b in want],
                         failures=[f for f in exp.failures if f.node in want],
                         cutoff=[c for c in exp.cutoff if c.node in want],
                         unexplained=[u for u in exp.unexplained if u.node in want],
+                        cache_misses=[m for m in exp.cache_misses if m.node in want],
+                        nondeterministic=[n for n in exp.nondeterministic if n.node in want],
+                        reused=sum(s.action == "reused" for s in states if s.id in want),
                         total_cost=sum(by_id[b].seconds for b in exp.built if b in want))
 
 
@@ -98,43 +203,63 @@ def explain_run(root: Path, set_name: str, store_root: Path, *, run_id: Optional
     from .store import Store
 
     store = Store.for_reading(store_root)
-    runs = runs_of(store, set_name)
-    if not runs:
-        raise PlannerError(f"no recorded realise of set {set_name!r} in {store_root}")
-    if run_id is None:
-        run_id, rec = runs[0]
-    else:
-        raw = store.run(run_id)
-        if raw is None or raw.get("set") != set_name:
-            raise PlannerError(f"no run {run_id} of set {set_name!r}")
-        rec = RunRecord.from_json(raw)
-    prev_rec: Optional[RunRecord]
-    if against is None:
-        earlier = [(i, r) for i, r in runs if i < run_id]
-        against, prev_rec = earlier[0] if earlier else (None, None)
-    else:
-        raw_prev = store.run(against)
-        prev_rec = RunRecord.from_json(raw_prev) if raw_prev is not None else None
-    current = _states_from_run(store, rec)
-    previous = _states_from_run(store, prev_rec)
-    checks = [(c.node, c.differing) for c in rec.checks if not c.ok]
-    exp = explain(set_name, current, previous, run=run_id, against=against, checks=checks,
-                  repacked=compare_pins(_pins_of(prev_rec), rec.pins) if _pins_of(prev_rec) else ())
+    try:
+        runs = runs_of(store, set_name)
+        if not runs:
+            raise PlannerError(f"no recorded realise of set {set_name!r} in {store_root}")
+        if run_id is None:
+            run_id, rec = runs[0]
+        else:
+            rec = _run_of(store, runs, run_id, set_name, "--run")
+        prev_rec: Optional[RunRecord]
+        if against is None:
+            earlier = [(i, r) for i, r in runs if i < run_id]
+            against, prev_rec = earlier[0] if earlier else (None, None)
+        elif against == run_id:
+            raise PlannerError(f"--against {against} is the run explained: name another run of set {set_name!r}")
+        else:
+            prev_rec = _run_of(store, runs, against, set_name, "--against")
+        current = _states_from_run(store, rec)
+        previous = _states_from_run(store, prev_rec)
+        checks = [(c.node, c.differing) for c in rec.checks if not c.ok]
+        prev_pins = _pins_of(prev_rec)
+        exp = explain(set_name, current, previous, run=run_id, against=against, checks=checks,
+                      repacked=compare_pins(prev_pins, rec.pins) if prev_pins else (),
+                      lock_changes=changed_pins(prev_pins, rec.pins) if prev_rec is not None else ())
+    finally:
+        store.close()
+    files, notes = _recipe_files(root, set_name)
+    exp = attrs.evolve(exp, causes=locate(exp.causes, files), notes=notes)
+    exp = _select(exp, node, current, what=f"run {run_id}", recipes=files.recipes)
     if not exp.built and not exp.failures:
-        busy = next((i for i, r in runs if i < run_id and any(n.action in ("built", "failed") for n in r.nodes)), None)
+        # Nothing rebuilt (a no-op): the latest earlier run that rebuilt something of what
+        # was asked about is what "why did it rebuild?" usually means.
+        want = _closure(current, node) if node else None
+        busy = next((i for i, r in runs if i < run_id and any(
+            n.action in ("built", "failed") and (want is None or n.id in want) for n in r.nodes)), None)
         exp = attrs.evolve(exp, last_rebuild=busy)
-    store.close()
-    exp = attrs.evolve(exp, causes=locate(exp.causes, _load_set(root, set_name)))
-    return _select(exp, node, current)
+    return exp
 
 
-def _load_set(root: Path, set_name: str):
+def _run_of(store, runs: list, run_id: int, set_name: str, option: str) -> RunRecord:
+    raw = store.run(run_id)
+    if raw is None or raw.get("set") != set_name:
+        known = [str(i) for i, _r in runs][:12]
+        raise PlannerError(f"{option} {run_id}: no run {run_id} of set {set_name!r}"
+                           + (f" (its runs: {', '.join(known)}{', …' if len(runs) > 12 else ''})" if known else ""))
+    return RunRecord.from_json(raw)
+
+
+def _recipe_files(root: Path, set_name: str) -> tuple[RecipeFiles, list[str]]:
+    """Where the set's causes are written, and a note when the set does not load (a recipe
+    broken since the run): then from each recipe file that still parses."""
     from .recipes import load_set
 
     try:
-        return load_set(root, set_name)
-    except PlannerError:
-        return None
+        return RecipeFiles.of_set(load_set(root, set_name)), []
+    except PlannerError as exc:
+        return RecipeFiles.scan(root, set_name), [f"the recipes do not load now ({exc.line()}): a cause of a "
+                                                  "recipe that does not parse has no file and line"]
 
 
 def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[str] = None,
@@ -147,7 +272,8 @@ def explain_next(root: Path, set_name: str, store_root: Path, *, node: Optional[
     planned = planning.load(root, set_name, sandboxed=sandbox, check_lock=True)
     with Store.or_empty(store_root) as store:  # no store yet is an empty one: none is made
         exp, current = _explain_next(planned, store, set_name)
-    return _select(attrs.evolve(exp, causes=locate(exp.causes, planned.rs)), node, current)
+    exp = attrs.evolve(exp, causes=locate(exp.causes, RecipeFiles.of_set(planned.rs)))
+    return _select(exp, node, current, what="the next realise", recipes=planned.rs.recipes)
 
 
 def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[NodeState]]:
@@ -165,6 +291,9 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
     prev_id, prev_rec = runs[0] if runs else (None, None)
     previous = _states_from_run(store, prev_rec)
     prev_by_id = {s.id: s for s in previous}
+    # A node's cost is its last build's time; a node whose id is new (its variant changed)
+    # has none, and the last time of its recipe's build is a better guess than its estimate.
+    recipe_seconds = {s.name: s.seconds for s in previous if s.action == "built" and s.seconds}
     current = []
     for nid in closure:
         pn = p.nodes[nid]
@@ -175,10 +304,13 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
                            "never built" if nid not in prev_by_id else "inputs changed")
         current.append(NodeState(id=nid, name=pn.name, variant=pn.variant.label(), key=pn.key,
                                  action="reused" if valid else "would-build", reason=reason,
-                                 seconds=durations.get(nid, pn.estimate), deps=dict(pn.deps),
+                                 seconds=durations.get(nid, recipe_seconds.get(pn.name, pn.estimate)),
+                                 deps=dict(pn.deps),
                                  preimage=pn.preimage.to_json()))
+    pins = lock_pins(lk)
     exp = explain(set_name, current, previous, run=prev_id, dry_run=True,
-                  repacked=compare_pins(_pins_of(prev_rec), lock_pins(lk)) if _pins_of(prev_rec) else ())
+                  repacked=compare_pins(_pins_of(prev_rec), pins) if _pins_of(prev_rec) else (),
+                  lock_changes=changed_pins(_pins_of(prev_rec), pins) if prev_rec is not None else ())
     return exp, current
 
 

@@ -147,12 +147,20 @@ def _with(**changes) -> dict:
     ({"variant__platform": "linux/arm64"}, "variant", "platform"),
     ({"source_date_epoch": 2}, "epoch", "source-date-epoch"),
     ({"patches": [{"name": "p1", "strip": 1, "tree": "blake3:p2"}]}, "patch", "p1"),
-    ({"impure": True}, "sandbox", "impure"),
+    ({"impure": True}, "sandbox", "sandbox"),
 ])
 def test_each_preimage_field_classifies_to_its_cause(changes: dict, kind: str, field: str) -> None:
     (ch,) = diff_preimages(PRE, _with(**changes))
     cause = classify(ch, "b")
     assert cause is not None and (cause.kind, cause.field) == (kind, field)
+
+
+def test_an_impure_build_is_the_sandbox_turned_off() -> None:
+    """`impure` false -> true is the sandbox going from on to off (not the other way round)."""
+    (ch,) = diff_preimages(PRE, _with(impure=True))
+    cause = classify(ch, "b")
+    assert (cause.old, cause.new) == ("on", "off (impure)")
+    assert cause.describe().endswith(": on -> off (impure)")
 
 
 def test_a_changed_dependency_is_propagation_not_a_cause() -> None:

@@ -99,6 +99,9 @@ def why(ctx: Context, what: str | None, dry_run: bool, against: int | None, run_
                                where=str(ctx.root / "recipes"))
         node = what
     name = default_set(ctx, set_name)
+    if dry_run and (run_id is not None or against is not None):
+        raise click.UsageError("--dry-run explains the next realise against the last run: it takes no --run "
+                               "or --against")
     if dry_run:
         exp = explain_next(ctx.root, name, ctx.store_for_write(), node=node)
     else:
