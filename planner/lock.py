@@ -276,9 +276,11 @@ def parse(text: str, where: str) -> Lock:
         if key not in data:
             raise LockError(f"missing key {key!r}", where=where)
         if not isinstance(data[key], typ) or isinstance(data[key], bool):
-            raise LockError(f"{key} has the wrong type", where=f"{where}: {key}")
+            expected = {int: "an integer", str: "a string", dict: "a table"}[typ]
+            raise LockError(f"{key} has the wrong type (expected {expected})", where=f"{where}: {key}")
     if data["version"] != LOCK_VERSION:
-        raise LockError(f"lockfile version {data['version']} is not {LOCK_VERSION}", where=where)
+        newer = " (written by a newer planner)" if data["version"] > LOCK_VERSION else ""
+        raise LockError(f"lockfile version {data['version']} is not {LOCK_VERSION}{newer}", where=where)
     extra = set(data) - {"version", "set", "recipes", "source-date-epoch", "inputs"}
     if extra:
         raise LockError(f"unknown key {sorted(extra)[0]!r}", where=where)
@@ -355,13 +357,33 @@ def read(path: Path) -> Lock:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a mix: write, fsync, rename, fsync dir."""
+    """Readers see the old file or the new one, never a mix: write, fsync, rename, fsync dir.
+    A file that already holds `text` is left alone (a lock with nothing to change is not
+    rewritten: its time stays, and a read-only checkout can be locked); a file replaced keeps
+    its permissions. A link in its place is replaced, not written through (the project's
+    writers never follow a link they did not make)."""
+    import stat
+
+    data = text.encode("utf-8")
+    try:
+        st: Optional[os.stat_result] = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(data):
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(data) + 1) == data:
+                    return
+        except OSError:
+            pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
+            if st is not None and stat.S_ISREG(st.st_mode):
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -390,7 +412,7 @@ class Problem:
 
 def local_pin(rs: RecipeSet, decl: InputDecl) -> Pin:
     """The pin of a local input (a path source or a local patch), computed from the project."""
-    from .hashing import file_digest, file_sha256_and_blake3, tree_digest
+    from .hashing import file_sha256_and_blake3, tree_digest
 
     rel = decl.source.path if decl.source is not None else decl.patch.file  # type: ignore[union-attr]
     path = rs.root / str(rel)
@@ -459,7 +481,7 @@ def check(rs: RecipeSet, lock: Lock, *, deep: bool = True) -> list[Problem]:
         if id_ not in decls:
             problems.append(Problem(id_, "in the lock but no recipe declares it"))
     if lock.set != rs.name:
-        problems.append(Problem("set", f"the lock is set {lock.set!r}'s, not {rs.name!r}'s: run `planner lock {rs.name}`"))
+        problems.append(Problem("set", f"the lock is the lock of set {lock.set!r}, not of set {rs.name!r}: run `planner lock {rs.name}`"))
     if lock.source_date_epoch != rs.config.source_date_epoch:
         problems.append(Problem("source-date-epoch",
                                 f"locked {lock.source_date_epoch}, set.toml says {rs.config.source_date_epoch}"))

@@ -700,7 +700,7 @@ def test_lock_update_fills_one_entry_without_touching_the_rest(tmp_path, monkeyp
     try:
         lock_set(rs, Store(tmp_path / "store"), update=frozenset({victim}))
     except UnresolvedInputs as exc:
-        assert victim not in {i for i, _ in exc.failures}
+        assert victim not in {f.id for f in exc.failures}
     after = lockmod.read(rs.lockfile)
     assert after.inputs[victim] == full.inputs[victim]
     for id_, li in full.inputs.items():

@@ -31,6 +31,9 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
     if not check and (target or profile or platform or variant or every_input):
         raise click.UsageError("--target, --profile, --platform, --variant and --all go with --check "
                                "(`planner lock` pins every input)")
+    if check and update:
+        raise click.UsageError("--check changes nothing: it takes no --update (`planner lock --update NAME` "
+                               "re-pins NAME)")
     if every_input and (target or platform or variant):
         raise click.UsageError("--all checks every input of the set: it takes no --target, --platform or --variant")
     rs = load_set(ctx.root, default_set(ctx, set_name), profile=profile)
@@ -78,10 +81,14 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
         result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True),
                                    mirrors=load_mirrors(ctx.root, ctx.mirrors))
     except UnresolvedInputs as exc:
+        unlocked = {f.id for f in exc.failures if not f.kept}
         for id_ in exc.changed:
-            click.echo(f"pinned {id_}")
-        for id_, why in exc.failures:
-            click.echo(f"unlocked {id_}: {why}", err=True)
+            if id_ not in unlocked:
+                click.echo(f"pinned {id_}")
+        for f in exc.failures:
+            click.echo(f"kept the old pin of {f.id}: {f.reason}" if f.kept else f"unlocked {f.id}: {f.reason}",
+                       err=True)
+        click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({count(len(unlocked), 'input')} unlocked)", err=True)
         raise
     for id_ in changed:
         click.echo(f"pinned {id_}")

@@ -215,15 +215,30 @@ def _check_http_url(url: str, err, what: str) -> None:
     if scheme not in ("http", "https") or not url[len(scheme):].startswith("://") or "\0" in url:
         raise err("url", f"{what}: only http:// and https:// URLs are fetched, not {url[:60]!r} "
                          f"(serve local files through a mirror, or use a path input)")
+    _refuse_credentials(url, err, what, https=True)
+
+
+def _refuse_credentials(url: str, err, what: str, *, https: bool) -> None:
+    """A user or password in a recipe's URL would be copied into the lockfile (origin, url)
+    and every attestation: a secret committed twice. A mirror (planner.toml) holds them."""
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    userinfo = authority.rpartition("@")[0]
+    if userinfo and (":" in userinfo or https):
+        raise err("url", f"{what}: credentials in a URL ({userinfo[:1]}…@) would be written to the lockfile "
+                         "too: give the URL without them and a mirror that holds them (planner.toml [mirrors])")
 
 
 def _check_git_url(root: Path, url: str, err, what: str) -> None:
     """A git source is remote (https, git, ssh, user@host:path) or a repository inside the
     project: a local path outside it would copy whatever repository the machine holds."""
     if _REMOTE_GIT.match(url) or _SCP_GIT.match(url):
+        # (ssh's user, git@, is no secret: only a password, or an https user, which is a token)
+        _refuse_credentials(url, err, what, https=url.lower().startswith(("http://", "https://")))
         return
     local = url[len("file://"):] if url.lower().startswith("file://") else url
-    if "://" in local or not local:
+    # git reads `word:rest` before any slash as a host (scp form) or a transport (`ext::`,
+    # `fd::`): never a local path, and not one of the remotes above either.
+    if "://" in local or not local or ":" in local.split("/", 1)[0]:
         raise err("url", f"{what}: git URL {url[:60]!r} is neither remote (https, git, ssh) nor a local path")
     real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
     if "\0" in local or not real.is_relative_to(root.resolve()):

@@ -4,6 +4,7 @@ store; `planner prefetch`."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable, Optional
 
@@ -70,11 +71,15 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
     from .. import lock as lockmod
 
     old: Optional[Lock] = None
-    if rs.lockfile.exists():
+    if os.path.lexists(rs.lockfile):
         try:
             old = lockmod.read(rs.lockfile)
         except LockError as exc:
-            log(f"ignoring unreadable lock: {exc.line()}")
+            # Never replaced silently: what it pins (a commit a branch has since left, a file
+            # upstream has since changed) would be re-pinned to whatever upstream has now.
+            raise LockError(f"{exc.message}; `planner lock` keeps what a lock pins, so it does not replace one it "
+                            "cannot read: repair it (a merge conflict?) or delete it to pin every input anew",
+                            where=exc.where) from None
     resolver = Resolver(rs, store, log=log, mirrors=list(mirrors))
     decls = declarations(rs)
     unknown = [u for u in update if u not in decls and u not in rs.recipes]
@@ -109,10 +114,10 @@ def _apt_to_resolve(decls: dict[str, InputDecl], old: Optional[Lock], update: fr
 
 
 def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: frozenset[str], resolver: Resolver
-                 ) -> tuple[dict[str, LockedInput], list[str], list[tuple[str, str]]]:
+                 ) -> tuple[dict[str, LockedInput], list[str], list["Unresolved"]]:
     inputs: dict[str, LockedInput] = {}
     changed: list[str] = []
-    failures: list[tuple[str, str]] = []
+    failures: list[Unresolved] = []
     for id_, decl in decls.items():
         prev = old.inputs.get(id_) if old else None
         wanted = id_ in update or decl.recipe in update
@@ -130,7 +135,7 @@ def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: froze
             except HashMismatch:
                 raise
             except (FetchError, LockError) as exc:
-                failures.append((id_, exc.line()))
+                failures.append(Unresolved(id_, exc.line(), kept=True))
                 inputs[id_] = prev
                 continue
             inputs[id_] = attrs.evolve(new, spec=decl.spec(), pins={**kept, **new.pins})
@@ -143,10 +148,11 @@ def _resolve_all(decls: dict[str, InputDecl], old: Optional[Lock], update: froze
         except HashMismatch:
             raise
         except (FetchError, LockError) as exc:
-            failures.append((id_, exc.line()))
             if prev is not None and prev.status == "locked" and prev.spec == decl.spec():
+                failures.append(Unresolved(id_, exc.line(), kept=True))
                 inputs[id_] = prev  # an --update that cannot reach upstream keeps the old pin
                 continue
+            failures.append(Unresolved(id_, exc.line(), kept=False))
             new = LockedInput(id=id_, kind=decl.kind, origin=decl.origin, spec=decl.spec(),
                               pins=dict(expected or {}), status="unlocked", reason=decl.unlocked_reason(exc.line()))
         inputs[id_] = new
@@ -167,13 +173,24 @@ def _pins_kept_for_new_platforms(decl: InputDecl, prev: Optional[LockedInput]) -
     return {p: prev.pins[p] for p in old}
 
 
-class UnresolvedInputs(LockError):
-    """Some inputs could not be resolved; the lock was written with them marked unlocked."""
+@attrs.frozen
+class Unresolved:
+    """An input `lock` could not resolve: why, and whether its old pin was kept (an --update
+    that could not reach upstream) or it is written as unlocked."""
 
-    def __init__(self, failures: list[tuple[str, str]], changed: list[str]) -> None:
+    id: str
+    reason: str
+    kept: bool
+
+
+class UnresolvedInputs(LockError):
+    """Some inputs could not be resolved; the lock was written with each either marked
+    unlocked or, where it had a pin, keeping it."""
+
+    def __init__(self, failures: list[Unresolved], changed: list[str]) -> None:
         self.failures = failures
-        self.changed = changed
-        first_id, first = failures[0]
-        more = f" (and {len(failures) - 1} more, marked unlocked in the lock)" if len(failures) > 1 else \
-            " (marked unlocked in the lock)"
-        super().__init__(f"could not resolve {first_id}: {first}{more}")
+        self.changed = changed  # (the unlocked ones among them are not pinned)
+        first = failures[0]
+        what = "its old pin is kept" if first.kept else "marked unlocked in the lock"
+        more = f"; and {len(failures) - 1} more" if len(failures) > 1 else ""
+        super().__init__(f"could not resolve {first.id}: {first.reason} ({what}{more})")
