@@ -261,6 +261,16 @@ def _commands(group: click.Group, prefix: str = ""):
             yield prefix + name, cmd
 
 
+def test_help_command_prints_each_commands_help(tmp_path: Path) -> None:
+    """`planner help [COMMAND]…` (as git and bazel have it) prints what `--help` prints."""
+    for words in ([], ["realise"], ["store", "gc"]):
+        via_help = run("help", *words, cwd=tmp_path, module="planner.entry")
+        direct = run(*words, "--help", cwd=tmp_path, module="planner.entry")
+        assert via_help.returncode == 0 and via_help.stdout == direct.stdout, (words, via_help.stdout, direct.stderr)
+    line = error_line(run("help", "store", "gcc", cwd=tmp_path))
+    assert "no command 'store gcc'" in line and "did you mean 'gc'?" in line, line
+
+
 def test_optional_arguments_are_bracketed_in_usage() -> None:
     wrong = []
     for name, cmd in _commands(main):

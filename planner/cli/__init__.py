@@ -24,7 +24,7 @@ from .realise import realise
 from .store import keys, store
 
 _ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log", "push", "export", "store", "mirror",
-          "prefetch", "hash", "keys")
+          "prefetch", "hash", "keys", "help")
 
 
 class _Group(click.Group):
@@ -81,8 +81,28 @@ def main(ctx: click.Context, root: Path | None, store: Path | None, mirrors: tup
                       [mirror_url(m) for m in mirrors])
 
 
+@click.command("help")
+@click.argument("words", metavar="[COMMAND]...", nargs=-1)
+@click.pass_context
+def help_cmd(ctx: click.Context, words: tuple[str, ...]) -> None:
+    """Print a command's help (`planner help store gc`)."""
+    # Each word's context a child of the one before, as when the command line is parsed: the
+    # usage line and the help options (-h) come out as `--help` prints them.
+    at = ctx.find_root()
+    cmd: click.Command = at.command
+    for i, word in enumerate(words):
+        sub = cmd.get_command(at, word) if isinstance(cmd, click.Group) else None
+        if sub is None:
+            from ..suggest import did_you_mean
+
+            known = cmd.list_commands(at) if isinstance(cmd, click.Group) else []
+            raise PlannerError(f"no command {' '.join(words[:i + 1])!r}{did_you_mean(word, known)}")
+        cmd, at = sub, click.Context(sub, info_name=word, parent=at)
+    click.echo(cmd.get_help(at))
+
+
 for _cmd in (lock, plan, realise, why, diff, why_depends_cmd, show, log_cmd, push, export, store, mirror, prefetch,
-             hash_cmd, keys):
+             hash_cmd, keys, help_cmd):
     main.add_command(_cmd)
     global_options(_cmd)
 
