@@ -119,7 +119,7 @@ class Repacked:
 @attrs.frozen
 class CacheMissReport:
     node: str
-    category: str  # never-built, evicted, unsigned, untrusted, bad-signature, unreachable, near-miss, absent
+    category: str  # never-built, evicted, unsigned, untrusted, bad-signature, bad-entry, unreachable, near-miss, absent
     detail: str
 
 

@@ -89,15 +89,28 @@ class Execution:
 
     def substitute(self, node, resolved) -> tuple[Optional[tuple[Any, str]], Optional[MissNote]]:
         """(entry, why) from a signed substituter entry, or (None, the caches' miss if asked)."""
-        from .cache import classify_miss, lookup_any
+        from .cache import CacheError, classify_miss, lookup_any
+        from .cache.results import CacheMiss
         from .derivation import record
 
         if not self.run.subs or self.run.options.check or self.store.lookup(resolved.build_key) is not None:
             return None, None
-        found, misses = lookup_any(self.run.subs, resolved.build_key, preimage=resolved.preimage.to_json())
-        if found:
+        caches = list(self.run.subs)
+        misses: list = []
+        while caches:
+            found, tried = lookup_any(caches, resolved.build_key, preimage=resolved.preimage.to_json())
+            misses += tried
+            if not found:
+                break
             cache, hit = found
-            entry = cache.fetch(hit, self.store)
+            try:
+                entry = cache.fetch(hit, self.store)
+            except CacheError as exc:
+                # Signed, but its bytes are not what it says (a corrupt or replaced blob): a
+                # miss like a bad signature, never a failed node; the next cache, then a build.
+                misses.append(CacheMiss(str(cache.ref), resolved.build_key, "bad-entry", exc.line()))
+                caches = caches[caches.index(cache) + 1:]
+                continue
             record(self.store, node, resolved, entry.digest)
             return (entry, f"substituted from {cache.ref} (signed by {hit.signer})"), None
         miss = classify_miss(misses, built_before=self.store.realisation(node.key) is not None)

@@ -34,7 +34,7 @@ def substitute(caches: Sequence[BinaryCache], store: Store, build_key: str) -> O
 
 @attrs.frozen
 class MissReport:
-    category: str  # never-built | evicted | unsigned | untrusted | bad-signature | unreachable | near-miss
+    category: str  # never-built | evicted | unsigned | untrusted | bad-signature | bad-entry | unreachable | near-miss
     detail: str
     misses: list[CacheMiss] = attrs.field(factory=list)
 
@@ -42,12 +42,13 @@ class MissReport:
 def classify_miss(misses: Sequence[CacheMiss], *, built_before: bool) -> MissReport:
     """One cause for a node no substituter could provide (`planner why`).
 
-    A refused entry (unsigned, untrusted, bad signature) wins: the bytes exist but may not be
+    A refused entry (bytes that are not what their signature says, unsigned, untrusted, bad
+    signature) wins: the bytes exist but may not be
     used. Then unreachable caches (when none answered), then near misses (name the differing
     axis), then `evicted` (this store built or fetched it once: the entry was collected since),
     else `never-built`."""
     misses = list(misses)
-    for reason in ("bad-signature", "untrusted", "unsigned"):
+    for reason in ("bad-entry", "bad-signature", "untrusted", "unsigned"):
         for m in misses:
             if m.reason == reason:
                 return MissReport(reason, f"{m.cache}: {m.detail}", misses)

@@ -57,7 +57,7 @@ class CacheHit:
 class CacheMiss:
     cache: str
     key: str
-    reason: str  # absent | unsigned | untrusted | bad-signature | unreachable
+    reason: str  # absent | unsigned | untrusted | bad-signature | bad-entry | unreachable
     detail: str = ""
     near_miss: Optional[list[NearMiss]] = None
 

@@ -22,10 +22,12 @@ def _unb64(text: str, what: str) -> bytes:
         raise CacheError(f"{what} is not base64") from None
 
 
-def _split_named(text: str, what: str) -> tuple[str, bytes]:
+def _split_named(text: str, what: str, *, secret: bool = False) -> tuple[str, bytes]:
     name, sep, data = text.strip().partition(":")
     if not sep or not name or not data:
-        raise CacheError(f"{what} must look like NAME:BASE64, got {text.strip()[:40]!r}")
+        # A secret key's text is never shown: an error line ends up in CI logs.
+        got = "" if secret else f", got {text.strip()[:40]!r}"
+        raise CacheError(f"{what} must look like NAME:BASE64{got}")
     return name, _unb64(data, what)
 
 
@@ -65,7 +67,7 @@ class Signer:
 
     @classmethod
     def from_text(cls, text: str) -> "Signer":
-        name, raw = _split_named(text, "secret key")
+        name, raw = _split_named(text, "secret key", secret=True)
         if len(raw) not in (32, 64):
             raise CacheError(f"secret key {name!r} has {len(raw)} bytes, want 64 (or a 32-byte seed)")
         signer = cls(name, raw[:32])
@@ -79,6 +81,11 @@ class Signer:
             return cls.from_text(Path(path).read_text())
         except OSError as e:
             raise CacheError(f"cannot read secret key: {e.strerror}", where=str(path)) from None
+        except UnicodeDecodeError:
+            raise CacheError("secret key is not text (NAME:BASE64, as `planner keys generate` writes)",
+                             where=str(path)) from None
+        except CacheError as e:
+            raise CacheError(e.message, where=str(path)) from None
 
     def secret_text(self) -> str:
         """The secret key in file format (for shipping to workers; handle with care)."""

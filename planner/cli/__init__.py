@@ -27,6 +27,30 @@ _ORDER = ("lock", "plan", "realise", "why", "diff", "why-depends", "show", "log"
           "prefetch", "hash", "keys", "help")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, `timeout`, a container stopped): stopped as a Ctrl-C stops
+    the planner, its temporary files removed on the way out, never left half-written."""
+
+
+_terminated = False
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # (a command run from a thread of another program: its handlers are its own)
+
+    def terminate(signum, frame):
+        global _terminated
+        _terminated = True  # (what stops on the way may raise a plain KeyboardInterrupt again)
+        raise Terminated()
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, terminate)
+
+
 class _Group(click.Group):
     """Turns typed errors into one line on stderr and a non-zero exit."""
 
@@ -36,18 +60,20 @@ class _Group(click.Group):
         return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
     def invoke(self, ctx: click.Context):
+        _stop_on_sigterm()
         try:
             return super().invoke(ctx)
         except PlannerError as exc:
             fail(exc)
-        except KeyboardInterrupt:
-            click.echo("planner: interrupted; the store is consistent", err=True)
+        except KeyboardInterrupt as exc:
+            terminated = _terminated or isinstance(exc, Terminated)
+            click.echo(f"planner: {'terminated' if terminated else 'interrupted'}; the store is consistent", err=True)
             sys.stdout.flush()
             sys.stderr.flush()
             # Not sys.exit: the interpreter would wait for the planner's own threads still at
             # work (a download, an unpack; the builds' processes are already killed). What they
             # leave in the store's tmp/ is what a crash leaves: `store gc` removes it.
-            os._exit(130)
+            os._exit(143 if terminated else 130)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except OSError as exc:

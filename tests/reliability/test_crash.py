@@ -342,3 +342,30 @@ def test_ctrl_c_stops_at_once_and_leaves_a_sound_store(tmp_path: Path, figure: d
         assert again.returncode == 0, again.stderr
     figure.update(trials=1, faults="SIGINT during a 120 s build and a download stalled for 60 s",
                   outcomes=f"exit 130 after {took:.1f} s, one line; store sound; the next realise finished")
+
+
+def test_sigterm_stops_as_ctrl_c_does(tmp_path: Path, figure: dict) -> None:
+    """SIGTERM (a cancelled CI job, `timeout`) while a build runs: the planner stops as on Ctrl-C, exit 143 with one line, the build killed, no temporary file left beside an export, a sound store."""
+    proj = Project.empty(tmp_path, target="img")
+    proj.write_raw("slow", shell_recipe("slow", "sleep 120; echo late > $out/x"))
+    proj.write_raw("img", 'name = "img"\nversion = "1"\n[build]\nbuilder = "oci-image"\n[image]\nlayers = [["slow"]]\n')
+    proj.lock()
+    store = tmp_path / "store-term"
+    out = tmp_path / "out"
+    out.mkdir()
+    p = popen(proj, "export", proj.set, str(out / "img.tar"), store=store)
+    time.sleep(3)  # the build under way, in its sandbox
+    assert p.poll() is None, p.communicate()
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGTERM)
+    _out, err = p.communicate(timeout=60)
+    took = time.monotonic() - t0
+    wait_gone(str(store))
+    assert p.returncode == 143, err
+    assert took < 15, f"SIGTERM took {took:.1f} s"
+    assert [l for l in err.splitlines() if l.startswith("planner:")] == [
+        "planner: terminated; the store is consistent"], err
+    assert "Traceback" not in err and list(out.iterdir()) == [], (err, list(out.iterdir()))
+    sound(store)
+    figure.update(trials=1, faults="SIGTERM during a 120 s build under `planner export`",
+                  outcomes=f"exit 143 after {took:.1f} s, one line; nothing beside the export; store sound")
