@@ -11,6 +11,9 @@ from typing import Any, Optional
 from .errors import BuildError, InputError, PlannerError, bounded
 from .runs import CheckResult, MissNote, NodeResult
 
+# Cache misses where a cache had the entry and it was refused (not merely absent or unreachable).
+_REFUSED = frozenset({"bad-entry", "bad-signature", "untrusted", "unsigned"})
+
 
 class Execution:
     """The work of `execute`: one node at a time, from the scheduler's threads."""
@@ -142,6 +145,10 @@ class Execution:
             entry, why = got
             self.push(node, resolved, entry)
             return entry, self._result(nid, "substituted", why, entry, resolved.build_key)
+        if miss is not None and miss.category in _REFUSED:
+            # As Nix warns of a substitute it ignores: bytes were there and were not used.
+            self.run.emit("log", f"warning: {node.label()}: not substituted ({miss.category}: {miss.detail}); "
+                                 "building it")
         req = BuildRequest(node=node, inputs=self.inputs_of(nid), deps=deps, jobs=self._cores(nid),
                            sandboxed=self.run.options.sandbox)
         known = self.d.validity.known.get(nid)

@@ -193,10 +193,12 @@ def add_file(mirror: Path, source: Path, *, url: Optional[str] = None, sha256: O
 
 
 def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
-            warn: Optional[Callable[[str], None]] = None) -> str:
+            warn: Optional[Callable[[str], None]] = None, names: Optional[dict[str, str]] = None) -> str:
     """Put the git repository at `repo` (a path or URL) into the mirror under `url`: every
     branch and tag (or only `commits`, each kept by a ref), in a bare repository that git
-    serves over file://, smart HTTP and, after `update-server-info`, plain HTTP.
+    serves over file://, smart HTTP and, after `update-server-info`, plain HTTP. `names`: a
+    branch or tag name -> the commit it named where the lock was made, each written as a ref
+    unless the mirror's repository has that ref already (`lock --update` resolves it there).
 
     A commit of a repository on this machine that lacks some of the commit's objects (a
     snapshot missing a blob) is copied with the objects it has, and `warn` names the files
@@ -228,9 +230,34 @@ def add_git(mirror: Path, url: str, repo: str, *, commits: tuple[str, ...] = (),
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(dest.parent):  # adds of one origin take turns: none sees another's half
-            return _add_git_locked(git, dest, rel, repo, url, commits, warn)
+            rel = _add_git_locked(git, dest, rel, repo, url, commits, warn)
+            for name, commit in sorted((names or {}).items()):
+                _name_commit(git, dest, name, commit)
+            return rel
     except OSError as exc:
         raise FetchError(f"cannot write {rel} in the mirror: {exc.strerror or exc}", where=url) from None
+
+
+def _name_commit(git: Callable, repo: Path, name: str, commit: str) -> None:
+    """`name` (a recipe's `rev`: a branch, a tag, or a full ref) as a ref to `commit` in the
+    mirror's bare `repo`, unless it is there already or is not a ref name git takes."""
+    import re
+    import subprocess
+
+    from .errors import FetchError
+
+    if re.fullmatch(r"[0-9a-fA-F]{40}", name) or name == "HEAD":
+        return  # a commit names itself
+    ref = name if name.startswith("refs/") else f"refs/heads/{name}"
+    if subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode != 0:
+        return
+    try:
+        git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", cwd=repo)
+        return  # what the repository says it names wins over the lock's memory of it
+    except FetchError:
+        pass
+    git("update-ref", ref, commit, cwd=repo)
+    git("update-server-info", cwd=repo)
 
 
 @contextlib.contextmanager
@@ -340,7 +367,11 @@ def _copy_present_objects(git: Callable, work: Path, objects: Path, commit: str,
     alternates.parent.mkdir(parents=True, exist_ok=True)
     alternates.write_text((before or "") + f"{objects}\n")
     try:
-        if git("cat-file", "-t", commit, cwd=work).stdout.strip() != "commit":
+        try:
+            kind = git("cat-file", "-t", commit, cwd=work).stdout.strip()
+        except FetchError:
+            raise FetchError(f"no commit {commit} in {url}'s repository", where=url) from None
+        if kind != "commit":
             raise FetchError(f"{commit} is not a commit", where=url)
         listed = git("rev-list", "--objects", "--no-walk", "--missing=print", commit, cwd=work).stdout.splitlines()
         have = [line.split(" ", 1)[0] for line in listed if line and not line.startswith("?")]
@@ -433,7 +464,11 @@ def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fi
         for repo in sources:
             notes: list[str] = []
             try:
-                rel = add_git(mirror, url, repo, commits=(commit,), warn=notes.append)
+                # The recipe's branch or tag too, at the pinned commit: `lock --update` on an
+                # air-gapped site then resolves it from the mirror (to the same commit).
+                rev = str(src.rev) if src.rev else None
+                rel = add_git(mirror, url, repo, commits=(commit,), warn=notes.append,
+                              names={rev: commit} if rev else None)
                 return True, rel + "".join(f" (warning: {n})" for n in notes)
             except FetchError as exc:
                 errors.append(exc.message)

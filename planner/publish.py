@@ -87,7 +87,9 @@ def export_image(root: Path, set_name: str, store: Path, out: Path, variant: Opt
 
 
 def export_variant(layout: Path, out: Path, variant: str, *, source_date_epoch: int) -> Path:
-    """An OCI archive holding one variant: its index and platform tags, and their blobs only."""
+    """An OCI archive holding one variant: its index under the variant's name, alone (a tool
+    reading `oci-archive:OUT.tar` without a name takes the one image there; platform tags
+    beside it made skopeo ask which), and its blobs only."""
     from .oci.layout import LayoutImage, export_oci_archive, read_layout, write_layout
 
     lay = read_layout(layout)
@@ -97,5 +99,5 @@ def export_variant(layout: Path, out: Path, variant: str, *, source_date_epoch: 
         sub.mkdir()
         # The blobs are read in place: the archive writer only needs paths for them.
         os.symlink(lay.blobs_dir.absolute(), sub / "blobs")
-        write_layout(sub, [LayoutImage(variant, top)])
+        write_layout(sub, [LayoutImage(variant, top)], platform_tags=False)
         return export_oci_archive(sub, out, source_date_epoch=source_date_epoch)

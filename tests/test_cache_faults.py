@@ -67,6 +67,10 @@ def test_a_corrupt_blob_in_the_cache_is_a_miss_and_the_node_is_built(tmp_path: P
     assert {n["action"] for n in out["nodes"]} == {"built"}, out["nodes"]
     assert out["digest"] == first["digest"] and out["output"]
     assert all("cache miss: bad-entry" in n["reason"] for n in out["nodes"]), [n["reason"] for n in out["nodes"]]
+    # Said as it happens, as Nix warns of a substitute it ignores (not only by `why` later).
+    plain = _ok(proj, "realise", "--progress", "plain", "--substituter", cache, "--trusted-key", public,
+                store=tmp_path / "s3")
+    assert plain.stderr.count("not substituted (bad-entry") == 4, plain.stderr
     why = json.loads(_ok(proj, "why", "--json", store=fresh).stdout)
     assert {m["category"] for m in why["cache_misses"]} == {"bad-entry"}, why["cache_misses"]
     assert _ok(proj, "store", "verify", store=fresh).stdout == "store ok\n"

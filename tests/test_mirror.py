@@ -127,6 +127,36 @@ def test_http_mirror_by_hash_first(tmp_path: Path) -> None:
     assert sha in (root / "lockfiles/air.lock").read_text()
 
 
+def test_a_mirror_file_with_other_bytes_is_one_bad_source_not_the_verdict(tmp_path: Path) -> None:
+    """A file under the mirror's sha256/ whose bytes are not its name's (corrupt, same size)
+    does not stop the fetch: the origin path beside it has the pinned bytes and is used. With
+    no source holding them, the mismatch is the error, naming the input; nothing is stored."""
+    body = _tarball(b"pinned\n")
+    sha = hashlib.sha256(body).hexdigest()
+    mirror = tmp_path / "mirror"
+    _git_mirror(mirror)
+    by_hash = mirror / "sha256" / sha
+    by_hash.parent.mkdir(parents=True)
+    by_hash.write_bytes(bytes(len(body)))  # as long as the pinned file: only its hash tells
+    by_url = mirror / "urls/developer.download.nvidia.com/hpc-sdk/hpcx-v2.25.1.tar.gz"
+    by_url.parent.mkdir(parents=True)
+    by_url.write_bytes(body)
+    root, store = tmp_path / "proj", tmp_path / "store"
+    _project(root, sha256=sha)
+    run = run_planner("--root", str(root), "--store", str(store), "--mirror", str(mirror), "lock", "air")
+    assert "has other bytes than the pin" in run.stderr and "trying the next source" in run.stderr, run.stderr
+    out = json.loads(run_planner("--root", str(root), "--store", str(store), "--mirror", str(mirror),
+                                 "realise", "air", "--json").stdout)
+    assert (Path(out["output"]) / "all").read_text() == "apex stand-in\npinned\n"
+    # Only the corrupt file: the realise of a fresh store fails on the mismatch, stores nothing.
+    by_url.unlink()
+    fresh = tmp_path / "fresh"
+    bad = run_planner("--root", str(root), "--store", str(fresh), "--mirror", str(mirror), "realise", "air",
+                      check=False)
+    assert bad.returncode != 0 and "hash mismatch" in bad.stderr and "hpcx/source" in bad.stderr, bad.stderr
+    assert not [p for p in fresh.glob("*") if "hpcx" in p.name], list(fresh.iterdir())
+
+
 def test_slime_recipes_resolve_from_a_mirror(tmp_path: Path) -> None:
     """The slime recipes themselves, with their GitHub origin URLs, resolved from a folder
     mirror of stand-ins: every git input (apex with its two submodule gitlinks, the slime

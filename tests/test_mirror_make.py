@@ -183,6 +183,13 @@ def test_export_a_locked_set_and_serve_it_when_every_origin_is_gone(tmp_path: Pa
                 assert entry.digest == pin.tree, id_
         res = json.loads(run_planner("--root", str(root), "--store", str(tmp_path / "fresh2"), "--mirror", url,
                                      "realise", "ex", "--json").stdout)
+        # Re-locking there: the recipe's branch (`rev = "main"`) resolves from the mirror, to the
+        # commit it named where the mirror was made (it held only that commit's tag).
+        before = rs.lockfile.read_bytes()
+        relock = run_planner("--root", str(root), "--store", str(tmp_path / "fresh2"), "--mirror", url,
+                             "lock", "ex", "--update", "lib/source", check=False)
+        assert relock.returncode == 0, relock.stderr
+        assert rs.lockfile.read_bytes() == before
     fresh.close()
     assert (Path(res["output"]) / "all").read_text() == "lib 2\ntool\n"
     assert commit in lock.inputs["lib/source"].pins["any"].commit

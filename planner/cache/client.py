@@ -84,7 +84,7 @@ class BinaryCache:
     def _is_down(self) -> Optional[str]:
         with self._lock:
             if self._down and time.monotonic() - self._down[0] < self.UNREACHABLE_RETRY_S:
-                return self._down[1]
+                return f"{self._down[1]} (not asked again for {self.UNREACHABLE_RETRY_S:.0f} s after that failure)"
             self._down = None
             return None
 
@@ -158,7 +158,9 @@ class BinaryCache:
         try:
             got = self._get_manifest(build_key)
         except OciError as e:
-            self._unreachable(e.line())
+            # Remembered without the entry it was asking for: what later lookups of other
+            # keys report is the cache's state, not this key's.
+            self._unreachable(e.message)
             return CacheMiss(where, build_key, "unreachable", e.line())
         except CacheError as e:
             return CacheMiss(where, build_key, "bad-signature", e.message)

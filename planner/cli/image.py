@@ -58,7 +58,9 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
 def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     """Write SET's image as an OCI archive (oci-archive:).
 
-    What `oci-archive:` and `docker load` style tools read. OUT's folder must exist. SET is
+    What `oci-archive:` and `docker load` style tools read: `oci-archive:OUT.tar:VARIANT`
+    (`default-linux-amd64` for one platform), or `oci-archive:OUT.tar` when --variant leaves
+    one image in it. OUT's folder must exist. SET is
     realised first, with `planner realise SET`'s progress on stderr: a no-op when it is up to
     date."""
     from ..publish import export_image

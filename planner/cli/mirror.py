@@ -69,8 +69,16 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
 
     from ..mirrors import add_file, add_git
 
+    from ..errors import PlannerError
+
     folder = folder.absolute()
     is_git = (path is not None and path.is_dir()) or (path is None and url.rstrip("/").endswith(".git"))
+    if not is_git and revs:
+        raise click.UsageError("--rev picks commits of a git repository; PATH is a file")
+    if not is_git and url.rstrip("/").endswith(".git"):
+        # A git recipe looks for its URL under git/ in a mirror: a file there would never be found.
+        raise PlannerError(f"{url} names a git repository, and {path} is a file: give the repository "
+                           "(a folder, bare or not)", where="mirror add")
     if is_git:
         rel = add_git(folder, url, str(path) if path is not None else url, commits=revs,
                       warn=lambda line: click.echo(f"planner: warning: {line}", err=True))

@@ -201,9 +201,10 @@ def _check_blob(layout: Layout, desc: Descriptor, *, verify: bool) -> None:
         raise OciError("blob content does not match its digest", where=str(path))
 
 
-def index_entries(layout: Layout, images: Sequence[LayoutImage]) -> list[Descriptor]:
-    """The entries of index.json: each image under its tag, then (for an index) each of its
-    platform manifests under `<tag>-<os>-<arch>`, in the caller's order."""
+def index_entries(layout: Layout, images: Sequence[LayoutImage], *, platform_tags: bool = True) -> list[Descriptor]:
+    """The entries of index.json: each image under its tag, then (for an index, unless not
+    `platform_tags`) each of its platform manifests under `<tag>-<os>-<arch>`, in the caller's
+    order."""
     entries: list[Descriptor] = []
     tags: set[str] = set()
 
@@ -217,7 +218,7 @@ def index_entries(layout: Layout, images: Sequence[LayoutImage]) -> list[Descrip
 
     for image in images:
         add(image.descriptor, image.tag)
-        if image.descriptor.media_type in INDEX_TYPES:
+        if platform_tags and image.descriptor.media_type in INDEX_TYPES:
             for m in layout.platform_manifests(image.descriptor):
                 if m.platform is None:
                     raise OciError("index entry has no platform", where=m.digest)
@@ -231,8 +232,10 @@ def write_layout(
     *,
     blobs_from: Path | None = None,
     verify: bool = False,
+    platform_tags: bool = True,
 ) -> Layout:
-    """Make `dest` an OCI layout whose index.json lists `images` (and per-platform tags).
+    """Make `dest` an OCI layout whose index.json lists `images` (and per-platform tags,
+    unless not `platform_tags`).
 
     Blobs are expected under dest/blobs already (write layers and documents there directly);
     with `blobs_from`, any reachable blob missing there is copied from that blobs directory.
@@ -252,7 +255,7 @@ def write_layout(
                 stack.extend(layout.children(d))
         for d in layout.walk(image.descriptor):
             _check_blob(layout, d, verify=verify)
-    entries = index_entries(layout, images)
+    entries = index_entries(layout, images, platform_tags=platform_tags)
     _atomic_write(dest / "oci-layout", canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
     doc = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [e.to_json() for e in entries]}
     _atomic_write(dest / "index.json", canonical_json(doc))
@@ -288,8 +291,11 @@ def export_oci_archive(layout: Path, out: Path, *, source_date_epoch: int = 0) -
     index.json, oci-layout and the blobs reachable from index.json, sorted, mtime fixed."""
     lay = read_layout(layout)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out.parent)
+    except OSError as exc:
+        raise OciError(f"cannot write the archive: {exc.strerror or exc}", where=str(out)) from None
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
@@ -297,6 +303,9 @@ def export_oci_archive(layout: Path, out: Path, *, source_date_epoch: int = 0) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk: named by the file it was writing, none of it left
+        Path(tmp).unlink(missing_ok=True)
+        raise OciError(f"cannot write the archive: {exc.strerror or exc}", where=str(out)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -112,20 +112,33 @@ class Resolver:
 
     def _first_that_works(self, candidates: list[str], attempt: Callable[[str], object], what: str):
         errors = []
+        mismatch: Optional[HashMismatch] = None
         for cand in candidates:
             try:
                 return cand, attempt(cand)
             except HashMismatch as exc:
                 # Name the input first (what the user can act on), then where the bytes came from.
                 if exc.where and not exc.where.startswith(what):
-                    raise HashMismatch(f"{what} (from {exc.where})", exc.expected, exc.actual) from None
-                raise
+                    exc = HashMismatch(f"{what} (from {exc.where})", exc.expected, exc.actual)
+                if cand == candidates[-1]:
+                    raise exc from None
+                # A mirror with other bytes than the pin (corrupt, or another file under that
+                # name) is one bad source, not the input's verdict: the next one may have them.
+                # Nothing of it was stored; if no source has the pinned bytes, this is the error.
+                mismatch = mismatch or exc
+                from ..fetch.url import _redact
+
+                self.log(f"{what}: {_redact(cand)} has other bytes than the pin ({exc.line()}), "
+                         "trying the next source")
+                continue
             except FetchError as exc:
                 errors.append(exc)
                 if cand != candidates[-1]:
                     from ..fetch.url import _redact
 
                     self.log(f"{what}: {_redact(cand)} failed ({exc.line()}), trying the next source")
+        if mismatch is not None:
+            raise mismatch
         if len(errors) == 1:
             raise errors[0]
         # Every mirror and the origin failed: each one's own reason (git's, HTTP's) matters, the
