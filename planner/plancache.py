@@ -291,19 +291,47 @@ def write_plan_cache(rs, lock_path: os.PathLike, store_root: os.PathLike, target
     anything; a file changed since is not cached as read."""
     _write(store_root, rs.root, rs.name, target, sandboxed, watched_files(rs, lock_path),
           [{"id": n.id, "name": n.name, "variant": n.variant, "key": n.key, "build_key": n.build_key,
-            "digest": n.digest, "path": n.path} for n in result.nodes],
+            "digest": n.digest, "path": n.path, "reason": _noop_reason(n)} for n in result.nodes],
           result.targets, result.output, result.digest, started_ns)
 
 
+def _noop_reason(n) -> str:
+    """What a no-op answered from this cache says of a node: only one with a local output is
+    valid in the store; one below a valid output may be gone from it (collected, repaired)."""
+    if n.path:
+        return "valid in the store"
+    if n.action == "reused":
+        return "not needed: what depends on it is valid"
+    return "valid: its output stays in the binary cache it was built into"
+
+
+def check_out_link(link: os.PathLike) -> None:
+    """An out-link replaces a link, never a file or a folder the user made (said before any
+    work)."""
+    from .errors import PlannerError
+
+    path = os.path.abspath(link)
+    if os.path.lexists(path) and not os.path.islink(path):
+        what = "a folder" if os.path.isdir(path) else "a file"
+        raise PlannerError(f"{what} is in the way: an out-link replaces only a link", where=path)
+
+
 def out_link(link: os.PathLike, target: os.PathLike, store=None) -> None:
-    """Point `link` at `target` atomically; with a store, the link is a gc root too."""
+    """Point `link` at `target` atomically; with a store, the link is a gc root too, under its
+    normalised absolute path (`sub/../result` is `result`: a root must not depend on a folder
+    that may go)."""
     from pathlib import Path
 
-    link = Path(link).absolute()
+    check_out_link(link)
+    link = Path(os.path.abspath(link))
     tmp = link.with_name(f".{link.name}.tmp{os.getpid()}")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     if store is not None:
         store.set_root(f"link:{link}", link)

@@ -94,6 +94,8 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     besides what `options` names by URL, and the caller keeps ownership of them."""
     if options.download not in ("toplevel", "all"):
         raise PlannerError(f"download must be toplevel or all, not {options.download!r}")
+    if options.jobs < 0:
+        raise PlannerError(f"jobs must be 0 (the number of cores) or more, not {options.jobs}")
     root = Path(root).resolve()
     store_root = Path(store_root).absolute()
     emit: Emit = progress or (lambda kind, data: None)
@@ -149,7 +151,7 @@ def _decide_and_run(planned, store, options: RealiseOptions, executor, substitut
 def _noop(cache: dict, set_name: str, store_root: Path, options: RealiseOptions) -> RealiseResult:
     """The result of a no-op from the plan cache's answer (and a new out-link made a gc root)."""
     nodes = [NodeResult(id=n["id"], name=n["name"], variant=n["variant"], key=n["key"], action="reused",
-                        reason="valid in the store", build_key=n["build_key"], digest=n["digest"],
+                        reason=n.get("reason") or "valid in the store", build_key=n["build_key"], digest=n["digest"],
                         path=n["path"]) for n in cache["nodes"]]
     if options.out_link and cache["output"]:
         from .store import Store
@@ -349,8 +351,10 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
         if options.out_link:
             out_link(options.out_link, Path(output), store)
     store.close()
-    if not failures and not options.check and options.platform is None and options.variant is None:
-        # After the index is closed: the cache records the index as this run left it.
+    complete = not any(r.action in ("skipped", "failed") for r in results.values())
+    if complete and not failures and not options.check and options.platform is None and options.variant is None:
+        # After the index is closed: the cache records the index as this run left it (only a
+        # run that made its target: a later no-op must answer with what it made).
         write_plan_cache(planned.rs, planned.rs.lockfile, store.root, options.target, options.sandbox, result,
                          run.started_ns)
     return result

@@ -245,6 +245,57 @@ def test_a_file_into_a_missing_folder_is_refused_before_any_work(diamond: Projec
     assert not (diamond.root / "store").exists()  # nothing realised first
 
 
+@pytest.mark.parametrize("in_the_way", ["folder", "file"])
+def test_an_out_link_never_replaces_a_file_or_folder(diamond: Project, in_the_way: str) -> None:
+    target = diamond.root / "result"
+    target.mkdir() if in_the_way == "folder" else target.write_text("notes\n")
+    line = error_line(run("realise", "t", "--out-link", "result", cwd=diamond.root))
+    assert str(target) in line and f"a {in_the_way} is in the way" in line, line
+    assert not (diamond.root / "store").exists()  # said before any work
+    assert sorted(p.name for p in diamond.root.iterdir() if p.name.startswith(".")) == []  # no temporary link
+    assert in_the_way == "folder" or target.read_text() == "notes\n"
+
+
+def test_an_out_link_is_rooted_by_its_normalised_path(diamond: Project) -> None:
+    """`sub/../result` is `result`: once sub is gone the root still holds (gc kept nothing else)."""
+    (diamond.root / "sub").mkdir()
+    assert run("realise", "t", "--out-link", "sub/../result", cwd=diamond.root).returncode == 0
+    roots = run("store", "roots", cwd=diamond.root).stdout
+    assert f"link:{diamond.root / 'result'}" in roots and ".." not in roots, roots
+    (diamond.root / "sub").rmdir()
+    diamond.recipe("d", deps=["b", "c"], script="echo other > $out/d.txt")
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    assert run("store", "gc", cwd=diamond.root).returncode == 0
+    assert (diamond.root / "result" / "d.txt").read_text().startswith("d"), "the out-link's output was collected"
+
+
+def test_jobs_below_zero_are_refused_and_an_incomplete_run_is_never_a_no_op(diamond: Project) -> None:
+    res = run("realise", "t", "-j", "-1", cwd=diamond.root)
+    assert res.returncode == 2 and "-j" in res.stderr, res.stderr
+    from planner.errors import PlannerError
+    from planner.realise import RealiseOptions, realise
+
+    with pytest.raises(PlannerError, match="jobs must be 0"):
+        realise(diamond.root, diamond.set, diamond.store, RealiseOptions(jobs=-1))
+    ok = run("realise", "t", "--json", cwd=diamond.root)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["output"], ok.stderr
+
+
+def test_a_no_op_says_a_node_below_a_valid_output_is_not_needed(diamond: Project) -> None:
+    """After `store verify --repair` removed `a` (below valid b and c), a realise reuses what
+    is valid and says of `a` what is true of it, not 'valid in the store', however answered."""
+    first = json.loads(run("realise", "t", "--json", cwd=diamond.root).stdout)
+    a = Path(next(n["path"] for n in first["nodes"] if n["name"] == "a"))
+    os.chmod(a, 0o755)
+    os.chmod(a / "a.txt", 0o644)
+    (a / "a.txt").write_text("tampered\n")
+    assert run("store", "verify", "--repair", cwd=diamond.root).returncode == 0
+    for _ in range(2):  # planned, then answered by the no-op cache
+        out = json.loads(run("realise", "t", "--json", cwd=diamond.root).stdout)
+        (node,) = [n for n in out["nodes"] if n["name"] == "a"]
+        assert node["reason"] == "not needed: what depends on it is valid" and not node["path"], node
+
+
 def test_push_and_export_help_say_they_realise_the_set(diamond: Project) -> None:
     for cmd in ("push", "export"):
         res = run(cmd, "--help", cwd=diamond.root)

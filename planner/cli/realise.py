@@ -15,7 +15,8 @@ from .common import Context, default_set, output_file
 
 @click.command()
 @click.argument("set_name", metavar="[SET]", required=False)
-@click.option("-j", "--jobs", type=int, default=0, help="Parallel builds (default: number of cores).")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=0,
+              help="Parallel builds (0, the default: the number of cores).")
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched and built, in order; build nothing.")
 @click.option("--check", is_flag=True, help="Rebuild the closure and compare with the stored outputs.")
 @click.option("--check-targets", is_flag=True,
@@ -61,6 +62,9 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     name = default_set(ctx, set_name)
     if out_link is not None:
         output_file(out_link)
+        from ..plancache import check_out_link
+
+        check_out_link(out_link)
     check = check or check_targets
     ctx.store_for_write()
     # The no-op fast path: the standard library and one sqlite query, nothing else. With an
@@ -163,7 +167,8 @@ def _noop_json(set_name: str, cache: dict) -> dict:
         # "schema" is planner.realise.RESULT_SCHEMA, not imported here: this is the no-op path.
         "schema": 1, "set": set_name, "target": targets[0] if len(targets) == 1 else targets, "targets": targets,
         "output": cache["output"], "digest": cache["digest"], "run": None, "failures": [], "checks": [],
-        "nodes": [dict(n, action="reused", reason="valid in the store", seconds=0.0) for n in cache["nodes"]],
+        "nodes": [dict(n, action="reused", reason=n.get("reason") or "valid in the store", seconds=0.0)
+                  for n in cache["nodes"]],
     }
 
 
