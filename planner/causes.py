@@ -361,18 +361,25 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
                 where.append(f'lockfiles/{exp.set}.lock [inputs."{c.lock_entry}"]')
             if where:
                 lines.append("     " + " · ".join(where))
-            first = r.nodes[0] if r.nodes else (r.dependents[0] if r.dependents else "")
-            others = len(r.nodes) - 1 if r.nodes else 0
-            deps = len(r.dependents) - (0 if r.nodes else 1)
-            verb2 = "rebuilds" if exp.dry_run else "failed to rebuild" if first in failed_ids else "rebuilt"
-            parts = [f"{verb2} {first}"]
+            # What failed is counted apart: "rebuilt" names only what was built.
+            nodes = [n for n in r.nodes if n not in failed_ids]
+            dependents = [n for n in r.dependents if n not in failed_ids]
+            failed = [n for n in r.nodes + r.dependents if n in failed_ids]
+            first = nodes[0] if nodes else (dependents[0] if dependents else "")
+            others = len(nodes) - 1 if nodes else 0
+            deps = len(dependents) - (0 if nodes else 1)
+            parts = [f"{'rebuilds' if exp.dry_run else 'rebuilt'} {first}"] if first else []
             if others:
-                same_recipe = len({n.split("[")[0] for n in r.nodes}) == 1
+                same_recipe = len({n.split("[")[0] for n in nodes}) == 1
                 noun = "other variant" if same_recipe else "other node"
                 parts.append(f"{others} {noun}{'s' if others > 1 else ''}")
             if deps:
                 parts.append(f"{deps} dependent{'s' if deps != 1 else ''}")
-            lines.append(f"     -> {' and '.join(parts)} · cost {_dur(r.cost)}")
+            text = " and ".join(parts)
+            if failed:
+                text += ("; " if text else "") + f"{len(failed)} failed ({', '.join(failed[:3])}" + \
+                    (", …)" if len(failed) > 3 else ")")
+            lines.append(f"     -> {text} · cost {_dur(r.cost)}")
             if expand:
                 for n in r.nodes[1:]:
                     lines.append(f"        also {n}")

@@ -203,6 +203,11 @@ def test_failed_build_has_a_log_and_why_names_it_failed(tmp_path: Path) -> None:
     text = proj.cli("why", "t")
     assert re.search(r"^FAILED b: ", text.stdout, re.M), text.stdout
     assert ", 1 failed," in text.stdout
+    # The first realise: b failed, a was built; the cause line counts them apart.
+    assert "-> rebuilt a; 1 failed (b)" in text.stdout, text.stdout
+    # d was skipped (b failed): its log is not "reused or fetched", it was skipped.
+    skipped = proj.cli("log", "d")
+    assert skipped.returncode != 0 and "skipped" in skipped.stderr and "reused" not in skipped.stderr, skipped.stderr
 
 
 def test_why_after_a_no_op_points_at_the_last_rebuild(tmp_path: Path) -> None:

@@ -269,6 +269,32 @@ def test_an_out_link_is_rooted_by_its_normalised_path(diamond: Project) -> None:
     assert (diamond.root / "result" / "d.txt").read_text().startswith("d"), "the out-link's output was collected"
 
 
+def test_gc_dry_run_during_a_realise_waits_and_agrees_with_gc(tmp_path: Path) -> None:
+    """A dry run while a realise builds waits for it, as gc does, and so lists none of what the
+    realise then roots (it listed the outputs the running realise had just built)."""
+    import time
+
+    proj = Project.diamond(tmp_path, scripts={"d": "sleep 4; cat /deps/b/b.txt /deps/c/c.txt > $out/d.txt"})
+    proj.lock()
+    full = dict(os.environ)
+    full.pop("PLANNER_STORE", None)
+    p = subprocess.Popen([sys.executable, "-m", "planner.cli", "realise", "t"], cwd=proj.root, env=full,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((proj.root / "store").glob("*-c-1.0")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # b and c built: d sleeps in its sandbox
+        assert p.poll() is None, p.communicate()
+        dry = run("store", "gc", "--dry-run", cwd=proj.root)
+    finally:
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "waiting for the running realise to end" in dry.stderr, dry.stderr
+    assert not [l for l in dry.stdout.splitlines() if l.startswith("would remove")], dry.stdout
+    gc = run("store", "gc", cwd=proj.root)
+    assert not [l for l in gc.stdout.splitlines() if l.startswith("removed ")], gc.stdout
+
+
 def test_jobs_below_zero_are_refused_and_an_incomplete_run_is_never_a_no_op(diamond: Project) -> None:
     res = run("realise", "t", "-j", "-1", cwd=diamond.root)
     assert res.returncode == 2 and "-j" in res.stderr, res.stderr

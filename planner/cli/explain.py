@@ -51,6 +51,9 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
                 raise PlannerError(f"no build log: {n.id} failed before its build started: "
                                    f"{n.reason or 'no reason recorded'}")
     if node in seen:
+        skipped = next((n for rec in runs for n in rec.nodes if node in (n.id, n.name) and n.action == "skipped"), None)
+        if skipped is not None:
+            raise PlannerError(f"no build log for {node!r}: its latest run skipped it ({skipped.reason or 'not built'})")
         raise PlannerError(f"no build log for {node!r}: it was reused or fetched, not built, in the recorded runs")
     from ..suggest import unknown
 

@@ -76,15 +76,22 @@ def store_gc(ctx: Context, dry_run: bool) -> None:
     from ..sizes import human, path_size
     from ..store import Store
 
+    def waiting() -> None:
+        click.echo("planner: store gc: waiting for the running realise to end (what it builds is kept)", err=True)
+
     st = Store(ctx.store_for_read())
+    checks = st.root / "checks"
     try:
         sizes = {e.path.name: path_size(e.path) for e in st.entries()} if dry_run else {}
-        removed = st.gc(dry_run=dry_run)
+        kept_checks = sorted(p.name for p in checks.iterdir()) if checks.is_dir() and not checks.is_symlink() else []
+        removed = st.gc(dry_run=dry_run, on_wait=waiting)
     finally:
         st.close()
     verb = "would remove" if dry_run else "removed"
     for r in removed:
         click.echo(f"{verb} {r}" + (f"  {human(sizes.get(r, 0))}" if dry_run else ""))
+    if kept_checks:  # (differing `realise --check` rebuilds, kept for comparing: not entries)
+        click.echo(f"{verb} checks/ ({count(len(kept_checks), 'rebuild')} kept by realise --check)")
     freed = f", {human(sum(sizes.get(r, 0) for r in removed))}" if dry_run else ""
     # The total after the entries, as nix-collect-garbage prints it ("N store paths deleted"):
     # it does not start like an entry's line, so the lines of entries stay easy to pick out.

@@ -32,7 +32,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import StoreError
 from .entries import ENTRY_NAME, Entry, Realisation, RemoteEntry, entry_dirs, make_read_only, remove_tree  # noqa: F401
@@ -137,8 +137,9 @@ class Store:
             os.close(fd)
 
     @contextlib.contextmanager
-    def gc_lock(self, exclusive: bool) -> Iterator[None]:
-        """Builds hold this shared for their whole run; gc takes it exclusively."""
+    def gc_lock(self, exclusive: bool, *, on_wait: Optional[Callable[[], None]] = None) -> Iterator[None]:
+        """Builds hold this shared for their whole run; gc takes it exclusively. `on_wait`:
+        called once if the lock is held by another process and this one waits for it."""
         try:
             fd = os.open(self.root / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError:
@@ -147,7 +148,13 @@ class Store:
             # A reader of a store this user cannot write (a dry run): flock needs no write access.
             fd = os.open(self.root / "gc.lock", os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, mode)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -352,14 +359,21 @@ class Store:
         live.update(Path(r).name for r in extra_roots)
         return live
 
-    def gc(self, extra_roots: list[str] = (), *, dry_run: bool = False) -> list[str]:
+    def gc(self, extra_roots: list[str] = (), *, dry_run: bool = False,
+           on_wait: Optional[Callable[[], None]] = None) -> list[str]:
         """Remove entries not reachable from roots. Returns removed basenames (with
-        `dry_run`, those it would remove; nothing is touched)."""
+        `dry_run`, those it would remove; nothing is touched). Both wait for every running
+        realise to end (`on_wait` says so): what it builds is rooted when it ends, so a dry run
+        that did not wait would list what the real gc then keeps."""
         if dry_run:
-            with self.gc_lock(exclusive=False):
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(self.gc_lock(exclusive=True, on_wait=on_wait))
+                except PermissionError:  # a store this user cannot write: as it stands now
+                    held.enter_context(self.gc_lock(exclusive=False))
                 live = self._live(extra_roots)
                 return [e.path.name for e in self.entries() if e.path.name not in live]
-        with self.gc_lock(exclusive=True):
+        with self.gc_lock(exclusive=True, on_wait=on_wait):
             live = self._live(extra_roots)
             removed = []
             for e in self.entries():
