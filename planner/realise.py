@@ -214,6 +214,12 @@ def decide(planned, store, options: RealiseOptions) -> Decision:
     durations = store.durations(planned.set_name)
     v = validity(plan, store, roots_for(planned, options.platform, options.variant), rebuild=options.check,
                  rebuild_roots_only=options.check_targets_only)
+    if options.check and options.check_targets_only:
+        # As nix-build --check: a target with no stored output has nothing to be compared with.
+        missing = [t for t in v.targets if t not in v.known or store.lookup(v.known[t].build_key) is None]
+        if missing:
+            raise PlannerError(f"--check-targets: {missing[0]} is not in the store, so there is nothing to compare "
+                               f"its rebuild with: `planner realise {planned.set_name}` first")
     return Decision(
         planned=planned, validity=v, durations=durations, priority=critical_path(plan, durations),
         previous=previous_keys(runs_of(store, planned.set_name, limit=20)),
@@ -282,7 +288,10 @@ def _dry_steps(d: Decision, store) -> tuple[list[str], Optional[str]]:
                 continue
             fetched.add(ref.decl)
             steps.append(f"fetch {ref.decl}" + (f" [{ref.platform}]" if ref.platform else "") + f"  ({li.origin})")
-        steps.append(f"build {nid}  (~{d.durations.get(nid, pn.estimate):.0f}s)")
+        known = d.validity.known.get(nid)
+        verb = "check" if known is not None and store.lookup(known.build_key) is not None else "build"
+        steps.append(f"{verb} {nid}  (~{d.durations.get(nid, pn.estimate):.0f}s)"
+                     + ("  (rebuilt and compared with the stored output)" if verb == "check" else ""))
     return steps, None
 
 

@@ -295,6 +295,20 @@ def test_gc_dry_run_during_a_realise_waits_and_agrees_with_gc(tmp_path: Path) ->
     assert not [l for l in gc.stdout.splitlines() if l.startswith("removed ")], gc.stdout
 
 
+def test_check_needs_a_stored_output_and_its_dry_run_says_check(diamond: Project) -> None:
+    """As nix-build --check: a target not in the store has nothing to be compared with (it was
+    built, exit 0); the dry run of a --check lists the stored nodes as checked, not built."""
+    line = error_line(run("realise", "t", "--check-targets", cwd=diamond.root))
+    assert "d is not in the store" in line and "planner realise t" in line, line
+    assert not list((diamond.root / "store").glob("*-d-1.0"))
+    assert run("realise", "t", cwd=diamond.root).returncode == 0
+    dry = run("realise", "t", "--check", "--dry-run", cwd=diamond.root)
+    assert dry.returncode == 0, dry.stderr
+    steps = [l.split()[0] + " " + l.split()[1] for l in dry.stdout.splitlines() if l.startswith(("build ", "check "))]
+    assert sorted(steps) == ["check a", "check b", "check c", "check d"], dry.stdout
+    assert dry.stdout.splitlines()[-1] == "0 to build, 4 to check, 0 valid", dry.stdout
+
+
 def test_jobs_below_zero_are_refused_and_an_incomplete_run_is_never_a_no_op(diamond: Project) -> None:
     res = run("realise", "t", "-j", "-1", cwd=diamond.root)
     assert res.returncode == 2 and "-j" in res.stderr, res.stderr

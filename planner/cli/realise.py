@@ -111,8 +111,10 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
     elif dry_run:
         for step in result.steps:
             click.echo(step)
-        click.echo(f"{sum(n.action != 'reused' for n in result.nodes)} to build, "
-                   f"{sum(n.action == 'reused' for n in result.nodes)} valid")
+        checks = sum(step.startswith("check ") for step in result.steps)
+        builds = sum(n.action != "reused" for n in result.nodes) - checks
+        click.echo(f"{builds} to build, " + (f"{checks} to check, " if checks else "")
+                   + f"{sum(n.action == 'reused' for n in result.nodes)} valid")
         if result.blocked:
             raise PlannerError(result.blocked)
     else:
