@@ -287,6 +287,18 @@ def test_add_never_replaces_what_is_not_its_repository_and_takes_turns(tmp_path:
     assert have.returncode == 0
 
 
+def test_add_refuses_what_a_recipe_would_never_find(tmp_path: Path) -> None:
+    """A file under a git URL (a git recipe looks under git/), or --rev for a file: refused in
+    one line, nothing written (both were taken: the file filed under urls/, --rev ignored)."""
+    f = tmp_path / "c.tar.gz"
+    f.write_bytes(_tarball(b"x\n"))
+    for args, said in ((["https://example.org/c.git", str(f)], "names a git repository"),
+                       (["https://example.org/c.tar.gz", str(f), "--rev", "abc"], "--rev")):
+        run = run_planner("mirror", "add", str(tmp_path / "mirror"), *args, check=False)
+        assert run.returncode != 0 and said in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not (tmp_path / "mirror").exists() or not any(p.is_file() for p in (tmp_path / "mirror").rglob("*"))
+
+
 @pytest.mark.parametrize("url", ["http://[::1/x.git", "https://a\u2100b/x.git", "https://example.org/a%2Fb.git",
                                  "https://example.org:99999/x.git"])
 def test_add_refuses_a_malformed_origin_in_one_line(tmp_path: Path, url: str) -> None:

@@ -70,7 +70,9 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
     from ..mirrors import add_file, add_git
 
     from ..errors import PlannerError
+    from ..mirrors import origin_path
 
+    origin_path(url)  # a malformed origin is said first, whatever PATH is
     folder = folder.absolute()
     is_git = (path is not None and path.is_dir()) or (path is None and url.rstrip("/").endswith(".git"))
     if not is_git and revs:
