@@ -66,6 +66,12 @@ def run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, l
         # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
         # An anonymous memory file: nothing to write to disk and remove again for each node.
         split = argv.index("--")
+        # NUL ends each argument there: one inside a value (an env value, a path) would start
+        # arguments of its own (`--bind / /x`). Recipes are refused such values when they load;
+        # this holds for every other way an argument gets here.
+        bad = next((a for a in argv[1:split] if "\0" in a), None)
+        if bad is not None:
+            raise ValueError(f"a sandbox argument holds a NUL byte: {bad.split(chr(0))[0][:60]!r}…")
         args_fd = os.memfd_create("bwrap-args", 0)
         try:
             os.write(args_fd, b"".join(a.encode() + b"\0" for a in argv[1:split]))

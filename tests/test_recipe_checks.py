@@ -76,6 +76,45 @@ def test_a_declared_variable_the_planner_sets_or_a_bad_name_is_refused(tmp_path:
     assert exc.value.line() == message
 
 
+@pytest.mark.parametrize("build, message", [
+    ('script = "true"\n[build.env]\nA = "x\\u0000--ro-bind\\u0000/etc\\u0000/hostetc"\n',
+     "recipes/t/a.toml:8: A: [build] env A: the value must be a string without a NUL byte"),
+    ('script = "true\\u0000--share-net"\n', "recipes/t/a.toml:6: script: the build script holds a NUL byte"),
+])
+def test_a_nul_byte_in_what_reaches_the_sandbox_is_refused_when_the_recipe_loads(
+        tmp_path: Path, monkeypatch, build: str, message: str) -> None:
+    """A NUL in an env value or the script would end a sandbox argument there and start others
+    of the recipe's choosing (`--ro-bind / /x`: the host's files in the build, as an audit showed
+    with a real realise): refused at the recipe's line, before anything runs."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": ""})
+    f = root / "recipes" / "t" / "a.toml"
+    f.write_text(f.read_text().replace('script = "true"\n', "") + build)
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert exc.value.line().startswith(message), exc.value.line()
+
+
+def test_the_sandbox_takes_no_argument_with_a_nul_byte(tmp_path: Path) -> None:
+    """Whatever brings it (not a recipe: those are refused when they load), bubblewrap's
+    arguments are never written with a NUL inside one."""
+    from planner.buildrun import Running, run_logged
+
+    argv = ["bwrap", "--setenv", "A", "x\0--ro-bind\0/\0/host", "--", "true"]
+    with pytest.raises(ValueError, match="NUL"):
+        run_logged(argv, {}, tmp_path, tmp_path / "log", b"", Running(), sandboxed=True, group=None, timeout=None)
+    assert not (tmp_path / "log").exists()
+
+
+def test_a_name_too_long_for_a_store_path_is_refused_when_the_recipe_loads(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    long = "a" + "b" * 200
+    root = _set(tmp_path, {"a": f'deps = ["{long}"]', long: ""})
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert "at most 128" in exc.value.line() and f"{long}.toml:1: name" in exc.value.line(), exc.value.line()
+
+
 @pytest.mark.parametrize("extra, message", [
     ('estimate = "soon"', "recipes/t/a.toml:3: estimate: not a duration: 'soon' (e.g. 90s, 5m, 2h)"),
     ('[resources]\ncores = 0', "recipes/t/a.toml:4: cores: cores must be a whole number from 1 to 1024, not 0"),

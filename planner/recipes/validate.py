@@ -23,8 +23,9 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
     if not _VERSION.match(r.version) or len(r.version) > 128:
         raise err("version", f"invalid version {r.version[:80]!r}: letters, digits, '.', '+', '_', '~', '-' "
                              "(at most 128: it is part of a store path's name)")
-    if not _NAME.match(r.name):
-        raise err("name", f"invalid name {r.name!r}: lowercase letters, digits, '.', '_', '-'")
+    if not _NAME.match(r.name) or len(r.name) > 128:
+        raise err("name", f"invalid name {r.name[:80]!r}: lowercase letters, digits, '.', '_', '-', starting with "
+                          "a letter or digit (at most 128: it is part of a store path's name)")
     stem = os.path.splitext(os.path.basename(path))[0]  # Path.stem, without making a Path
     if stem != r.name:
         raise err("name", f"recipe name {r.name!r} must match its file name {stem!r}")
@@ -75,10 +76,16 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         unknown = sorted(set(tools) - set(r.inputs))
         if unknown:
             raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
+    if r.build.script is not None and "\0" in r.build.script:
+        raise err("script", "the build script holds a NUL byte (\\u0000), which no shell argument can")
     if r.build.env:  # (most recipes declare none: nothing to name, nothing to clash)
-        for k in r.build.env:
+        for k, v in r.build.env.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                raise err("env", f"invalid environment variable name {k!r}")
+                raise err("env", f"invalid environment variable name {k[:80]!r}")
+            # A NUL would end the value where the sandbox's arguments are written, and what
+            # follows would be arguments of the recipe's own (`--bind / /x`).
+            if not isinstance(v, str) or "\0" in v:
+                raise err(k, f"[build] env {k}: the value must be a string without a NUL byte (\\u0000)")
         from ..buildenv import clashes
 
         clash = clashes(r.build.builder, r.build.settings, r.build.env)
