@@ -128,7 +128,9 @@ class PlainProgress:
             d = data  # type: ignore[assignment]
             self.todo = int(d["todo"])  # type: ignore[index]
             cached = list(d.get("cached", ()))  # type: ignore[union-attr]
-            self._line(f"plan: {d['total']} nodes, {self.todo} to build or fetch, {len(cached)} cached")  # type: ignore[index]
+            total = d['total']  # type: ignore[index]
+            self._line(f"plan: {total} node{'' if total == 1 else 's'}, {self.todo} to build or fetch, "
+                       f"{len(cached)} cached")
             for label in cached:
                 self._line(f"CACHED {label}")
         elif kind == "start":

@@ -38,9 +38,12 @@ def _set(tmp_path: Path, recipes: dict[str, str]) -> Path:
      "recipes/t/a.toml:3: deps: dependency cycle: a -> b -> c -> a"),
     ({"a": 'deps = ["a"]'}, "recipes/t/a.toml:3: deps: dependency cycle: a -> a"),
     ({"a": 'deps = ["b"]', "b": 'requires = ["nope"]'},
-     "recipes/t/b.toml:3: requires: requires names 'nope', which is not a recipe of set 't'"),
+     "recipes/t/b.toml:3: requires: requires names 'nope', which is not a recipe of set 't' (one of: a, b)"),
     ({"a": 'toolchains = ["b", "gone"]', "b": ""},
-     "recipes/t/a.toml:3: toolchains: toolchains names 'gone', which is not a recipe of set 't'"),
+     "recipes/t/a.toml:3: toolchains: toolchains names 'gone', which is not a recipe of set 't' (one of: a, b)"),
+    ({"a": 'deps = ["fetchd"]', "fetched": ""},
+     "recipes/t/a.toml:3: deps: deps names 'fetchd', which is not a recipe of set 't' (did you mean "
+     "'fetched'? one of: a, fetched)"),
 ])
 def test_a_bad_reference_or_a_cycle_is_one_line_naming_the_file(tmp_path: Path, monkeypatch, recipes: dict,
                                                                   message: str) -> None:
@@ -154,3 +157,51 @@ def test_an_input_name_or_patch_label_that_is_not_a_plain_name_is_refused(tmp_pa
         load_set(root, "t")
     line = exc.value.line()
     assert line.startswith("recipes/t/a.toml") and message in line and "\n" not in line, line
+
+
+def test_a_newcomers_mistakes_get_one_line_with_the_fix(tmp_path: Path, monkeypatch) -> None:
+    """What an audit found a first recipe set runs into: a recipe in a subfolder (never read), a
+    mistyped target or builder, a `file` key, a TOML syntax error: each one line naming the file
+    and line, with what was meant; a byte-order mark is no error."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+
+    def refused(root: Path) -> str:
+        with pytest.raises(RecipeError) as exc:
+            load_set(root, "t")
+        return exc.value.line()
+
+    root = _set(tmp_path / "sub", {"a": 'deps = ["extra"]'})
+    (root / "recipes/t/lib").mkdir()
+    (root / "recipes/t/lib/extra.toml").write_text('name = "extra"\nversion = "1"\n')
+    assert "recipes/t/lib/extra.toml is in a subfolder" in refused(root)
+
+    root = _set(tmp_path / "target", {"app": ""})
+    (root / "recipes/t/set.toml").write_text((root / "recipes/t/set.toml").read_text().replace('"a"', '"ap"'))
+    assert refused(root) == ("recipes/t/set.toml:1: target: target 'ap' is not a recipe of this set "
+                             "(did you mean 'app'? one of: app)")
+
+    root = _set(tmp_path / "builder", {"a": ""})
+    f = root / "recipes/t/a.toml"
+    f.write_text(f.read_text().replace('"shell"', '"shel"'))
+    assert "builder: unknown builder 'shel' (did you mean 'shell'?" in refused(root)
+
+    root = _set(tmp_path / "file", {"a": 'file = "x"'})
+    line = refused(root)
+    assert line.startswith("recipes/t/a.toml:3: file: unknown key"), line
+
+    root = _set(tmp_path / "toml", {"a": 'description = "unterminated'})
+    line = refused(root)
+    assert line.startswith("recipes/t/a.toml:3: invalid TOML: "), line
+
+    root = _set(tmp_path / "patch", {"a": '[[patches]]\nfile = "patches/helo.patch"'})
+    (root / "patches").mkdir()
+    (root / "patches/hello.patch").write_text("")
+    line = refused(root)
+    assert line.startswith("recipes/t/a.toml:4: file: patch patches/helo.patch does not exist (did you mean "
+                           "'patches/hello.patch'?"), line
+
+    root = _set(tmp_path / "bom", {"a": ""})
+    for name in ("a.toml", "set.toml"):
+        f = root / "recipes/t" / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    assert load_set(root, "t").recipes["a"].version == "1"

@@ -273,7 +273,7 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
                 bad = extra.group(1).split(",")[0].strip()
                 from ..suggest import did_you_mean
 
-                valid = [n.replace("_", "-") for n in _fields_at(cls, keypath)]
+                valid = [n.replace("_", "-") for n in _fields_at(cls, keypath) if keypath or n != "file"]
                 # cattrs drops the table's own name inside a mapping ([inputs.x] bogus = 1 is
                 # reported "@ $.inputs"): find the entry that holds the key, so the error names it.
                 node: object = data
@@ -320,6 +320,8 @@ def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Op
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RecipeError("not UTF-8 text", where=where) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark some editors write: not part of the TOML
     data = simpletoml.loads(text)  # most recipes: key = value lines and a table or two
     if data is not None:
         return data, text
@@ -327,11 +329,17 @@ def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Op
     try:
         data = toml.loads(text)
     except toml.TOMLDecodeError as exc:
-        raise RecipeError(f"invalid TOML: {exc}", where=_where(path, root, text, None)) from None
+        # As every other recipe error: `file:line: what`, the parser's position moved in front.
+        msg = str(exc)
+        at = re.search(r" \(at line (\d+), column (\d+)\)$", msg)
+        if at:
+            raise RecipeError(f"invalid TOML: {msg[:at.start()]} (column {at.group(2)})",
+                              where=f"{where}:{at.group(1)}") from None
+        raise RecipeError(f"invalid TOML: {msg}", where=_where(path, root, text, None)) from None
     except RecursionError:
-        raise RecipeError("invalid TOML: nested too deeply", where=str(path)) from None
+        raise RecipeError("invalid TOML: nested too deeply", where=where) from None
     if _too_deep(data):
-        raise RecipeError(f"invalid TOML: nested more than {MAX_DEPTH} levels deep", where=str(path))
+        raise RecipeError(f"invalid TOML: nested more than {MAX_DEPTH} levels deep", where=where)
     return data, text
 
 

@@ -30,6 +30,10 @@ def _load_recipe(path: Path | str, root: Path, where: Optional[str], st: Optiona
     makes the recipe again from it: what the parse cache keeps of a plain recipe)."""
     data, text = _read_toml(path, root, where, st)
     where = where or _relative(path, root)
+    if isinstance(data, dict) and "file" in data:
+        # (the model's `file` is where the recipe was read from: the planner's to set, not a key)
+        raise RecipeError("unknown key: file (a patch's file goes in [[patches]])",
+                          where=_where(path, root, text, "file"))
     recipe = plain_recipe(data, where) if isinstance(data, dict) else None
     plain = data if recipe is not None else None
     if recipe is None:

@@ -30,7 +30,9 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
     if stem != r.name:
         raise err("name", f"recipe name {r.name!r} must match its file name {stem!r}")
     if r.build.builder not in BUILDERS:
-        raise err("builder", f"unknown builder {r.build.builder!r} (one of {', '.join(BUILDERS)})")
+        from ..suggest import did_you_mean
+
+        raise err("builder", f"unknown builder {r.build.builder[:80]!r}{did_you_mean(r.build.builder, BUILDERS)}")
     for p in r.platforms:
         if p not in PLATFORMS:
             raise err("platforms", f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})")
@@ -109,6 +111,15 @@ def _validate_patches(r: Recipe, err, root: Path) -> None:
                                  "'=', ',', '-' (give the patch a `name`)")
         if p.file:
             _check_inside(root, p.file, err, "file")
+            if not (root / p.file).is_file():
+                # Said here, with what was meant, rather than as "not in the lock" by plan and
+                # "No such file" by lock (a loop of hints that named neither file nor line).
+                from ..suggest import did_you_mean
+
+                folder = (root / p.file).parent
+                near = [str((folder / q.name).relative_to(root)) for q in folder.glob("*") if q.is_file()] \
+                    if folder.is_dir() else []
+                raise err("file", f"patch {p.file} does not exist" + did_you_mean(p.file, near, limit=6))
 
 
 def _validate_resources(r: Recipe, err) -> None:
@@ -309,8 +320,9 @@ def _check_cuda(config: SetConfig, err) -> None:
 
 def _check_references(rs: RecipeSet) -> None:
     if rs.config.target not in rs.recipes:
-        raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set",
-                          where=f"recipes/{rs.name}/set.toml: target")
+        raise RecipeError(f"target {rs.config.target!r} is not a recipe of this set"
+                          + (_did_you_mean_recipe(rs, rs.config.target) if rs.recipes else " (it has no recipes: "
+                             f"recipes/{rs.name}/*.toml)"), where=_set_toml_where(rs, "target"))
     br = rs.config.root_recipe
     if br is not None:
         if br not in rs.recipes:
@@ -365,13 +377,38 @@ def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
     for field in ("deps", "toolchains", "requires"):
         for dep in getattr(r, field):
             if dep not in names:
-                raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                  where=where(field))
+                raise RecipeError(f"{field} names {dep!r}, which is not a recipe of set {rs.name!r}"
+                                  + _did_you_mean_recipe(rs, dep), where=where(field))
     if r.image:
         for dep in ([r.image.base] if r.image.base else []) + [d for g in r.image.layers for d in g]:
             if dep not in names:
-                raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}",
-                                  where=where("layers"))
+                raise RecipeError(f"image names {dep!r}, which is not a recipe of set {rs.name!r}"
+                                  + _did_you_mean_recipe(rs, dep), where=where("layers"))
+
+
+def _did_you_mean_recipe(rs: RecipeSet, name: str) -> str:
+    """' (did you mean …? one of: …)', or where a file of that name lies that is not read: a
+    subfolder (a set's recipes are its folder's *.toml, not below it)."""
+    from ..suggest import did_you_mean
+
+    folder = rs.root / "recipes" / rs.name
+    if isinstance(name, str) and "/" not in name and name not in (".", ".."):
+        try:
+            below = next((p for p in sorted(folder.glob(f"*/**/{name}.toml"))), None)
+        except (OSError, ValueError):
+            below = None
+        if below is not None:
+            return (f" ({below.relative_to(rs.root)} is in a subfolder: a set's recipes are the *.toml files "
+                    f"of recipes/{rs.name}/ itself)")
+    return did_you_mean(str(name), rs.recipes)
+
+
+def _set_toml_where(rs: RecipeSet, key: str) -> str:
+    path = rs.root / "recipes" / rs.name / "set.toml"
+    try:
+        return _where(path, rs.root, path.read_text(), key)
+    except (OSError, UnicodeDecodeError):
+        return f"recipes/{rs.name}/set.toml: {key}"
 
 
 def _acyclic(edges: dict[str, list[str]]) -> bool:
