@@ -29,7 +29,8 @@ def export_cmd(ctx, set_name: str, folder: Path) -> None:
     pinned commit."""
     from .. import lock as lockmod
     from ..errors import PlannerError
-    from ..mirrors import export_set, load_mirrors
+    from ..mirrorexport import export_set
+    from ..mirrors import load_mirrors
     from ..recipes import load_set
     from ..store import Store
 

@@ -11,5 +11,6 @@ from __future__ import annotations
 
 from ..derivation import fixed_key  # noqa: F401  (re-exported)
 from ..mirrors import load_mirrors, mirror_candidates  # noqa: F401  (re-exported)
-from .inputs import Fetched, Resolver, input_failure, pin_conflict, pin_origins  # noqa: F401
+from .inputs import Fetched, Resolver  # noqa: F401
+from .pins import input_failure, pin_conflict, pin_origins  # noqa: F401
 from .locking import UnresolvedInputs, declared_pins, lock_set, lock_store_conflicts, prefetch  # noqa: F401

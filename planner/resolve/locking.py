@@ -14,7 +14,8 @@ from ..errors import FetchError, HashMismatch, LockError
 from ..lock import ANY, InputDecl, Lock, LockedInput, Pin, declarations, recipes_digest
 from ..recipes import RecipeSet, Source
 from ..store import Store
-from .inputs import Resolver, pin_conflict
+from .inputs import Resolver
+from .pins import pin_conflict
 
 
 def lock_store_conflicts(rs: RecipeSet, lock: Lock, store: Store) -> list[str]:
