@@ -205,3 +205,29 @@ def test_a_newcomers_mistakes_get_one_line_with_the_fix(tmp_path: Path, monkeypa
         f = root / "recipes/t" / name
         f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
     assert load_set(root, "t").recipes["a"].version == "1"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('deps = "b"', 'recipes/t/a.toml:3: deps: expected a list, not a string \'b\' (write deps = ["b"])'),
+    ('[resources]\ncores = "2"', "recipes/t/a.toml:4: resources.cores: expected a whole number, not a string '2'"),
+])
+def test_a_wrong_type_says_what_was_given_and_what_is_wanted(tmp_path: Path, monkeypatch, extra: str,
+                                                            message: str) -> None:
+    """cattrs said "invalid value for type, expected list" of `deps = "b"`."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": extra, "b": ""})
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert exc.value.line() == message
+
+
+def test_a_table_of_strings_names_the_entry_that_is_not_one(tmp_path: Path, monkeypatch) -> None:
+    """cattrs said "build.env: invalid value for type, expected dict" of a table that is one."""
+    monkeypatch.setenv("PLANNER_CACHE", str(tmp_path / "cache"))
+    root = _set(tmp_path, {"a": ""})
+    f = root / "recipes" / "t" / "a.toml"
+    f.write_text(f.read_text() + "[build.env]\nJOBS = 4\n")
+    with pytest.raises(RecipeError) as exc:
+        load_set(root, "t")
+    assert exc.value.line() == ('recipes/t/a.toml:8: build.env.JOBS: JOBS = 4: the values of this table are strings '
+                                '(write JOBS = "4")')

@@ -290,8 +290,34 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
             choice = re.match(r"unknown error \((.*) not in literal typing\.Literal\[(.*)\]\)$", detail)
             if choice:
                 detail = f"{choice.group(1)!r} is not one of {choice.group(2)}"
+            wrong = re.match(r"invalid value for type, expected (\w+)$", detail)
+            if wrong:
+                detail, keypath = _wrong_type(data, keypath, wrong.group(1))
             raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
         raise RecipeError(first, where=_where(path, root, text, None)) from None
+
+
+_KINDS = {"list": "a list", "dict": "a table", "str": "a string", "int": "a whole number", "float": "a number",
+          "bool": "true or false"}
+
+
+def _wrong_type(data: dict, keypath: str, expected: str) -> tuple[str, str]:
+    """cattrs' "invalid value for type, expected dict" in a user's words: what was given, what
+    is wanted, and, in a table of strings, the entry that is not one (cattrs names the table)."""
+    node: object = data
+    for part in filter(None, keypath.split(".")):
+        node = node.get(part, node.get(part.replace("_", "-"))) if isinstance(node, dict) else None
+    want = _KINDS.get(expected, expected)
+    if expected == "dict" and isinstance(node, dict):
+        key, value = next(((k, v) for k, v in node.items() if not isinstance(v, str)), (None, None))
+        if key is not None:
+            return (f"{key} = {str(value)[:40]}: the values of this table are strings (write {key} = "
+                    f"\"{str(value)[:40]}\")", f"{keypath}.{key}")
+    given = "nothing" if node is None else f"{_KINDS.get(type(node).__name__, type(node).__name__)} " \
+                                               f"{str(node)[:40]!r}"
+    hint = f" (write {keypath.rsplit('.', 1)[-1].replace('_', '-')} = [\"{node[:40]}\"])" \
+        if expected == "list" and isinstance(node, str) else ""
+    return f"expected {want}, not {given}{hint}", keypath
 
 
 def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None
