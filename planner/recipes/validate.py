@@ -394,7 +394,9 @@ def _did_you_mean_recipe(rs: RecipeSet, name: str) -> str:
     folder = rs.root / "recipes" / rs.name
     if isinstance(name, str) and "/" not in name and name not in (".", ".."):
         try:
-            below = next((p for p in sorted(folder.glob(f"*/**/{name}.toml"))), None)
+            import glob
+
+            below = next((p for p in sorted(folder.glob(f"*/**/{glob.escape(name)}.toml"))), None)
         except (OSError, ValueError):
             below = None
         if below is not None:
