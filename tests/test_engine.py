@@ -631,7 +631,8 @@ B_TOML = recipe_toml("b", deps=["a"])
 @pytest.mark.parametrize("text, expect", [
     (B_TOML.replace('version = "1.0"', 'version = "1.0"\ncolour = "red"'), ["recipes/t/b.toml:3", "colour", "unknown key"]),
     (B_TOML + "colour = 1\n", ["recipes/t/b.toml:", "build.colour", "unknown key"]),
-    (B_TOML + '\n[resources]\ncores = "many"\n', ["recipes/t/b.toml:", "resources.cores", "int"]),
+    (B_TOML + '\n[resources]\ncores = "many"\n', ["recipes/t/b.toml:", "resources.cores",
+                                                  "expected a whole number, not a string 'many'"]),
     (B_TOML.replace('deps = ["a"]', 'deps = ["nope"]'), ["recipes/t/b.toml:3", "deps", "nope"]),
     (B_TOML.replace('builder = "shell"', 'builder = "make"'), ["recipes/t/b.toml:", "builder", "make"]),
     (B_TOML.replace('version = "1.0"', 'version = "1.0"\n[[oops'), ["recipes/t/b.toml", "invalid TOML"]),
