@@ -135,12 +135,12 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         except OSError as exc:
             raise BuildError(node.label(), f"cannot make the build's cgroup: {exc.strerror}") from None
     try:
-        if any("\0" in a for a in argv) or any("\0" in k or "\0" in v for k, v in (proc_env or {}).items()):
-            raise BuildError(node.label(), "a build argument or environment value holds a NUL byte: refused "
-                                           "(it would end the argument there and start another)")
-        rc, timed_out = run_logged(argv, proc_env, build_dir / "src" if direct and not req.sandboxed else build_dir,
-                                    log_path, log_head, running, sandboxed=req.sandboxed, group=group,
-                                    timeout=limits.timeout)
+        try:
+            rc, timed_out = run_logged(argv, proc_env, build_dir / "src" if direct and not req.sandboxed else build_dir,
+                                        log_path, log_head, running, sandboxed=req.sandboxed, group=group,
+                                        timeout=limits.timeout)
+        except ValueError as exc:  # (a NUL byte in an argument or the environment: refused, never run)
+            raise BuildError(node.label(), str(exc)) from None
         if rc != 0:
             tail = tail_of(log_path)
             if timed_out:

@@ -60,18 +60,18 @@ def run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, l
                 running: Running, *, sandboxed: bool, group: Optional["limits_mod.BuildCgroup"],
                 timeout: Optional[float]) -> tuple[int, bool]:
     """Run the build's command with its output in the log: (exit status, whether it timed out)."""
+    # A NUL ends an argument where bubblewrap's arguments are written: one inside a value (an
+    # env value, a path) would start arguments of its own (`--bind / /x`). Recipes are refused
+    # such values when they load; this holds for every other way one gets here.
+    bad = next((a for a in [*argv, *(f"{k}={v}" for k, v in (proc_env or {}).items())] if "\0" in a), None)
+    if bad is not None:
+        raise ValueError(f"a build argument or environment value holds a NUL byte: {bad.split(chr(0))[0][:60]!r}…")
     args_fd = None
     if sandboxed:
         # bwrap reads its arguments from a file descriptor, so the real paths of the store and
         # the build directory are not on its command line (visible in the sandbox as /proc/1/cmdline).
         # An anonymous memory file: nothing to write to disk and remove again for each node.
         split = argv.index("--")
-        # NUL ends each argument there: one inside a value (an env value, a path) would start
-        # arguments of its own (`--bind / /x`). Recipes are refused such values when they load;
-        # this holds for every other way an argument gets here.
-        bad = next((a for a in argv[1:split] if "\0" in a), None)
-        if bad is not None:
-            raise ValueError(f"a sandbox argument holds a NUL byte: {bad.split(chr(0))[0][:60]!r}…")
         args_fd = os.memfd_create("bwrap-args", 0)
         try:
             os.write(args_fd, b"".join(a.encode() + b"\0" for a in argv[1:split]))

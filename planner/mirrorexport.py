@@ -36,11 +36,8 @@ def export_set(rs, store, lock, mirror: Path, *, mirrors: list[str] = (), log=la
     origin URL), git repositories by origin URL with the pinned commit. Content comes from the
     store where it is there as fetched (a file, a git cache holding the commit); otherwise it is
     fetched again (from `mirrors`, then the origin) and checked against the lock."""
-    import tempfile
-
     from .errors import PlannerError
     from .lock import ANY, declarations
-    from .derivation import fixed_key
 
     mirror = Path(mirror)
     mirror.mkdir(parents=True, exist_ok=True)
@@ -57,15 +54,17 @@ def export_set(rs, store, lock, mirror: Path, *, mirrors: list[str] = (), log=la
         for platform, pin in sorted(li.pins.items()):
             log(f"exporting {id_}" + ("" if platform == ANY else f" [{platform}]"))
             try:
-                detail = _export_one(decl, pin, platform, store, mirror, list(mirrors), fixed_key, tempfile, rs.name)
+                detail = _export_one(decl, pin, platform, store, mirror, list(mirrors), rs.name)
                 out.append(Exported(id_, platform, "written" if detail[0] else "skipped", detail[1]))
             except PlannerError as exc:
                 out.append(Exported(id_, platform, "failed", exc.line()))
     return out
 
 
-def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], fixed_key, tempfile,
-                set_name: str) -> tuple[bool, str]:
+def _export_one(decl, pin, platform, store, mirror: Path, mirrors: list[str], set_name: str) -> tuple[bool, str]:
+    import tempfile
+
+    from .derivation import fixed_key
     from .errors import FetchError
 
     src, patch = decl.source, decl.patch

@@ -242,15 +242,16 @@ def _name_commit(git: Callable, repo: Path, name: str, commit: str) -> None:
     """`name` (a recipe's `rev`: a branch, a tag, or a full ref) as a ref to `commit` in the
     mirror's bare `repo`, unless it is there already or is not a ref name git takes."""
     import re
-    import subprocess
 
     from .errors import FetchError
 
     if re.fullmatch(r"[0-9a-fA-F]{40}", name) or name == "HEAD":
         return  # a commit names itself
     ref = name if name.startswith("refs/") else f"refs/heads/{name}"
-    if subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode != 0:
-        return
+    try:
+        git("check-ref-format", ref)
+    except FetchError:
+        return  # not a ref name git takes
     try:
         git("rev-parse", "--verify", "-q", f"{ref}^{{commit}}", cwd=repo)
         return  # what the repository says it names wins over the lock's memory of it

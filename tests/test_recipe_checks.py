@@ -106,6 +106,10 @@ def test_the_sandbox_takes_no_argument_with_a_nul_byte(tmp_path: Path) -> None:
     argv = ["bwrap", "--setenv", "A", "x\0--ro-bind\0/\0/host", "--", "true"]
     with pytest.raises(ValueError, match="NUL"):
         run_logged(argv, {}, tmp_path, tmp_path / "log", b"", Running(), sandboxed=True, group=None, timeout=None)
+    # Nor an unsandboxed build's environment (what --sandbox off passes to the process itself).
+    with pytest.raises(ValueError, match="NUL"):
+        run_logged(["true"], {"A": "x\0y"}, tmp_path, tmp_path / "log", b"", Running(), sandboxed=False, group=None,
+                   timeout=None)
     assert not (tmp_path / "log").exists()
 
 

@@ -68,10 +68,8 @@ def add_cmd(folder: Path, url: str, path: Path | None, revs: tuple[str, ...]) ->
     A snapshot that lacks objects of some branches still serves the commits it has: `--rev`."""
     import tempfile
 
-    from ..mirrors import add_file, add_git
-
     from ..errors import PlannerError
-    from ..mirrors import origin_path
+    from ..mirrors import add_file, add_git, origin_path
 
     origin_path(url)  # a malformed origin is said first, whatever PATH is
     folder = folder.absolute()

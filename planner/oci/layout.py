@@ -303,10 +303,9 @@ def export_oci_archive(layout: Path, out: Path, *, source_date_epoch: int = 0) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-    except OSError as exc:  # a full disk: named by the file it was writing, none of it left
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OciError(f"cannot write the archive: {exc.strerror or exc}", where=str(out)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk: named by the file it was writing, none of it left
+            raise OciError(f"cannot write the archive: {exc.strerror or exc}", where=str(out)) from None
         raise
     return out

@@ -23,7 +23,7 @@ from ..mirrors import mirror_candidates
 from ..lock import ANY, InputDecl, LockedInput, Pin, local_pin
 from ..recipes import RecipeSet, Source
 from ..store import Entry, Store, remove_tree
-from .pins import pin_conflict, pin_origins  # noqa: F401  (pin_conflict: its callers import it from here too)
+from .pins import pin_conflict, pin_origins
 
 
 def _entry_name(decl: InputDecl, pin: Pin) -> str:

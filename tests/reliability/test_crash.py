@@ -323,25 +323,33 @@ def test_ctrl_c_stops_at_once_and_leaves_a_sound_store(tmp_path: Path, figure: d
         # which Python then leaves ignored; a user's Ctrl-C finds its default handler.
         p = popen(proj, "realise", proj.set, "-j", "2", "--progress=plain", store=store,
                   python_prelude="import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)")
-        time.sleep(3)  # both under way: the sleep in its sandbox, the download in a planner thread
-        assert p.poll() is None, p.communicate()
-        t0 = time.monotonic()
-        os.kill(p.pid, signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        took = time.monotonic() - t0
-        wait_gone(str(store))
-        assert p.returncode == 130, err
-        assert took < 15, f"Ctrl-C took {took:.1f} s (a stalled download was waited for)"
-        assert [l for l in err.splitlines() if l.startswith("planner:")] == [
-            "planner: interrupted; the store is consistent"], err
-        assert "Traceback" not in err, err
-        sound(store)
+        # (3 s: both under way, the sleep in its sandbox, the download in a planner thread)
+        took, _err = _stopped_by(p, signal.SIGINT, store, code=130, line="planner: interrupted; the store is consistent")
         srv.add("/blob.bin", BLOB, ranges=True)
         proj.write_raw("slow", shell_recipe("slow", "echo late > $out/x"))
         again = cli(proj, "realise", proj.set, "--json", store=store)
         assert again.returncode == 0, again.stderr
     figure.update(trials=1, faults="SIGINT during a 120 s build and a download stalled for 60 s",
                   outcomes=f"exit 130 after {took:.1f} s, one line; store sound; the next realise finished")
+
+
+def _stopped_by(p, sig: int, store: Path, *, code: int, line: str) -> tuple[float, str]:
+    """Send `sig` to a planner 3 s into its work: it must end within seconds with exit `code`,
+    `line` its only planner line, no traceback, its builds gone and the store sound. Returns
+    (seconds it took, stderr)."""
+    time.sleep(3)
+    assert p.poll() is None, p.communicate()
+    t0 = time.monotonic()
+    os.kill(p.pid, sig)
+    _out, err = p.communicate(timeout=60)
+    took = time.monotonic() - t0
+    wait_gone(str(store))
+    assert p.returncode == code, err
+    assert took < 15, f"signal {sig} took {took:.1f} s (work in flight was waited for)"
+    assert [l for l in err.splitlines() if l.startswith("planner:")] == [line], err
+    assert "Traceback" not in err, err
+    sound(store)
+    return took, err
 
 
 def test_sigterm_stops_as_ctrl_c_does(tmp_path: Path, figure: dict) -> None:
@@ -354,18 +362,7 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path: Path, figure: dict) -> None:
     out = tmp_path / "out"
     out.mkdir()
     p = popen(proj, "export", proj.set, str(out / "img.tar"), store=store)
-    time.sleep(3)  # the build under way, in its sandbox
-    assert p.poll() is None, p.communicate()
-    t0 = time.monotonic()
-    os.kill(p.pid, signal.SIGTERM)
-    _out, err = p.communicate(timeout=60)
-    took = time.monotonic() - t0
-    wait_gone(str(store))
-    assert p.returncode == 143, err
-    assert took < 15, f"SIGTERM took {took:.1f} s"
-    assert [l for l in err.splitlines() if l.startswith("planner:")] == [
-        "planner: terminated; the store is consistent"], err
-    assert "Traceback" not in err and list(out.iterdir()) == [], (err, list(out.iterdir()))
-    sound(store)
+    took, err = _stopped_by(p, signal.SIGTERM, store, code=143, line="planner: terminated; the store is consistent")
+    assert list(out.iterdir()) == [], (err, list(out.iterdir()))
     figure.update(trials=1, faults="SIGTERM during a 120 s build under `planner export`",
                   outcomes=f"exit 143 after {took:.1f} s, one line; nothing beside the export; store sound")
