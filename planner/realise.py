@@ -357,7 +357,8 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
         scope = "".join(f":{k}={v}" for k, v in (("target", options.target), ("platform", options.platform),
                                                           ("variant", options.variant)) if v)
         store.set_root(f"set:{planned.root}:{planned.set_name}{scope}", Path(output))
-        if options.out_link:
+        # As `nix-build --check`: outputs that differ are an error, and an error makes no link.
+        if options.out_link and all(c.ok for c in ex.checks):
             out_link(options.out_link, Path(output), store)
     store.close()
     complete = not any(r.action in ("skipped", "failed") for r in results.values())

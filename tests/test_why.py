@@ -175,9 +175,11 @@ def test_nondeterministic_builder_is_flagged(tmp_path: Path) -> None:
         _shell_set(root, server.url("/pkg-1.0.tar.gz"), script_b="date +%s%N > $out/stamp; cat /deps/a/a.txt > $out/b.txt")
         run_planner("--root", str(root), "--store", str(store), "lock", "small")
     run_planner("--root", str(root), "--store", str(store), "realise", "small")
-    check = run_planner("--root", str(root), "--store", str(store), "realise", "small", "--check", check=False)
+    check = run_planner("--root", str(root), "--store", str(store), "realise", "small", "--check",
+                        "--out-link", str(tmp_path / "result"), check=False)
     assert check.returncode != 0
     assert "check b: DIFFERS: stamp" in check.stdout
+    assert not (tmp_path / "result").is_symlink()  # a failed check makes no link, as nix-build --check
     # The rebuilt output is kept for comparing, named in the same line.
     kept = Path(re.search(r"\(the rebuilt output is kept in (\S+)\)", check.stdout).group(1))
     assert kept.parent == store / "checks" and (kept / "b.txt").read_text() == "x\n"
