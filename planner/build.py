@@ -138,7 +138,7 @@ def run_builder(req: BuildRequest, build_dir: Path, log_path: Path, running: Run
         try:
             rc, timed_out = run_logged(argv, proc_env, build_dir / "src" if direct and not req.sandboxed else build_dir,
                                         log_path, log_head, running, sandboxed=req.sandboxed, group=group,
-                                        timeout=limits.timeout)
+                                        timeout=limits.timeout, cores=node.cores)
         except ValueError as exc:  # (a NUL byte in an argument or the environment: refused, never run)
             raise BuildError(node.label(), str(exc)) from None
         if rc != 0:

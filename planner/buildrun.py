@@ -56,10 +56,69 @@ class Running:
                 self._kill(p)
 
 
+class CpuPool:
+    """The CPUs this process may run on, handed to running builds: each build is started bound
+    to `[resources] cores` of them (the least used first), so ninja, Rust, Go and Python 3.13,
+    which count the CPUs they may run on (sched_getaffinity) rather than nproc's answer, see
+    the recipe's cores, not this machine's or the caller's `taskset`. A machine with fewer
+    CPUs than a recipe asks for binds it to all of them (a difference the key cannot remove)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._use: dict[int, int] = {}
+
+    def take(self, cores: int) -> Optional[set[int]]:
+        if not hasattr(os, "sched_setaffinity"):
+            return None
+        with self._lock:
+            if not self._use:
+                self._use = dict.fromkeys(sorted(os.sched_getaffinity(0)), 0)
+            chosen = set(sorted(self._use, key=lambda c: (self._use[c], c))[:max(1, cores)])
+            for c in chosen:
+                self._use[c] += 1
+            return chosen
+
+    def give_back(self, cpus: Optional[set[int]]) -> None:
+        if cpus:
+            with self._lock:
+                for c in cpus:
+                    self._use[c] -= 1
+
+
+CPUS = CpuPool()
+# The mode a build's new files get: a build that records modes (tar, zip) must not record the
+# caller's umask (Nix's builds run with 022 too).
+BUILD_UMASK = 0o022
+
+
+def _start(argv: list[str], cpus: Optional[set[int]], **popen) -> subprocess.Popen:
+    """Popen, the child bound to `cpus`: a new process inherits the CPU mask of the thread that
+    forks it, so this thread's mask is set for the fork and then restored."""
+    if cpus is None:
+        return subprocess.Popen(argv, umask=BUILD_UMASK, **popen)
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        return subprocess.Popen(argv, umask=BUILD_UMASK, **popen)
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
 def run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, log_path: Path, log_head: bytes,
-                running: Running, *, sandboxed: bool, group: Optional["limits_mod.BuildCgroup"],
-                timeout: Optional[float]) -> tuple[int, bool]:
+               running: Running, *, sandboxed: bool, group: Optional["limits_mod.BuildCgroup"],
+               timeout: Optional[float], cores: int = 1) -> tuple[int, bool]:
     """Run the build's command with its output in the log: (exit status, whether it timed out)."""
+    cpus = CPUS.take(cores)
+    try:
+        return _run_logged(argv, proc_env, cwd, log_path, log_head, running, sandboxed=sandboxed, group=group,
+                           timeout=timeout, cpus=cpus)
+    finally:
+        CPUS.give_back(cpus)
+
+
+def _run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, log_path: Path, log_head: bytes,
+                running: Running, *, sandboxed: bool, group: Optional["limits_mod.BuildCgroup"],
+                timeout: Optional[float], cpus: Optional[set[int]]) -> tuple[int, bool]:
     # A NUL ends an argument where bubblewrap's arguments are written: one inside a value (an
     # env value, a path) would start arguments of its own (`--bind / /x`). Recipes are refused
     # such values when they load; this holds for every other way one gets here.
@@ -90,11 +149,9 @@ def run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, l
         # /proc/self/fd/1 then names no host path.
         pipe_r, pipe_w = os.pipe() if sandboxed else (None, None)
         try:
-            proc = subprocess.Popen(argv, stdout=pipe_w if pipe_w is not None else log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
-                                    cwd=cwd, start_new_session=True,
-                                    pass_fds=(args_fd,) if args_fd is not None else ())
+            proc = _start(argv, cpus, stdout=pipe_w if pipe_w is not None else log, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, env=proc_env if proc_env is not None else {"PATH": "/usr/bin:/bin"},
+                          cwd=cwd, start_new_session=True, pass_fds=(args_fd,) if args_fd is not None else ())
         except BaseException:
             if pipe_r is not None:
                 os.close(pipe_r)

@@ -367,7 +367,7 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
             failed = [n for n in r.nodes + r.dependents if n in failed_ids]
             first = nodes[0] if nodes else (dependents[0] if dependents else "")
             others = len(nodes) - 1 if nodes else 0
-            deps = len(dependents) - (0 if nodes else 1)
+            deps = len(dependents) - (1 if dependents and not nodes else 0)  # (the first is named)
             parts = [f"{'rebuilds' if exp.dry_run else 'rebuilt'} {first}"] if first else []
             if others:
                 same_recipe = len({n.split("[")[0] for n in nodes}) == 1

@@ -44,7 +44,21 @@ class Limits:
     timeout: float = 0.0  # seconds of wall-clock time; 0: none
 
     def to_json(self) -> dict:
-        return {"memory": self.memory, "tmp": self.tmp, "processes": self.processes, "timeout": self.timeout}
+        return {"memory": self.memory, "tmp": self.tmp, "processes": self.processes, "timeout": self.timeout,
+                "files": open_files()}
+
+
+# Open files per process inside a build, soft and hard: a build must not see (or depend on) the
+# caller's `ulimit -n` (1024 for one user, 20000 for another). Lower where this machine's hard
+# limit is lower, which only root could raise.
+OPEN_FILES = 4096
+
+
+def open_files() -> int:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return OPEN_FILES if hard == resource.RLIM_INFINITY else min(OPEN_FILES, hard)
 
 
 @attrs.frozen
@@ -83,7 +97,7 @@ def describe_limits(limits: Limits) -> str:
 
 def shell_prefix(limits: Limits) -> str:
     """bash's way of setting the limits on itself (hard and soft, so the build cannot raise them)."""
-    return f"ulimit -d {max(1, limits.memory >> 10)} -u {limits.processes}"
+    return f"ulimit -d {max(1, limits.memory >> 10)} -u {limits.processes} -n {open_files()}"
 
 
 # -- on the host: cgroups ----------------------------------------------------------------------
@@ -219,8 +233,11 @@ class BuildCgroup:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """`argv` started from inside the cgroup(s): a shell joins them, then execs it (same pid)."""
+        # (PWD unset: the shell exports it, the build's cwd on the host, a path into the store,
+        # and bubblewrap hands its environment to the sandbox's first process)
         return (["/bin/sh", "-c", 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1" || exit 126; shift; '
-                 'n=$((n-1)); done; exec "$@"', "sh", str(len(self.dirs))] + self.procs_files() + argv)
+                 'n=$((n-1)); done; unset PWD OLDPWD; exec "$@"', "sh", str(len(self.dirs))] + self.procs_files()
+                + argv)
 
     def _counter(self, controller: str, file: str, field: str) -> int:
         d = self.dirs.get(controller if self.version == "v1" else "")

@@ -213,14 +213,28 @@ def stale_outside(planned: Planned, closure: set[str]) -> list[str]:
             f"this realise: {', '.join(stale_other[:8])}{', ...' if len(stale_other) > 8 else ''}"]
 
 
+def _unavailable_line(planned: Planned, needed: set[str], unavailable: list[str]) -> str:
+    """Which node cannot be built for its platform, which node of this realise needs it, and
+    the two ways out: fewer platforms for the realise, or for the recipe that needs it."""
+    nodes = planned.plan.nodes
+    first = nodes[unavailable[0]]
+    line = f"cannot build {unavailable[0]}: {first.unavailable}"
+    users = sorted(nid for nid in needed if unavailable[0] in nodes[nid].deps.values())
+    made_for = [p for p in planned.rs.get(first.recipe).platforms if p in planned.lock_set.config.platforms]
+    if users and made_for:
+        user = nodes[users[0]]
+        line += (f"; needed by {users[0]}: realise with --platform {made_for[0]}, or give {user.recipe} "
+                 f"platforms = [{', '.join(repr(p).replace(chr(39), chr(34)) for p in made_for)}]")
+    return line + (f" (and {len(unavailable) - 1} more)" if len(unavailable) > 1 else "")
+
+
 def refuse_unlocked(planned: Planned, needed: set[str]) -> None:
     """A LockError naming the first unlocked input that a node this realise must build uses
     (a PlannerError for a node that cannot be built for its platform)."""
     plan, lock, rs = planned.plan, planned.lock, planned.rs
     unavailable = sorted(nid for nid in needed if plan.nodes[nid].unavailable)
     if unavailable:
-        raise PlannerError(f"cannot build {unavailable[0]}: {plan.nodes[unavailable[0]].unavailable}"
-                           + (f" (and {len(unavailable) - 1} more)" if len(unavailable) > 1 else ""))
+        raise PlannerError(_unavailable_line(planned, needed, unavailable))
     bad = sorted({ref.decl for nid in needed for ref in plan.nodes[nid].inputs.values() if not ref.locked})
     if not bad:
         return

@@ -8,9 +8,8 @@ calls these and prints.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 from .errors import OciError, PlannerError
 
@@ -26,7 +25,7 @@ def realised_layout(root: Path, set_name: str, store: Path, progress: Optional[E
     result = realise(root, set_name, store, RealiseOptions(), progress=progress)
     if result.failures:
         raise PlannerError(f"realise {set_name} failed: {result.failures[0].splitlines()[0]}")
-    if not result.output or not (Path(result.output) / "index.json").is_file():
+    if not result.output or result.digest is None:  # (digest: only an oci-image's output has one)
         raise OciError(f"the target of set {set_name!r} ({', '.join(result.targets)}) is not an OCI image "
                        "(set.toml's target must be an oci-image recipe)")
     return Path(result.output)
@@ -71,33 +70,18 @@ def push_image(root: Path, set_name: str, store: Path, ref: str, variant: Option
             for v, target in jobs]
 
 
-def export_image(root: Path, set_name: str, store: Path, out: Path, variant: Optional[str], *,
-                 progress: Optional[Emit] = None) -> Path:
-    """Write the set's image (or one variant of it) as an OCI archive at `out`."""
+def export_image(root: Path, set_name: str, store: Path, out: "Path | BinaryIO", variant: Optional[str], *,
+                 progress: Optional[Emit] = None) -> "Path | BinaryIO":
+    """Write the set's image (or one variant of it: its index alone, under the variant's name)
+    as an OCI archive at `out`, a path or an open binary stream."""
     from .lock import read as read_lock
-    from .oci.layout import export_oci_archive
+    from .oci.layout import check_archive_path, export_oci_archive
     from .recipes import load_set
 
+    if isinstance(out, (str, os.PathLike)):
+        out = Path(out).absolute()
+        check_archive_path(out)  # before the realise: said at once, not after an hour's build
     layout = realised_layout(root, set_name, store, progress)
     sde = read_lock(load_set(root, set_name).lockfile).source_date_epoch
-    out = Path(out).absolute()
-    if variant is None:
-        return export_oci_archive(layout, out, source_date_epoch=sde)
-    return export_variant(layout, out, pick_variant(layout, variant), source_date_epoch=sde)
-
-
-def export_variant(layout: Path, out: Path, variant: str, *, source_date_epoch: int) -> Path:
-    """An OCI archive holding one variant: its index under the variant's name, alone (a tool
-    reading `oci-archive:OUT.tar` without a name takes the one image there; platform tags
-    beside it made skopeo ask which), and its blobs only."""
-    from .oci.layout import LayoutImage, export_oci_archive, read_layout, write_layout
-
-    lay = read_layout(layout)
-    top = lay.resolve(variant)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent if out.parent.is_dir() else None) as tmp:
-        sub = Path(tmp) / "layout"
-        sub.mkdir()
-        # The blobs are read in place: the archive writer only needs paths for them.
-        os.symlink(lay.blobs_dir.absolute(), sub / "blobs")
-        write_layout(sub, [LayoutImage(variant, top)], platform_tags=False)
-        return export_oci_archive(sub, out, source_date_epoch=source_date_epoch)
+    tag = None if variant is None else pick_variant(layout, variant)
+    return export_oci_archive(layout, out, source_date_epoch=sde, tag=tag)

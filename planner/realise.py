@@ -67,23 +67,6 @@ def git_state(root: Path) -> Optional[dict]:
 
 
 
-def image_digest(output: Path) -> Optional[str]:
-    """The digest of the image index a layout's top-level index.json points at, if any."""
-    import json
-
-    index = output / "index.json"
-    if not index.is_file():
-        return None
-    from .safetree import read_limited
-
-    with open(index, "rb") as f:  # a build's output: read whole, so capped
-        data = json.loads(read_limited(f, what="index.json", where=str(output.name)))
-    for m in data.get("manifests", []):
-        if m.get("mediaType") == "application/vnd.oci.image.index.v1+json":
-            return m["digest"]
-    return None
-
-
 def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions = RealiseOptions(),
             *, progress: Optional[Emit] = None, executor=None,
             substituters: Sequence = (), cache_to: Sequence = ()) -> RealiseResult:
@@ -120,7 +103,33 @@ def realise(root: Path, set_name: str, store_root: Path, options: RealiseOptions
     if options.dry_run:  # no store yet is an empty store: a dry run makes none
         with Store.or_empty(store_root) as store:
             return _decide_and_run(planned, store, options, executor, substituters, cache_to, emit, started_ns)
+    if store_root.is_dir() and not os.access(store_root, os.W_OK):
+        with Store.or_empty(store_root) as store:
+            return _valid_in_a_store_not_ours(planned, store, options)
     return _decide_and_run(planned, Store(store_root), options, executor, substituters, cache_to, emit, started_ns)
+
+
+def _valid_in_a_store_not_ours(planned, store, options: RealiseOptions) -> RealiseResult:
+    """A realise in a store this user can read, not write: the answer, recording nothing, when all
+    it needs is valid there (not only while the owner's plan cache is current); else a refusal."""
+    from .errors import StoreError
+    from .store import READ_ONLY_HINT
+
+    with store.gc_lock(exclusive=False):
+        d = decide(planned, store, options)
+    todo = sorted(d.validity.needed)
+    if todo or options.check or options.out_link:
+        why = (f"{len(todo)} node{'s' if len(todo) != 1 else ''} to build ({todo[0]}{', ...' if len(todo) > 1 else ''})"
+               if todo else "--check rebuilds" if options.check else "--out-link adds a gc root to it")
+        raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}) and this realise writes "
+                         f"to it ({why}); {READ_ONLY_HINT}", where=str(store.root))
+    results = [d.settled(nid) for nid in d.validity.closure]
+    targets = d.validity.targets
+    output = d.validity.valid[targets[0]].path if len(targets) == 1 else None
+    builder = planned.plan.nodes[targets[0]].builder
+    return RealiseResult(set=planned.set_name, targets=targets, output=None if output is None else str(output),
+                         digest=_image_digest(output, builder),
+                         nodes=[r for r in results if r is not None], noop=True, warnings=d.warnings)
 
 
 def _decide_and_run(planned, store, options: RealiseOptions, executor, substituters, cache_to, emit: Emit,
@@ -335,7 +344,7 @@ def _finish(run: _Run, ex, results: dict[str, NodeResult], outcome) -> RealiseRe
     targets = d.validity.targets
     target_results = [results[t] for t in targets]
     output = target_results[0].path if len(target_results) == 1 else None
-    digest = image_digest(Path(output)) if output else None
+    digest = _image_digest(output, plan.nodes[targets[0]].builder)
     record = RunRecord(
         set=planned.set_name, targets=targets, output=output, digest=digest, started=time.time(),
         lock=_lock_digest(planned.rs.lockfile), git=git_state(planned.root), sandbox=options.sandbox,
@@ -470,3 +479,10 @@ def _lock_digest(path: Path) -> Optional[str]:
     from .hashing import file_digest
 
     return file_digest(path) if path.exists() else None
+
+
+def _image_digest(output, builder: str) -> Optional[str]:
+    """Only an image's: any other build may leave an index.json (or a link named so) in its output."""
+    from .oci.layout import index_digest
+
+    return index_digest(Path(output)) if output and builder == "oci-image" else None

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from planner.oci.layout import read_layout
 from planner.oci.wheels import install_wheel
 from tests.support.registry import registry  # noqa: F401  (session fixture)
 
-from .conftest import REPO, run_planner
+from .conftest import REPO, planner_cmd, run_planner
 
 pytestmark = pytest.mark.slow
 
@@ -273,6 +274,30 @@ def test_export_gives_an_oci_archive(demo_runs: dict, tmp_path: Path) -> None:
     assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.index.v1+json"
     assert subprocess.run(["skopeo", "inspect", f"oci-archive:{one}:default"], capture_output=True).returncode != 0
     assert one.stat().st_size < full.stat().st_size
+
+
+def test_export_to_standard_output_and_never_through_a_link_or_fifo(demo_runs: dict, tmp_path: Path) -> None:
+    """`export SET -` streams the archive (the same bytes as to a file); an OUT that is a link
+    or a FIFO is refused at once (a folder, by the option's own check), what it names untouched (before: replaced by a
+    regular file, as root even /dev/stdout)."""
+    store = str(demo_runs["store_a"])
+    for extra in ([], ["--variant", "sm100a"]):
+        to_file = tmp_path / "file.tar"
+        run_planner("--store", store, "export", "demo", str(to_file), *extra)
+        streamed = subprocess.run(planner_cmd("--store", store, "export", "demo", "-", *extra), cwd=REPO,
+                                  capture_output=True, check=True, timeout=300)
+        assert streamed.stdout == to_file.read_bytes()
+    target = tmp_path / "target.tar"
+    target.write_bytes(b"kept")
+    (tmp_path / "link.tar").symlink_to(target)
+    os.mkfifo(tmp_path / "fifo.tar")
+    for name, kind in (("link.tar", "a symbolic link"), ("fifo.tar", "a FIFO")):
+        bad = subprocess.run(planner_cmd("--store", store, "export", "demo", str(tmp_path / name)), cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and f"is {kind}, not a file an archive may replace" in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert target.read_bytes() == b"kept" and (tmp_path / "link.tar").is_symlink()
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo.tar").st_mode)
 
 
 # ---------------------------------------------------------------------------------------------

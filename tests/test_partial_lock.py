@@ -112,6 +112,11 @@ def test_a_dependency_built_for_fewer_platforms_blocks_only_those(project) -> No
     refused = _planner(project, "realise", "part", "--target", "onit", "--platform", "linux/arm64", check=False)
     assert refused.returncode != 0
     assert "cannot build amdonly[linux/arm64]: amdonly is built only for linux/amd64" in refused.stderr
+    # Which node needs it, and the two ways out (the README's example of a recipe depending on
+    # the demo's amd64-only base-probe failed with no hint).
+    assert ('; needed by onit[linux/arm64]: realise with --platform linux/amd64, or give onit '
+            'platforms = ["linux/amd64"]') in refused.stderr, refused.stderr
+    assert len([l for l in refused.stderr.splitlines() if "error:" in l]) == 1, refused.stderr
 
 
 def test_adding_a_platform_keeps_the_pins_of_the_others(tmp_path: Path) -> None:

@@ -160,3 +160,14 @@ def test_a_recipe_broken_since_the_run_leaves_the_other_causes_located(diamond: 
     (note,) = why["notes"]
     assert "c.toml" in note, note
     assert f"note: {note}" in _ok(diamond, "why", "t").stdout
+
+
+def test_a_cause_whose_every_node_failed_counts_no_dependents(diamond: Project) -> None:
+    """A change to d (the target: nothing above it) whose build fails: one failed node, no
+    count of dependents (it said "-1 dependents")."""
+    diamond.recipe("d", deps=["b", "c"], script="echo boom; exit 3")
+    assert diamond.cli("realise").returncode != 0
+    text = _ok(diamond, "why", "t").stdout
+    line = next(l for l in text.splitlines() if "failed (d)" in l)
+    assert "dependent" not in line and "-1" not in line, text
+    assert line.strip().startswith("-> 1 failed (d)"), line

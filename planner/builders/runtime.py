@@ -468,8 +468,10 @@ def main(argv: list[str]) -> int:
         # the build cannot raise them. The runtime imports only the standard library.
         import resource
 
-        for which, key in ((resource.RLIMIT_DATA, "memory"), (resource.RLIMIT_NPROC, "processes")):
-            resource.setrlimit(which, (int(spec["limits"][key]),) * 2)
+        for which, key in ((resource.RLIMIT_DATA, "memory"), (resource.RLIMIT_NPROC, "processes"),
+                           (resource.RLIMIT_NOFILE, "files")):
+            if key in spec["limits"]:
+                resource.setrlimit(which, (int(spec["limits"][key]),) * 2)
     out = BUILD / "out"
     out.mkdir(exist_ok=True)
     try:

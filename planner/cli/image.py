@@ -7,6 +7,7 @@ and store from the group's context object (`.root`, `.store`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -60,17 +61,23 @@ def export(set_name: str, out: Path, variant: Optional[str]) -> None:
 
     What `oci-archive:` and `docker load` style tools read: `oci-archive:OUT.tar:VARIANT`
     (`default-linux-amd64` for one platform), or `oci-archive:OUT.tar` when --variant leaves
-    one image in it. OUT's folder must exist. SET is
+    one image in it. OUT's folder must exist; OUT `-` writes the archive to standard output. SET is
     realised first, with `planner realise SET`'s progress on stderr: a no-op when it is up to
     date."""
     from ..publish import export_image
 
     obj = _obj()
     name = default_set(obj, set_name)
-    output_file(out)
+    to_stdout = str(out) == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise PlannerError("refusing to write an archive to a terminal: redirect standard output, or give a file")
+    if not to_stdout:
+        output_file(out)
     with _progress() as progress:
-        written = export_image(obj.root, name, obj.store_for_write(), out, variant, progress=progress)
-    click.echo(str(written))
+        written = export_image(obj.root, name, obj.store_for_write(), sys.stdout.buffer if to_stdout else out,
+                               variant, progress=progress)
+    if not to_stdout:
+        click.echo(str(written))
 
 
 @contextlib.contextmanager

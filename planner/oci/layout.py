@@ -12,9 +12,10 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Optional, Sequence
 
 import attrs
 
@@ -75,10 +76,7 @@ class Layout:
         if desc.size > MAX_METADATA:  # manifests, indexes and configs are read whole in-process
             raise OciError(f"blob of {desc.size} bytes is larger than {MAX_METADATA >> 20} MiB, refused",
                            where=str(path))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise OciError("blob missing from layout", where=str(path)) from None
+        data = _read_file(path, "blob missing from layout")
         if len(data) != desc.size or "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
             raise OciError("blob does not match its descriptor", where=str(path))
         return data
@@ -130,12 +128,30 @@ class Layout:
         return [m for m in self.children(desc) if m.media_type in MANIFEST_TYPES]
 
 
+def _read_file(path: Path, missing: str) -> bytes:
+    """A layout's file, never through a link (a build's output may hold one to a host file,
+    whose bytes must not become the image's) nor from a FIFO: refused, naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OciError(missing, where=str(path)) from None
+    except OSError as exc:  # ELOOP: a link
+        raise OciError(f"not a regular file ({exc.strerror})", where=str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OciError("not a regular file", where=str(path))
+        from ..safetree import MAX_METADATA
+
+        data = f.read(MAX_METADATA + 1)
+        if len(data) > MAX_METADATA:
+            raise OciError(f"larger than {MAX_METADATA >> 20} MiB, refused", where=str(path))
+        return data
+
+
 def _read_index_json(path: Path) -> tuple[Descriptor, ...]:
     f = path / "index.json"
     try:
-        doc = json.loads(f.read_bytes())
-    except FileNotFoundError:
-        raise OciError("not an OCI layout (no index.json)", where=str(path)) from None
+        doc = json.loads(_read_file(f, "not an OCI layout (no index.json)"))
     except ValueError:
         raise OciError("index.json is not JSON", where=str(f)) from None
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
@@ -145,15 +161,33 @@ def _read_index_json(path: Path) -> tuple[Descriptor, ...]:
 
 def read_layout(path: Path) -> Layout:
     path = Path(path)
+    for d in ("blobs", "blobs/sha256"):  # the blobs' folders, never links out of the layout
+        if os.path.islink(path / d):
+            raise OciError(f"{d} is a symbolic link, not a folder", where=str(path))
     try:
-        marker = json.loads((path / "oci-layout").read_bytes())
-    except FileNotFoundError:
-        raise OciError("not an OCI layout (no oci-layout file)", where=str(path)) from None
+        marker = json.loads(_read_file(path / "oci-layout", "not an OCI layout (no oci-layout file)"))
     except ValueError:
         raise OciError("oci-layout is not JSON", where=str(path / "oci-layout")) from None
     if not isinstance(marker, dict) or marker.get("imageLayoutVersion") != LAYOUT_VERSION:
         raise OciError(f"unsupported imageLayoutVersion {marker!r}", where=str(path / "oci-layout"))
     return Layout(path=path, manifests=_read_index_json(path))
+
+
+def index_digest(output: Path) -> Optional[str]:
+    """The digest of the image index a layout's top-level index.json points at, if any."""
+    index = output / "index.json"
+    if not index.is_file() or index.is_symlink():
+        return None
+    from ..safetree import read_limited
+
+    with open(index, "rb") as f:  # a build's output: read whole, so capped
+        data = json.loads(read_limited(f, what="index.json", where=str(output.name)))
+    manifests = data.get("manifests") if isinstance(data, dict) else None
+    for m in manifests if isinstance(manifests, list) else ():
+        if isinstance(m, dict) and m.get("mediaType") == "application/vnd.oci.image.index.v1+json":
+            digest = m.get("digest")
+            return digest if isinstance(digest, str) else None
+    return None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -262,35 +296,83 @@ def write_layout(
     return Layout(path=dest, manifests=tuple(entries))
 
 
-def _archive_entries(layout: Layout) -> Iterator[tuple[bytes, TarEntry]]:
+def _archive_entries(layout: Layout, documents: Path) -> Iterator[tuple[bytes, TarEntry]]:
+    """The archive's members: index.json and oci-layout from `documents`, and every blob the
+    layout's manifests reach, each checked to be a regular file holding the bytes its digest
+    names (an archive is what others trust as this image)."""
     digests: set[str] = set()
     for top in layout.manifests:
         digests.update(d.digest for d in layout.walk(top))
     paths: list[tuple[bytes, TarEntry]] = [
         (b"blobs", TarEntry("dir", 0o755, None)),
         (b"blobs/sha256", TarEntry("dir", 0o755, None)),
-        (b"index.json", _file_entry(layout.path / "index.json")),
-        (b"oci-layout", _file_entry(layout.path / "oci-layout")),
+        (b"index.json", _file_entry(documents / "index.json")),
+        (b"oci-layout", _file_entry(documents / "oci-layout")),
     ]
     for digest in digests:
         p = layout.blob_path(digest)
-        paths.append((os.fsencode(f"blobs/sha256/{digest.split(':', 1)[1]}"), _file_entry(p)))
+        entry = _file_entry(p)
+        if sha256_file(p) != digest:
+            raise OciError("blob content does not match its digest", where=str(p))
+        paths.append((os.fsencode(f"blobs/sha256/{digest.split(':', 1)[1]}"), entry))
     return iter(sorted(paths))
 
 
 def _file_entry(path: Path) -> TarEntry:
     try:
-        size = path.stat().st_size
+        st = os.lstat(path)
     except FileNotFoundError:
         raise OciError("missing from layout", where=str(path)) from None
-    return TarEntry("file", 0o644, os.fsencode(path), size=size)
+    if not stat.S_ISREG(st.st_mode):  # a link would copy what it points at into the archive
+        raise OciError("not a regular file", where=str(path))
+    return TarEntry("file", 0o644, os.fsencode(path), size=st.st_size)
 
 
-def export_oci_archive(layout: Path, out: Path, *, source_date_epoch: int = 0) -> Path:
+def export_oci_archive(layout: Path, out: "Path | BinaryIO", *, source_date_epoch: int = 0,
+                       tag: Optional[str] = None) -> "Path | BinaryIO":
     """A deterministic uncompressed tar of the layout (what `oci-archive:` reads): only
-    index.json, oci-layout and the blobs reachable from index.json, sorted, mtime fixed."""
+    index.json, oci-layout and the blobs reachable from index.json, sorted, mtime fixed.
+
+    `tag`: only that entry of the layout, alone in the archive's index.json under that name
+    (a tool reading `oci-archive:OUT.tar` without a name takes the one image there), with the
+    blobs it reaches. `out`: a path (written whole, then renamed into place: a regular file
+    or nothing there, never a link, a FIFO or a device replaced), or an open binary stream."""
     lay = read_layout(layout)
-    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix=".export-") as tmp:
+        documents = lay.path
+        if tag is not None:
+            lay = Layout(path=lay.path, manifests=tuple(
+                index_entries(lay, [LayoutImage(tag, lay.resolve(tag))], platform_tags=False)))
+            documents = Path(tmp)
+            doc = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [e.to_json() for e in lay.manifests]}
+            (documents / "index.json").write_bytes(canonical_json(doc))
+            (documents / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
+        entries = _archive_entries(lay, documents)  # (every check before the first byte is written)
+        if not isinstance(out, (str, os.PathLike)):
+            write_tar_entries(entries, out, mtime=source_date_epoch)
+            out.flush()
+            return out
+        return _write_file(Path(out), lambda f: write_tar_entries(entries, f, mtime=source_date_epoch))
+
+
+def check_archive_path(out: Path) -> None:
+    """OUT may be new or a regular file (replaced whole); anything else is refused before any
+    work: a link (written through, it would replace what it names), a FIFO, a device."""
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OciError(f"cannot write the archive: {exc.strerror}", where=str(out)) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket")
+        raise OciError(f"is {kind}, not a file an archive may replace (give a new name, or - for standard "
+                       "output)", where=str(out))
+
+
+def _write_file(out: Path, write) -> Path:
+    check_archive_path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out.parent)
@@ -299,9 +381,10 @@ def export_oci_archive(layout: Path, out: Path, *, source_date_epoch: int = 0) -
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
-            write_tar_entries(_archive_entries(lay), f, mtime=source_date_epoch)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        check_archive_path(out)  # (made meanwhile: still never replaced)
         os.replace(tmp, out)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -35,8 +35,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import StoreError
-from .entries import ENTRY_NAME, Entry, Realisation, RemoteEntry, entry_dirs, make_read_only, remove_tree  # noqa: F401
+from .entries import (ENTRY_NAME, STORE_MTIME_NS, Entry, Realisation, RemoteEntry, entry_dirs,  # noqa: F401
+                      make_read_only, remove_tree)
 from .index import SCHEMA, SCHEMA_VERSION, refuse_damaged_index, repair_index, transaction  # noqa: F401
+
+
+READ_ONLY_HINT = ("commands that only read it (plan, why, show, log, diff, dry runs, store verify, store roots, "
+                  "store size, a no-op realise) still work")
 
 
 class Store:
@@ -49,9 +54,8 @@ class Store:
             self._open_read_only()
             return
         if self.root.is_dir() and not os.access(self.root, os.W_OK):
-            raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}); commands that only "
-                             "read it (plan, why, show, log, diff, dry runs, store verify, store roots, store size, "
-                             "a no-op realise) still work", where=str(self.root))
+            raise StoreError(f"the store is not writable by this user (uid {os.geteuid()}); {READ_ONLY_HINT}",
+                             where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         refuse_damaged_index(self.root)
@@ -199,8 +203,9 @@ class Store:
             # A leftover of a crash between rename and commit, or an invalid entry.
             remove_tree(final)
         os.rename(content, final)
-        if final.is_dir():
+        if stat.S_ISDIR(os.lstat(final).st_mode):
             os.chmod(final, 0o555)  # no row yet: a crash before it leaves an entry that is absent
+            os.utime(final, ns=(STORE_MTIME_NS, STORE_MTIME_NS))  # (the rename rewrote its `..`)
         with self._tx() as db:
             db.execute("DELETE FROM entries WHERE key=? OR path=?", (key, final.name))
             db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?)",

@@ -113,35 +113,79 @@ def remove_tree(path: Path) -> None:
                              where=path.name) from None
 
 
+# Every file, folder and link of an entry gets this mtime, as Nix gives each store path's files
+# 1: a build must not learn when (or after what) its inputs were fetched, checked out or built,
+# and a tar or zip of them must not record it. 1980-01-01, not 1: a zip cannot hold an earlier
+# date (nixpkgs sets SOURCE_DATE_EPOCH to it for wheels for the same reason).
+STORE_MTIME_NS = 315532800 * 10**9
+
+
 def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
-    """Normalise permissions and make an entry read-only: 0555 dirs and executables, 0444 files.
+    """Normalise an entry and make it read-only: 0555 dirs and executables, 0444 files, every
+    mtime STORE_MTIME_NS, no extended attributes (a build's `user.*` or ACL would reach its
+    dependents unhashed).
 
     With `keep_top_writable` the top directory stays 0755: renaming a directory into another
     parent rewrites its `..`, which needs write permission on it (only root bypasses that), so
     the store makes the top read-only after the rename. Anything but files, folders and links,
-    and a tree past MAX_DEPTH or MAX_PATH, is refused (StoreError naming its place in the
-    output, not the temporary folder)."""
-    if path.is_symlink():
+    a top that is a link, and a tree past MAX_DEPTH or MAX_PATH, is refused (StoreError naming
+    its place in the output, not the temporary folder)."""
+    top = os.lstat(path)  # never followed: a FIFO would block the walk, a link lead out of the store
+    if not (stat.S_ISDIR(top.st_mode) or stat.S_ISREG(top.st_mode)):
+        raise StoreError(f"output is {_kind(top.st_mode)}, not a file or folder")
+    if stat.S_ISREG(top.st_mode):
+        _drop_xattrs(os.fspath(path))
+        os.chmod(path, 0o555 if top.st_mode & stat.S_IXUSR else 0o444)
+        os.utime(path, ns=(STORE_MTIME_NS, STORE_MTIME_NS), follow_symlinks=False)
         return
-    if path.is_file():
-        mode = os.lstat(path).st_mode
-        os.chmod(path, 0o555 if mode & stat.S_IXUSR else 0o444)
-        return
+    times = (STORE_MTIME_NS, STORE_MTIME_NS)
+    base = os.fspath(path)
     for rel, dirnames, filenames, dirfd in _walk(path, "output"):
+        here = f"{base}/{rel}" if rel else base
         for d in dirnames:  # (a build may leave a folder it cannot read: the walk must enter it)
             if not stat.S_ISLNK(os.lstat(d, dir_fd=dirfd).st_mode):
                 os.chmod(d, 0o755, dir_fd=dirfd)
+            else:
+                os.utime(d, ns=times, dir_fd=dirfd, follow_symlinks=False)
         for f in filenames:
             st = os.lstat(f, dir_fd=dirfd)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                kind = "a fifo" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) \
-                    else "a device"
-                raise StoreError(f"output holds {kind}, not a file, folder or link: {_shown(rel + '/' + f if rel else f)}")
-            os.chmod(f, 0o555 if st.st_mode & stat.S_IXUSR else 0o444, dir_fd=dirfd)
+            if not stat.S_ISLNK(st.st_mode):
+                if not stat.S_ISREG(st.st_mode):
+                    raise StoreError(f"output holds {_kind(st.st_mode)}, not a file, folder or link: "
+                                     f"{_shown(rel + '/' + f if rel else f)}")
+                _drop_xattrs(f"{here}/{f}")
+                os.chmod(f, 0o555 if st.st_mode & stat.S_IXUSR else 0o444, dir_fd=dirfd)
+            os.utime(f, ns=times, dir_fd=dirfd, follow_symlinks=False)
+        _drop_xattrs(dirfd)
         # (a folder made read-only before the walk enters it: its owner may still read it)
         os.fchmod(dirfd, 0o755 if keep_top_writable and not rel else 0o555)
+        # Set before its children are: a child's mode, time or attributes leave the folder's
+        # mtime as it is (only adding, removing or renaming a name changes it).
+        os.utime(dirfd, ns=times)
+
+
+def _kind(mode: int) -> str:
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a fifo" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+
+
+def _drop_xattrs(target: "str | int") -> None:
+    """Remove a file's or folder's extended attributes (a path, never followed, or a folder's
+    descriptor). A `security.*` label the system gives every file (SELinux) is not the build's
+    and cannot be removed by it: kept; any other that cannot be removed refuses the output."""
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError:  # a file system without extended attributes
+        return
+    for name in names:
+        if name.startswith("security."):
+            continue
+        try:
+            os.removexattr(target, name, follow_symlinks=follow)
+        except OSError as exc:
+            raise StoreError(f"output holds an extended attribute {name!r} the store cannot remove "
+                             f"({exc.strerror})") from None
 
 
 def entry_dirs(root: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,6 +70,13 @@ def test_read_only_store(tmp_path: Path, figure: dict) -> None:
                                   capture_output=True, text=True, cwd="/")
         verify = as_user("store", "verify")
         noop = as_user("realise", "t")
+        # The owner's plan cache made stale (a recipe touched, its text the same): still a no-op
+        # for the reader, answered by the full plan, recording nothing.
+        os.utime(proj.folder / "b.toml")
+        stale = as_user("realise", "t", "--json")
+        assert stale.returncode == 0, stale.stderr
+        assert {n["action"] for n in json.loads(stale.stdout)["nodes"]} == {"reused"}
+        assert json.loads(stale.stdout)["run"] is None  # nothing recorded in a store not ours
         # Every command the refusal names as still working does work.
         readers = {" ".join(a): as_user(*a) for a in (
             ("store", "roots"), ("store", "size", "t"), ("show", "a", "--set", "t"), ("plan", "t"), ("why", "t"),
