@@ -9,8 +9,6 @@ import stat
 from pathlib import Path
 from typing import Optional
 
-import attrs
-
 from ..errors import RecipeError
 from . import simpletoml
 from .model import Build, Recipe, Resources
@@ -215,32 +213,6 @@ def plain_config(data: dict):
     return SetConfig(source_date_epoch=epoch, **kw)
 
 
-def _fields_at(cls: type, keypath: str) -> list[str]:
-    """The keys an attrs class accepts at a cattrs key path (`build`, `patches[0]`)."""
-    import typing
-
-    def unwrap(t: object) -> object:
-        # Optional[X], list[X], dict[str, X]: the attrs class inside, if any.
-        while typing.get_args(t) and not attrs.has(t):
-            t = [a for a in typing.get_args(t) if a is not type(None)][-1]
-        return t
-
-    t: object = cls
-    for part in [x for x in re.split(r"[.\[\]]+", keypath) if x]:
-        if part.isdigit() or part.startswith(("'", '"')):
-            continue  # a list index or a table key: the element type follows
-        if not attrs.has(t):
-            return []
-        try:
-            hints = typing.get_type_hints(t)
-        except Exception:  # an unresolvable annotation: no suggestion rather than a crash
-            return []
-        if part not in hints:
-            return []
-        t = unwrap(hints[part])
-    return [f.name for f in attrs.fields(t)] if attrs.has(t) else []  # type: ignore[arg-type]
-
-
 def _relative(path: Path | str, root: Path) -> str:
     path = Path(path)
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
@@ -255,69 +227,20 @@ def _where(path: Path | str, root: Path, text: str, key: str | None) -> str:
 
 
 def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
-    import cattrs
-
-    conv = _converter()
+    """`data` as a `cls`, or a RecipeError naming the key at fault (`shape` says which and
+    why: asked only when cattrs refuses, so loading pays nothing for it)."""
     try:
-        return conv.structure(data, cls)
-    except cattrs.BaseValidationError as exc:
-        msgs = cattrs.transform_error(exc)
-        # A mistyped key explains the required one it leaves missing: report the typo first.
-        first = next((m for m in msgs if m.startswith("extra fields found")), msgs[0] if msgs else str(exc))
-        # cattrs says e.g. "extra fields found (colour) @ $.build"; turn it into a key path.
-        m = re.match(r"(.*) @ \$\.?(.*)$", first)
-        if m:
-            detail, keypath = m.group(1), m.group(2)
-            extra = re.match(r"extra fields found \((.*)\)", detail)
-            if extra:
-                bad = extra.group(1).split(",")[0].strip()
-                from ..suggest import did_you_mean
+        return _converter().structure(data, cls)
+    except Exception:  # cattrs' validation errors, and whatever a hook raised inside them
+        from .shape import dotted, first_problem, line_of_path
 
-                valid = [n.replace("_", "-") for n in _fields_at(cls, keypath) if keypath or n != "file"]
-                # cattrs drops the table's own name inside a mapping ([inputs.x] bogus = 1 is
-                # reported "@ $.inputs"): find the entry that holds the key, so the error names it.
-                node: object = data
-                for part in filter(None, keypath.split(".")):
-                    node = node.get(part) if isinstance(node, dict) else None
-                if isinstance(node, dict) and bad not in node:
-                    owner = next((k for k, v in node.items() if isinstance(v, dict) and bad in v), None)
-                    if owner is not None:
-                        keypath = f"{keypath}.{owner}"
-                key = ".".join(p for p in (keypath, bad) if p)
-                raise RecipeError("unknown key" + did_you_mean(bad.replace("_", "-"), valid),
-                                  where=_where(path, root, text, key.replace("_", "-"))) from None
-            # cattrs' words for a value outside a Literal's choices: say which values are allowed.
-            choice = re.match(r"unknown error \((.*) not in literal typing\.Literal\[(.*)\]\)$", detail)
-            if choice:
-                detail = f"{choice.group(1)!r} is not one of {choice.group(2)}"
-            wrong = re.match(r"invalid value for type, expected (\w+)$", detail)
-            if wrong:
-                detail, keypath = _wrong_type(data, keypath, wrong.group(1))
-            raise RecipeError(detail, where=_where(path, root, text, keypath.replace("_", "-") or None)) from None
-        raise RecipeError(first, where=_where(path, root, text, None)) from None
-
-
-_KINDS = {"list": "a list", "dict": "a table", "str": "a string", "int": "a whole number", "float": "a number",
-          "bool": "true or false"}
-
-
-def _wrong_type(data: dict, keypath: str, expected: str) -> tuple[str, str]:
-    """cattrs' "invalid value for type, expected dict" in a user's words: what was given, what
-    is wanted, and, in a table of strings, the entry that is not one (cattrs names the table)."""
-    node: object = data
-    for part in filter(None, keypath.split(".")):
-        node = node.get(part, node.get(part.replace("_", "-"))) if isinstance(node, dict) else None
-    want = _KINDS.get(expected, expected)
-    if expected == "dict" and isinstance(node, dict):
-        key, value = next(((k, v) for k, v in node.items() if not isinstance(v, str)), (None, None))
-        if key is not None:
-            return (f"{key} = {str(value)[:40]}: the values of this table are strings (write {key} = "
-                    f"\"{str(value)[:40]}\")", f"{keypath}.{key}")
-    given = "nothing" if node is None else f"{_KINDS.get(type(node).__name__, type(node).__name__)} " \
-                                               f"{str(node)[:40]!r}"
-    hint = f" (write {keypath.rsplit('.', 1)[-1].replace('_', '-')} = [\"{node[:40]}\"])" \
-        if expected == "list" and isinstance(node, str) else ""
-    return f"expected {want}, not {given}{hint}", keypath
+        problem = first_problem(cls, data, hidden=("file",))
+        rel = _relative(path, root)
+        if problem is None:  # (the walk and cattrs agree, as tests/test_recipe_types.py checks)
+            raise RecipeError("a value of a type this file does not take", where=rel) from None
+        line = line_of_path(text, problem.path)
+        key = dotted(problem.path)
+        raise RecipeError(problem.message, where=f"{rel}:{line}: {key}" if line else f"{rel}: {key}") from None
 
 
 def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None

@@ -15,7 +15,7 @@ from ..errors import RecipeError
 from ..gcpause import gc_paused
 from .model import PLATFORMS, Recipe, RecipeSet, SetConfig
 from .parse import _kebab_to_snake, _read_toml, _relative, _structure, _where, plain_config, plain_recipe
-from .validate import _check_cuda, _check_references, _validate_recipe
+from .validate import _check_cuda, _check_references, _validate_recipe, unknown_platform
 
 
 def load_recipe(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None
@@ -63,7 +63,7 @@ def load_config(root: Path, name: str, *, profile: Optional[str] = None) -> tupl
         config = attrs.evolve(config, profile=profile)
     for p in config.platforms:
         if p not in PLATFORMS:
-            raise RecipeError(f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})",
+            raise RecipeError(unknown_platform(p),
                               where=_where(cfg_path, root, text, "platforms"))
     _check_cuda(config, lambda key, msg: RecipeError(msg, where=_where(cfg_path, root, text, key)))
     if config.resolve_as_of is not None:
@@ -77,6 +77,22 @@ def load_config(root: Path, name: str, *, profile: Optional[str] = None) -> tupl
     return config, text
 
 
+# The last second of the year 9999: image timestamps are RFC 3339 dates, which end there.
+MAX_EPOCH = 253402300799
+
+
+def _check_config_values(config: SetConfig, err) -> None:
+    """What set.toml's types allow but no build can use: no platform to build for (a plan of
+    no nodes that "succeeds"), a SOURCE_DATE_EPOCH before 1970 or after the year 9999."""
+    if not config.platforms:
+        raise err("platforms", f"platforms lists no platform: name at least one of {', '.join(PLATFORMS)} "
+                               "(or leave the key out for all of them)")
+    epoch = config.source_date_epoch
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise err("source-date-epoch", f"source-date-epoch must be a non-negative whole number of seconds since "
+                                       f"1970-01-01 (at most {MAX_EPOCH}, the end of the year 9999), not {epoch}")
+
+
 @gc_paused()
 def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeSet:
     """The recipe set; `profile` chooses another of set.toml's [profiles] than its own line."""
@@ -84,6 +100,11 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
     folder = root / "recipes" / name
     cfg_path = folder / "set.toml"
     config, text = load_config(root, name, profile=profile)
+
+    def cfg_err(key, msg):
+        return RecipeError(msg, where=_where(cfg_path, root, text, key))
+
+    _check_config_values(config, cfg_err)
     recipes: dict[str, Recipe] = {}
     sigs: dict[str, tuple] = {}
     cache = _ParseCache(root, name)
@@ -129,9 +150,6 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
             cache.put(path, sig, table)
             recipes[r.name] = r
     cache.save()
-    def cfg_err(key, msg):
-        return RecipeError(msg, where=_where(cfg_path, root, text, key))
-
     if config.aliases:
         recipes = _apply_aliases(config.aliases, recipes, cfg_err)
     if config.profile is not None or config.profiles:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from .model import AXES, BUILDERS, INPUT_NAME, PATCH_LABEL, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
-from .parse import DEFAULT_RESOURCES, _LazyText, _where
+from .parse import DEFAULT_RESOURCES, _LazyText, _relative, _where
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -35,10 +35,12 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         raise err("builder", f"unknown builder {r.build.builder[:80]!r}{did_you_mean(r.build.builder, BUILDERS)}")
     for p in r.platforms:
         if p not in PLATFORMS:
-            raise err("platforms", f"unknown platform {p!r} (one of {', '.join(PLATFORMS)})")
+            raise err("platforms", unknown_platform(p))
     for a in r.axes:
         if a not in AXES:
-            raise err("axes", f"unknown variant axis {a!r} (one of {', '.join(AXES)})")
+            from ..suggest import did_you_mean
+
+            raise err("axes", f"unknown variant axis {a[:80]!r}{did_you_mean(a, AXES)}")
     if r.resolve_as_of is not None:
         from ..errors import FetchError
         from ..fetch.simple_index import parse_as_of
@@ -94,6 +96,13 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         if clash:
             raise err(clash[0], f"[build] env {clash[0]}: the planner sets this variable for every "
                                 f"{r.build.builder} build, so a declared value would be overwritten; remove it")
+
+
+def unknown_platform(p: str) -> str:
+    """The platforms share most of their letters: a suggestion must be closer than most."""
+    from ..suggest import did_you_mean
+
+    return f"unknown platform {p[:80]!r}{did_you_mean(p, PLATFORMS, cutoff=0.85)}"
 
 
 def _validate_patches(r: Recipe, err, root: Path) -> None:
@@ -347,9 +356,25 @@ def _check_references(rs: RecipeSet) -> None:
     cycle = None if _acyclic(edges) else find_cycle(edges)
     if cycle:
         first = rs.recipes[cycle[0]]
-        text = (rs.root / first.file).read_text()
-        raise RecipeError("dependency cycle: " + " -> ".join(cycle),
-                          where=_where(rs.root / first.file, rs.root, text, "deps"))
+        raise RecipeError("dependency cycle: " + " -> ".join(cycle), where=_cycle_where(rs, first, cycle[1]))
+
+
+def _cycle_where(rs: RecipeSet, r: Recipe, to: str) -> str:
+    """Where recipe `r` names `to`, its next step round a cycle: the field (deps, toolchains,
+    requires, build.rootfs, image.base, image.layers) and its line in r's file."""
+    from .shape import dotted, line_of_path
+
+    fields = [(("deps",), r.deps), (("toolchains",), r.toolchains), (("requires",), r.requires),
+              (("build", "rootfs"), [r.build.rootfs]),
+              (("image", "base"), [r.image.base] if r.image is not None else []),
+              (("image", "layers"), [d for g in r.image.layers for d in g] if r.image is not None else [])]
+    path = next((key for key, names in fields if to in names), ("deps",))
+    rel = _relative(rs.root / r.file, rs.root)
+    try:
+        line = line_of_path((rs.root / r.file).read_text(), path)
+    except (OSError, UnicodeDecodeError):  # (changed since it was read: no line then)
+        line = None
+    return f"{rel}:{line}: {dotted(path)}" if line else f"{rel}: {dotted(path)}"
 
 
 def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
