@@ -14,10 +14,15 @@ import sys
 # realise's options this parser reads, with a value (and the values allowed) or without. Which
 # of them rule a no-op out is not decided here but by `plancache.fast_path_applies`; any other
 # option (--json, --out-link, --help, ...) goes to the full command line, which prints those.
-_VALUED = {"-j": None, "--jobs": None, "--target": None, "--sandbox": ("on", "off"), "--substituter": None,
-           "--trusted-key": None, "--signing-key": None, "--download": ("toplevel", "all"), "--executor": None,
-           "--cache-to": None, "--platform": None, "--variant": None}
+# Not --substituter, --trusted-key or --signing-key: the command line checks their values
+# (planner.cache parses them) before it answers a no-op, and that parser imports more than this
+# path may; a no-op with them goes there, so that a bad value is never answered with exit 0.
+_VALUED = {"-j": None, "--jobs": None, "--target": None, "--sandbox": ("on", "off"),
+           "--download": ("toplevel", "all"), "--executor": None, "--cache-to": None, "--platform": None,
+           "--variant": None}
 _FLAGS = {"--keep-going", "--dry-run", "--check"}
+# The environment's spelling of those options, which the command line checks as well.
+_CHECKED_ENV = ("PLANNER_SUBSTITUTERS", "PLANNER_TRUSTED_KEYS")
 
 
 def _global_options(args: list[str]):
@@ -48,7 +53,7 @@ def _global_options(args: list[str]):
 
 def _realise_args(root: str, store: str, args: list[str]):
     """(root, store, set name, the options by name) of a `realise` this parser reads, else None."""
-    if args[:1] != ["realise"]:
+    if args[:1] != ["realise"] or any(os.environ.get(v, "").strip() for v in _CHECKED_ENV):
         return None
     set_name, opts = None, {}
     rest = args[1:]
@@ -110,9 +115,21 @@ def answer_noop(args: list[str]) -> bool:
                           cache_to=o.get("--cache-to"), platform=o.get("--platform"), variant=o.get("--variant"))
     if cache is None:
         return False
-    sys.stdout.write(noop_text(cache) + "\n")
-    sys.stdout.flush()
+    _print(noop_text(cache) + "\n")
     return True
+
+
+def _print(text: str) -> None:
+    """Write an answer to stdout. A reader gone (`planner realise | true`) is no error, as on
+    the command line (planner/cli/pipes.py): the answer was complete, only nobody reads it, so
+    stdout becomes /dev/null (the interpreter's flush at exit is quiet too) and the exit is 0."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def answer_store_verify(args: list[str]) -> bool:
@@ -174,8 +191,7 @@ def answer_store_verify(args: list[str]) -> bool:
         done.acquire()
     if bad:
         return False
-    sys.stdout.write("store ok\n")
-    sys.stdout.flush()
+    _print("store ok\n")
     return True
 
 
@@ -197,8 +213,7 @@ def answer_hash(args: list[str]) -> bool:
         lines = [f"{tree_digest(p)}  {p}\n" for p in paths]
     except Exception:  # noqa: BLE001 - a special file, a race: the command line says what
         return False
-    sys.stdout.write("".join(lines))
-    sys.stdout.flush()
+    _print("".join(lines))
     return True
 
 

@@ -29,13 +29,16 @@ Emit = Callable[[str, object], None]
 MODES = ("auto", "plain", "rich")
 
 
-def make_progress(mode: str = "auto", *, print_build_logs: bool = False, stream: Optional[TextIO] = None) -> Emit:
+def make_progress(mode: str = "auto", *, print_build_logs: bool = False, stream: Optional[TextIO] = None,
+                  task: str = "realise") -> Emit:
+    """`task`: what the events are about, `realise` (nodes built or fetched) or `push` (store
+    entries sent to a binary cache, where nothing is built)."""
     stream = stream or sys.stderr
     if mode == "auto":
         mode = "rich" if stream.isatty() and os.environ.get("TERM") != "dumb" else "plain"
     if mode == "rich":
-        return _rich_progress(print_build_logs, stream)
-    return PlainProgress(stream, print_build_logs=print_build_logs)
+        return _rich_progress(print_build_logs, stream, task)
+    return PlainProgress(stream, print_build_logs=print_build_logs, task=task)
 
 
 class _Writer:
@@ -44,11 +47,20 @@ class _Writer:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.lock = threading.Lock()
+        self.gone = False
 
     def line(self, text: str) -> None:
         with self.lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            if self.gone:
+                return
+            try:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                # The reader went away (`2>&1 | head -1`), the stream was closed, its disk is
+                # full: these lines are called from the builds, and progress is never a reason
+                # for a build to fail. It stops here; the build goes on.
+                self.gone = True
 
 
 class _LogTail:
@@ -107,8 +119,10 @@ def _secs(s: float) -> str:
 class PlainProgress:
     """buildx's --progress=plain: a line per start and per end, nothing redrawn."""
 
-    def __init__(self, stream: TextIO, *, print_build_logs: bool = False, clock=time.monotonic) -> None:
+    def __init__(self, stream: TextIO, *, print_build_logs: bool = False, clock=time.monotonic,
+                 task: str = "realise") -> None:
         self.out = _Writer(stream)
+        self.task = task
         self.print_build_logs = print_build_logs
         self.clock = clock
         self.t0 = clock()
@@ -129,8 +143,11 @@ class PlainProgress:
             self.todo = int(d["todo"])  # type: ignore[index]
             cached = list(d.get("cached", ()))  # type: ignore[union-attr]
             total = d['total']  # type: ignore[index]
-            self._line(f"plan: {total} node{'' if total == 1 else 's'}, {self.todo} to build or fetch, "
-                       f"{len(cached)} cached")
+            if self.task == "push":  # store entries (outputs, and the inputs they were made of) sent as they are
+                self._line(f"plan: {total} entr{'y' if total == 1 else 'ies'} to push")
+            else:
+                self._line(f"plan: {total} node{'' if total == 1 else 's'}, {self.todo} to build or fetch, "
+                           f"{len(cached)} cached")
             for label in cached:
                 self._line(f"CACHED {label}")
         elif kind == "start":
@@ -180,34 +197,47 @@ class PlainProgress:
                 self._line(f"finished: {parts} in {_secs(self.clock() - self.t0)}")
 
 
-def _rich_progress(print_build_logs: bool, stream: TextIO) -> Emit:
+def _rich_progress(print_build_logs: bool, stream: TextIO, task: str = "realise") -> Emit:
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's own answer points sys.stdout at /dev/null and exits: the build's result
+            # would be lost with its progress. Only the progress stops.
+            self.quiet = True
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), transient=False, console=Console(file=stream))
+                        TimeRemainingColumn(), transient=False, console=_Console(file=stream))
     state: dict = {"task": None, "running": [], "tails": {}, "started": {}}
     lock = threading.Lock()
+    verb = "pushing" if task == "push" else "building"
 
     def describe() -> str:
         running = state["running"]
         if not running:
-            return "building"
-        return "building " + ", ".join(running[:3]) + (f" +{len(running) - 3}" if len(running) > 3 else "")
+            return verb
+        return f"{verb} " + ", ".join(running[:3]) + (f" +{len(running) - 3}" if len(running) > 3 else "")
 
     def console_line(text: str) -> None:
         progress.console.print(escape(text), style="dim", highlight=False)
 
     def emit(kind: str, data: object) -> None:
         with lock:
-            _emit(kind, data)
+            try:
+                _emit(kind, data)
+            except (OSError, ValueError):
+                # As _Writer.line: a display that cannot be written is not the build's failure.
+                progress.console.quiet = True
+                if kind == "close":
+                    _emit(kind, data)  # quiet now: the display and the log tails stop, writing nothing
 
     def _emit(kind: str, data: object) -> None:
         if kind == "plan":
             if data["todo"]:  # type: ignore[index]
                 progress.start()
-                state["task"] = progress.add_task("building", total=data["todo"])  # type: ignore[index]
+                state["task"] = progress.add_task(verb, total=data["todo"])  # type: ignore[index]
         elif kind == "start" and state["task"] is not None:
             state["running"].append(_label(data))
             state["started"][_label(data)] = time.time()

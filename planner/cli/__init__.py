@@ -14,11 +14,12 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError
-from .common import MIRROR_HELP, ROOT_HELP, STORE_HELP, Context, fail, global_options, mirror_url
+from .common import MIRROR_HELP, ROOT_HELP, STORE_HELP, Context, FolderOption, fail, global_options, mirror_url
 from .explain import diff, log_cmd, show, why, why_depends_cmd
 from .image import export, push
 from .lock import hash_cmd, lock, prefetch
 from .mirror import mirror
+from .pipes import quiet_when_closed
 from .plan import plan
 from .realise import realise
 from .store import keys, store
@@ -59,6 +60,15 @@ class _Group(click.Group):
         names = list(self.commands)
         return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
+    def main(self, *args, **kwargs):
+        # Before anything prints: a reader that goes away (`| head -1`) silences the rest of the
+        # output, never the command (its exit status is its own, whenever the reader left).
+        quiet_when_closed()
+        try:
+            return super().main(*args, **kwargs)
+        except PlannerError as exc:  # a global option refused while the group parses it (`--store=`)
+            fail(exc)
+
     def invoke(self, ctx: click.Context):
         _stop_on_sigterm()
         try:
@@ -92,8 +102,8 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None, help=ROOT_HELP)
-@click.option("--store", "store", type=click.Path(path_type=Path), envvar="PLANNER_STORE", default=None,
+@click.option("--root", type=FolderOption(file_okay=False, path_type=Path), default=None, help=ROOT_HELP)
+@click.option("--store", "store", type=FolderOption(path_type=Path), envvar="PLANNER_STORE", default=None,
               help=STORE_HELP)
 @click.option("--mirror", "mirrors", multiple=True, metavar="URL", help=MIRROR_HELP)
 @click.version_option(package_name="planner", help="Show the version and exit.")

@@ -31,6 +31,10 @@ class Context:
         if found is None:
             raise PlannerError(f"no planner project in {Path.cwd()} or a folder above it (a project holds "
                                "recipes/SET/set.toml); pass --root PROJECT")
+        if self.explicit_root is not None and not found.is_dir():
+            # Said of the folder named, not "pass --root": the user did, and mistyped it.
+            raise PlannerError("no such folder (--root names the project: the folder holding recipes/)",
+                               where=f"--root {found}")
         return found
 
     @root.setter
@@ -122,13 +126,25 @@ STORE_HELP = "Store folder (env PLANNER_STORE; default: store/ under --root)."
 MIRROR_HELP = "A source mirror: folder or URL (repeatable; env PLANNER_MIRRORS; planner.toml [mirrors])."
 
 
+class FolderOption(click.Path):
+    """The path of --root or --store. An empty one (`--store=`, `--store "$UNSET"`) is refused:
+    pathlib reads it as the current folder, which would become the store (PLANNER_STORE= empty
+    is no value at all: click leaves it out, and the default store is used)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            name = param.opts[0] if param is not None else "the path"
+            raise PlannerError(f"{name} is empty: name a folder (an unset variable?)")
+        return super().convert(value, param, ctx)
+
+
 def global_options(cmd: click.Command) -> None:
     """Give a subcommand the global options too, so they work after it (`planner lock demo
     --mirror DIR`). Parsed after the group's, so a later one wins."""
     cmd.params.extend([
-        click.Option(["--root"], type=click.Path(file_okay=False, path_type=Path), default=None,
+        click.Option(["--root"], type=FolderOption(file_okay=False, path_type=Path), default=None,
                      expose_value=False, callback=_set_root, is_eager=True, help=ROOT_HELP),
-        click.Option(["--store"], type=click.Path(path_type=Path), default=None, expose_value=False,
+        click.Option(["--store"], type=FolderOption(path_type=Path), default=None, expose_value=False,
                      callback=_set_store, help=STORE_HELP),
         click.Option(["--mirror"], multiple=True, metavar="URL", expose_value=False, callback=_add_mirrors,
                      help=MIRROR_HELP),
@@ -174,6 +190,11 @@ def default_set(ctx: Context, name: str | None) -> str:
     if len(sets) == 1:
         return sets[0]
     if not sets:
-        raise PlannerError(f"no recipe sets under {ctx.root / 'recipes'} (a folder per set with a set.toml); "
-                           "pass --root PROJECT")
+        # Only a --root given can lack sets (a project found is one because it has a set): say
+        # what that folder lacks, not to pass the --root that was passed.
+        if not (ctx.root / "recipes").is_dir():
+            raise PlannerError("no recipes/ folder: not a planner project (a project holds recipes/SET/set.toml)",
+                               where=f"--root {ctx.root}")
+        raise PlannerError(f"no recipe sets under {ctx.root / 'recipes'} (a folder per set with a set.toml)",
+                           where=f"--root {ctx.root}")
     raise PlannerError(f"name a recipe set: one of {', '.join(sets)}")

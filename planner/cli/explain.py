@@ -29,11 +29,14 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
             _check_recorded_set(st, set_name)
     finally:
         st.close()
+    exact = any(node in (n.id, n.key, n.build_key) for rec in runs for n in rec.nodes)
+    if not exact:
+        _refuse_ambiguous(node, runs, set_name)
     seen: set[str] = set()
     for rec in runs:
         for n in rec.nodes:
             seen.update((n.id, n.name))
-            if node not in (n.id, n.name, n.key, n.build_key):
+            if node not in ((n.id, n.key, n.build_key) if exact else (n.name,)):
                 continue
             if n.build_key:
                 path = store_root / "logs" / f"{n.build_key}.log"
@@ -58,6 +61,17 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
     from ..suggest import unknown
 
     raise unknown("node", node, {x for x in seen if "[" not in x}, where=f"runs of set {set_name!r}" if set_name else "recorded runs")
+
+
+def _refuse_ambiguous(name: str, runs, set_name: str | None) -> None:
+    """A recipe name that is several nodes (a platform or CUDA variant each): which log is
+    meant is not guessed. `show` prints every node a name matches, each under its id, as a
+    preimage is short; a log is not, and `--previous` or `> file` want one: name it by its id."""
+    ids = sorted({n.id for rec in runs for n in rec.nodes if n.name == name})
+    if len(ids) > 1:
+        of = f" of set {set_name!r}" if set_name else ""
+        raise PlannerError(f"{name!r} names {len(ids)} nodes{of}: {', '.join(ids)}; name one by its id "
+                           f"(planner log {ids[0]!r})")
 
 
 def _check_recorded_set(st, set_name: str) -> None:

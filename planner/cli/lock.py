@@ -77,6 +77,7 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
     from ..store import Store
 
     store = Store(ctx.store_for_write())
+    before = _contents(rs.lockfile)
     try:
         result, changed = lock_set(rs, store, update=frozenset(update), log=lambda s: click.echo(s, err=True),
                                    mirrors=load_mirrors(ctx.root, ctx.mirrors))
@@ -88,12 +89,27 @@ def lock(ctx: Context, set_name: str | None, update: tuple[str, ...], check: boo
         for f in exc.failures:
             click.echo(f"kept the old pin of {f.id}: {f.reason}" if f.kept else f"unlocked {f.id}: {f.reason}",
                        err=True)
-        click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({count(len(unlocked), 'input')} unlocked)", err=True)
+        rel, n = rs.lockfile.relative_to(ctx.root), count(len(unlocked), 'input')
+        click.echo(f"{rel}: unchanged ({n} unlocked)" if _contents(rs.lockfile) == before
+                   else f"wrote {rel} ({n} unlocked)", err=True)
         raise
     for id_ in changed:
         click.echo(f"pinned {id_}")
+    if _contents(rs.lockfile) == before:
+        # The lock writer leaves a file that already says this alone (planner.lock.write_atomic):
+        # "wrote" would send a reader looking for a change, or a commit, that is not there.
+        click.echo(f"{rs.lockfile.relative_to(ctx.root)}: up to date, not rewritten "
+                   f"({count(len(result.inputs), 'input')}, {len(changed)} changed)")
+        return
     click.echo(f"wrote {rs.lockfile.relative_to(ctx.root)} ({count(len(result.inputs), 'input')}, "
                f"{len(changed)} changed)")
+
+
+def _contents(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _check_update_names(rs, update: tuple[str, ...]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from .common import Context, default_set
 
@@ -30,6 +31,8 @@ def plan(ctx: Context, set_name: str | None, as_json: bool, fmt: str, target: st
     ones until `planner lock SET`)."""
     from ..planview import plan_view
 
+    if as_json and click.get_current_context().get_parameter_source("fmt") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--json and --format are two outputs: pass one of them")
     name = default_set(ctx, set_name)
     store_root = ctx.store_for_write()
     view = plan_view(ctx.root, name, store_root, target=target, sandbox=sandbox == "on",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..errors import PlannerError
 from .common import Context, default_set, output_file
@@ -59,6 +60,17 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
 
     Like `nix build`: fetches what the lock pins, builds each missing node in a sandbox (in
     parallel, the critical path first) and prints the target's output and image digest."""
+    if check and check_targets:
+        raise click.UsageError("--check rebuilds the closure, --check-targets the targets alone: pass one of them")
+    source = click.get_current_context().get_parameter_source
+    if signing_key is not None and not cache_to and source("signing_key") != ParameterSource.ENVIRONMENT:
+        # (PLANNER_SIGNING_KEY alone is no mistake: `store push` and the workers read it too.)
+        raise click.UsageError("--signing-key signs what --cache-to pushes: pass --cache-to URL too")
+    subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
+    trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
+    _check_caches(subs, "--substituter" if substituters else "PLANNER_SUBSTITUTERS", cache_to,
+                  trusted, "--trusted-key" if trusted_keys else "PLANNER_TRUSTED_KEYS", signing_key,
+                  "PLANNER_SIGNING_KEY" if source("signing_key") == ParameterSource.ENVIRONMENT else "--signing-key")
     name = default_set(ctx, set_name)
     if out_link is not None:
         output_file(out_link)
@@ -80,8 +92,6 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     from ..mirrors import load_mirrors
     from ..realise import RealiseOptions, realise as do_realise
 
-    subs = substituters or tuple(os.environ.get("PLANNER_SUBSTITUTERS", "").split())
-    trusted = trusted_keys or tuple(os.environ.get("PLANNER_TRUSTED_KEYS", "").split())
     opts = RealiseOptions(jobs=jobs, dry_run=dry_run, check=check, check_targets_only=check_targets,
                           keep_going=keep_going, sandbox=sandbox == "on",
                           out_link=out_link, target=target, mirrors=tuple(load_mirrors(ctx.root, ctx.mirrors)),
@@ -99,6 +109,32 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
         if progress is not None:
             progress("close", None)
     _report(result, name, as_json=as_json, dry_run=dry_run, live=progress is not None)
+
+
+def _check_caches(subs: tuple[str, ...], subs_from: str, cache_to: tuple[str, ...], trusted: tuple[str, ...],
+                  trusted_from: str, signing_key: Path | None, key_from: str) -> None:
+    """The binary caches' URLs and keys, parsed as the build parses them (planner.cache) but
+    before anything else, a no-op included: a mistyped one is said at once, each error naming
+    the option (or variable) it came from, not once something needs building, or never."""
+    if not (subs or cache_to or trusted):
+        return
+    from ..cache import CacheError, CacheRef, Signer, TrustedKeys
+
+    def named(option: str, parse, value) -> None:
+        try:
+            parse(value)
+        except CacheError as e:
+            raise CacheError(e.message, where=f"{option} {e.where}" if e.where else option) from None
+
+    for url in subs:
+        named(subs_from, CacheRef.parse, url)
+    for url in cache_to:
+        named("--cache-to", CacheRef.parse, url)
+    named(trusted_from, TrustedKeys, trusted)
+    if cache_to:
+        if signing_key is None:
+            raise CacheError("--cache-to needs --signing-key: cache entries are signed")
+        named(key_from, Signer.from_file, signing_key)
 
 
 def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) -> None:

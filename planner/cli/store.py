@@ -187,7 +187,7 @@ def store_push(ctx: Context, set_name: str | None, to: str, signing_key: Path, n
     cache = BinaryCache(to, trusted=TrustedKeys(), signer=Signer.from_file(signing_key))
     from ..progress import make_progress
 
-    progress = make_progress(progress_mode)
+    progress = make_progress(progress_mode, task="push")
     try:
         counts = push_run(cache, st, rec, with_inputs=not no_inputs, progress=progress)
     finally:
