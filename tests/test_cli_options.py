@@ -68,9 +68,11 @@ def one_error(res: subprocess.CompletedProcess) -> str:
 
 
 def usage_error(res: subprocess.CompletedProcess) -> str:
-    """click's refusal of options that go together wrongly (as `lock --update` with `--check`)."""
+    """The refusal of options that go together wrongly (as `lock --update` with `--check`): one
+    line, exit status 2, as click's usage errors (whose usage block is not printed)."""
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    (line,) = [l for l in res.stderr.splitlines() if l.startswith("Error: ")]
+    (line,) = [l for l in res.stderr.splitlines() if l.strip()]
+    assert line.startswith("planner: error: ") and "--help` lists what it takes" in line, line
     return line
 
 
@@ -296,3 +298,19 @@ def test_store_push_progress_counts_entries_to_push_not_builds(built: Project, r
     assert res.returncode == 0, res.stderr
     plan = [l for l in res.stderr.splitlines() if "] plan: " in l]
     assert len(plan) == 1 and "to push" in plan[0] and "build" not in plan[0], res.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["realise", "--bogus"], "No such option '--bogus'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["store", "gc", "--dry"], "--dry"),
+    (["realise", "-j", "x"], "'x' is not a valid integer"),
+])
+def test_a_usage_error_is_one_line_naming_the_help(tmp_path: Path, argv: list[str], says: str) -> None:
+    """click's usage errors (an unknown option or command, a bad value) are one line too, with
+    exit status 2; click printed a usage block, a hint and an `Error:` line."""
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    res = proj.cli(*argv, set_arg=False)
+    line = usage_error(res)
+    assert says in line, line

@@ -52,6 +52,9 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, terminate)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # (click >= 8.2)
+
+
 class _Group(click.Group):
     """Turns typed errors into one line on stderr and a non-zero exit."""
 
@@ -60,14 +63,33 @@ class _Group(click.Group):
         names = list(self.commands)
         return sorted(names, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
-    def main(self, *args, **kwargs):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
         # Before anything prints: a reader that goes away (`| head -1`) silences the rest of the
         # output, never the command (its exit status is its own, whenever the reader left).
         quiet_when_closed()
+        if not standalone_mode:  # (a caller of our own that handles click's exceptions)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            return super().main(*args, **kwargs)
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except PlannerError as exc:  # a global option refused while the group parses it (`--store=`)
             fail(exc)
+        except _NO_ARGS_IS_HELP as exc:  # (`planner store`: its help, as click prints it)
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # One line, as every other refusal: click's own is a usage block and an `Error:` line.
+            where = exc.ctx.command_path if exc.ctx is not None else "planner"
+            click.echo(f"planner: error: {exc.format_message()} (`{where} --help` lists what it takes)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
     def invoke(self, ctx: click.Context):
         _stop_on_sigterm()
