@@ -240,3 +240,18 @@ def test_the_line_of_a_key_path_is_the_line_that_writes_it() -> None:
             here = lines[n - 1] + (lines[n] if lines[n - 1].endswith('"""') else "")
             inline = any(isinstance(p, int) for p in path) and here.rstrip().endswith("= [")
             assert f'"{marker}' in here or inline, (path, n, text)
+
+
+@pytest.mark.parametrize("recipe, message", [
+    # A [source] and an [inputs.x] both write `path`: the input's own line and key.
+    (HEAD + '[source]\nkind = "path"\npath = "src"\n[inputs.x]\nkind = "path"\npath = "nowhere"\n' + BUILD,
+     "recipes/t/a.toml:8: inputs.x.path: input 'x': nowhere does not exist"),
+    (HEAD + '[source]\nkind = "url"\nurl = "https://example.org/a.tgz"\nsha256 = "' + "a" * 64 + '"\n'
+     '[inputs.x]\nkind = "url"\nurl = "https://example.org/x.tgz"\nsha256 = "short"\n' + BUILD,
+     "recipes/t/a.toml:10: inputs.x.sha256: input 'x': sha256 must be 64 lowercase hex digits"),
+    (HEAD + '[source]\nkind = "path"\npath = "nowhere"\n' + BUILD,
+     "recipes/t/a.toml:5: source.path: input 'source': nowhere does not exist"),
+    (HEAD + '[inputs.x]\nkind = "url"\n' + BUILD, "recipes/t/a.toml:3: inputs.x: input 'x' of kind url needs 'url'"),
+])
+def test_a_source_checks_problem_is_at_its_own_tables_key(tmp_path: Path, recipe: str, message: str) -> None:
+    assert _refused(tmp_path, recipe) == message

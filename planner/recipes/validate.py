@@ -62,7 +62,7 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
     _validate_resources(r, err)
     if r.inputs or r.source is not None:
         for name, src in r.all_sources().items():
-            _validate_source(name, src, err, root)
+            _validate_source(name, src, _source_err(r, name, path, root, text), root)
     if r.patches:
         _validate_patches(r, err, root)
     try:
@@ -165,6 +165,22 @@ def _check_inside(root: Path, rel: str, err, key: str) -> None:
     real = (root / p).resolve()
     if not real.is_relative_to(root.resolve()):
         raise err(key, f"path {rel!r} resolves outside the project")
+
+
+def _source_err(r: Recipe, name: str, path: Path | str, root: Path, text: str):
+    """The error maker for one source: a field's place is `inputs.NAME.FIELD` (or `source.FIELD`)
+    at the line of that key in its own table, not the first line writing a key of that name (a
+    [source] and an [inputs.x] both have `path`, `url`, `sha256`)."""
+    base = ("source",) if name == "source" and r.source is not None else ("inputs", name)
+
+    def err(field: str, msg: str) -> RecipeError:
+        from .shape import dotted, line_of_path
+
+        key = base if field == name else (*base, field)
+        rel, line = _relative(path, root), line_of_path(text, key)
+        return RecipeError(msg, where=f"{rel}:{line}: {dotted(key)}" if line else f"{rel}: {dotted(key)}")
+
+    return err
 
 
 def _validate_source(name: str, s: Source, err, root: Path) -> None:
