@@ -316,6 +316,18 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
 
 # -- diff and why-depends --------------------------------------------------------------------
 
+def _refuse_ambiguous(name: Optional[str], runs, set_name: Optional[str]) -> None:
+    """A recipe name that is several nodes (a platform or CUDA variant each) is not resolved to
+    whichever the runs list first: the user names one by its id."""
+    if name is None or any(name == n.id for _i, r in runs for n in r.nodes):
+        return
+    ids = sorted({n.id for _i, r in runs for n in r.nodes if n.name == name})
+    if len(ids) > 1:
+        of = f" of set {set_name!r}" if set_name else ""
+        raise PlannerError(f"{name!r} names {len(ids)} nodes{of}: {', '.join(ids)}; name one by its id "
+                           f"(planner diff {ids[0]!r})")
+
+
 def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optional[str] = None
               ) -> tuple[dict, dict, list[Change], tuple[str, str]]:
     """Field-level diff of two nodes' preimages, and the labels of both sides. A and B are keys,
@@ -333,6 +345,9 @@ def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optio
 
         def names() -> set[str]:
             return {x for _i, r in runs for n in r.nodes for x in (n.id, n.name)}
+
+        for name in (a, b):
+            _refuse_ambiguous(name, runs, set_name)
 
         if b is None:
             history = [(i, k) for i, r in runs if (k := find(a, r))]

@@ -274,6 +274,15 @@ def test_log_of_a_name_with_several_variants_lists_them(tmp_path: Path) -> None:
     res = run(proj, "log", "base")
     assert res.returncode == 0 and "built-base" in res.stdout, res.stderr
     assert run(proj, "show", "kern").stdout.count("# kern[") == 2
+    # `diff` likewise: a name of several nodes is not resolved to the first the runs list.
+    proj.recipe("kern", deps=["base"], script="echo built-kern2; echo k > $out/kern.txt", extra='axes = ["cuda"]')
+    assert run(proj, "realise", "t").returncode == 0
+    line = one_error(run(proj, "diff", "kern"))
+    assert "'kern' names 2 nodes" in line and "planner diff 'kern[sm_100a]'" in line, line
+    for i in ids:
+        res = run(proj, "diff", i)
+        assert res.returncode == 0 and "built-kern2" in res.stdout, res.stdout + res.stderr
+    assert run(proj, "diff", "base").returncode == 0
 
 
 # -- 6. summaries that say what happened ----------------------------------------------------
