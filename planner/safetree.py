@@ -83,8 +83,9 @@ def checked_rel(rel: str, *, where: str, what: str = "path") -> list[str]:
 
 
 def plain_name(name: str, *, where: str, what: str = "file name") -> str:
-    """A single path component: no separator, not '.' or '..', no NUL (lockfile file names)."""
-    if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+    """A single path component: no separator, not '.' or '..', no NUL or other control character
+    (an escape sequence would reach the terminal in every line that names the file)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or any(c < " " or c == "\x7f" for c in name):
         raise UnsafeTree(f"{what} {name!r} is not a plain file name", where=where)
     return name
 

@@ -111,6 +111,17 @@ def _pip_args(name: str, version: str, dist: Literal["sdist", "wheel"], platform
     return args + [f"{name}=={version}"]
 
 
+def _plain(filename: str, where: str) -> None:
+    """The file name an index gave, which becomes a path below the download folder."""
+    from ..errors import UnsafeTree
+    from ..safetree import plain_name
+
+    try:
+        plain_name(filename, where=where, what="the index's file name")
+    except UnsafeTree as e:  # a hostile index names a path, not a file
+        raise FetchError(e.message, where=where) from None
+
+
 def download(
     name: str,
     version: str,
@@ -137,19 +148,14 @@ def download(
         if found_wheel is not None:
             from .url import download as url_download
 
+            _plain(found_wheel.filename, where)
             url_download(found_wheel.url, dest_dir / found_wheel.filename, sha256=found_wheel.sha256)
             return dest_dir / found_wheel.filename
     if dist == "sdist":
         from .url import download as url_download
 
-        from ..errors import UnsafeTree
-        from ..safetree import plain_name
-
         found = find_sdist(name, version, as_of=as_of)
-        try:
-            plain_name(found.filename, where=where, what="the index's file name")
-        except UnsafeTree as e:  # a hostile index names a path, not a file
-            raise FetchError(e.message, where=where) from None
+        _plain(found.filename, where)
         url_download(found.url, dest_dir / found.filename, sha256=found.sha256)
         return dest_dir / found.filename
     # Inside dest_dir so the final move is a rename on one file system.

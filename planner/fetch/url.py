@@ -227,6 +227,9 @@ def _attempt(http: httpx.Client, url: str, part: Path, where: str, progress: _Pr
             return _receive(r, part, where, progress, resume, size)
     except httpx.TooManyRedirects as e:
         raise FetchError(_one_line(e), where=where) from None
+    except httpx.UnsupportedProtocol:
+        # A redirect to file:, ftp:, … is the server's answer, not a passing fault: said once.
+        raise FetchError("redirected to a URL that is not http(s)", where=where) from None
     except httpx.TransportError as e:
         # Connection refused/reset, timeouts, bodies cut short (httpx checks Content-Length).
         from ..netdiag import reason

@@ -71,6 +71,14 @@ def _take_subdir(dest: Path, subdir: str, tmp: Path, where: str, shown: str) -> 
 class Fetched:
     content: Path  # a file or an unpacked tree inside the store's tmp/
     pin: Pin
+    # The temporary folder `_fetch` made for it, removed once the content is stored: never a
+    # folder derived from the content's path (an index's file name once made that a host folder).
+    work: Optional[Path] = None
+
+
+def _remove_work(fetched: Fetched) -> None:
+    if fetched.work is not None:
+        remove_tree(fetched.work)
 
 
 class Resolver:
@@ -156,7 +164,10 @@ class Resolver:
         """Fetch one input into a temporary place. With `pin`, reproduce exactly that pin."""
         tmp = Path(tempfile.mkdtemp(prefix="fetch-", dir=self._work))
         try:
-            return self._fetch_into(decl, platform, pin, tmp)
+            fetched = self._fetch_into(decl, platform, pin, tmp)
+            if not Path(os.path.abspath(fetched.content)).is_relative_to(tmp):  # (lexically: `..` counts)
+                raise FetchError(f"fetched content is outside its temporary folder: {fetched.content}", where=decl.id)
+            return attrs.evolve(fetched, work=tmp)
         except BaseException:
             remove_tree(tmp)
             raise
@@ -418,7 +429,7 @@ class Resolver:
 
         tree = tree_digest(fetched.content)
         if expected_tree is not None and tree != expected_tree:
-            remove_tree(fetched.content.parent)
+            _remove_work(fetched)
             raise HashMismatch(f"{decl.id} (tree)", expected_tree, tree)
         pin = attrs.evolve(fetched.pin, tree=tree)
         key = fixed_key(tree, decl.unpacks)
@@ -427,7 +438,7 @@ class Resolver:
             if entry is None:
                 entry = self.store.add(key, _entry_name(decl, pin), None, fetched.content, kind="fixed", digest=tree)
             self.store.add_origins(key, pin_origins(pin))
-        remove_tree(fetched.content.parent)
+        _remove_work(fetched)
         return entry, pin
 
     # -- public ------------------------------------------------------------------------

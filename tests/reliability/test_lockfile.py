@@ -66,6 +66,8 @@ def test_hand_edited_lock_fields_are_refused(tmp_path: Path, server: LoopbackSer
         "filename-with-slash": ("w/wheel", {"filename": f"sub/{escape}"}, "filename"),
         "filename-dotdot": ("w/wheel", {"filename": ".."}, "filename"),
         "filename-empty": ("w/wheel", {"filename": ""}, "filename"),
+        "filename-escape-sequence": ("w/wheel", {"filename": "evil-1.0-py3-none-any\x1b[31m.whl"}, "filename"),
+        "filename-tab": ("w/wheel", {"filename": "evil-1.0\t-py3-none-any.whl"}, "filename"),
         "commit-not-a-commit": ("x/a", {"commit": "HEAD"}, "commit"),
         "digest-with-a-path": ("x/a", {"digest": "sha256:../../../etc/shadow"}, "digest"),
         "url-file-scheme": ("x/a", {"url": "file:///etc/shadow"}, "url"),
