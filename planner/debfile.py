@@ -3,11 +3,13 @@ control file. A `.deb` comes from a mirror or a lockfile's URL: every header is 
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import os
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import attrs
 
@@ -118,20 +120,30 @@ class _Slice(io.RawIOBase):
         return len(data)
 
 
-def open_ar_tar(f: BinaryIO, member: ArMember, *, where: str) -> tarfile.TarFile:
+@contextlib.contextmanager
+def open_ar_tar(f: BinaryIO, member: ArMember, *, where: str) -> Iterator[tarfile.TarFile]:
+    """A .deb member's tar (gzip, xz, bzip2, none; zstd through the host's zstd, as Ubuntu's)."""
     view = io.BufferedReader(_Slice(f, member.offset, member.size), buffer_size=_COPY_CHUNK)
     if member.name.endswith(".zst"):
+        from .zstdstream import ZstdReader
+
+        reader = ZstdReader(view, where, FetchError)
+        complete = False
         try:
-            import zstandard  # type: ignore[import-not-found]
-        except ImportError:
-            raise FetchError(f"{member.name} is zstd-compressed and the zstandard module is not installed",
-                             where=where) from None
-        stream = zstandard.ZstdDecompressor().stream_reader(view)
-        return tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo)  # zstd stream is not seekable
+            with tarfile.open(fileobj=reader.stdout, mode="r|", tarinfo=BoundedTarInfo) as tar:
+                yield tar  # (a zstd stream is not seekable: members in order)
+            while reader.stdout.read(_COPY_CHUNK):  # (a reader done early: zstd ends as it would)
+                pass
+            complete = True
+        finally:
+            reader.close(check=complete)
+        return
     try:
-        return tarfile.open(fileobj=view, mode="r:*", tarinfo=BoundedTarInfo)
+        tar = tarfile.open(fileobj=view, mode="r:*", tarinfo=BoundedTarInfo)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise FetchError(f"member {member.name} is not a readable tar: {one_line(e)}", where=where) from None
+    with tar:
+        yield tar
 
 
 def deb_member(members: list[ArMember], prefix: str, *, where: str) -> ArMember:

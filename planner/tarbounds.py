@@ -5,7 +5,6 @@ archive raises, and how a member name and an error read in one line."""
 from __future__ import annotations
 
 import lzma
-import sys
 import tarfile
 import zipfile
 import zlib
@@ -24,9 +23,7 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def read_errors() -> tuple[type[BaseException], ...]:
-    # zstandard is optional and imported only for a .zst member: its error joins when it is there.
-    zstd = sys.modules.get("zstandard")
-    return _READ_ERRORS + ((zstd.ZstdError,) if zstd is not None else ())
+    return _READ_ERRORS
 
 
 def size_text(n: int) -> str:

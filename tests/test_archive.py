@@ -55,6 +55,11 @@ _TAR_TYPES = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": ta
 
 
 def tar_bytes(members: list[M], compression: str = "") -> bytes:
+    if compression == "zst":  # (Python 3.11 writes no zstd: the real zstd command does)
+        import subprocess
+
+        return subprocess.run(["zstd", "-q", "-c"], input=tar_bytes(members), capture_output=True,
+                              check=True).stdout
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode=f"w:{compression}", format=tarfile.GNU_FORMAT) as tar:
         for m in members:
@@ -109,10 +114,11 @@ Description: a test package
 
 
 def write_deb(path: Path, data_members: list[M], *, control: str = CONTROL, data_compression: str = "xz") -> Path:
-    control_tar = tar_bytes([d("."), f("./control", control)], "xz")
+    control_compression = "zst" if data_compression == "zst" else "xz"  # (as Ubuntu's: both zstd)
+    control_tar = tar_bytes([d("."), f("./control", control)], control_compression)
     data_tar = tar_bytes(data_members, data_compression)
-    suffix = {"xz": ".xz", "gz": ".gz", "bz2": ".bz2", "": ""}[data_compression]
-    path.write_bytes(ar_bytes([("debian-binary", b"2.0\n"), ("control.tar.xz", control_tar),
+    suffix = {"xz": ".xz", "gz": ".gz", "bz2": ".bz2", "zst": ".zst", "": ""}[data_compression]
+    path.write_bytes(ar_bytes([("debian-binary", b"2.0\n"), (f"control.tar.{control_compression}", control_tar),
                                (f"data.tar{suffix}", data_tar)]))
     return path
 
@@ -153,7 +159,7 @@ def listing(root: Path) -> set[str]:
 # -- round trips ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz", "zst"])
 def test_tar_round_trip_matches_tree_hash_and_normalises_modes(tmp_path: Path, compression: str) -> None:
     # An uninformative name: the format must be found from the content.
     archive = write_tar(tmp_path / "download.bin", TREE, compression)
@@ -188,7 +194,7 @@ def test_zip_without_unix_modes_gives_plain_files(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "out/a/b.txt").stat().st_mode) == 0o644
 
 
-@pytest.mark.parametrize("compression", ["xz", "gz", ""])
+@pytest.mark.parametrize("compression", ["xz", "gz", "", "zst"])
 def test_deb_extracts_data_tar_and_reads_control(tmp_path: Path, compression: str) -> None:
     deb = write_deb(tmp_path / "hello.deb", [d("."), d("./usr"), d("./usr/bin"),
                                              f("./usr/bin/hello", "#!/bin/sh\n", 0o755),
@@ -437,3 +443,17 @@ def test_random_members_never_escape(members: list[M], strip: bool) -> None:
             for name in dirnames + filenames:
                 p = os.path.join(dirpath, name)
                 assert _inside(os.path.realpath(p), root), f"{p} resolves outside {root}"
+
+
+def test_a_zstd_tar_is_refused_like_any_tar(tmp_path: Path) -> None:
+    """A .tar.zst member climbing out, or zstd data cut short: one refusal, nothing left."""
+    bad = write_tar(tmp_path / "bad.tar.zst", [f("../escape", "x")], "zst")
+    with pytest.raises((UnsafeArchive, FetchError)):
+        safe_extract(bad, tmp_path / "out")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
+    whole = tar_bytes(TREE, "zst")
+    (tmp_path / "cut.tar.zst").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FetchError):
+        safe_extract(tmp_path / "cut.tar.zst", tmp_path / "out2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar.zst", "cut.tar.zst"]
+

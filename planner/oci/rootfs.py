@@ -11,8 +11,7 @@ targets in source archives, but Debian policy *requires* absolute targets betwee
 directories (e.g. libssl3's `usr/lib/ssl/certs -> /etc/ssl/certs`). Here a symlink is only ever
 created, never followed, so any target is safe; what is refused is writing *through* a symlink
 or outside the root. archive.py's ar reader and deb822 parser are reused; the tar members are
-decompressed here because Ubuntu (and some Debian) packages use zstd, which archive.py reads
-only with the optional `zstandard` module.
+decompressed here (zstd, as Ubuntu's packages have, through the host's zstd: planner/zstdstream.py).
 """
 
 from __future__ import annotations
@@ -22,11 +21,8 @@ import gzip
 import io
 import lzma
 import os
-import shutil
 import stat
-import subprocess
 import tarfile
-import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -34,6 +30,7 @@ import attrs
 
 from ..debfile import ArMember, parse_deb822, read_ar
 from ..tarbounds import BoundedTarInfo, HeaderRefused
+from ..zstdstream import ZstdReader
 from ..errors import OciError, UnsafeArchive
 from .wheels import INSTALLER_NAME, InstalledWheel, install_wheel  # noqa: F401  (re-exported; they lived here)
 
@@ -123,42 +120,6 @@ def _ar_member(members: list[ArMember], prefix: str, where: str) -> ArMember:
     return found[0]
 
 
-class _ZstdReader:
-    """`zstd -dc` as a stream filter over an ar member (Python 3.11 has no zstd module)."""
-
-    def __init__(self, raw: io.RawIOBase, where: str) -> None:
-        if shutil.which("zstd") is None:
-            raise OciError("a .zst member needs the zstd command", where=where)
-        self.where = where
-        self.proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
-
-        def feed() -> None:
-            assert self.proc.stdin is not None
-            try:
-                while chunk := raw.read(_CHUNK):
-                    self.proc.stdin.write(chunk)
-            except BrokenPipeError:
-                pass
-            finally:
-                try:
-                    self.proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-
-        self.thread = threading.Thread(target=feed, daemon=True)
-        self.thread.start()
-        assert self.proc.stdout is not None
-        self.stdout: BinaryIO = self.proc.stdout
-
-    def close(self, *, check: bool) -> None:
-        self.stdout.close()
-        self.thread.join()
-        # A reader that stopped early (the control file was found) makes zstd fail on EPIPE.
-        if self.proc.wait() != 0 and check:
-            raise OciError("zstd could not decompress a .zst member", where=self.where)
-
-
 def _iter_member_tar(deb: Path, prefix: str) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """Members of the .deb's `control.tar*` or `data.tar*`, streamed (any dpkg compression:
     gzip, xz, bzip2, zstd through the CLI, or none)."""
@@ -167,7 +128,7 @@ def _iter_member_tar(deb: Path, prefix: str) -> Iterator[tuple[tarfile.TarFile, 
         member = _ar_member(read_ar(f, where=where), prefix, where)
         raw = io.BufferedReader(_Window(f, member), _CHUNK)
         suffix = member.name[len(prefix):]
-        zreader: _ZstdReader | None = None
+        zreader: ZstdReader | None = None
         stream: BinaryIO
         if suffix == ".gz":
             stream = gzip.GzipFile(fileobj=raw)  # type: ignore[assignment]
@@ -176,7 +137,7 @@ def _iter_member_tar(deb: Path, prefix: str) -> Iterator[tuple[tarfile.TarFile, 
         elif suffix == ".bz2":
             stream = bz2.BZ2File(raw)  # type: ignore[assignment]
         elif suffix == ".zst":
-            zreader = _ZstdReader(raw, where)
+            zreader = ZstdReader(raw, where, OciError)
             stream = zreader.stdout
         elif suffix == "":
             stream = raw  # type: ignore[assignment]
