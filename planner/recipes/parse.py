@@ -232,15 +232,13 @@ def _structure(cls: type, data: dict, path: Path, root: Path, text: str):
     try:
         return _converter().structure(data, cls)
     except Exception:  # cattrs' validation errors, and whatever a hook raised inside them
-        from .shape import dotted, first_problem, line_of_path
+        from .shape import first_problem, where_at
 
         problem = first_problem(cls, data, hidden=("file",))
         rel = _relative(path, root)
         if problem is None:  # (the walk and cattrs agree, as tests/test_recipe_types.py checks)
             raise RecipeError("a value of a type this file does not take", where=rel) from None
-        line = line_of_path(text, problem.path)
-        key = dotted(problem.path)
-        raise RecipeError(problem.message, where=f"{rel}:{line}: {key}" if line else f"{rel}: {key}") from None
+        raise RecipeError(problem.message, where=where_at(rel, text, problem.path)) from None
 
 
 def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Optional[os.stat_result] = None

@@ -243,3 +243,26 @@ def line_of_path(text: str, path: KeyPath) -> Optional[int]:
         if common > best_len:
             best, best_len = n, common
     return best
+
+
+def where_at(rel: str, text: Optional[str], path: KeyPath) -> str:
+    """`file:line: key.path` for the key at `path` of a file (`rel`) whose text is `text`; the
+    line left out where the text is not known or writes no such key."""
+    line = line_of_path(text, path) if text is not None else None
+    return f"{rel}:{line}: {dotted(path)}" if line else f"{rel}: {dotted(path)}"
+
+
+def cycle_where(rs, r, to: str) -> str:
+    """Where recipe `r` names `to`, its next step round a dependency cycle: the field (deps,
+    toolchains, requires, build.rootfs, image.base, image.layers) and its line in r's file."""
+    fields = [(("deps",), r.deps), (("toolchains",), r.toolchains), (("requires",), r.requires),
+              (("build", "rootfs"), [r.build.rootfs]),
+              (("image", "base"), [r.image.base] if r.image is not None else []),
+              (("image", "layers"), [d for g in r.image.layers for d in g] if r.image is not None else [])]
+    path = next((key for key, names in fields if to in names), ("deps",))
+    try:
+        text = (rs.root / r.file).read_text()
+    except (OSError, UnicodeDecodeError):  # (changed since it was read: no line then)
+        text = None
+    return where_at(r.file, text, path)
+

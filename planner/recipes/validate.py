@@ -174,11 +174,9 @@ def _source_err(r: Recipe, name: str, path: Path | str, root: Path, text: str):
     base = ("source",) if name == "source" and r.source is not None else ("inputs", name)
 
     def err(field: str, msg: str) -> RecipeError:
-        from .shape import dotted, line_of_path
+        from .shape import where_at
 
-        key = base if field == name else (*base, field)
-        rel, line = _relative(path, root), line_of_path(text, key)
-        return RecipeError(msg, where=f"{rel}:{line}: {dotted(key)}" if line else f"{rel}: {dotted(key)}")
+        return RecipeError(msg, where=where_at(_relative(path, root), text, base if field == name else (*base, field)))
 
     return err
 
@@ -372,25 +370,9 @@ def _check_references(rs: RecipeSet) -> None:
     cycle = None if _acyclic(edges) else find_cycle(edges)
     if cycle:
         first = rs.recipes[cycle[0]]
-        raise RecipeError("dependency cycle: " + " -> ".join(cycle), where=_cycle_where(rs, first, cycle[1]))
+        from .shape import cycle_where
 
-
-def _cycle_where(rs: RecipeSet, r: Recipe, to: str) -> str:
-    """Where recipe `r` names `to`, its next step round a cycle: the field (deps, toolchains,
-    requires, build.rootfs, image.base, image.layers) and its line in r's file."""
-    from .shape import dotted, line_of_path
-
-    fields = [(("deps",), r.deps), (("toolchains",), r.toolchains), (("requires",), r.requires),
-              (("build", "rootfs"), [r.build.rootfs]),
-              (("image", "base"), [r.image.base] if r.image is not None else []),
-              (("image", "layers"), [d for g in r.image.layers for d in g] if r.image is not None else [])]
-    path = next((key for key, names in fields if to in names), ("deps",))
-    rel = _relative(rs.root / r.file, rs.root)
-    try:
-        line = line_of_path((rs.root / r.file).read_text(), path)
-    except (OSError, UnicodeDecodeError):  # (changed since it was read: no line then)
-        line = None
-    return f"{rel}:{line}: {dotted(path)}" if line else f"{rel}: {dotted(path)}"
+        raise RecipeError("dependency cycle: " + " -> ".join(cycle), where=cycle_where(rs, first, cycle[1]))
 
 
 def check_recipe_references(rs: RecipeSet, r: Recipe, names) -> None:
