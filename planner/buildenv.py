@@ -41,3 +41,18 @@ def clashes(builder: str, settings: dict, declared: dict) -> list[str]:
     """Declared variables the planner would overwrite with another value."""
     names = reserved(builder, settings)
     return sorted(k for k, v in declared.items() if k in names and CONSTANT.get(k) != v)
+
+
+def arch_list_env_problem(settings: dict) -> str | None:
+    """What is wrong with a pep517 cuda-wheel's `arch-list-env` (the variable that carries the arch
+    list): a name the planner sets for another purpose would drop the arch list (MAX_JOBS) or
+    replace one the build needs (PATH), and anything but a variable name fails inside the build."""
+    import re
+
+    name = settings.get("arch-list-env", "TORCH_CUDA_ARCH_LIST")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return f"arch-list-env must be an environment variable name, not {str(name)[:80]!r}"
+    if name != "TORCH_CUDA_ARCH_LIST" and name in COMMON | BY_BUILDER["cuda-wheel"]:
+        return f"arch-list-env {name!r} is a variable the planner sets for another purpose"
+    return None
+

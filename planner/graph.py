@@ -257,12 +257,16 @@ class _Planner:
         impure = r.build.impure or (not self.host.sandbox and not b.builtin)
         image = None
         if b.covers_variants:
+            from .builders.cuda_archs import normalise_archs
+
             assert r.image is not None
             inputs.update(self._base_image_inputs(r))
             image = ImageFields(
                 image=attrs.asdict(r.image), platforms=tuple(self._image_platforms(r)),
-                cuda_variants={k: {p: self.rs.config.archs(k, p) for p in self._image_platforms(r)}
-                               if isinstance(v, dict) else list(v) for k, v in sorted(self.rs.config.cuda.items())},
+                # As the kernels' own nodes spell them: `9.0a` and ` sm_90a ` are one arch list.
+                cuda_variants={k: {p: normalise_archs(self.rs.config.archs(k, p)) for p in self._image_platforms(r)}
+                               if isinstance(v, dict) else normalise_archs(v)
+                               for k, v in sorted(self.rs.config.cuda.items())},
                 **b.extra_fields(self.rs, self.lock, r))
         pre = Preimage(
             name=r.name, version=r.version, variant=variant,

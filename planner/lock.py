@@ -272,6 +272,8 @@ def parse(text: str, where: str) -> Lock:
         raise LockError(f"invalid TOML: {exc}", where=where) from None
     except RecursionError:
         raise LockError("invalid TOML: nested too deeply", where=where) from None
+    except ValueError as exc:  # (an integer of more than 4,300 digits)
+        raise LockError(f"invalid TOML: {' '.join(str(exc).split())[:200]}", where=where) from None
     for key, typ in (("version", int), ("set", str), ("recipes", str), ("source-date-epoch", int), ("inputs", dict)):
         if key not in data:
             raise LockError(f"missing key {key!r}", where=where)

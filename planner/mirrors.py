@@ -56,8 +56,8 @@ def load_mirrors(root: Path, extra: list[str] = ()) -> list[str]:
     if cfg.is_file():
         try:
             data = tomllib.loads(cfg.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise LockError(f"invalid TOML: {exc}", where=str(cfg)) from None
+        except ValueError as exc:  # (TOMLDecodeError, not UTF-8, an integer of 5,000 digits)
+            raise LockError(f"invalid TOML: {' '.join(str(exc).split())[:200]}", where=str(cfg)) from None
         urls = data.get("mirrors", {}).get("urls", [])
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise LockError("mirrors.urls must be a list of URLs", where=f"{cfg}: mirrors.urls")

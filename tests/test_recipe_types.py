@@ -255,3 +255,59 @@ def test_the_line_of_a_key_path_is_the_line_that_writes_it() -> None:
 ])
 def test_a_source_checks_problem_is_at_its_own_tables_key(tmp_path: Path, recipe: str, message: str) -> None:
     assert _refused(tmp_path, recipe) == message
+
+
+IMG = 'name = "a"\nversion = "1.0"\n[build]\nbuilder = "oci-image"\n[image]\nlayers = []\n'
+PEP517 = HEAD + '[build]\nbuilder = "cuda-wheel"\n[build.settings]\nfrontend = "pep517"\n'
+
+
+@pytest.mark.parametrize("recipe, says", [
+    # An integer of 5,000 digits: past the interpreter's limit for int(); was an internal error.
+    (HEAD + BUILD + "[build.settings]\ngpu = " + "9" * 5000 + "\n", "invalid TOML"),
+    # `$` matched before a final newline: such names reached the store, the lock, the sandbox.
+    (HEAD + BUILD + '[build.env]\n"FOO\\n" = "bar"\n', "FOO"),
+    (IMG + '[image.env]\n"" = "x"\n', "image.env: '' is not an environment variable name"),
+    (IMG + '[image.env]\n"A=B" = "x"\n', "image.env: 'A=B' is not an environment variable name"),
+    (IMG + '[image.env]\n"X\\nY" = "z"\n', "is not an environment variable name"),
+    (IMG + '[image.env]\nA = "x\\u0000LD_PRELOAD=/tmp/evil.so"\n', "image.env.A: the value holds a NUL byte"),
+    (IMG + '[image.labels]\n"a\\nb" = "x"\n', "is not a label key"),
+    (IMG + 'entrypoint = ["/bin/sh", "-c\\u0000x"]\n', "image.entrypoint: an argument holds a NUL byte"),
+    (PEP517 + 'arch-list-env = "MAX_JOBS"\n', "arch-list-env 'MAX_JOBS' is a variable the planner sets"),
+    (PEP517 + 'arch-list-env = "A=B"\n', "arch-list-env must be an environment variable name"),
+    (PEP517 + 'arch-list-env = ["X"]\n', "arch-list-env must be an environment variable name"),
+])
+def test_a_value_that_reaches_another_program_is_checked_when_the_recipe_loads(tmp_path: Path, recipe: str,
+                                                                                says: str) -> None:
+    line = _refused(tmp_path, recipe)
+    assert says in line and "internal error" not in line, line
+
+
+@pytest.mark.parametrize("set_toml, says", [
+    ('target = "a"\nsource-date-epoch = ' + "1" * 5000 + '\n', "invalid TOML"),
+    ('target = "a"\nsource-date-epoch = 1\nbuild-root = "host"\n[cuda]\n"../x y" = ["sm_100a"]\n',
+     "cuda variant name '../x y' must be letters"),
+])
+def test_set_toml_values_that_reach_tags_or_ints_are_checked(tmp_path: Path, set_toml: str, says: str) -> None:
+    line = _refused(tmp_path, HEAD + BUILD, set_toml=set_toml)
+    assert says in line and "set.toml" in line, line
+
+
+def test_an_arch_list_spelled_otherwise_is_the_same_image(tmp_path: Path) -> None:
+    """`9.0a` and `sm_90a` are one arch list for the kernels' nodes: for the image's key and its
+    annotations too (the image wrote the raw spelling, so a re-spelling changed its digest)."""
+    keys = []
+    for spelling in ('["sm_90a", "sm_100a"]', '["9.0a", " sm_100a "]'):
+        proj = Project.empty(tmp_path / spelling.replace('"', "").replace(" ", ""), target="img")
+        set_toml = proj.folder / "set.toml"
+        set_toml.write_text(set_toml.read_text() + f"[cuda]\ndefault = {spelling}\n")
+        proj.recipe("k", extra='axes = ["cuda"]')
+        proj.write_raw("img", 'name = "img"\nversion = "1.0"\n[build]\nbuilder = "oci-image"\n[image]\n'
+                              'layers = [["k"]]\n')
+        proj.lock()
+        from planner.planning import load
+
+        plan = load(proj.root, proj.set).plan
+        (img,) = [n for n in plan.nodes.values() if n.recipe == "img"]
+        keys.append((img.preimage.image.cuda_variants, sorted(n.key for n in plan.nodes.values() if n.recipe == "k")))
+    # (the image's key differs: it holds the lock, whose checksum covers set.toml's text)
+    assert keys[0] == keys[1] and keys[0][0] == {"default": ["sm_90a", "sm_100a"]}

@@ -264,7 +264,7 @@ def assemble_toolkit(
         tree.add("lib/stubs/libcuda.so", stub, False, "driver API stub")
 
     for target in sorted(target_runtime_wheels or {}):
-        if not re.match(r"^[a-z0-9_]+-linux$", target) or target == host:
+        if not re.fullmatch(r"[a-z0-9_]+-linux", target) or target == host:
             raise ValueError(f"bad target directory name {target!r}")
         ttree = _Tree()
         for wheel in sorted((Path(w) for w in target_runtime_wheels[target]), key=lambda p: p.name):

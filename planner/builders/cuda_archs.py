@@ -19,8 +19,8 @@ ARCHS: dict[int, str] = {
 }
 _RENAMED = {101: "sm_110 (renamed in CUDA 13)"}
 _SUFFIX_ORDER = {"": 0, "a": 1, "f": 2}
-_SM_RE = re.compile(r"^(?:sm_)?(\d{2,3})([af]?)(\+ptx)?$", re.IGNORECASE)
-_DOTTED_RE = re.compile(r"^(\d{1,2})\.(\d)([af]?)(\+ptx)?$", re.IGNORECASE)
+_SM_RE = re.compile(r"(?:sm_)?(\d{2,3})([af]?)(\+ptx)?\Z", re.IGNORECASE)
+_DOTTED_RE = re.compile(r"(\d{1,2})\.(\d)([af]?)(\+ptx)?\Z", re.IGNORECASE)
 
 
 def parse_arch(name: str) -> tuple[int, str, bool]:

@@ -33,7 +33,7 @@ MANIFEST_TYPES = frozenset({MEDIA_MANIFEST, MEDIA_DOCKER_MANIFEST})
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _COPY_CHUNK = 1 << 20
 
 Annotations = tuple[tuple[str, str], ...]

@@ -33,7 +33,7 @@ from .descriptor import (
 from .layer import TarEntry, write_tar_entries
 
 LAYOUT_VERSION = "1.0.0"
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 
 
 @attrs.frozen

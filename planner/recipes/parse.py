@@ -285,6 +285,8 @@ def _read_toml(path: Path | str, root: Path, where: Optional[str] = None, st: Op
         raise RecipeError(f"invalid TOML: {msg}", where=_where(path, root, text, None)) from None
     except RecursionError:
         raise RecipeError("invalid TOML: nested too deeply", where=where) from None
+    except ValueError as exc:  # (tomli's own limits: an integer of more than 4,300 digits)
+        raise RecipeError(f"invalid TOML: {' '.join(str(exc).split())[:200]}", where=where) from None
     if _too_deep(data):
         raise RecipeError(f"invalid TOML: nested more than {MAX_DEPTH} levels deep", where=where)
     return data, text

@@ -57,7 +57,7 @@ def loads(text: str) -> Optional[dict]:
     """The TOML document `text` as tomli reads it, if it is in the subset; else None."""
     try:
         return _loads(text)
-    except _Decline:
+    except (_Decline, ValueError):  # (a value it cannot take, an integer of 5,000 digits: the full parser says)
         return None
 
 

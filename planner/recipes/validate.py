@@ -10,9 +10,10 @@ from pathlib import Path
 from ..errors import RecipeError
 from .model import AXES, BUILDERS, INPUT_NAME, PATCH_LABEL, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
 from .parse import DEFAULT_RESOURCES, _LazyText, _relative, _where
+from .tables import check_tables
 
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~-]*\Z")
 
 
@@ -51,6 +52,7 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
             raise err("resolve-as-of", exc.message) from None
     if r.build.builder == "shell" and not r.build.script:
         raise err("script", "the shell builder needs build.script")
+    check_tables(r, err)
     if r.build.builder == "oci-image" and r.image is None:
         raise err("builder", "the oci-image builder needs an [image] table")
     if r.build.builder == "source-tree":
@@ -72,19 +74,11 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
             canonical_json(r.build.settings)
     except TypeError as exc:
         raise err("settings", f"settings must be JSON without floats ({exc}); write numbers as integers or strings") from None
-    tools = r.build.settings.get("tools") if r.build.settings else None
-    if tools is not None:
-        # runtime._buildenv puts these inputs' wheel scripts on PATH: each must be an input
-        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-            raise err("tools", "settings tools must be a list of input names")
-        unknown = sorted(set(tools) - set(r.inputs))
-        if unknown:
-            raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
     if r.build.script is not None and "\0" in r.build.script:
         raise err("script", "the build script holds a NUL byte (\\u0000), which no shell argument can")
     if r.build.env:  # (most recipes declare none: nothing to name, nothing to clash)
         for k, v in r.build.env.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
                 raise err("env", f"invalid environment variable name {k[:80]!r}")
             # A NUL would end the value where the sandbox's arguments are written, and what
             # follows would be arguments of the recipe's own (`--bind / /x`).
@@ -316,6 +310,9 @@ def _check_subdir(subdir: str, err, what: str) -> None:
 
 
 
+_VARIANT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
 def _check_cuda(config: SetConfig, err) -> None:
     from ..builders.cuda_archs import normalise_archs
 
@@ -328,6 +325,9 @@ def _check_cuda(config: SetConfig, err) -> None:
             raise err(name, f"cuda variant {name!r}: {exc}") from None
 
     for name, value in config.cuda.items():
+        if not _VARIANT.fullmatch(name):  # an image tag and a node id part: `sm100a-linux-arm64`
+            raise err(name, f"cuda variant name {name[:80]!r} must be letters, digits, '_', '.', '-' (starting with "
+                            "a letter, digit or '_'), at most 64")
         if isinstance(value, dict):
             for plat, archs in value.items():
                 if plat not in config.platforms:
@@ -338,7 +338,6 @@ def _check_cuda(config: SetConfig, err) -> None:
                 raise err(name, f"cuda variant {name!r} has no arch list for {', '.join(missing)}")
         else:
             check_list(name, value)
-
 
 
 def _check_references(rs: RecipeSet) -> None:

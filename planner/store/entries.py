@@ -13,7 +13,7 @@ import attrs
 
 from ..errors import StoreError
 
-ENTRY_NAME = re.compile(r"^([0-9a-z]{32})-(.+)$")
+ENTRY_NAME = re.compile(r"([0-9a-z]{32})-(.+)\Z")
 
 
 @attrs.frozen

@@ -1,0 +1,49 @@
+"""Checks of a recipe's tables that reach other programs: what an `[image]` table writes into an
+image's config (read by runtimes, runc, containerd, umoci, that refuse, or worse, split, what they
+cannot take) and a builder's settings that become environment variables. Checked when the recipe
+loads, at the key's line, not when the image is assembled or the build runs."""
+
+from __future__ import annotations
+
+import re
+
+from .model import ImageSpec, Recipe
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_tables(r: Recipe, err) -> None:
+    """`err(key, message)` makes the RecipeError at that key."""
+    tools = r.build.settings.get("tools") if r.build.settings else None
+    if tools is not None:
+        # runtime._buildenv puts these inputs' wheel scripts on PATH: each must be an input
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise err("tools", "settings tools must be a list of input names")
+        unknown = sorted(set(tools) - set(r.inputs))
+        if unknown:
+            raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
+    if r.build.builder == "cuda-wheel" and r.build.settings.get("frontend") == "pep517":
+        from ..buildenv import arch_list_env_problem
+
+        if (problem := arch_list_env_problem(r.build.settings)) is not None:
+            raise err("arch-list-env", problem)
+    if r.image is not None:
+        check_image(r.image, err)
+
+
+def check_image(image: ImageSpec, err) -> None:
+    """`err(key, message)` makes the RecipeError naming `image.<key>`."""
+    for k, v in image.env.items():
+        if not _ENV_NAME.fullmatch(k):
+            raise err("env", f"image.env: {k[:80]!r} is not an environment variable name (letters, digits, '_')")
+        if "\0" in v:
+            raise err("env", f"image.env.{k}: the value holds a NUL byte, which no environment can")
+    for k, v in image.labels.items():
+        if not k or _CONTROL.search(k) or len(k) > 256:
+            raise err("labels", f"image.labels: {k[:80]!r} is not a label key (non-empty, no control characters)")
+        if "\0" in v:
+            raise err("labels", f"image.labels.{k}: the value holds a NUL byte")
+    for key, argv in (("entrypoint", image.entrypoint), ("cmd", image.cmd)):
+        if any("\0" in a for a in argv):
+            raise err(key, f"image.{key}: an argument holds a NUL byte, which no argument can")
