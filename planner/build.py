@@ -15,7 +15,7 @@ from . import limits as limits_mod
 from . import sandbox
 from .errors import BuildError, PlannerError, StoreError, UnsafeTree
 from .builders.registry import builder
-from .buildrun import Running, limit_hit, run_logged, shell_argv, tail_of  # noqa: F401  (Running: re-exported)
+from .buildrun import Running, limit_hit, open_log, run_logged, shell_argv, tail_of  # noqa: F401  (Running: re-exported)
 from .derivation import BUILD_ROOT_MOUNT, BuildRequest, Built, Node, digests, record, resolve
 from .emulation import emulator
 from .host import host_platform
@@ -178,7 +178,7 @@ def _may_reach_nvcc(req: BuildRequest, env: dict[str, str]) -> bool:
 def _run_builtin(req: BuildRequest, build_dir: Path, log_path: Path) -> None:
     """A builder that runs in the planner process (no sandbox): its errors keep the node's name."""
     node = req.node
-    with open(log_path, "w") as log:
+    with open_log(log_path, "w") as log:
         try:
             builder(node.builder).runner()(node, req, build_dir / "out", log)
         except UnsafeTree as exc:  # name the node as well as the input and the path

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -54,6 +55,38 @@ class Running:
             self.cancelled = True
             for p in self._procs:
                 self._kill(p)
+
+
+def open_log(path: Path, mode: str = "wb"):
+    """A build log opened for writing as a new file, never through a link: the store's logs/
+    may be shared, and a link planted under a log's name would take the log (and its truncation)
+    to any file this user may write."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:  # ELOOP (a link), EISDIR, ENXIO (a FIFO or socket): not ours to write through
+        os.unlink(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(fd, mode)
+
+
+def read_log(path: Path) -> str:
+    """A stored build log, read as the regular file it must be: never through a link (to a
+    file of this user's, printed) nor from a FIFO (the read would wait for a writer)."""
+    from .errors import StoreError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StoreError(f"cannot read this log: {exc.strerror} (a link or a special file is no log of "
+                         "the store's)", where=str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError("not a regular file: no log of the store's", where=str(path))
+        return f.read().decode(errors="replace")
 
 
 class CpuPool:
@@ -142,7 +175,7 @@ def _run_logged(argv: list[str], proc_env: Optional[dict[str, str]], cwd: Path, 
     if group is not None:
         argv = group.wrap(argv)
     timed_out = False
-    with open(log_path, "wb") as log:
+    with open_log(log_path, "wb") as log:
         log.write(log_head)
         log.flush()
         # A sandboxed build writes into a pipe that the planner copies to the log: its

@@ -156,6 +156,12 @@ class Execution:
             checked = self.check(nid, req, known.build_key)
             if checked is not None:
                 return checked
+        bad = sorted(d for d in node.deps.values() if d in self.corrupted)
+        if bad:  # (--check found its bytes differ from their record: built on, the output would lie)
+            from .errors import BuildError
+
+            raise BuildError(node.label(), f"its dependency {bad[0]} is corrupted in the store (its bytes differ "
+                                           "from their record): `planner store verify --repair`, then realise again")
         reason = self.d.reason_for(self.store, nid)  # before building: the build records a realisation
         self.attempted[nid] = resolved.build_key
         if not self.run.executor.remote:

@@ -171,6 +171,15 @@ def _save(path: str, cache: dict) -> None:
     os.replace(tmp, path)
 
 
+def _an_entry(store_root: str, path) -> bool:
+    """`path` is an entry of the store at `store_root`: `<store>/<32 base32>-<name>`, no more."""
+    if not isinstance(path, str):
+        return False
+    folder, name = os.path.split(os.path.normpath(path))
+    return (folder == os.path.normpath(store_root) and len(name) > 33 and name[32] == "-"
+            and all(c in "0123456789abcdfghijklmnpqrsvwxyz" for c in name[:32]))
+
+
 def try_noop(root, set_name: str, store_root, target: str | None, sandboxed: bool) -> dict | None:
     """If nothing changed since the last complete realise, the cached answer; else None."""
     store_root = os.fspath(store_root)
@@ -189,8 +198,12 @@ def try_noop(root, set_name: str, store_root, target: str | None, sandboxed: boo
         local = [n for n in cache["nodes"] if n.get("path")]
         lexists = os.path.lexists
         for n in local:
-            if not lexists(os.path.join(store_root, n["path"])):
+            if not _an_entry(store_root, n["path"]) or not lexists(os.path.join(store_root, n["path"])):
                 return None
+        # The answer names only this store's entries (a cache is a file in the store: one
+        # written by another hand could name /etc as the output to link, export or push).
+        if cache["output"] is not None and not _an_entry(store_root, cache["output"]):
+            return None
     except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
         return None  # no cache, or one this planner cannot read: plan as usual
     index = _index_sigs(store_root)

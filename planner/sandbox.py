@@ -11,6 +11,7 @@ with the same command line, so tools that embed pids (nvcc's tmpxft_<pid>) write
 from __future__ import annotations
 
 import os
+import stat
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -69,6 +70,17 @@ _ETC = {
 }
 
 
+def _ours(path: Path, kind) -> bool:
+    """`path` is of `kind` (S_ISDIR, S_ISREG), not a link, and this user's: what the store's tmp/
+    shares between builds is bound into sandboxes, and a store's tmp/ may be shared with users
+    who could plant a link to /etc/shadow under the name."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return kind(st.st_mode) and st.st_uid == os.geteuid()
+
+
 def etc_dir(build_dir: Path) -> Path:
     """A minimal /etc for the sandbox, beside the build directories. Every build binds the same
     read-only files, so they are written once (named by their content) and renamed into place
@@ -77,8 +89,10 @@ def etc_dir(build_dir: Path) -> Path:
 
     blob = "".join(f"{k}\0{v}\0" for k, v in sorted(_ETC.items())).encode()
     etc = build_dir.parent / f"etc-{zlib.crc32(blob):08x}"
-    if etc.is_dir():
+    if _ours(etc, stat.S_ISDIR):
         return etc
+    if os.path.lexists(etc):  # not ours (a link another user of the store planted): a private one
+        etc = build_dir / "etc"
     tmp = build_dir.parent / f"{etc.name}.{os.getpid()}.{build_dir.name}"
     tmp.mkdir()
     for name, text in _ETC.items():
@@ -96,8 +110,10 @@ def cpus_file(build_dir: Path, cores: int) -> Path:
     """The CPU list that stands in for /sys/devices/system/cpu/{online,possible,present}: one
     file per core count beside the shared /etc, written once and renamed into place whole."""
     path = build_dir.parent / f"cpus-{cores}"
-    if path.is_file():
+    if _ours(path, stat.S_ISREG):
         return path
+    if os.path.lexists(path):  # not ours: a private one, in the build's own folder
+        path = build_dir / f"cpus-{cores}"
     tmp = build_dir.parent / f"{path.name}.{os.getpid()}.{build_dir.name}"
     tmp.write_text(cpu_list(cores))
     os.replace(tmp, path)  # the same bytes whoever wins

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import click
@@ -38,16 +40,18 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
             seen.update((n.id, n.name))
             if node not in ((n.id, n.key, n.build_key) if exact else (n.name,)):
                 continue
-            if n.build_key:
+            if n.build_key and re.fullmatch(r"[0-9a-z]{32}", n.build_key):  # (a run record is read, not trusted)
                 path = store_root / "logs" / f"{n.build_key}.log"
                 if previous:
                     from ..build import previous_log
 
                     path = previous_log(path)
-                    if not path.exists():
+                    if not os.path.lexists(path):
                         raise PlannerError(f"no earlier attempt of {n.id} under key {n.build_key} kept a log")
-                if path.exists():
-                    click.echo(path.read_text(errors="replace"), nl=False)
+                if os.path.lexists(path):
+                    from ..buildrun import read_log
+
+                    click.echo(read_log(path), nl=False)
                     return
             if n.action == "failed":
                 # Its latest attempt failed before building (a fetch, say): an older log would mislead.

@@ -158,6 +158,8 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
             click.echo(_summary(result.nodes), err=True)
         if not result.failures:
             _print_outputs(result)
+        else:  # what --check found is said even when a node failed (its dependent, on it)
+            _print_checks(result)
     for f in result.failures:
         click.echo(f"planner: {f}" if f.startswith("error: ") else f"planner: build failed: {f}", err=True)
     if result.failures:
@@ -171,10 +173,14 @@ def _report(result, set_name: str, *, as_json: bool, dry_run: bool, live: bool) 
         sys.exit(1)
 
 
-def _print_outputs(result) -> None:
+def _print_checks(result) -> None:
     for c in result.checks:
         click.echo(f"check {c.node}: {'identical' if c.ok else 'DIFFERS: ' + ', '.join(c.differing[:10])}"
                    + (f" (the rebuilt output is kept in {c.kept})" if c.kept else ""))
+
+
+def _print_outputs(result) -> None:
+    _print_checks(result)
     if result.output:
         click.echo(result.output)
     else:

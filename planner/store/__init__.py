@@ -44,6 +44,34 @@ READ_ONLY_HINT = ("commands that only read it (plan, why, show, log, diff, dry r
                   "store size, a no-op realise) still work")
 
 
+# The folders the store writes into and removes from: a link in their place would take the
+# store's writes (build logs, checks) and removals (gc of tmp/, caches) out of the store.
+OWN_FOLDERS = ("locks", "tmp", "logs", "checks", "cache", "plans")
+
+
+def _refuse_linked_folders(root: Path) -> None:
+    for sub in OWN_FOLDERS:
+        try:
+            st = os.lstat(root / sub)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{sub} is not a folder of the store (a link or a file in its place); move it away, "
+                             "the store makes it again", where=str(root / sub))
+
+
+def _entry_path(path: object) -> bool:
+    return isinstance(path, str) and "/" not in path and ENTRY_NAME.match(path) is not None
+
+
+def _file_or_folder(p: Path) -> bool:
+    try:
+        mode = os.lstat(p).st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+
+
 class Store:
     """A store rooted at `root`. Thread-safe; several processes may share one store."""
 
@@ -58,6 +86,7 @@ class Store:
                              where=str(self.root))
         for sub in ("locks", "tmp", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        _refuse_linked_folders(self.root)
         refuse_damaged_index(self.root)
         try:
             self._db = sqlite3.connect(self.root / "index.sqlite", timeout=60, check_same_thread=False,
@@ -100,6 +129,7 @@ class Store:
 
     def _open_read_only(self) -> None:
         """For commands that only read (verify): works on a store this user cannot write."""
+        _refuse_linked_folders(self.root)
         refuse_damaged_index(self.root)
         index = self.root / "index.sqlite"
         try:
@@ -176,8 +206,12 @@ class Store:
         if not rows:
             return None
         path, key, digest, kind, name, impure = rows[0]
+        if not _entry_path(path):
+            return None
         p = self.root / path
-        if not os.path.lexists(p):
+        # An entry is a folder or a file the store made, never a link (to a host folder that
+        # dependents would then get mounted): a link there is a damaged entry, absent.
+        if not _file_or_folder(p):
             return None
         return Entry(p, key, digest, kind, name, bool(impure))
 
@@ -214,7 +248,9 @@ class Store:
 
     def entries(self) -> list[Entry]:
         rows = self._query("SELECT path, key, digest, kind, name, impure FROM entries ORDER BY path")
-        return [Entry(self.root / p, k, d, kd, n, bool(i)) for p, k, d, kd, n, i in rows]
+        # A row whose path is not an entry's name (`../../x`, `/etc`) is not this store's to
+        # list, verify or collect: gc removed what such a row named.
+        return [Entry(self.root / p, k, d, kd, n, bool(i)) for p, k, d, kd, n, i in rows if _entry_path(p)]
 
     def invalidate(self, key: str) -> None:
         with self._tx() as db:
@@ -313,6 +349,9 @@ class Store:
             if not os.path.lexists(e.path):
                 bad.append((e, "missing"))
                 continue
+            if not _file_or_folder(e.path):  # a link to a host folder, a FIFO: no entry the store made
+                bad.append((e, "not a file or folder (a link or a special file in its place)"))
+                continue
             actual = tree_digest(e.path)
             if actual != e.digest:
                 bad.append((e, f"content hashes to {actual}, recorded {e.digest}"))
@@ -347,7 +386,10 @@ class Store:
             p = Path(target)
             if name.startswith("link:") and not (p.is_symlink() or p.exists()):
                 continue
-            out[name] = p.resolve() if p.is_symlink() else p
+            try:
+                out[name] = p.resolve() if p.is_symlink() else p
+            except (OSError, RuntimeError):  # a link loop, an unreadable folder: it holds nothing
+                continue
         return out
 
     def _live(self, extra_roots: Iterable[str] = ()) -> set[str]:

@@ -93,10 +93,12 @@ def _make_writable(path: Path) -> None:
 def remove_tree(path: Path) -> None:
     """Remove a (possibly read-only) tree or file, however deep or long its paths (a failed
     build's output is whatever the build left)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
-    if not path.exists():
+    if not stat.S_ISDIR(mode):  # a file, a link, a FIFO (whose open would wait), a socket
+        path.unlink()
         return
     try:
         _make_writable(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import sqlite3
 from pathlib import Path
 from typing import Iterator, Optional
@@ -181,6 +182,9 @@ def _repair_locked(root: Path, index: Path) -> IndexRepair:
     for name in entry_dirs(root):
         path = root / name
         if name in registered:
+            continue
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # a link or a FIFO under an entry's name
             continue
         key, rest = ENTRY_NAME.match(name).groups()  # type: ignore[union-attr]
         digest = tree_digest(path)
