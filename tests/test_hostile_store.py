@@ -12,7 +12,6 @@ import json
 import marshal
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
