@@ -163,8 +163,15 @@ class RunRecord:
 
 def runs_of(store, set_name: Optional[str], limit: int = 200) -> list[tuple[int, RunRecord]]:
     """The store's recorded runs of a set (every set for None), newest first."""
-    return [(i, RunRecord.from_json(r)) for i, r in store.runs(limit=limit)
-            if set_name is None or r.get("set") == set_name]
+    out = []
+    for i, r in store.runs(limit=limit):
+        if set_name is not None and r.get("set") != set_name:
+            continue
+        try:
+            out.append((i, RunRecord.from_json(r)))
+        except (KeyError, TypeError, ValueError, AttributeError):  # a record edited out of shape: skipped
+            continue
+    return out
 
 
 def previous_keys(records: Iterable[tuple[int, RunRecord]]) -> dict[str, str]:

@@ -161,3 +161,18 @@ def test_a_dependency_check_finds_corrupt_is_not_built_on(built: Project) -> Non
     said = run.stdout + run.stderr
     assert "a: DIFFERS" in said and "b: its dependency a is corrupted in the store" in said, said
     assert not [p for p in built.store.glob("*-b-1.0") if "corrupted" in (p / "b.txt").read_text()]
+
+
+def test_unreadable_index_records_are_history_lost_not_an_internal_error(built: Project) -> None:
+    with sqlite3.connect(built.store / "index.sqlite") as db:
+        for bad in ("{not json", "[1]", json.dumps({"set": "t", "nodes": [{"path": 5}]})):
+            db.execute("INSERT INTO runs (json) VALUES (?)", (bad,))
+        db.execute("UPDATE durations SET seconds='abc'")
+        db.execute("INSERT INTO preimages VALUES (?, ?)", ("c" * 32, "{not json"))
+    for cmd in (("why", "t"), ("log", "a"), ("plan", "t"), ("realise", "t"), ("store", "roots"), ("diff", "a")):
+        run = built.cli(*cmd, set_arg=False)
+        assert "internal error" not in run.stderr and "Traceback" not in run.stderr, (cmd, run.stderr)
+        assert run.returncode == 0, (cmd, run.stderr)
+    before = sorted(p.name for p in built.store.iterdir())
+    line = assert_one_failure(built.cli("store", "gc", set_arg=False), names=["not a readable record"])
+    assert "nothing is collected" in line and sorted(p.name for p in built.store.iterdir()) == before

@@ -60,6 +60,15 @@ def _refuse_linked_folders(root: Path) -> None:
                              "the store makes it again", where=str(root / sub))
 
 
+def _json_object(text: object) -> Optional[dict]:
+    """A row's JSON object, or None where the row holds anything else."""
+    try:
+        value = json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _entry_path(path: object) -> bool:
     return isinstance(path, str) and "/" not in path and ENTRY_NAME.match(path) is not None
 
@@ -286,7 +295,7 @@ class Store:
 
     def preimage(self, key: str) -> Optional[dict]:
         rows = self._query("SELECT json FROM preimages WHERE key=?", (key,))
-        return json.loads(rows[0][0]) if rows else None
+        return _json_object(rows[0][0]) if rows else None
 
     def realise(self, input_key: str, build_key: str, digest: str) -> None:
         with self._tx() as db:
@@ -315,8 +324,9 @@ class Store:
 
     def durations(self, set_name: str) -> dict[str, float]:
         prefix = f"{set_name}/"
-        return {name[len(prefix):]: s for name, s in self._query(
-            "SELECT name, seconds FROM durations WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))}
+        return {name[len(prefix):]: float(s) for name, s in self._query(
+            "SELECT name, seconds FROM durations WHERE substr(name, 1, ?) = ?", (len(prefix), prefix))
+            if isinstance(s, (int, float))}
 
     def add_run(self, record: dict) -> int:
         with self._tx() as db:
@@ -325,11 +335,13 @@ class Store:
 
     def runs(self, limit: int = 50) -> list[tuple[int, dict]]:
         rows = self._query("SELECT id, json FROM runs ORDER BY id DESC LIMIT ?", (limit,))
-        return [(i, json.loads(j)) for i, j in rows]
+        # A record that is not a JSON object (the index edited or damaged) is history lost, not
+        # a reason for every command that reads history to fail.
+        return [(i, rec) for i, j in rows if (rec := _json_object(j)) is not None]
 
     def run(self, run_id: int) -> Optional[dict]:
         rows = self._query("SELECT json FROM runs WHERE id=?", (run_id,))
-        return json.loads(rows[0][0]) if rows else None
+        return _json_object(rows[0][0]) if rows else None
 
     def set_root(self, name: str, path: Path) -> None:
         with self._tx() as db:
@@ -398,8 +410,12 @@ class Store:
         live = {p.name for p in self.live_roots().values()}
         # Every run record, however old: a root's closure must not depend on how many runs came
         # after the one that made it (a window of the latest 1000 let gc delete rooted closures).
-        for (text,) in self._query("SELECT json FROM runs ORDER BY id DESC"):
-            rec = json.loads(text)
+        for run_id, text in self._query("SELECT id, json FROM runs ORDER BY id DESC"):
+            rec = _json_object(text)
+            if rec is None:  # gc cannot tell what it roots: it deletes nothing
+                raise StoreError(f"run {run_id} of the index is not a readable record, so what it roots is "
+                                 "unknown: nothing is collected (remove that row with sqlite3 to collect)",
+                                 where=str(self.root / "index.sqlite"))
             if rec.get("output") and Path(rec["output"]).name in live:
                 live.update(Path(n["path"]).name for n in rec.get("nodes", []) if n.get("path"))
                 live.update(Path(p).name for p in rec.get("inputs", []))
