@@ -311,3 +311,18 @@ def test_an_arch_list_spelled_otherwise_is_the_same_image(tmp_path: Path) -> Non
         keys.append((img.preimage.image.cuda_variants, sorted(n.key for n in plan.nodes.values() if n.recipe == "k")))
     # (the image's key differs: it holds the lock, whose checksum covers set.toml's text)
     assert keys[0] == keys[1] and keys[0][0] == {"default": ["sm_90a", "sm_100a"]}
+
+
+@pytest.mark.parametrize("settings, says", [
+    ('subdir = ["be"]', "settings.subdir must be a relative path"),
+    ('subdir = "../up"', "settings.subdir must be a relative path"),
+    ('nvcc-threads = "4 -o /x"', "settings.nvcc-threads must be a whole number from 1 to 256"),
+    ("nvcc-threads = -3", "settings.nvcc-threads must be a whole number"),
+    ('config-settings = "--global-option=x"', "settings.config-settings must be a table"),
+    ('packages = ["../.."]', "settings.packages must be a list of relative paths"),
+    ('summary = "x\\nRequires-Dist: evil"', "settings.summary must be one line of text"),
+    ('requires = ["a\\nb"]', "settings.requires must be a list of one-line requirements"),
+])
+def test_builder_settings_are_checked_when_the_recipe_loads(tmp_path: Path, settings: str, says: str) -> None:
+    line = _refused(tmp_path, HEAD + '[build]\nbuilder = "python-wheel"\n[build.settings]\n' + settings + "\n")
+    assert says in line and "build.settings" not in line.split(":")[0], line

@@ -13,8 +13,42 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _relative_path(v: object) -> bool:
+    return (isinstance(v, str) and bool(v) and not v.startswith("/") and "\0" not in v
+            and ".." not in v.split("/"))
+
+
+def _one_line(v: object) -> bool:
+    return isinstance(v, str) and not _CONTROL.search(v)
+
+
+# What the builders read of [build.settings], and what each value must be: the builders run
+# inside the sandbox, where a list for a path or "4 -o /x" for a count was a traceback, and a
+# newline in a wheel's summary or requirement a header of its METADATA.
+_SETTINGS = {
+    "subdir": (_relative_path, "a relative path inside the source"),
+    "nvcc-threads": (lambda v: type(v) is int and 1 <= v <= 256, "a whole number from 1 to 256"),
+    "config-settings": (lambda v: isinstance(v, dict) and all(
+        isinstance(x, str) or (isinstance(x, list) and all(isinstance(y, str) for y in x)) for x in v.values()),
+        "a table of strings or lists of strings (PEP 517's config_settings)"),
+    "sources": (lambda v: isinstance(v, list) and all(_relative_path(x) for x in v), "a list of relative paths"),
+    "include-dirs": (lambda v: isinstance(v, list) and all(_relative_path(x) for x in v),
+                     "a list of relative paths"),
+    "packages": (lambda v: isinstance(v, list) and all(_relative_path(x) for x in v),
+                 "a list of relative paths (package folders)"),
+    "library": (_relative_path, "a relative path in the wheel"),
+    "summary": (_one_line, "one line of text"),
+    "requires": (lambda v: isinstance(v, list) and all(_one_line(x) for x in v), "a list of one-line requirements"),
+    "backend": (_one_line, "a build backend's name"),
+}
+
+
 def check_tables(r: Recipe, err) -> None:
     """`err(key, message)` makes the RecipeError at that key."""
+    for key, value in r.build.settings.items() if r.build.settings else ():
+        rule = _SETTINGS.get(key)
+        if rule is not None and not rule[0](value):
+            raise err(key, f"settings.{key} must be {rule[1]}, not {str(value)[:80]!r}")
     tools = r.build.settings.get("tools") if r.build.settings else None
     if tools is not None:
         # runtime._buildenv puts these inputs' wheel scripts on PATH: each must be an input
