@@ -189,6 +189,18 @@ def test_an_empty_store_or_root_is_refused_not_the_current_folder(pair: Project,
     assert sorted(p.name for p in pair.root.iterdir()) == ["lockfiles", "recipes"]  # no store made here
 
 
+def test_a_store_path_with_a_newline_is_refused(pair: Project, tmp_path: Path) -> None:
+    """Every output path under it would print on two lines (`out=$(planner realise | head -1)`)."""
+    odd = tmp_path / "a\nb"
+    for args in (["--store", str(odd), "realise", "t"], ["realise", "t", "--store", str(odd)]):
+        line = one_error(run(pair, *args, globals_=False))
+        assert "holds a control character" in line, line
+    assert not odd.exists()
+    res = subprocess.run([*CLI, "realise", "t"], capture_output=True, text=True,
+                         env=_env({"PLANNER_STORE": str(odd)}), cwd=pair.root, timeout=300)
+    assert res.returncode != 0 and "holds a control character" in res.stderr, res.stderr
+
+
 def test_an_empty_planner_store_variable_is_the_default_store(pair: Project) -> None:
     res = subprocess.run([*CLI, "realise", "t"], capture_output=True, text=True, env=_env({"PLANNER_STORE": ""}),
                          cwd=pair.root, timeout=300)

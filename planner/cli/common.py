@@ -132,9 +132,12 @@ class FolderOption(click.Path):
     is no value at all: click leaves it out, and the default store is used)."""
 
     def convert(self, value, param, ctx):
+        name = param.opts[0] if param is not None else "the path"
         if isinstance(value, str) and not value:
-            name = param.opts[0] if param is not None else "the path"
             raise PlannerError(f"{name} is empty: name a folder (an unset variable?)")
+        if isinstance(value, str) and any(c < " " or c == "\x7f" for c in value):
+            # (every line that names an output under it would break in two: `| head -1`)
+            raise PlannerError(f"{name} {value[:80]!r} holds a control character (a newline?): name another folder")
         return super().convert(value, param, ctx)
 
 
