@@ -7,6 +7,10 @@ what makes the build reproducible. A clash is refused when the recipe is loaded.
 
 from __future__ import annotations
 
+import re
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 # Set for every sandboxed build (sandbox.BASE_ENV, build._declared_env, sandbox.cores_env).
 COMMON = frozenset({
     "PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "LANG", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
@@ -47,10 +51,8 @@ def arch_list_env_problem(settings: dict) -> str | None:
     """What is wrong with a pep517 cuda-wheel's `arch-list-env` (the variable that carries the arch
     list): a name the planner sets for another purpose would drop the arch list (MAX_JOBS) or
     replace one the build needs (PATH), and anything but a variable name fails inside the build."""
-    import re
-
     name = settings.get("arch-list-env", "TORCH_CUDA_ARCH_LIST")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
         return f"arch-list-env must be an environment variable name, not {str(name)[:80]!r}"
     if name != "TORCH_CUDA_ARCH_LIST" and name in COMMON | BY_BUILDER["cuda-wheel"]:
         return f"arch-list-env {name!r} is a variable the planner sets for another purpose"

@@ -245,9 +245,13 @@ def _pin_from(data: dict, where: str) -> Pin:
         raise LockError("tree must be blake3:<64 hex digits>", where=f"{where}.tree")
     # The lock is input, not trusted state: every field that names a file, a commit or a
     # digest is checked like a recipe's (a filename `../../x.whl` once wrote outside the store).
-    if pin.filename is not None and (not pin.filename or len(pin.filename) > 255 or pin.filename in (".", "..")
-                                     or any(c in "/\\" or c < " " or c == "\x7f" for c in pin.filename)):
-        raise LockError(f"filename {pin.filename[:80]!r} must be a plain file name", where=f"{where}.filename")
+    if pin.filename is not None:
+        from .safetree import UnsafeTree, plain_name
+
+        try:
+            plain_name(pin.filename, where=f"{where}.filename")
+        except UnsafeTree:
+            raise LockError(f"filename {pin.filename[:80]!r} must be a plain file name", where=f"{where}.filename") from None
     if pin.commit is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", pin.commit):
         raise LockError("commit must be a full git commit (40 or 64 lowercase hex digits)", where=f"{where}.commit")
     if pin.digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin.digest):

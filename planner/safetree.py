@@ -82,10 +82,25 @@ def checked_rel(rel: str, *, where: str, what: str = "path") -> list[str]:
     return parts
 
 
+def has_control(text: str) -> bool:
+    """A NUL or other control character (a newline, an escape sequence): what would split or
+    rewrite every line that prints the text."""
+    return any(c < " " or c == "\x7f" for c in text)
+
+
+def kind_of(mode: int) -> str:
+    """What a file is, for a message: `a symbolic link`, `a fifo`, `a folder`, ..."""
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a file" if stat.S_ISREG(mode) else "a fifo" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+
+
 def plain_name(name: str, *, where: str, what: str = "file name") -> str:
-    """A single path component: no separator, not '.' or '..', no NUL or other control character
-    (an escape sequence would reach the terminal in every line that names the file)."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or any(c < " " or c == "\x7f" for c in name):
+    """A single path component: no separator, not '.' or '..', at most NAME_MAX bytes, no NUL or
+    other control character (an escape sequence would reach the terminal in every line that
+    names the file)."""
+    if (not name or "/" in name or "\\" in name or name in (".", "..") or has_control(name)
+            or byte_len(name) > NAME_MAX):
         raise UnsafeTree(f"{what} {name!r} is not a plain file name", where=where)
     return name
 

@@ -291,7 +291,7 @@ def test_export_to_standard_output_and_never_through_a_link_or_fifo(demo_runs: d
     target.write_bytes(b"kept")
     (tmp_path / "link.tar").symlink_to(target)
     os.mkfifo(tmp_path / "fifo.tar")
-    for name, kind in (("link.tar", "a symbolic link"), ("fifo.tar", "a FIFO")):
+    for name, kind in (("link.tar", "a symbolic link"), ("fifo.tar", "a fifo")):
         bad = subprocess.run(planner_cmd("--store", store, "export", "demo", str(tmp_path / name)), cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode != 0 and f"is {kind}, not a file an archive may replace" in bad.stderr, bad.stderr

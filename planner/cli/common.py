@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..errors import PlannerError, StoreError
+from ..safetree import has_control
 
 
 class Context:
@@ -135,7 +136,7 @@ class FolderOption(click.Path):
         name = param.opts[0] if param is not None else "the path"
         if isinstance(value, str) and not value:
             raise PlannerError(f"{name} is empty: name a folder (an unset variable?)")
-        if isinstance(value, str) and any(c < " " or c == "\x7f" for c in value):
+        if isinstance(value, str) and has_control(value):
             # (every line that names an output under it would break in two: `| head -1`)
             raise PlannerError(f"{name} {value[:80]!r} holds a control character (a newline?): name another folder")
         return super().convert(value, param, ctx)

@@ -140,17 +140,17 @@ def _metadata(f: dict) -> Optional[str]:
     return "" if meta is True else None
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _acceptable(f: IndexFile, page_url: str) -> bool:
     """An entry a planner may download: its file name a plain name (it becomes a path below a
     temporary folder: `x-1.0-py3-none-any./../../victim/x.whl` parses as a wheel name), and its
     URL http(s), or a file: URL only on an index that is itself a folder (a web page naming a
     local file would make `lock` read this machine's files)."""
-    name = f.filename
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or _CONTROL.search(name)
-            or len(name.encode("utf-8", "surrogateescape")) > 255):
+    from ..errors import UnsafeTree
+    from ..safetree import plain_name
+
+    try:
+        plain_name(f.filename, where=page_url)
+    except UnsafeTree:
         return False
     scheme = urllib.parse.urlsplit(f.url).scheme.lower()
     return scheme in ("http", "https") or (scheme == "file" and page_url.startswith("file:"))

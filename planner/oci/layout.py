@@ -7,6 +7,7 @@ refuse a tag that resolves to a nested index, so they need a tag that names one 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -176,12 +177,12 @@ def read_layout(path: Path) -> Layout:
 def index_digest(output: Path) -> Optional[str]:
     """The digest of the image index a layout's top-level index.json points at, if any."""
     index = output / "index.json"
-    if not index.is_file() or index.is_symlink():
+    if not os.path.lexists(index):
         return None
-    from ..safetree import read_limited
-
-    with open(index, "rb") as f:  # a build's output: read whole, so capped
-        data = json.loads(read_limited(f, what="index.json", where=str(output.name)))
+    try:
+        data = json.loads(_read_file(index, "no index.json"))  # (bounded; never through a link)
+    except ValueError:
+        raise OciError("index.json is not JSON", where=str(index)) from None
     manifests = data.get("manifests") if isinstance(data, dict) else None
     for m in manifests if isinstance(manifests, list) else ():
         if isinstance(m, dict) and m.get("mediaType") == "application/vnd.oci.image.index.v1+json":
@@ -338,12 +339,12 @@ def export_oci_archive(layout: Path, out: "Path | BinaryIO", *, source_date_epoc
     blobs it reaches. `out`: a path (written whole, then renamed into place: a regular file
     or nothing there, never a link, a FIFO or a device replaced), or an open binary stream."""
     lay = read_layout(layout)
-    with tempfile.TemporaryDirectory(prefix=".export-") as tmp:
+    with contextlib.ExitStack() as stack:
         documents = lay.path
-        if tag is not None:
+        if tag is not None:  # (its own index.json and oci-layout, in a folder of their own)
             lay = Layout(path=lay.path, manifests=tuple(
                 index_entries(lay, [LayoutImage(tag, lay.resolve(tag))], platform_tags=False)))
-            documents = Path(tmp)
+            documents = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".export-")))
             doc = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [e.to_json() for e in lay.manifests]}
             (documents / "index.json").write_bytes(canonical_json(doc))
             (documents / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
@@ -365,9 +366,9 @@ def check_archive_path(out: Path) -> None:
     except OSError as exc:
         raise OciError(f"cannot write the archive: {exc.strerror}", where=str(out)) from None
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
-                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket")
-        raise OciError(f"is {kind}, not a file an archive may replace (give a new name, or - for standard "
+        from ..safetree import kind_of
+
+        raise OciError(f"is {kind_of(st.st_mode)}, not a file an archive may replace (give a new name, or - for standard "
                        "output)", where=str(out))
 
 

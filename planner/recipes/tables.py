@@ -5,21 +5,21 @@ loads, at the key's line, not when the image is assembled or the build runs."""
 
 from __future__ import annotations
 
-import re
-
+from ..buildenv import ENV_NAME, arch_list_env_problem
+from ..errors import UnsafeTree
+from ..safetree import checked_rel, has_control
 from .model import ImageSpec, Recipe
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _relative_path(v: object) -> bool:
-    return (isinstance(v, str) and bool(v) and not v.startswith("/") and "\0" not in v
-            and ".." not in v.split("/"))
+    try:
+        return isinstance(v, str) and bool(checked_rel(v, where=""))
+    except UnsafeTree:
+        return False
 
 
 def _one_line(v: object) -> bool:
-    return isinstance(v, str) and not _CONTROL.search(v)
+    return isinstance(v, str) and not has_control(v)
 
 
 # What the builders read of [build.settings], and what each value must be: the builders run
@@ -58,8 +58,6 @@ def check_tables(r: Recipe, err) -> None:
         if unknown:
             raise err("tools", f"settings tools names {', '.join(unknown)}, which is not an input of this recipe")
     if r.build.builder == "cuda-wheel" and r.build.settings.get("frontend") == "pep517":
-        from ..buildenv import arch_list_env_problem
-
         if (problem := arch_list_env_problem(r.build.settings)) is not None:
             raise err("arch-list-env", problem)
     if r.image is not None:
@@ -69,12 +67,12 @@ def check_tables(r: Recipe, err) -> None:
 def check_image(image: ImageSpec, err) -> None:
     """`err(key, message)` makes the RecipeError naming `image.<key>`."""
     for k, v in image.env.items():
-        if not _ENV_NAME.fullmatch(k):
+        if not ENV_NAME.fullmatch(k):
             raise err("env", f"image.env: {k[:80]!r} is not an environment variable name (letters, digits, '_')")
         if "\0" in v:
             raise err("env", f"image.env.{k}: the value holds a NUL byte, which no environment can")
     for k, v in image.labels.items():
-        if not k or _CONTROL.search(k) or len(k) > 256:
+        if not k or has_control(k) or len(k) > 256:
             raise err("labels", f"image.labels: {k[:80]!r} is not a label key (non-empty, no control characters)")
         if "\0" in v:
             raise err("labels", f"image.labels.{k}: the value holds a NUL byte")

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from ..buildenv import ENV_NAME
 from ..errors import RecipeError
 from .model import AXES, BUILDERS, INPUT_NAME, PATCH_LABEL, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
 from .parse import DEFAULT_RESOURCES, _LazyText, _relative, _where
@@ -78,7 +79,7 @@ def _validate_recipe(r: Recipe, path: Path | str, root: Path, text: str) -> None
         raise err("script", "the build script holds a NUL byte (\\u0000), which no shell argument can")
     if r.build.env:  # (most recipes declare none: nothing to name, nothing to clash)
         for k, v in r.build.env.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            if not ENV_NAME.fullmatch(k):
                 raise err("env", f"invalid environment variable name {k[:80]!r}")
             # A NUL would end the value where the sandbox's arguments are written, and what
             # follows would be arguments of the recipe's own (`--bind / /x`).

@@ -40,10 +40,10 @@ def _refuse_special_files(folder: Path, root: Path, where: str) -> None:
         for name in filenames:
             mode = os.lstat(os.path.join(dirpath, name)).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                kind = ("a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+                from ..safetree import kind_of
+
                 rel = os.path.relpath(os.path.join(dirpath, name), root)
-                raise FetchError(f"{rel} is {kind}: a path source holds only files, folders and links",
+                raise FetchError(f"{rel} is {kind_of(mode)}: a path source holds only files, folders and links",
                                  where=where)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import StoreError
+from ..safetree import kind_of
 
 ENTRY_NAME = re.compile(r"([0-9a-z]{32})-(.+)\Z")
 
@@ -134,7 +135,7 @@ def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
     its place in the output, not the temporary folder)."""
     top = os.lstat(path)  # never followed: a FIFO would block the walk, a link lead out of the store
     if not (stat.S_ISDIR(top.st_mode) or stat.S_ISREG(top.st_mode)):
-        raise StoreError(f"output is {_kind(top.st_mode)}, not a file or folder")
+        raise StoreError(f"output is {kind_of(top.st_mode)}, not a file or folder")
     if stat.S_ISREG(top.st_mode):
         _drop_xattrs(os.fspath(path))
         os.chmod(path, 0o555 if top.st_mode & stat.S_IXUSR else 0o444)
@@ -153,7 +154,7 @@ def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
             st = os.lstat(f, dir_fd=dirfd)
             if not stat.S_ISLNK(st.st_mode):
                 if not stat.S_ISREG(st.st_mode):
-                    raise StoreError(f"output holds {_kind(st.st_mode)}, not a file, folder or link: "
+                    raise StoreError(f"output holds {kind_of(st.st_mode)}, not a file, folder or link: "
                                      f"{_shown(rel + '/' + f if rel else f)}")
                 _drop_xattrs(f"{here}/{f}")
                 os.chmod(f, 0o555 if st.st_mode & stat.S_IXUSR else 0o444, dir_fd=dirfd)
@@ -164,11 +165,6 @@ def make_read_only(path: Path, *, keep_top_writable: bool = False) -> None:
         # Set before its children are: a child's mode, time or attributes leave the folder's
         # mtime as it is (only adding, removing or renaming a name changes it).
         os.utime(dirfd, ns=times)
-
-
-def _kind(mode: int) -> str:
-    return ("a symbolic link" if stat.S_ISLNK(mode) else "a fifo" if stat.S_ISFIFO(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "a device")
 
 
 def _drop_xattrs(target: "str | int") -> None:
