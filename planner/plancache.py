@@ -110,7 +110,13 @@ def plan_cache_path(store_root, root, set_name: str, target: str | None) -> str:
 def _identity(root, set_name: str, target: str | None, sandboxed: bool) -> tuple:
     from . import __version__
 
-    return (PLAN_CACHE_VERSION, __version__, os.fspath(root), set_name, target, bool(sandboxed))
+    # The install too: two checkouts of one version on one store watch different sources, so
+    # the answer one of them cached is not the other's (a patched checkout would be told its
+    # edit changed nothing).
+    return (PLAN_CACHE_VERSION, __version__, INSTALL, os.fspath(root), set_name, target, bool(sandboxed))
+
+
+INSTALL = os.path.realpath(os.path.dirname(__file__))
 
 
 # A file changed this close to the start of the work (or during it) may have been read before

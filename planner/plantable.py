@@ -177,10 +177,11 @@ def _path(root: str, set_name: str, target: Optional[str], sandboxed: bool) -> s
 
 def _identity(root: str, set_name: str, target: Optional[str], sandboxed: bool) -> tuple:
     from . import __version__
+    from .plancache import INSTALL
 
     # The machine too (a home folder shared between an amd64 and an arm64 machine): a plan's
-    # variants carry the host platform.
-    return (TABLE_VERSION, __version__, os.uname().machine, root, set_name, target, bool(sandboxed))
+    # variants carry the host platform; and the install (`plancache._identity`).
+    return (TABLE_VERSION, __version__, INSTALL, os.uname().machine, root, set_name, target, bool(sandboxed))
 
 
 def _load(root_s: str, set_name: str, target: Optional[str], sandboxed: bool) -> Optional[dict]:

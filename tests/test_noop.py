@@ -295,3 +295,23 @@ def test_planner_hash_is_answered_before_the_command_line_as_the_command_line_an
         run(["hash", "tree"]).stdout
     bad = subprocess.run(entry + ["hash", "fifo"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and bad.stderr.startswith("planner: error: ") and bad.stdout == ""
+
+
+def test_another_install_of_the_same_version_is_not_answered_from_this_ones_cache(built, tmp_path: Path) -> None:
+    """Two checkouts of one version sharing a store watch different sources: the second's
+    realise must not take the first's cached answer (a patched checkout would be told that its
+    change rebuilt nothing); its own answer is cached for it in turn."""
+    proj, _ = built
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    subprocess.run(["cp", "-a", str(REPO / "planner"), str(other / "planner")], check=True)
+    env = dict(os.environ, PYTHONPATH=str(other))
+    probe_other = [sys.executable, "-c", PROBE, "--root", str(proj.root), "--store", str(proj.store), "realise", "t"]
+    assert probe(proj, "realise", "t")[0]  # this install's own answer
+    first = subprocess.run(probe_other, capture_output=True, text=True, cwd=proj.root, env=env, timeout=60)
+    assert first.returncode == 0 and first.stderr.strip().splitlines()[-1].startswith("MISS"), first.stderr
+    full = subprocess.run([sys.executable, "-m", "planner.entry", "--root", str(proj.root), "--store", str(proj.store),
+                           "realise", "t"], capture_output=True, text=True, cwd=proj.root, env=env, timeout=120)
+    assert full.returncode == 0, full.stderr
+    again = subprocess.run(probe_other, capture_output=True, text=True, cwd=proj.root, env=env, timeout=60)
+    assert again.stderr.strip().splitlines()[-1].startswith("HIT"), again.stderr
