@@ -28,7 +28,8 @@ import blake3
 
 from ..errors import FetchError
 
-__all__ = ["Submodule", "resolve", "export", "submodules", "resolve_submodule_url", "local_objects"]
+__all__ = ["Submodule", "resolve", "export", "submodules", "resolve_submodule_url", "local_objects",
+           "reads_outside"]
 
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 # `-c` settings for every git command. Auto-gc is off so that one process never prunes objects
@@ -287,6 +288,33 @@ def local_objects(url: str) -> Path | None:
     if (path / "HEAD").is_file() and (path / "objects").is_dir():
         return path / "objects"
     return None
+
+
+def reads_outside(real: Path, root: Path) -> Path | None:
+    """Where git, reading the repository at `real`, would read outside `root`: a `.git` file's
+    `gitdir:`, a worktree's `commondir`, the object store's `alternates`; None when nowhere."""
+    seen: list[Path] = []
+    try:
+        gitdir = real / ".git"
+        if gitdir.is_file():
+            line = gitdir.read_text(errors="replace").strip()
+            gitdir = (real / line.removeprefix("gitdir:").strip()).resolve()
+        else:
+            gitdir = gitdir.resolve() if gitdir.is_dir() else real  # else a bare repository
+        seen.append(gitdir)
+        common = gitdir / "commondir"
+        if common.is_file():
+            seen.append((gitdir / common.read_text(errors="replace").strip()).resolve())
+        for d in list(seen):
+            seen.append((d / "objects").resolve())  # a link elsewhere is read there
+            alternates = d / "objects" / "info" / "alternates"
+            if alternates.is_file():
+                seen += [(d / "objects" / a.strip()).resolve()
+                         for a in alternates.read_text(errors="replace").splitlines()
+                         if a.strip() and not a.startswith("#")]
+    except (OSError, RuntimeError, ValueError):
+        return real
+    return next((p for p in seen if not p.is_relative_to(root)), None)
 
 
 def _check_paths(git: _Git, repo: Path, url: str, commit: str, paths: Sequence[str]) -> None:

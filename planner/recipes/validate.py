@@ -271,14 +271,24 @@ def _check_git_url(root: Path, url: str, err, what: str) -> None:
         # (ssh's user, git@, is no secret: only a password, or an https user, which is a token)
         _refuse_credentials(url, err, what, https=url.lower().startswith(("http://", "https://")))
         return
-    local = url[len("file://"):] if url.lower().startswith("file://") else url
+    is_file = url.lower().startswith("file://")
+    local = url[len("file://"):] if is_file else url
+    # git ignores a file:// URL's host and reads the path after it (file://x/tmp/r is /tmp/r):
+    # no host, and no %-escapes (which git may decode into another path than the one checked).
+    if is_file and (not local.startswith("/") or "%" in local):
+        raise err("url", f"{what}: a file:// git URL names no host and no %-escapes: "
+                         f"write file:///path or a path relative to the project, not {url[:60]!r}")
     # git reads `word:rest` before any slash as a host (scp form) or a transport (`ext::`,
     # `fd::`): never a local path, and not one of the remotes above either.
     if "://" in local or not local or ":" in local.split("/", 1)[0]:
         raise err("url", f"{what}: git URL {url[:60]!r} is neither remote (https, git, ssh) nor a local path")
     real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
-    if "\0" in local or not real.is_relative_to(root.resolve()):
-        raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project "
+    from ..fetch.git import reads_outside
+
+    outside = reads_outside(real, root.resolve()) if "\0" not in local else real
+    if "\0" in local or not real.is_relative_to(root.resolve()) or outside is not None:
+        raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project"
+                         f"{f' (git reads {str(outside)[:80]})' if outside is not None and outside != real else ''} "
                          f"(serve it through a mirror, or over git:// or https)")
 
 

@@ -1,0 +1,60 @@
+"""Audit 15 of lock and the fetchers: a git URL that reads outside the project, a cache left
+half-fetched by a killed fetch, the caller's umask in a checkout, nested .git folders in path
+inputs, long URL names, a relative --store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from planner.errors import RecipeError
+from planner.recipes.validate import _check_git_url
+from tests.support.gitrepo import GitRepo
+
+
+def _err(key: str, msg: str) -> RecipeError:
+    return RecipeError(msg)
+
+
+def _secret_and_project(tmp_path: Path) -> tuple[GitRepo, Path]:
+    secret = GitRepo.init(tmp_path / "secret")
+    secret.write("TOKEN", "top secret\n")
+    secret.commit("s")
+    proj = tmp_path / "proj"
+    (proj / "vendor").mkdir(parents=True)
+    return secret, proj
+
+
+@pytest.mark.parametrize("url", ["file://x{secret}", "file://localhost{secret}", "file://x/vendor/up",
+                                 "file://{secret}", "file:///vendor/%2e%2e/%2e%2e/secret"])
+def test_a_file_url_with_a_host_or_escapes_is_refused(tmp_path: Path, url: str) -> None:
+    secret, proj = _secret_and_project(tmp_path)
+    # `file://x/<abs>` once passed as the project-relative x/<abs>; git reads /<abs>.
+    (proj / "x" / str(secret.path).lstrip("/")).mkdir(parents=True)
+    with pytest.raises(RecipeError, match="file:// git URL|outside the project"):
+        _check_git_url(proj, url.format(secret=secret.path), _err, "input 'x'")
+
+
+def test_a_git_file_or_alternates_pointing_outside_the_project_is_refused(tmp_path: Path) -> None:
+    secret, proj = _secret_and_project(tmp_path)
+    up = proj / "vendor" / "up"
+    up.mkdir()
+    (up / ".git").write_text(f"gitdir: {secret.path / '.git'}\n")
+    with pytest.raises(RecipeError, match="outside the project"):
+        _check_git_url(proj, "vendor/up", _err, "input 'x'")
+    # a repository inside whose objects are borrowed from the outside one
+    inner = GitRepo.init(proj / "vendor" / "inner")
+    (inner.path / ".git" / "objects" / "info" / "alternates").write_text(f"{secret.path / '.git' / 'objects'}\n")
+    with pytest.raises(RecipeError, match="outside the project"):
+        _check_git_url(proj, "vendor/inner", _err, "input 'x'")
+    # the ordinary cases still pass: a repository inside, by path and by file:///
+    ok = GitRepo.init(proj / "vendor" / "ok")
+    ok.write("a", "a\n")
+    ok.commit("a")
+    _check_git_url(proj, "vendor/ok", _err, "input 'x'")
+    _check_git_url(proj, ok.path.as_uri(), _err, "input 'x'")
+    (proj / "vendor" / "wt").mkdir()
+    (proj / "vendor" / "wt" / ".git").write_text(f"gitdir: {ok.path / '.git'}\n")
+    _check_git_url(proj, "vendor/wt", _err, "input 'x'")
