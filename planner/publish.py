@@ -59,8 +59,8 @@ def push_image(root: Path, set_name: str, store: Path, ref: str, variant: Option
     named). Returns the registry's push results, one per tag."""
     from .oci.registry import Reference, push_layout
 
+    parsed = Reference.parse(ref)  # (before the realise: a bad tag said at once, not after the build)
     layout = realised_layout(root, set_name, store, progress)
-    parsed = Reference.parse(ref)
     if parsed.tag or parsed.digest:
         jobs = [(pick_variant(layout, variant), ref)]
     else:

