@@ -58,3 +58,36 @@ def test_a_git_file_or_alternates_pointing_outside_the_project_is_refused(tmp_pa
     (proj / "vendor" / "wt").mkdir()
     (proj / "vendor" / "wt" / ".git").write_text(f"gitdir: {ok.path / '.git'}\n")
     _check_git_url(proj, "vendor/wt", _err, "input 'x'")
+
+
+def _cache_repo(cache: Path) -> Path:
+    (repo,) = [p for p in cache.iterdir() if p.name.endswith(".git")]
+    return repo
+
+
+def test_a_cache_left_without_blobs_by_a_killed_fetch_is_fetched_again(tmp_path: Path) -> None:
+    from planner.fetch.git import export
+    from tests.support.gitrepo import git
+
+    up = GitRepo.init(tmp_path / "up")
+    up.write("a/b.txt", "b\n")
+    up.write("run.sh", "#!/bin/sh\n", executable=True)
+    commit = up.commit("one")
+    cache = tmp_path / "cache"
+    export(up.url, commit, tmp_path / "one", cache_dir=cache)
+    repo = _cache_repo(cache)
+    # what a fetch killed after the commit object was written leaves: the commit, no blob
+    blob = git("--git-dir", repo, "rev-parse", f"{commit}:a/b.txt")
+    loose = repo / "objects" / blob[:2] / blob[2:]
+    if not loose.exists():  # packed: unpack, then lose the blob
+        for pack in (repo / "objects" / "pack").glob("*.pack"):
+            data = pack.read_bytes()
+            for f in pack.parent.glob(pack.stem + ".*"):
+                f.unlink()
+            import subprocess
+            subprocess.run(["git", "--git-dir", str(repo), "unpack-objects", "-q"], input=data, check=True)
+    loose.unlink()
+    (repo / "shallow.lock").write_text("")  # and the lock of a killed shallow fetch
+    export(up.url, commit, tmp_path / "two", cache_dir=cache)
+    assert (tmp_path / "two" / "a" / "b.txt").read_text() == "b\n"
+    assert not (repo / "shallow.lock").exists()

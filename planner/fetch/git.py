@@ -132,6 +132,10 @@ def _bare_repo(git: _Git, url: str, cache_dir: Path | None) -> Iterator[Path]:
     with open(cache_dir / (repo.name + ".lock"), "w") as lock:
         # Concurrent fetches into one repository race on the shallow file and refs.
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in ("shallow.lock", "packed-refs.lock", "config.lock"):
+            # left by a git killed mid-fetch: under our lock no other git is at work here
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(repo / stale)
         if not (repo / "HEAD").exists():
             # Initialise aside and rename, so a crash never leaves a half-made repository.
             tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=cache_dir))
@@ -145,9 +149,15 @@ def _bare_repo(git: _Git, url: str, cache_dir: Path | None) -> Iterator[Path]:
         yield repo
 
 
-def _has_commit(git: _Git, repo: Path, commit: str) -> bool:
-    proc = git.run(["cat-file", "-e", f"{commit}^{{commit}}"], git_dir=repo, where="", what="", check=False)
-    return proc.returncode == 0
+def _has_commit(git: _Git, repo: Path, commit: str, *, complete: bool = True) -> bool:
+    """`repo` has `commit` and, when `complete`, every tree and blob of it: a fetch killed
+    part way (Ctrl-C, SIGKILL) can leave the commit object without its blobs, which only the
+    checkout would find, on every later run."""
+    if not complete:
+        args = ["cat-file", "-e", f"{commit}^{{commit}}"]
+    else:
+        args = ["rev-list", "--objects", "--no-walk", "--missing=error", "--quiet", f"{commit}^{{commit}}"]
+    return git.run(args, git_dir=repo, where="", what="", check=False).returncode == 0
 
 
 def _fetch_commit(git: _Git, repo: Path, url: str, commit: str) -> None:
@@ -155,6 +165,11 @@ def _fetch_commit(git: _Git, repo: Path, url: str, commit: str) -> None:
     keep = f"refs/planner/commits/{commit}"
     if _has_commit(git, repo, commit):
         return
+    if _has_commit(git, repo, commit, complete=False):
+        # The commit without all its objects (a fetch killed part way): git would not fetch
+        # what it believes it has, so the repository starts again, empty (we hold its lock).
+        shutil.rmtree(repo)
+        git.run(["init", "--bare", "-q", repo], where=url, what="git init")
     shallow = git.run(["fetch", "--quiet", "--no-tags", "--depth", "1", "--", url, f"+{commit}:{keep}"],
                       git_dir=repo, where=url, what="", check=False)
     if shallow.returncode == 0 and _has_commit(git, repo, commit):
@@ -259,7 +274,7 @@ def _repo_with(git: _Git, url: str, commit: str, cache_dir: Path | None, *, spar
     repo = git.home / "borrowed.git"
     git.run(["init", "--bare", "-q", repo], where=url, what="git init")
     (repo / "objects" / "info" / "alternates").write_text(f"{objects}\n")
-    if not _has_commit(git, repo, commit):
+    if not _has_commit(git, repo, commit, complete=False):  # blobs outside the paths may be missing
         raise FetchError(f"cannot fetch commit {commit}: the repository does not have it", where=url)
     yield repo
 
