@@ -80,8 +80,20 @@ def export_image(root: Path, set_name: str, store: Path, out: "Path | BinaryIO",
 
     if isinstance(out, (str, os.PathLike)):
         out = Path(out).absolute()
+        _check_outside_store(out, store)
         check_archive_path(out)  # before the realise: said at once, not after an hour's build
     layout = realised_layout(root, set_name, store, progress)
     sde = read_lock(load_set(root, set_name).lockfile).source_date_epoch
     tag = None if variant is None else pick_variant(layout, variant)
     return export_oci_archive(layout, out, source_date_epoch=sde, tag=tag)
+
+
+def _check_outside_store(out: Path, store: Path) -> None:
+    """OUT (its folder resolved, links followed) must not be the store or inside it: as root
+    the store's read-only modes stop nothing, and an archive written there (a store entry's
+    oci-layout) corrupted the entry."""
+    real = out.parent.resolve() / out.name
+    top = Path(store).absolute().resolve()
+    if real == top or top in real.parents:
+        raise PlannerError(f"is inside the store {top}: an archive may not be written there (give a path outside "
+                           "it, or - for standard output)", where=str(out))

@@ -72,3 +72,24 @@ def test_push_refuses_a_bad_tag_before_any_work(tmp_path: Path) -> None:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "the tag 'release#2' is not [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}" in lines[0], lines
     assert not proj.store.exists() or not any(p.name.endswith("-a") for p in proj.store.iterdir())
+
+
+def test_export_refuses_a_path_inside_the_store(tmp_path: Path) -> None:
+    """Before: as root, `export SET STORE/ENTRY/oci-layout` replaced the store entry's file with
+    the archive (root ignores the 0444/0555 modes); here the old code went on to realise the set
+    and failed on its target instead. Now: one line, before any work, the file untouched, also
+    through a link to a folder of the store."""
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    entry = proj.store / "abc-image"
+    entry.mkdir(parents=True)
+    kept = entry / "oci-layout"
+    kept.write_text("kept")
+    (tmp_path / "link").symlink_to(entry)
+    for out in (kept, tmp_path / "link" / "oci-layout", proj.store / "new.tar"):
+        run = subprocess.run(proj.cli_argv("export", "t", str(out)), capture_output=True, text=True, env=_env(),
+                             cwd=proj.root, timeout=120)
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 1 and len(lines) == 1, run
+        assert f"is inside the store {proj.store.resolve()}" in lines[0], lines
+    assert kept.read_text() == "kept" and sorted(p.name for p in proj.store.iterdir()) == ["abc-image"]
