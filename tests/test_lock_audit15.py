@@ -91,3 +91,21 @@ def test_a_cache_left_without_blobs_by_a_killed_fetch_is_fetched_again(tmp_path:
     export(up.url, commit, tmp_path / "two", cache_dir=cache)
     assert (tmp_path / "two" / "a" / "b.txt").read_text() == "b\n"
     assert not (repo / "shallow.lock").exists()
+
+
+def test_a_git_checkout_does_not_depend_on_the_callers_umask(tmp_path: Path) -> None:
+    from planner.fetch.git import export
+    from planner.hashing import tree_digest
+
+    up = GitRepo.init(tmp_path / "up")
+    up.write("run.sh", "#!/bin/sh\necho hi\n", executable=True)
+    up.write("d/data", "x\n")
+    commit = up.commit("one")
+    export(up.url, commit, tmp_path / "a")
+    old = os.umask(0o177)
+    try:
+        export(up.url, commit, tmp_path / "b")
+    finally:
+        os.umask(old)
+    assert os.access(tmp_path / "b" / "run.sh", os.X_OK)
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")

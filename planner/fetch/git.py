@@ -85,7 +85,8 @@ class _Git:
         if git_dir is not None:
             cmd.append(f"--git-dir={git_dir}")
         cmd += [os.fspath(a) for a in args]
-        proc = subprocess.run(cmd, env=self.env(**env), stdin=subprocess.DEVNULL,
+        # umask 022: a checkout's modes are the tree's, not the caller's umask (0177 drops x bits)
+        proc = subprocess.run(cmd, env=self.env(**env), stdin=subprocess.DEVNULL, umask=0o022,
                               capture_output=True, text=True, errors="surrogateescape")
         if check and proc.returncode != 0:
             raise FetchError(f"{what}: {git_reason(proc.stderr) or f'git exited with {proc.returncode}'}",
