@@ -93,3 +93,40 @@ def test_export_refuses_a_path_inside_the_store(tmp_path: Path) -> None:
         assert run.returncode == 1 and len(lines) == 1, run
         assert f"is inside the store {proj.store.resolve()}" in lines[0], lines
     assert kept.read_text() == "kept" and sorted(p.name for p in proj.store.iterdir()) == ["abc-image"]
+
+
+@pytest.mark.parametrize("name", ["_x", "x.", "x-", "a..b", "a__b", "a.-b", "a" * 65])
+def test_a_cuda_variant_name_outside_the_ref_name_grammar_is_refused(tmp_path: Path, name: str) -> None:
+    """Before: set.toml took `[A-Za-z0-9_][A-Za-z0-9._-]{0,63}`, and `sm100a.` became the tags
+    `sm100a.` and `sm100a.-linux-amd64`, which skopeo and umoci refuse to name."""
+    from planner.recipes import load_set
+
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    set_toml = proj.folder / "set.toml"
+    set_toml.write_text(set_toml.read_text() + f'[cuda]\n"{name}" = ["sm_100a"]\n')
+    with pytest.raises(PlannerError) as err:
+        load_set(proj.root, "t")
+    assert f"cuda variant name {name!r} must be letters" in err.value.line(), err.value.line()
+
+
+def test_the_variant_names_and_the_layout_tags_share_one_grammar(tmp_path: Path) -> None:
+    """Every name set.toml takes makes tags the layout writer takes, and the layout writer refuses
+    what skopeo and umoci refuse; the demo and slime sets' names (`default`, `sm100a`) stay valid."""
+    from planner.oci.layout import _TAG_RE
+    from planner.recipes import load_set
+    from planner.recipes.validate import _VARIANT
+
+    for good in ("default", "sm100a", "sm_100a", "a.b-c_d", "A1", "a" * 64):
+        assert _VARIANT.fullmatch(good) and _TAG_RE.match(good) and _TAG_RE.match(good + "-linux-arm64"), good
+    for bad in ("_x", "x.", "x-", "a..b", "a__b", "a-.b", "", "a b", "a#b"):
+        assert not _VARIANT.fullmatch(bad) and not _TAG_RE.match(bad), bad
+    assert _TAG_RE.match("a" * 128) and not _TAG_RE.match("a" * 129)
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    set_toml = proj.folder / "set.toml"
+    set_toml.write_text(set_toml.read_text() + '[cuda]\ndefault = ["sm_90a", "sm_100a"]\nsm100a = ["sm_100a"]\n'
+                        '"a.b-c_d" = ["sm_100a"]\n')
+    assert set(load_set(proj.root, "t").config.cuda) == {"default", "sm100a", "a.b-c_d"}
+    for name in ("demo", "slime"):
+        assert set(load_set(REPO, name).config.cuda) <= {"default", "sm100a"}

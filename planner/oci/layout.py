@@ -34,7 +34,10 @@ from .descriptor import (
 from .layer import TarEntry, write_tar_entries
 
 LAYOUT_VERSION = "1.0.0"
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+# The image-layout ref.name grammar's component (annotations.md: alphanum (separator alphanum)*),
+# its separators limited to one of [._-], and the distribution spec's 128 characters: a tag skopeo,
+# umoci and a registry all take. CUDA variant names are checked against the same (recipes/validate.py).
+_TAG_RE = re.compile(r"(?=.{1,128}\Z)[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*\Z")
 
 
 @attrs.frozen

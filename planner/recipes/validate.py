@@ -321,7 +321,9 @@ def _check_subdir(subdir: str, err, what: str) -> None:
 
 
 
-_VARIANT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+# The image-layout ref.name component grammar (annotations.md), as planner/oci/layout.py's
+# _TAG_RE: the variant is a tag (`sm100a`, `sm100a-linux-arm64`) that skopeo and umoci must read.
+_VARIANT = re.compile(r"(?=.{1,64}\Z)[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
 
 
 def _check_cuda(config: SetConfig, err) -> None:
@@ -337,8 +339,8 @@ def _check_cuda(config: SetConfig, err) -> None:
 
     for name, value in config.cuda.items():
         if not _VARIANT.fullmatch(name):  # an image tag and a node id part: `sm100a-linux-arm64`
-            raise err(name, f"cuda variant name {name[:80]!r} must be letters, digits, '_', '.', '-' (starting with "
-                            "a letter, digit or '_'), at most 64")
+            raise err(name, f"cuda variant name {name[:80]!r} must be letters, digits, '_', '.', '-' (one at a time, "
+                            "between letters or digits), at most 64")
         if isinstance(value, dict):
             for plat, archs in value.items():
                 if plat not in config.platforms:
