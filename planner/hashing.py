@@ -120,10 +120,12 @@ def _small_file_blake3(path: bytes) -> bytes:
     return h.digest()
 
 
-def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()) -> bytes:
+def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = (),
+                    everywhere: bool = False) -> bytes:
     """Raw 32-byte tree hash of a file, symlink or directory.
 
-    `exclude` names top-level entries to leave out (e.g. `.git` of a path source).
+    `exclude` names top-level entries to leave out, or with `everywhere` entries at any depth
+    (`.git` of a path source and of the repositories vendored in it: what its copy leaves out).
     """
     root_b = os.fsencode(root)
     st = os.lstat(root_b)
@@ -150,7 +152,7 @@ def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()
             with os.scandir(d) as it:
                 for e in it:
                     name = e.name
-                    if excluded and d == root_b and name in excluded:
+                    if excluded and name in excluded and (everywhere or d == root_b):
                         continue
                     st_e = e.stat(follow_symlinks=False)
                     mode = st_e.st_mode
@@ -190,9 +192,9 @@ def tree_digest_raw(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()
     return digest  # the root's: folded last
 
 
-def tree_digest(root: str | os.PathLike[str], *, exclude: Iterable[str] = ()) -> str:
+def tree_digest(root: str | os.PathLike[str], *, exclude: Iterable[str] = (), everywhere: bool = False) -> str:
     """`blake3:<hex>` tree hash v1 of a directory, file or symlink."""
-    return format_digest(tree_digest_raw(root, exclude=exclude))
+    return format_digest(tree_digest_raw(root, exclude=exclude, everywhere=everywhere))
 
 
 def tree_kind(path: str | os.PathLike[str]) -> str:

@@ -425,7 +425,8 @@ def local_pin(rs: RecipeSet, decl: InputDecl) -> Pin:
     if not path.exists():
         raise LockError(f"{rel} does not exist", where=decl.id)
     if path.is_dir():
-        return Pin(tree=tree_digest(path, exclude=(".git",)))
+        # `.git` at every depth, as the copy the lock stores leaves it out (_fetch_local)
+        return Pin(tree=tree_digest(path, exclude=(".git",), everywhere=True))
     sha, b3 = file_sha256_and_blake3(path)
     return Pin(tree=b3, sha256=sha, size=path.stat().st_size)
 

@@ -109,3 +109,28 @@ def test_a_git_checkout_does_not_depend_on_the_callers_umask(tmp_path: Path) -> 
         os.umask(old)
     assert os.access(tmp_path / "b" / "run.sh", os.X_OK)
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
+
+
+def test_a_path_source_with_a_nested_git_locks_and_checks(tmp_path: Path) -> None:
+    from planner import lock as lockmod
+    from planner.recipes import load_set
+    from tests.support.project import Project
+
+    proj = Project.empty(tmp_path, target="x")
+    proj.source_file("src/main.c", "main\n")
+    proj.source_file("src/third_party/lib/lib.c", "lib\n")
+    # what `git submodule update` leaves, and a vendored repository's own folder
+    proj.source_file("src/third_party/lib/.git", "gitdir: ../../../.git/modules/lib\n")
+    proj.source_file("src/vendored/.git/HEAD", "ref: refs/heads/main\n")
+    proj.source_file("src/vendored/v.c", "v\n")
+    proj.source_file("src/.git", "gitdir: elsewhere\n")
+    proj.recipe("x", source="src", script="cp main.c $out/")
+    lock = proj.lock()
+    assert lockmod.check(load_set(proj.root, proj.set), lock) == []
+    # the same tree without any .git hashes as before: existing locks keep their pins
+    plain = Project.empty(tmp_path / "plain", target="x")
+    plain.source_file("src/main.c", "main\n")
+    plain.source_file("src/third_party/lib/lib.c", "lib\n")
+    plain.source_file("src/vendored/v.c", "v\n")
+    plain.recipe("x", source="src", script="cp main.c $out/")
+    assert plain.lock().inputs == lock.inputs
