@@ -130,3 +130,34 @@ def test_the_variant_names_and_the_layout_tags_share_one_grammar(tmp_path: Path)
     assert set(load_set(proj.root, "t").config.cuda) == {"default", "sm100a", "a.b-c_d"}
     for name in ("demo", "slime"):
         assert set(load_set(REPO, name).config.cuda) <= {"default", "sm100a"}
+
+
+_EXPORT_ONTO = """
+import sys
+import planner.publish
+
+def export_image(root, set_name, store, out, variant, *, progress=None):  # the archive, without the realise
+    for _ in range(8192):  # (in tar headers' pieces, as write_tar_entries: some still buffered at the error)
+        out.write(b"x" * 512)
+    out.flush()
+    return out
+
+planner.publish.export_image = export_image
+sys.argv = ["planner", "--root", sys.argv[1], "--store", sys.argv[2], "export", "t", "-"]
+from planner.entry import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_export_onto_a_full_standard_output_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Before: `planner export SET - > /dev/full` printed its error, then the interpreter's last
+    flush failed again: 'Exception ignored ... OSError' and a traceback, exit 120. (The realise
+    is left out here: the archive written is 4 MiB of x, through the command line's own stdout.)"""
+    proj = Project.empty(tmp_path, target="a")
+    proj.recipe("a")
+    with open("/dev/full", "wb") as full:
+        run = subprocess.run([sys.executable, "-c", _EXPORT_ONTO, str(proj.root), str(proj.store)], stdout=full,
+                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and lines == ["planner: error: standard output: No space left on device"], run

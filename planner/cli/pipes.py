@@ -5,7 +5,10 @@ happens: in a click.echo, in a progress line from a build's thread, in the inter
 flush. Whether it happens at all depends on timing (`head` may exit before the second line or
 after the last), so a command's result must not: what would have gone to the closed pipe goes
 nowhere, and the command goes on and ends as it would have (a build completes, a failed build
-still exits non-zero). Only EPIPE: a full disk behind `> file` is still an error.
+still exits non-zero). Only EPIPE: a full disk behind `> file` is still an error, raised naming
+the stream (`planner: error: standard output: No space left on device`, exit 1), and the
+descriptor then goes to /dev/null too, so that the interpreter's last flush of what is still
+buffered does not fail again (a traceback, exit 120).
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ def to_devnull(fd: int) -> None:
 
 
 class _QuietWhenClosed(io.RawIOBase):
-    """A file descriptor's writes; on EPIPE the descriptor becomes /dev/null (`to_devnull`)."""
+    """A file descriptor's writes; on EPIPE the descriptor becomes /dev/null (`to_devnull`), on
+    another error too, after which the error is raised naming the stream."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, name: str) -> None:
         super().__init__()
         self._fd = fd
+        self._name = name
 
     def writable(self) -> bool:
         return True
@@ -49,9 +54,15 @@ class _QuietWhenClosed(io.RawIOBase):
         except BrokenPipeError:
             to_devnull(self._fd)
             return len(data)
+        except OSError as exc:  # (ENOSPC, EIO: the command's error, said once)
+            to_devnull(self._fd)
+            raise OSError(exc.errno, exc.strerror, self._name) from None
 
     # close() is io.RawIOBase's: it marks this object closed and leaves the descriptor open, as
     # the interpreter's own sys.__stdout__ still writes to it.
+
+
+_NAMES = {"stdout": "standard output", "stderr": "standard error"}
 
 
 def quiet_when_closed() -> None:
@@ -70,6 +81,6 @@ def quiet_when_closed() -> None:
             stream.flush()
         except BrokenPipeError:
             to_devnull(fd)
-        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(_QuietWhenClosed(fd)), encoding=stream.encoding,
+        setattr(sys, name, io.TextIOWrapper(io.BufferedWriter(_QuietWhenClosed(fd, _NAMES[name])), encoding=stream.encoding,
                                             errors=stream.errors, line_buffering=stream.line_buffering,
                                             write_through=getattr(stream, "write_through", False)))
