@@ -161,3 +161,13 @@ def test_export_onto_a_full_standard_output_is_one_line_and_exit_1(tmp_path: Pat
                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO, timeout=120)
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 1 and lines == ["planner: error: standard output: No space left on device"], run
+
+
+def test_export_variant_help_says_what_the_archive_holds() -> None:
+    """Before: '--variant NAME  Only this CUDA variant (and its platform tags)', while the archive's
+    index.json holds the variant's index alone, under its name."""
+    run = subprocess.run([sys.executable, "-m", "planner.cli", "export", "--help"], capture_output=True, text=True,
+                         env=_env(), cwd=REPO, timeout=120)
+    text = " ".join(run.stdout.split())
+    assert run.returncode == 0 and "and its platform tags" not in text, text
+    assert "its index alone, under its name (no NAME-linux-amd64 platform tags)" in text, text

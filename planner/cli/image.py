@@ -55,13 +55,14 @@ def push(set_name: str, ref: str, variant: Optional[str], plain_http: bool) -> N
 @click.argument("set_name", metavar="SET")
 @click.argument("out", metavar="OUT.tar", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--variant", default=None, metavar="NAME",
-              help="Only this CUDA variant (and its platform tags); default: the whole layout.")
+              help="Only this CUDA variant: its index alone, under its name (no NAME-linux-amd64 platform tags); "
+                   "default: the whole layout.")
 def export(set_name: str, out: Path, variant: Optional[str]) -> None:
     """Write SET's image as an OCI archive (oci-archive:).
 
     What `oci-archive:` and `docker load` style tools read: `oci-archive:OUT.tar:VARIANT`
-    (`default-linux-amd64` for one platform), or `oci-archive:OUT.tar` when --variant leaves
-    one image in it. OUT's folder must exist; OUT `-` writes the archive to standard output. SET is
+    (`default-linux-amd64` for one platform, without --variant), or `oci-archive:OUT.tar` when
+    --variant leaves one image in it. OUT's folder must exist; OUT `-` writes the archive to standard output. SET is
     realised first, with `planner realise SET`'s progress on stderr: a no-op when it is up to
     date."""
     from ..publish import export_image
