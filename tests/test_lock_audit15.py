@@ -134,3 +134,29 @@ def test_a_path_source_with_a_nested_git_locks_and_checks(tmp_path: Path) -> Non
     plain.source_file("src/vendored/v.c", "v\n")
     plain.recipe("x", source="src", script="cp main.c $out/")
     assert plain.lock().inputs == lock.inputs
+
+
+def test_a_url_with_a_long_last_segment_locks_and_an_os_error_unlocks_only_its_input(tmp_path: Path) -> None:
+    from planner import lock as lockmod
+    from planner.resolve.locking import UnresolvedInputs
+    from planner.recipes import load_set
+    from tests.support.http_server import LoopbackServer
+    from tests.support.project import Project
+
+    long = "a" * 247 + ".txt"  # 251 bytes: a legal name, `<name>.part` is not
+    longer = "b" * 256  # the name itself cannot be written: an OSError for this input alone
+    with LoopbackServer() as server:
+        server.add("/good.txt", b"good\n")
+        server.add("/" + long, b"long\n")
+        server.add("/" + longer, b"longer\n")
+        proj = Project.empty(tmp_path, target="x")
+        inputs = "".join(f'[inputs.{n}]\nkind = "url"\nurl = "{server.url("/" + f)}"\n'
+                         for n, f in (("a-good", "good.txt"), ("b-long", long), ("c-longer", longer)))
+        proj.write_raw("x", f'name = "x"\nversion = "1"\n{inputs}[build]\nbuilder = "shell"\nscript = "true"\n')
+        with pytest.raises(UnresolvedInputs) as info:
+            proj.lock()
+    lock = lockmod.read(proj.lockfile)
+    assert lock.inputs["x/a-good"].status == "locked"
+    assert lock.inputs["x/b-long"].status == "locked"
+    assert lock.inputs["x/c-longer"].status == "unlocked"
+    assert [f.id for f in info.value.failures] == ["x/c-longer"], info.value.line()

@@ -1,6 +1,6 @@
 """Download one URL to a file: streamed, hashed on the way, retried, and renamed into place whole.
 
-The bytes go to `<dest>.part` and reach `dest` only when the body is complete (Content-Length
+The bytes go to a `.part` file beside `dest` and reach it only when the body is complete (Content-Length
 honoured) and, when a sha256 is pinned, matching. Transient failures (connection errors,
 timeouts, 5xx, short bodies) are retried with exponential backoff, resuming with `Range` when
 the server said it accepts ranges; a 4xx is the caller's mistake and fails at once.
@@ -127,13 +127,14 @@ def download(
     `size`, the pinned length, stops a body that runs past it (a server or file that never ends).
 
     Raises HashMismatch when the complete body has another sha256, FetchError for anything
-    else; either way neither `dest` nor `<dest>.part` is left behind by this call.
+    else; either way neither `dest` nor its `.part` file is left behind by this call.
     """
     dest = Path(dest)
     where = _redact(url)
     expected = _expected_sha256(sha256, where)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    # A short name: `<name>.part` of a 251-byte name is longer than a file name may be.
+    part = dest.with_name(f".{hashlib.sha256(os.fsencode(dest.name)).hexdigest()[:16]}.part")
     try:
         try:
             scheme = urllib.parse.urlsplit(url).scheme.lower()

@@ -450,8 +450,13 @@ class Resolver:
         for platform in decl.platforms:
             self.log(f"resolving {decl.id}" + ("" if platform == ANY else f" [{platform}]"))
             want = (expected or {}).get(platform)
-            fetched = self._fetch(decl, platform, Pin(commit=want.commit, sha256=want.sha256) if want else None)
-            _entry, pins[platform] = self._store(decl, fetched, want.tree if want else None)
+            try:
+                fetched = self._fetch(decl, platform, Pin(commit=want.commit, sha256=want.sha256) if want else None)
+                _entry, pins[platform] = self._store(decl, fetched, want.tree if want else None)
+            except OSError as e:  # this input unlocked, with a line naming it; the others still pinned
+                raise FetchError(f"cannot fetch: {e.strerror or e}"
+                                 f"{f' ({os.path.basename(e.filename)[:60]})' if e.filename else ''}",
+                                 where=decl.id) from None
         return LockedInput(id=decl.id, kind=decl.kind, origin=decl.origin, spec=decl.spec(), pins=pins)
 
     def materialise(self, decl: InputDecl, li: LockedInput, platform: str | None) -> Entry:
