@@ -160,3 +160,21 @@ def test_a_url_with_a_long_last_segment_locks_and_an_os_error_unlocks_only_its_i
     assert lock.inputs["x/b-long"].status == "locked"
     assert lock.inputs["x/c-longer"].status == "unlocked"
     assert [f.id for f in info.value.failures] == ["x/c-longer"], info.value.line()
+
+
+def test_a_relative_store_with_dotdot_locks_path_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from planner.recipes import load_set
+    from planner.resolve import lock_set
+    from planner.store import Store
+    from tests.support.project import Project
+
+    proj = Project.empty(tmp_path, target="a")
+    proj.source_file("src/a/x.txt", "x\n")
+    proj.recipe("a", source="src/a", script="cp x.txt $out/")
+    monkeypatch.chdir(proj.root)
+    store = Store(Path("../store"))
+    try:
+        lock, _ = lock_set(load_set(Path("."), proj.set), store)
+    finally:
+        store.close()
+    assert lock.inputs["a/source"].status == "locked"

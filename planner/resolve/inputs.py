@@ -90,7 +90,9 @@ class Resolver:
         self.store = store
         self.log = log
         self.mirrors = list(mirrors)
-        self._work = store.root / "tmp"
+        # Resolved once: a store named `../store` is `/cwd/../store`, and the checks that fetched
+        # content stays inside its temporary folder compare normalised paths against it.
+        self._work = Path(os.path.realpath(store.root / "tmp"))
         # (arch, package, version) -> (.deb, the URL apt fetched it from)
         self._apt_ready: dict[tuple[str, str, Optional[str]], tuple[Path, Optional[str]]] = {}
 
