@@ -72,6 +72,16 @@ class NodeState:
     previous_digest: Optional[str] = None
     cutoff: bool = False  # reused: dependencies rebuilt to identical outputs
     miss: Optional[tuple[str, str]] = None  # (category, detail) when the binary caches missed
+    run: Optional[int] = None  # the run this state was recorded in (an earlier state's)
+
+
+def not_built_in(before: Optional[NodeState]) -> Optional[str]:
+    """Why a node with unchanged inputs is built again: its earlier record failed or was
+    skipped (a dependency failed), so no output of those inputs was ever made."""
+    if before is None or before.action not in ("failed", "skipped"):
+        return None
+    where = f" in run {before.run}" if before.run is not None else " in the run compared with"
+    return ("its build failed" if before.action == "failed" else "skipped") + where
 
 
 @attrs.frozen
@@ -159,15 +169,23 @@ class Explanation:
 
 def _nearest(prev_by_name: dict[str, list[NodeState]], node: NodeState, current: dict) -> Optional[NodeState]:
     """The previous node of the same recipe whose variant differs least (a variant change),
-    preferring nodes that no longer exist: those are the ones this node replaced."""
+    preferring nodes that no longer exist: those are the ones this node replaced; then the
+    most recently recorded (`previous` lists the newest runs' nodes first). Only for a node
+    whose own id has no earlier record."""
     cands = prev_by_name.get(node.name, [])
     if not cands:
         return None
     mine = set(node.variant.split(", "))
-    return max(cands, key=lambda c: (c.id not in current, len(mine & set(c.variant.split(", "))), c.id))
+    age = {id(c): i for i, c in enumerate(cands)}
+    return max(cands, key=lambda c: (c.id not in current, len(mine & set(c.variant.split(", "))), -age[id(c)], c.id))
 
 
 _CHANGED = ("built", "would-build", "failed", "checked")
+
+
+def _order_key(c: Cause) -> tuple:
+    """A cause by its recipe's name, then what of it changed (old or new may be None)."""
+    return tuple("" if x is None else str(x) for x in (c.recipe, c.kind, c.field, c.old, c.new))
 
 
 class _CauseFinder:
@@ -205,7 +223,7 @@ class _CauseFinder:
                     mine.append(c)
                 elif ch.path[0] == "deps":
                     dep_id = node.deps.get(ch.path[1])
-                    if dep_id in self.cur:
+                    if dep_id in self.cur and not self._same_output(dep_id):
                         found.update(self.of(dep_id))
         # What a dependency's change explains is not this node's own cause: a recipe's new axis
         # that its dependents inherit, or an image's CUDA variants (set.toml's [cuda], which
@@ -230,6 +248,13 @@ class _CauseFinder:
         self.own[nid] = mine
         self.memo[nid] = found
         return found
+
+    def _same_output(self, nid: str) -> bool:
+        """The dependency was rebuilt to the bytes it had before (early cutoff): what changed
+        in it did not reach what depends on it, so its causes are not theirs. Unknown (a dry
+        run, no earlier digest) is not the same."""
+        now, before = self.cur[nid].digest, self.prev.get(nid)
+        return now is not None and before is not None and before.digest == now
 
     def _command_line(self, rebuilt: list[str]) -> dict[tuple, Cause]:
         """The same sandbox change in several recipes at once is one choice of the command line
@@ -260,7 +285,7 @@ class _CauseFinder:
             if not allc:
                 before = self.prev.get(nid)
                 same = before is not None and before.key == node.key
-                unexplained.append(Unexplained(nid, node.reason or (
+                unexplained.append(Unexplained(nid, (not_built_in(before) if same else None) or node.reason or (
                     "rebuilt although its inputs did not change" if same else "no earlier record to compare with")))
                 continue
             direct = {canon.get(c.ident, c).ident for c in self.own.get(nid, [])}
@@ -268,8 +293,10 @@ class _CauseFinder:
                 r = reports.setdefault(ident, {"cause": c, "nodes": [], "dependents": [], "cost": 0.0})
                 (r["nodes"] if ident in direct else r["dependents"]).append(nid)
                 r["cost"] += node.seconds
-        ordered = sorted(reports.values(), key=lambda r: (-(len(r["nodes"]) + len(r["dependents"])), -r["cost"],
-                                                            r["cause"].ident))
+        # Most far-reaching first, then by name: not by cost, which is timing and would order
+        # the same causes differently from one run to the next.
+        ordered = sorted(reports.values(), key=lambda r: (-(len(r["nodes"]) + len(r["dependents"])),
+                                                            _order_key(r["cause"])))
         return [CauseReport(r["cause"], r["nodes"], r["dependents"], r["cost"]) for r in ordered], unexplained
 
 
@@ -386,7 +413,7 @@ def render(exp: Explanation, *, expand: bool = False, node: Optional[str] = None
                 for n in r.dependents:
                     lines.append(f"        dependent {n}")
     for u in exp.unexplained:
-        lines.append(f"rebuilt without an input change: {u.node}: {u.reason}")
+        lines.append(f"{'would rebuild' if exp.dry_run else 'rebuilt'} without an input change: {u.node}: {u.reason}")
     for m in exp.cache_misses:
         lines.append(f"cache miss: {m.node}: {m.category}" + (f" ({m.detail})" if m.detail else ""))
     for c in exp.cutoff:

@@ -164,7 +164,7 @@ class RunRecord:
 def runs_of(store, set_name: Optional[str], limit: int = 200) -> list[tuple[int, RunRecord]]:
     """The store's recorded runs of a set (every set for None), newest first."""
     out = []
-    for i, r in store.runs(limit=limit):
+    for i, r in store.runs(limit=limit, set_name=set_name):
         if set_name is not None and r.get("set") != set_name:
             continue
         try:

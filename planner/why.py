@@ -13,7 +13,8 @@ from typing import Iterable, Optional
 import attrs
 
 from .causes import (SCHEMA_VERSION, CauseReport, Change, Explanation, NodeState, changed_pins,  # noqa: F401
-                     classify, compare_pins, diff_preimages, explain, fmt_value, render, short_value)
+                     classify, compare_pins, diff_preimages, explain, fmt_value, not_built_in, render,
+                     short_value)
 from .errors import PlannerError
 from .runs import RunRecord, runs_of
 
@@ -26,6 +27,24 @@ def _states_from_run(store, rec: Optional[RunRecord]) -> list[NodeState]:
                       digest=n.digest, previous_digest=n.previous_digest, cutoff=n.cutoff,
                       miss=(n.miss.category, n.miss.detail) if n.miss is not None else None)
             for n in rec.nodes]
+
+
+def _latest_states(store, runs: list[tuple[int, RunRecord]], upto: Optional[int]) -> list[NodeState]:
+    """Each node's state in the latest of the runs numbered `upto` or lower (`runs` newest
+    first), newest run first. A partial run (--target, --variant, --platform) records only
+    some nodes: the others are compared with their own last record, not called new or matched
+    with another variant of their recipe."""
+    if upto is None:
+        return []
+    seen: set[str] = set()
+    out: list[NodeState] = []
+    for i, rec in runs:
+        if i > upto:
+            continue
+        fresh = [n for n in rec.nodes if n.id not in seen]
+        seen.update(n.id for n in fresh)
+        out += [attrs.evolve(st, run=i) for st in _states_from_run(store, attrs.evolve(rec, nodes=fresh))]
+    return out
 
 
 def _pins_of(rec: Optional[RunRecord]) -> dict:
@@ -220,7 +239,7 @@ def explain_run(root: Path, set_name: str, store_root: Path, *, run_id: Optional
         else:
             prev_rec = _run_of(store, runs, against, set_name, "--against")
         current = _states_from_run(store, rec)
-        previous = _states_from_run(store, prev_rec)
+        previous = _latest_states(store, runs, against)
         checks = [(c.node, c.differing) for c in rec.checks if not c.ok]
         prev_pins = _pins_of(prev_rec)
         exp = explain(set_name, current, previous, run=run_id, against=against, checks=checks,
@@ -289,7 +308,7 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
     durations = store.durations(set_name)
     runs = runs_of(store, set_name)
     prev_id, prev_rec = runs[0] if runs else (None, None)
-    previous = _states_from_run(store, prev_rec)
+    previous = _latest_states(store, runs, prev_id)
     prev_by_id = {s.id: s for s in previous}
     # A node's cost is its last build's time; a node whose id is new (its variant changed)
     # has none, and the last time of its recipe's build is a better guess than its estimate.
@@ -299,9 +318,11 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
         pn = p.nodes[nid]
         r = v.known.get(nid)
         valid = nid in valid_ids or nid not in needed
+        before = prev_by_id.get(nid)
         reason = "valid in the store" if nid in valid_ids else "not needed: what depends on it is valid" \
             if valid else ("output missing from the store" if r is not None else
-                           "never built" if nid not in prev_by_id else "inputs changed")
+                           "never built" if before is None else
+                           (not_built_in(before) if before.key == pn.key else None) or "inputs changed")
         current.append(NodeState(id=nid, name=pn.name, variant=pn.variant.label(), key=pn.key,
                                  action="reused" if valid else "would-build", reason=reason,
                                  seconds=durations.get(nid, recipe_seconds.get(pn.name, pn.estimate)),
@@ -315,6 +336,17 @@ def _explain_next(planned, store, set_name: str) -> tuple[Explanation, list[Node
 
 
 # -- diff and why-depends --------------------------------------------------------------------
+
+def refuse_several_sets(name: Optional[str], runs, set_name: Optional[str], command: str) -> None:
+    """Without --set, a node id or recipe name recorded in runs of several sets is not resolved
+    to whichever set ran last: comparing set v's node with set w's is a change no one made."""
+    if name is None or set_name is not None:
+        return
+    sets = sorted({r.set for _i, r in runs for n in r.nodes if name in (n.id, n.name)})
+    if len(sets) > 1:
+        raise PlannerError(f"{name!r} is a node of the runs of {len(sets)} sets ({', '.join(sets)}): name one "
+                           f"with --set SET (planner {command} {name} --set {sets[0]})")
+
 
 def _refuse_ambiguous(name: Optional[str], runs, set_name: Optional[str]) -> None:
     """A recipe name that is several nodes (a platform or CUDA variant each) is not resolved to
@@ -347,6 +379,8 @@ def diff_keys(store_root: Path, a: str, b: Optional[str] = None, set_name: Optio
             return {x for _i, r in runs for n in r.nodes for x in (n.id, n.name)}
 
         for name in (a, b):
+            if name is not None and store.preimage(name) is None:  # (a key names one node)
+                refuse_several_sets(name, runs, set_name, "diff")
             _refuse_ambiguous(name, runs, set_name)
 
         if b is None:
@@ -397,20 +431,22 @@ def render_diff(a: str, b: str, pa: dict, pb: dict, changes: list[Change], store
     store = Store.for_reading(store_root)
     lines = [f"{pa.get('name')} {a} -> {pb.get('name')} {b}: {len(changes)} field(s) differ"]
 
-    def show(changes: list[Change], indent: int, depth: int) -> None:
+    def show(changes: list[Change], indent: int, depth: int, name: str) -> None:
+        # `name`: the recipe whose preimage these changes are of; a change found down a
+        # dependency is that dependency's own, not the top node's.
         for ch in changes:
             path = ".".join(ch.path)
             if ch.path[0] == "deps" and ch.old and ch.new and depth < 8:
                 lines.append(f"{' ' * indent}{path}: dependency changed")
                 da, db = store.preimage(str(ch.old)), store.preimage(str(ch.new))
                 if da and db:
-                    show(diff_preimages(da, db), indent + 2, depth + 1)
+                    show(diff_preimages(da, db), indent + 2, depth + 1, str(db.get("name")))
                 continue
-            cause = classify(ch, str(pb.get("name")))
+            cause = classify(ch, name)
             label = f"  [root cause: {cause.describe()}]" if cause else ""
             lines.append(f"{' ' * indent}{path}: {short_value(fmt_value(ch.old))} -> {short_value(fmt_value(ch.new))}{label}")
 
-    show(changes, 2, 0)
+    show(changes, 2, 0, str(pb.get("name")))
     store.close()
     return "\n".join(lines)
 

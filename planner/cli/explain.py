@@ -31,6 +31,10 @@ def log_cmd(ctx: Context, node: str, set_name: str | None, previous: bool) -> No
             _check_recorded_set(st, set_name)
     finally:
         st.close()
+    if not any(node in (n.key, n.build_key) for rec in runs for n in rec.nodes):  # (a key is one node)
+        from ..why import refuse_several_sets
+
+        refuse_several_sets(node, [(0, rec) for rec in runs], set_name, "log")
     exact = any(node in (n.id, n.key, n.build_key) for rec in runs for n in rec.nodes)
     if not exact:
         _refuse_ambiguous(node, runs, set_name)
@@ -84,6 +88,8 @@ def _check_recorded_set(st, set_name: str) -> None:
     from ..runs import runs_of
     from ..suggest import unknown
 
+    if runs_of(st, set_name, limit=1):  # (asked by set: the newest runs may all be another set's)
+        return
     recorded = runs_of(st, None)
     if not any(r.set == set_name for _i, r in recorded):
         raise unknown("recorded realise of set", set_name, {r.set for _i, r in recorded}, where=str(st.root))

@@ -333,8 +333,14 @@ class Store:
             cur = db.execute("INSERT INTO runs (json) VALUES (?)", (json.dumps(record, sort_keys=True),))
             return int(cur.lastrowid)
 
-    def runs(self, limit: int = 50) -> list[tuple[int, dict]]:
-        rows = self._query("SELECT id, json FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+    def runs(self, limit: int = 50, set_name: Optional[str] = None) -> list[tuple[int, dict]]:
+        """The newest `limit` run records, of set `set_name` only when given: the set is chosen
+        before the limit, or many runs of another set would hide every run of this one."""
+        if set_name is None:
+            rows = self._query("SELECT id, json FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        else:  # (json_valid first: a damaged record is skipped, not an error of the query)
+            rows = self._query("SELECT id, json FROM runs WHERE CASE WHEN json_valid(json) THEN "
+                               "json_extract(json, '$.set') END = ? ORDER BY id DESC LIMIT ?", (set_name, limit))
         # A record that is not a JSON object (the index edited or damaged) is history lost, not
         # a reason for every command that reads history to fail.
         return [(i, rec) for i, j in rows if (rec := _json_object(j)) is not None]
