@@ -285,10 +285,11 @@ def _check_git_url(root: Path, url: str, err, what: str) -> None:
     real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
     from ..fetch.git import reads_outside
 
-    outside = reads_outside(real, root.resolve()) if "\0" not in local else real
-    if "\0" in local or not real.is_relative_to(root.resolve()) or outside is not None:
+    inside = "\0" not in local and real.is_relative_to(root.resolve())
+    outside = reads_outside(real, root.resolve()) if inside else real
+    if outside is not None:
         raise err("url", f"{what}: local git repository {url[:60]!r} is outside the project"
-                         f"{f' (git reads {str(outside)[:80]})' if outside is not None and outside != real else ''} "
+                         f"{f' (git reads {str(outside)[:80]})' if inside else ''} "
                          f"(serve it through a mirror, or over git:// or https)")
 
 
