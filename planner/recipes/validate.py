@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..buildenv import ENV_NAME
 from ..errors import RecipeError
+from ..fetch.git import reads_outside
 from .model import AXES, BUILDERS, INPUT_NAME, PATCH_LABEL, PLATFORMS, Recipe, RecipeSet, SetConfig, Source, parse_duration, parse_size
 from .parse import DEFAULT_RESOURCES, _LazyText, _relative, _where
 from .tables import check_tables
@@ -273,8 +274,7 @@ def _check_git_url(root: Path, url: str, err, what: str) -> None:
         return
     is_file = url.lower().startswith("file://")
     local = url[len("file://"):] if is_file else url
-    # git ignores a file:// URL's host and reads the path after it (file://x/tmp/r is /tmp/r):
-    # no host, and no %-escapes (which git may decode into another path than the one checked).
+    # git ignores a file:// URL's host (file://x/tmp/r reads /tmp/r), and %-escapes are decoded
     if is_file and (not local.startswith("/") or "%" in local):
         raise err("url", f"{what}: a file:// git URL names no host and no %-escapes: "
                          f"write file:///path or a path relative to the project, not {url[:60]!r}")
@@ -283,8 +283,6 @@ def _check_git_url(root: Path, url: str, err, what: str) -> None:
     if "://" in local or not local or ":" in local.split("/", 1)[0]:
         raise err("url", f"{what}: git URL {url[:60]!r} is neither remote (https, git, ssh) nor a local path")
     real = (root / local).resolve() if not local.startswith("/") else Path(local).resolve()
-    from ..fetch.git import reads_outside
-
     inside = "\0" not in local and real.is_relative_to(root.resolve())
     outside = reads_outside(real, root.resolve()) if inside else real
     if outside is not None:
