@@ -178,3 +178,27 @@ def test_a_relative_store_with_dotdot_locks_path_inputs(tmp_path: Path, monkeypa
     finally:
         store.close()
     assert lock.inputs["a/source"].status == "locked"
+
+
+def test_two_locks_of_one_project_take_turns(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    from tests.support.project import Project
+
+    proj = Project.empty(tmp_path, target="a")
+    proj.source_file("src/a/x.txt", "x\n")
+    proj.recipe("a", source="src/a", script="cp x.txt $out/")
+    proj.lockfile.parent.mkdir(parents=True)
+    # another `planner lock` between its read and its write
+    fd = os.open(proj.lockfile.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (proj.lock(), done.set()))
+    try:
+        worker.start()
+        assert not done.wait(1.0), "lock_set went ahead while another lock of the project was under way"
+    finally:
+        os.close(fd)
+    assert done.wait(30)
+    worker.join()

@@ -4,9 +4,12 @@ store; `planner prefetch`."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import attrs
 
@@ -68,7 +71,37 @@ def lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str] = frozenset(
     """Resolve every input not already pinned (or named in `update`). Returns the lock and the
     ids that changed. Local inputs are always re-hashed. An input that cannot be reached is
     written as `unlocked` with the reason (keeping any prefetched pins), and the others are
-    still pinned; `UnresolvedInputs` is raised after the lock is written."""
+    still pinned; `UnresolvedInputs` is raised after the lock is written.
+
+    Two `planner lock` of one project take turns, from reading the lock to writing it: each
+    writes the whole file, so the one that read first would drop the other's update."""
+    with _lockfiles_held(rs.lockfile, log):
+        return _lock_set(rs, store, update=update, log=log, mirrors=mirrors)
+
+
+@contextlib.contextmanager
+def _lockfiles_held(lockfile: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """An exclusive flock on the lockfile's folder (the file itself is replaced by a rename,
+    so its inode cannot be the lock); a folder that cannot be made is not locked."""
+    try:
+        lockfile.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lockfile.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another `planner lock` of {lockfile.parent.name}/")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _lock_set(rs: RecipeSet, store: Store, *, update: frozenset[str], log: Callable[[str], None],
+              mirrors: list[str]) -> tuple[Lock, list[str]]:
     from .. import lock as lockmod
 
     old: Optional[Lock] = None
