@@ -202,3 +202,19 @@ def test_two_locks_of_one_project_take_turns(tmp_path: Path) -> None:
         os.close(fd)
     assert done.wait(30)
     worker.join()
+
+
+def test_a_sparse_git_export_applies_the_root_gitattributes(tmp_path: Path) -> None:
+    from planner.fetch.git import export
+
+    up = GitRepo.init(tmp_path / "up")
+    up.write("sub/a.txt", "a\nb\n")
+    up.write("sub/i.c", "/* $Id$ */\n")
+    up.write(".gitattributes", "*.txt eol=crlf\n*.c ident\n")
+    commit = up.commit("one")
+    export(up.url, commit, tmp_path / "full")
+    export(up.url, commit, tmp_path / "sparse", paths=["sub"])
+    assert (tmp_path / "full" / "sub" / "a.txt").read_bytes() == b"a\r\nb\r\n"
+    for name in ("a.txt", "i.c"):
+        assert (tmp_path / "sparse" / "sub" / name).read_bytes() == (tmp_path / "full" / "sub" / name).read_bytes()
+    assert not (tmp_path / "sparse" / ".gitattributes").exists()

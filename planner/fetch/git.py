@@ -248,10 +248,15 @@ def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None,
                         where=url, what=f"checking out {commit}", GIT_INDEX_FILE=str(git.home / "index"))
             else:
                 _check_paths(git, repo, url, commit, paths)
+                index = str(git.home / "index")
+                # The whole tree in the index first (trees only, no blob is read): a checkout
+                # takes its .gitattributes from there, the root's included when it is not a path.
+                git.run(["read-tree", commit], git_dir=repo, where=url, what=f"reading {commit}",
+                        GIT_INDEX_FILE=index)
                 # The same checkout restricted to the paths; literal: a `*` in a name is a `*`.
-                git.run(["--literal-pathspecs", "--work-tree", tmp, "checkout", commit, "--", *paths],
+                git.run(["--literal-pathspecs", "--work-tree", tmp, "checkout", "--", *paths],
                         git_dir=repo, where=url, what=f"checking out {', '.join(paths)} of {commit}",
-                        GIT_INDEX_FILE=str(git.home / "index"))
+                        GIT_INDEX_FILE=index)
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkout's root is 0755
             os.rename(tmp, dest)
         finally:
