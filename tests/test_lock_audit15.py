@@ -49,6 +49,11 @@ def test_a_git_file_or_alternates_pointing_outside_the_project_is_refused(tmp_pa
     (inner.path / ".git" / "objects" / "info" / "alternates").write_text(f"{secret.path / '.git' / 'objects'}\n")
     with pytest.raises(RecipeError, match="outside the project"):
         _check_git_url(proj, "vendor/inner", _err, "input 'x'")
+    # ... or from one inside that borrows from the outside one (alternates of alternates)
+    chain = GitRepo.init(proj / "vendor" / "chain")
+    (chain.path / ".git" / "objects" / "info" / "alternates").write_text("../../../inner/.git/objects\n")
+    with pytest.raises(RecipeError, match="outside the project"):
+        _check_git_url(proj, "vendor/chain", _err, "input 'x'")
     # the ordinary cases still pass: a repository inside, by path and by file:///
     ok = GitRepo.init(proj / "vendor" / "ok")
     ok.write("a", "a\n")

@@ -326,13 +326,13 @@ def reads_outside(real: Path, root: Path) -> Path | None:
         common = gitdir / "commondir"
         if common.is_file():
             seen.append((gitdir / common.read_text(errors="replace").strip()).resolve())
-        for d in list(seen):
-            seen.append((d / "objects").resolve())  # a link elsewhere is read there
-            alternates = d / "objects" / "info" / "alternates"
-            if alternates.is_file():
-                seen += [(d / "objects" / a.strip()).resolve()
-                         for a in alternates.read_text(errors="replace").splitlines()
-                         if a.strip() and not a.startswith("#")]
+        objects = [(d / "objects").resolve() for d in seen]  # a link elsewhere is read there
+        for o in objects:  # and each alternate's own alternates (git follows five deep)
+            alternates = o / "info" / "alternates"
+            if alternates.is_file() and len(objects) < 64:
+                objects += [(o / a.strip()).resolve() for a in alternates.read_text(errors="replace").splitlines()
+                            if a.strip() and not a.startswith("#")]
+        seen += objects
     except (OSError, RuntimeError, ValueError):
         return real
     return next((p for p in seen if not p.is_relative_to(root)), None)
