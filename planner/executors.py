@@ -25,6 +25,7 @@ Resource names (what workers declare, e.g. `dask worker --resources "arch_amd64=
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -111,12 +112,80 @@ def _fmt_res(name: str, v: float) -> str:
 
 
 def scheduler_address(url: str) -> str:
-    """`dask://HOST:PORT` → `tcp://HOST:PORT`; `dask+tls://` → `tls://`; others pass through."""
-    if url.startswith("dask+tls://"):
-        return "tls://" + url[len("dask+tls://"):]
-    if url.startswith("dask://"):
-        return "tcp://" + url[len("dask://"):]
+    """`dask://HOST:PORT` → `tcp://HOST:PORT`; `dask+tls://` → `tls://`; others pass through.
+    A dask URL without a host or a port (1-65535) is refused in one line (PlannerError): Dask
+    itself answers a ValueError from inside its client."""
+    for scheme, comm in (("dask+tls://", "tls://"), ("dask://", "tcp://")):
+        if url.startswith(scheme):
+            rest = url[len(scheme):]
+            host, sep, port = rest.rpartition(":")
+            if (not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536
+                    or any(c in rest for c in "/?#@") or not rest.isprintable() or " " in rest):
+                raise PlannerError(f"--executor {url!r}: want {scheme}HOST:PORT, the scheduler's address "
+                                   "(`dask scheduler` listens on port 8786 by default)")
+            return comm + rest
     return url
+
+
+def check_connect_timeout(seconds: float) -> float:
+    """--connect-timeout: a finite number of seconds above 0 (nan and inf are refused)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise PlannerError(f"--connect-timeout {seconds!r}: want a finite number of seconds above 0")
+    return value
+
+
+def connect(url: str, timeout: float):
+    """A Dask client of the scheduler at `url` (dask://, dask+tls://), or one PlannerError line.
+
+    Bounded by `timeout` whatever answers there: Dask's own timeout covers the TCP connect,
+    not a peer that accepts and never completes the handshake (an HTTP port, the dashboard)."""
+    from distributed import Client
+
+    address = scheduler_address(url)
+    timeout = check_connect_timeout(timeout)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        client = Client.__new__(Client)
+        try:
+            client.__init__(address, timeout=timeout, set_as_default=False)  # type: ignore[misc]
+            box["client"] = client
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+            # A client that failed half-way closes itself when collected, by waiting 6 s on
+            # a connection that never was and printing a traceback: it is closed already.
+            try:
+                client.status = "closed"
+                client._loop_runner.stop()
+            except Exception:  # noqa: BLE001 - failed before it had a loop
+                pass
+
+    t = threading.Thread(target=run, name="planner-dask-connect", daemon=True)
+    t.start()
+    t.join(timeout + 2.0)
+    if t.is_alive():
+        raise PlannerError(f"the Dask scheduler did not answer within --connect-timeout {timeout:g} s "
+                           "(is that the scheduler's port, not its dashboard's?)", where=url)
+    exc = box.get("error")
+    if exc is None:
+        return box["client"]
+    if isinstance(exc, (OSError, TimeoutError)):
+        from .netdiag import reason
+
+        raise PlannerError(f"cannot reach the Dask scheduler within {timeout:g} s: {reason(exc)} "
+                           "(is `dask scheduler` running there? --connect-timeout sets the wait)",
+                           where=url) from None
+    if isinstance(exc, (ValueError, TypeError)):
+        hint = (" (dask+tls:// needs Dask's TLS settings: distributed.comm.tls.ca-file and "
+                "distributed.comm.tls.client.cert/key in the Dask configuration)") if address.startswith("tls://") else ""
+        line = " ".join(str(exc).split())[:200]
+        raise PlannerError(f"cannot connect to the Dask scheduler: {type(exc).__name__}: {line}{hint}",
+                           where=url) from None
+    raise exc
 
 
 class DaskExecutor:
@@ -137,14 +206,7 @@ class DaskExecutor:
             self.client = address
             self._own_client = False
         else:
-            try:
-                self.client = Client(scheduler_address(str(address)), timeout=connect_timeout, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                from .netdiag import reason
-
-                raise PlannerError(f"cannot reach the Dask scheduler within {connect_timeout:g} s: {reason(exc)} "
-                                   "(is `dask scheduler` running there? --connect-timeout sets the wait)",
-                                   where=str(address)) from None
+            self.client = connect(str(address), connect_timeout)
             self._own_client = True
         self.cache = cache
         self.ship_key = ship_key

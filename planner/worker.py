@@ -192,6 +192,27 @@ def _materialise(cache, store: Store, spec: dict, what: str) -> Entry:
     return e
 
 
+def _publish(cache, store: Store, bkey: str, entry: Entry, preimage: dict, input_key: str) -> str:
+    """Push a built output; returns the digest of the entry the cache holds under `bkey`.
+
+    Never forced: a valid entry another build (another planner on this cluster) pushed between
+    this task's lookup and now is kept, first writer wins (docs/scale-out.md), and its digest
+    is the answer; this worker's store takes that entry too, so that what it later hands to
+    dependants is what the cache and every planner hold."""
+    if cache.push(bkey, entry, preimage, input_key) == "pushed":
+        return entry.digest
+    hit = cache.lookup(bkey)
+    if not hit.ok:
+        raise RemoteError(f"the cache's entry for {bkey} is not usable after the push: {hit.line()}")
+    if hit.digest != entry.digest:
+        with store.key_lock(bkey):
+            mine = store.lookup(bkey)
+            if mine is not None and mine.digest != hit.digest:
+                store._drop(mine)
+        cache.fetch(hit, store)
+    return hit.digest
+
+
 def remote_build(payload: dict) -> dict:
     """The Dask task: runs ON THE WORKER. Returns {build_key, digest, seconds, reused, worker}
     or {error: {...}} for a build that failed on its own (not retried)."""
@@ -218,6 +239,7 @@ def remote_build(payload: dict) -> dict:
             require_bwrap()
         _check_host(node)
         store, cache = _context(payload["cache"])
+        cache.forget_unreachable()  # a retry of a task asks the cache again (one 5xx is no outage)
         bkey = request.build_key
         hit = cache.lookup(bkey)
         phase("setup")
@@ -249,10 +271,10 @@ def remote_build(payload: dict) -> dict:
         if cache.signer is None:
             raise RemoteError(f"worker {_worker_name()} has no signing key (set PLANNER_SIGNING_KEY)")
         phase("build")
-        cache.push(bkey, built.entry, resolved.preimage.to_json(), node.key, force=True)
+        digest = _publish(cache, store, bkey, built.entry, resolved.preimage.to_json(), node.key)
         phase("push")
         phases["ended"] = time.time()
-        return {"build_key": bkey, "digest": built.entry.digest, "seconds": built.seconds,
+        return {"build_key": bkey, "digest": digest, "seconds": built.seconds,
                 "reused": built.reused, "worker": _worker_name(), "phases": phases}
     except RemoteError:
         raise

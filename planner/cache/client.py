@@ -81,6 +81,13 @@ class BinaryCache:
         with self._lock:
             self._down = (time.monotonic(), detail)
 
+    def forget_unreachable(self) -> None:
+        """Ask again at the next request. A worker keeps one cache per process across tasks:
+        a task retried after one transient failure (a 5xx) must not fail at once on the
+        memory of it."""
+        with self._lock:
+            self._down = None
+
     def _is_down(self) -> Optional[str]:
         with self._lock:
             if self._down and time.monotonic() - self._down[0] < self.UNREACHABLE_RETRY_S:
@@ -326,8 +333,10 @@ class BinaryCache:
              force: bool = False) -> str:
         """Upload `entry` under `build_key`; returns 'pushed' or 'present'.
 
-        A valid trusted entry already there is kept ('present'), like a Nix cache; an invalid
-        one (unsigned, badly signed, other content) is replaced. Blobs first, manifest last.
+        A valid trusted entry already there is kept ('present'), whatever its digest: first
+        writer wins, as in a Nix cache (another planner may have verified and used it); an
+        invalid one (unsigned, untrusted, badly signed) is replaced. `force` replaces even a
+        valid one. Blobs first, manifest last.
         """
         from ..oci.descriptor import write_blob
         from ..oci.layer import LayerSource, write_layer
@@ -341,7 +350,7 @@ class BinaryCache:
                 if build_key in self._present:
                     return "present"
             cur = self.lookup(build_key)
-            if cur.ok and cur.digest == entry.digest:  # type: ignore[union-attr]
+            if cur.ok:
                 with self._lock:
                     self._present.add(build_key)
                 return "present"

@@ -22,12 +22,28 @@ def _unb64(text: str, what: str) -> bytes:
         raise CacheError(f"{what} is not base64") from None
 
 
+def bad_key_name(name: str) -> Optional[str]:
+    """Why `name` cannot name a key, or None. Signatures are stored space-separated, one
+    `name:base64` each, and trusted keys are read one word each: a name is one word of
+    printable characters without ':'."""
+    if not name:
+        return "is empty"
+    if ":" in name:
+        return "contains ':'"
+    if any(c.isspace() or not c.isprintable() for c in name):
+        return "contains whitespace or a control character (a signature made with it could never verify)"
+    return None
+
+
 def _split_named(text: str, what: str, *, secret: bool = False) -> tuple[str, bytes]:
+    # Nothing of the value is ever shown, a public key's included: what is given as one may
+    # be a secret key pasted into the wrong option, and an error line ends up in CI logs.
     name, sep, data = text.strip().partition(":")
     if not sep or not name or not data:
-        # A secret key's text is never shown: an error line ends up in CI logs.
-        got = "" if secret else f", got {text.strip()[:40]!r}"
-        raise CacheError(f"{what} must look like NAME:BASE64{got}")
+        raise CacheError(f"{what} must look like NAME:BASE64 (its text is not shown)")
+    why = bad_key_name(name)
+    if why:
+        raise CacheError(f"{what}'s name {why}: it must be one word without ':'")
     return name, _unb64(data, what)
 
 
@@ -38,8 +54,9 @@ def generate_key(path: Path, name: Optional[str] = None) -> str:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     name = name or f"{socket.gethostname()}-1"
-    if ":" in name or not name.strip():
-        raise CacheError(f"key name must be non-empty and without ':': {name!r}")
+    why = bad_key_name(name)
+    if why:
+        raise CacheError(f"key name {name!r} {why}: it must be one word without ':'")
     priv = Ed25519PrivateKey.generate()
     seed = priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                               serialization.NoEncryption())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,8 @@ def realise(ctx: Context, set_name: str | None, jobs: int, dry_run: bool, check:
     parallel, the critical path first) and prints the target's output and image digest."""
     if check and check_targets:
         raise click.UsageError("--check rebuilds the closure, --check-targets the targets alone: pass one of them")
+    if not math.isfinite(connect_timeout):  # FloatRange lets nan and inf through
+        raise PlannerError(f"--connect-timeout {connect_timeout!r}: want a finite number of seconds above 0")
     source = click.get_current_context().get_parameter_source
     if signing_key is not None and not cache_to and source("signing_key") != ParameterSource.ENVIRONMENT:
         # (PLANNER_SIGNING_KEY alone is no mistake: `store push` and the workers read it too.)
