@@ -93,6 +93,7 @@ class Execution:
     def substitute(self, node, resolved) -> tuple[Optional[tuple[Any, str]], Optional[MissNote]]:
         """(entry, why) from a signed substituter entry, or (None, the caches' miss if asked)."""
         from .cache import CacheError, classify_miss, lookup_any
+        from .cache.ref import CacheUnreachable
         from .cache.results import CacheMiss
         from .derivation import record
 
@@ -111,7 +112,9 @@ class Execution:
             except CacheError as exc:
                 # Signed, but its bytes are not what it says (a corrupt or replaced blob): a
                 # miss like a bad signature, never a failed node; the next cache, then a build.
-                misses.append(CacheMiss(str(cache.ref), resolved.build_key, "bad-entry", exc.line()))
+                # A cache that stopped answering mid-fetch is `unreachable`, not a bad entry.
+                why = "unreachable" if isinstance(exc, CacheUnreachable) else "bad-entry"
+                misses.append(CacheMiss(str(cache.ref), resolved.build_key, why, exc.line()))
                 caches = caches[caches.index(cache) + 1:]
                 continue
             record(self.store, node, resolved, entry.digest)

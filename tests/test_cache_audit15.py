@@ -6,7 +6,9 @@
 - --trusted-key echoed 40 characters of what it was given (a secret key pasted there);
 - dask:// without a port, dask+tls:// without TLS settings, --connect-timeout nan/inf were
   internal errors; a peer that never completes Dask's handshake ignored --connect-timeout;
-- one transient failure of the cache made a worker's retries of the task fail at once.
+- one transient failure of the cache made a worker's retries of the task fail at once;
+- a second trusted key of the same name replaced the first (a key rotation);
+- a cache that stopped answering mid-fetch was reported as holding a bad entry.
 
 Real parts: Debian's docker-registry on loopback, bubblewrap builds, the worker's task
 function called as a worker calls it, Dask's own client.
@@ -20,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("distributed")
@@ -48,6 +51,7 @@ class _Leaf:
         proj.recipe("nd", script="date +%s%N > $out/t")
         proj.recipe("top", deps=["nd"], script="cat /deps/nd/t > $out/all")
         proj.lock()
+        self.proj = proj
         self.prepared = prepare(proj, store=tmp / "planner-store")
         node = self.prepared.plan.nodes["nd"]
         self.bkey = build_key(node, {})
@@ -236,3 +240,51 @@ def test_connect_timeout_bounds_a_peer_that_is_not_a_scheduler() -> None:
     server.shutdown()
     assert not t.is_alive(), "--connect-timeout 1 was still waiting after 30 s"
     assert "--connect-timeout 1 s" in out["got"] and out["seconds"] < 10, out
+
+
+def test_two_trusted_keys_of_one_name_are_both_tried(tmp_path: Path) -> None:
+    old_pub, new_pub = generate_key(tmp_path / "old.sec", "ci-1"), generate_key(tmp_path / "new.sec", "ci-1")
+    payload = b"an entry"
+    for signer in (Signer.from_file(tmp_path / "old.sec"), Signer.from_file(tmp_path / "new.sec")):
+        sig = signer.sign(payload)
+        for order in ([old_pub, new_pub], [new_pub, old_pub]):
+            assert TrustedKeys(order).verify([sig], payload) == ("ok", "ci-1"), (signer.public_key, order)
+    assert len(TrustedKeys([old_pub, new_pub, old_pub])) == 2
+    assert TrustedKeys([old_pub]).verify([Signer.from_file(tmp_path / "new.sec").sign(payload)], payload)[0] \
+        == "bad-signature"
+
+
+class _BlobsDown(httpx.BaseTransport):
+    """The registry answers its manifests, and 503 to every blob GET (an overloaded backend)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and "/blobs/" in request.url.path:
+            return httpx.Response(503, request=request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@needs_builds
+def test_a_cache_failing_mid_fetch_is_unreachable_not_a_bad_entry(tmp_path: Path, registry, monkeypatch) -> None:  # noqa: F811
+    from tests.support.scale_project import realise_on
+
+    leaf = _Leaf(tmp_path, registry)
+    leaf.on_worker(monkeypatch, tmp_path / "w0", leaf.cache(signer=leaf.signer))
+    worker.remote_build(leaf.payload)
+    flaky = leaf.cache(transport=_BlobsDown())
+    hit = flaky.lookup(leaf.bkey)
+    assert hit.ok
+    with pytest.raises(CacheError) as e:
+        flaky.fetch(hit, Store(tmp_path / "s1"))
+    assert "HTTP 503" in e.value.line()
+    assert flaky.lookup(leaf.bkey).reason == "unreachable"  # not asked again at once
+    # What a realise reports: the cache was unreachable, nothing is known bad.
+    _res, nodes = realise_on(leaf.proj, None, store=tmp_path / "s2", substituters=[leaf.cache(transport=_BlobsDown())])
+    assert nodes["nd"].action == "built"
+    assert "unreachable" in nodes["nd"].reason and "bad-entry" not in nodes["nd"].reason, nodes["nd"].reason
+    leaf.prepared.close()

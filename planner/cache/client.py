@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional, Union
 from ..errors import OciError, StoreError
 from ..hashing import canonical_json, key_of
 from ..store import Entry, Store, remove_tree
+from .ref import CacheUnreachable, network_failure as _network_failure
 from .ref import ARTIFACT_TYPE, A_CONTENT, A_DIGEST, A_INPUT_KEY, A_KEY, A_KIND, A_NAME, A_SIGNATURES, A_VARIANT, A_VERSION, CacheError, CacheRef, LAYER_EPOCH, MEDIA_MANIFEST, MEDIA_PREIMAGE, _CONTENT_MEMBER
 from .signing import Signer, TrustedKeys, signed_payload
 from .results import CacheHit, CacheMiss, NearMiss
@@ -301,6 +302,11 @@ class BinaryCache:
                 except StoreError as e:
                     raise CacheError(f"{e.message} (the signed digest)", where=f"{self.ref}:{hit.key}") from None
             except OciError as e:
+                if _network_failure(e.message):
+                    # The cache did not answer (a timeout, a 5xx, a connection cut mid-blob):
+                    # nothing is known of the entry, and what follows would fail the same way.
+                    self._unreachable(e.message)
+                    raise CacheUnreachable(f"fetch failed: {e.message}", where=f"{self.ref}:{hit.key}") from None
                 raise CacheError(f"fetch failed: {e.message}", where=f"{self.ref}:{hit.key}") from None
             finally:
                 remove_tree(work)

@@ -29,6 +29,19 @@ class CacheError(PlannerError):
     """A cache entry could not be pushed, fetched or verified."""
 
 
+class CacheUnreachable(CacheError):
+    """A fetch the cache did not answer (network, timeout, 5xx): the entry is not known bad."""
+
+
+_NETWORK = re.compile(r"^(?:GET|HEAD) failed: |^blob download failed: |: HTTP (?:5\d\d|429|408)\b")
+
+
+def network_failure(message: str) -> bool:
+    """Whether an OciError message (planner/oci/registry.py) says the registry did not answer,
+    rather than answered with bytes that are not the entry's."""
+    return bool(_NETWORK.search(message))
+
+
 # -- references ------------------------------------------------------------------------------
 
 @attrs.frozen

@@ -120,7 +120,9 @@ class TrustedKeys:
     """Public keys entries must be signed by (`name:base64`, as Nix's trusted-public-keys)."""
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
-        self._keys: dict[str, bytes] = {}
+        # Several keys may share a name (a rotation: the old `ci-1` and the new `ci-1`, both
+        # trusted for a while): a signature by that name is tried against each of them.
+        self._keys: dict[str, list[bytes]] = {}
         for k in keys:
             self.add(k)
 
@@ -128,7 +130,9 @@ class TrustedKeys:
         name, raw = _split_named(text, "public key")
         if len(raw) != 32:
             raise CacheError(f"public key {name!r} has {len(raw)} bytes, want 32")
-        self._keys[name] = raw
+        have = self._keys.setdefault(name, [])
+        if raw not in have:
+            have.append(raw)
 
     @classmethod
     def from_file(cls, path: Path) -> "TrustedKeys":
@@ -143,13 +147,13 @@ class TrustedKeys:
         return sorted(self._keys)
 
     def texts(self) -> list[str]:
-        return [f"{n}:{_b64(k)}" for n, k in sorted(self._keys.items())]
+        return [f"{n}:{_b64(k)}" for n, ks in sorted(self._keys.items()) for k in ks]
 
     def __contains__(self, name: str) -> bool:
         return name in self._keys
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return sum(len(ks) for ks in self._keys.values())
 
     def verify(self, signatures: Sequence[str], payload: bytes) -> tuple[str, str]:
         """('ok', signer) | ('unsigned', '') | ('untrusted', names) | ('bad-signature', names)."""
@@ -166,10 +170,16 @@ class TrustedKeys:
                 continue
             try:
                 raw = base64.b64decode(data, validate=True)
-                Ed25519PublicKey.from_public_bytes(self._keys[name]).verify(raw, payload)
-                return "ok", name
-            except (InvalidSignature, ValueError):
+            except ValueError:
                 bad.append(name)
+                continue
+            for key in self._keys[name]:
+                try:
+                    Ed25519PublicKey.from_public_bytes(key).verify(raw, payload)
+                    return "ok", name
+                except (InvalidSignature, ValueError):
+                    pass
+            bad.append(name)
         if bad:
             return "bad-signature", ", ".join(bad)
         return "untrusted", ", ".join(seen)
