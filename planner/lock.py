@@ -176,7 +176,10 @@ def recipes_digest(rs: RecipeSet) -> str:
     from .hashing import bytes_digest, canonical_json, file_digest
 
     files: dict[str, str] = {}
-    for p in sorted(rs.folder.glob("*.toml")):
+    from .recipes.sets import recipe_file_names
+
+    for name in ["set.toml", *recipe_file_names(rs.folder)]:
+        p = rs.folder / name
         files[str(p.relative_to(rs.root))] = file_digest(p)
     for r in rs.recipes.values():
         for patch in r.patches:

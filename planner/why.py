@@ -76,9 +76,9 @@ class RecipeFiles:
         folder = root / "recipes" / set_name
         recipes: dict[str, str] = {}
         patches: dict[str, dict[str, str]] = {}
-        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
-            if path.name == "set.toml":
-                continue
+        from .recipes.sets import recipe_file_names
+
+        for path in (folder / n for n in recipe_file_names(folder)) if folder.is_dir() else ():
             try:
                 data = loads(path.read_text())
                 name = data["name"]

@@ -223,3 +223,20 @@ def test_a_sparse_git_export_applies_the_root_gitattributes(tmp_path: Path) -> N
     for name in ("a.txt", "i.c"):
         assert (tmp_path / "sparse" / "sub" / name).read_bytes() == (tmp_path / "full" / "sub" / name).read_bytes()
     assert not (tmp_path / "sparse" / ".gitattributes").exists()
+
+
+def test_an_editors_hidden_files_beside_the_recipes_are_not_recipes(tmp_path: Path) -> None:
+    """Emacs leaves `.#x.toml` (a dangling link) beside a recipe with unsaved edits, vim a
+    `.x.toml.swp`: every command failed on the link ('not a regular file'). Hidden files are
+    not recipes, for loading, the lock's recipes checksum and `why`; the lock stays current."""
+    from tests.support.project import Project
+
+    proj = Project.diamond(tmp_path)
+    assert proj.cli("lock").returncode == 0
+    os.symlink("root@host.1234:1700000000", proj.folder / ".#b.toml")
+    (proj.folder / ".c.toml").write_text("not = [a recipe\n")
+    check = proj.cli("lock", "--check")
+    assert check.returncode == 0, check.stderr
+    plan = proj.cli("plan")
+    assert plan.returncode == 0, plan.stderr
+    assert all(f" {n}" in plan.stdout for n in "abcd"), plan.stdout

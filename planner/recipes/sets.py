@@ -93,6 +93,14 @@ def _check_config_values(config: SetConfig, err) -> None:
                                        f"1970-01-01 (at most {MAX_EPOCH}, the end of the year 9999), not {epoch}")
 
 
+def recipe_file_names(folder: str) -> list[str]:
+    """The set's recipe files, sorted: `*.toml` but set.toml and hidden files, which editors
+    leave beside the file being edited (Emacs' `.#x.toml` lock link, vim's swap and backup
+    names), and which no user means as a recipe."""
+    return sorted(e.name for e in os.scandir(folder)
+                  if e.name.endswith(".toml") and e.name != "set.toml" and not e.name.startswith("."))
+
+
 @gc_paused()
 def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeSet:
     """The recipe set; `profile` chooses another of set.toml's [profiles] than its own line."""
@@ -110,7 +118,7 @@ def load_set(root: Path, name: str, *, profile: Optional[str] = None) -> RecipeS
     cache = _ParseCache(root, name)
     # Sorting names, not Path objects: pathlib's comparison is slow for 100k recipes.
     folder_s = os.fspath(folder)
-    fnames = sorted(e.name for e in os.scandir(folder) if e.name.endswith(".toml") and e.name != "set.toml")
+    fnames = recipe_file_names(folder_s)
     helper = _Helper.start(fnames, folder_s, root, name) if not cache.entries else None
     mine = fnames[:len(fnames) - len(helper.fnames)] if helper is not None else fnames
 
