@@ -326,7 +326,9 @@ class DaskExecutor:
             if isinstance(entry, RemoteEntry):
                 raise BuildError(entry.name, f"output {entry.key} is gone from {entry.cache} (evicted?) and not in "
                                              "the local store: run again to rebuild it")
-            self.cache.push_from_store(store, entry.key, input_key)
+            from .cache.policy import push_retrying
+
+            push_retrying(self.cache, store, entry.key, input_key)
 
     def payload(self, req: BuildRequest, store: Store) -> dict:
         """Everything a worker needs, as plain data: a narrow request (keys, preimage, input
@@ -399,7 +401,9 @@ class DaskExecutor:
         if entry is None:
             # Verified (signature, key, digest) whether fetched or not: an output that is not
             # usable from the cache fails here, not in the next worker.
-            hit = self.cache.lookup(bkey)
+            from .cache.policy import lookup_after_build
+
+            hit = lookup_after_build(self.cache, bkey)
             if not hit.ok:
                 raise BuildError(node.label(), f"the worker's output is not usable from the cache: {hit.line()}")  # type: ignore[union-attr]
             if download:

@@ -361,7 +361,7 @@ class BinaryCache:
                     self._present.add(build_key)
                 return "present"
             if not cur.ok and cur.reason == "unreachable":  # type: ignore[union-attr]
-                raise CacheError(f"cannot push: {cur.detail}", where=str(self.ref))  # type: ignore[union-attr]
+                raise CacheUnreachable(f"cannot push: {cur.detail}", where=str(self.ref))  # type: ignore[union-attr]
         content = _content_kind(entry.path)
         version = _entry_version(entry)
         store_tmp = entry.path.parent / "tmp"  # big entries: stage the layer on the store's disk
@@ -401,7 +401,8 @@ class BinaryCache:
                     self.client.push_manifest(data, MEDIA_MANIFEST, alias_prefix(entry.name, version) + build_key)
                 self.client.push_manifest(data, MEDIA_MANIFEST, build_key)
             except OciError as e:
-                raise CacheError(f"push failed: {e.message}", where=f"{self.ref}:{build_key}") from None
+                failed = CacheUnreachable if _network_failure(e.message) else CacheError
+                raise failed(f"push failed: {e.message}", where=f"{self.ref}:{build_key}") from None
         with self._lock:
             self._present.add(build_key)
         return "pushed"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Iterable, Optional, Sequence
 
 import attrs
 
 from ..errors import PlannerError
 from ..store import Entry, Store
+from .ref import CacheUnreachable
 from .results import CacheHit, CacheMiss
 from .client import BinaryCache
 
@@ -130,3 +132,29 @@ def pull_closure(caches: Sequence[BinaryCache], store: Store, plan, node_ids: Op
         record(store, node, resolved, e.digest)
         got[nid] = e
     return got, missing
+
+
+def lookup_after_build(cache, bkey: str, *, waits: tuple[float, ...] = (0.5, 2.0)):
+    """The cache's entry for an output a worker has just pushed. The cache answered the worker
+    a moment ago: an `unreachable` now (one 5xx, a timeout) is asked again, twice, rather than
+    failing a build that succeeded (and every other node's lookup for 30 s with it)."""
+    hit = cache.lookup(bkey)
+    for wait in waits:
+        if hit.ok or hit.reason != "unreachable":
+            break
+        time.sleep(wait)
+        cache.forget_unreachable()
+        hit = cache.lookup(bkey)
+    return hit
+
+
+def push_retrying(cache, store, key: str, input_key: str, *, waits: tuple[float, ...] = (0.5, 2.0)) -> str:
+    """`push_from_store`, asked again (twice) when the cache did not answer (one 5xx, a
+    timeout: CacheUnreachable), not when it refused the entry."""
+    for wait in waits:
+        try:
+            return cache.push_from_store(store, key, input_key)
+        except CacheUnreachable:
+            time.sleep(wait)
+            cache.forget_unreachable()
+    return cache.push_from_store(store, key, input_key)
