@@ -7,32 +7,17 @@ line as a user runs it; each test fails on the answers given before its fix."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from planner.causes import NodeState, explain
 from tests.support.project import Project
+from tests.test_why_causes import _error, _ok, _why  # noqa: F401  (the same CLI helpers)
 
 needs_bwrap = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="needs bubblewrap")
 
 
-def _ok(proj: Project, *args: str):
-    run = proj.cli(*args)
-    assert run.returncode == 0, run.stderr
-    return run
-
-
-def _why(proj: Project, *args: str) -> dict:
-    return json.loads(_ok(proj, "why", *args, "--json").stdout)
-
-
-def _error(proj: Project, *args: str) -> str:
-    run = proj.cli(*args)
-    lines = [l for l in run.stderr.splitlines() if l.strip()]
-    assert run.returncode != 0 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    return lines[0]
 
 
 def _causes(why: dict) -> list[tuple[str, str, str, list[str], list[str]]]:
