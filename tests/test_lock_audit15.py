@@ -144,7 +144,6 @@ def test_a_path_source_with_a_nested_git_locks_and_checks(tmp_path: Path) -> Non
 def test_a_url_with_a_long_last_segment_locks_and_an_os_error_unlocks_only_its_input(tmp_path: Path) -> None:
     from planner import lock as lockmod
     from planner.resolve.locking import UnresolvedInputs
-    from planner.recipes import load_set
     from tests.support.http_server import LoopbackServer
     from tests.support.project import Project
 
