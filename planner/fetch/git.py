@@ -106,7 +106,14 @@ def git_reason(text: str) -> str:
 @contextlib.contextmanager
 def _git() -> Iterator[_Git]:
     with tempfile.TemporaryDirectory(prefix="planner-git-home-") as home:
+        _usable(home)
         yield _Git(Path(home))
+
+
+def _usable(folder: "str | Path", mode: int = 0o700) -> None:
+    """A folder made here gets its mode set, not the caller's umask's: under umask 0177 mkdtemp
+    makes 0600, a folder its own user (if not root) cannot enter, so git could not work in it."""
+    os.chmod(folder, mode)
 
 
 # -- bare repositories and fetching -----------------------------------------------------------
@@ -123,6 +130,7 @@ def _bare_repo(git: _Git, url: str, cache_dir: Path | None) -> Iterator[Path]:
     """A bare repository for `url`, locked for the caller's exclusive use while it is held."""
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="planner-git-") as tmp:
+            _usable(tmp)
             repo = Path(tmp) / "repo.git"
             git.run(["init", "--bare", "-q", repo], where=url, what="git init")
             yield repo
@@ -141,6 +149,7 @@ def _bare_repo(git: _Git, url: str, cache_dir: Path | None) -> Iterator[Path]:
             # Initialise aside and rename, so a crash never leaves a half-made repository.
             tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.", dir=cache_dir))
             try:
+                _usable(tmp)
                 git.run(["init", "--bare", "-q", tmp], where=url, what="git init")
                 if repo.exists():
                     shutil.rmtree(repo)
@@ -241,6 +250,7 @@ def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None,
     with _git() as git, _repo_with(git, url, commit, cache_dir, sparse=paths is not None) as repo:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".checkout", dir=dest.parent))
         try:
+            _usable(tmp, 0o755)  # a checkout's root is 0755 (mkdtemp makes it 0700, less the umask)
             # `read-tree --reset -u` into an empty index is the one-way merge that `git clone`
             # does for its checkout: same attribute handling, links, modes and gitlinks.
             if paths is None:
@@ -257,7 +267,6 @@ def export(url: str, commit: str, dest: Path, *, cache_dir: Path | None = None,
                 git.run(["--literal-pathspecs", "--work-tree", tmp, "checkout", "--", *paths],
                         git_dir=repo, where=url, what=f"checking out {', '.join(paths)} of {commit}",
                         GIT_INDEX_FILE=index)
-            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a checkout's root is 0755
             os.rename(tmp, dest)
         finally:
             if tmp.exists():
