@@ -226,20 +226,19 @@ def test_connect_timeout_bounds_a_peer_that_is_not_a_scheduler() -> None:
     out: dict = {}
 
     def attempt() -> None:
-        t0 = time.monotonic()
         try:
             DaskExecutor(f"dask://127.0.0.1:{server.server_address[1]}", None, connect_timeout=1.0)
             out["got"] = "a client"
         except PlannerError as e:
             out["got"] = e.line()
-        out["seconds"] = time.monotonic() - t0
 
     t = threading.Thread(target=attempt, daemon=True)
     t.start()
     t.join(30)
     server.shutdown()
+    # (a hang, not a speed: the old code never returned at all)
     assert not t.is_alive(), "--connect-timeout 1 was still waiting after 30 s"
-    assert "--connect-timeout 1 s" in out["got"] and out["seconds"] < 10, out
+    assert "--connect-timeout 1 s" in out["got"], out
 
 
 def test_two_trusted_keys_of_one_name_are_both_tried(tmp_path: Path) -> None:
