@@ -289,15 +289,16 @@ def test_a_cache_failing_mid_fetch_is_unreachable_not_a_bad_entry(tmp_path: Path
     leaf.prepared.close()
 
 
-class _OneManifest500(httpx.BaseTransport):
-    """The registry answers 500 to the first manifest GET (a flaky load balancer), then well."""
+class _FailsOnce(httpx.BaseTransport):
+    """The registry answers 500 to the first `method` request whose path holds `part` (a flaky
+    load balancer), then well."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str, part: str) -> None:
         self.inner = httpx.HTTPTransport()
-        self.left = 1
+        self.method, self.part, self.left = method, part, 1
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET" and "/manifests/" in request.url.path and self.left:
+        if request.method == self.method and self.part in request.url.path and self.left:
             self.left -= 1
             return httpx.Response(500, request=request)
         return self.inner.handle_request(request)
@@ -314,26 +315,9 @@ def test_the_planner_asks_again_for_an_output_a_worker_just_pushed(tmp_path: Pat
     leaf.on_worker(monkeypatch, tmp_path / "w0", leaf.cache(signer=leaf.signer))
     built = worker.remote_build(leaf.payload)
     # The planner's check of the worker's output meets one 500: the build is not failed for it.
-    hit = lookup_after_build(leaf.cache(transport=_OneManifest500()), leaf.bkey, waits=(0.1,))
+    hit = lookup_after_build(leaf.cache(transport=_FailsOnce("GET", "/manifests/")), leaf.bkey, waits=(0.1,))
     assert hit.ok and hit.digest == built["digest"]
     leaf.prepared.close()
-
-
-class _OnePost500(httpx.BaseTransport):
-    """The registry answers 500 to the first blob upload POST, then well."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
-        self.left = 1
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and "/blobs/uploads" in request.url.path and self.left:
-            self.left -= 1
-            return httpx.Response(500, request=request)
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @needs_builds
@@ -346,7 +330,7 @@ def test_the_planner_pushes_an_input_again_after_a_transient_failure(tmp_path: P
     # That output, in the planner's store, pushed to another repository (a dependency the
     # planner hands its workers) through a registry that fails one upload.
     flaky = BinaryCache(leaf.ref + "-other", trusted=TrustedKeys([leaf.public]), signer=leaf.signer,
-                        transport=_OnePost500())
+                        transport=_FailsOnce("POST", "/blobs/uploads"))
     got = push_retrying(flaky, Store(tmp_path / "w0"), leaf.bkey, leaf.prepared.plan.nodes["nd"].key, waits=(0.1,))
     assert got == "pushed"
     assert leaf.cache().lookup(leaf.bkey).digest == built["digest"]
